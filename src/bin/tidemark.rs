@@ -1,0 +1,6 @@
+//! The `tidemark` command line.
+
+fn main() {
+    eprintln!("tidemark: no commands yet");
+    std::process::exit(2);
+}

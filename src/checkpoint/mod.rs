@@ -1,0 +1,1 @@
+//! Checkpoint storage: Flink's directory layout, `_metadata`, retention, verify, restore.

@@ -1,0 +1,430 @@
+//! Every file operation tidemark performs, behind one [`FileSystem`] trait, and the
+//! durable-file helpers that encode the crash rules.
+//!
+//! The crash rules live here and nowhere else:
+//! - a file that must survive a crash is written, then fsynced ([`WritableFile::sync`]);
+//! - a file that replaces another is written to a temporary name, fsynced, renamed over the
+//!   target, and then the directory is fsynced ([`write_atomic`]);
+//! - a newly created or linked file is durable only after its directory is fsynced
+//!   ([`FileSystem::sync_dir`]);
+//! - a failed fsync poisons the file: every later `sync` on it fails too, because the
+//!   kernel may have dropped the dirty pages and a retry that "succeeds" proves nothing.
+//!
+//! Reads go through plain [`std::fs::File`] handles (tables are memory-mapped), so a
+//! test layer such as [`crate::fs::FaultFs`] only needs to intercept writes and metadata.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, IoContext, Result};
+
+/// A file opened for appending, whose bytes become durable only on [`WritableFile::sync`].
+pub trait WritableFile: Send + fmt::Debug {
+    /// Appends `data` (buffered; see [`WritableFile::flush`]).
+    fn append(&mut self, data: &[u8]) -> Result<()>;
+    /// Hands buffered bytes to the operating system (they survive a process crash, not a
+    /// power cut).
+    fn flush(&mut self) -> Result<()>;
+    /// Flushes and fsyncs the file's data. After a failure the file is poisoned.
+    fn sync(&mut self) -> Result<()>;
+    /// Bytes appended so far (the file's logical length).
+    fn len(&self) -> u64;
+    /// True when nothing was appended.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The file's path, for error messages.
+    fn path(&self) -> &Path;
+}
+
+/// How [`link_or_copy`] placed a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// A hard link: no bytes were copied.
+    Linked,
+    /// The file was copied (the link was impossible, e.g. across file systems).
+    Copied,
+}
+
+/// An exclusive lock on a file, released on drop.
+#[derive(Debug)]
+pub struct FileLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl FileLock {
+    /// The locked file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        let _ = fs2::FileExt::unlock(&self.file);
+    }
+}
+
+/// The operations tidemark needs from a file system. [`StdFs`] is the real one.
+pub trait FileSystem: Send + Sync + fmt::Debug {
+    /// Creates (or truncates) `path` for appending.
+    fn create(&self, path: &Path) -> Result<Box<dyn WritableFile>>;
+    /// Opens an existing file for reading.
+    fn open(&self, path: &Path) -> Result<File>;
+    /// Renames `from` to `to`, replacing `to` (not durable until the directory is synced).
+    fn rename(&self, from: &Path, to: &Path) -> Result<()>;
+    /// Removes a file.
+    fn remove_file(&self, path: &Path) -> Result<()>;
+    /// Removes a directory and everything below it.
+    fn remove_dir_all(&self, path: &Path) -> Result<()>;
+    /// Creates a directory and its parents.
+    fn create_dir_all(&self, path: &Path) -> Result<()>;
+    /// fsyncs a directory, making creations, renames and removals in it durable.
+    fn sync_dir(&self, path: &Path) -> Result<()>;
+    /// Creates a hard link `dst` to `src`.
+    fn hard_link(&self, src: &Path, dst: &Path) -> Result<()>;
+    /// Names of the entries of a directory, sorted.
+    fn list_dir(&self, path: &Path) -> Result<Vec<String>>;
+    /// Takes an exclusive, non-blocking lock on `path` (created if missing).
+    fn lock(&self, path: &Path) -> Result<FileLock>;
+    /// Size of a file in bytes.
+    fn file_size(&self, path: &Path) -> Result<u64>;
+    /// True when `path` exists.
+    fn exists(&self, path: &Path) -> bool;
+
+    /// Reads a whole file, refusing files larger than `max_bytes`.
+    fn read_file(&self, path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
+        let mut f = self.open(path)?;
+        let len = f.metadata().ctx("stat", path)?.len();
+        if len > max_bytes {
+            return Err(Error::corruption(
+                path,
+                0,
+                format!("file is {len} bytes, larger than the limit of {max_bytes}"),
+            ));
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        f.read_to_end(&mut buf).ctx("read", path)?;
+        Ok(buf)
+    }
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdFs;
+
+impl StdFs {
+    /// A shared handle to the real file system.
+    pub fn shared() -> Arc<dyn FileSystem> {
+        Arc::new(StdFs)
+    }
+}
+
+/// Buffer size of [`StdWritableFile`]: large enough that appends of small records do not
+/// each become a system call.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// A buffered file on the real file system.
+pub struct StdWritableFile {
+    file: File,
+    path: PathBuf,
+    buf: Vec<u8>,
+    len: u64,
+    poisoned: bool,
+}
+
+impl fmt::Debug for StdWritableFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StdWritableFile")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl StdWritableFile {
+    fn check_poisoned(&self) -> Result<()> {
+        if self.poisoned {
+            return Err(Error::io(
+                "write",
+                &self.path,
+                io::Error::other("an earlier write or fsync of this file failed"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl WritableFile for StdWritableFile {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.check_poisoned()?;
+        if self.buf.len() + data.len() > WRITE_BUFFER_BYTES {
+            self.flush()?;
+        }
+        if data.len() >= WRITE_BUFFER_BYTES {
+            if let Err(e) = self.file.write_all(data) {
+                self.poisoned = true;
+                return Err(Error::io("write", &self.path, e));
+            }
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.check_poisoned()?;
+        if !self.buf.is_empty() {
+            if let Err(e) = self.file.write_all(&self.buf) {
+                self.poisoned = true;
+                return Err(Error::io("write", &self.path, e));
+            }
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.flush()?;
+        if let Err(e) = self.file.sync_data() {
+            self.poisoned = true;
+            return Err(Error::io("fsync", &self.path, e));
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl FileSystem for StdFs {
+    fn create(&self, path: &Path) -> Result<Box<dyn WritableFile>> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .ctx("create", path)?;
+        Ok(Box::new(StdWritableFile {
+            file,
+            path: path.to_path_buf(),
+            buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
+            len: 0,
+            poisoned: false,
+        }))
+    }
+
+    fn open(&self, path: &Path) -> Result<File> {
+        File::open(path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::NotFound {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                Error::io("open", path, e)
+            }
+        })
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        fs::rename(from, to).ctx("rename", from)
+    }
+
+    fn remove_file(&self, path: &Path) -> Result<()> {
+        fs::remove_file(path).ctx("remove", path)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> Result<()> {
+        fs::remove_dir_all(path).ctx("remove directory", path)
+    }
+
+    fn create_dir_all(&self, path: &Path) -> Result<()> {
+        fs::create_dir_all(path).ctx("create directory", path)
+    }
+
+    fn sync_dir(&self, path: &Path) -> Result<()> {
+        let dir = File::open(path).ctx("open directory", path)?;
+        dir.sync_all().ctx("fsync directory", path)
+    }
+
+    fn hard_link(&self, src: &Path, dst: &Path) -> Result<()> {
+        fs::hard_link(src, dst).ctx("hard link", dst)
+    }
+
+    fn list_dir(&self, path: &Path) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::NotFound {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                Error::io("list directory", path, e)
+            }
+        })? {
+            let entry = entry.ctx("list directory", path)?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn lock(&self, path: &Path) -> Result<FileLock> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .ctx("open lock file", path)?;
+        match fs2::FileExt::try_lock_exclusive(&file) {
+            Ok(()) => Ok(FileLock {
+                file,
+                path: path.to_path_buf(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(11) => {
+                Err(Error::Locked {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(e) => Err(Error::io("lock", path, e)),
+        }
+    }
+
+    fn file_size(&self, path: &Path) -> Result<u64> {
+        Ok(fs::metadata(path).ctx("stat", path)?.len())
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+}
+
+/// Replaces `path` with `data` so that after a crash it holds either the old or the new
+/// contents, never a mix: write `path.tmp`, fsync, rename, fsync the directory.
+pub fn write_atomic(fs: &dyn FileSystem, path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    let mut f = fs.create(&tmp)?;
+    f.append(data)?;
+    f.sync()?;
+    drop(f);
+    fs.rename(&tmp, path)?;
+    fs.sync_dir(parent_dir(path))
+}
+
+/// The temporary name [`write_atomic`] uses for `path`.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Places `src` at `dst` by hard link, or by a synced copy when linking is impossible
+/// (across file systems, or a file system without links). The caller syncs `dst`'s
+/// directory.
+pub fn link_or_copy(fs: &dyn FileSystem, src: &Path, dst: &Path) -> Result<Placement> {
+    match fs.hard_link(src, dst) {
+        Ok(()) => Ok(Placement::Linked),
+        Err(e) if link_impossible(&e) => {
+            copy_file(fs, src, dst)?;
+            Ok(Placement::Copied)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn link_impossible(e: &Error) -> bool {
+    match e {
+        Error::Io { source, .. } => {
+            // EXDEV (18): cross-device link; EPERM (1) / ENOTSUP (95) / EMLINK (31):
+            // the file system refuses links or this file has too many.
+            matches!(
+                source.raw_os_error(),
+                Some(18) | Some(1) | Some(95) | Some(31)
+            ) || source.kind() == io::ErrorKind::Unsupported
+        }
+        _ => false,
+    }
+}
+
+/// Copies `src` to `dst` and fsyncs `dst`.
+pub fn copy_file(fs: &dyn FileSystem, src: &Path, dst: &Path) -> Result<u64> {
+    let mut input = fs.open(src)?;
+    let mut out = fs.create(dst)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = input.read(&mut buf).ctx("read", src)?;
+        if n == 0 {
+            break;
+        }
+        out.append(&buf[..n])?;
+    }
+    out.sync()?;
+    Ok(out.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("CURRENT");
+        write_atomic(&StdFs, &p, b"one").unwrap();
+        write_atomic(&StdFs, &p, b"two!").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two!");
+        assert!(!temp_path(&p).exists());
+    }
+
+    #[test]
+    fn second_lock_fails_naming_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("LOCK");
+        let _l = StdFs.lock(&p).unwrap();
+        match StdFs.lock(&p) {
+            Err(Error::Locked { path }) => assert_eq!(path, p),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn link_or_copy_links_on_same_fs() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        fs::write(&a, b"data").unwrap();
+        let b = dir.path().join("b");
+        assert_eq!(link_or_copy(&StdFs, &a, &b).unwrap(), Placement::Linked);
+        assert_eq!(fs::read(&b).unwrap(), b"data");
+    }
+
+    #[test]
+    fn missing_file_is_not_found_with_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nope");
+        match StdFs.open(&p) {
+            Err(Error::NotFound { path }) => assert_eq!(path, p),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Options of a store, with documented defaults, validated once at open.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::fs::{FileSystem, StdFs};
+
+/// When the write-ahead log is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Every write is fsynced on its own before it is acknowledged.
+    PerWrite,
+    /// Every write is fsynced before it is acknowledged, and concurrent writers share one
+    /// fsync (group commit). Same guarantee as [`SyncMode::PerWrite`], higher throughput.
+    GroupCommit,
+    /// A background thread fsyncs the log at this interval; a crash loses at most the
+    /// writes of the last interval (a process crash alone loses nothing: the log is handed
+    /// to the operating system on every write).
+    Periodic(Duration),
+    /// The log is handed to the operating system on every write but never fsynced by the
+    /// write path (it is fsynced when a memtable is flushed and at close).
+    None,
+}
+
+/// Block compression of SST data blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Blocks are stored as they are.
+    None,
+    /// lz4 (block format, lz4_flex) where it saves at least 1/8 of the block.
+    Lz4,
+}
+
+/// What to do when the WAL is damaged at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalRecovery {
+    /// Drop a torn record at the tail of the last log (it was never acknowledged); any
+    /// other damage fails the open with an error naming the file and offset.
+    TolerateTornTail,
+    /// Recover every record before the first damaged one and drop the rest (point in
+    /// time recovery). Writes after the damage are lost; use when the open fails otherwise.
+    PointInTime,
+}
+
+/// Options of a store. Build with `Options::default()` and change fields.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Create the directory and an empty store if none exists. Default: true.
+    pub create_if_missing: bool,
+    /// Fail the open if a store already exists. Default: false.
+    pub error_if_exists: bool,
+    /// Write a write-ahead log. Without it, writes since the last flush are lost in a crash
+    /// (the stream layer turns it off: checkpoints are its point of durability). Default: true.
+    pub wal: bool,
+    /// When the log is fsynced. Default: [`SyncMode::GroupCommit`].
+    pub sync: SyncMode,
+    /// What to do when the WAL is damaged at open. Default: [`WalRecovery::TolerateTornTail`].
+    pub wal_recovery: WalRecovery,
+    /// A memtable becomes immutable and is flushed when it holds this many bytes.
+    /// Default: 64 MiB.
+    pub memtable_size_bytes: usize,
+    /// Immutable memtables waiting for flush before writes stop. Default: 2.
+    pub max_immutable_memtables: usize,
+    /// Target size of an uncompressed SST data block. Default: 4 KiB.
+    pub block_size_bytes: usize,
+    /// Keys between restart points in a block. Default: 16.
+    pub block_restart_interval: usize,
+    /// Data block compression. Default: [`Compression::Lz4`].
+    pub compression: Compression,
+    /// Bloom filter bits per key (0 disables the filter). Default: 10 (about 1% false positives).
+    pub bloom_bits_per_key: u32,
+    /// Bytes of decompressed blocks kept in the block cache (0 disables it). Default: 64 MiB.
+    pub block_cache_bytes: usize,
+    /// Verify the crc32c of every block read. Default: true.
+    pub verify_checksums: bool,
+    /// Run compactions in the background. Default: true.
+    pub compaction: bool,
+    /// Number of levels (L0 .. L(n-1)). Default: 7.
+    pub num_levels: usize,
+    /// L0 files that trigger a compaction into L1. Default: 4.
+    pub l0_compaction_trigger: usize,
+    /// L0 files at which each write is delayed by 1 ms. Default: 20.
+    pub l0_slowdown_writes_trigger: usize,
+    /// L0 files at which writes wait for compaction. Default: 36.
+    pub l0_stop_writes_trigger: usize,
+    /// Target total size of L1; each deeper level is `level_size_multiplier` times larger.
+    /// Default: 256 MiB.
+    pub max_bytes_for_level_base: u64,
+    /// Size ratio between adjacent levels. Default: 10.
+    pub level_size_multiplier: u64,
+    /// Compaction output files are cut at this size. Default: 64 MiB.
+    pub target_file_size_bytes: u64,
+    /// The file system every file operation goes through. Default: the real one.
+    pub fs: Arc<dyn FileSystem>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            create_if_missing: true,
+            error_if_exists: false,
+            wal: true,
+            sync: SyncMode::GroupCommit,
+            wal_recovery: WalRecovery::TolerateTornTail,
+            memtable_size_bytes: 64 << 20,
+            max_immutable_memtables: 2,
+            block_size_bytes: 4096,
+            block_restart_interval: 16,
+            compression: Compression::Lz4,
+            bloom_bits_per_key: 10,
+            block_cache_bytes: 64 << 20,
+            verify_checksums: true,
+            compaction: true,
+            num_levels: 7,
+            l0_compaction_trigger: 4,
+            l0_slowdown_writes_trigger: 20,
+            l0_stop_writes_trigger: 36,
+            max_bytes_for_level_base: 256 << 20,
+            level_size_multiplier: 10,
+            target_file_size_bytes: 64 << 20,
+            fs: StdFs::shared(),
+        }
+    }
+}
+
+impl Options {
+    /// Checks the options for consistency.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidOptions(m));
+        if self.memtable_size_bytes < 1024 {
+            return bad(format!(
+                "memtable_size_bytes = {} is below 1 KiB",
+                self.memtable_size_bytes
+            ));
+        }
+        if self.max_immutable_memtables == 0 {
+            return bad("max_immutable_memtables must be at least 1".into());
+        }
+        if !(64..=(16 << 20)).contains(&self.block_size_bytes) {
+            return bad(format!(
+                "block_size_bytes = {} is outside 64 B ..= 16 MiB",
+                self.block_size_bytes
+            ));
+        }
+        if !(1..=1024).contains(&self.block_restart_interval) {
+            return bad("block_restart_interval must be in 1 ..= 1024".into());
+        }
+        if self.bloom_bits_per_key > 64 {
+            return bad("bloom_bits_per_key must be at most 64".into());
+        }
+        if !(2..=16).contains(&self.num_levels) {
+            return bad("num_levels must be in 2 ..= 16".into());
+        }
+        if self.l0_compaction_trigger == 0
+            || self.l0_slowdown_writes_trigger < self.l0_compaction_trigger
+            || self.l0_stop_writes_trigger < self.l0_slowdown_writes_trigger
+        {
+            return bad(
+                "need 0 < l0_compaction_trigger <= l0_slowdown_writes_trigger <= l0_stop_writes_trigger"
+                    .into(),
+            );
+        }
+        if self.level_size_multiplier < 2 {
+            return bad("level_size_multiplier must be at least 2".into());
+        }
+        if self.target_file_size_bytes < 1024 || self.max_bytes_for_level_base < 1024 {
+            return bad(
+                "target_file_size_bytes and max_bytes_for_level_base must be at least 1 KiB".into(),
+            );
+        }
+        if let SyncMode::Periodic(d) = self.sync {
+            if d.is_zero() {
+                return bad("SyncMode::Periodic needs a non-zero interval".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        Options::default().validate().unwrap();
+        let o = Options {
+            block_size_bytes: 1,
+            ..Options::default()
+        };
+        let e = o.validate().unwrap_err().to_string();
+        assert!(e.contains("block_size_bytes"), "{e}");
+    }
+}

@@ -1,0 +1,1 @@
+//! Sorted string tables (SSTs): immutable, block-based files of internal keys.

@@ -1,0 +1,1 @@
+//! The write-ahead log: crc32c-framed records in fixed-size blocks.
