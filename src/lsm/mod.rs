@@ -4,8 +4,11 @@
 //! above is a key-value store ([`Db`]) and, for checkpoints, "the set of live immutable
 //! files plus the sequence number they are consistent at" ([`Db::live_files`]).
 
+pub mod batch;
 pub mod filename;
+pub mod iter;
 pub mod manifest;
+pub mod memtable;
 pub mod options;
 pub mod sst;
 pub mod types;
