@@ -5,14 +5,22 @@
 //! files plus the sequence number they are consistent at" ([`Db::live_files`]).
 
 pub mod batch;
+mod compaction;
+pub mod db;
 pub mod filename;
 pub mod iter;
 pub mod manifest;
 pub mod memtable;
 pub mod options;
+pub mod stats;
 pub mod sst;
 pub mod types;
+pub mod version;
+pub mod version_set;
 pub mod wal;
 
 pub use options::{Compression, Options, SyncMode, WalRecovery};
 pub use types::{FileNumber, SeqNo, ValueKind};
+pub use batch::WriteBatch;
+pub use db::{Db, DbIterator, LiveFile, LiveFiles, LiveFilesTicket, Snapshot};
+pub use stats::DbStats;

@@ -1,0 +1,402 @@
+//! Leveled compaction: picking what to compact, merging it while keeping every version a
+//! live snapshot can see, and the compaction thread.
+//!
+//! Level 0 holds flushed memtables, which may overlap; every deeper level is a sorted run
+//! of disjoint files about `level_size_multiplier` times the size of the level above.
+//! A compaction of level `n` merges some of its files with the overlapping files of level
+//! `n + 1` and writes the result to `n + 1`, cut into files of about
+//! `target_file_size_bytes` (always at a user-key boundary, so the files of a level stay
+//! disjoint). A file that overlaps nothing below is moved, not rewritten (a trivial move).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::MutexGuard;
+
+use super::db::{DbInner, State};
+use super::filename::table_path;
+use super::iter::{BoxedIter, MergingIter};
+use super::manifest::{NewFile, VersionEdit};
+use super::sst::{TableBuilder, TableOptions};
+use super::stats::Counters;
+use super::types::{compare_internal_keys, parse_internal_key, user_key, InternalIterator, SeqNo, ValueKind};
+use super::version::{FileMeta, LevelIter, Version};
+use crate::error::{Error, Result};
+
+/// A manual full compaction requested by `Db::compact_range`.
+#[derive(Debug, Default)]
+pub struct ManualCompaction {
+    /// Set by the compaction thread when it is done.
+    pub done: Option<Result<()>>,
+}
+
+/// What one compaction will do.
+struct Plan {
+    level: usize,
+    inputs: Vec<Arc<FileMeta>>,
+    /// Overlapping files of `level + 1`.
+    next: Vec<Arc<FileMeta>>,
+    /// Rewrite even when the files could be moved (to drop tombstones and old versions).
+    force_rewrite: bool,
+}
+
+impl Plan {
+    fn output_level(&self) -> usize {
+        self.level + 1
+    }
+    fn all_inputs(&self) -> impl Iterator<Item = &Arc<FileMeta>> {
+        self.inputs.iter().chain(self.next.iter())
+    }
+    /// Files that overlap nothing in the next level (and, in L0, each other) can move.
+    fn is_trivial_move(&self) -> bool {
+        !self.force_rewrite && self.next.is_empty() && (self.inputs.len() == 1 || self.level > 0)
+    }
+}
+
+/// Target size of level `level` (>= 1).
+fn max_bytes_for_level(inner: &DbInner, level: usize) -> u64 {
+    let o = &inner.opts;
+    let mut b = o.max_bytes_for_level_base;
+    for _ in 1..level {
+        b = b.saturating_mul(o.level_size_multiplier);
+    }
+    b
+}
+
+/// The level most in need of compaction, with its score (>= 1 means needed).
+fn pick_level(inner: &DbInner, v: &Version) -> Option<(usize, f64)> {
+    let last = v.levels.len() - 1;
+    let mut best: Option<(usize, f64)> = None;
+    for level in 0..last {
+        let score = if level == 0 {
+            v.num_files(0) as f64 / inner.opts.l0_compaction_trigger as f64
+        } else {
+            v.level_bytes(level) as f64 / max_bytes_for_level(inner, level) as f64
+        };
+        if score >= 1.0 && best.is_none_or(|(_, s)| score > s) {
+            best = Some((level, score));
+        }
+    }
+    best
+}
+
+fn key_span(files: &[Arc<FileMeta>]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let lo = files.iter().map(|f| user_key(&f.smallest)).min()?;
+    let hi = files.iter().map(|f| user_key(&f.largest)).max()?;
+    Some((lo.to_vec(), hi.to_vec()))
+}
+
+/// Chooses the inputs of an automatic compaction of `level`.
+fn plan_for_level(st: &State, level: usize) -> Option<Plan> {
+    let v = st.vs.current();
+    let inputs: Vec<Arc<FileMeta>> = if level == 0 {
+        // Every L0 file: they may overlap each other, and merging them all keeps L0 short.
+        v.levels[0].clone()
+    } else {
+        // Round robin through the level, starting after the last compacted key.
+        let files = &v.levels[level];
+        let pointer = st.vs.compact_pointers.get(level).cloned().unwrap_or_default();
+        let pick = files
+            .iter()
+            .find(|f| pointer.is_empty() || compare_internal_keys(&f.largest, &pointer).is_gt())
+            .or_else(|| files.first())?;
+        vec![pick.clone()]
+    };
+    if inputs.is_empty() {
+        return None;
+    }
+    let (lo, hi) = key_span(&inputs)?;
+    let next = v.overlapping(level + 1, &lo, &hi);
+    Some(Plan {
+        level,
+        inputs,
+        next,
+        force_rewrite: false,
+    })
+}
+
+/// True when no level below `output_level` holds `ukey`, so a tombstone for it that no
+/// snapshot needs can be dropped.
+fn is_base_level_for(v: &Version, output_level: usize, ukey: &[u8]) -> bool {
+    v.levels.iter().skip(output_level + 1).all(|files| {
+        files.iter().all(|f| {
+            let (lo, hi) = f.user_range();
+            ukey < lo || ukey > hi
+        })
+    })
+}
+
+/// Runs one automatic compaction if a level needs it. Returns whether one ran.
+fn compact_once(inner: &DbInner, st: &mut MutexGuard<'_, State>) -> Result<bool> {
+    let v = st.vs.current();
+    let Some((level, _score)) = pick_level(inner, &v) else {
+        return Ok(false);
+    };
+    let Some(plan) = plan_for_level(st, level) else {
+        return Ok(false);
+    };
+    run_plan(inner, st, plan)?;
+    Ok(true)
+}
+
+fn run_plan(inner: &DbInner, st: &mut MutexGuard<'_, State>, plan: Plan) -> Result<()> {
+    let out_level = plan.output_level();
+    let mut edit = VersionEdit::default();
+    for f in &plan.inputs {
+        edit.deleted_files.push((plan.level as u32, f.number));
+    }
+    for f in &plan.next {
+        edit.deleted_files.push((out_level as u32, f.number));
+    }
+    if let Some(last) = plan.inputs.iter().map(|f| &f.largest).max_by(|a, b| compare_internal_keys(a, b)) {
+        if plan.level > 0 {
+            edit.compact_pointers.push((plan.level as u32, last.clone()));
+        }
+    }
+    if plan.is_trivial_move() {
+        for f in &plan.inputs {
+            edit.new_files.push(f.to_new_file(out_level as u32));
+        }
+        st.vs.log_and_apply(edit)?;
+        inner.publish(st);
+        Counters::add(&inner.counters.compactions, 1);
+        Counters::add(&inner.counters.trivial_moves, 1);
+        return Ok(());
+    }
+    let version = st.vs.current();
+    let smallest_snapshot = inner.smallest_snapshot();
+    let bytes_read: u64 = plan.all_inputs().map(|f| f.size).sum();
+    let mut children: Vec<BoxedIter> = Vec::new();
+    if plan.level == 0 {
+        for f in &plan.inputs {
+            children.push(Box::new(LevelIter::new(vec![f.clone()])));
+        }
+    } else {
+        children.push(Box::new(LevelIter::new(plan.inputs.clone())));
+    }
+    if !plan.next.is_empty() {
+        children.push(Box::new(LevelIter::new(plan.next.clone())));
+    }
+    let mut merged = MergingIter::new(children);
+    // File numbers need the state lock: reserve enough for the worst case up front.
+    let estimate = (bytes_read / inner.opts.target_file_size_bytes.max(1)) as usize + 2;
+    let numbers: Vec<_> = (0..estimate).map(|_| st.vs.new_file_number()).collect();
+    let outputs = MutexGuard::unlocked(st, || {
+        merge_into_tables(inner, &mut merged, &version, out_level, smallest_snapshot, numbers)
+    })?;
+    let written: u64 = outputs.iter().map(|f| f.size).sum();
+    edit.new_files.extend(outputs);
+    st.vs.log_and_apply(edit)?;
+    inner.publish(st);
+    Counters::add(&inner.counters.compactions, 1);
+    Counters::add(&inner.counters.compaction_bytes_read, bytes_read);
+    Counters::add(&inner.counters.compaction_bytes_written, written);
+    Ok(())
+}
+
+/// Merges `input` into tables of `out_level`, dropping versions no reader can see.
+/// File numbers come from `numbers`; when they run out the output continues in the last
+/// file (past its target size) rather than taking the state lock.
+fn merge_into_tables(
+    inner: &DbInner,
+    input: &mut MergingIter,
+    version: &Version,
+    out_level: usize,
+    smallest_snapshot: SeqNo,
+    numbers: Vec<super::types::FileNumber>,
+) -> Result<Vec<NewFile>> {
+    let mut outputs: Vec<NewFile> = Vec::new();
+    let mut written_paths = Vec::new();
+    let result = (|| {
+        let mut numbers = numbers.into_iter();
+        let mut builder: Option<(TableBuilder, super::types::FileNumber)> = None;
+        let mut current_key: Vec<u8> = Vec::new();
+        let mut have_key = false;
+        let mut last_seq_for_key = u64::MAX;
+        let mut last_ikey: Vec<u8> = Vec::new();
+        input.seek_to_first();
+        while input.valid() {
+            if inner.is_shutting_down() {
+                return Err(Error::Closed);
+            }
+            let ikey = input.key();
+            let p = parse_internal_key(ikey)
+                .ok_or_else(|| Error::corruption("<compaction input>", 0, "entry without a valid internal key"))?;
+            if ikey == last_ikey.as_slice() {
+                // The same write twice (a log replayed twice before a crash): keep one.
+                input.next();
+                continue;
+            }
+            let new_key = !have_key || p.user_key != current_key.as_slice();
+            if new_key {
+                // Cut the output at a user-key boundary once it is large enough.
+                if let Some((b, _)) = &builder {
+                    if b.estimated_file_size() >= inner.opts.target_file_size_bytes && numbers.len() > 0 {
+                        let (b, n) = builder.take().expect("checked above");
+                        outputs.push(finish_table(inner, b, n, out_level)?);
+                    }
+                }
+                current_key.clear();
+                current_key.extend_from_slice(p.user_key);
+                have_key = true;
+                last_seq_for_key = u64::MAX;
+            }
+            let drop_entry = if last_seq_for_key <= smallest_snapshot.0 {
+                // A newer version of this key is visible to every reader.
+                true
+            } else {
+                p.kind == ValueKind::Delete
+                    && p.seq <= smallest_snapshot
+                    && is_base_level_for(version, out_level, p.user_key)
+            };
+            last_seq_for_key = p.seq.0;
+            last_ikey.clear();
+            last_ikey.extend_from_slice(ikey);
+            if !drop_entry {
+                if builder.is_none() {
+                    let n = match numbers.next() {
+                        Some(n) => n,
+                        None => return Err(Error::InvalidArgument("compaction ran out of file numbers".into())),
+                    };
+                    let path = table_path(&inner.dir, n);
+                    written_paths.push(path.clone());
+                    let file = inner.fs.create(&path)?;
+                    builder = Some((TableBuilder::new(file, TableOptions::from_options(&inner.opts)), n));
+                }
+                if let Some((b, _)) = builder.as_mut() {
+                    b.add(ikey, input.value())?;
+                }
+            }
+            input.next();
+        }
+        input.status()?;
+        if let Some((b, n)) = builder.take() {
+            outputs.push(finish_table(inner, b, n, out_level)?);
+        }
+        inner.fs.sync_dir(&inner.dir)?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(outputs),
+        Err(e) => {
+            for p in written_paths {
+                let _ = inner.fs.remove_file(&p);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn finish_table(
+    _inner: &DbInner,
+    b: TableBuilder,
+    number: super::types::FileNumber,
+    level: usize,
+) -> Result<NewFile> {
+    let props = b.finish()?;
+    Ok(NewFile {
+        level: level as u32,
+        number,
+        size: props.file_size,
+        file_crc32c: props.file_crc32c,
+        smallest: props.smallest_key,
+        largest: props.largest_key,
+        smallest_seq: props.smallest_seq,
+        largest_seq: props.largest_seq,
+        num_entries: props.num_entries,
+    })
+}
+
+/// The compaction thread: runs requested manual compactions and automatic ones.
+pub(crate) fn compaction_loop(inner: Arc<DbInner>) {
+    let mut st = inner.state().lock();
+    loop {
+        if inner.is_shutting_down() {
+            if let Some(m) = st.manual.as_mut() {
+                m.done.get_or_insert(Err(Error::Closed));
+            }
+            inner.bg_condvar().notify_all();
+            return;
+        }
+        if inner.has_bg_error() {
+            if let Some(m) = st.manual.as_mut() {
+                if m.done.is_none() {
+                    m.done = Some(inner.check_bg_error());
+                    inner.bg_condvar().notify_all();
+                }
+            }
+            inner.bg_condvar().wait_for(&mut st, Duration::from_millis(100));
+            continue;
+        }
+        if st.manual.as_ref().is_some_and(|m| m.done.is_none()) {
+            let r = full_compaction(&inner, &mut st);
+            if let Err(e) = &r {
+                if !matches!(e, Error::Closed) {
+                    inner.set_bg_error(e.clone());
+                }
+            }
+            if let Some(m) = st.manual.as_mut() {
+                m.done = Some(r);
+            }
+            inner.bg_condvar().notify_all();
+            continue;
+        }
+        if inner.opts.compaction {
+            match compact_once(&inner, &mut st) {
+                Ok(true) => {
+                    inner.bg_condvar().notify_all();
+                    continue;
+                }
+                Ok(false) => {}
+                Err(Error::Closed) => continue,
+                Err(e) => {
+                    inner.set_bg_error(e);
+                    inner.bg_condvar().notify_all();
+                    continue;
+                }
+            }
+        }
+        inner.bg_condvar().wait_for(&mut st, Duration::from_millis(500));
+    }
+}
+
+/// Compacts every level into the one below, down to the last level, rewriting the last
+/// step so that tombstones and shadowed versions no snapshot needs are dropped.
+fn full_compaction(inner: &DbInner, st: &mut MutexGuard<'_, State>) -> Result<()> {
+    let last = st.vs.num_levels() - 1;
+    for level in 0..last {
+        let v = st.vs.current();
+        let inputs = v.levels[level].clone();
+        let Some((lo, hi)) = key_span(&inputs) else {
+            continue;
+        };
+        let next = v.overlapping(level + 1, &lo, &hi);
+        let plan = Plan {
+            level,
+            inputs,
+            next,
+            force_rewrite: level + 1 == last,
+        };
+        run_plan(inner, st, plan)?;
+    }
+    Ok(())
+}
+
+/// Asks the compaction thread for a full compaction and waits for it.
+pub(crate) fn run_manual(inner: &Arc<DbInner>) -> Result<()> {
+    let mut st = inner.state().lock();
+    while st.manual.is_some() {
+        inner.check_bg_error()?;
+        inner.bg_condvar().wait_for(&mut st, Duration::from_millis(100));
+    }
+    st.manual = Some(ManualCompaction::default());
+    inner.bg_condvar().notify_all();
+    loop {
+        if let Some(done) = st.manual.as_mut().and_then(|m| m.done.take()) {
+            st.manual = None;
+            inner.bg_condvar().notify_all();
+            return done;
+        }
+        inner.bg_condvar().wait_for(&mut st, Duration::from_millis(100));
+    }
+}

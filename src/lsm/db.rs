@@ -1,0 +1,1223 @@
+//! [`Db`]: the store's public face — open and recovery, the group-commit write path,
+//! reads through a lock-free view of memtables and files, snapshots, scans, flushes, and
+//! the pinned file sets that checkpoints are built from.
+//!
+//! Locks, from outermost to innermost: the writer queue (`writers`), the store state
+//! (`state`), the WAL (`wal`). Readers take none of them: they load the current
+//! [`SuperVersion`] from an `ArcSwap` and the visible sequence number from an atomic.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use super::batch::{decode_batch, WriteBatch};
+use super::filename::{self, parse_file_name, table_path, wal_path, FileKind};
+use super::iter::{BoxedIter, MergingIter, UserIter};
+use super::manifest::{read_current, read_manifest, ManifestWriter, NewFile, VersionEdit};
+use super::memtable::{MemLookup, MemTable};
+use super::options::{Options, SyncMode, WalRecovery};
+use super::sst::{BlockCache, TableBuilder, TableOptions};
+use super::stats::{Counters, DbStats, LevelStats};
+use super::types::{FileNumber, InternalIterator, SeqNo, ValueKind};
+use super::version::{FileMeta, FilterCounts, TableContext, Version, VersionLookup};
+use super::version_set::VersionSet;
+use super::wal::{LogKind, LogRead, LogReader, LogWriter};
+use crate::error::{Error, Result};
+use crate::fs::{FileLock, FileSystem};
+
+/// Largest number of bytes of batches one group commit gathers.
+const MAX_GROUP_BYTES: usize = 1 << 20;
+
+/// What a reader sees: the memtables and the files, as one consistent set.
+pub struct SuperVersion {
+    /// The active memtable.
+    pub mem: Arc<MemTable>,
+    /// Immutable memtables, newest first.
+    pub imms: Vec<Arc<MemTable>>,
+    /// The live files.
+    pub version: Arc<Version>,
+}
+
+/// An immutable memtable waiting for its flush; `flushed` is set to the first version
+/// that holds its contents.
+struct Imm {
+    mem: Arc<MemTable>,
+    flushed: OnceLock<Arc<Version>>,
+}
+
+pub(crate) struct State {
+    pub(crate) vs: VersionSet,
+    mem: Arc<MemTable>,
+    /// Oldest first.
+    imms: Vec<Arc<Imm>>,
+    /// A manual compaction requested by [`Db::compact_range`], run by the compaction thread.
+    pub(crate) manual: Option<super::compaction::ManualCompaction>,
+}
+
+struct Slot {
+    batch: Mutex<Option<WriteBatch>>,
+    result: Mutex<Option<Result<()>>>,
+    force_switch: bool,
+}
+
+pub(crate) struct DbInner {
+    pub(crate) dir: PathBuf,
+    pub(crate) opts: Options,
+    pub(crate) fs: Arc<dyn FileSystem>,
+    _lock: FileLock,
+    pub(crate) cache: Option<Arc<BlockCache>>,
+    state: Mutex<State>,
+    /// Signals the background thread, and waiters for flushes and compactions.
+    bg_cv: Condvar,
+    sv: ArcSwap<SuperVersion>,
+    /// The largest sequence number visible to readers.
+    last_seq: AtomicU64,
+    writers: Mutex<VecDeque<Arc<Slot>>>,
+    writers_cv: Condvar,
+    wal: Mutex<Option<LogWriter>>,
+    /// Sequence numbers of live snapshots, with counts.
+    snapshots: Mutex<BTreeMap<u64, usize>>,
+    pub(crate) counters: Counters,
+    has_bg_error: AtomicBool,
+    bg_error: Mutex<Option<Error>>,
+    shutting_down: AtomicBool,
+}
+
+/// An embedded, persistent, ordered key-value store.
+///
+/// ```
+/// # fn main() -> tidemark::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let db = tidemark::lsm::Db::open(dir.path(), tidemark::lsm::Options::default())?;
+/// db.put(b"apple", b"red")?;
+/// db.put(b"banana", b"yellow")?;
+/// assert_eq!(db.get(b"apple")?, Some(b"red".to_vec()));
+/// let keys: Vec<_> = db.scan(..)?.map(|kv| kv.map(|(k, _)| k)).collect::<Result<_, _>>()?;
+/// assert_eq!(keys, vec![b"apple".to_vec(), b"banana".to_vec()]);
+/// # Ok(()) }
+/// ```
+pub struct Db {
+    inner: Arc<DbInner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("dir", &self.inner.dir).finish()
+    }
+}
+
+/// A consistent read-only view of the store as of the moment it was taken. Compactions
+/// keep every version a live snapshot can see.
+pub struct Snapshot {
+    inner: Arc<DbInner>,
+    seq: SeqNo,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").field("seq", &self.seq).finish()
+    }
+}
+
+/// An ordered scan over a key range; yields `(key, value)` pairs.
+pub struct DbIterator {
+    inner: UserIter<MergingIter>,
+    started: bool,
+    lower: Bound<Vec<u8>>,
+    done: bool,
+}
+
+impl std::fmt::Debug for DbIterator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbIterator").field("done", &self.done).finish()
+    }
+}
+
+impl Iterator for DbIterator {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if !self.started {
+            self.started = true;
+            let lower = std::mem::replace(&mut self.lower, Bound::Unbounded);
+            match &lower {
+                Bound::Unbounded => self.inner.seek(Bound::Unbounded),
+                Bound::Included(k) => self.inner.seek(Bound::Included(k)),
+                Bound::Excluded(k) => self.inner.seek(Bound::Excluded(k)),
+            }
+        } else {
+            self.inner.advance();
+        }
+        if self.inner.valid() {
+            return Some(Ok((self.inner.key().to_vec(), self.inner.value().to_vec())));
+        }
+        self.done = true;
+        match self.inner.status() {
+            Err(e) => Some(Err(e)),
+            Ok(()) => None,
+        }
+    }
+}
+
+/// One file of a pinned file set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveFile {
+    /// Level of the file.
+    pub level: usize,
+    /// File number.
+    pub number: FileNumber,
+    /// File name in the store directory (`000012.sst`).
+    pub name: String,
+    /// Full path in the store directory.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// crc32c of the whole file.
+    pub crc32c: u32,
+}
+
+/// The live immutable files of a store and the sequence number they are consistent at.
+/// While this value lives, none of its files is deleted.
+pub struct LiveFiles {
+    /// Every write with a sequence number `<= seq` is in the files; none after it.
+    pub seq: SeqNo,
+    /// The store's identity.
+    pub db_id: String,
+    /// A manifest edit that recreates exactly this file set (see [`Db::restore_manifest`]).
+    pub manifest: VersionEdit,
+    version: Arc<Version>,
+}
+
+impl std::fmt::Debug for LiveFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveFiles")
+            .field("seq", &self.seq)
+            .field("files", &self.files().len())
+            .finish()
+    }
+}
+
+impl LiveFiles {
+    /// The files, level by level.
+    pub fn files(&self) -> Vec<LiveFile> {
+        self.version
+            .all_files()
+            .map(|(level, f)| LiveFile {
+                level,
+                number: f.number,
+                name: filename::table_file_name(f.number),
+                path: f.path(),
+                size: f.size,
+                crc32c: f.file_crc32c,
+            })
+            .collect()
+    }
+
+    /// Total bytes of the files.
+    pub fn total_bytes(&self) -> u64 {
+        self.version.all_files().map(|(_, f)| f.size).sum()
+    }
+}
+
+/// The synchronous part of taking a file set: the memtable was switched at `seq`; waiting
+/// for the flush is the asynchronous part ([`LiveFilesTicket::wait`]).
+pub struct LiveFilesTicket {
+    inner: Arc<DbInner>,
+    seq: SeqNo,
+    wait_for: Option<Arc<Imm>>,
+    ready: Option<Arc<Version>>,
+}
+
+impl std::fmt::Debug for LiveFilesTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveFilesTicket").field("seq", &self.seq).finish()
+    }
+}
+
+impl LiveFilesTicket {
+    /// The sequence number the file set will be consistent at.
+    pub fn seq(&self) -> SeqNo {
+        self.seq
+    }
+
+    /// Waits until every write up to [`LiveFilesTicket::seq`] is in files, and pins them.
+    pub fn wait(self) -> Result<LiveFiles> {
+        let inner = &self.inner;
+        let version = match (self.ready, &self.wait_for) {
+            (Some(v), _) => v,
+            (None, Some(imm)) => {
+                let mut st = inner.state.lock();
+                loop {
+                    if let Some(v) = imm.flushed.get() {
+                        break v.clone();
+                    }
+                    inner.check_bg_error()?;
+                    inner.bg_cv.wait_for(&mut st, Duration::from_millis(100));
+                }
+            }
+            (None, None) => inner.state.lock().vs.current(),
+        };
+        let st = inner.state.lock();
+        let mut manifest = VersionEdit {
+            db_id: Some(st.vs.db_id.clone()),
+            log_number: Some(FileNumber(0)),
+            next_file_number: Some(st.vs.next_file_number()),
+            last_sequence: Some(self.seq),
+            ..VersionEdit::default()
+        };
+        for (level, f) in version.all_files() {
+            manifest.new_files.push(f.to_new_file(level as u32));
+        }
+        Ok(LiveFiles {
+            seq: self.seq,
+            db_id: st.vs.db_id.clone(),
+            manifest,
+            version,
+        })
+    }
+}
+
+fn random_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let local = 0u8;
+    let a = crate::codec::crc32c(&now.to_le_bytes());
+    let b = crate::codec::crc32c(&(std::process::id() as u64 ^ (&local as *const u8 as u64)).to_le_bytes());
+    format!("{:016x}{:08x}{:08x}", now as u64, a, b)
+}
+
+impl Db {
+    /// Opens (or creates) the store in `path`, replaying its WAL.
+    pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Db> {
+        opts.validate()?;
+        let dir = path.as_ref().to_path_buf();
+        let fs = opts.fs.clone();
+        if !fs.exists(&dir) {
+            if !opts.create_if_missing {
+                return Err(Error::NotFound { path: dir });
+            }
+            fs.create_dir_all(&dir)?;
+        }
+        let lock = fs.lock(&dir.join(filename::LOCK))?;
+        let cache = (opts.block_cache_bytes > 0).then(|| BlockCache::new(opts.block_cache_bytes));
+        let ctx = Arc::new(TableContext {
+            dir: dir.clone(),
+            fs: fs.clone(),
+            cache: cache.clone(),
+            verify_checksums: opts.verify_checksums,
+        });
+        let names = fs.list_dir(&dir)?;
+        let current = dir.join(filename::CURRENT);
+        let mut vs = if fs.exists(&current) {
+            if opts.error_if_exists {
+                return Err(Error::InvalidArgument(format!(
+                    "a store already exists in {}",
+                    dir.display()
+                )));
+            }
+            let n = read_current(fs.as_ref(), &dir)?;
+            let mpath = filename::manifest_path(&dir, n);
+            let edits = read_manifest(fs.as_ref(), &mpath, n)?;
+            VersionSet::recover(ctx.clone(), opts.num_levels, &edits, &mpath)?
+        } else {
+            let stray = names.iter().find(|n| {
+                matches!(
+                    parse_file_name(n),
+                    Some(FileKind::Manifest(_)) | Some(FileKind::Table(_))
+                )
+            });
+            if let Some(s) = stray {
+                return Err(Error::corruption(
+                    &current,
+                    0,
+                    format!("CURRENT is missing but the directory holds store files ({s})"),
+                ));
+            }
+            VersionSet::new_store(ctx.clone(), opts.num_levels, random_id())
+        };
+        // A fresh manifest holding the recovered state; recovery flushes are logged in it.
+        vs.roll_manifest()?;
+
+        let counters = Counters::default();
+        let (mem, max_seq) = Self::replay_wals(&opts, &dir, &names, &mut vs, &counters)?;
+        let last_seq = vs.last_sequence.max(max_seq);
+        vs.last_sequence = last_seq;
+
+        // The WAL for new writes, then the edit that retires every older log.
+        let (wal, wal_number) = if opts.wal {
+            let n = vs.new_file_number();
+            let file = fs.create(&wal_path(&dir, n))?;
+            let w = LogWriter::new(file, LogKind::Wal, n)?;
+            fs.sync_dir(&dir)?;
+            (Some(w), n)
+        } else {
+            (None, FileNumber(0))
+        };
+        let mut edit = VersionEdit {
+            last_sequence: Some(last_seq),
+            log_number: Some(wal_number),
+            ..VersionEdit::default()
+        };
+        if !mem.is_empty() {
+            let mem = Arc::new(mem);
+            let number = vs.new_file_number();
+            if let Some(nf) = write_level0_table(&opts, &dir, &mem, number, &counters)? {
+                edit.new_files.push(nf);
+            }
+        }
+        vs.log_and_apply(edit)?;
+        delete_obsolete_files(fs.as_ref(), &dir, &vs)?;
+
+        let mem = Arc::new(MemTable::new(wal_number));
+        let sv = SuperVersion {
+            mem: mem.clone(),
+            imms: Vec::new(),
+            version: vs.current(),
+        };
+        let inner = Arc::new(DbInner {
+            dir,
+            fs,
+            _lock: lock,
+            cache,
+            state: Mutex::new(State {
+                vs,
+                mem,
+                imms: Vec::new(),
+                manual: None,
+            }),
+            bg_cv: Condvar::new(),
+            sv: ArcSwap::from_pointee(sv),
+            last_seq: AtomicU64::new(last_seq.0),
+            writers: Mutex::new(VecDeque::new()),
+            writers_cv: Condvar::new(),
+            wal: Mutex::new(wal),
+            snapshots: Mutex::new(BTreeMap::new()),
+            counters,
+            has_bg_error: AtomicBool::new(false),
+            bg_error: Mutex::new(None),
+            shutting_down: AtomicBool::new(false),
+            opts,
+        });
+        let mut threads = Vec::new();
+        let bg = inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("tidemark-flush".into())
+                .spawn(move || bg.flush_loop())
+                .map_err(|e| Error::io("spawn flush thread", &inner.dir, e))?,
+        );
+        let bg = inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("tidemark-compact".into())
+                .spawn(move || super::compaction::compaction_loop(bg))
+                .map_err(|e| Error::io("spawn compaction thread", &inner.dir, e))?,
+        );
+        if let SyncMode::Periodic(every) = inner.opts.sync {
+            let p = inner.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("tidemark-sync".into())
+                    .spawn(move || p.periodic_sync_loop(every))
+                    .map_err(|e| Error::io("spawn sync thread", &inner.dir, e))?,
+            );
+        }
+        inner.bg_cv.notify_all();
+        Ok(Db {
+            inner,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Replays every WAL not yet retired into a memtable; returns it and the largest
+    /// sequence number seen. Full memtables are flushed to level 0 along the way.
+    fn replay_wals(
+        opts: &Options,
+        dir: &Path,
+        names: &[String],
+        vs: &mut VersionSet,
+        counters: &Counters,
+    ) -> Result<(MemTable, SeqNo)> {
+        let fs = opts.fs.as_ref();
+        let mut wals: Vec<FileNumber> = names
+            .iter()
+            .filter_map(|n| match parse_file_name(n) {
+                Some(FileKind::Wal(w)) if w >= vs.log_number => Some(w),
+                _ => None,
+            })
+            .collect();
+        wals.sort();
+        let mut mem = MemTable::new(FileNumber(0));
+        let mut max_seq = SeqNo(0);
+        'logs: for (i, &w) in wals.iter().enumerate() {
+            let path = wal_path(dir, w);
+            let last = i + 1 == wals.len();
+            let data = fs.read_file(&path, u64::MAX)?;
+            let mut reader = LogReader::new(&data, &path, LogKind::Wal, Some(w), true)?;
+            loop {
+                match reader.next() {
+                    LogRead::Record { offset, payload } => {
+                        let batch = decode_batch(&payload, &path, offset)?;
+                        for op in &batch.ops {
+                            mem.add(op.seq, op.kind, op.key, op.value);
+                            max_seq = max_seq.max(op.seq);
+                        }
+                        if mem.approximate_size() >= opts.memtable_size_bytes {
+                            let full = Arc::new(std::mem::replace(&mut mem, MemTable::new(FileNumber(0))));
+                            let number = vs.new_file_number();
+                            if let Some(nf) = write_level0_table(opts, dir, &full, number, counters)? {
+                                let edit = VersionEdit {
+                                    new_files: vec![nf],
+                                    last_sequence: Some(max_seq),
+                                    ..VersionEdit::default()
+                                };
+                                vs.log_and_apply(edit)?;
+                            }
+                        }
+                    }
+                    LogRead::Eof => break,
+                    LogRead::TornTail { offset, reason } if last => {
+                        tracing::warn!(file = %path.display(), offset, %reason, "dropped a torn record at the tail of the log");
+                        break;
+                    }
+                    LogRead::TornTail { offset, reason } | LogRead::Corrupt { offset, reason } => {
+                        if opts.wal_recovery == WalRecovery::PointInTime {
+                            tracing::warn!(file = %path.display(), offset, %reason, "point-in-time recovery stops at damaged log record");
+                            break 'logs;
+                        }
+                        return Err(Error::corruption(&path, offset, reason));
+                    }
+                }
+            }
+        }
+        Ok((mem, max_seq))
+    }
+
+    /// Writes `value` under `key`.
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.put(key, value);
+        self.write(b)
+    }
+
+    /// Deletes `key` (a no-op if absent).
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.delete(key);
+        self.write(b)
+    }
+
+    /// Applies every operation of `batch` atomically.
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        batch.validate()?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.inner.write_impl(Some(batch)).map(|_| ())
+    }
+
+    /// The newest value of `key`.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        self.inner.get_at(key.as_ref(), self.inner.visible_seq())
+    }
+
+    /// A consistent view of the store as it is now.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snaps = self.inner.snapshots.lock();
+        let seq = self.inner.visible_seq();
+        *snaps.entry(seq.0).or_insert(0) += 1;
+        Snapshot {
+            inner: self.inner.clone(),
+            seq,
+        }
+    }
+
+    /// Scans the keys in `range` in order.
+    pub fn scan<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Result<DbIterator> {
+        self.inner.iter_at(range, self.inner.visible_seq())
+    }
+
+    /// Scans the keys that start with `prefix` in order.
+    pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Result<DbIterator> {
+        self.inner.prefix_at(prefix.as_ref(), self.inner.visible_seq())
+    }
+
+    /// Flushes the memtable to a table and waits for it.
+    pub fn flush(&self) -> Result<()> {
+        self.begin_live_files()?.wait().map(|_| ())
+    }
+
+    /// The synchronous part of pinning a consistent file set: switches the memtable (no
+    /// copy of state). [`LiveFilesTicket::wait`] waits for the flush and pins the files.
+    pub fn begin_live_files(&self) -> Result<LiveFilesTicket> {
+        self.inner.check_bg_error()?;
+        let (seq, wait_for, ready) = self.inner.write_impl(None)?.unwrap_or_else(|| {
+            (self.inner.visible_seq(), None, None)
+        });
+        Ok(LiveFilesTicket {
+            inner: self.inner.clone(),
+            seq,
+            wait_for,
+            ready,
+        })
+    }
+
+    /// Flushes and returns the live files and the sequence number they are consistent at.
+    pub fn live_files(&self) -> Result<LiveFiles> {
+        self.begin_live_files()?.wait()
+    }
+
+    /// Statistics of the store.
+    pub fn stats(&self) -> DbStats {
+        let sv = self.inner.sv.load();
+        let mut s = DbStats {
+            levels: sv
+                .version
+                .levels
+                .iter()
+                .map(|l| LevelStats {
+                    files: l.len(),
+                    bytes: l.iter().map(|f| f.size).sum(),
+                })
+                .collect(),
+            ..DbStats::default()
+        };
+        s.fill_counters(&self.inner.counters);
+        if let Some(c) = &self.inner.cache {
+            let cs = c.stats();
+            s.cache_hits = cs.hits;
+            s.cache_misses = cs.misses;
+            s.cache_bytes = cs.bytes_used as u64;
+        }
+        s.memtable_bytes = (sv.mem.approximate_size()
+            + sv.imms.iter().map(|m| m.approximate_size()).sum::<usize>()) as u64;
+        s.immutable_memtables = sv.imms.len();
+        s.last_sequence = self.inner.visible_seq().0;
+        s
+    }
+
+    /// The store directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The store's identity (random, set when it was created).
+    pub fn id(&self) -> String {
+        self.inner.state.lock().vs.db_id.clone()
+    }
+
+    /// The background error that made the store read-only, if any.
+    pub fn background_error(&self) -> Option<Error> {
+        self.inner.bg_error.lock().clone()
+    }
+
+    /// Compacts every level down to the last level holding data (a manual full
+    /// compaction) and waits for it.
+    pub fn compact_range(&self) -> Result<()> {
+        self.flush()?;
+        super::compaction::run_manual(&self.inner)
+    }
+
+    /// Writes `edit` (from [`LiveFiles::manifest`]) as the manifest of a new store in `dir`,
+    /// whose table files were already placed there (linked or copied), so that
+    /// [`Db::open`] opens exactly that file set.
+    pub fn restore_manifest(fs: &dyn FileSystem, dir: &Path, edit: &VersionEdit) -> Result<()> {
+        fs.create_dir_all(dir)?;
+        if fs.exists(&dir.join(filename::CURRENT)) {
+            return Err(Error::InvalidArgument(format!(
+                "{} already holds a store",
+                dir.display()
+            )));
+        }
+        for f in &edit.new_files {
+            let p = table_path(dir, f.number);
+            let size = fs.file_size(&p)?;
+            if size != f.size {
+                return Err(Error::corruption(
+                    &p,
+                    0,
+                    format!("file is {size} bytes, the checkpoint records {}", f.size),
+                ));
+            }
+        }
+        let next = edit.next_file_number.unwrap_or(FileNumber(2));
+        let number = FileNumber(next.0.max(2));
+        let mut e = edit.clone();
+        e.next_file_number = Some(FileNumber(number.0 + 1));
+        e.log_number = Some(FileNumber(0));
+        ManifestWriter::create(fs, dir, number, &e)?;
+        super::manifest::set_current(fs, dir, number)
+    }
+
+    /// Flushes (when the WAL is off), stops the background work and closes the store.
+    pub fn close(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut result = Ok(());
+        if self.inner.check_bg_error().is_ok() {
+            if !self.inner.opts.wal {
+                result = self.flush();
+            } else if let Some(w) = self.inner.wal.lock().as_mut() {
+                result = w.sync();
+            }
+        }
+        {
+            let _st = self.inner.state.lock();
+            self.inner.shutting_down.store(true, Ordering::Release);
+            self.inner.bg_cv.notify_all();
+        }
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        result
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::warn!(error = %e, "error while closing the store");
+        }
+    }
+}
+
+impl Snapshot {
+    /// The sequence number this snapshot reads at.
+    pub fn seq(&self) -> SeqNo {
+        self.seq
+    }
+
+    /// The value of `key` as of the snapshot.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        self.inner.get_at(key.as_ref(), self.seq)
+    }
+
+    /// Scans `range` as of the snapshot.
+    pub fn scan<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Result<DbIterator> {
+        self.inner.iter_at(range, self.seq)
+    }
+
+    /// Scans the keys starting with `prefix` as of the snapshot.
+    pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Result<DbIterator> {
+        self.inner.prefix_at(prefix.as_ref(), self.seq)
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let mut snaps = self.inner.snapshots.lock();
+        if let Some(c) = snaps.get_mut(&self.seq.0) {
+            *c -= 1;
+            if *c == 0 {
+                snaps.remove(&self.seq.0);
+            }
+        }
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix` (None: no such key).
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut p = prefix.to_vec();
+    while let Some(last) = p.pop() {
+        if last < 0xff {
+            p.push(last + 1);
+            return Some(p);
+        }
+    }
+    None
+}
+
+fn owned_bound<K: AsRef<[u8]>>(b: Bound<&K>) -> Bound<Vec<u8>> {
+    match b {
+        Bound::Included(k) => Bound::Included(k.as_ref().to_vec()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_ref().to_vec()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// Writes `mem` as table `number` in `dir` (fsynced, directory fsynced). None if empty.
+pub(crate) fn write_level0_table(
+    opts: &Options,
+    dir: &Path,
+    mem: &Arc<MemTable>,
+    number: FileNumber,
+    counters: &Counters,
+) -> Result<Option<NewFile>> {
+    if mem.is_empty() {
+        return Ok(None);
+    }
+    let path = table_path(dir, number);
+    let result = (|| {
+        let file = opts.fs.create(&path)?;
+        let mut b = TableBuilder::new(file, TableOptions::from_options(opts));
+        let mut it = mem.iter();
+        it.seek_to_first();
+        while it.valid() {
+            b.add(it.key(), it.value())?;
+            it.next();
+        }
+        let props = b.finish()?;
+        opts.fs.sync_dir(dir)?;
+        Ok(props)
+    })();
+    let props = match result {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = opts.fs.remove_file(&path);
+            return Err(e);
+        }
+    };
+    Counters::add(&counters.flush_bytes_written, props.file_size);
+    Counters::add(&counters.flushes, 1);
+    Ok(Some(NewFile {
+        level: 0,
+        number,
+        size: props.file_size,
+        file_crc32c: props.file_crc32c,
+        smallest: props.smallest_key.clone(),
+        largest: props.largest_key.clone(),
+        smallest_seq: props.smallest_seq,
+        largest_seq: props.largest_seq,
+        num_entries: props.num_entries,
+    }))
+}
+
+/// Removes what the store no longer needs: retired WALs, old manifests, tables no version
+/// lists, and leftovers of interrupted atomic writes. Run at open, under the lock.
+fn delete_obsolete_files(fs: &dyn FileSystem, dir: &Path, vs: &VersionSet) -> Result<()> {
+    let live: HashSet<FileNumber> = vs.current().all_files().map(|(_, f)| f.number).collect();
+    let manifest = vs.manifest_number();
+    for name in fs.list_dir(dir)? {
+        let remove = match parse_file_name(&name) {
+            Some(FileKind::Wal(n)) => n < vs.log_number,
+            Some(FileKind::Manifest(n)) => Some(n) != manifest,
+            Some(FileKind::Table(n)) => !live.contains(&n),
+            Some(FileKind::Temp) => true,
+            _ => false,
+        };
+        if remove {
+            tracing::debug!(file = %name, "removing obsolete file");
+            fs.remove_file(&dir.join(&name))?;
+        }
+    }
+    fs.sync_dir(dir)
+}
+
+type SwitchOutcome = Option<(SeqNo, Option<Arc<Imm>>, Option<Arc<Version>>)>;
+
+impl DbInner {
+    pub(crate) fn visible_seq(&self) -> SeqNo {
+        SeqNo(self.last_seq.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn check_bg_error(&self) -> Result<()> {
+        if self.has_bg_error.load(Ordering::Acquire) {
+            if let Some(e) = self.bg_error.lock().clone() {
+                return Err(match e {
+                    Error::ReadOnly(_) => e,
+                    other => Error::ReadOnly(Arc::new(other)),
+                });
+            }
+        }
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Records the first background error; the store is read-only from then on.
+    pub(crate) fn set_bg_error(&self, e: Error) {
+        let mut g = self.bg_error.lock();
+        if g.is_none() {
+            tracing::error!(error = %e, "store is now read-only");
+            *g = Some(e);
+            self.has_bg_error.store(true, Ordering::Release);
+        }
+        drop(g);
+        self.bg_cv.notify_all();
+    }
+
+    pub(crate) fn smallest_snapshot(&self) -> SeqNo {
+        let snaps = self.snapshots.lock();
+        let visible = self.visible_seq();
+        snaps
+            .keys()
+            .next()
+            .map_or(visible, |&s| SeqNo(s).min(visible))
+    }
+
+    fn get_at(&self, key: &[u8], seq: SeqNo) -> Result<Option<Vec<u8>>> {
+        Counters::add(&self.counters.gets, 1);
+        let sv = self.sv.load();
+        match sv.mem.get(key, seq) {
+            MemLookup::Found(v) => return Ok(Some(v)),
+            MemLookup::Deleted => return Ok(None),
+            MemLookup::NotFound => {}
+        }
+        for m in &sv.imms {
+            match m.get(key, seq) {
+                MemLookup::Found(v) => return Ok(Some(v)),
+                MemLookup::Deleted => return Ok(None),
+                MemLookup::NotFound => {}
+            }
+        }
+        let mut counts = FilterCounts::default();
+        let r = sv.version.get(key, seq, &mut counts);
+        Counters::add(&self.counters.bloom_checked, counts.checked);
+        Counters::add(&self.counters.bloom_useful, counts.useful);
+        Ok(match r? {
+            VersionLookup::Found(v) => Some(v),
+            VersionLookup::Deleted | VersionLookup::NotFound => None,
+        })
+    }
+
+    fn iter_at<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>, seq: SeqNo) -> Result<DbIterator> {
+        self.check_readable()?;
+        let sv = self.sv.load_full();
+        let mut children: Vec<BoxedIter> = Vec::with_capacity(2 + sv.imms.len() + sv.version.levels.len());
+        children.push(Box::new(sv.mem.iter()));
+        for m in &sv.imms {
+            children.push(Box::new(m.iter()));
+        }
+        sv.version.iterators(&mut children);
+        let merged = MergingIter::new(children);
+        Ok(DbIterator {
+            inner: UserIter::new(merged, seq, owned_bound(range.end_bound())),
+            started: false,
+            lower: owned_bound(range.start_bound()),
+            done: false,
+        })
+    }
+
+    fn prefix_at(&self, prefix: &[u8], seq: SeqNo) -> Result<DbIterator> {
+        match prefix_successor(prefix) {
+            Some(end) => self.iter_at(prefix.to_vec()..end, seq),
+            None => self.iter_at(prefix.to_vec().., seq),
+        }
+    }
+
+    fn check_readable(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn install_super_version(&self, st: &State) {
+        self.sv.store(Arc::new(SuperVersion {
+            mem: st.mem.clone(),
+            imms: st.imms.iter().rev().map(|i| i.mem.clone()).collect(),
+            version: st.vs.current(),
+        }));
+    }
+
+    /// Queues a write (or, with `None`, a memtable switch) and waits for it to commit;
+    /// the thread at the head of the queue commits the queued writes as one group.
+    fn write_impl(&self, batch: Option<WriteBatch>) -> Result<SwitchOutcome> {
+        self.check_bg_error()?;
+        let force_switch = batch.is_none();
+        let slot = Arc::new(Slot {
+            batch: Mutex::new(batch),
+            result: Mutex::new(None),
+            force_switch,
+        });
+        let mut q = self.writers.lock();
+        q.push_back(slot.clone());
+        loop {
+            if let Some(r) = slot.result.lock().take() {
+                return r.map(|()| None);
+            }
+            if q.front().is_some_and(|f| Arc::ptr_eq(f, &slot)) {
+                break;
+            }
+            self.writers_cv.wait(&mut q);
+        }
+        // This thread leads: gather a group behind it.
+        let mut group: Vec<Arc<Slot>> = vec![slot.clone()];
+        if !force_switch && self.opts.sync != SyncMode::PerWrite {
+            let mut bytes = slot.batch.lock().as_ref().map_or(0, |b| b.encoded_size());
+            for s in q.iter().skip(1) {
+                if s.force_switch || bytes >= MAX_GROUP_BYTES {
+                    break;
+                }
+                bytes += s.batch.lock().as_ref().map_or(0, |b| b.encoded_size());
+                group.push(s.clone());
+            }
+        }
+        drop(q);
+        let outcome = if force_switch {
+            self.switch_for_flush().map(Some)
+        } else {
+            self.commit_group(&group).map(|()| None)
+        };
+        let mut q = self.writers.lock();
+        for s in &group {
+            let front = q.pop_front();
+            debug_assert!(front.is_some_and(|f| Arc::ptr_eq(&f, s)));
+            if !Arc::ptr_eq(s, &slot) {
+                *s.result.lock() = Some(outcome.as_ref().map(|_| ()).map_err(Clone::clone));
+            }
+        }
+        self.writers_cv.notify_all();
+        drop(q);
+        outcome
+    }
+
+    /// Makes room and switches the memtable so the current one gets flushed.
+    fn switch_for_flush(&self) -> Result<(SeqNo, Option<Arc<Imm>>, Option<Arc<Version>>)> {
+        let mut st = self.wait_for_room(true)?;
+        let seq = self.visible_seq();
+        if st.mem.is_empty() {
+            return Ok(match st.imms.last() {
+                Some(imm) => (seq, Some(imm.clone()), None),
+                None => (seq, None, Some(st.vs.current())),
+            });
+        }
+        let imm = self.switch_memtable(&mut st)?;
+        Ok((seq, Some(imm), None))
+    }
+
+    /// Stalls while L0 or the immutable memtables are too far behind, and switches the
+    /// memtable when it is full (or `force` is set). Returns with the state locked.
+    fn wait_for_room(&self, force: bool) -> Result<MutexGuard<'_, State>> {
+        let mut delayed = false;
+        let mut st = self.state.lock();
+        loop {
+            self.check_bg_error()?;
+            let l0 = st.vs.current().num_files(0);
+            let compaction = self.opts.compaction;
+            if compaction && !delayed && l0 >= self.opts.l0_slowdown_writes_trigger && l0 < self.opts.l0_stop_writes_trigger {
+                // Give compaction a little room without stopping the writer.
+                delayed = true;
+                Counters::add(&self.counters.slowdowns, 1);
+                let t = Instant::now();
+                MutexGuard::unlocked(&mut st, || std::thread::sleep(Duration::from_millis(1)));
+                Counters::add(&self.counters.stall_micros, t.elapsed().as_micros() as u64);
+                continue;
+            }
+            let mem_full = st.mem.approximate_size() >= self.opts.memtable_size_bytes;
+            if !mem_full && !force {
+                return Ok(st);
+            }
+            if st.imms.len() >= self.opts.max_immutable_memtables
+                || (compaction && l0 >= self.opts.l0_stop_writes_trigger)
+            {
+                Counters::add(&self.counters.stops, 1);
+                let t = Instant::now();
+                self.bg_cv.notify_all();
+                self.bg_cv.wait_for(&mut st, Duration::from_millis(100));
+                Counters::add(&self.counters.stall_micros, t.elapsed().as_micros() as u64);
+                continue;
+            }
+            if mem_full && !force {
+                self.switch_memtable(&mut st)?;
+            }
+            return Ok(st);
+        }
+    }
+
+    /// Makes the active memtable immutable and starts a new one with a new WAL.
+    fn switch_memtable(&self, st: &mut State) -> Result<Arc<Imm>> {
+        let wal_number = if self.opts.wal {
+            let n = st.vs.new_file_number();
+            let r = (|| {
+                let file = self.fs.create(&wal_path(&self.dir, n))?;
+                let w = LogWriter::new(file, LogKind::Wal, n)?;
+                self.fs.sync_dir(&self.dir)?;
+                let mut wal = self.wal.lock();
+                if let Some(old) = wal.as_mut() {
+                    // The old log must be whole before the new one gets writes.
+                    old.sync()?;
+                    Counters::add(&self.counters.wal_syncs, 1);
+                }
+                *wal = Some(w);
+                Ok(())
+            })();
+            if let Err(e) = r {
+                self.set_bg_error(e.clone());
+                return Err(e);
+            }
+            n
+        } else {
+            FileNumber(0)
+        };
+        let old = std::mem::replace(&mut st.mem, Arc::new(MemTable::new(wal_number)));
+        let imm = Arc::new(Imm {
+            mem: old,
+            flushed: OnceLock::new(),
+        });
+        st.imms.push(imm.clone());
+        self.install_super_version(st);
+        self.bg_cv.notify_all();
+        Ok(imm)
+    }
+
+    /// Logs and applies a group of batches. Runs only on the leader.
+    fn commit_group(&self, group: &[Arc<Slot>]) -> Result<()> {
+        let st = self.wait_for_room(false)?;
+        let mem = st.mem.clone();
+        drop(st);
+        let mut batches: Vec<WriteBatch> = group
+            .iter()
+            .filter_map(|s| s.batch.lock().take())
+            .collect();
+        let mut seq = self.visible_seq().0;
+        let mut user_bytes = 0u64;
+        let mut firsts = Vec::with_capacity(batches.len());
+        for b in &mut batches {
+            let first = SeqNo(seq + 1);
+            seq += b.len() as u64;
+            if seq > SeqNo::MAX.0 {
+                return Err(Error::InvalidArgument("sequence numbers exhausted".into()));
+            }
+            firsts.push(first);
+            b.encode_with_seq(first);
+            user_bytes += b.encoded_size() as u64;
+        }
+        if self.opts.wal {
+            let mut wal = self.wal.lock();
+            let r = (|| {
+                let w = wal.as_mut().ok_or(Error::Closed)?;
+                let before = w.len();
+                for (b, &first) in batches.iter_mut().zip(&firsts) {
+                    w.add_record(b.encode_with_seq(first))?;
+                }
+                match self.opts.sync {
+                    SyncMode::PerWrite | SyncMode::GroupCommit => {
+                        w.sync()?;
+                        Counters::add(&self.counters.wal_syncs, 1);
+                    }
+                    SyncMode::Periodic(_) | SyncMode::None => w.flush()?,
+                }
+                Counters::add(&self.counters.wal_bytes_written, w.len() - before);
+                Ok(())
+            })();
+            if let Err(e) = r {
+                // A failed append or fsync leaves the log in an unknown state: never
+                // write to it again.
+                self.set_bg_error(e.clone());
+                return Err(e);
+            }
+        }
+        for (b, &first) in batches.iter().zip(&firsts) {
+            for op in b.iter(first) {
+                mem.add(op.seq, op.kind, op.key, op.value);
+            }
+        }
+        self.last_seq.store(seq, Ordering::Release);
+        Counters::add(&self.counters.user_bytes_written, user_bytes);
+        Counters::add(&self.counters.writes, batches.len() as u64);
+        Counters::add(&self.counters.write_groups, 1);
+        Ok(())
+    }
+
+    fn periodic_sync_loop(&self, every: Duration) {
+        let mut st = self.state.lock();
+        while !self.shutting_down.load(Ordering::Acquire) {
+            self.bg_cv.wait_for(&mut st, every);
+            if self.has_bg_error.load(Ordering::Acquire) {
+                continue;
+            }
+            let r = MutexGuard::unlocked(&mut st, || match self.wal.lock().as_mut() {
+                Some(w) => w.sync(),
+                None => Ok(()),
+            });
+            match r {
+                Ok(()) => Counters::add(&self.counters.wal_syncs, 1),
+                Err(e) => self.set_bg_error(e),
+            }
+        }
+    }
+
+    /// The flush thread: turns immutable memtables into level-0 tables, oldest first.
+    fn flush_loop(self: Arc<Self>) {
+        let mut st = self.state.lock();
+        loop {
+            if self.shutting_down.load(Ordering::Acquire) {
+                return;
+            }
+            let next = st.imms.first().cloned();
+            match next {
+                Some(imm) if !self.has_bg_error() => {
+                    if let Err(e) = self.flush_imm(&mut st, &imm) {
+                        self.set_bg_error(e);
+                    }
+                    self.bg_cv.notify_all();
+                }
+                _ => {
+                    self.bg_cv.wait_for(&mut st, Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    /// Flushes the oldest immutable memtable. Called with the state locked; unlocks
+    /// while the table is written.
+    fn flush_imm(&self, st: &mut MutexGuard<'_, State>, imm: &Arc<Imm>) -> Result<()> {
+        let number = st.vs.new_file_number();
+        let new_file = MutexGuard::unlocked(st, || {
+            write_level0_table(&self.opts, &self.dir, &imm.mem, number, &self.counters)
+        })?;
+        // The oldest log still needed is the next memtable's.
+        let log_number = if self.opts.wal {
+            st.imms
+                .get(1)
+                .map_or(st.mem.wal_number(), |i| i.mem.wal_number())
+        } else {
+            FileNumber(0)
+        };
+        let edit = VersionEdit {
+            log_number: Some(log_number),
+            last_sequence: Some(imm.mem.max_seq()),
+            new_files: new_file.into_iter().collect(),
+            ..VersionEdit::default()
+        };
+        let version = st.vs.log_and_apply(edit)?;
+        st.imms.remove(0);
+        let _ = imm.flushed.set(version);
+        self.install_super_version(st);
+        if self.opts.wal {
+            let old = wal_path(&self.dir, imm.mem.wal_number());
+            if imm.mem.wal_number() < log_number && self.fs.exists(&old) {
+                if let Err(e) = self.fs.remove_file(&old) {
+                    tracing::warn!(error = %e, "could not delete a retired log");
+                }
+            }
+        }
+        Ok(())
+    }
+
+}
+
+impl DbInner {
+    pub(crate) fn state(&self) -> &Mutex<State> {
+        &self.state
+    }
+    pub(crate) fn bg_condvar(&self) -> &Condvar {
+        &self.bg_cv
+    }
+    pub(crate) fn publish(&self, st: &State) {
+        self.install_super_version(st);
+    }
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+    pub(crate) fn has_bg_error(&self) -> bool {
+        self.has_bg_error.load(Ordering::Acquire)
+    }
+}
