@@ -25,8 +25,8 @@ use super::memtable::{MemLookup, MemTable};
 use super::options::{Options, SyncMode, WalRecovery};
 use super::sst::{BlockCache, TableBuilder, TableOptions};
 use super::stats::{Counters, DbStats, LevelStats};
-use super::types::{FileNumber, InternalIterator, SeqNo, ValueKind};
-use super::version::{FileMeta, FilterCounts, TableContext, Version, VersionLookup};
+use super::types::{FileNumber, InternalIterator, SeqNo};
+use super::version::{FilterCounts, TableContext, Version, VersionLookup};
 use super::version_set::VersionSet;
 use super::wal::{LogKind, LogRead, LogReader, LogWriter};
 use crate::error::{Error, Result};
@@ -1035,7 +1035,7 @@ impl DbInner {
     fn switch_memtable(&self, st: &mut State) -> Result<Arc<Imm>> {
         let wal_number = if self.opts.wal {
             let n = st.vs.new_file_number();
-            let r = (|| {
+            let r: Result<()> = (|| {
                 let file = self.fs.create(&wal_path(&self.dir, n))?;
                 let w = LogWriter::new(file, LogKind::Wal, n)?;
                 self.fs.sync_dir(&self.dir)?;
@@ -1091,7 +1091,7 @@ impl DbInner {
         }
         if self.opts.wal {
             let mut wal = self.wal.lock();
-            let r = (|| {
+            let r: Result<()> = (|| {
                 let w = wal.as_mut().ok_or(Error::Closed)?;
                 let before = w.len();
                 for (b, &first) in batches.iter_mut().zip(&firsts) {
