@@ -1,0 +1,304 @@
+//! Scenarios of the store's public API: reads and writes, reopen, locking, snapshots,
+//! scans, WAL recovery and its damage handling.
+
+use std::fs;
+use std::path::Path;
+
+use tidemark::lsm::{Db, Options, SyncMode, WalRecovery, WriteBatch};
+use tidemark::Error;
+
+fn small_opts() -> Options {
+    Options {
+        memtable_size_bytes: 4 << 10,
+        target_file_size_bytes: 8 << 10,
+        max_bytes_for_level_base: 32 << 10,
+        l0_compaction_trigger: 2,
+        sync: SyncMode::None,
+        ..Options::default()
+    }
+}
+
+fn scan_all(db: &Db) -> Vec<(Vec<u8>, Vec<u8>)> {
+    db.scan::<&[u8]>(..).unwrap().map(|r| r.unwrap()).collect()
+}
+
+#[test]
+fn put_get_delete_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        db.put(b"a", b"1").unwrap();
+        db.put(b"b", b"2").unwrap();
+        db.delete(b"a").unwrap();
+        assert_eq!(db.get(b"a").unwrap(), None);
+        assert_eq!(db.get(b"b").unwrap(), Some(b"2".to_vec()));
+    }
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(db.get(b"a").unwrap(), None);
+    assert_eq!(db.get(b"b").unwrap(), Some(b"2".to_vec()));
+}
+
+#[test]
+fn second_open_of_same_directory_fails_naming_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let _db = Db::open(dir.path(), Options::default()).unwrap();
+    match Db::open(dir.path(), Options::default()) {
+        Err(Error::Locked { path }) => assert_eq!(path, dir.path().join("LOCK")),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+}
+
+#[test]
+fn open_without_create_reports_missing_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let opts = Options {
+        create_if_missing: false,
+        ..Options::default()
+    };
+    let e = Db::open(&missing, opts).unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+}
+
+#[test]
+fn batch_is_atomic_and_ordered() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    let mut b = WriteBatch::new();
+    b.put(b"k", b"1").put(b"k", b"2").delete(b"x").put(b"y", b"3");
+    db.write(b).unwrap();
+    assert_eq!(db.get(b"k").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(scan_all(&db).len(), 2);
+}
+
+#[test]
+fn snapshot_does_not_see_later_writes_across_flush_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), small_opts()).unwrap();
+    for i in 0..200u32 {
+        db.put(format!("k{i:04}"), format!("old{i}")).unwrap();
+    }
+    let snap = db.snapshot();
+    for i in 0..200u32 {
+        if i % 2 == 0 {
+            db.delete(format!("k{i:04}")).unwrap();
+        } else {
+            db.put(format!("k{i:04}"), format!("new{i}")).unwrap();
+        }
+    }
+    db.put(b"zzz", b"late").unwrap();
+    db.flush().unwrap();
+    db.compact_range().unwrap();
+    assert_eq!(snap.get(b"k0000").unwrap(), Some(b"old0".to_vec()));
+    assert_eq!(db.get(b"k0000").unwrap(), None);
+    assert_eq!(db.get(b"k0001").unwrap(), Some(b"new1".to_vec()));
+    let old: Vec<_> = snap.scan::<&[u8]>(..).unwrap().map(|r| r.unwrap()).collect();
+    assert_eq!(old.len(), 200);
+    assert!(old.iter().all(|(_, v)| v.starts_with(b"old")));
+    assert_eq!(scan_all(&db).len(), 101);
+}
+
+#[test]
+fn range_and_prefix_scans_respect_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), small_opts()).unwrap();
+    for k in ["a", "ab", "abc", "abd", "b", "b\u{ff}", "c"] {
+        db.put(k, k).unwrap();
+    }
+    db.flush().unwrap();
+    db.put(b"abe", b"abe").unwrap();
+    let keys = |it: tidemark::lsm::DbIterator| -> Vec<String> {
+        it.map(|r| String::from_utf8(r.unwrap().0).unwrap()).collect()
+    };
+    assert_eq!(keys(db.prefix(b"ab").unwrap()), ["ab", "abc", "abd", "abe"]);
+    assert_eq!(keys(db.scan(b"abc".as_slice()..b"b".as_slice()).unwrap()), ["abc", "abd", "abe"]);
+    assert_eq!(keys(db.scan(b"abd".as_slice()..=b"b".as_slice()).unwrap()), ["abd", "abe", "b"]);
+    assert_eq!(keys(db.scan(b"b".as_slice()..).unwrap()), ["b", "b\u{ff}", "c"]);
+    assert_eq!(keys(db.prefix(b"").unwrap()).len(), 8);
+}
+
+#[test]
+fn many_writes_flush_compact_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), small_opts()).unwrap();
+        for i in 0..5000u32 {
+            db.put(format!("key{:06}", (i * 7919) % 5000), format!("v{i}")).unwrap();
+        }
+        let s = db.stats();
+        assert!(s.flushes > 0, "{s:?}");
+        assert!(s.compactions > 0, "{s:?}");
+    }
+    let db = Db::open(dir.path(), small_opts()).unwrap();
+    let all = scan_all(&db);
+    assert_eq!(all.len(), 5000);
+    for w in all.windows(2) {
+        assert!(w[0].0 < w[1].0);
+    }
+}
+
+#[test]
+fn wal_disabled_store_keeps_data_after_clean_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || Options {
+        wal: false,
+        ..small_opts()
+    };
+    {
+        let db = Db::open(dir.path(), opts()).unwrap();
+        db.put(b"k", b"v").unwrap();
+        db.close().unwrap();
+    }
+    assert!(!fs::read_dir(dir.path())
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".wal")));
+    let db = Db::open(dir.path(), opts()).unwrap();
+    assert_eq!(db.get(b"k").unwrap(), Some(b"v".to_vec()));
+}
+
+fn wal_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Leaves a store whose only data is in its WAL (the process "crashed" after writing).
+fn store_with_unflushed_wal(dir: &Path, n: u32) {
+    let db = Db::open(dir, Options::default()).unwrap();
+    for i in 0..n {
+        db.put(format!("k{i:03}"), vec![b'v'; 100]).unwrap();
+    }
+    // Leak the store: no close, no flush, like a killed process (the lock goes with it).
+    std::mem::forget(db);
+}
+
+#[test]
+fn torn_tail_of_last_wal_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("db");
+    store_with_unflushed_wal(&d, 20);
+    let wal = wal_files(&d).pop().unwrap();
+    let len = fs::metadata(&wal).unwrap().len();
+    // Cut the last record in half.
+    fs::OpenOptions::new().write(true).open(&wal).unwrap().set_len(len - 50).unwrap();
+    // The leaked store still holds the lock in this process: open a copy.
+    let copy = dir.path().join("copy");
+    copy_dir(&d, &copy);
+    let db = Db::open(&copy, Options::default()).unwrap();
+    assert_eq!(db.get(b"k018").unwrap(), Some(vec![b'v'; 100]));
+    assert_eq!(db.get(b"k019").unwrap(), None);
+}
+
+#[test]
+fn corrupt_wal_record_is_an_error_naming_file_and_offset_unless_point_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("db");
+    store_with_unflushed_wal(&d, 20);
+    let wal = wal_files(&d).pop().unwrap();
+    let mut bytes = fs::read(&wal).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    fs::write(&wal, &bytes).unwrap();
+    let copy = dir.path().join("copy");
+    copy_dir(&d, &copy);
+    let e = Db::open(&copy, Options::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(e.is_corruption(), "{msg}");
+    assert!(msg.contains(".wal") && msg.contains("offset"), "{msg}");
+    let opts = Options {
+        wal_recovery: WalRecovery::PointInTime,
+        ..Options::default()
+    };
+    let db = Db::open(&copy, opts).unwrap();
+    assert_eq!(db.get(b"k000").unwrap(), Some(vec![b'v'; 100]));
+    assert_eq!(db.get(b"k019").unwrap(), None);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "LOCK" {
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn corrupt_manifest_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), small_opts()).unwrap();
+        for i in 0..300u32 {
+            db.put(format!("k{i}"), b"v").unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let manifest = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("MANIFEST-"))
+        .unwrap();
+    let mut bytes = fs::read(&manifest).unwrap();
+    bytes[40] ^= 0x01;
+    fs::write(&manifest, &bytes).unwrap();
+    let e = Db::open(dir.path(), small_opts()).unwrap_err();
+    assert!(e.to_string().contains("MANIFEST-"), "{e}");
+}
+
+#[test]
+fn group_commit_from_many_threads_keeps_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = std::sync::Arc::new(
+        Db::open(
+            dir.path(),
+            Options {
+                sync: SyncMode::GroupCommit,
+                ..small_opts()
+            },
+        )
+        .unwrap(),
+    );
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for i in 0..200u32 {
+                    db.put(format!("t{t}-{i:04}"), format!("{i}")).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let s = db.stats();
+    assert_eq!(s.writes, 800);
+    assert!(s.wal_syncs <= 800);
+    assert_eq!(scan_all(&db).len(), 800);
+}
+
+#[test]
+fn live_files_pin_a_consistent_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), small_opts()).unwrap();
+    for i in 0..1000u32 {
+        db.put(format!("k{i:05}"), vec![b'x'; 50]).unwrap();
+    }
+    let ticket = db.begin_live_files().unwrap();
+    let seq = ticket.seq();
+    db.put(b"after", b"1").unwrap();
+    let live = ticket.wait().unwrap();
+    assert_eq!(live.seq, seq);
+    assert!(!live.files().is_empty());
+    // Compaction may replace files, but pinned ones stay on disk while `live` lives.
+    db.compact_range().unwrap();
+    for f in live.files() {
+        assert!(f.path.exists(), "{}", f.path.display());
+        assert_eq!(fs::metadata(&f.path).unwrap().len(), f.size);
+    }
+}
