@@ -790,3 +790,460 @@ impl InternalIterator for TableIter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::StdFs;
+    use crate::lsm::sst::builder::{TableBuilder, TableOptions};
+    use crate::lsm::types::make_internal_key;
+    use proptest::prelude::*;
+
+    type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn opts(block_size_bytes: usize, compression: Compression, bits: u32) -> TableOptions {
+        TableOptions {
+            block_size_bytes,
+            restart_interval: 4,
+            compression,
+            bloom_bits_per_key: bits,
+        }
+    }
+
+    fn ik(k: &[u8], seq: u64, kind: ValueKind) -> Vec<u8> {
+        make_internal_key(k, SeqNo(seq), kind)
+    }
+
+    /// `n` user keys, each with 1..=3 versions; every fifth newest version is a tombstone.
+    fn sample_entries(n: u32) -> Entries {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let user = format!("user/{:06}/{}", i * 7, "x".repeat((i % 5) as usize));
+            let versions = 1 + i % 3;
+            for v in (0..versions).rev() {
+                let seq = 10 + u64::from(i) * 3 + u64::from(v);
+                let kind = if v == versions - 1 && i % 5 == 0 {
+                    ValueKind::Delete
+                } else {
+                    ValueKind::Put
+                };
+                let value = match kind {
+                    ValueKind::Put => format!("value-{i}-{v}-{}", "abc".repeat((i % 13) as usize)),
+                    ValueKind::Delete => String::new(),
+                };
+                out.push((ik(user.as_bytes(), seq, kind), value.into_bytes()));
+            }
+        }
+        out
+    }
+
+    fn write_table(path: &Path, entries: &Entries, o: TableOptions) -> TableProperties {
+        let mut b = TableBuilder::new(StdFs.create(path).unwrap(), o);
+        for (k, v) in entries {
+            b.add(k, v).unwrap();
+        }
+        b.finish().unwrap()
+    }
+
+    fn open(path: &Path) -> Result<Arc<Table>> {
+        Table::open(&StdFs, path, FileNumber(7), None, true)
+    }
+
+    fn collect(t: &Arc<Table>) -> Result<Entries> {
+        let mut it = t.iter();
+        it.seek_to_first();
+        let mut out = Vec::new();
+        while it.valid() {
+            out.push((it.key().to_vec(), it.value().to_vec()));
+            it.next();
+        }
+        it.status().map(|()| out)
+    }
+
+    fn assert_corruption_names(e: &Error, path: &Path) {
+        match e {
+            Error::Corruption { path: p, .. } => assert_eq!(p, path, "{e}"),
+            other => panic!(
+                "expected corruption naming {}, got {other:?}",
+                path.display()
+            ),
+        }
+        assert!(e.to_string().contains(&path.display().to_string()));
+    }
+
+    #[test]
+    fn round_trip_many_keys_with_every_compression_and_block_size() {
+        let entries = sample_entries(3000);
+        for compression in [Compression::None, Compression::Lz4] {
+            for block_size in [64usize, 4096] {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("000007.sst");
+                let built = write_table(&path, &entries, opts(block_size, compression, 10));
+                let t = open(&path).unwrap();
+                assert_eq!(collect(&t).unwrap(), entries);
+                let mut read_back = t.properties().clone();
+                assert_eq!(read_back.file_crc32c, 0);
+                read_back.file_crc32c = built.file_crc32c;
+                assert_eq!(read_back, built);
+                assert_eq!(t.file_size(), built.file_size);
+                assert_eq!(t.data_blocks().len() as u64, built.num_data_blocks);
+                assert_eq!(built.smallest_key, entries[0].0);
+                assert_eq!(built.largest_key, entries[entries.len() - 1].0);
+                let any_compressed = t.data_blocks().iter().any(|b| b.compressed);
+                assert_eq!(any_compressed, compression == Compression::Lz4);
+                if block_size == 64 {
+                    assert!(built.num_data_blocks > 500);
+                }
+                assert_eq!(t.verify().unwrap(), built.file_crc32c);
+            }
+        }
+    }
+
+    #[test]
+    fn get_returns_newest_visible_version_and_tombstones() {
+        let entries: Entries = vec![
+            (ik(b"a", 9, ValueKind::Put), b"a9".to_vec()),
+            (ik(b"a", 5, ValueKind::Delete), vec![]),
+            (ik(b"a", 3, ValueKind::Put), b"a3".to_vec()),
+            (ik(b"b", 4, ValueKind::Put), b"b4".to_vec()),
+            (ik(b"c", 1, ValueKind::Delete), vec![]),
+        ];
+        // Tiny blocks put the versions of "a" in different blocks.
+        for block_size in [1usize, 4096] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("1.sst");
+            write_table(&path, &entries, opts(block_size, Compression::Lz4, 10));
+            let t = open(&path).unwrap();
+            use LookupResult::*;
+            let get = |k: &[u8], s: u64| t.get(k, SeqNo(s)).unwrap();
+            assert_eq!(get(b"a", 100), Found(b"a9".to_vec()));
+            assert_eq!(get(b"a", 9), Found(b"a9".to_vec()));
+            assert_eq!(get(b"a", 8), Deleted);
+            assert_eq!(get(b"a", 5), Deleted);
+            assert_eq!(get(b"a", 4), Found(b"a3".to_vec()));
+            assert_eq!(get(b"a", 3), Found(b"a3".to_vec()));
+            assert_eq!(get(b"a", 2), NotFound);
+            assert_eq!(get(b"b", 3), NotFound);
+            assert_eq!(get(b"b", 4), Found(b"b4".to_vec()));
+            assert_eq!(get(b"c", 1), Deleted);
+            assert_eq!(get(b"", 100), NotFound);
+            assert_eq!(get(b"aa", 100), NotFound);
+            assert_eq!(get(b"d", 100), NotFound);
+        }
+    }
+
+    #[test]
+    fn get_agrees_with_a_model_for_every_key_and_snapshot() {
+        let entries = sample_entries(400);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.sst");
+        write_table(&path, &entries, opts(128, Compression::Lz4, 10));
+        let t = Table::open(
+            &StdFs,
+            &path,
+            FileNumber(1),
+            Some(BlockCache::new(1 << 20)),
+            true,
+        )
+        .unwrap();
+        let model = |user: &[u8], seq: SeqNo| {
+            entries
+                .iter()
+                .filter_map(|(k, v)| parse_internal_key(k).map(|p| (p, v)))
+                .find(|(p, _)| p.user_key == user && p.seq <= seq)
+                .map_or(LookupResult::NotFound, |(p, v)| match p.kind {
+                    ValueKind::Put => LookupResult::Found(v.clone()),
+                    ValueKind::Delete => LookupResult::Deleted,
+                })
+        };
+        for (k, _) in entries.iter().step_by(3) {
+            let p = parse_internal_key(k).unwrap();
+            for seq in [p.seq.0 - 1, p.seq.0, p.seq.0 + 1, u64::MAX >> 8] {
+                let got = t.get(p.user_key, SeqNo(seq)).unwrap();
+                assert_eq!(got, model(p.user_key, SeqNo(seq)), "{k:?} @ {seq}");
+            }
+        }
+        let stats = t.cache.as_ref().unwrap().stats();
+        assert!(stats.hits > 0 && stats.inserts > 0, "{stats:?}");
+    }
+
+    #[test]
+    fn seek_lands_on_first_key_at_or_after_target() {
+        let entries = sample_entries(500);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.sst");
+        write_table(&path, &entries, opts(200, Compression::None, 0));
+        let t = open(&path).unwrap();
+        let mut it = t.iter();
+        let mut targets: Vec<Vec<u8>> = entries.iter().map(|(k, _)| k.clone()).collect();
+        for i in (0..3500u32).step_by(7) {
+            targets.push(ik(format!("user/{i:06}").as_bytes(), 11, ValueKind::Put));
+            targets.push(ik(
+                format!("user/{i:06}/x").as_bytes(),
+                u64::MAX >> 8,
+                ValueKind::Put,
+            ));
+        }
+        targets.push(ik(b"", 0, ValueKind::Delete));
+        targets.push(ik(b"zzz", 0, ValueKind::Delete));
+        for target in &targets {
+            let want = entries
+                .partition_point(|(k, _)| compare_internal_keys(k, target) == Ordering::Less);
+            it.seek(target);
+            it.status().unwrap();
+            match entries.get(want) {
+                Some((k, v)) => {
+                    assert!(it.valid());
+                    assert_eq!((it.key(), it.value()), (&k[..], &v[..]));
+                    it.next();
+                    assert_eq!(it.valid(), want + 1 < entries.len());
+                }
+                None => assert!(!it.valid()),
+            }
+        }
+    }
+
+    #[test]
+    fn bloom_filter_has_no_false_negatives_and_few_false_positives() {
+        let entries: Entries = (0..5000u32)
+            .map(|i| (ik(format!("k{i}").as_bytes(), 1, ValueKind::Put), vec![1]))
+            .collect::<Vec<_>>();
+        let mut sorted = entries.clone();
+        sorted.sort_by(|a, b| compare_internal_keys(&a.0, &b.0));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.sst");
+        write_table(&path, &sorted, opts(4096, Compression::Lz4, 10));
+        let t = open(&path).unwrap();
+        for i in 0..5000u32 {
+            assert!(t.may_contain(format!("k{i}").as_bytes()));
+        }
+        let fp = (0..10_000u32)
+            .filter(|i| t.may_contain(format!("absent{i}").as_bytes()))
+            .count();
+        assert!(
+            fp < 250,
+            "{fp} false positives in 10000 (about 1% expected)"
+        );
+
+        let no_filter = dir.path().join("2.sst");
+        let p = write_table(&no_filter, &sorted, opts(4096, Compression::Lz4, 0));
+        assert_eq!(p.filter_bytes, 0);
+        assert!(open(&no_filter).unwrap().may_contain(b"absent"));
+    }
+
+    #[test]
+    fn whole_file_crc_equals_crc32c_of_the_file_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.sst");
+        let p = write_table(&path, &sample_entries(300), opts(512, Compression::Lz4, 10));
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(p.file_size, bytes.len() as u64);
+        assert_eq!(p.file_crc32c, codec::crc32c(&bytes));
+        assert_eq!(open(&path).unwrap().verify().unwrap(), p.file_crc32c);
+    }
+
+    /// A small table and the byte ranges of its parts.
+    struct Regions {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        bytes: Vec<u8>,
+        footer: Footer,
+        entries: Entries,
+    }
+
+    fn small_table(compression: Compression) -> Regions {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000042.sst");
+        let entries = sample_entries(60);
+        write_table(&path, &entries, opts(256, compression, 10));
+        let bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() - FOOTER_LEN;
+        let footer = Footer::decode(&bytes[at..], at as u64).unwrap();
+        Regions {
+            _dir: dir,
+            path,
+            bytes,
+            footer,
+            entries,
+        }
+    }
+
+    fn with_trailer(h: BlockHandle) -> Range<usize> {
+        h.offset as usize..h.end_with_trailer().unwrap() as usize
+    }
+
+    /// Flips one bit of every byte in `range` (a different bit per byte), one at a time,
+    /// and hands each damaged file to `check`.
+    fn flip_each_byte(r: &Regions, range: Range<usize>, mut check: impl FnMut(&Path)) {
+        for i in range {
+            let mut b = r.bytes.clone();
+            b[i] ^= 1 << (i % 8);
+            std::fs::write(&r.path, &b).unwrap();
+            check(&r.path);
+        }
+        std::fs::write(&r.path, &r.bytes).unwrap();
+    }
+
+    #[test]
+    fn corrupt_data_block_is_reported_at_get_iteration_and_verify() {
+        for compression in [Compression::None, Compression::Lz4] {
+            let r = small_table(compression);
+            let first = open(&r.path).unwrap().data_blocks()[0].clone();
+            let first_key = parse_internal_key(&r.entries[0].0).unwrap();
+            let range = first.offset as usize..(first.offset + first.stored_size) as usize + 5;
+            flip_each_byte(&r, range, |path| {
+                // Open reads only the trailer's type byte of each data block.
+                let t = match open(path) {
+                    Ok(t) => t,
+                    Err(e) => return assert_corruption_names(&e, path),
+                };
+                let e = t.get(first_key.user_key, SeqNo::MAX).unwrap_err();
+                assert_corruption_names(&e, path);
+                assert_corruption_names(&collect(&t).unwrap_err(), path);
+                assert_corruption_names(&t.verify().unwrap_err(), path);
+                // Without per-read checksums the damage may go unseen, but never panics.
+                let t = Table::open(&StdFs, path, FileNumber(42), None, false).unwrap();
+                let _ = t.get(first_key.user_key, SeqNo::MAX);
+                let _ = collect(&t);
+                assert!(t.verify().is_err());
+            });
+        }
+    }
+
+    #[test]
+    fn corrupt_index_filter_properties_or_footer_fails_open_naming_the_file() {
+        let r = small_table(Compression::Lz4);
+        let len = r.bytes.len();
+        let parts = [
+            ("index", with_trailer(r.footer.index)),
+            ("filter", with_trailer(r.footer.filter)),
+            ("properties", with_trailer(r.footer.properties)),
+            ("footer", len - FOOTER_LEN..len),
+        ];
+        for (what, range) in parts {
+            assert!(!range.is_empty(), "{what}");
+            flip_each_byte(&r, range, |path| {
+                let e = open(path).unwrap_err();
+                assert_corruption_names(&e, path);
+            });
+        }
+        open(&r.path).unwrap();
+    }
+
+    #[test]
+    fn corrupt_index_block_reports_file_and_offset() {
+        let r = small_table(Compression::None);
+        let mut b = r.bytes.clone();
+        b[r.footer.index.offset as usize + 1] ^= 0x10;
+        std::fs::write(&r.path, &b).unwrap();
+        match open(&r.path).unwrap_err() {
+            Error::Corruption {
+                path,
+                offset,
+                reason,
+            } => {
+                assert_eq!(path, r.path);
+                assert_eq!(offset, r.footer.index.offset);
+                assert!(reason.contains("index"), "{reason}");
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn truncated_files_are_rejected_at_open() {
+        let r = small_table(Compression::Lz4);
+        for keep in [0, 1, 10, FOOTER_LEN, r.bytes.len() / 2, r.bytes.len() - 1] {
+            std::fs::write(&r.path, &r.bytes[..keep]).unwrap();
+            let e = open(&r.path).unwrap_err();
+            assert_corruption_names(&e, &r.path);
+        }
+        // Extra bytes at the end move the footer: also rejected.
+        let mut longer = r.bytes.clone();
+        longer.extend_from_slice(&[0; 3]);
+        std::fs::write(&r.path, &longer).unwrap();
+        assert_corruption_names(&open(&r.path).unwrap_err(), &r.path);
+    }
+
+    #[test]
+    fn random_bytes_are_rejected_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("9.sst");
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for len in [100usize, 4096, 100_000] {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 7;
+                    x ^= x >> 9;
+                    x as u8
+                })
+                .collect();
+            std::fs::write(&path, &bytes).unwrap();
+            assert_corruption_names(&open(&path).unwrap_err(), &path);
+        }
+    }
+
+    #[test]
+    fn missing_file_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("5.sst");
+        assert!(matches!(open(&path), Err(Error::NotFound { .. })));
+    }
+
+    #[test]
+    fn iterator_is_send_and_outlives_its_table_handle() {
+        fn assert_send<T: Send>(_: &T) {}
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.sst");
+        let entries = sample_entries(50);
+        write_table(&path, &entries, opts(100, Compression::Lz4, 10));
+        let mut it = open(&path).unwrap().iter();
+        assert_send(&it);
+        let handle = std::thread::spawn(move || {
+            it.seek_to_first();
+            let mut n = 0;
+            while it.valid() {
+                n += 1;
+                it.next();
+            }
+            n
+        });
+        assert_eq!(handle.join().unwrap(), entries.len());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn open_never_panics_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("1.sst");
+            std::fs::write(&path, &bytes).unwrap();
+            if let Ok(t) = open(&path) {
+                let _ = collect(&t);
+                let _ = t.verify();
+            }
+        }
+
+        #[test]
+        fn damaged_tables_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+            let r = small_table(Compression::Lz4);
+            let mut b = r.bytes.clone();
+            for (i, x) in flips {
+                let at = i.index(b.len());
+                b[at] ^= x.max(1);
+            }
+            std::fs::write(&r.path, &b).unwrap();
+            for verify in [true, false] {
+                if let Ok(t) = Table::open(&StdFs, &r.path, FileNumber(1), None, verify) {
+                    let _ = collect(&t);
+                    let _ = t.verify();
+                    let _ = t.get(b"user/000007/xx", SeqNo::MAX);
+                    let mut it = t.iter();
+                    it.seek(&r.entries[10].0);
+                    while it.valid() { it.next(); }
+                }
+            }
+        }
+    }
+}
