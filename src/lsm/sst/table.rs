@@ -458,7 +458,10 @@ type Validated = (TableProperties, Vec<BlockInfo>, Option<Range<usize>>);
 #[deny(clippy::indexing_slicing)]
 fn validate(map: &[u8]) -> Result<Validated, DecodeError> {
     let len = map.len();
-    let footer_at = len - FOOTER_LEN; // open checked len >= FOOTER_LEN
+    let footer_at = len.checked_sub(FOOTER_LEN).ok_or_else(|| DecodeError {
+        offset: 0,
+        reason: format!("file of {len} bytes is shorter than the footer"),
+    })?;
     let footer_bytes = map.get(footer_at..).unwrap_or_default();
     let footer = Footer::decode(footer_bytes, footer_at as u64)?;
     let at = |offset: u64, reason: String| DecodeError { offset, reason };
@@ -1209,6 +1212,42 @@ mod tests {
             n
         });
         assert_eq!(handle.join().unwrap(), entries.len());
+    }
+
+    /// Prints the worked example of `format-spec/sst.md`:
+    /// `cargo test --lib print_spec_example -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn print_spec_example() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000001.sst");
+        let entries: Entries = vec![
+            (ik(b"apple", 2, ValueKind::Put), b"red".to_vec()),
+            (ik(b"apple", 1, ValueKind::Delete), vec![]),
+            (ik(b"cherry", 3, ValueKind::Put), b"dark".to_vec()),
+        ];
+        let o = TableOptions {
+            block_size_bytes: 36,
+            restart_interval: 16,
+            compression: Compression::None,
+            bloom_bits_per_key: 10,
+        };
+        let p = write_table(&path, &entries, o);
+        let bytes = std::fs::read(&path).unwrap();
+        for (i, chunk) in bytes.chunks(16).enumerate() {
+            let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
+            println!(
+                "{:04x}: {:<47}  {}",
+                i * 16,
+                hex.join(" "),
+                chunk.escape_ascii()
+            );
+        }
+        println!("{p:#?}");
+        let t = open(&path).unwrap();
+        println!("{:#?}", t.data_blocks());
+        let at = bytes.len() - FOOTER_LEN;
+        println!("{:#?}", Footer::decode(&bytes[at..], at as u64).unwrap());
     }
 
     proptest! {
