@@ -549,13 +549,17 @@ mod tests {
         e.to_string()
     }
 
-    /// The worked example of format-spec/manifest.md.
-    const EXAMPLE_EDIT_HEX: &str = "02 04 03 0c 04 e8 07 07 00 0a 80 20 ef be ad de \
-        0d 61 70 70 6c 65 01 09 00 00 00 00 00 00 0c 70 \
-        65 61 72 01 03 00 00 00 00 00 00 03 09 64";
+    /// The worked example of format-spec/manifest.md: MANIFEST-000005 holding one edit.
+    const EXAMPLE_MANIFEST_HEX: &str = "\
+        14 e6 84 39 15 00 01 54 44 4d 52 4b 4c 4f 47 01 \
+        00 00 00 02 05 00 00 00 00 00 00 00 c0 76 5e a4 \
+        2e 00 01 02 04 03 0c 04 e8 07 07 00 0a 80 20 ef \
+        be ad de 0d 61 70 70 6c 65 01 09 00 00 00 00 00 \
+        00 0c 70 65 61 72 01 03 00 00 00 00 00 00 03 09 \
+        64";
 
     #[test]
-    fn small_edit_matches_the_worked_example_in_the_spec() {
+    fn small_manifest_matches_the_worked_example_in_the_spec() {
         let edit = VersionEdit {
             log_number: Some(FileNumber(4)),
             next_file_number: Some(FileNumber(12)),
@@ -566,15 +570,16 @@ mod tests {
             }],
             ..VersionEdit::default()
         };
-        let mut buf = Vec::new();
-        edit.encode(&mut buf);
-        let hex: Vec<String> = buf.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = tempfile::tempdir().unwrap();
+        ManifestWriter::create(&StdFs, dir.path(), FileNumber(5), &edit).unwrap();
+        set_current(&StdFs, dir.path(), FileNumber(5)).unwrap();
+        let bytes = std::fs::read(filename::manifest_path(dir.path(), FileNumber(5))).unwrap();
+        let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let expected: Vec<&str> = EXAMPLE_MANIFEST_HEX.split_whitespace().collect();
+        assert_eq!(hex, expected);
         assert_eq!(
-            hex.join(" "),
-            EXAMPLE_EDIT_HEX
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
+            std::fs::read_to_string(dir.path().join("CURRENT")).unwrap(),
+            "MANIFEST-000005\nformat=1 crc32c=b949be95\n"
         );
     }
 
