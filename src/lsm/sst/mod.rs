@@ -1,1 +1,24 @@
 //! Sorted string tables (SSTs): immutable, block-based files of internal keys.
+//!
+//! A table is written once by a [`TableBuilder`] (a flush or a compaction output) and
+//! then only read, through a memory mapping, by [`Table`]. This module owns the table
+//! format, documented byte by byte in `format-spec/sst.md`; it never modifies, renames or
+//! deletes a table file (the store's version set decides a file's life).
+//!
+//! - [`block`]: the data/index block format and the per-block trailer (type + crc32c).
+//! - [`bloom`]: the per-table bloom filter over user keys and its hash.
+//! - [`footer`]: block handles and the fixed-size footer.
+//! - [`builder`]: writes a table.
+//! - [`table`]: opens, validates, looks up and iterates a table.
+//! - [`cache`]: the shared cache of decompressed blocks.
+
+pub mod block;
+pub mod bloom;
+pub mod builder;
+pub mod cache;
+pub mod footer;
+pub mod table;
+
+pub use builder::{TableBuilder, TableOptions};
+pub use cache::{BlockCache, CacheStats};
+pub use table::{BlockInfo, LookupResult, Table, TableIter, TableProperties};
