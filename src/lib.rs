@@ -7,8 +7,10 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod cli;
 pub mod codec;
 pub mod error;
+pub mod fault;
 pub mod fs;
 pub mod lsm;
 
