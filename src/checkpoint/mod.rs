@@ -33,3 +33,6 @@ pub use store::{
     RetentionReport,
 };
 pub use verify::{verify, VerifyReport};
+
+#[cfg(test)]
+pub(crate) mod testutil;

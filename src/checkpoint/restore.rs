@@ -253,3 +253,115 @@ pub fn restore_file(
     }
     Ok((dst, placement))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::ids::CheckpointKind::Incremental;
+    use crate::checkpoint::testutil::{abs, Fixture};
+
+    const A: (&str, &[u8]) = ("000001.sst", b"aaaaaaaaaa");
+    const B: (&str, &[u8]) = ("000002.sst", b"bbbbbbbbbbbbbbbbbbbb");
+
+    #[test]
+    fn resolve_accepts_metadata_file_checkpoint_dir_and_job_dir() {
+        let fx = Fixture::new();
+        let store = fx.retaining(2);
+        fx.checkpoint(&store, 1, Incremental, &[A]);
+        fx.checkpoint(&store, 2, Incremental, &[A, B]);
+        // An unfinished newer checkpoint is passed over when resolving a job directory.
+        std::fs::create_dir_all(fx.job_dir().join("chk-3")).unwrap();
+        let fs = fx.fs.as_ref();
+        let by_file = resolve(fs, &fx.job_dir().join("chk-1/_metadata")).unwrap();
+        assert_eq!(by_file.checkpoint_id, CheckpointId(1));
+        assert_eq!(by_file.job_dir, fx.job_dir());
+        let by_dir = resolve(fs, &fx.job_dir().join("chk-1")).unwrap();
+        assert_eq!(by_dir.metadata, by_file.metadata);
+        let by_job = resolve(fs, &fx.job_dir()).unwrap();
+        assert_eq!(by_job.checkpoint_id, CheckpointId(2));
+        assert_eq!(by_job.metadata_path, fx.job_dir().join("chk-2/_metadata"));
+        assert!(by_job.check(Arc::clone(&fx.fs), false).unwrap().is_ok());
+    }
+
+    #[test]
+    fn resolve_names_the_path_when_there_is_no_checkpoint() {
+        let fx = Fixture::new();
+        let store = fx.retaining(1);
+        fx.checkpoint(&store, 1, Incremental, &[A]);
+        std::fs::create_dir_all(fx.job_dir().join("chk-9")).unwrap();
+        let fs = fx.fs.as_ref();
+        for p in [
+            fx.job_dir().join("nope"),
+            fx.job_dir().join("chk-9"),
+            fx.job_dir().join("shared"),
+            fx.job_dir().join("chk-1/op_0.manifest"),
+        ] {
+            match resolve(fs, &p) {
+                Err(Error::CheckpointNotFound { path, reason }) => {
+                    assert_eq!(path, p, "{reason}")
+                }
+                other => panic!("{}: {other:?}", p.display()),
+            }
+        }
+    }
+
+    #[test]
+    fn unverified_checkpoint_is_refused_unless_allowed() {
+        let fx = Fixture::new();
+        let store = fx.retaining(1);
+        let c = fx.checkpoint(&store, 1, Incremental, &[A, B]);
+        let a = c
+            .metadata
+            .file_handles()
+            .find(|f| f.local_name == A.0)
+            .unwrap();
+        std::fs::remove_file(abs(&fx, a)).unwrap();
+        let fs = Arc::clone(&fx.fs);
+        match resolve_verified(Arc::clone(&fs), &fx.job_dir(), false) {
+            Err(Error::VerifyFailed { problems }) => {
+                assert_eq!(problems.len(), 1);
+                assert!(problems[0].starts_with("missing: ") && problems[0].contains(&a.path));
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = resolve_verified(fs, &fx.job_dir(), true).unwrap();
+        assert_eq!(r.checkpoint_id, CheckpointId(1));
+    }
+
+    #[test]
+    fn restore_file_places_the_file_under_its_local_name() {
+        let fx = Fixture::new();
+        let store = fx.retaining(1);
+        let c = fx.checkpoint(&store, 1, Incremental, &[A]);
+        let r = resolve(fx.fs.as_ref(), &fx.job_dir()).unwrap();
+        let storage = r.storage(Arc::clone(&fx.fs));
+        let out = fx.dir.path().join("restored");
+        std::fs::create_dir_all(&out).unwrap();
+        for h in c.metadata.file_handles() {
+            let (p, _) = restore_file(&storage, r.checkpoint_id, h, &out).unwrap();
+            assert_eq!(p, out.join(&h.local_name));
+        }
+        assert_eq!(std::fs::read(out.join(A.0)).unwrap(), A.1);
+        let mut bad = c.metadata.file_handles().next().unwrap().clone();
+        bad.local_name = "../escape".into();
+        assert!(matches!(
+            restore_file(&storage, r.checkpoint_id, &bad, &out),
+            Err(Error::UnsafePath { .. })
+        ));
+    }
+
+    #[test]
+    fn restore_modes_parse_flink_spellings() {
+        assert_eq!("claim".parse::<RestoreMode>().unwrap(), RestoreMode::Claim);
+        assert_eq!(
+            "NO_CLAIM".parse::<RestoreMode>().unwrap(),
+            RestoreMode::NoClaim
+        );
+        assert_eq!(
+            "no-claim".parse::<RestoreMode>().unwrap(),
+            RestoreMode::NoClaim
+        );
+        assert!("legacy".parse::<RestoreMode>().is_err());
+        assert_eq!(RestoreMode::default(), RestoreMode::NoClaim);
+    }
+}

@@ -1257,3 +1257,423 @@ fn place_checked(
     }
     Ok(placement)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::testutil::{
+        abs, content, crash_checkpoint, crash_mid_retention, Crash, Fixture,
+    };
+    use crate::checkpoint::verify::verify;
+    use CheckpointKind::*;
+
+    const A: (&str, &[u8]) = ("000001.sst", b"aaaaaaaaaa");
+    const B: (&str, &[u8]) = ("000002.sst", b"bbbbbbbbbbbbbbbbbbbb");
+    const C: (&str, &[u8]) = ("000003.sst", b"ccccc");
+    const D: (&str, &[u8]) = ("000004.sst", b"dddddddd");
+
+    fn shared_of(c: &CompletedCheckpoint) -> BTreeSet<String> {
+        c.metadata
+            .shared_paths()
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn second_checkpoint_with_one_new_file_places_exactly_one_file() {
+        let fx = Fixture::new();
+        let store = fx.retaining(1);
+        let first = fx.checkpoint(&store, 1, Incremental, &[A, B]);
+        assert_eq!(first.stats.files_placed, 3); // two shared + the private manifest
+        assert_eq!(first.stats.files_linked, 2);
+        let second = fx.checkpoint(&store, 2, Incremental, &[A, B, C]);
+        let s = second.stats;
+        assert_eq!(s.files_placed - s.files_written, 1, "{s:?}");
+        assert_eq!(s.files_linked, 1);
+        assert_eq!(s.files_referenced, 2);
+        assert_eq!(s.bytes_referenced, (A.1.len() + B.1.len()) as u64);
+        assert_eq!(
+            s.bytes_placed,
+            C.1.len() as u64 + b"manifest of 2".len() as u64
+        );
+        assert_eq!(fx.shared_count(), 3);
+        assert_eq!(second.retention.discarded, vec![CheckpointId(1)]);
+        assert_eq!(fx.chk_dirs(), vec![2]);
+        let summary = store.list();
+        assert_eq!(summary.len(), 1);
+        assert_eq!(summary[0].files_total, 4);
+        assert_eq!(summary[0].files_placed, 2);
+        assert_eq!(summary[0].external_path, fx.job_dir().join("chk-2"));
+        fx.assert_all_verify(&store);
+    }
+
+    #[test]
+    fn retention_keeps_files_still_referenced_and_deletes_the_rest() {
+        let fx = Fixture::new();
+        let store = fx.retaining(2);
+        let c1 = fx.checkpoint(&store, 1, Incremental, &[A, B]);
+        let _c2 = fx.checkpoint(&store, 2, Incremental, &[A, C]);
+        let c3 = fx.checkpoint(&store, 3, Incremental, &[C, D]);
+        assert_eq!(c3.retention.discarded, vec![CheckpointId(1)]);
+        // B was only in chk-1: gone. A is still in chk-2: kept.
+        let b_path = c1
+            .metadata
+            .file_handles()
+            .find(|f| f.local_name == B.0)
+            .unwrap();
+        let a_path = c1
+            .metadata
+            .file_handles()
+            .find(|f| f.local_name == A.0)
+            .unwrap();
+        assert_eq!(c3.retention.shared_files_deleted, vec![b_path.path.clone()]);
+        assert!(!abs(&fx, b_path).exists());
+        assert!(abs(&fx, a_path).exists());
+        assert_eq!(fx.chk_dirs(), vec![2, 3]);
+        let c4 = fx.checkpoint(&store, 4, Incremental, &[D]);
+        // chk-2 goes; A and C... C is still in chk-3.
+        assert_eq!(c4.retention.discarded, vec![CheckpointId(2)]);
+        assert!(!abs(&fx, a_path).exists());
+        assert_eq!(fx.shared_count(), 2); // C, D
+        assert!(store.orphans().unwrap().is_empty());
+        fx.assert_all_verify(&store);
+    }
+
+    #[test]
+    fn reopen_rebuilds_refcounts_deletes_unfinished_and_orphans() {
+        let fx = Fixture::new();
+        let store = fx.retaining(2);
+        fx.checkpoint(&store, 1, Incremental, &[A, B]);
+        fx.checkpoint(&store, 2, Incremental, &[A, C]);
+        crash_checkpoint(&fx, &store, 3, &[A, D], Crash::BeforeMetadata);
+        assert_eq!(
+            store.orphans().unwrap().len(),
+            0,
+            "D is held by the pending checkpoint"
+        );
+        drop(store);
+        std::fs::write(fx.job_dir().join("shared/stray.sst"), b"left by a crash").unwrap();
+
+        let store = fx.retaining(2);
+        let r = store.open_report();
+        assert_eq!(r.retained, vec![CheckpointId(1), CheckpointId(2)]);
+        assert_eq!(r.unfinished_deleted, vec![CheckpointId(3)]);
+        assert_eq!(r.orphans_deleted.len(), 2, "{:?}", r.orphans_deleted); // D and stray
+        assert_eq!(fx.chk_dirs(), vec![1, 2]);
+        assert_eq!(fx.shared_count(), 3); // A, B, C
+        fx.assert_all_verify(&store);
+        // Ids continue after the unfinished one; refcounts are right: chk-4 subsumes
+        // chk-1 and only B goes.
+        assert!(store.begin(CheckpointId(3), Incremental).is_err());
+        let c4 = fx.checkpoint(&store, 4, Incremental, &[A, C]);
+        assert_eq!(c4.stats.files_referenced, 2, "identity survives the reopen");
+        assert_eq!(c4.retention.shared_files_deleted.len(), 1);
+        assert!(c4.retention.shared_files_deleted[0].contains("000002"));
+        fx.assert_all_verify(&store);
+    }
+
+    #[test]
+    fn crash_at_any_step_leaves_every_retained_checkpoint_whole() {
+        for crash in [Crash::BeforeMetadata, Crash::DuringMetadataWrite] {
+            let fx = Fixture::new();
+            let store = fx.retaining(2);
+            fx.checkpoint(&store, 1, Incremental, &[A, B]);
+            fx.checkpoint(&store, 2, Incremental, &[B, C]);
+            crash_checkpoint(&fx, &store, 3, &[C, D], crash);
+            drop(store);
+            let store = fx.retaining(2);
+            assert_eq!(store.list().len(), 2, "{crash:?}");
+            fx.assert_all_verify(&store);
+            assert!(store.orphans().unwrap().is_empty());
+        }
+        // Retention interrupted after `_metadata` of the oldest went away.
+        let fx = Fixture::new();
+        let store = fx.retaining(2);
+        fx.checkpoint(&store, 1, Incremental, &[A, B]);
+        fx.checkpoint(&store, 2, Incremental, &[B, C]);
+        drop(store);
+        crash_mid_retention(&fx, 1);
+        let store = fx.retaining(2);
+        assert_eq!(
+            store.open_report().unfinished_deleted,
+            vec![CheckpointId(1)]
+        );
+        assert_eq!(store.list().len(), 1);
+        assert_eq!(store.open_report().orphans_deleted.len(), 1); // A
+        assert_eq!(fx.shared_count(), 2);
+        fx.assert_all_verify(&store);
+    }
+
+    #[test]
+    fn full_checkpoint_places_every_file_anew() {
+        let fx = Fixture::new();
+        let store = fx.retaining(2);
+        let c1 = fx.checkpoint(&store, 1, Incremental, &[A, B]);
+        let c2 = fx.checkpoint(&store, 2, Full, &[A, B]);
+        assert_eq!(c2.stats.files_referenced, 0);
+        assert_eq!(c2.stats.files_placed, 3);
+        assert!(shared_of(&c1).is_disjoint(&shared_of(&c2)));
+        assert_eq!(fx.shared_count(), 4);
+        // The next incremental one reuses the newest copies.
+        let c3 = fx.checkpoint(&store, 3, Incremental, &[A, B]);
+        assert_eq!(c3.stats.files_referenced, 2);
+        assert_eq!(shared_of(&c3), shared_of(&c2));
+        assert_eq!(fx.shared_count(), 2, "chk-1's copies went with it");
+        fx.assert_all_verify(&store);
+    }
+
+    #[test]
+    fn same_file_twice_in_one_checkpoint_is_placed_once() {
+        let fx = Fixture::new();
+        let store = fx.retaining(1);
+        let mut p = store.begin(CheckpointId(1), Full).unwrap();
+        let h1 = fx.place(&mut p, &[A]);
+        let h2 = fx.place(&mut p, &[A]);
+        assert_eq!(h1, h2);
+        assert_eq!(p.stats().files_placed, 1);
+        assert_eq!(p.stats().files_referenced, 1);
+        let mut handles = h1;
+        handles.extend(h2);
+        p.commit(content(handles)).unwrap();
+        fx.assert_all_verify(&store);
+    }
+
+    #[test]
+    fn abort_removes_the_directory_and_only_the_files_it_placed() {
+        let fx = Fixture::new();
+        let store = fx.retaining(1);
+        fx.checkpoint(&store, 1, Incremental, &[A]);
+        let mut p = store.begin(CheckpointId(2), Incremental).unwrap();
+        fx.place(&mut p, &[A, B]);
+        p.write_private("x", b"x").unwrap();
+        assert_eq!(fx.shared_count(), 2);
+        p.abort().unwrap();
+        assert_eq!(fx.shared_count(), 1);
+        assert_eq!(fx.chk_dirs(), vec![1]);
+        // Dropping a pending checkpoint aborts it too.
+        let mut p = store.begin(CheckpointId(3), Incremental).unwrap();
+        fx.place(&mut p, &[C]);
+        drop(p);
+        assert_eq!(fx.shared_count(), 1);
+        assert_eq!(fx.chk_dirs(), vec![1]);
+        fx.assert_all_verify(&store);
+    }
+
+    #[test]
+    fn checkpoint_ids_must_increase() {
+        let fx = Fixture::new();
+        let store = fx.retaining(1);
+        fx.checkpoint(&store, 5, Incremental, &[A]);
+        assert!(store.begin(CheckpointId(5), Incremental).is_err());
+        assert!(store.begin(CheckpointId(4), Incremental).is_err());
+        let p = store.begin(CheckpointId(6), Incremental).unwrap();
+        p.abort().unwrap();
+        assert!(
+            store.begin(CheckpointId(6), Incremental).is_err(),
+            "aborted ids are used up"
+        );
+    }
+
+    #[test]
+    fn commit_refuses_handles_it_did_not_place() {
+        let fx = Fixture::new();
+        let store = fx.retaining(1);
+        let c1 = fx.checkpoint(&store, 1, Incremental, &[A]);
+        let foreign = c1.metadata.file_handles().next().unwrap().clone();
+        let p = store.begin(CheckpointId(2), Incremental).unwrap();
+        let e = p
+            .commit(content(vec![StateHandle::File(foreign)]))
+            .unwrap_err();
+        assert!(e.to_string().contains("was not placed by it"), "{e}");
+        assert_eq!(fx.chk_dirs(), vec![1], "the failed commit was aborted");
+        fx.assert_all_verify(&store);
+    }
+
+    #[test]
+    fn wrong_size_is_refused_at_placement() {
+        let fx = Fixture::new();
+        let store = fx.retaining(1);
+        let mut p = store.begin(CheckpointId(1), Incremental).unwrap();
+        let path = fx.state_file(A.0, A.1);
+        assert!(p.place_shared("op", &path, A.0, 999, 0).is_err());
+        assert_eq!(fx.shared_count(), 0);
+        assert!(p.place_shared("op", &path, "../escape", 10, 0).is_err());
+        assert!(p.write_private("_metadata", b"x").is_err());
+    }
+
+    #[test]
+    fn damaged_metadata_stops_open_naming_the_file() {
+        let fx = Fixture::new();
+        let store = fx.retaining(1);
+        fx.checkpoint(&store, 1, Incremental, &[A]);
+        drop(store);
+        let p = fx.job_dir().join("chk-1/_metadata");
+        let mut b = std::fs::read(&p).unwrap();
+        b[20] ^= 0x40;
+        std::fs::write(&p, b).unwrap();
+        let e = CheckpointStore::open(fx.storage(), CheckpointConfig::default()).unwrap_err();
+        assert!(
+            e.is_corruption() && e.to_string().contains("chk-1/_metadata"),
+            "{e}"
+        );
+        assert_eq!(fx.shared_count(), 1, "nothing was deleted");
+    }
+
+    #[test]
+    fn cancel_follows_the_cleanup_policy() {
+        for (policy, kept) in [
+            (ExternalizedCleanup::NoExternalized, false),
+            (ExternalizedCleanup::RetainOnCancellation, true),
+            (ExternalizedCleanup::DeleteOnCancellation, false),
+        ] {
+            let fx = Fixture::new();
+            let store = fx.open(CheckpointConfig {
+                num_retained: 2,
+                cleanup: policy,
+                restored: None,
+            });
+            fx.checkpoint(&store, 1, Incremental, &[A, B]);
+            fx.checkpoint(&store, 2, Incremental, &[B, C]);
+            std::fs::write(fx.job_dir().join("taskowned/x"), b"task").unwrap();
+            let report = store.on_cancel().unwrap();
+            assert!(fx.job_dir().join("taskowned/x").exists(), "{policy:?}");
+            if kept {
+                assert_eq!(fx.chk_dirs(), vec![1, 2]);
+                assert_eq!(fx.shared_count(), 3);
+                let store = fx.retaining(2);
+                fx.assert_all_verify(&store);
+            } else {
+                assert_eq!(report.discarded, vec![CheckpointId(2), CheckpointId(1)]);
+                assert!(fx.chk_dirs().is_empty(), "{policy:?}");
+                assert_eq!(fx.shared_count(), 0, "{policy:?}");
+            }
+        }
+        assert!(!ExternalizedCleanup::DeleteOnCancellation.discards_on(JobTermination::Failed));
+        assert!(ExternalizedCleanup::RetainOnCancellation.discards_on(JobTermination::Finished));
+    }
+
+    #[test]
+    fn pending_checkpoint_cannot_commit_after_shutdown() {
+        let fx = Fixture::new();
+        let store = fx.retaining(1);
+        let mut p = store.begin(CheckpointId(1), Incremental).unwrap();
+        let h = fx.place(&mut p, &[A]);
+        store.shutdown(JobTermination::Suspended).unwrap();
+        assert!(matches!(p.commit(content(h)), Err(Error::Closed)));
+        assert_eq!(fx.shared_count(), 0);
+    }
+
+    #[test]
+    fn no_claim_restore_in_the_same_directory_never_deletes_the_old_run() {
+        let fx = Fixture::new();
+        let store = fx.retaining(1);
+        fx.checkpoint(&store, 1, Incremental, &[A, B]);
+        drop(store);
+        let restored = crate::checkpoint::restore::resolve(fx.fs.as_ref(), &fx.job_dir()).unwrap();
+        let store = fx.open(CheckpointConfig {
+            num_retained: 1,
+            restored: Some(restored.restore_info(RestoreMode::NoClaim)),
+            ..CheckpointConfig::default()
+        });
+        let c2 = fx.checkpoint(&store, 2, Incremental, &[A, B]);
+        assert_eq!(
+            c2.metadata.kind, Full,
+            "first checkpoint after no-claim is full"
+        );
+        assert_eq!(c2.stats.files_referenced, 0);
+        let c3 = fx.checkpoint(&store, 3, Incremental, &[A, B, C]);
+        assert_eq!(c3.metadata.kind, Incremental);
+        assert_eq!(c3.stats.files_referenced, 2);
+        // chk-1 is not ours: retention passes over it; chk-2 is ours and subsumed.
+        assert_eq!(c3.retention.discarded, vec![CheckpointId(2)]);
+        assert_eq!(fx.chk_dirs(), vec![1, 3]);
+        assert!(verify(store.storage().as_ref(), &restored.metadata).is_ok());
+        store.on_cancel().unwrap();
+        assert_eq!(fx.chk_dirs(), vec![1]);
+        assert!(verify(fx.storage().as_ref(), &restored.metadata).is_ok());
+    }
+
+    #[test]
+    fn no_claim_restore_elsewhere_starts_full_and_claim_elsewhere_is_refused() {
+        let old = Fixture::new();
+        let store = old.retaining(1);
+        old.checkpoint(&store, 1, Incremental, &[A]);
+        drop(store);
+        let restored =
+            crate::checkpoint::restore::resolve(old.fs.as_ref(), &old.job_dir()).unwrap();
+        let new = Fixture::new();
+        let e = CheckpointStore::open(
+            new.storage(),
+            CheckpointConfig {
+                restored: Some(restored.restore_info(RestoreMode::Claim)),
+                ..CheckpointConfig::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("claim"), "{e}");
+        let store = new.open(CheckpointConfig {
+            restored: Some(restored.restore_info(RestoreMode::NoClaim)),
+            ..CheckpointConfig::default()
+        });
+        let p = store.begin(CheckpointId(2), Incremental).unwrap();
+        assert_eq!(p.kind(), Full);
+    }
+
+    #[test]
+    fn claim_restore_owns_and_subsumes_the_restored_checkpoint() {
+        let fx = Fixture::new();
+        let store = fx.retaining(1);
+        fx.checkpoint(&store, 1, Incremental, &[A, B]);
+        drop(store);
+        let restored = crate::checkpoint::restore::resolve(fx.fs.as_ref(), &fx.job_dir()).unwrap();
+        let store = fx.open(CheckpointConfig {
+            restored: Some(restored.restore_info(RestoreMode::Claim)),
+            ..CheckpointConfig::default()
+        });
+        let c2 = fx.checkpoint(&store, 2, Incremental, &[A, C]);
+        assert_eq!(c2.stats.files_referenced, 1);
+        assert_eq!(c2.retention.discarded, vec![CheckpointId(1)]);
+        assert_eq!(fx.shared_count(), 2);
+    }
+
+    #[test]
+    fn config_accepts_flink_keys_and_rejects_zero_retained() {
+        let mut c = CheckpointConfig::default();
+        assert!(c.set("state.checkpoints.num-retained", "3").unwrap());
+        assert_eq!(c.num_retained, 3);
+        assert!(c.set("execution.checkpointing.num-retained", "2").unwrap());
+        assert_eq!(c.num_retained, 2);
+        assert!(c
+            .set(
+                "execution.checkpointing.externalized-checkpoint-retention",
+                "RETAIN_ON_CANCELLATION"
+            )
+            .unwrap());
+        assert_eq!(c.cleanup, ExternalizedCleanup::RetainOnCancellation);
+        assert!(!c.set("execution.checkpointing.interval", "1s").unwrap());
+        assert!(c.set("state.checkpoints.num-retained", "x").is_err());
+        c.num_retained = 0;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn shared_names_carry_owner_and_never_contain_a_dash_in_the_owner() {
+        assert_eq!(
+            shared_name(&sanitize("map-1/0", false, 64), "000012.sst", 0xab, ""),
+            "map_1_0-000012-000000ab.sst"
+        );
+        assert_eq!(
+            shared_name("o", "MANIFEST", 1, "-c3"),
+            "o-MANIFEST-00000001-c3"
+        );
+        let f = FileHandle {
+            role: FileRole::Shared,
+            local_name: "000012.sst".into(),
+            path: "shared/map_1_0-000012-000000ab.sst".into(),
+            size: 1,
+            crc32c: 0xab,
+        };
+        assert_eq!(identity_of(&f).unwrap().owner, "map_1_0");
+    }
+}

@@ -113,3 +113,71 @@ pub fn verify(storage: &dyn CheckpointStorage, metadata: &Metadata) -> VerifyRep
     }
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::ids::CheckpointKind::Incremental;
+    use crate::checkpoint::metadata::{FileRole, StateHandle};
+    use crate::checkpoint::testutil::{abs, Fixture};
+
+    const A: (&str, &[u8]) = ("000001.sst", b"aaaaaaaaaa");
+    const B: (&str, &[u8]) = ("000002.sst", b"bbbbbbbbbbbbbbbbbbbb");
+    const C: (&str, &[u8]) = ("000003.sst", b"ccccc");
+
+    #[test]
+    fn verify_catches_missing_file_wrong_size_and_wrong_crc() {
+        let fx = Fixture::new();
+        let store = fx.retaining(1);
+        let c = fx.checkpoint(&store, 1, Incremental, &[A, B, C]);
+        let m = &c.metadata;
+        let clean = verify(store.storage().as_ref(), m);
+        assert!(clean.is_ok(), "{:?}", clean.problems);
+        assert_eq!(clean.files_checked, 4);
+        let find = |n: &str| m.file_handles().find(|f| f.local_name == n).unwrap();
+        std::fs::remove_file(abs(&fx, find(A.0))).unwrap();
+        std::fs::write(abs(&fx, find(B.0)), b"short").unwrap();
+        let mut flipped = C.1.to_vec();
+        flipped[0] ^= 1;
+        std::fs::write(abs(&fx, find(C.0)), flipped).unwrap();
+        let r = verify(store.storage().as_ref(), m);
+        assert_eq!(r.problems.len(), 3, "{:?}", r.problems);
+        let all = r.problems.join("\n");
+        assert!(
+            all.contains("missing: ") && all.contains(&find(A.0).path),
+            "{all}"
+        );
+        assert!(
+            all.contains("wrong size: ") && all.contains(&find(B.0).path),
+            "{all}"
+        );
+        assert!(
+            all.contains("wrong crc32c: ") && all.contains(&find(C.0).path),
+            "{all}"
+        );
+        assert!(matches!(r.into_result(), Err(Error::VerifyFailed { .. })));
+    }
+
+    #[test]
+    fn verify_reports_unsafe_paths_without_reading_them() {
+        let fx = Fixture::new();
+        let store = fx.retaining(1);
+        let mut m = fx.checkpoint(&store, 1, Incremental, &[A]).metadata;
+        m.operator_states[0]
+            .handles
+            .push(StateHandle::File(FileHandle {
+                role: FileRole::Shared,
+                local_name: "x".into(),
+                path: "../../etc/passwd".into(),
+                size: 1,
+                crc32c: 1,
+            }));
+        let r = verify(store.storage().as_ref(), &m);
+        assert_eq!(r.problems.len(), 1);
+        assert!(
+            r.problems[0].starts_with("unsafe path: "),
+            "{:?}",
+            r.problems
+        );
+    }
+}
