@@ -586,6 +586,30 @@ pub(crate) mod tests {
         Path::new("/ckpt/job1/chk-2/_metadata")
     }
 
+    /// The worked example of `format-spec/metadata.md`, byte for byte.
+    const SAMPLE_HEX: &str = concat!(
+        "54444d4b434b50540100000002000000",
+        "00000000046a6f6231000068e5cf8b01",
+        "0000fa68e5cf8b010000036c736d0103",
+        "73756d00000000007f0000000201000a",
+        "3030303031322e737374207368617265",
+        "642f73756d5f302d3030303031322d31",
+        "613262336334642e7373740010000000",
+        "0000004d3c2b1a02084d414e49464553",
+        "5402abcd0102696e01302a0000000000",
+        "000001016b017617b43777",
+    );
+
+    #[test]
+    fn sample_encoding_is_the_worked_example_of_the_spec() {
+        let hex: String = sample()
+            .encode()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, SAMPLE_HEX);
+    }
+
     #[test]
     fn sample_round_trips_and_validates() {
         let m = sample();
