@@ -36,11 +36,7 @@ fn subtask() -> SubtaskId {
 }
 
 fn job_store(root: &Path, job: &str, retained: usize) -> CheckpointStore {
-    let storage = LocalStorage::new(
-        StdFs::shared(),
-        root.to_path_buf(),
-        JobId::new(job).unwrap(),
-    );
+    let storage = LocalStorage::new(StdFs::shared(), root, JobId::new(job).unwrap());
     CheckpointStore::open(
         Arc::new(storage),
         CheckpointConfig {

@@ -611,7 +611,7 @@ impl Db {
             let cs = c.stats();
             s.cache_hits = cs.hits;
             s.cache_misses = cs.misses;
-            s.cache_bytes = cs.bytes_used as u64;
+            s.cache_bytes = cs.bytes_used;
         }
         s.memtable_bytes = (sv.mem.approximate_size()
             + sv.imms.iter().map(|m| m.approximate_size()).sum::<usize>())
@@ -833,7 +833,11 @@ fn delete_obsolete_files(fs: &dyn FileSystem, dir: &Path, vs: &VersionSet) -> Re
     fs.sync_dir(dir)
 }
 
-type SwitchOutcome = Option<(SeqNo, Option<Arc<Imm>>, Option<Arc<Version>>)>;
+/// What a memtable switch for a flush leaves to wait for: the sequence number it is
+/// consistent at, and either the immutable memtable whose flush completes it or the
+/// version that already holds everything.
+type Switched = (SeqNo, Option<Arc<Imm>>, Option<Arc<Version>>);
+type SwitchOutcome = Option<Switched>;
 
 impl DbInner {
     pub(crate) fn visible_seq(&self) -> SeqNo {
@@ -906,7 +910,6 @@ impl DbInner {
         range: impl RangeBounds<K>,
         seq: SeqNo,
     ) -> Result<DbIterator> {
-        self.check_readable()?;
         let sv = self.sv.load_full();
         let mut children: Vec<BoxedIter> =
             Vec::with_capacity(2 + sv.imms.len() + sv.version.levels.len());
@@ -929,10 +932,6 @@ impl DbInner {
             Some(end) => self.iter_at(prefix.to_vec()..end, seq),
             None => self.iter_at(prefix.to_vec().., seq),
         }
-    }
-
-    fn check_readable(&self) -> Result<()> {
-        Ok(())
     }
 
     fn install_super_version(&self, st: &State) {
@@ -996,7 +995,7 @@ impl DbInner {
     }
 
     /// Makes room and switches the memtable so the current one gets flushed.
-    fn switch_for_flush(&self) -> Result<(SeqNo, Option<Arc<Imm>>, Option<Arc<Version>>)> {
+    fn switch_for_flush(&self) -> Result<Switched> {
         let mut st = self.wait_for_room(true)?;
         let seq = self.visible_seq();
         if st.mem.is_empty() {
