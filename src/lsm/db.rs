@@ -99,7 +99,7 @@ pub(crate) struct DbInner {
 /// db.put(b"apple", b"red")?;
 /// db.put(b"banana", b"yellow")?;
 /// assert_eq!(db.get(b"apple")?, Some(b"red".to_vec()));
-/// let keys: Vec<_> = db.scan(..)?.map(|kv| kv.map(|(k, _)| k)).collect::<Result<_, _>>()?;
+/// let keys: Vec<_> = db.iter()?.map(|kv| kv.map(|(k, _)| k)).collect::<Result<_, _>>()?;
 /// assert_eq!(keys, vec![b"apple".to_vec(), b"banana".to_vec()]);
 /// # Ok(()) }
 /// ```
@@ -730,6 +730,11 @@ impl Snapshot {
     /// Scans the keys starting with `prefix` as of the snapshot.
     pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Result<DbIterator> {
         self.inner.prefix_at(prefix.as_ref(), self.seq)
+    }
+
+    /// Scans every key as of the snapshot.
+    pub fn iter(&self) -> Result<DbIterator> {
+        self.scan::<&[u8]>(..)
     }
 }
 
