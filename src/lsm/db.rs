@@ -565,6 +565,11 @@ impl Db {
             .prefix_at(prefix.as_ref(), self.inner.visible_seq())
     }
 
+    /// Scans every key in order.
+    pub fn iter(&self) -> Result<DbIterator> {
+        self.scan::<&[u8]>(..)
+    }
+
     /// Flushes the memtable to a table and waits for it.
     pub fn flush(&self) -> Result<()> {
         self.begin_live_files()?.wait().map(|_| ())
@@ -730,6 +735,11 @@ impl Snapshot {
     /// Scans the keys starting with `prefix` as of the snapshot.
     pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Result<DbIterator> {
         self.inner.prefix_at(prefix.as_ref(), self.seq)
+    }
+
+    /// Scans every key as of the snapshot.
+    pub fn iter(&self) -> Result<DbIterator> {
+        self.scan::<&[u8]>(..)
     }
 
     /// Scans every key as of the snapshot.
