@@ -741,11 +741,6 @@ impl Snapshot {
     pub fn iter(&self) -> Result<DbIterator> {
         self.scan::<&[u8]>(..)
     }
-
-    /// Scans every key as of the snapshot.
-    pub fn iter(&self) -> Result<DbIterator> {
-        self.scan::<&[u8]>(..)
-    }
 }
 
 impl Drop for Snapshot {
