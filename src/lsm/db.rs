@@ -356,6 +356,7 @@ impl Db {
         };
         // A fresh manifest holding the recovered state; recovery flushes are logged in it.
         vs.roll_manifest()?;
+        vs.set_max_manifest_bytes(opts.max_manifest_bytes);
 
         let counters = Counters::default();
         let (mem, max_seq) = Self::replay_wals(&opts, &dir, &names, &mut vs, &counters)?;
