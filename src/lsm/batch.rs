@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use super::types::{SeqNo, ValueKind};
-use crate::codec::{put_length_prefixed, Decoder};
+use crate::codec::{put_length_prefixed, varint_len, Decoder};
 use crate::error::{Error, Result};
 
 /// Largest user key accepted, in bytes.
@@ -23,11 +23,23 @@ pub const BATCH_HEADER_BYTES: usize = 12;
 
 /// An atomic group of writes. Either all of them become visible (and durable, per the
 /// sync mode) or none does.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct WriteBatch {
     rep: Vec<u8>,
     count: u32,
+    /// Longest key and value added, so the limits are checked without decoding.
+    max_key_len: usize,
+    max_value_len: usize,
 }
+
+impl PartialEq for WriteBatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.count == other.count
+            && self.rep[BATCH_HEADER_BYTES..] == other.rep[BATCH_HEADER_BYTES..]
+    }
+}
+
+impl Eq for WriteBatch {}
 
 impl Default for WriteBatch {
     fn default() -> Self {
@@ -38,27 +50,46 @@ impl Default for WriteBatch {
 impl WriteBatch {
     /// An empty batch.
     pub fn new() -> Self {
+        Self::with_capacity(64)
+    }
+
+    /// An empty batch with room for `bytes` of encoded operations.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut rep = Vec::with_capacity(BATCH_HEADER_BYTES + bytes);
+        rep.resize(BATCH_HEADER_BYTES, 0);
         WriteBatch {
-            rep: vec![0; BATCH_HEADER_BYTES],
+            rep,
             count: 0,
+            max_key_len: 0,
+            max_value_len: 0,
         }
+    }
+
+    /// Bytes one put of `key_len` and `value_len` adds to a batch.
+    pub fn put_size(key_len: usize, value_len: usize) -> usize {
+        1 + varint_len(key_len as u64) + key_len + varint_len(value_len as u64) + value_len
     }
 
     /// Adds a put. Keys above [`MAX_KEY_BYTES`] and values above [`MAX_VALUE_BYTES`] are
     /// rejected when the batch is written.
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Self {
+        let (key, value) = (key.as_ref(), value.as_ref());
         self.rep.push(ValueKind::Put as u8);
-        put_length_prefixed(&mut self.rep, key.as_ref());
-        put_length_prefixed(&mut self.rep, value.as_ref());
+        put_length_prefixed(&mut self.rep, key);
+        put_length_prefixed(&mut self.rep, value);
         self.count += 1;
+        self.max_key_len = self.max_key_len.max(key.len());
+        self.max_value_len = self.max_value_len.max(value.len());
         self
     }
 
     /// Adds a delete.
     pub fn delete(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+        let key = key.as_ref();
         self.rep.push(ValueKind::Delete as u8);
-        put_length_prefixed(&mut self.rep, key.as_ref());
+        put_length_prefixed(&mut self.rep, key);
         self.count += 1;
+        self.max_key_len = self.max_key_len.max(key.len());
         self
     }
 
@@ -76,6 +107,8 @@ impl WriteBatch {
     pub fn clear(&mut self) {
         self.rep.truncate(BATCH_HEADER_BYTES);
         self.count = 0;
+        self.max_key_len = 0;
+        self.max_value_len = 0;
     }
 
     /// Size of the encoded batch in bytes.
@@ -90,22 +123,24 @@ impl WriteBatch {
         &self.rep
     }
 
+    /// The encoding, as last set by `encode_with_seq`.
+    pub(crate) fn encoded(&self) -> &[u8] {
+        &self.rep
+    }
+
     /// Checks the limits on keys and values before the batch is logged.
     pub(crate) fn validate(&self) -> Result<()> {
-        for op in BatchOps::new(&self.rep[BATCH_HEADER_BYTES..], self.count, SeqNo(0), 0) {
-            let op = op.map_err(|e| Error::InvalidArgument(e.reason))?;
-            if op.key.len() > MAX_KEY_BYTES {
-                return Err(Error::InvalidArgument(format!(
-                    "key of {} bytes exceeds the limit of {MAX_KEY_BYTES}",
-                    op.key.len()
-                )));
-            }
-            if op.value.len() > MAX_VALUE_BYTES {
-                return Err(Error::InvalidArgument(format!(
-                    "value of {} bytes exceeds the limit of {MAX_VALUE_BYTES}",
-                    op.value.len()
-                )));
-            }
+        if self.max_key_len > MAX_KEY_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "key of {} bytes exceeds the limit of {MAX_KEY_BYTES}",
+                self.max_key_len
+            )));
+        }
+        if self.max_value_len > MAX_VALUE_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "value of {} bytes exceeds the limit of {MAX_VALUE_BYTES}",
+                self.max_value_len
+            )));
         }
         Ok(())
     }

@@ -518,7 +518,8 @@ impl Db {
 
     /// Writes `value` under `key`.
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
-        let mut b = WriteBatch::new();
+        let (key, value) = (key.as_ref(), value.as_ref());
+        let mut b = WriteBatch::with_capacity(WriteBatch::put_size(key.len(), value.len()));
         b.put(key, value);
         self.write(b)
     }
@@ -1103,28 +1104,29 @@ impl DbInner {
         let st = self.wait_for_room(false)?;
         let mem = st.mem.clone();
         drop(st);
-        let mut batches: Vec<WriteBatch> =
-            group.iter().filter_map(|s| s.batch.lock().take()).collect();
+        let mut batches: Vec<(WriteBatch, SeqNo)> = Vec::with_capacity(group.len());
         let mut seq = self.visible_seq().0;
         let mut user_bytes = 0u64;
-        let mut firsts = Vec::with_capacity(batches.len());
-        for b in &mut batches {
+        for s in group {
+            let Some(mut b) = s.batch.lock().take() else {
+                continue;
+            };
             let first = SeqNo(seq + 1);
             seq += b.len() as u64;
             if seq > SeqNo::MAX.0 {
                 return Err(Error::InvalidArgument("sequence numbers exhausted".into()));
             }
-            firsts.push(first);
             b.encode_with_seq(first);
             user_bytes += b.encoded_size() as u64;
+            batches.push((b, first));
         }
         if self.opts.wal {
             let mut wal = self.wal.lock();
             let r: Result<()> = (|| {
                 let w = wal.as_mut().ok_or(Error::Closed)?;
                 let before = w.len();
-                for (b, &first) in batches.iter_mut().zip(&firsts) {
-                    w.add_record(b.encode_with_seq(first))?;
+                for (b, _) in &batches {
+                    w.add_record(b.encoded())?;
                 }
                 match self.opts.sync {
                     SyncMode::PerWrite | SyncMode::GroupCommit => {
@@ -1143,10 +1145,8 @@ impl DbInner {
                 return Err(e);
             }
         }
-        for (b, &first) in batches.iter().zip(&firsts) {
-            for op in b.iter(first) {
-                mem.add(op.seq, op.kind, op.key, op.value);
-            }
+        for (b, first) in &batches {
+            mem.add_batch(b, *first);
         }
         self.last_seq.store(seq, Ordering::Release);
         Counters::add(&self.counters.user_bytes_written, user_bytes);

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use crossbeam_skiplist::map::Entry;
 use crossbeam_skiplist::SkipMap;
 
+use super::batch::WriteBatch;
 use super::types::{
     append_internal_key, compare_internal_keys, parse_internal_key, seek_key, FileNumber,
     InternalIterator, SeqNo, ValueKind,
@@ -137,6 +138,25 @@ impl MemTable {
 
     /// Inserts one version of a key.
     pub fn add(&self, seq: SeqNo, kind: ValueKind, user_key: &[u8], value: &[u8]) {
+        let charge = self.insert(seq, kind, user_key, value);
+        self.account(1, charge, seq);
+    }
+
+    /// Inserts every operation of `batch`, numbered from `first_seq`.
+    pub fn add_batch(&self, batch: &WriteBatch, first_seq: SeqNo) {
+        let mut charge = 0;
+        let mut n = 0;
+        let mut last = first_seq;
+        for op in batch.iter(first_seq) {
+            charge += self.insert(op.seq, op.kind, op.key, op.value);
+            n += 1;
+            last = op.seq;
+        }
+        self.account(n, charge, last);
+    }
+
+    /// Inserts without updating the size counters; returns the bytes to charge.
+    fn insert(&self, seq: SeqNo, kind: ValueKind, user_key: &[u8], value: &[u8]) -> usize {
         let mut buf = Vec::with_capacity(user_key.len() + 8 + value.len());
         append_internal_key(&mut buf, user_key, seq, kind);
         let key_len = buf.len() as u32;
@@ -149,9 +169,13 @@ impl MemTable {
             },
             (),
         );
-        self.size_bytes.fetch_add(charge, AtomicOrdering::Relaxed);
-        self.entries.fetch_add(1, AtomicOrdering::Relaxed);
-        self.max_seq.fetch_max(seq.0, AtomicOrdering::Relaxed);
+        charge
+    }
+
+    fn account(&self, entries: u64, bytes: usize, max_seq: SeqNo) {
+        self.size_bytes.fetch_add(bytes, AtomicOrdering::Relaxed);
+        self.entries.fetch_add(entries, AtomicOrdering::Relaxed);
+        self.max_seq.fetch_max(max_seq.0, AtomicOrdering::Relaxed);
     }
 
     /// The newest version of `user_key` with a sequence number `<= seq`.
