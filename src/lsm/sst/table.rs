@@ -8,6 +8,7 @@
 use std::cmp::Ordering;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use memmap2::Mmap;
@@ -226,6 +227,10 @@ pub struct Table {
     filter: Option<Range<usize>>,
     cache: Option<Arc<BlockCache>>,
     verify_checksums: bool,
+    /// One flag per data block, set once its crc was checked: the file is immutable and
+    /// lives in the store's own directory, so a block is checked once, not on every read
+    /// (`verify` still checks every block every time).
+    verified: Box<[AtomicBool]>,
 }
 
 impl Table {
@@ -264,7 +269,9 @@ impl Table {
         }
         let map = Arc::new(map);
         let (props, blocks, filter) = validate(&map).map_err(|e| e.into_error(path))?;
+        let verified = blocks.iter().map(|_| AtomicBool::new(false)).collect();
         Ok(Arc::new(Table {
+            verified,
             path: path.to_path_buf(),
             file_number,
             map,
@@ -356,7 +363,7 @@ impl Table {
         let mut prev: Option<Vec<u8>> = None;
         let mut count: u64 = 0;
         for (i, info) in self.blocks.iter().enumerate() {
-            let block = self.load_block(info, true, false)?;
+            let block = self.load_block(info, true, false, None)?;
             let mut it = block.iter();
             it.seek_to_first();
             let first_count = count;
@@ -418,28 +425,43 @@ impl Table {
             .blocks
             .get(i)
             .ok_or_else(|| Error::corruption(&self.path, 0, format!("no data block {i}")))?;
-        Ok(self.load_block(info, self.verify_checksums, true)?.iter())
+        Ok(self.load_block(info, self.verify_checksums, true, Some(i))?.iter())
     }
 
     /// Reads data block `info`: in place when raw, else from the cache or decompressed
-    /// (and then cached, when `use_cache`).
-    fn load_block(&self, info: &BlockInfo, verify_crc: bool, use_cache: bool) -> Result<Block> {
-        let stored = block::check_block(&self.map, info.handle(), verify_crc)
-            .map_err(|e| e.into_error(&self.path))?;
-        let data = if stored.block_type == BLOCK_TYPE_LZ4 {
-            let cache = self.cache.as_ref().filter(|_| use_cache);
-            match cache.and_then(|c| c.get(self.file_number, info.offset)) {
-                Some(b) => BlockData::Owned(b),
-                None => {
-                    let bytes = self.map.get(stored.start..stored.end).unwrap_or_default();
-                    let b = block::decompress_lz4(bytes, info.offset)
-                        .map_err(|e| e.into_error(&self.path))?;
-                    if let Some(c) = cache {
-                        c.insert(self.file_number, info.offset, Arc::clone(&b));
-                    }
-                    BlockData::Owned(b)
-                }
+    /// (and then cached, when `use_cache`). `index` names the block for the checked-once
+    /// flags; without it the crc is checked whenever `verify_crc` is set.
+    fn load_block(
+        &self,
+        info: &BlockInfo,
+        verify_crc: bool,
+        use_cache: bool,
+        index: Option<usize>,
+    ) -> Result<Block> {
+        let cache = self.cache.as_ref().filter(|_| use_cache);
+        if info.compressed {
+            // A cached block was checked when it was inserted.
+            if let Some(b) = cache.and_then(|c| c.get(self.file_number, info.offset)) {
+                return Block::new(BlockData::Owned(b), info.offset)
+                    .map_err(|e| e.into_error(&self.path));
             }
+        }
+        let flag = index.and_then(|i| self.verified.get(i));
+        let check = verify_crc && !flag.is_some_and(|f| f.load(AtomicOrdering::Relaxed));
+        let stored = block::check_block(&self.map, info.handle(), check)
+            .map_err(|e| e.into_error(&self.path))?;
+        if check {
+            if let Some(f) = flag {
+                f.store(true, AtomicOrdering::Relaxed);
+            }
+        }
+        let data = if stored.block_type == BLOCK_TYPE_LZ4 {
+            let bytes = self.map.get(stored.start..stored.end).unwrap_or_default();
+            let b = block::decompress_lz4(bytes, info.offset).map_err(|e| e.into_error(&self.path))?;
+            if let Some(c) = cache {
+                c.insert(self.file_number, info.offset, Arc::clone(&b));
+            }
+            BlockData::Owned(b)
         } else {
             BlockData::Mapped {
                 map: Arc::clone(&self.map),
