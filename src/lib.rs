@@ -13,5 +13,6 @@ pub mod error;
 pub mod fault;
 pub mod fs;
 pub mod lsm;
+pub mod state;
 
 pub use error::{Error, Result};
