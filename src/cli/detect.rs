@@ -10,18 +10,14 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::CliError;
+use crate::checkpoint::metadata::{MAGIC as METADATA_MAGIC, METADATA_FILE_NAME};
+use crate::checkpoint::store::SHARED_DIR;
+use crate::checkpoint::CheckpointId;
 use crate::error::{Error, IoContext};
 use crate::fs::{FileSystem, StdFs};
 use crate::lsm::filename::{self, FileKind};
 use crate::lsm::sst::footer::{FOOTER_LEN, MAGIC_OFFSET as FOOTER_MAGIC_OFFSET, TABLE_MAGIC};
 use crate::lsm::wal::{LogKind, HEADER_RECORD_LEN, HEADER_SIZE, LOG_MAGIC};
-
-/// Magic at the start of a checkpoint `_metadata` file.
-pub const METADATA_MAGIC: [u8; 8] = *b"TDMKCKPT";
-/// Name of a checkpoint's metadata file.
-pub const METADATA_FILE_NAME: &str = "_metadata";
-/// Name of the shared-files directory of a checkpoint job directory.
-pub const SHARED_DIR: &str = "shared";
 
 /// Offset of the kind byte in a log file: fragment header, magic, version u32.
 const LOG_KIND_OFFSET: usize = HEADER_SIZE + LOG_MAGIC.len() + 4;
@@ -65,10 +61,9 @@ impl Kind {
     }
 }
 
-/// True when `name` is a checkpoint directory name (`chk-<digits>`).
+/// True when `name` is a checkpoint directory name (`chk-<N>`).
 pub fn is_chk_name(name: &str) -> bool {
-    name.strip_prefix("chk-")
-        .is_some_and(|n| !n.is_empty() && n.len() <= 20 && n.bytes().all(|b| b.is_ascii_digit()))
+    CheckpointId::from_dir_name(name).is_some()
 }
 
 /// Recognizes what `path` holds.
