@@ -640,7 +640,7 @@ impl Render for MetadataReport {
                     s.lsm_last_sequence
                         .map_or("?".to_string(), |v| v.to_string())
                 )?;
-                write_levels(out, levels)?;
+                write_levels(out, levels, "      ")?;
             }
             if let Some(e) = &s.lsm_error {
                 writeln!(out, "    LSM manifest snapshot UNREADABLE: {e}")?;

@@ -726,10 +726,10 @@ pub fn levels_json(r: &Replayed) -> Vec<LevelJson> {
         .collect()
 }
 
-/// Text lines for levels.
-pub fn write_levels(out: &mut dyn Write, levels: &[LevelJson]) -> io::Result<()> {
+/// Text lines for levels, each starting with `indent`.
+pub fn write_levels(out: &mut dyn Write, levels: &[LevelJson], indent: &str) -> io::Result<()> {
     if levels.iter().all(|l| l.files == 0) {
-        return writeln!(out, "  levels          (no tables)");
+        return writeln!(out, "{indent}levels          (no tables)");
     }
     for l in levels {
         if l.files == 0 {
@@ -737,14 +737,14 @@ pub fn write_levels(out: &mut dyn Write, levels: &[LevelJson]) -> io::Result<()>
         }
         writeln!(
             out,
-            "  L{}  {} file{}, {}",
+            "{indent}L{}  {} file{}, {}",
             l.level,
             l.files,
             if l.files == 1 { "" } else { "s" },
             human_bytes(l.bytes)
         )?;
         for t in &l.tables {
-            t.write_text(out, "      ")?;
+            t.write_text(out, &format!("{indent}    "))?;
         }
     }
     Ok(())
@@ -803,7 +803,7 @@ impl Render for ManifestReport {
             e.write_text(out, &format!("edit {i} @{}", e.offset.unwrap_or(0)))?;
         }
         writeln!(out, "  after all edits:")?;
-        write_levels(out, &self.levels)
+        write_levels(out, &self.levels, "  ")
     }
 }
 
@@ -975,7 +975,7 @@ impl Render for StoreReport {
             self.table_files,
             size(self.table_bytes)
         )?;
-        write_levels(out, &self.levels)?;
+        write_levels(out, &self.levels, "  ")?;
         if self.live_wals.is_empty() {
             writeln!(out, "  live WAL        none")?;
         }

@@ -41,8 +41,12 @@ pub fn emit(out: &mut dyn Write, format: Format, report: &impl Render) -> Result
     match format {
         Format::Text => report.render_text(out)?,
         Format::Json => {
-            serde_json::to_writer_pretty(&mut *out, report)
-                .map_err(|e| CliError::Output(io::Error::other(e)))?;
+            serde_json::to_writer_pretty(&mut *out, report).map_err(|e| {
+                CliError::Output(match e.io_error_kind() {
+                    Some(kind) => io::Error::from(kind),
+                    None => io::Error::other(e),
+                })
+            })?;
             writeln!(out)?;
         }
     }
