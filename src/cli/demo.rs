@@ -285,6 +285,12 @@ fn finish_checkpoint(
         .map_err(|_| CliError::Message(format!("checkpoint {} failed: its thread panicked", f.id)))?
         .map_err(|e| CliError::Message(format!("checkpoint {} failed: {e}", f.id)))?;
     let total = f.started.elapsed();
+    tracing::info!(
+        id = f.id.0,
+        offset = f.offset,
+        ?total,
+        "checkpoint completed"
+    );
     let line = format!(
         "{:>5}  {:>10}  {:>8.1} ms  {:>8.1} ms  {:>6} of {:<4}  {:>10}  {:>10}",
         f.id.0,

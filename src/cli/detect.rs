@@ -80,11 +80,13 @@ pub fn detect(path: &Path) -> Result<Kind, CliError> {
             CliError::at(path, Error::io("stat", path, e))
         }
     })?;
-    if meta.is_dir() {
+    let kind = if meta.is_dir() {
         detect_dir(path)
     } else {
         detect_file(path, meta.len())
-    }
+    }?;
+    tracing::debug!(path = %path.display(), kind = kind.describe(), "recognized");
+    Ok(kind)
 }
 
 fn detect_dir(path: &Path) -> Result<Kind, CliError> {
@@ -106,6 +108,26 @@ fn detect_dir(path: &Path) -> Result<Kind, CliError> {
     }
     if has(SHARED_DIR) || names.iter().any(|n| is_chk_name(n)) {
         return Ok(Kind::JobDir);
+    }
+    // A checkpoints directory holds job directories: say which, rather than just "no".
+    let jobs: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            let sub = path.join(n);
+            sub.join(SHARED_DIR).is_dir()
+                || StdFs
+                    .list_dir(&sub)
+                    .is_ok_and(|inner| inner.iter().any(|x| is_chk_name(x)))
+        })
+        .take(5)
+        .collect();
+    if !jobs.is_empty() {
+        let list: Vec<&str> = jobs.iter().map(|s| s.as_str()).collect();
+        return Err(CliError::Message(format!(
+            "{}: a checkpoints directory; give one of its job directories: {}",
+            path.display(),
+            list.join(", ")
+        )));
     }
     Err(CliError::Message(format!(
         "{}: neither a store directory (no CURRENT) nor a checkpoint directory (no \

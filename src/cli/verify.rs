@@ -79,6 +79,7 @@ impl VerifyReport {
         crc32c: Option<u32>,
         result: Result<String, String>,
     ) {
+        tracing::info!(path = %path.display(), kind, ok = result.is_ok(), "checked");
         let (status, detail) = match result {
             Ok(d) => ("ok", d),
             Err(problem) => {
