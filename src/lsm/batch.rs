@@ -278,7 +278,8 @@ mod tests {
         let mut b = WriteBatch::new();
         b.put(b"a", b"1").delete(b"b");
         let want: &[u8] = &[
-            0x0a, 0, 0, 0, 0, 0, 0, 0, 0x02, 0, 0, 0, 0x01, 0x01, 0x61, 0x01, 0x31, 0x00, 0x01, 0x62,
+            0x0a, 0, 0, 0, 0, 0, 0, 0, 0x02, 0, 0, 0, 0x01, 0x01, 0x61, 0x01, 0x31, 0x00, 0x01,
+            0x62,
         ];
         assert_eq!(b.encode_with_seq(SeqNo(10)), want);
     }

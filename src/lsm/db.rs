@@ -99,7 +99,7 @@ pub(crate) struct DbInner {
 /// db.put(b"apple", b"red")?;
 /// db.put(b"banana", b"yellow")?;
 /// assert_eq!(db.get(b"apple")?, Some(b"red".to_vec()));
-/// let keys: Vec<_> = db.scan(..)?.map(|kv| kv.map(|(k, _)| k)).collect::<Result<_, _>>()?;
+/// let keys: Vec<_> = db.iter()?.map(|kv| kv.map(|(k, _)| k)).collect::<Result<_, _>>()?;
 /// assert_eq!(keys, vec![b"apple".to_vec(), b"banana".to_vec()]);
 /// # Ok(()) }
 /// ```
@@ -356,6 +356,7 @@ impl Db {
         };
         // A fresh manifest holding the recovered state; recovery flushes are logged in it.
         vs.roll_manifest()?;
+        vs.set_max_manifest_bytes(opts.max_manifest_bytes);
 
         let counters = Counters::default();
         let (mem, max_seq) = Self::replay_wals(&opts, &dir, &names, &mut vs, &counters)?;
@@ -565,6 +566,11 @@ impl Db {
             .prefix_at(prefix.as_ref(), self.inner.visible_seq())
     }
 
+    /// Scans every key in order.
+    pub fn iter(&self) -> Result<DbIterator> {
+        self.scan::<&[u8]>(..)
+    }
+
     /// Flushes the memtable to a table and waits for it.
     pub fn flush(&self) -> Result<()> {
         self.begin_live_files()?.wait().map(|_| ())
@@ -730,6 +736,11 @@ impl Snapshot {
     /// Scans the keys starting with `prefix` as of the snapshot.
     pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Result<DbIterator> {
         self.inner.prefix_at(prefix.as_ref(), self.seq)
+    }
+
+    /// Scans every key as of the snapshot.
+    pub fn iter(&self) -> Result<DbIterator> {
+        self.scan::<&[u8]>(..)
     }
 }
 

@@ -91,6 +91,9 @@ pub struct Options {
     pub level_size_multiplier: u64,
     /// Compaction output files are cut at this size. Default: 64 MiB.
     pub target_file_size_bytes: u64,
+    /// When the manifest grows past this size, a new one holding only the current state
+    /// replaces it. Default: 64 MiB.
+    pub max_manifest_bytes: u64,
     /// The file system every file operation goes through. Default: the real one.
     pub fs: Arc<dyn FileSystem>,
 }
@@ -119,6 +122,7 @@ impl Default for Options {
             max_bytes_for_level_base: 256 << 20,
             level_size_multiplier: 10,
             target_file_size_bytes: 64 << 20,
+            max_manifest_bytes: 64 << 20,
             fs: StdFs::shared(),
         }
     }
@@ -168,6 +172,9 @@ impl Options {
             return bad(
                 "target_file_size_bytes and max_bytes_for_level_base must be at least 1 KiB".into(),
             );
+        }
+        if self.max_manifest_bytes < 4096 {
+            return bad("max_manifest_bytes must be at least 4 KiB".into());
         }
         if let SyncMode::Periodic(d) = self.sync {
             if d.is_zero() {

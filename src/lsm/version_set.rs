@@ -30,6 +30,8 @@ pub struct VersionSet {
     /// Per level, the key where the next compaction of that level starts.
     pub compact_pointers: Vec<Vec<u8>>,
     manifest: Option<ManifestWriter>,
+    /// Roll to a new manifest when the live one passes this size.
+    max_manifest_bytes: u64,
 }
 
 impl VersionSet {
@@ -50,6 +52,7 @@ impl VersionSet {
             db_id: String::new(),
             compact_pointers: vec![Vec::new(); num_levels],
             manifest: None,
+            max_manifest_bytes: u64::MAX,
         };
         for edit in edits {
             let v = vs
@@ -97,7 +100,13 @@ impl VersionSet {
             db_id,
             compact_pointers: vec![Vec::new(); num_levels],
             manifest: None,
+            max_manifest_bytes: u64::MAX,
         }
+    }
+
+    /// Rolls the manifest whenever it grows past `bytes`.
+    pub fn set_max_manifest_bytes(&mut self, bytes: u64) {
+        self.max_manifest_bytes = bytes;
     }
 
     fn absorb_counters(&mut self, edit: &VersionEdit) {
@@ -240,6 +249,12 @@ impl VersionSet {
         }
         self.current = Arc::new(next);
         self.absorb_counters(&edit);
+        if self.manifest_size() > self.max_manifest_bytes {
+            if let Some(old) = self.roll_manifest()? {
+                // CURRENT names the new manifest durably: the old one is garbage.
+                self.ctx.fs.remove_file(&old)?;
+            }
+        }
         Ok(self.current.clone())
     }
 
