@@ -402,6 +402,17 @@ fn inspect_and_verify_checkpoints() {
             .all(|h| h["crc32c"].as_str().unwrap().len() == 8));
         assert!(sub["lsm_levels"].as_array().is_some(), "{sub}");
     }
+    // A _metadata copied out of its job directory still shows what it holds.
+    let copy = dir.path().join("metadata.copy");
+    std::fs::copy(job.join("chk-3/_metadata"), &copy).unwrap();
+    let r = tidemark(&["inspect", s(&copy), "--json"]);
+    ok(&r, "inspect a copied _metadata");
+    assert_eq!(r.json()["checkpoint_id"], 3);
+    // Inspecting a job directory lists its checkpoints.
+    let r = tidemark(&["inspect", s(&job), "--json"]);
+    ok(&r, "inspect job");
+    assert_eq!(r.json()["checkpoints"][0]["id"], 3);
+
     // A job directory means its latest checkpoint.
     let r = tidemark(&["verify", s(&job), "--json"]);
     ok(&r, "verify job");

@@ -661,12 +661,28 @@ pub fn inspect(path: &Path, out: &mut dyn Write, format: Format) -> Result<(), C
     if detect::detect(path)? == Kind::JobDir {
         return list(path, out, format);
     }
-    let r = resolve_checkpoint(path)?;
+    let mut in_place = true;
+    let r = match resolve(&StdFs, path) {
+        Ok(r) => r,
+        // A `_metadata` outside a `chk-<N>` (copied away, say) still shows what it holds.
+        Err(Error::CheckpointNotFound { .. }) if path.is_file() => {
+            let metadata = Metadata::read(&StdFs, path).map_err(|e| CliError::at(path, e))?;
+            in_place = false;
+            ResolvedCheckpoint {
+                job_dir: crate::fs::parent_dir(crate::fs::parent_dir(path)).to_path_buf(),
+                checkpoint_id: metadata.checkpoint_id,
+                metadata_path: path.to_path_buf(),
+                metadata,
+            }
+        }
+        Err(e) => return Err(CliError::at(path, e)),
+    };
     let (report, err) = metadata_report(&r);
     emit(out, format, &report)?;
     match err {
-        Some(e) => Err(CliError::at(path, e)),
-        None => Ok(()),
+        // Out of its job directory, the files it references are not expected to be found.
+        Some(e) if in_place => Err(CliError::at(path, e)),
+        _ => Ok(()),
     }
 }
 

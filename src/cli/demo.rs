@@ -103,7 +103,7 @@ pub fn apply_events(db: &Db, from: u64, to: u64, model: &mut Counts) -> Result<(
                     })?,
                 },
             };
-            pending.insert((window, page), current + 1);
+            pending.insert((window, page), current.saturating_add(1));
             *model.entry((window, page)).or_insert(0) += 1;
         }
         for ((window, page), count) in &pending {
