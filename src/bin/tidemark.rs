@@ -1,6 +1,48 @@
-//! The `tidemark` command line.
+//! The `tidemark` command line: parses the arguments, runs the command (all of it lives in
+//! `tidemark::cli`) and maps the outcome to an exit status, with at most one line on stderr.
 
-fn main() {
-    eprintln!("tidemark: no commands yet");
-    std::process::exit(2);
+use std::io::Write;
+use std::process::ExitCode;
+
+use tidemark::cli::{self, CliError};
+
+fn main() -> ExitCode {
+    // A panic is a bug; it still ends with one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_string());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let line = format!("internal error: {msg}{at}");
+        eprintln!(
+            "tidemark: {}",
+            line.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }));
+    let outcome = std::panic::catch_unwind(|| {
+        let parsed = cli::parse(std::env::args_os().skip(1));
+        let result = parsed.and_then(|c| {
+            cli::init_logging(c.verbose);
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            let r = cli::run(&c, &mut out);
+            let flushed = out.flush().map_err(CliError::Output);
+            r.and(flushed)
+        });
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tidemark: {}", e.one_line());
+                ExitCode::from(e.exit_code())
+            }
+        }
+    });
+    outcome.unwrap_or(ExitCode::from(cli::EXIT_INTERNAL))
 }

@@ -1,0 +1,897 @@
+//! `tidemark checkpoints DIR`, and `inspect` / `verify` of checkpoint paths.
+//!
+//! Everything here reads a job directory as it is. It never opens a
+//! [`crate::checkpoint::CheckpointStore`], whose open cleans up (deletes unfinished
+//! checkpoints and orphans, applies retention): a tool that looks must not change what it
+//! looks at.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::args::CheckpointsArgs;
+use super::detect::{self, Kind};
+use super::inspect::{levels_json, write_levels, LevelJson, MinAvgMax};
+use super::output::{emit, escape_bytes, format_unix_ms, human_bytes, Format, Render};
+use super::progress;
+use super::store;
+use super::verify::{verify_sst, Expected, VerifyReport};
+use super::CliError;
+use crate::checkpoint::metadata::METADATA_FILE_NAME;
+use crate::checkpoint::store::{SHARED_DIR, TASKOWNED_DIR};
+use crate::checkpoint::{
+    resolve, CheckpointId, CheckpointStorage, FileHandle, FileRole, LocalStorage, Metadata,
+    OperatorSubtaskState, ResolvedCheckpoint, StateHandle,
+};
+use crate::error::Error;
+use crate::fs::{FileSystem, StdFs};
+use crate::lsm::filename;
+use crate::lsm::manifest::VersionEdit;
+use crate::state::lsm_snapshot::{read_manifest_snapshot, LSM_BACKEND};
+
+/// One `chk-<N>` directory of a job directory.
+#[derive(Debug)]
+pub enum ChkState {
+    /// `_metadata` decodes.
+    Completed(Box<Metadata>),
+    /// No `_metadata`: unfinished (or crashed before completing).
+    Incomplete,
+    /// `_metadata` exists but does not decode.
+    Damaged(Error),
+}
+
+/// A job directory as found.
+#[derive(Debug)]
+pub struct JobScan {
+    /// The job directory.
+    pub job_dir: PathBuf,
+    /// Every `chk-<N>`, oldest first.
+    pub checkpoints: Vec<(CheckpointId, ChkState)>,
+    /// Files in `shared/`: name and size.
+    pub shared_files: Vec<(String, u64)>,
+    /// Files in `taskowned/`.
+    pub taskowned_files: usize,
+}
+
+fn list_or_empty(dir: &Path) -> Result<Vec<String>, Error> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    StdFs.list_dir(dir)
+}
+
+/// Reads a job directory: every `chk-<N>` and its `_metadata`, and `shared/`.
+pub fn scan_job(job_dir: &Path) -> Result<JobScan, Error> {
+    let mut ids: Vec<CheckpointId> = StdFs
+        .list_dir(job_dir)?
+        .iter()
+        .filter_map(|n| CheckpointId::from_dir_name(n))
+        .collect();
+    ids.sort();
+    let mut checkpoints = Vec::with_capacity(ids.len());
+    for id in ids {
+        let mpath = job_dir.join(id.dir_name()).join(METADATA_FILE_NAME);
+        let state = if !mpath.exists() {
+            ChkState::Incomplete
+        } else {
+            match Metadata::read(&StdFs, &mpath) {
+                Ok(m) if m.checkpoint_id != id => ChkState::Damaged(Error::corruption(
+                    &mpath,
+                    crate::checkpoint::metadata::BODY_OFFSET as u64,
+                    format!(
+                        "describes checkpoint {} but lies in {}",
+                        m.checkpoint_id,
+                        id.dir_name()
+                    ),
+                )),
+                Ok(m) => ChkState::Completed(Box::new(m)),
+                Err(e) => ChkState::Damaged(e),
+            }
+        };
+        checkpoints.push((id, state));
+    }
+    let shared = job_dir.join(SHARED_DIR);
+    let mut shared_files = Vec::new();
+    for name in list_or_empty(&shared)? {
+        let p = shared.join(&name);
+        let size = std::fs::metadata(&p)
+            .map_err(|e| Error::io("stat", &p, e))?
+            .len();
+        shared_files.push((name, size));
+    }
+    Ok(JobScan {
+        job_dir: job_dir.to_path_buf(),
+        checkpoints,
+        shared_files,
+        taskowned_files: list_or_empty(&job_dir.join(TASKOWNED_DIR))?.len(),
+    })
+}
+
+/// One row of the checkpoint list.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointRow {
+    /// Checkpoint id.
+    pub id: u64,
+    /// `completed`, `incomplete` (no `_metadata`) or `damaged` (`_metadata` unreadable).
+    pub status: &'static str,
+    /// `incremental`, `full` or `savepoint`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// When it was triggered (ms since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger_timestamp_ms: Option<u64>,
+    /// When `_metadata` was written (ms since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_timestamp_ms: Option<u64>,
+    /// Completion minus trigger.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Bytes this checkpoint placed: its private files, shared files no older retained
+    /// checkpoint references, and inline state (Flink's checkpointed size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_placed: Option<u64>,
+    /// Bytes of every file it references, plus inline state (Flink's full size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_full: Option<u64>,
+    /// Files it placed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_placed: Option<u64>,
+    /// Distinct files it references.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_referenced: Option<u64>,
+    /// Its directory.
+    pub external_path: String,
+    /// Why it is damaged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Counts of checkpoints by status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    /// `chk-<N>` directories.
+    pub total: usize,
+    /// With a readable `_metadata`.
+    pub completed: usize,
+    /// Without `_metadata`.
+    pub incomplete: usize,
+    /// With an unreadable `_metadata`.
+    pub damaged: usize,
+}
+
+/// A file of `shared/`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SharedFileJson {
+    /// Path relative to the job directory.
+    pub path: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+}
+
+/// What `checkpoints` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointsReport {
+    /// The job directory.
+    pub job_dir: String,
+    /// The job id recorded in the newest readable `_metadata`.
+    pub job_id: Option<String>,
+    /// Newest first.
+    pub checkpoints: Vec<CheckpointRow>,
+    /// Full size over completed checkpoints.
+    pub full_size_bytes: MinAvgMax,
+    /// Placed size over completed checkpoints.
+    pub placed_size_bytes: MinAvgMax,
+    /// Counts by status.
+    pub counts: Counts,
+    /// Files in `shared/`.
+    pub shared_files: usize,
+    /// Their bytes.
+    pub shared_bytes: u64,
+    /// Files in `taskowned/`.
+    pub taskowned_files: usize,
+    /// Files in `shared/` that no completed checkpoint references; `None` when a damaged
+    /// `_metadata` makes that unknowable.
+    pub orphans: Option<Vec<SharedFileJson>>,
+}
+
+/// Builds the list; the error is the first damaged `_metadata`, if any.
+pub fn checkpoints_report(scan: &JobScan) -> (CheckpointsReport, Option<Error>) {
+    let mut rows = Vec::new();
+    let mut counts = Counts::default();
+    let mut older_shared: BTreeSet<&str> = BTreeSet::new();
+    let mut referenced: BTreeSet<&str> = BTreeSet::new();
+    let mut first_damage = None;
+    let mut job_id = None;
+    for (id, state) in &scan.checkpoints {
+        counts.total += 1;
+        let external_path = scan.job_dir.join(id.dir_name()).display().to_string();
+        let mut row = CheckpointRow {
+            id: id.0,
+            status: "incomplete",
+            kind: None,
+            trigger_timestamp_ms: None,
+            completion_timestamp_ms: None,
+            duration_ms: None,
+            bytes_placed: None,
+            bytes_full: None,
+            files_placed: None,
+            files_referenced: None,
+            external_path,
+            error: None,
+        };
+        match state {
+            ChkState::Incomplete => counts.incomplete += 1,
+            ChkState::Damaged(e) => {
+                counts.damaged += 1;
+                row.status = "damaged";
+                row.error = Some(e.to_string());
+                if first_damage.is_none() {
+                    first_damage = Some(e.clone());
+                }
+            }
+            ChkState::Completed(m) => {
+                counts.completed += 1;
+                job_id = Some(m.job_id.as_str().to_string());
+                let mut seen = BTreeSet::new();
+                let inline = m.inline_bytes();
+                let (mut full, mut placed) = (inline, inline);
+                let (mut files, mut files_placed) = (0u64, 0u64);
+                for f in m.file_handles() {
+                    if !seen.insert(f.path.as_str()) {
+                        continue;
+                    }
+                    files += 1;
+                    full = full.saturating_add(f.size);
+                    let reused =
+                        f.role == FileRole::Shared && older_shared.contains(f.path.as_str());
+                    if !reused {
+                        files_placed += 1;
+                        placed = placed.saturating_add(f.size);
+                    }
+                }
+                for p in m.shared_paths() {
+                    older_shared.insert(p);
+                    referenced.insert(p);
+                }
+                row.status = "completed";
+                row.kind = Some(m.kind.as_str());
+                row.trigger_timestamp_ms = Some(m.trigger_timestamp_ms);
+                row.completion_timestamp_ms = Some(m.completion_timestamp_ms);
+                row.duration_ms = Some(
+                    m.completion_timestamp_ms
+                        .saturating_sub(m.trigger_timestamp_ms),
+                );
+                row.bytes_placed = Some(placed);
+                row.bytes_full = Some(full);
+                row.files_placed = Some(files_placed);
+                row.files_referenced = Some(files);
+            }
+        }
+        rows.push(row);
+    }
+    rows.reverse();
+    let completed = || rows.iter().filter(|r| r.status == "completed");
+    let orphans = (counts.damaged == 0).then(|| {
+        scan.shared_files
+            .iter()
+            .map(|(n, s)| (format!("{SHARED_DIR}/{n}"), *s))
+            .filter(|(p, _)| !referenced.contains(p.as_str()))
+            .map(|(path, size_bytes)| SharedFileJson { path, size_bytes })
+            .collect()
+    });
+    let report = CheckpointsReport {
+        job_dir: scan.job_dir.display().to_string(),
+        job_id,
+        full_size_bytes: MinAvgMax::of(completed().filter_map(|r| r.bytes_full)),
+        placed_size_bytes: MinAvgMax::of(completed().filter_map(|r| r.bytes_placed)),
+        checkpoints: rows,
+        counts,
+        shared_files: scan.shared_files.len(),
+        shared_bytes: scan.shared_files.iter().map(|(_, s)| *s).sum(),
+        taskowned_files: scan.taskowned_files,
+        orphans,
+    };
+    (report, first_damage)
+}
+
+impl Render for CheckpointsReport {
+    fn render_text(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(
+            out,
+            "job {} ({})",
+            self.job_id.as_deref().unwrap_or("?"),
+            self.job_dir
+        )?;
+        writeln!(
+            out,
+            "    ID  STATUS      COMPLETED                    DURATION      PLACED   FULL SIZE   FILES PLACED  KIND"
+        )?;
+        for r in &self.checkpoints {
+            match r.status {
+                "completed" => writeln!(
+                    out,
+                    "{:>6}  {:<10}  {:<27}  {:>8}  {:>10}  {:>10}  {:>13}  {}",
+                    r.id,
+                    r.status,
+                    r.completion_timestamp_ms
+                        .map(format_unix_ms)
+                        .unwrap_or_default(),
+                    format!("{} ms", r.duration_ms.unwrap_or(0)),
+                    human_bytes(r.bytes_placed.unwrap_or(0)),
+                    human_bytes(r.bytes_full.unwrap_or(0)),
+                    format!(
+                        "{} of {}",
+                        r.files_placed.unwrap_or(0),
+                        r.files_referenced.unwrap_or(0)
+                    ),
+                    r.kind.unwrap_or("?")
+                )?,
+                "damaged" => writeln!(
+                    out,
+                    "{:>6}  {:<10}  {}",
+                    r.id,
+                    r.status,
+                    r.error.as_deref().unwrap_or("")
+                )?,
+                _ => writeln!(
+                    out,
+                    "{:>6}  {:<10}  (no {METADATA_FILE_NAME}: never completed)",
+                    r.id, r.status
+                )?,
+            }
+        }
+        let line = |out: &mut dyn Write, what: &str, m: &MinAvgMax| {
+            writeln!(
+                out,
+                "  {what:<10}  min {:>10}  avg {:>10}  max {:>10}",
+                human_bytes(m.min),
+                human_bytes(m.avg),
+                human_bytes(m.max)
+            )
+        };
+        writeln!(out, "summary over {} completed:", self.counts.completed)?;
+        line(out, "full size", &self.full_size_bytes)?;
+        line(out, "placed", &self.placed_size_bytes)?;
+        writeln!(
+            out,
+            "counts: {} completed, {} incomplete, {} damaged",
+            self.counts.completed, self.counts.incomplete, self.counts.damaged
+        )?;
+        writeln!(
+            out,
+            "{SHARED_DIR}/: {} files, {}; {TASKOWNED_DIR}/: {} files",
+            self.shared_files,
+            human_bytes(self.shared_bytes),
+            self.taskowned_files
+        )?;
+        match &self.orphans {
+            None => writeln!(
+                out,
+                "orphans: unknown (a damaged {METADATA_FILE_NAME} may reference files in {SHARED_DIR}/)"
+            ),
+            Some(o) if o.is_empty() => writeln!(out, "orphans: none"),
+            Some(o) => {
+                writeln!(
+                    out,
+                    "orphans: {} file(s) in {SHARED_DIR}/ that no retained checkpoint references:",
+                    o.len()
+                )?;
+                for f in o {
+                    writeln!(out, "  {} ({})", f.path, human_bytes(f.size_bytes))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Runs `checkpoints`.
+pub fn run(args: &CheckpointsArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let dir = args.dir.as_path();
+    match detect::detect(dir)? {
+        Kind::JobDir => {}
+        Kind::CheckpointDir => {
+            return Err(CliError::Message(format!(
+                "{}: a single checkpoint directory; give its job directory ({})",
+                dir.display(),
+                crate::fs::parent_dir(dir).display()
+            )))
+        }
+        k => {
+            return Err(CliError::Message(format!(
+                "{}: a {}, not a checkpoint job directory",
+                dir.display(),
+                k.describe()
+            )))
+        }
+    }
+    list(dir, out, Format::from_json_flag(args.json))
+}
+
+fn list(dir: &Path, out: &mut dyn Write, format: Format) -> Result<(), CliError> {
+    let scan = scan_job(dir).map_err(|e| CliError::at(dir, e))?;
+    let (report, damage) = checkpoints_report(&scan);
+    emit(out, format, &report)?;
+    match damage {
+        Some(e) => Err(CliError::at(dir, e)),
+        None => Ok(()),
+    }
+}
+
+/// A file handle, for reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct HandleJson {
+    /// `shared`, `private` or `inline`.
+    pub role: &'static str,
+    /// Path relative to the job directory (the name, for inline state).
+    pub path: String,
+    /// Name in the backend's working directory.
+    pub local_name: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// crc32c, 8 hex digits (absent for inline state).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crc32c: Option<String>,
+}
+
+/// One operator subtask's state, for reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubtaskJson {
+    /// Operator id.
+    pub operator_id: String,
+    /// Subtask index.
+    pub subtask_index: u32,
+    /// First key group.
+    pub key_group_start: u32,
+    /// One past the last key group.
+    pub key_group_end: u32,
+    /// The state's pieces.
+    pub handles: Vec<HandleJson>,
+    /// For the LSM backend: the levels of the store's manifest snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lsm_levels: Option<Vec<LevelJson>>,
+    /// For the LSM backend: the sequence number the snapshot is consistent at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lsm_last_sequence: Option<u64>,
+    /// Why the manifest snapshot could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lsm_error: Option<String>,
+}
+
+/// What `inspect` prints for a checkpoint (`_metadata` or `chk-<N>`).
+#[derive(Debug, Clone, Serialize)]
+pub struct MetadataReport {
+    /// Always `checkpoint`.
+    pub format: &'static str,
+    /// The `_metadata` file.
+    pub path: String,
+    /// Checkpoint id.
+    pub checkpoint_id: u64,
+    /// Job id.
+    pub job_id: String,
+    /// Kind.
+    pub kind: &'static str,
+    /// Trigger time (ms since the epoch).
+    pub trigger_timestamp_ms: u64,
+    /// Completion time (ms since the epoch).
+    pub completion_timestamp_ms: u64,
+    /// State backend.
+    pub backend: String,
+    /// Distinct files referenced.
+    pub files: usize,
+    /// Their bytes plus inline state.
+    pub bytes_full: u64,
+    /// Per subtask state.
+    pub subtasks: Vec<SubtaskJson>,
+    /// Source offsets: source, split, offset.
+    pub source_offsets: Vec<(String, String, u64)>,
+    /// Properties.
+    pub properties: Vec<(String, String)>,
+}
+
+fn handle_json(h: &StateHandle) -> HandleJson {
+    match h {
+        StateHandle::File(f) => HandleJson {
+            role: f.role.as_str(),
+            path: f.path.clone(),
+            local_name: f.local_name.clone(),
+            size_bytes: f.size,
+            crc32c: Some(format!("{:08x}", f.crc32c)),
+        },
+        StateHandle::Inline { name, bytes } => HandleJson {
+            role: "inline",
+            path: escape_bytes(name.as_bytes()),
+            local_name: name.clone(),
+            size_bytes: bytes.len() as u64,
+            crc32c: None,
+        },
+    }
+}
+
+/// The storage of a resolved checkpoint (read-only use).
+fn storage_of(r: &ResolvedCheckpoint) -> LocalStorage {
+    r.storage(StdFs::shared())
+}
+
+/// Describes a resolved checkpoint; the error is the first LSM manifest snapshot that
+/// could not be read, if any.
+pub fn metadata_report(r: &ResolvedCheckpoint) -> (MetadataReport, Option<Error>) {
+    let m = &r.metadata;
+    let storage = storage_of(r);
+    let mut first_error = None;
+    let subtasks = m
+        .operator_states
+        .iter()
+        .map(|s| {
+            let mut j = SubtaskJson {
+                operator_id: s.operator_id.clone(),
+                subtask_index: s.subtask_index,
+                key_group_start: s.key_groups.start,
+                key_group_end: s.key_groups.end,
+                handles: s.handles.iter().map(handle_json).collect(),
+                lsm_levels: None,
+                lsm_last_sequence: None,
+                lsm_error: None,
+            };
+            if m.backend == LSM_BACKEND {
+                match read_manifest_snapshot(&storage, s) {
+                    Ok(edit) => {
+                        let replayed = store::replay([&edit]);
+                        j.lsm_levels = Some(levels_json(&replayed));
+                        j.lsm_last_sequence = edit.last_sequence.map(|s| s.0);
+                    }
+                    Err(e) => {
+                        j.lsm_error = Some(e.to_string());
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            j
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    let mut bytes_full = m.inline_bytes();
+    for f in m.file_handles() {
+        if seen.insert(f.path.as_str()) {
+            bytes_full = bytes_full.saturating_add(f.size);
+        }
+    }
+    (
+        MetadataReport {
+            format: "checkpoint",
+            path: r.metadata_path.display().to_string(),
+            checkpoint_id: m.checkpoint_id.0,
+            job_id: m.job_id.as_str().to_string(),
+            kind: m.kind.as_str(),
+            trigger_timestamp_ms: m.trigger_timestamp_ms,
+            completion_timestamp_ms: m.completion_timestamp_ms,
+            backend: m.backend.clone(),
+            files: seen.len(),
+            bytes_full,
+            subtasks,
+            source_offsets: m
+                .source_offsets
+                .iter()
+                .map(|o| (o.source.clone(), o.split.clone(), o.offset))
+                .collect(),
+            properties: m.properties.clone(),
+        },
+        first_error,
+    )
+}
+
+impl Render for MetadataReport {
+    fn render_text(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(
+            out,
+            "checkpoint {} of job {} ({})",
+            self.checkpoint_id, self.job_id, self.path
+        )?;
+        writeln!(out, "  kind            {}", self.kind)?;
+        writeln!(
+            out,
+            "  triggered       {}",
+            format_unix_ms(self.trigger_timestamp_ms)
+        )?;
+        writeln!(
+            out,
+            "  completed       {} ({} ms later)",
+            format_unix_ms(self.completion_timestamp_ms),
+            self.completion_timestamp_ms
+                .saturating_sub(self.trigger_timestamp_ms)
+        )?;
+        writeln!(out, "  backend         {}", self.backend)?;
+        writeln!(
+            out,
+            "  files           {} ({})",
+            self.files,
+            human_bytes(self.bytes_full)
+        )?;
+        for (source, split, offset) in &self.source_offsets {
+            writeln!(out, "  source offset   {source}/{split} = {offset}")?;
+        }
+        for (k, v) in &self.properties {
+            writeln!(out, "  property        {k} = {v}")?;
+        }
+        for s in &self.subtasks {
+            writeln!(
+                out,
+                "  operator {} subtask {} (key groups {}..{})",
+                s.operator_id, s.subtask_index, s.key_group_start, s.key_group_end
+            )?;
+            for h in &s.handles {
+                writeln!(
+                    out,
+                    "    {:<8} {}  {}  {:>10}  crc32c {}",
+                    h.role,
+                    h.path,
+                    h.local_name,
+                    human_bytes(h.size_bytes),
+                    h.crc32c.as_deref().unwrap_or("-")
+                )?;
+            }
+            if let Some(levels) = &s.lsm_levels {
+                writeln!(
+                    out,
+                    "    LSM manifest snapshot: consistent at sequence {}",
+                    s.lsm_last_sequence
+                        .map_or("?".to_string(), |v| v.to_string())
+                )?;
+                write_levels(out, levels, "      ")?;
+            }
+            if let Some(e) = &s.lsm_error {
+                writeln!(out, "    LSM manifest snapshot UNREADABLE: {e}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resolves a checkpoint path (a `_metadata`, a `chk-<N>`, or a job directory meaning
+/// its latest completed checkpoint), reading only.
+pub fn resolve_checkpoint(path: &Path) -> Result<ResolvedCheckpoint, CliError> {
+    resolve(&StdFs, path).map_err(|e| CliError::at(path, e))
+}
+
+/// `inspect` of a checkpoint path.
+pub fn inspect(path: &Path, out: &mut dyn Write, format: Format) -> Result<(), CliError> {
+    if detect::detect(path)? == Kind::JobDir {
+        return list(path, out, format);
+    }
+    let mut in_place = true;
+    let r = match resolve(&StdFs, path) {
+        Ok(r) => r,
+        // A `_metadata` outside a `chk-<N>` (copied away, say) still shows what it holds.
+        Err(Error::CheckpointNotFound { .. }) if path.is_file() => {
+            let metadata = Metadata::read(&StdFs, path).map_err(|e| CliError::at(path, e))?;
+            in_place = false;
+            ResolvedCheckpoint {
+                job_dir: crate::fs::parent_dir(crate::fs::parent_dir(path)).to_path_buf(),
+                checkpoint_id: metadata.checkpoint_id,
+                metadata_path: path.to_path_buf(),
+                metadata,
+            }
+        }
+        Err(e) => return Err(CliError::at(path, e)),
+    };
+    let (report, err) = metadata_report(&r);
+    emit(out, format, &report)?;
+    match err {
+        // Out of its job directory, the files it references are not expected to be found.
+        Some(e) if in_place => Err(CliError::at(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// `verify` of a checkpoint path: `_metadata` decodes (magic, version, crc, paths), every
+/// referenced file has its recorded size and crc32c, and for the LSM backend the manifest
+/// snapshot lists only tables the checkpoint holds, with matching sizes and crcs, each of
+/// which opens and passes the table's own block checks.
+pub fn verify_checkpoint(r: &mut VerifyReport, path: &Path, _kind: Kind) -> Result<(), CliError> {
+    let resolved = match resolve(&StdFs, path) {
+        Ok(x) => x,
+        Err(e @ Error::CheckpointNotFound { .. }) => return Err(CliError::at(path, e)),
+        Err(e) => {
+            let mp = if path.is_dir() {
+                path.join(METADATA_FILE_NAME)
+            } else {
+                path.to_path_buf()
+            };
+            r.file(&mp, "metadata", None, None, Err(e.to_string()));
+            return Ok(());
+        }
+    };
+    let m = &resolved.metadata;
+    let storage = storage_of(&resolved);
+    let mp = &resolved.metadata_path;
+    r.file(
+        mp,
+        "metadata",
+        std::fs::metadata(mp).ok().map(|x| x.len()),
+        None,
+        Ok(format!(
+            "checkpoint {} ({}), {} subtask state(s)",
+            m.checkpoint_id,
+            m.kind,
+            m.operator_states.len()
+        )),
+    );
+    // Group the handles by path, so that two handles disagreeing about one file are found.
+    let mut by_path: BTreeMap<&str, Vec<&FileHandle>> = BTreeMap::new();
+    for f in m.file_handles() {
+        by_path.entry(f.path.as_str()).or_default().push(f);
+    }
+    let pb = progress::bar(by_path.len() as u64, "verify");
+    for (rel, handles) in &by_path {
+        let shown = storage.display_path(rel);
+        pb.set_message(rel.to_string());
+        let one = Metadata {
+            operator_states: vec![OperatorSubtaskState {
+                operator_id: String::new(),
+                subtask_index: 0,
+                key_groups: m
+                    .operator_states
+                    .first()
+                    .map(|s| s.key_groups)
+                    .unwrap_or(crate::checkpoint::KeyGroupRange { start: 0, end: 0 }),
+                handles: handles
+                    .iter()
+                    .map(|h| StateHandle::File((*h).clone()))
+                    .collect(),
+            }],
+            source_offsets: Vec::new(),
+            properties: Vec::new(),
+            ..header_of(m)
+        };
+        let rep = crate::checkpoint::verify(&storage, &one);
+        let first = handles.first().copied();
+        let role = first.map_or("file", |h| h.role.as_str());
+        let (size, crc) = first.map_or((None, None), |h| (Some(h.size), Some(h.crc32c)));
+        if rep.problems.is_empty() {
+            r.file(
+                &shown,
+                role,
+                size,
+                crc,
+                Ok("size and crc32c match _metadata".into()),
+            );
+        } else {
+            r.file(&shown, role, size, None, Err(rep.problems.join("; ")));
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    if m.backend == LSM_BACKEND {
+        for s in &m.operator_states {
+            verify_lsm_subtask(r, &storage, mp, s);
+        }
+    }
+    Ok(())
+}
+
+/// The header fields of `m`, with no state (to verify one file at a time).
+fn header_of(m: &Metadata) -> Metadata {
+    Metadata {
+        checkpoint_id: m.checkpoint_id,
+        job_id: m.job_id.clone(),
+        kind: m.kind,
+        trigger_timestamp_ms: m.trigger_timestamp_ms,
+        completion_timestamp_ms: m.completion_timestamp_ms,
+        backend: m.backend.clone(),
+        operator_states: Vec::new(),
+        source_offsets: Vec::new(),
+        properties: Vec::new(),
+    }
+}
+
+/// The tables of an LSM subtask state, as the manifest snapshot lays them out, each with
+/// the checkpoint file that holds it.
+pub struct LsmLayout {
+    /// The manifest snapshot.
+    pub edit: VersionEdit,
+    /// Level by level (L0 newest first, deeper levels in key order): the table's record in
+    /// the manifest, and the handle holding it.
+    pub tables: Vec<(crate::lsm::manifest::NewFile, FileHandle)>,
+}
+
+/// Reads the manifest snapshot of `s` and pairs every table with its shared file.
+pub fn lsm_layout(
+    storage: &dyn CheckpointStorage,
+    metadata_path: &Path,
+    s: &OperatorSubtaskState,
+) -> Result<LsmLayout, Error> {
+    let edit = read_manifest_snapshot(storage, s)?;
+    let replayed = store::replay([&edit]);
+    let mut tables = Vec::new();
+    for f in replayed.files() {
+        let name = filename::table_file_name(f.number);
+        let h = s
+            .handles
+            .iter()
+            .find_map(|h| match h {
+                StateHandle::File(fh) if fh.role == FileRole::Shared && fh.local_name == name => {
+                    Some(fh)
+                }
+                _ => None,
+            })
+            .ok_or_else(|| {
+                Error::corruption(
+                    metadata_path,
+                    0,
+                    format!(
+                        "the manifest snapshot of {}_{} lists {name}, which the checkpoint does not hold",
+                        s.operator_id, s.subtask_index
+                    ),
+                )
+            })?;
+        if h.size != f.size || h.crc32c != f.file_crc32c {
+            return Err(Error::corruption(
+                storage.display_path(&h.path),
+                0,
+                format!(
+                    "{name}: _metadata records {} bytes crc32c {:08x}, the manifest snapshot {} bytes crc32c {:08x}",
+                    h.size, h.crc32c, f.size, f.file_crc32c
+                ),
+            ));
+        }
+        tables.push((f.clone(), h.clone()));
+    }
+    Ok(LsmLayout { edit, tables })
+}
+
+fn verify_lsm_subtask(
+    r: &mut VerifyReport,
+    storage: &LocalStorage,
+    metadata_path: &Path,
+    s: &OperatorSubtaskState,
+) {
+    let label = format!("{}_{}", s.operator_id, s.subtask_index);
+    match lsm_layout(storage, metadata_path, s) {
+        Err(e) => r.problem(e.to_string()),
+        Ok(layout) => {
+            let pb = progress::bar(layout.tables.len() as u64, "tables");
+            for (f, h) in &layout.tables {
+                let p = storage.display_path(&h.path);
+                pb.set_message(h.path.clone());
+                if p.exists() {
+                    // The file itself is already listed (size and crc); this adds the
+                    // table's own checks, which name the damaged block's offset.
+                    let mut scratch = VerifyReport::new(&p, Kind::Sst);
+                    let expected = Expected {
+                        size_bytes: f.size,
+                        crc32c: f.file_crc32c,
+                    };
+                    verify_sst(&mut scratch, &p, Some(expected));
+                    for problem in scratch.problems {
+                        r.problem(problem);
+                    }
+                }
+                pb.inc(1);
+            }
+            pb.finish_and_clear();
+            r.files.push(super::verify::CheckedFile {
+                path: format!(
+                    "{} (LSM manifest snapshot of {label})",
+                    metadata_path.display()
+                ),
+                kind: "lsm-manifest".to_string(),
+                size_bytes: None,
+                crc32c: None,
+                status: "ok",
+                detail: format!(
+                    "{} tables, consistent at sequence {}",
+                    layout.tables.len(),
+                    layout.edit.last_sequence.map_or(0, |s| s.0)
+                ),
+            });
+        }
+    }
+}
+
+/// A checkpoint's job directory storage, for commands that read its files.
+pub fn storage_for(r: &ResolvedCheckpoint) -> Arc<LocalStorage> {
+    Arc::new(storage_of(r))
+}
