@@ -359,6 +359,22 @@ struct EntryHeader {
 /// Decodes the entry at `pos`, checking that it ends at or before `limit`.
 #[deny(clippy::indexing_slicing)]
 fn decode_entry(data: &[u8], pos: usize, limit: usize) -> Result<EntryHeader, String> {
+    // Fast path: the three lengths are one-byte varints (keys and values under 128 bytes).
+    if let Some(&[shared, non_shared, value_len]) = data.get(pos..pos.saturating_add(3)) {
+        if (shared | non_shared | value_len) < 0x80 && pos + 3 <= limit {
+            let key_start = pos + 3;
+            let key_end = key_start + usize::from(non_shared);
+            let value_end = key_end + usize::from(value_len);
+            if value_end <= limit {
+                return Ok(EntryHeader {
+                    shared: usize::from(shared),
+                    key_start,
+                    key_end,
+                    value_end,
+                });
+            }
+        }
+    }
     let region = data
         .get(pos..limit)
         .ok_or_else(|| format!("entry offset {pos} is past the entries' end {limit}"))?;

@@ -1,4 +1,4 @@
-//! A sharded LRU cache of decompressed blocks, keyed by (file number, block offset) and
+//! A sharded cache of decompressed blocks (CLOCK, an approximation of LRU), keyed by (file number, block offset) and
 //! charged by bytes.
 //!
 //! Only blocks that had to be decompressed are cached: a raw block is read in place from
@@ -6,7 +6,8 @@
 //! Each shard has its own lock, held only for a map lookup or update, never while a block
 //! is read or decompressed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -37,38 +38,108 @@ pub struct CacheStats {
 
 type Key = (FileNumber, u64);
 
-#[derive(Debug)]
-struct Entry {
-    block: Arc<[u8]>,
-    tick: u64,
+/// Hashes a (file, offset) key with two multiplications: the keys are not chosen by an
+/// adversary, and SipHash would cost more than the rest of a cache hit.
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(23) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
-/// One shard: a map plus a recency order (`tick` -> key; the smallest tick is the least
-/// recently used).
+type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
+
+#[derive(Debug)]
+struct Slot {
+    key: Key,
+    block: Arc<[u8]>,
+    /// Set by every hit; cleared by the clock hand, which evicts slots it finds clear.
+    referenced: bool,
+}
+
+/// One shard: a CLOCK approximation of LRU. A hit only sets the slot's reference bit, so
+/// it costs one hash lookup; eviction sweeps the hand over the slots, giving each
+/// referenced block a second chance.
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<Key, Entry>,
-    lru: BTreeMap<u64, Key>,
-    next_tick: u64,
+    map: KeyMap<usize>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    hand: usize,
     used_bytes: usize,
 }
 
 impl Shard {
     fn touch(&mut self, key: Key) -> Option<Arc<[u8]>> {
-        let tick = self.next_tick;
-        let e = self.map.get_mut(&key)?;
-        self.lru.remove(&e.tick);
-        e.tick = tick;
-        self.lru.insert(tick, key);
-        self.next_tick += 1;
-        Some(Arc::clone(&e.block))
+        let i = *self.map.get(&key)?;
+        let slot = self.slots.get_mut(i)?.as_mut()?;
+        slot.referenced = true;
+        Some(Arc::clone(&slot.block))
     }
 
-    fn remove(&mut self, key: &Key) -> Option<Entry> {
-        let e = self.map.remove(key)?;
-        self.lru.remove(&e.tick);
-        self.used_bytes -= e.block.len();
-        Some(e)
+    fn remove_slot(&mut self, i: usize) -> Option<Slot> {
+        let slot = self.slots.get_mut(i)?.take()?;
+        self.map.remove(&slot.key);
+        self.used_bytes -= slot.block.len();
+        self.free.push(i);
+        Some(slot)
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Slot> {
+        let i = *self.map.get(key)?;
+        self.remove_slot(i)
+    }
+
+    /// Evicts one block chosen by the clock hand; false when the shard is empty.
+    fn evict_one(&mut self) -> bool {
+        if self.map.is_empty() {
+            return false;
+        }
+        // At most two sweeps: the first clears reference bits, the second finds a victim.
+        for _ in 0..2 * self.slots.len() {
+            let i = self.hand;
+            self.hand = (self.hand + 1) % self.slots.len();
+            match self.slots.get_mut(i) {
+                Some(Some(slot)) if slot.referenced => slot.referenced = false,
+                Some(Some(_)) => {
+                    self.remove_slot(i);
+                    return true;
+                }
+                _ => {}
+            }
+        }
+        false
+    }
+
+    fn insert(&mut self, key: Key, block: Arc<[u8]>) {
+        let charge = block.len();
+        let slot = Slot {
+            key,
+            block,
+            referenced: false,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        };
+        self.map.insert(key, i);
+        self.used_bytes += charge;
     }
 }
 
@@ -134,19 +205,12 @@ impl BlockCache {
         shard.remove(&key);
         let mut evicted = 0;
         while shard.used_bytes + charge > self.shard_capacity_bytes {
-            let Some((_, victim)) = shard.lru.pop_first() else {
+            if !shard.evict_one() {
                 break;
-            };
-            if let Some(e) = shard.map.remove(&victim) {
-                shard.used_bytes -= e.block.len();
-                evicted += 1;
             }
+            evicted += 1;
         }
-        let tick = shard.next_tick;
-        shard.next_tick += 1;
-        shard.lru.insert(tick, key);
-        shard.map.insert(key, Entry { block, tick });
-        shard.used_bytes += charge;
+        shard.insert(key, block);
         drop(shard);
         self.inserts.fetch_add(1, Ordering::Relaxed);
         self.evictions.fetch_add(evicted, Ordering::Relaxed);

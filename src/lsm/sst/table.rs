@@ -425,7 +425,9 @@ impl Table {
             .blocks
             .get(i)
             .ok_or_else(|| Error::corruption(&self.path, 0, format!("no data block {i}")))?;
-        Ok(self.load_block(info, self.verify_checksums, true, Some(i))?.iter())
+        Ok(self
+            .load_block(info, self.verify_checksums, true, Some(i))?
+            .iter())
     }
 
     /// Reads data block `info`: in place when raw, else from the cache or decompressed
@@ -457,7 +459,8 @@ impl Table {
         }
         let data = if stored.block_type == BLOCK_TYPE_LZ4 {
             let bytes = self.map.get(stored.start..stored.end).unwrap_or_default();
-            let b = block::decompress_lz4(bytes, info.offset).map_err(|e| e.into_error(&self.path))?;
+            let b =
+                block::decompress_lz4(bytes, info.offset).map_err(|e| e.into_error(&self.path))?;
             if let Some(c) = cache {
                 c.insert(self.file_number, info.offset, Arc::clone(&b));
             }
