@@ -380,3 +380,42 @@ fn an_open_iterator_keeps_its_files_across_compaction() {
     assert_eq!(rest.len(), 1999);
     assert!(rest.iter().all(|(_, v)| v.starts_with(b"v")));
 }
+
+#[test]
+fn periodic_sync_mode_fsyncs_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || Options {
+        sync: SyncMode::Periodic(std::time::Duration::from_millis(20)),
+        ..Options::default()
+    };
+    {
+        let db = Db::open(dir.path(), opts()).unwrap();
+        db.put(b"k", b"v").unwrap();
+        let before = db.stats().wal_syncs;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            db.stats().wal_syncs > before,
+            "no background fsync in 200 ms"
+        );
+    }
+    let db = Db::open(dir.path(), opts()).unwrap();
+    assert_eq!(db.get(b"k").unwrap(), Some(b"v".to_vec()));
+}
+
+#[test]
+fn per_write_sync_fsyncs_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            sync: SyncMode::PerWrite,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let before = db.stats().wal_syncs;
+    for i in 0..10u32 {
+        db.put(i.to_be_bytes(), b"v").unwrap();
+    }
+    assert_eq!(db.stats().wal_syncs - before, 10);
+}

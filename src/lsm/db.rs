@@ -1157,17 +1157,28 @@ impl DbInner {
 
     fn periodic_sync_loop(&self, every: Duration) {
         let mut st = self.state.lock();
+        // (log number, length) at the last fsync: an idle log is not fsynced again.
+        let mut synced: Option<(PathBuf, u64)> = None;
         while !self.shutting_down.load(Ordering::Acquire) {
             self.bg_cv.wait_for(&mut st, every);
             if self.has_bg_error.load(Ordering::Acquire) {
                 continue;
             }
             let r = MutexGuard::unlocked(&mut st, || match self.wal.lock().as_mut() {
-                Some(w) => w.sync(),
-                None => Ok(()),
+                Some(w) => {
+                    let now = (w.path().to_path_buf(), w.len());
+                    if synced.as_ref() == Some(&now) {
+                        return Ok(false);
+                    }
+                    w.sync()?;
+                    synced = Some(now);
+                    Ok(true)
+                }
+                None => Ok(false),
             });
             match r {
-                Ok(()) => Counters::add(&self.counters.wal_syncs, 1),
+                Ok(true) => Counters::add(&self.counters.wal_syncs, 1),
+                Ok(false) => {}
                 Err(e) => self.set_bg_error(e),
             }
         }
