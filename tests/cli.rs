@@ -187,21 +187,36 @@ fn every_command_has_help() {
             r.stdout
         );
     }
+    let r = tidemark(&["--version"]);
+    ok(&r, "--version");
+    assert_eq!(
+        r.stdout,
+        format!("tidemark {}\n", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
-fn usage_errors_exit_2_with_one_line() {
+fn usage_errors_exit_2_with_the_usage_on_stderr() {
     for args in [
         &["frobnicate"][..],
         &["inspect"],
         &["inspect", "--nope", "x"],
+        &["get", "x", "zz", "--hex"],
         &[],
     ] {
         let r = tidemark(args);
         assert_eq!(r.code, 2, "{args:?}");
-        assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {}", r.stderr);
-        assert!(r.stderr.starts_with("tidemark: "), "{}", r.stderr);
+        assert!(r.stdout.is_empty(), "{args:?}: {}", r.stdout);
+        assert!(
+            r.stderr.contains("Usage: tidemark"),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("panicked"), "{args:?}: {}", r.stderr);
     }
+    let r = tidemark(&["demo", "--seconds", "0"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--seconds"), "{}", r.stderr);
 }
 
 #[test]

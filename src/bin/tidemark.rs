@@ -1,5 +1,6 @@
 //! The `tidemark` command line: parses the arguments, runs the command (all of it lives in
-//! `tidemark::cli`) and maps the outcome to an exit status, with at most one line on stderr.
+//! `tidemark::cli`) and maps the outcome to an exit status. A failed command prints one
+//! line on stderr; a command line that does not parse prints clap's message.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -39,7 +40,14 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("tidemark: {}", e.one_line());
+                match &e {
+                    // clap prints help and version on stdout, errors on stderr; a closed
+                    // pipe is not worth a message.
+                    CliError::Usage(usage) => {
+                        let _ = usage.print();
+                    }
+                    _ => eprintln!("tidemark: {}", e.one_line()),
+                }
                 ExitCode::from(e.exit_code())
             }
         }

@@ -7,7 +7,7 @@
 //! writes only below its own directory), and none of them takes a store's lock.
 //!
 //! Exit statuses: 0 success, 1 failure (including problems found by `verify` and a key
-//! absent for `get`), 2 a usage error, 70 an internal error.
+//! absent for `get`), 2 a usage error (clap's), 70 an internal error.
 
 pub mod args;
 pub mod checkpoints;
@@ -30,16 +30,18 @@ use crate::error::Error;
 
 /// Exit status of a failed command.
 pub const EXIT_FAILURE: u8 = 1;
-/// Exit status of a command line that does not parse.
+/// Exit status of a command line that does not parse (clap's own).
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status after an internal error (a panic caught by the binary).
 pub const EXIT_INTERNAL: u8 = 70;
 
-/// Why a command failed. Its `Display` is the one line printed after `tidemark: `.
+/// Why a command failed. Its `Display` is the one line printed after `tidemark: `, except
+/// for [`CliError::Usage`], which clap prints itself.
 #[derive(Debug)]
 pub enum CliError {
-    /// The command line is wrong.
-    Usage(String),
+    /// The command line does not parse, or asks for `--help` or `--version`: clap's message
+    /// (help and version on stdout, anything else on stderr) and its exit status.
+    Usage(clap::Error),
     /// An operation on `path` failed.
     Failed {
         /// The path the command was working on.
@@ -72,7 +74,7 @@ impl CliError {
     /// The process exit status for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Usage(_) => EXIT_USAGE,
+            CliError::Usage(e) => u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE),
             _ => EXIT_FAILURE,
         }
     }
@@ -92,7 +94,8 @@ impl CliError {
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CliError::Usage(m) | CliError::Message(m) => f.write_str(m),
+            CliError::Usage(e) => write!(f, "{e}"),
+            CliError::Message(m) => f.write_str(m),
             CliError::Failed { path, error } => {
                 let msg = error.to_string();
                 let shown = path.display().to_string();
@@ -129,14 +132,6 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Checkpoints(a) => checkpoints::run(a, out),
         Command::Get(a) => get::run(a, out),
         Command::Demo(a) => demo::run(a, out),
-        Command::Help(text) => {
-            out.write_all(text.as_bytes())?;
-            Ok(())
-        }
-        Command::Version => {
-            writeln!(out, "tidemark {}", env!("CARGO_PKG_VERSION"))?;
-            Ok(())
-        }
     }
 }
 
@@ -177,6 +172,8 @@ mod tests {
         let e = CliError::at("/x/dir", Error::InvalidArgument("no\nway".into()));
         assert_eq!(e.one_line(), "/x/dir: invalid argument: no way");
         assert_eq!(e.exit_code(), EXIT_FAILURE);
-        assert_eq!(CliError::Usage("u".into()).exit_code(), EXIT_USAGE);
+        let usage = parse(["frobnicate"]).unwrap_err();
+        assert_eq!(usage.exit_code(), EXIT_USAGE);
+        assert_eq!(parse(["--help"]).unwrap_err().exit_code(), 0);
     }
 }
