@@ -28,8 +28,6 @@ use crate::checkpoint::{
 };
 use crate::error::Error;
 use crate::fs::{FileSystem, StdFs};
-use crate::lsm::filename;
-use crate::lsm::manifest::VersionEdit;
 use crate::state::lsm_snapshot::{read_manifest_snapshot, LSM_BACKEND};
 
 /// One `chk-<N>` directory of a job directory.
@@ -787,60 +785,7 @@ fn header_of(m: &Metadata) -> Metadata {
     }
 }
 
-/// The tables of an LSM subtask state, as the manifest snapshot lays them out, each with
-/// the checkpoint file that holds it.
-pub struct LsmLayout {
-    /// The manifest snapshot.
-    pub edit: VersionEdit,
-    /// Level by level (L0 newest first, deeper levels in key order): the table's record in
-    /// the manifest, and the handle holding it.
-    pub tables: Vec<(crate::lsm::manifest::NewFile, FileHandle)>,
-}
-
-/// Reads the manifest snapshot of `s` and pairs every table with its shared file.
-pub fn lsm_layout(
-    storage: &dyn CheckpointStorage,
-    metadata_path: &Path,
-    s: &OperatorSubtaskState,
-) -> Result<LsmLayout, Error> {
-    let edit = read_manifest_snapshot(storage, s)?;
-    let replayed = store::replay([&edit]);
-    let mut tables = Vec::new();
-    for f in replayed.files() {
-        let name = filename::table_file_name(f.number);
-        let h = s
-            .handles
-            .iter()
-            .find_map(|h| match h {
-                StateHandle::File(fh) if fh.role == FileRole::Shared && fh.local_name == name => {
-                    Some(fh)
-                }
-                _ => None,
-            })
-            .ok_or_else(|| {
-                Error::corruption(
-                    metadata_path,
-                    0,
-                    format!(
-                        "the manifest snapshot of {}_{} lists {name}, which the checkpoint does not hold",
-                        s.operator_id, s.subtask_index
-                    ),
-                )
-            })?;
-        if h.size != f.size || h.crc32c != f.file_crc32c {
-            return Err(Error::corruption(
-                storage.display_path(&h.path),
-                0,
-                format!(
-                    "{name}: _metadata records {} bytes crc32c {:08x}, the manifest snapshot {} bytes crc32c {:08x}",
-                    h.size, h.crc32c, f.size, f.file_crc32c
-                ),
-            ));
-        }
-        tables.push((f.clone(), h.clone()));
-    }
-    Ok(LsmLayout { edit, tables })
-}
+pub use crate::state::lsm_snapshot::{lsm_layout, LsmLayout};
 
 fn verify_lsm_subtask(
     r: &mut VerifyReport,

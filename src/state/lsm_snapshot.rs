@@ -19,7 +19,8 @@ use crate::checkpoint::{
 use crate::codec::crc32c;
 use crate::error::{Error, Result};
 use crate::lsm::filename::table_file_name;
-use crate::lsm::manifest::{VersionEdit, MAX_MANIFEST_BYTES};
+use crate::lsm::manifest::{NewFile, VersionEdit, MAX_MANIFEST_BYTES};
+use crate::lsm::types::compare_internal_keys;
 use crate::lsm::{Db, LiveFilesTicket, Options};
 
 /// The backend name recorded in `_metadata`.
@@ -155,6 +156,66 @@ pub fn read_manifest_snapshot(
     VersionEdit::decode(&bytes, &path, 0)
 }
 
+/// The tables of an LSM subtask state, as its manifest snapshot lays them out, each with
+/// the checkpoint file that holds it.
+#[derive(Debug, Clone)]
+pub struct LsmLayout {
+    /// The manifest snapshot.
+    pub edit: VersionEdit,
+    /// Level by level (L0 newest first, deeper levels in key order): the table's record in
+    /// the manifest snapshot, and the checkpoint file holding it.
+    pub tables: Vec<(NewFile, FileHandle)>,
+}
+
+/// Reads the manifest snapshot of `state` and pairs every table it lists with the shared
+/// file holding it, checking that both record the same size and crc32c. `metadata_path`
+/// names the `_metadata` in errors.
+pub fn lsm_layout(
+    storage: &dyn CheckpointStorage,
+    metadata_path: &Path,
+    state: &OperatorSubtaskState,
+) -> Result<LsmLayout> {
+    let edit = read_manifest_snapshot(storage, state)?;
+    let mut files: Vec<&NewFile> = edit.new_files.iter().collect();
+    files.sort_by(|a, b| {
+        a.level.cmp(&b.level).then_with(|| {
+            if a.level == 0 {
+                b.largest_seq.cmp(&a.largest_seq).then(b.number.cmp(&a.number))
+            } else {
+                compare_internal_keys(&a.smallest, &b.smallest)
+            }
+        })
+    });
+    let mut tables = Vec::with_capacity(files.len());
+    for f in files {
+        let name = table_file_name(f.number);
+        let h = file_handles(state)
+            .find(|h| h.role == FileRole::Shared && h.local_name == name)
+            .ok_or_else(|| {
+                Error::corruption(
+                    metadata_path,
+                    0,
+                    format!(
+                        "the manifest snapshot of {}_{} lists {name}, which the checkpoint does not hold",
+                        state.operator_id, state.subtask_index
+                    ),
+                )
+            })?;
+        if h.size != f.size || h.crc32c != f.file_crc32c {
+            return Err(Error::corruption(
+                storage.display_path(&h.path),
+                0,
+                format!(
+                    "{name}: _metadata records {} bytes crc32c {:08x}, the manifest snapshot {} bytes crc32c {:08x}",
+                    h.size, h.crc32c, f.size, f.file_crc32c
+                ),
+            ));
+        }
+        tables.push((f.clone(), h.clone()));
+    }
+    Ok(LsmLayout { edit, tables })
+}
+
 /// Restores the store of one subtask from checkpoint `id` into the empty directory `dir`
 /// (files are hard-linked when possible), and opens it.
 pub fn restore_store(
@@ -164,7 +225,8 @@ pub fn restore_store(
     dir: &Path,
     opts: Options,
 ) -> Result<Db> {
-    let edit = read_manifest_snapshot(storage, state)?;
+    let metadata_path = storage.display_path(&format!("{}/_metadata", id.dir_name()));
+    let layout = lsm_layout(storage, &metadata_path, state)?;
     let fs = opts.fs.clone();
     fs.create_dir_all(dir)?;
     if !fs.list_dir(dir)?.is_empty() {
@@ -173,32 +235,10 @@ pub fn restore_store(
             dir.display()
         )));
     }
-    for f in &edit.new_files {
-        let name = table_file_name(f.number);
-        let h = file_handles(state)
-            .find(|h| h.role == FileRole::Shared && h.local_name == name)
-            .ok_or_else(|| {
-                Error::corruption(
-                    storage.display_path(&format!("{}/_metadata", id.dir_name())),
-                    0,
-                    format!(
-                        "the manifest snapshot lists {name}, which the checkpoint does not hold"
-                    ),
-                )
-            })?;
-        if h.size != f.size || h.crc32c != f.file_crc32c {
-            return Err(Error::corruption(
-                storage.display_path(&h.path),
-                0,
-                format!(
-                    "{name}: _metadata records {} bytes crc {:08x}, the manifest {} bytes crc {:08x}",
-                    h.size, h.crc32c, f.size, f.file_crc32c
-                ),
-            ));
-        }
+    for (_, h) in &layout.tables {
         restore_file(storage, id, h, dir)?;
     }
     fs.sync_dir(dir)?;
-    Db::restore_manifest(fs.as_ref(), dir, &edit)?;
+    Db::restore_manifest(fs.as_ref(), dir, &layout.edit)?;
     Db::open(dir, opts)
 }
