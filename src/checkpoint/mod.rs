@@ -1,1 +1,38 @@
-//! Checkpoint storage: Flink's directory layout, `_metadata`, retention, verify, restore.
+//! Checkpoint storage: Flink's directory layout, `_metadata`, the shared-file registry,
+//! retention, verification and restore targets.
+//!
+//! ```text
+//! <checkpoints-dir>/<job-id>/
+//!     shared/      files referenced by one or more checkpoints (hard-linked, incremental)
+//!     taskowned/   files owned by the running job; never deleted by checkpoint cleanup
+//!     chk-<N>/     one checkpoint's private files, and `_metadata`, written last
+//! ```
+//!
+//! A checkpoint exists if and only if its `_metadata` is durable. This layer knows files,
+//! checksums and metadata; it never knows how a state backend lays out keys, and it never
+//! depends on the LSM store.
+
+pub mod ids;
+pub mod metadata;
+pub mod path;
+pub mod restore;
+pub mod storage;
+pub mod store;
+pub mod verify;
+
+pub use ids::{CheckpointId, CheckpointKind, JobId, KeyGroupRange};
+pub use metadata::{
+    FileHandle, FileRole, Metadata, OperatorSubtaskState, SourceOffset, StateHandle,
+    MAX_METADATA_BYTES, METADATA_FILE_NAME,
+};
+pub use restore::{resolve, resolve_verified, ResolvedCheckpoint, RestoreInfo, RestoreMode};
+pub use storage::{file_checksum, CheckpointStorage, FileChecksum, LocalStorage};
+pub use store::{
+    CheckpointConfig, CheckpointContent, CheckpointStats, CheckpointStore, CheckpointSummary,
+    CompletedCheckpoint, ExternalizedCleanup, JobTermination, OpenReport, PendingCheckpoint,
+    RetentionReport,
+};
+pub use verify::{verify, VerifyReport};
+
+#[cfg(test)]
+pub(crate) mod testutil;

@@ -274,6 +274,17 @@ mod tests {
     }
 
     #[test]
+    fn encoding_matches_the_worked_example_in_the_spec() {
+        let mut b = WriteBatch::new();
+        b.put(b"a", b"1").delete(b"b");
+        let want: &[u8] = &[
+            0x0a, 0, 0, 0, 0, 0, 0, 0, 0x02, 0, 0, 0, 0x01, 0x01, 0x61, 0x01, 0x31, 0x00, 0x01,
+            0x62,
+        ];
+        assert_eq!(b.encode_with_seq(SeqNo(10)), want);
+    }
+
+    #[test]
     fn hostile_batches_are_corruption_naming_file() {
         let mut b = WriteBatch::new();
         b.put(b"key", b"value");

@@ -19,7 +19,9 @@ use super::iter::{BoxedIter, MergingIter};
 use super::manifest::{NewFile, VersionEdit};
 use super::sst::{TableBuilder, TableOptions};
 use super::stats::Counters;
-use super::types::{compare_internal_keys, parse_internal_key, user_key, InternalIterator, SeqNo, ValueKind};
+use super::types::{
+    compare_internal_keys, parse_internal_key, user_key, InternalIterator, SeqNo, ValueKind,
+};
 use super::version::{FileMeta, LevelIter, Version};
 use crate::error::{Error, Result};
 
@@ -95,7 +97,12 @@ fn plan_for_level(st: &State, level: usize) -> Option<Plan> {
     } else {
         // Round robin through the level, starting after the last compacted key.
         let files = &v.levels[level];
-        let pointer = st.vs.compact_pointers.get(level).cloned().unwrap_or_default();
+        let pointer = st
+            .vs
+            .compact_pointers
+            .get(level)
+            .cloned()
+            .unwrap_or_default();
         let pick = files
             .iter()
             .find(|f| pointer.is_empty() || compare_internal_keys(&f.largest, &pointer).is_gt())
@@ -148,9 +155,15 @@ fn run_plan(inner: &DbInner, st: &mut MutexGuard<'_, State>, plan: Plan) -> Resu
     for f in &plan.next {
         edit.deleted_files.push((out_level as u32, f.number));
     }
-    if let Some(last) = plan.inputs.iter().map(|f| &f.largest).max_by(|a, b| compare_internal_keys(a, b)) {
+    if let Some(last) = plan
+        .inputs
+        .iter()
+        .map(|f| &f.largest)
+        .max_by(|a, b| compare_internal_keys(a, b))
+    {
         if plan.level > 0 {
-            edit.compact_pointers.push((plan.level as u32, last.clone()));
+            edit.compact_pointers
+                .push((plan.level as u32, last.clone()));
         }
     }
     if plan.is_trivial_move() {
@@ -182,7 +195,14 @@ fn run_plan(inner: &DbInner, st: &mut MutexGuard<'_, State>, plan: Plan) -> Resu
     let estimate = (bytes_read / inner.opts.target_file_size_bytes.max(1)) as usize + 2;
     let numbers: Vec<_> = (0..estimate).map(|_| st.vs.new_file_number()).collect();
     let outputs = MutexGuard::unlocked(st, || {
-        merge_into_tables(inner, &mut merged, &version, out_level, smallest_snapshot, numbers)
+        merge_into_tables(
+            inner,
+            &mut merged,
+            &version,
+            out_level,
+            smallest_snapshot,
+            numbers,
+        )
     })?;
     let written: u64 = outputs.iter().map(|f| f.size).sum();
     edit.new_files.extend(outputs);
@@ -220,8 +240,13 @@ fn merge_into_tables(
                 return Err(Error::Closed);
             }
             let ikey = input.key();
-            let p = parse_internal_key(ikey)
-                .ok_or_else(|| Error::corruption("<compaction input>", 0, "entry without a valid internal key"))?;
+            let p = parse_internal_key(ikey).ok_or_else(|| {
+                Error::corruption(
+                    "<compaction input>",
+                    0,
+                    "entry without a valid internal key",
+                )
+            })?;
             if ikey == last_ikey.as_slice() {
                 // The same write twice (a log replayed twice before a crash): keep one.
                 input.next();
@@ -231,7 +256,9 @@ fn merge_into_tables(
             if new_key {
                 // Cut the output at a user-key boundary once it is large enough.
                 if let Some((b, _)) = &builder {
-                    if b.estimated_file_size() >= inner.opts.target_file_size_bytes && numbers.len() > 0 {
+                    if b.estimated_file_size() >= inner.opts.target_file_size_bytes
+                        && numbers.len() > 0
+                    {
                         let (b, n) = builder.take().expect("checked above");
                         outputs.push(finish_table(inner, b, n, out_level)?);
                     }
@@ -256,12 +283,19 @@ fn merge_into_tables(
                 if builder.is_none() {
                     let n = match numbers.next() {
                         Some(n) => n,
-                        None => return Err(Error::InvalidArgument("compaction ran out of file numbers".into())),
+                        None => {
+                            return Err(Error::InvalidArgument(
+                                "compaction ran out of file numbers".into(),
+                            ))
+                        }
                     };
                     let path = table_path(&inner.dir, n);
                     written_paths.push(path.clone());
                     let file = inner.fs.create(&path)?;
-                    builder = Some((TableBuilder::new(file, TableOptions::from_options(&inner.opts)), n));
+                    builder = Some((
+                        TableBuilder::new(file, TableOptions::from_options(&inner.opts)),
+                        n,
+                    ));
                 }
                 if let Some((b, _)) = builder.as_mut() {
                     b.add(ikey, input.value())?;
@@ -325,7 +359,9 @@ pub(crate) fn compaction_loop(inner: Arc<DbInner>) {
                     inner.bg_condvar().notify_all();
                 }
             }
-            inner.bg_condvar().wait_for(&mut st, Duration::from_millis(100));
+            inner
+                .bg_condvar()
+                .wait_for(&mut st, Duration::from_millis(100));
             continue;
         }
         if st.manual.as_ref().is_some_and(|m| m.done.is_none()) {
@@ -356,7 +392,9 @@ pub(crate) fn compaction_loop(inner: Arc<DbInner>) {
                 }
             }
         }
-        inner.bg_condvar().wait_for(&mut st, Duration::from_millis(500));
+        inner
+            .bg_condvar()
+            .wait_for(&mut st, Duration::from_millis(500));
     }
 }
 
@@ -387,7 +425,9 @@ pub(crate) fn run_manual(inner: &Arc<DbInner>) -> Result<()> {
     let mut st = inner.state().lock();
     while st.manual.is_some() {
         inner.check_bg_error()?;
-        inner.bg_condvar().wait_for(&mut st, Duration::from_millis(100));
+        inner
+            .bg_condvar()
+            .wait_for(&mut st, Duration::from_millis(100));
     }
     st.manual = Some(ManualCompaction::default());
     inner.bg_condvar().notify_all();
@@ -397,6 +437,8 @@ pub(crate) fn run_manual(inner: &Arc<DbInner>) -> Result<()> {
             inner.bg_condvar().notify_all();
             return done;
         }
-        inner.bg_condvar().wait_for(&mut st, Duration::from_millis(100));
+        inner
+            .bg_condvar()
+            .wait_for(&mut st, Duration::from_millis(100));
     }
 }

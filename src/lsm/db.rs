@@ -99,7 +99,7 @@ pub(crate) struct DbInner {
 /// db.put(b"apple", b"red")?;
 /// db.put(b"banana", b"yellow")?;
 /// assert_eq!(db.get(b"apple")?, Some(b"red".to_vec()));
-/// let keys: Vec<_> = db.scan(..)?.map(|kv| kv.map(|(k, _)| k)).collect::<Result<_, _>>()?;
+/// let keys: Vec<_> = db.iter()?.map(|kv| kv.map(|(k, _)| k)).collect::<Result<_, _>>()?;
 /// assert_eq!(keys, vec![b"apple".to_vec(), b"banana".to_vec()]);
 /// # Ok(()) }
 /// ```
@@ -137,7 +137,9 @@ pub struct DbIterator {
 
 impl std::fmt::Debug for DbIterator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DbIterator").field("done", &self.done).finish()
+        f.debug_struct("DbIterator")
+            .field("done", &self.done)
+            .finish()
     }
 }
 
@@ -241,7 +243,9 @@ pub struct LiveFilesTicket {
 
 impl std::fmt::Debug for LiveFilesTicket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LiveFilesTicket").field("seq", &self.seq).finish()
+        f.debug_struct("LiveFilesTicket")
+            .field("seq", &self.seq)
+            .finish()
     }
 }
 
@@ -295,7 +299,9 @@ fn random_id() -> String {
         .unwrap_or(0);
     let local = 0u8;
     let a = crate::codec::crc32c(&now.to_le_bytes());
-    let b = crate::codec::crc32c(&(std::process::id() as u64 ^ (&local as *const u8 as u64)).to_le_bytes());
+    let b = crate::codec::crc32c(
+        &(std::process::id() as u64 ^ (&local as *const u8 as u64)).to_le_bytes(),
+    );
     format!("{:016x}{:08x}{:08x}", now as u64, a, b)
 }
 
@@ -476,9 +482,12 @@ impl Db {
                             max_seq = max_seq.max(op.seq);
                         }
                         if mem.approximate_size() >= opts.memtable_size_bytes {
-                            let full = Arc::new(std::mem::replace(&mut mem, MemTable::new(FileNumber(0))));
+                            let full =
+                                Arc::new(std::mem::replace(&mut mem, MemTable::new(FileNumber(0))));
                             let number = vs.new_file_number();
-                            if let Some(nf) = write_level0_table(opts, dir, &full, number, counters)? {
+                            if let Some(nf) =
+                                write_level0_table(opts, dir, &full, number, counters)?
+                            {
                                 let edit = VersionEdit {
                                     new_files: vec![nf],
                                     last_sequence: Some(max_seq),
@@ -552,7 +561,13 @@ impl Db {
 
     /// Scans the keys that start with `prefix` in order.
     pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Result<DbIterator> {
-        self.inner.prefix_at(prefix.as_ref(), self.inner.visible_seq())
+        self.inner
+            .prefix_at(prefix.as_ref(), self.inner.visible_seq())
+    }
+
+    /// Scans every key in order.
+    pub fn iter(&self) -> Result<DbIterator> {
+        self.scan::<&[u8]>(..)
     }
 
     /// Flushes the memtable to a table and waits for it.
@@ -564,9 +579,10 @@ impl Db {
     /// copy of state). [`LiveFilesTicket::wait`] waits for the flush and pins the files.
     pub fn begin_live_files(&self) -> Result<LiveFilesTicket> {
         self.inner.check_bg_error()?;
-        let (seq, wait_for, ready) = self.inner.write_impl(None)?.unwrap_or_else(|| {
-            (self.inner.visible_seq(), None, None)
-        });
+        let (seq, wait_for, ready) = self
+            .inner
+            .write_impl(None)?
+            .unwrap_or_else(|| (self.inner.visible_seq(), None, None));
         Ok(LiveFilesTicket {
             inner: self.inner.clone(),
             seq,
@@ -600,10 +616,11 @@ impl Db {
             let cs = c.stats();
             s.cache_hits = cs.hits;
             s.cache_misses = cs.misses;
-            s.cache_bytes = cs.bytes_used as u64;
+            s.cache_bytes = cs.bytes_used;
         }
         s.memtable_bytes = (sv.mem.approximate_size()
-            + sv.imms.iter().map(|m| m.approximate_size()).sum::<usize>()) as u64;
+            + sv.imms.iter().map(|m| m.approximate_size()).sum::<usize>())
+            as u64;
         s.immutable_memtables = sv.imms.len();
         s.last_sequence = self.inner.visible_seq().0;
         s
@@ -719,6 +736,11 @@ impl Snapshot {
     pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Result<DbIterator> {
         self.inner.prefix_at(prefix.as_ref(), self.seq)
     }
+
+    /// Scans every key as of the snapshot.
+    pub fn iter(&self) -> Result<DbIterator> {
+        self.scan::<&[u8]>(..)
+    }
 }
 
 impl Drop for Snapshot {
@@ -821,7 +843,11 @@ fn delete_obsolete_files(fs: &dyn FileSystem, dir: &Path, vs: &VersionSet) -> Re
     fs.sync_dir(dir)
 }
 
-type SwitchOutcome = Option<(SeqNo, Option<Arc<Imm>>, Option<Arc<Version>>)>;
+/// What a memtable switch for a flush leaves to wait for: the sequence number it is
+/// consistent at, and either the immutable memtable whose flush completes it or the
+/// version that already holds everything.
+type Switched = (SeqNo, Option<Arc<Imm>>, Option<Arc<Version>>);
+type SwitchOutcome = Option<Switched>;
 
 impl DbInner {
     pub(crate) fn visible_seq(&self) -> SeqNo {
@@ -889,10 +915,14 @@ impl DbInner {
         })
     }
 
-    fn iter_at<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>, seq: SeqNo) -> Result<DbIterator> {
-        self.check_readable()?;
+    fn iter_at<K: AsRef<[u8]>>(
+        &self,
+        range: impl RangeBounds<K>,
+        seq: SeqNo,
+    ) -> Result<DbIterator> {
         let sv = self.sv.load_full();
-        let mut children: Vec<BoxedIter> = Vec::with_capacity(2 + sv.imms.len() + sv.version.levels.len());
+        let mut children: Vec<BoxedIter> =
+            Vec::with_capacity(2 + sv.imms.len() + sv.version.levels.len());
         children.push(Box::new(sv.mem.iter()));
         for m in &sv.imms {
             children.push(Box::new(m.iter()));
@@ -912,10 +942,6 @@ impl DbInner {
             Some(end) => self.iter_at(prefix.to_vec()..end, seq),
             None => self.iter_at(prefix.to_vec().., seq),
         }
-    }
-
-    fn check_readable(&self) -> Result<()> {
-        Ok(())
     }
 
     fn install_super_version(&self, st: &State) {
@@ -979,7 +1005,7 @@ impl DbInner {
     }
 
     /// Makes room and switches the memtable so the current one gets flushed.
-    fn switch_for_flush(&self) -> Result<(SeqNo, Option<Arc<Imm>>, Option<Arc<Version>>)> {
+    fn switch_for_flush(&self) -> Result<Switched> {
         let mut st = self.wait_for_room(true)?;
         let seq = self.visible_seq();
         if st.mem.is_empty() {
@@ -1001,7 +1027,11 @@ impl DbInner {
             self.check_bg_error()?;
             let l0 = st.vs.current().num_files(0);
             let compaction = self.opts.compaction;
-            if compaction && !delayed && l0 >= self.opts.l0_slowdown_writes_trigger && l0 < self.opts.l0_stop_writes_trigger {
+            if compaction
+                && !delayed
+                && l0 >= self.opts.l0_slowdown_writes_trigger
+                && l0 < self.opts.l0_stop_writes_trigger
+            {
                 // Give compaction a little room without stopping the writer.
                 delayed = true;
                 Counters::add(&self.counters.slowdowns, 1);
@@ -1072,10 +1102,8 @@ impl DbInner {
         let st = self.wait_for_room(false)?;
         let mem = st.mem.clone();
         drop(st);
-        let mut batches: Vec<WriteBatch> = group
-            .iter()
-            .filter_map(|s| s.batch.lock().take())
-            .collect();
+        let mut batches: Vec<WriteBatch> =
+            group.iter().filter_map(|s| s.batch.lock().take()).collect();
         let mut seq = self.visible_seq().0;
         let mut user_bytes = 0u64;
         let mut firsts = Vec::with_capacity(batches.len());
@@ -1201,7 +1229,6 @@ impl DbInner {
         }
         Ok(())
     }
-
 }
 
 impl DbInner {

@@ -12,15 +12,15 @@ pub mod iter;
 pub mod manifest;
 pub mod memtable;
 pub mod options;
-pub mod stats;
 pub mod sst;
+pub mod stats;
 pub mod types;
 pub mod version;
 pub mod version_set;
 pub mod wal;
 
-pub use options::{Compression, Options, SyncMode, WalRecovery};
-pub use types::{FileNumber, SeqNo, ValueKind};
 pub use batch::WriteBatch;
 pub use db::{Db, DbIterator, LiveFile, LiveFiles, LiveFilesTicket, Snapshot};
+pub use options::{Compression, Options, SyncMode, WalRecovery};
 pub use stats::DbStats;
+pub use types::{FileNumber, SeqNo, ValueKind};

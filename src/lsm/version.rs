@@ -194,7 +194,9 @@ impl Version {
 
     /// Bytes in `level`.
     pub fn level_bytes(&self, level: usize) -> u64 {
-        self.levels.get(level).map_or(0, |l| l.iter().map(|f| f.size).sum())
+        self.levels
+            .get(level)
+            .map_or(0, |l| l.iter().map(|f| f.size).sum())
     }
 
     /// Every file, with its level.

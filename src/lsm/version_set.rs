@@ -52,12 +52,18 @@ impl VersionSet {
             manifest: None,
         };
         for edit in edits {
-            let v = vs.apply(edit).map_err(|reason| Error::corruption(path, 0, reason))?;
+            let v = vs
+                .apply(edit)
+                .map_err(|reason| Error::corruption(path, 0, reason))?;
             vs.current = Arc::new(v);
             vs.absorb_counters(edit);
         }
         if vs.db_id.is_empty() {
-            return Err(Error::corruption(path, 0, "the manifest never records the store's id"));
+            return Err(Error::corruption(
+                path,
+                0,
+                "the manifest never records the store's id",
+            ));
         }
         // A manifest written by a store with more levels than this one is configured for.
         let max_file = vs
@@ -157,13 +163,15 @@ impl VersionSet {
         let mut levels: Vec<Vec<Arc<FileMeta>>> = base.levels.clone();
         let mut removed: HashMap<FileNumber, Arc<FileMeta>> = HashMap::new();
         for &(level, number) in &edit.deleted_files {
-            let files = levels
-                .get_mut(level as usize)
-                .ok_or_else(|| format!("edit deletes table {number} from level {level}, beyond the last level"))?;
+            let files = levels.get_mut(level as usize).ok_or_else(|| {
+                format!("edit deletes table {number} from level {level}, beyond the last level")
+            })?;
             let pos = files
                 .iter()
                 .position(|f| f.number == number)
-                .ok_or_else(|| format!("edit deletes table {number} that level {level} does not hold"))?;
+                .ok_or_else(|| {
+                    format!("edit deletes table {number} that level {level} does not hold")
+                })?;
             removed.insert(number, files.remove(pos));
         }
         for nf in &edit.new_files {
@@ -200,7 +208,10 @@ impl VersionSet {
         }
         for f in levels.iter().flatten() {
             if compare_internal_keys(&f.smallest, &f.largest).is_gt() {
-                return Err(format!("table {} has smallest key above its largest", f.number));
+                return Err(format!(
+                    "table {} has smallest key above its largest",
+                    f.number
+                ));
             }
         }
         Ok(Version { levels })
@@ -210,10 +221,14 @@ impl VersionSet {
     /// removes are deleted once no reader holds an older version.
     pub fn log_and_apply(&mut self, mut edit: VersionEdit) -> Result<Arc<Version>> {
         edit.next_file_number = Some(FileNumber(self.next_file_number));
-        edit.last_sequence = Some(edit.last_sequence.unwrap_or(self.last_sequence).max(self.last_sequence));
-        let next = self
-            .apply(&edit)
-            .map_err(|reason| Error::InvalidArgument(format!("internal: invalid version edit: {reason}")))?;
+        edit.last_sequence = Some(
+            edit.last_sequence
+                .unwrap_or(self.last_sequence)
+                .max(self.last_sequence),
+        );
+        let next = self.apply(&edit).map_err(|reason| {
+            Error::InvalidArgument(format!("internal: invalid version edit: {reason}"))
+        })?;
         let manifest = self.manifest.as_mut().ok_or(Error::Closed)?;
         manifest.append(&edit)?;
         let live: std::collections::HashSet<FileNumber> =

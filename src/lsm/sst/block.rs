@@ -184,7 +184,7 @@ pub fn decompress_lz4(stored: &[u8], file_offset: u64) -> Result<Arc<[u8]>, Deco
         .map_err(|_| err(format!("lz4 block length {raw_len} does not fit in memory")))?;
     // Collecting a length-known iterator into Arc<[u8]> allocates once, in place, so the
     // decompressed block is shared with the cache without another copy.
-    let mut out: Arc<[u8]> = std::iter::repeat(0u8).take(raw_len).collect();
+    let mut out: Arc<[u8]> = std::iter::repeat_n(0u8, raw_len).collect();
     let dst = Arc::get_mut(&mut out).ok_or_else(|| err("lz4 buffer is shared".into()))?;
     match lz4_flex::block::decompress_into(payload, dst) {
         Ok(written) if written == raw_len => Ok(out),

@@ -364,7 +364,7 @@ impl Table {
                 let key = it.key();
                 let in_order = prev
                     .as_deref()
-                    .map_or(true, |p| compare_internal_keys(p, key) == Ordering::Less);
+                    .is_none_or(|p| compare_internal_keys(p, key) == Ordering::Less);
                 if !in_order || compare_internal_keys(key, &info.last_key) == Ordering::Greater {
                     return Err(Error::corruption(
                         &self.path,

@@ -548,7 +548,7 @@ mod tests {
     fn zeros_running_to_the_end_of_the_file_are_eof() {
         let records = vec![b"a".to_vec(), pattern(BLOCK_SIZE, 7)];
         let mut data = write_log(&records);
-        data.extend(std::iter::repeat(0).take(2 * BLOCK_SIZE + 5));
+        data.extend(std::iter::repeat_n(0, 2 * BLOCK_SIZE + 5));
         let (read, end) = read_all(&data);
         assert_eq!((payloads(&read), end), (records, LogRead::Eof));
     }

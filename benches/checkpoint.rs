@@ -1,0 +1,3 @@
+//! Benchmarks (checkpoint).
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! Benchmarks (store).
+
+fn main() {}

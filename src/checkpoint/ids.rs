@@ -1,0 +1,274 @@
+//! Identifiers of the checkpoint layer: checkpoint ids, job ids, key-group ranges and the
+//! kind of a checkpoint. Each is a newtype so that they cannot be mixed up, and each that
+//! can be read from disk or typed by a user validates itself on construction.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// The number of a checkpoint; strictly increasing within a job (`chk-<N>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CheckpointId(pub u64);
+
+impl CheckpointId {
+    /// The checkpoint's directory name relative to the job directory: `chk-<N>`.
+    pub fn dir_name(self) -> String {
+        format!("chk-{}", self.0)
+    }
+
+    /// Parses a directory name of the exact form `chk-<N>` (decimal, no sign, no leading
+    /// zeros), the only form [`CheckpointId::dir_name`] produces.
+    pub fn from_dir_name(name: &str) -> Option<CheckpointId> {
+        let digits = name.strip_prefix("chk-")?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u64 = digits.parse().ok()?;
+        // Rejects `chk-007`, so that one id has exactly one directory name.
+        (n.to_string() == digits).then_some(CheckpointId(n))
+    }
+}
+
+impl fmt::Display for CheckpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Longest job id accepted, in bytes.
+pub const JOB_ID_MAX_BYTES: usize = 64;
+
+/// The identifier of a job, and the name of its directory under the checkpoints directory.
+///
+/// 1 to [`JOB_ID_MAX_BYTES`] characters of `[A-Za-z0-9_-]`, so that it is always a single,
+/// harmless path component.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(String);
+
+impl JobId {
+    /// Validates `id` as a job id.
+    pub fn new(id: impl Into<String>) -> Result<JobId> {
+        let id = id.into();
+        match job_id_problem(&id) {
+            None => Ok(JobId(id)),
+            Some(reason) => Err(Error::InvalidArgument(format!("job id {id:?}: {reason}"))),
+        }
+    }
+
+    /// A fresh job id of 32 lowercase hex characters, shaped like Flink's.
+    ///
+    /// The bits come from the standard library's per-process random hash keys mixed with
+    /// the clock, the process id and a counter: unique in practice, not cryptographic.
+    pub fn random() -> JobId {
+        use std::collections::hash_map::RandomState;
+        use std::hash::{BuildHasher, Hasher};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut halves = [0u64; 2];
+        for (i, half) in halves.iter_mut().enumerate() {
+            let mut h = RandomState::new().build_hasher();
+            h.write_u128(nanos);
+            h.write_u32(std::process::id());
+            h.write_u64(count);
+            h.write_usize(i);
+            *half = h.finish();
+        }
+        JobId(format!("{:016x}{:016x}", halves[0], halves[1]))
+    }
+
+    /// The id as a string (also the job directory's name).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why `id` is not a valid job id, or `None` when it is.
+pub(crate) fn job_id_problem(id: &str) -> Option<&'static str> {
+    if id.is_empty() {
+        return Some("must not be empty");
+    }
+    if id.len() > JOB_ID_MAX_BYTES {
+        return Some("longer than 64 characters");
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Some("may contain only A-Z, a-z, 0-9, '_' and '-'");
+    }
+    None
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<JobId> {
+        JobId::new(s)
+    }
+}
+
+/// A contiguous, inclusive range of key groups owned by one operator subtask, as in Flink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyGroupRange {
+    /// First key group of the range.
+    pub start: u32,
+    /// Last key group of the range (inclusive).
+    pub end: u32,
+}
+
+impl KeyGroupRange {
+    /// The range `start..=end`; `start <= end` is required.
+    pub fn new(start: u32, end: u32) -> Result<KeyGroupRange> {
+        if start > end {
+            return Err(Error::InvalidArgument(format!(
+                "key-group range {start}..={end}: start is after end"
+            )));
+        }
+        Ok(KeyGroupRange { start, end })
+    }
+
+    /// Number of key groups in the range (at least 1).
+    pub fn len(&self) -> u64 {
+        u64::from(self.end.saturating_sub(self.start)) + 1
+    }
+
+    /// Always false: a valid range holds at least one key group.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// True when `key_group` lies in the range.
+    pub fn contains(&self, key_group: u32) -> bool {
+        self.start <= key_group && key_group <= self.end
+    }
+}
+
+impl fmt::Display for KeyGroupRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..={}", self.start, self.end)
+    }
+}
+
+/// What kind of snapshot a checkpoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckpointKind {
+    /// Shares unchanged files with earlier checkpoints through `shared/`.
+    Incremental,
+    /// Places every file anew; references nothing placed by an earlier checkpoint.
+    Full,
+    /// A user-triggered snapshot (placed in full, like [`CheckpointKind::Full`]).
+    Savepoint,
+}
+
+impl CheckpointKind {
+    /// The byte that encodes this kind in `_metadata`.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            CheckpointKind::Incremental => 0,
+            CheckpointKind::Full => 1,
+            CheckpointKind::Savepoint => 2,
+        }
+    }
+
+    /// Inverse of [`CheckpointKind::to_byte`].
+    pub fn from_byte(b: u8) -> Option<CheckpointKind> {
+        match b {
+            0 => Some(CheckpointKind::Incremental),
+            1 => Some(CheckpointKind::Full),
+            2 => Some(CheckpointKind::Savepoint),
+            _ => None,
+        }
+    }
+
+    /// True when the checkpoint may reference files placed by earlier checkpoints.
+    pub fn reuses_shared_files(self) -> bool {
+        self == CheckpointKind::Incremental
+    }
+
+    /// Lowercase name (`incremental`, `full`, `savepoint`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointKind::Incremental => "incremental",
+            CheckpointKind::Full => "full",
+            CheckpointKind::Savepoint => "savepoint",
+        }
+    }
+}
+
+impl fmt::Display for CheckpointKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_dir_names_round_trip_and_reject_other_spellings() {
+        assert_eq!(CheckpointId(17).dir_name(), "chk-17");
+        assert_eq!(
+            CheckpointId::from_dir_name("chk-17"),
+            Some(CheckpointId(17))
+        );
+        for bad in [
+            "chk-",
+            "chk-007",
+            "chk--1",
+            "chk-1a",
+            "chk-+1",
+            "shared",
+            "chk-99999999999999999999",
+        ] {
+            assert_eq!(CheckpointId::from_dir_name(bad), None, "{bad}");
+        }
+        assert_eq!(CheckpointId::from_dir_name("chk-0"), Some(CheckpointId(0)));
+    }
+
+    #[test]
+    fn job_id_accepts_flink_shape_and_rejects_path_tricks() {
+        let r = JobId::random();
+        assert_eq!(r.as_str().len(), 32);
+        assert!(r.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(JobId::random(), r);
+        assert!(JobId::new("my-job_1").is_ok());
+        assert!(JobId::new("a".repeat(64)).is_ok());
+        for bad in ["", "..", "a/b", "a b", "é", "a\\b"] {
+            assert!(JobId::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(JobId::new("a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn key_group_range_is_inclusive_and_validated() {
+        let r = KeyGroupRange::new(0, 127).unwrap();
+        assert_eq!(r.len(), 128);
+        assert!(r.contains(127) && !r.contains(128));
+        assert_eq!(KeyGroupRange::new(5, 5).unwrap().len(), 1);
+        assert!(KeyGroupRange::new(6, 5).is_err());
+    }
+
+    #[test]
+    fn kind_bytes_round_trip() {
+        for k in [
+            CheckpointKind::Incremental,
+            CheckpointKind::Full,
+            CheckpointKind::Savepoint,
+        ] {
+            assert_eq!(CheckpointKind::from_byte(k.to_byte()), Some(k));
+        }
+        assert_eq!(CheckpointKind::from_byte(3), None);
+    }
+}

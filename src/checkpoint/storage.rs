@@ -1,0 +1,372 @@
+//! Where checkpoint files are kept: the [`CheckpointStorage`] trait and [`LocalStorage`],
+//! its implementation on a local (or mounted) file system.
+//!
+//! Every path given to a storage is relative to the job directory and is checked before it
+//! is used: lexically (no absolute paths, `..`, `.`, backslashes or NULs) and, for a local
+//! storage, physically (a symlink may not lead out of the job directory). A storage knows
+//! files and directories only; which files belong to which checkpoint is the store's
+//! business.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::ids::JobId;
+use super::path::{check_inside, lexical_problem};
+use crate::codec;
+use crate::error::{Error, IoContext, Result};
+use crate::fs::{self, FileSystem, Placement};
+
+/// Size and crc32c of a whole file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileChecksum {
+    /// Size in bytes.
+    pub size: u64,
+    /// crc32c of all the bytes.
+    pub crc32c: u32,
+}
+
+/// Size of the buffer used to checksum files.
+const CHECKSUM_BUFFER_BYTES: usize = 1 << 20;
+
+/// Reads `path` through `fs` and returns its size and crc32c (for callers that place a
+/// local file and must describe it).
+pub fn file_checksum(fs: &dyn FileSystem, path: &Path) -> Result<FileChecksum> {
+    let mut f = fs.open(path)?;
+    let mut buf = vec![0u8; CHECKSUM_BUFFER_BYTES];
+    let mut crc = 0u32;
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).ctx("read", path)?;
+        if n == 0 {
+            break;
+        }
+        let chunk = buf.get(..n).unwrap_or_default();
+        crc = codec::crc32c_extend(crc, chunk);
+        size = size.saturating_add(n as u64);
+    }
+    Ok(FileChecksum { size, crc32c: crc })
+}
+
+/// The file operations the checkpoint layer needs, relative to one job directory.
+///
+/// Object safe, so that a remote implementation can stand in for [`LocalStorage`]. An
+/// empty relative path (`""`) names the job directory itself where a directory is meant.
+pub trait CheckpointStorage: Send + Sync + fmt::Debug {
+    /// The job this storage belongs to.
+    fn job_id(&self) -> &JobId;
+    /// The job directory (for a remote storage, a URL-like path), for messages and for
+    /// external paths.
+    fn root(&self) -> PathBuf;
+    /// `root()` joined with `rel`, for messages.
+    fn display_path(&self, rel: &str) -> PathBuf {
+        if rel.is_empty() {
+            self.root()
+        } else {
+            self.root().join(rel)
+        }
+    }
+    /// Creates a directory (and the job directory and any parents).
+    fn create_dir_all(&self, rel: &str) -> Result<()>;
+    /// Places the local file `local` at `rel` by hard link, or by a synced copy when a
+    /// link is impossible. On return the file's bytes are durable; its directory entry is
+    /// durable once [`CheckpointStorage::sync_dir`] of its directory returns.
+    fn place_file(&self, local: &Path, rel: &str) -> Result<Placement>;
+    /// Writes a small file so that it is either absent or whole after a crash (temp file,
+    /// fsync, rename, directory fsync).
+    fn write_atomic(&self, rel: &str, bytes: &[u8]) -> Result<()>;
+    /// Reads a whole file, refusing one larger than `max_bytes`.
+    fn read_file(&self, rel: &str, max_bytes: u64) -> Result<Vec<u8>>;
+    /// Names of a directory's entries, sorted; [`Error::NotFound`] when it is missing.
+    fn list_dir(&self, rel: &str) -> Result<Vec<String>>;
+    /// True when a file or directory exists at `rel`.
+    fn exists(&self, rel: &str) -> Result<bool>;
+    /// Size of a file in bytes.
+    fn file_size(&self, rel: &str) -> Result<u64>;
+    /// Size and crc32c of a file, read end to end.
+    fn checksum(&self, rel: &str) -> Result<FileChecksum>;
+    /// Deletes a file; a file that is already gone is not an error.
+    fn delete_file(&self, rel: &str) -> Result<()>;
+    /// Deletes a directory and everything in it; one already gone is not an error.
+    fn delete_dir(&self, rel: &str) -> Result<()>;
+    /// Makes creations, links, renames and deletions in a directory durable.
+    fn sync_dir(&self, rel: &str) -> Result<()>;
+    /// Places the stored file `rel` at the local path `dst` (link, or copy), for restore.
+    fn fetch(&self, rel: &str, dst: &Path) -> Result<Placement>;
+    /// A local path through which `rel` can be read in place, when the storage is local;
+    /// `Ok(None)` for a remote storage (use [`CheckpointStorage::fetch`]).
+    fn open_local(&self, rel: &str) -> Result<Option<PathBuf>>;
+}
+
+/// A [`CheckpointStorage`] on a [`FileSystem`]: the job directory is
+/// `<checkpoints_dir>/<job_id>`. Every operation goes through the file-system trait, so
+/// fault injection sees them all.
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    fs: Arc<dyn FileSystem>,
+    job_dir: PathBuf,
+    job_id: JobId,
+}
+
+impl LocalStorage {
+    /// The storage of `job_id` under `checkpoints_dir`. Does no I/O.
+    pub fn new(fs: Arc<dyn FileSystem>, checkpoints_dir: impl AsRef<Path>, job_id: JobId) -> Self {
+        let job_dir = checkpoints_dir.as_ref().join(job_id.as_str());
+        LocalStorage {
+            fs,
+            job_dir,
+            job_id,
+        }
+    }
+
+    /// A storage on an existing job directory whose name need not be the job id (a moved
+    /// or renamed checkpoint directory). Does no I/O.
+    pub fn at_job_dir(fs: Arc<dyn FileSystem>, job_dir: impl Into<PathBuf>, job_id: JobId) -> Self {
+        LocalStorage {
+            fs,
+            job_dir: job_dir.into(),
+            job_id,
+        }
+    }
+
+    /// The job directory.
+    pub fn job_dir(&self) -> &Path {
+        &self.job_dir
+    }
+
+    /// The file system underneath.
+    pub fn fs(&self) -> &Arc<dyn FileSystem> {
+        &self.fs
+    }
+
+    /// Lexical check only: `rel` joined to the job directory (`""` is the job directory).
+    fn join(&self, rel: &str) -> Result<PathBuf> {
+        if rel.is_empty() {
+            return Ok(self.job_dir.clone());
+        }
+        if let Some(reason) = lexical_problem(rel) {
+            return Err(Error::UnsafePath {
+                path: self.job_dir.clone(),
+                entry: rel.to_string(),
+                reason,
+            });
+        }
+        Ok(self.job_dir.join(rel))
+    }
+
+    /// Lexical and physical check: `rel` (or, when it does not exist yet, its nearest
+    /// existing ancestor) resolves inside the job directory.
+    fn guard(&self, rel: &str) -> Result<PathBuf> {
+        let p = self.join(rel)?;
+        if !rel.is_empty() {
+            check_inside(&self.job_dir, &p, rel)?;
+        }
+        Ok(p)
+    }
+
+    /// The parent directory of `rel` must resolve inside the job directory; `rel` itself
+    /// may be a symlink (deleting one removes the link, not its target).
+    fn guard_parent(&self, rel: &str) -> Result<PathBuf> {
+        let p = self.join(rel)?;
+        if let Some(parent) = p.parent() {
+            if parent != self.job_dir && p != self.job_dir {
+                check_inside(&self.job_dir, parent, rel)?;
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// Maps the "already gone" outcome of a deletion to success.
+fn ignore_missing(r: Result<()>) -> Result<()> {
+    match r {
+        Err(Error::NotFound { .. }) => Ok(()),
+        Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => Ok(()),
+        other => other,
+    }
+}
+
+impl CheckpointStorage for LocalStorage {
+    fn job_id(&self) -> &JobId {
+        &self.job_id
+    }
+
+    fn root(&self) -> PathBuf {
+        self.job_dir.clone()
+    }
+
+    fn create_dir_all(&self, rel: &str) -> Result<()> {
+        self.fs.create_dir_all(&self.job_dir)?;
+        let p = self.guard(rel)?;
+        self.fs.create_dir_all(&p)
+    }
+
+    fn place_file(&self, local: &Path, rel: &str) -> Result<Placement> {
+        let dst = self.guard(rel)?;
+        let placement = fs::link_or_copy(self.fs.as_ref(), local, &dst)?;
+        if placement == Placement::Linked {
+            // A copy was synced by `link_or_copy`; a link shares the source's inode, whose
+            // data the source's writer may not have synced yet.
+            let f = self.fs.open(&dst)?;
+            f.sync_all().ctx("fsync", &dst)?;
+        }
+        Ok(placement)
+    }
+
+    fn write_atomic(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        let p = self.guard(rel)?;
+        fs::write_atomic(self.fs.as_ref(), &p, bytes)
+    }
+
+    fn read_file(&self, rel: &str, max_bytes: u64) -> Result<Vec<u8>> {
+        let p = self.guard(rel)?;
+        self.fs.read_file(&p, max_bytes)
+    }
+
+    fn list_dir(&self, rel: &str) -> Result<Vec<String>> {
+        let p = self.guard(rel)?;
+        self.fs.list_dir(&p)
+    }
+
+    fn exists(&self, rel: &str) -> Result<bool> {
+        let p = self.guard_parent(rel)?;
+        Ok(self.fs.exists(&p))
+    }
+
+    fn file_size(&self, rel: &str) -> Result<u64> {
+        let p = self.guard(rel)?;
+        self.fs.file_size(&p)
+    }
+
+    fn checksum(&self, rel: &str) -> Result<FileChecksum> {
+        let p = self.guard(rel)?;
+        file_checksum(self.fs.as_ref(), &p)
+    }
+
+    fn delete_file(&self, rel: &str) -> Result<()> {
+        let p = self.guard_parent(rel)?;
+        ignore_missing(self.fs.remove_file(&p))
+    }
+
+    fn delete_dir(&self, rel: &str) -> Result<()> {
+        if rel.is_empty() {
+            return Err(Error::InvalidArgument(
+                "refusing to delete the job directory through a relative path".into(),
+            ));
+        }
+        let p = self.guard_parent(rel)?;
+        ignore_missing(self.fs.remove_dir_all(&p))
+    }
+
+    fn sync_dir(&self, rel: &str) -> Result<()> {
+        let p = self.guard(rel)?;
+        self.fs.sync_dir(&p)
+    }
+
+    fn fetch(&self, rel: &str, dst: &Path) -> Result<Placement> {
+        let src = self.guard(rel)?;
+        if !self.fs.exists(&src) {
+            return Err(Error::NotFound { path: src });
+        }
+        fs::link_or_copy(self.fs.as_ref(), &src, dst)
+    }
+
+    fn open_local(&self, rel: &str) -> Result<Option<PathBuf>> {
+        let p = self.guard(rel)?;
+        if !self.fs.exists(&p) {
+            return Err(Error::NotFound { path: p });
+        }
+        Ok(Some(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::StdFs;
+
+    fn storage(dir: &Path) -> LocalStorage {
+        LocalStorage::new(StdFs::shared(), dir, JobId::new("job").unwrap())
+    }
+
+    #[test]
+    fn place_read_list_delete_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storage(dir.path());
+        s.create_dir_all("shared").unwrap();
+        let local = dir.path().join("000001.sst");
+        std::fs::write(&local, b"hello").unwrap();
+        assert_eq!(
+            s.place_file(&local, "shared/a.sst").unwrap(),
+            Placement::Linked
+        );
+        s.sync_dir("shared").unwrap();
+        assert_eq!(s.list_dir("shared").unwrap(), vec!["a.sst".to_string()]);
+        assert_eq!(s.file_size("shared/a.sst").unwrap(), 5);
+        assert_eq!(
+            s.checksum("shared/a.sst").unwrap(),
+            FileChecksum {
+                size: 5,
+                crc32c: codec::crc32c(b"hello")
+            }
+        );
+        assert_eq!(s.read_file("shared/a.sst", 5).unwrap(), b"hello");
+        assert!(s.read_file("shared/a.sst", 4).is_err());
+        s.write_atomic("shared/b", b"x").unwrap();
+        assert!(s.exists("shared/b").unwrap());
+        s.delete_file("shared/b").unwrap();
+        s.delete_file("shared/b").unwrap(); // idempotent
+        assert!(!s.exists("shared/b").unwrap());
+        let out = dir.path().join("restored.sst");
+        s.fetch("shared/a.sst", &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"hello");
+        assert_eq!(
+            s.open_local("shared/a.sst").unwrap(),
+            Some(dir.path().join("job/shared/a.sst"))
+        );
+        s.delete_dir("shared").unwrap();
+        s.delete_dir("shared").unwrap();
+        assert!(matches!(s.list_dir("shared"), Err(Error::NotFound { .. })));
+    }
+
+    #[test]
+    fn traversal_is_refused_before_any_io() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storage(dir.path());
+        s.create_dir_all("").unwrap();
+        for bad in ["../x", "/etc/passwd", "shared/../../x", "a\\b", "./x"] {
+            assert!(
+                matches!(s.read_file(bad, 10), Err(Error::UnsafePath { .. })),
+                "{bad}"
+            );
+            assert!(matches!(s.delete_file(bad), Err(Error::UnsafePath { .. })));
+        }
+        assert!(s.delete_dir("").is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinked_directory_out_of_the_job_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storage(dir.path());
+        s.create_dir_all("").unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("victim"), b"keep me").unwrap();
+        std::os::unix::fs::symlink(&outside, dir.path().join("job/shared")).unwrap();
+        assert!(matches!(
+            s.delete_file("shared/victim"),
+            Err(Error::UnsafePath { .. })
+        ));
+        assert!(matches!(
+            s.read_file("shared/victim", 100),
+            Err(Error::UnsafePath { .. })
+        ));
+        assert!(matches!(
+            s.open_local("shared/victim"),
+            Err(Error::UnsafePath { .. })
+        ));
+        assert!(outside.join("victim").exists());
+    }
+}

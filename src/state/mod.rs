@@ -1,0 +1,7 @@
+//! State backends: how a stream operator's keyed state is kept, snapshotted into a
+//! checkpoint, and restored from one.
+//!
+//! This layer sits on the store ([`crate::lsm`]) and on checkpoint storage
+//! ([`crate::checkpoint`]); the stream layer above it never matches on backend kind.
+
+pub mod lsm_snapshot;

@@ -1,0 +1,189 @@
+//! Leveled compaction: space amplification stays bounded under overwrites, deleted ranges
+//! are reclaimed, write stalls are counted, and a failure during compaction makes the
+//! store read-only without losing an acknowledged write.
+
+use std::sync::Arc;
+
+use tidemark::fault::{FaultError, FaultFs, FaultOp, FaultRule};
+use tidemark::lsm::{Db, Options, SyncMode};
+use tidemark::Error;
+
+fn opts() -> Options {
+    Options {
+        memtable_size_bytes: 64 << 10,
+        target_file_size_bytes: 64 << 10,
+        max_bytes_for_level_base: 256 << 10,
+        l0_compaction_trigger: 2,
+        sync: SyncMode::None,
+        compression: tidemark::lsm::Compression::None,
+        ..Options::default()
+    }
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".sst"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+fn value(i: u32, round: u32) -> Vec<u8> {
+    let mut v = format!("{i}-{round}-").into_bytes();
+    v.resize(100, b'v');
+    v
+}
+
+#[test]
+fn overwrites_settle_within_bounded_space_amplification() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    const KEYS: u32 = 10_000;
+    let live_bytes = u64::from(KEYS) * (10 + 100);
+    let mut peak_ratio: f64 = 0.0;
+    for round in 0..30 {
+        for i in 0..KEYS {
+            db.put(format!("key{i:06}"), value(i, round)).unwrap();
+        }
+        db.flush().unwrap();
+        let ratio = dir_bytes(dir.path()) as f64 / live_bytes as f64;
+        peak_ratio = peak_ratio.max(ratio);
+    }
+    // Let background compaction catch up, then measure the settled size.
+    let settled = wait_settled(&db, dir.path());
+    let ratio = settled as f64 / live_bytes as f64;
+    let stats = db.stats();
+    assert!(stats.compactions > 10, "{stats:?}");
+    assert!(
+        ratio < 2.5,
+        "settled space amplification {ratio:.2} (peak {peak_ratio:.2})"
+    );
+    assert!(peak_ratio < 6.0, "peak space amplification {peak_ratio:.2}");
+    assert!(stats.write_amplification() > 1.0);
+    for i in (0..KEYS).step_by(997) {
+        assert_eq!(db.get(format!("key{i:06}")).unwrap(), Some(value(i, 29)));
+    }
+}
+
+fn wait_settled(db: &Db, dir: &std::path::Path) -> u64 {
+    let mut last = 0;
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let now = dir_bytes(dir);
+        let s = db.stats();
+        if now == last && s.levels[0].files < 2 {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+#[test]
+fn deleted_ranges_are_reclaimed_after_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    for i in 0..20_000u32 {
+        db.put(format!("key{i:06}"), value(i, 0)).unwrap();
+    }
+    db.compact_range().unwrap();
+    let full = dir_bytes(dir.path());
+    for i in 0..18_000u32 {
+        db.delete(format!("key{i:06}")).unwrap();
+    }
+    db.compact_range().unwrap();
+    let after = dir_bytes(dir.path());
+    assert!(
+        after * 5 < full,
+        "after deleting 90%: {after} of {full} bytes remain"
+    );
+    assert_eq!(db.scan::<&[u8]>(..).unwrap().count(), 2000);
+    assert_eq!(db.get("key000001").unwrap(), None);
+    assert_eq!(db.get("key019999").unwrap(), Some(value(19_999, 0)));
+}
+
+#[test]
+fn failed_compaction_makes_store_read_only_and_reopen_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = FaultFs::new();
+    let with_fault = || Options {
+        fs: fault.clone() as Arc<dyn tidemark::fs::FileSystem>,
+        wal: true,
+        ..opts()
+    };
+    let db = Db::open(dir.path(), with_fault()).unwrap();
+    for i in 0..3000u32 {
+        db.put(format!("key{i:06}"), value(i, 0)).unwrap();
+    }
+    db.flush().unwrap();
+    // Every table written from now on fails with ENOSPC: the next compaction (or flush)
+    // hits it. Acknowledged writes continue into the WAL until the error is recorded.
+    fault.add_rule(FaultRule::always(FaultOp::Write, FaultError::Enospc).on_path(".sst"));
+    let mut acked = 3000u32;
+    let mut first_err = None;
+    for i in 3000..60_000u32 {
+        match db.put(format!("key{i:06}"), value(i, 0)) {
+            Ok(()) => acked = i + 1,
+            Err(e) => {
+                first_err = Some(e);
+                break;
+            }
+        }
+    }
+    let err = first_err.expect("writes kept succeeding although every table write fails");
+    assert!(matches!(err, Error::ReadOnly(_)), "{err}");
+    assert_eq!(
+        err.io_kind(),
+        Some(std::io::ErrorKind::StorageFull),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(".sst"),
+        "error names the file: {err}"
+    );
+    let bg = db.background_error().expect("background error recorded");
+    assert_eq!(bg.io_kind(), Some(std::io::ErrorKind::StorageFull));
+    // Reads still work while read-only.
+    assert_eq!(db.get("key000001").unwrap(), Some(value(1, 0)));
+    match db.put("more", "x") {
+        Err(Error::ReadOnly(inner)) => {
+            assert_eq!(inner.io_kind(), Some(std::io::ErrorKind::StorageFull))
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(db);
+    fault.clear_rules();
+    let db = Db::open(dir.path(), with_fault()).unwrap();
+    for i in 0..acked {
+        assert_eq!(
+            db.get(format!("key{i:06}")).unwrap(),
+            Some(value(i, 0)),
+            "acknowledged write {i} lost"
+        );
+    }
+    db.compact_range().unwrap();
+    assert_eq!(db.scan::<&[u8]>(..).unwrap().count() as u32, acked);
+}
+
+#[test]
+fn stalls_are_counted_when_level0_falls_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Options {
+        memtable_size_bytes: 4 << 10,
+        l0_compaction_trigger: 1,
+        l0_slowdown_writes_trigger: 1,
+        l0_stop_writes_trigger: 2,
+        ..opts()
+    };
+    let db = Db::open(dir.path(), o).unwrap();
+    for i in 0..20_000u32 {
+        db.put(format!("key{i:06}"), value(i, 0)).unwrap();
+    }
+    let s = db.stats();
+    assert!(s.slowdowns + s.stops > 0, "{s:?}");
+    assert!(
+        s.levels[0].files <= 2,
+        "L0 kept below the stop trigger: {s:?}"
+    );
+}
