@@ -3,6 +3,7 @@
 //! the cargo-fuzz targets run, so that what fuzzing once found stays fixed on stable.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[allow(dead_code, clippy::all)]
 mod wal_replay {
@@ -17,6 +18,11 @@ mod sst_open_scan {
 #[allow(dead_code, clippy::all)]
 mod manifest_replay {
     include!("../fuzz/fuzz_targets/common/manifest_replay.rs");
+}
+
+#[allow(dead_code, clippy::all)]
+mod metadata_decode {
+    include!("../fuzz/fuzz_targets/common/metadata_decode.rs");
 }
 
 #[allow(dead_code, clippy::all)]
@@ -68,6 +74,11 @@ fn manifest_replay_corpus_passes() {
 }
 
 #[test]
+fn metadata_decode_corpus_passes() {
+    assert!(replay("metadata_decode", metadata_decode::check) > 0, "no seed inputs");
+}
+
+#[test]
 fn db_model_corpus_passes() {
     assert!(replay("db_model", db_model::check) > 0, "no seed inputs");
 }
@@ -78,6 +89,7 @@ fn checks_accept_empty_and_tiny_inputs() {
         wal_replay::check(data);
         sst_open_scan::check(data);
         manifest_replay::check(data);
+        metadata_decode::check(data);
         db_model::check(data);
     }
 }
@@ -140,6 +152,45 @@ fn regenerate_seed_corpora() {
         put("manifest_replay", &format!("store-manifest-{i}"), &std::fs::read(p).unwrap());
     }
 
+    // A checkpoint of a store: its _metadata, whole and without magic, version and crc (the
+    // target's second reading adds them).
+    {
+        use tidemark::checkpoint::{
+            CheckpointConfig, CheckpointId, CheckpointKind, CheckpointStore, JobId,
+            KeyGroupRange, LocalStorage, SourceOffset,
+        };
+        use tidemark::state::lsm_snapshot::{checkpoint_store, SubtaskId};
+        let root = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(
+            tidemark::fs::StdFs::shared(),
+            root.path(),
+            JobId::new("seedjob").unwrap(),
+        );
+        let store = CheckpointStore::open(Arc::new(storage), CheckpointConfig::default()).unwrap();
+        let db = Db::open(root.path().join("db"), opts.clone()).unwrap();
+        let subtask = SubtaskId {
+            operator_id: "counter".into(),
+            subtask_index: 0,
+            key_groups: KeyGroupRange::new(0, 127).unwrap(),
+        };
+        for id in 1..=2u64 {
+            for i in 0..20u32 {
+                db.put(format!("k{id}-{i}"), b"v").unwrap();
+            }
+            let offsets = vec![SourceOffset {
+                source: "numbers".into(),
+                split: "0".into(),
+                offset: id * 100,
+            }];
+            let c = checkpoint_store(&store, CheckpointId(id), CheckpointKind::Incremental, &db, &subtask, offsets)
+                .unwrap();
+            let _ = c;
+        }
+        let md = std::fs::read(root.path().join("seedjob/chk-2/_metadata")).unwrap();
+        put("metadata_decode", "checkpoint-2", &md);
+        put("metadata_decode", "checkpoint-2-body", &md[12..md.len() - 4]);
+    }
+
     // Decision streams for the built/framed modes and the model: seeded pseudo-random bytes.
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut rand_bytes = |n: usize| -> Vec<u8> {
@@ -157,6 +208,7 @@ fn regenerate_seed_corpora() {
         put("sst_open_scan", &format!("stream-{i}"), &rand_bytes(*n));
         put("manifest_replay", &format!("stream-{i}"), &rand_bytes(*n));
     }
+    put("metadata_decode", "stream-0", &rand_bytes(200));
     for (i, n) in [40usize, 200, 600, 1500, 3000].iter().enumerate() {
         put("db_model", &format!("stream-{i}"), &rand_bytes(*n));
     }
