@@ -6,6 +6,9 @@
 //! either an error whose message names the damaged file, or reads that return exactly the
 //! original data. Never a panic (in any thread), never a wrong value.
 //!
+//! A restore from a checkpoint is verified first (sizes and crc32c of every file), so a
+//! flipped checkpoint file must be refused by name before anything is placed.
+//!
 //! One outcome is indistinguishable from a crash and is accounted for explicitly: a flip in
 //! the last WAL record may be taken for a torn tail and dropped; the store must then hold
 //! exactly the original data minus that last write.
@@ -248,7 +251,12 @@ fn build_store() -> Store {
         model.insert(k, v);
     };
     for i in 0..80 {
-        put(&db, key(i), format!("first-{i}").repeat(3).into_bytes(), &mut model);
+        put(
+            &db,
+            key(i),
+            format!("first-{i}").repeat(3).into_bytes(),
+            &mut model,
+        );
     }
     db.flush().unwrap();
     for i in (0..80).step_by(3) {
@@ -264,7 +272,9 @@ fn build_store() -> Store {
         put(&db, key(i), format!("wal-{i}").into_bytes(), &mut model);
     }
     let mut b = WriteBatch::new();
-    b.put(key(5), b"batch").delete(key(6)).put(key(200), b"batch-new");
+    b.put(key(5), b"batch")
+        .delete(key(6))
+        .put(key(200), b"batch-new");
     db.write(b).unwrap();
     model.insert(key(5), b"batch".to_vec());
     model.remove(&key(6));
@@ -277,14 +287,24 @@ fn build_store() -> Store {
         .unwrap();
     let model_minus_last = model.clone();
     let last_record_offset = fs::metadata(dir.path().join(&wal_name)).unwrap().len();
-    put(&db, b"zz-last".to_vec(), b"the last write".to_vec(), &mut model);
+    put(
+        &db,
+        b"zz-last".to_vec(),
+        b"the last write".to_vec(),
+        &mut model,
+    );
     db.close().unwrap();
     let mut probes: Vec<Vec<u8>> = (0..210).map(key).collect();
     probes.push(b"zz-last".to_vec());
     let manifest = fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("MANIFEST-"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("MANIFEST-")
+        })
         .unwrap();
     let manifest_last_record_offset =
         log_last_record_offset(&fs::read(&manifest).unwrap(), &manifest, LogKind::Manifest);
@@ -328,11 +348,14 @@ fn trial(store: &Store, scratch: &Path, name: &str, bit: usize, tally: &mut Tall
             if e.to_string().contains(name) {
                 tally.errors += 1;
             } else {
-                tally.bad.push(format!("{at}: error does not name the file: {e}"));
+                tally
+                    .bad
+                    .push(format!("{at}: error does not name the file: {e}"));
             }
         }
         Ok(Ok(got)) => {
-            let in_last_record = name == store.wal_name && (bit / 8) as u64 >= store.last_record_offset;
+            let in_last_record =
+                name == store.wal_name && (bit / 8) as u64 >= store.last_record_offset;
             if got == store.model {
                 tally.harmless += 1;
             } else if in_last_record && got == store.model_minus_last {
@@ -344,7 +367,9 @@ fn trial(store: &Store, scratch: &Path, name: &str, bit: usize, tally: &mut Tall
                     .filter(|(k, v)| got.get(*k) != Some(v))
                     .count()
                     + got.keys().filter(|k| !store.model.contains_key(*k)).count();
-                tally.bad.push(format!("{at}: opened and read {differ} wrong entries"));
+                tally
+                    .bad
+                    .push(format!("{at}: opened and read {differ} wrong entries"));
             }
         }
     }
@@ -352,7 +377,12 @@ fn trial(store: &Store, scratch: &Path, name: &str, bit: usize, tally: &mut Tall
 
 /// Flips bits of every file of `kind` (a suffix, `CURRENT` or `MANIFEST`) for which
 /// `keep(byte offset)` holds.
-fn sweep(store: &Store, kind: &str, budget_bits_per_kind: usize, keep: &dyn Fn(u64) -> bool) -> Tally {
+fn sweep(
+    store: &Store,
+    kind: &str,
+    budget_bits_per_kind: usize,
+    keep: &dyn Fn(u64) -> bool,
+) -> Tally {
     let scratch = scratch();
     let mut names: Vec<String> = fs::read_dir(store.dir.path())
         .unwrap()
@@ -384,7 +414,13 @@ fn assert_clean(kind: &str, tally: &Tally) {
     assert!(
         tally.bad.is_empty(),
         "{kind}: {tally}; first bad outcomes:\n{}",
-        tally.bad.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+        tally
+            .bad
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -400,7 +436,11 @@ fn undamaged_store_reads_back_its_model() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names.iter().filter(|n| n.ends_with(".sst")).count(), 2, "{names:?}");
+    assert_eq!(
+        names.iter().filter(|n| n.ends_with(".sst")).count(),
+        2,
+        "{names:?}"
+    );
 }
 
 #[test]
@@ -409,7 +449,10 @@ fn every_flip_in_the_wal_is_an_error_naming_it_or_a_dropped_torn_tail() {
     let store = build_store();
     let t = sweep(&store, ".wal", 2000, &|_| true);
     assert_clean("WAL", &t);
-    assert!(t.torn_tail > 0, "no flip in the last record was seen as a torn tail");
+    assert!(
+        t.torn_tail > 0,
+        "no flip in the last record was seen as a torn tail"
+    );
 }
 
 #[test]
@@ -440,7 +483,10 @@ fn every_flip_in_the_last_manifest_record_is_an_error_naming_it() {
     let _serial = count_panics();
     let store = build_store();
     let last = store.manifest_last_record_offset;
-    assert_clean("MANIFEST", &sweep(&store, "MANIFEST", 4000, &|byte| byte >= last));
+    assert_clean(
+        "MANIFEST",
+        &sweep(&store, "MANIFEST", 4000, &|byte| byte >= last),
+    );
 }
 
 #[test]
@@ -448,4 +494,147 @@ fn every_flip_in_current_is_an_error_naming_it() {
     let _serial = count_panics();
     let store = build_store();
     assert_clean("CURRENT", &sweep(&store, "CURRENT", 2000, &|_| true));
+}
+
+/// A checkpoint of the store (one incremental checkpoint of a store with two tables):
+/// `_metadata`, the private manifest snapshot and the shared tables.
+struct Checkpoint {
+    root: tempfile::TempDir,
+    model: Model,
+    probes: Vec<Vec<u8>>,
+}
+
+const JOB: &str = "flipjob";
+
+fn build_checkpoint() -> Checkpoint {
+    let root = scratch();
+    let storage = LocalStorage::new(StdFs::shared(), root.path(), JobId::new(JOB).unwrap());
+    let store = CheckpointStore::open(Arc::new(storage), CheckpointConfig::default()).unwrap();
+    let db = Db::open(root.path().join("db"), opts()).unwrap();
+    let subtask = SubtaskId {
+        operator_id: "op".into(),
+        subtask_index: 0,
+        key_groups: KeyGroupRange::new(0, 127).unwrap(),
+    };
+    for i in 0..80 {
+        db.put(key(i), format!("first-{i}").repeat(3)).unwrap();
+    }
+    db.flush().unwrap();
+    for i in (0..80).step_by(3) {
+        db.put(key(i), format!("second-{i}")).unwrap();
+    }
+    for i in (1..80).step_by(7) {
+        db.delete(key(i)).unwrap();
+    }
+    checkpoint_store(
+        &store,
+        CheckpointId(1),
+        CheckpointKind::Incremental,
+        &db,
+        &subtask,
+        vec![],
+    )
+    .unwrap();
+    let model: Model = db.scan::<&[u8]>(..).unwrap().map(|r| r.unwrap()).collect();
+    Checkpoint {
+        root,
+        model,
+        probes: (0..90).map(key).collect(),
+    }
+}
+
+/// Every file of the checkpoint's job directory, relative to it.
+fn checkpoint_files(job_dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![job_dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(job_dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Restores the checkpoint (verified) into `target` and reads it whole.
+fn restore_and_read(c: &Checkpoint, target: &Path) -> tidemark::Result<Model> {
+    let chk = c.root.path().join(JOB).join("chk-1");
+    let fs: Arc<dyn FileSystem> = Arc::new(NoSyncFs);
+    let r = resolve_verified(fs.clone(), &chk, false)?;
+    let state = r
+        .metadata
+        .operator_states
+        .first()
+        .ok_or_else(|| tidemark::Error::InvalidArgument("no operator state".into()))?;
+    let storage = r.storage(fs);
+    let db = restore_store(&storage, r.checkpoint_id, state, target, opts())?;
+    read_all(&db, &c.probes)
+}
+
+fn checkpoint_sweep(c: &Checkpoint, select: &dyn Fn(&Path) -> bool, budget: usize) -> Tally {
+    let job_dir = c.root.path().join(JOB);
+    let files: Vec<PathBuf> = checkpoint_files(&job_dir)
+        .into_iter()
+        .filter(|p| select(p))
+        .collect();
+    assert!(!files.is_empty());
+    let scratch = scratch();
+    let mut tally = Tally::default();
+    let per_file = budget.div_ceil(files.len());
+    for (i, rel) in files.iter().enumerate() {
+        let path = job_dir.join(rel);
+        let name = rel.file_name().unwrap().to_string_lossy().into_owned();
+        let len = fs::metadata(&path).unwrap().len() as usize;
+        for bit in bits_to_flip(len, per_file, 0xc4ec + i as u64) {
+            let target = scratch.path().join("restored");
+            let _ = fs::remove_dir_all(&target);
+            // Restores only read the checkpoint: flip in place, and back afterwards.
+            flip(&path, bit);
+            tally.flips += 1;
+            let panics_before = PANICS.load(Ordering::SeqCst);
+            let outcome = std::panic::catch_unwind(|| restore_and_read(c, &target));
+            flip(&path, bit);
+            let at = format!("{} bit {bit}", rel.display());
+            if PANICS.load(Ordering::SeqCst) != panics_before {
+                tally.bad.push(format!("{at}: panicked"));
+                continue;
+            }
+            match outcome {
+                Err(_) => tally.bad.push(format!("{at}: panicked")),
+                Ok(Err(e)) if e.to_string().contains(&name) => tally.errors += 1,
+                Ok(Err(e)) => tally
+                    .bad
+                    .push(format!("{at}: error does not name the file: {e}")),
+                Ok(Ok(got)) if got == c.model => tally.harmless += 1,
+                Ok(Ok(_)) => tally.bad.push(format!("{at}: restored wrong data")),
+            }
+        }
+    }
+    tally
+}
+
+#[test]
+fn every_flip_in_a_checkpoint_metadata_is_an_error_naming_it() {
+    let _serial = count_panics();
+    let c = build_checkpoint();
+    let t = checkpoint_sweep(&c, &|p| p.ends_with("_metadata"), 4000);
+    eprintln!("_metadata: {t}");
+    assert_clean("_metadata", &t);
+}
+
+#[test]
+fn every_flip_in_a_checkpoint_manifest_snapshot_or_shared_table_is_an_error_naming_it() {
+    let _serial = count_panics();
+    let c = build_checkpoint();
+    let t = checkpoint_sweep(&c, &|p| p.to_string_lossy().ends_with(".manifest"), 2000);
+    eprintln!("checkpoint manifest snapshot: {t}");
+    assert_clean("manifest snapshot", &t);
+    let t = checkpoint_sweep(&c, &|p| p.starts_with("shared"), 2000);
+    eprintln!("checkpoint shared tables: {t}");
+    assert_clean("shared tables", &t);
 }

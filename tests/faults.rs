@@ -56,20 +56,25 @@ impl Expect {
     }
 
     fn check(&self, db: &Db, what: &str) {
-        let got: Model = db
-            .scan::<&[u8]>(..)
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect();
+        let got: Model = db.scan::<&[u8]>(..).unwrap().map(|r| r.unwrap()).collect();
         for (k, v) in &got {
             let ok = self.acked.get(k) == Some(v) || self.maybe.get(k) == Some(v);
-            assert!(ok, "{what}: unexpected value for {:?}", String::from_utf8_lossy(k));
+            assert!(
+                ok,
+                "{what}: unexpected value for {:?}",
+                String::from_utf8_lossy(k)
+            );
         }
         for (k, v) in &self.acked {
             if self.maybe.contains_key(k) {
                 continue;
             }
-            assert_eq!(got.get(k), Some(v), "{what}: lost {:?}", String::from_utf8_lossy(k));
+            assert_eq!(
+                got.get(k),
+                Some(v),
+                "{what}: lost {:?}",
+                String::from_utf8_lossy(k)
+            );
         }
     }
 }
@@ -204,9 +209,15 @@ fn run(c: &Case, error: FaultError) {
         let bg = wait_for_background_error(&db);
         assert!(fs.injected() > 0, "{what}: the fault never fired");
         let msg = bg.to_string();
-        assert!(msg.contains(os_code(error)), "{what}: background error {msg}");
+        assert!(
+            msg.contains(os_code(error)),
+            "{what}: background error {msg}"
+        );
         if let Some(p) = c.path {
-            assert!(msg.contains(p), "{what}: background error does not name the file: {msg}");
+            assert!(
+                msg.contains(p),
+                "{what}: background error does not name the file: {msg}"
+            );
         } else {
             assert!(
                 msg.contains(&*dir.path().to_string_lossy()),
@@ -259,7 +270,10 @@ fn failed_rename_of_current_fails_the_open_naming_the_file_and_a_retry_succeeds(
         fs.add_rule(FaultRule::always(FaultOp::Rename, error).on_path("CURRENT"));
         let e = Db::open(dir.path(), opts(&fs, true)).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("CURRENT") && msg.contains(os_code(error)), "{msg}");
+        assert!(
+            msg.contains("CURRENT") && msg.contains(os_code(error)),
+            "{msg}"
+        );
         fs.clear_rules();
         let db = Db::open(dir.path(), opts(&fs, true)).unwrap();
         exp.check(&db, "after a failed rename");
@@ -285,7 +299,11 @@ fn a_fault_that_fires_once_still_leaves_the_store_read_only_until_reopened() {
     let fs = FaultFs::new();
     let db = Db::open(dir.path(), opts(&fs, true)).unwrap();
     db.put(b"a", b"1").unwrap();
-    fs.add_rule(FaultRule::always(FaultOp::Sync, FaultError::Eio).on_path(".wal").times(1));
+    fs.add_rule(
+        FaultRule::always(FaultOp::Sync, FaultError::Eio)
+            .on_path(".wal")
+            .times(1),
+    );
     assert!(db.put(b"b", b"2").is_err());
     // The fault is gone, but a log whose fsync failed is never trusted again.
     assert!(matches!(db.put(b"c", b"3"), Err(Error::ReadOnly(_))));
@@ -293,4 +311,196 @@ fn a_fault_that_fires_once_still_leaves_the_store_read_only_until_reopened() {
     let db = Db::open(dir.path(), opts(&fs, true)).unwrap();
     assert_eq!(db.get(b"a").unwrap(), Some(b"1".to_vec()));
     assert_eq!(db.get(b"c").unwrap(), None);
+}
+
+mod checkpoint {
+    //! Faults while a checkpoint places its files and writes `_metadata`, and while
+    //! retention deletes old checkpoints.
+
+    use super::*;
+    use std::path::Path;
+    use tidemark::checkpoint::{
+        resolve_verified, CheckpointConfig, CheckpointId, CheckpointKind, CheckpointStore, JobId,
+        KeyGroupRange, LocalStorage,
+    };
+    use tidemark::fs::StdFs;
+    use tidemark::state::lsm_snapshot::{checkpoint_store, restore_store, SubtaskId};
+
+    const JOB: &str = "faultjob";
+
+    fn subtask() -> SubtaskId {
+        SubtaskId {
+            operator_id: "op".into(),
+            subtask_index: 0,
+            key_groups: KeyGroupRange::new(0, 127).unwrap(),
+        }
+    }
+
+    fn job_store(fs: &Arc<FaultFs>, root: &Path, retained: usize) -> CheckpointStore {
+        let storage = LocalStorage::new(fs.clone(), root, JobId::new(JOB).unwrap());
+        let config = CheckpointConfig {
+            num_retained: retained,
+            ..CheckpointConfig::default()
+        };
+        CheckpointStore::open(Arc::new(storage), config).unwrap()
+    }
+
+    fn contents(db: &Db) -> Model {
+        db.scan::<&[u8]>(..).unwrap().map(|r| r.unwrap()).collect()
+    }
+
+    fn write_round(db: &Db, round: u32) {
+        for i in (round * 7..round * 7 + 200).step_by(3) {
+            db.put(key(i), value(i, round)).unwrap();
+        }
+    }
+
+    fn restored(root: &Path, chk: &str, target: &Path) -> Model {
+        let path = root.join(JOB).join(chk);
+        let r = resolve_verified(StdFs::shared(), &path, false).unwrap();
+        let storage = r.storage(StdFs::shared());
+        let db = restore_store(
+            &storage,
+            r.checkpoint_id,
+            &r.metadata.operator_states[0],
+            target,
+            Options::default(),
+        )
+        .unwrap();
+        contents(&db)
+    }
+
+    #[test]
+    fn a_fault_while_checkpointing_fails_that_checkpoint_only() {
+        let cases = [
+            (FaultOp::Link, "shared"),
+            (FaultOp::Create, "chk-2"),
+            (FaultOp::Sync, "chk-2"),
+            (FaultOp::SyncDir, JOB),
+            (FaultOp::Rename, "_metadata"),
+        ];
+        for (op, path) in cases {
+            for error in [FaultError::Eio, FaultError::Enospc] {
+                let what = format!("{op:?} {error:?} on {path}");
+                let root = tempfile::tempdir().unwrap();
+                let fs = FaultFs::new();
+                let store = job_store(&fs, root.path(), 3);
+                let db = Db::open(root.path().join("db"), opts(&fs, true)).unwrap();
+                write_round(&db, 1);
+                checkpoint_store(
+                    &store,
+                    CheckpointId(1),
+                    CheckpointKind::Incremental,
+                    &db,
+                    &subtask(),
+                    vec![],
+                )
+                .unwrap();
+                let state1 = contents(&db);
+
+                write_round(&db, 2);
+                fs.add_rule(FaultRule::always(op, error).on_path(path));
+                let e = checkpoint_store(
+                    &store,
+                    CheckpointId(2),
+                    CheckpointKind::Incremental,
+                    &db,
+                    &subtask(),
+                    vec![],
+                )
+                .map(|_| ())
+                .unwrap_err();
+                let msg = e.to_string();
+                assert!(msg.contains(os_code(error)), "{what}: {msg}");
+                assert!(fs.injected() > 0, "{what}");
+                fs.clear_rules();
+                // The failed checkpoint does not exist; the earlier one is intact.
+                let ids: Vec<_> = store.list().iter().map(|c| c.id).collect();
+                assert_eq!(ids, vec![CheckpointId(1)], "{what}");
+                assert!(
+                    !root.path().join(JOB).join("chk-2/_metadata").exists(),
+                    "{what}"
+                );
+                // The store itself is unaffected (the fault hit checkpoint files only).
+                db.put(b"after", b"fault").unwrap();
+                checkpoint_store(
+                    &store,
+                    CheckpointId(3),
+                    CheckpointKind::Incremental,
+                    &db,
+                    &subtask(),
+                    vec![],
+                )
+                .unwrap();
+                let state3 = contents(&db);
+                assert_eq!(
+                    restored(root.path(), "chk-1", &root.path().join("r1")),
+                    state1,
+                    "{what}"
+                );
+                assert_eq!(
+                    restored(root.path(), "chk-3", &root.path().join("r3")),
+                    state3,
+                    "{what}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_deletion_in_retention_is_reported_and_the_new_checkpoint_stands() {
+        for error in [FaultError::Eio, FaultError::Enospc] {
+            let root = tempfile::tempdir().unwrap();
+            let fs = FaultFs::new();
+            let store = job_store(&fs, root.path(), 1);
+            let db = Db::open(root.path().join("db"), opts(&fs, true)).unwrap();
+            write_round(&db, 1);
+            checkpoint_store(
+                &store,
+                CheckpointId(1),
+                CheckpointKind::Incremental,
+                &db,
+                &subtask(),
+                vec![],
+            )
+            .unwrap();
+            db.compact_range().unwrap();
+            write_round(&db, 2);
+            fs.add_rule(FaultRule::always(FaultOp::Remove, error).on_path(JOB));
+            let done = checkpoint_store(
+                &store,
+                CheckpointId(2),
+                CheckpointKind::Incremental,
+                &db,
+                &subtask(),
+                vec![],
+            )
+            .unwrap()
+            .completed;
+            assert!(fs.injected() > 0);
+            assert!(!done.retention.errors.is_empty(), "{:?}", done.retention);
+            assert!(
+                done.retention.errors.iter().all(|e| e.contains(JOB)),
+                "retention errors must name what they could not delete: {:?}",
+                done.retention.errors
+            );
+            let state2 = contents(&db);
+            fs.clear_rules();
+            assert_eq!(
+                restored(root.path(), "chk-2", &root.path().join("r2")),
+                state2
+            );
+            // A later open of the checkpoint store cleans up what retention left behind.
+            drop(store);
+            let reopened = job_store(&fs, root.path(), 1);
+            let ids: Vec<_> = reopened.list().iter().map(|c| c.id).collect();
+            assert_eq!(ids, vec![CheckpointId(2)]);
+            assert!(!root.path().join(JOB).join("chk-1").exists());
+            assert_eq!(reopened.orphans().unwrap(), Vec::<String>::new());
+            assert_eq!(
+                restored(root.path(), "chk-2", &root.path().join("r2b")),
+                state2
+            );
+        }
+    }
 }

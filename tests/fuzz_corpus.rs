@@ -60,22 +60,34 @@ fn replay(target: &str, check: fn(&[u8])) -> usize {
 
 #[test]
 fn wal_replay_corpus_passes() {
-    assert!(replay("wal_replay", wal_replay::check) > 0, "no seed inputs");
+    assert!(
+        replay("wal_replay", wal_replay::check) > 0,
+        "no seed inputs"
+    );
 }
 
 #[test]
 fn sst_open_scan_corpus_passes() {
-    assert!(replay("sst_open_scan", sst_open_scan::check) > 0, "no seed inputs");
+    assert!(
+        replay("sst_open_scan", sst_open_scan::check) > 0,
+        "no seed inputs"
+    );
 }
 
 #[test]
 fn manifest_replay_corpus_passes() {
-    assert!(replay("manifest_replay", manifest_replay::check) > 0, "no seed inputs");
+    assert!(
+        replay("manifest_replay", manifest_replay::check) > 0,
+        "no seed inputs"
+    );
 }
 
 #[test]
 fn metadata_decode_corpus_passes() {
-    assert!(replay("metadata_decode", metadata_decode::check) > 0, "no seed inputs");
+    assert!(
+        replay("metadata_decode", metadata_decode::check) > 0,
+        "no seed inputs"
+    );
 }
 
 #[test]
@@ -111,7 +123,10 @@ fn regenerate_seed_corpora() {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| p.to_string_lossy().ends_with(suffix) || p.file_name().unwrap().to_string_lossy().starts_with(suffix))
+            .filter(|p| {
+                p.to_string_lossy().ends_with(suffix)
+                    || p.file_name().unwrap().to_string_lossy().starts_with(suffix)
+            })
             .collect();
         v.sort();
         v
@@ -128,13 +143,16 @@ fn regenerate_seed_corpora() {
         let db = Db::open(dir.path(), opts.clone()).unwrap();
         for round in 0..2u32 {
             for i in 0..60u32 {
-                db.put(format!("key{i:03}"), format!("value-{round}-{i}")).unwrap();
+                db.put(format!("key{i:03}"), format!("value-{round}-{i}"))
+                    .unwrap();
             }
             db.delete(format!("key{:03}", round * 7)).unwrap();
             db.flush().unwrap();
         }
         let mut b = WriteBatch::new();
-        b.put(b"batch-a", b"1").delete(b"key001").put(b"batch-b", vec![b'x'; 300]);
+        b.put(b"batch-a", b"1")
+            .delete(b"key001")
+            .put(b"batch-b", vec![b'x'; 300]);
         db.write(b).unwrap();
         db.put(b"last", b"write").unwrap();
         // Leave the WAL unflushed by dropping without a flush.
@@ -146,18 +164,26 @@ fn regenerate_seed_corpora() {
         }
     }
     for (i, p) in files_with(dir.path(), ".sst").iter().enumerate() {
-        put("sst_open_scan", &format!("store-table-{i}"), &std::fs::read(p).unwrap());
+        put(
+            "sst_open_scan",
+            &format!("store-table-{i}"),
+            &std::fs::read(p).unwrap(),
+        );
     }
     for (i, p) in files_with(dir.path(), "MANIFEST-").iter().enumerate() {
-        put("manifest_replay", &format!("store-manifest-{i}"), &std::fs::read(p).unwrap());
+        put(
+            "manifest_replay",
+            &format!("store-manifest-{i}"),
+            &std::fs::read(p).unwrap(),
+        );
     }
 
     // A checkpoint of a store: its _metadata, whole and without magic, version and crc (the
     // target's second reading adds them).
     {
         use tidemark::checkpoint::{
-            CheckpointConfig, CheckpointId, CheckpointKind, CheckpointStore, JobId,
-            KeyGroupRange, LocalStorage, SourceOffset,
+            CheckpointConfig, CheckpointId, CheckpointKind, CheckpointStore, JobId, KeyGroupRange,
+            LocalStorage, SourceOffset,
         };
         use tidemark::state::lsm_snapshot::{checkpoint_store, SubtaskId};
         let root = tempfile::tempdir().unwrap();
@@ -182,13 +208,24 @@ fn regenerate_seed_corpora() {
                 split: "0".into(),
                 offset: id * 100,
             }];
-            let c = checkpoint_store(&store, CheckpointId(id), CheckpointKind::Incremental, &db, &subtask, offsets)
-                .unwrap();
+            let c = checkpoint_store(
+                &store,
+                CheckpointId(id),
+                CheckpointKind::Incremental,
+                &db,
+                &subtask,
+                offsets,
+            )
+            .unwrap();
             let _ = c;
         }
         let md = std::fs::read(root.path().join("seedjob/chk-2/_metadata")).unwrap();
         put("metadata_decode", "checkpoint-2", &md);
-        put("metadata_decode", "checkpoint-2-body", &md[12..md.len() - 4]);
+        put(
+            "metadata_decode",
+            "checkpoint-2-body",
+            &md[12..md.len() - 4],
+        );
     }
 
     // Decision streams for the built/framed modes and the model: seeded pseudo-random bytes.

@@ -49,7 +49,11 @@ fn key(rng: &mut Rng) -> Vec<u8> {
 }
 
 fn value(rng: &mut Rng, op: usize) -> Vec<u8> {
-    let len = if rng.below(10) == 0 { 300 + rng.below(900) } else { rng.below(60) };
+    let len = if rng.below(10) == 0 {
+        300 + rng.below(900)
+    } else {
+        rng.below(60)
+    };
     let mut v = format!("op{op}:").into_bytes();
     v.resize(v.len() + len as usize, b'a' + (op % 26) as u8);
     v
@@ -93,10 +97,7 @@ fn workload(db: &Db, rng: &mut Rng, ops: usize, model: &mut Model) -> Result<(),
 }
 
 fn contents(db: &Db) -> Model {
-    db.scan::<&[u8]>(..)
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect()
+    db.scan::<&[u8]>(..).unwrap().map(|r| r.unwrap()).collect()
 }
 
 /// One power cut; returns whether the machine died before the workload ended.
@@ -131,7 +132,10 @@ fn power_cut_point(seed: u64) -> bool {
         .unwrap_or_else(|e| panic!("seed {seed}: reopen after the power cut failed: {e}"));
     let got = contents(&db);
     if got != model {
-        let lost: Vec<_> = model.keys().filter(|k| got.get(*k) != model.get(*k)).collect();
+        let lost: Vec<_> = model
+            .keys()
+            .filter(|k| got.get(*k) != model.get(*k))
+            .collect();
         let extra: Vec<_> = got.keys().filter(|k| !model.contains_key(*k)).collect();
         panic!(
             "seed {seed} (cut after {survivors} file operations): {} keys differ, {} unexpected; \

@@ -35,7 +35,11 @@ fn key(input: &mut Input) -> Vec<u8> {
 
 fn value(input: &mut Input) -> Vec<u8> {
     let b = input.byte();
-    let len = if b >= 0xf8 { 600 + usize::from(b) } else { usize::from(b % 40) };
+    let len = if b >= 0xf8 {
+        600 + usize::from(b)
+    } else {
+        usize::from(b % 40)
+    };
     let fill = input.byte();
     (0..len).map(|i| fill.wrapping_add(i as u8)).collect()
 }
@@ -57,7 +61,11 @@ fn options(input: &mut Input) -> Options {
         l0_compaction_trigger: 2,
         block_size_bytes: 128,
         block_cache_bytes: if flags & 0x10 != 0 { 0 } else { 64 << 10 },
-        compression: if flags & 0x20 != 0 { Compression::None } else { Compression::Lz4 },
+        compression: if flags & 0x20 != 0 {
+            Compression::None
+        } else {
+            Compression::Lz4
+        },
         wal: flags & 0x40 == 0,
         sync: SyncMode::None,
         ..Options::default()
@@ -105,7 +113,10 @@ fn open(dir: &Path, opts: &Options) -> Db {
 pub fn check(data: &[u8]) {
     let mut input = Input::new(data);
     let opts = options(&mut input);
-    let root = tempfile::tempdir().expect("temp dir");
+    // tmpfs when there is one: the store fsyncs its manifest and tables.
+    let root = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("temp dir");
     let dir = root.path().join("db");
     let mut db = Some(open(&dir, &opts));
     let mut model = Model::new();

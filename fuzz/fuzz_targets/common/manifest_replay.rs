@@ -42,7 +42,10 @@ fn check_edit(data: &[u8]) {
         }
         Err(e) => {
             let s = e.to_string();
-            assert!(s.contains(MANIFEST_NAME), "error does not name the file: {s}");
+            assert!(
+                s.contains(MANIFEST_NAME),
+                "error does not name the file: {s}"
+            );
         }
     }
 }
@@ -58,7 +61,10 @@ fn check_manifest_file(data: &[u8]) {
         Ok(edits) => assert!(!edits.is_empty(), "a manifest without edits was accepted"),
         Err(e) => {
             let s = e.to_string();
-            assert!(s.contains(&*path.to_string_lossy()), "error does not name the file: {s}");
+            assert!(
+                s.contains(&*path.to_string_lossy()),
+                "error does not name the file: {s}"
+            );
         }
     }
     let _ = std::fs::remove_file(&path);

@@ -40,12 +40,19 @@ fn check_bytes(bytes: &[u8]) {
         Ok(m) => m,
         Err(e) => {
             let s = e.to_string();
-            assert!(s.contains(METADATA_PATH), "error does not name the file: {s}");
+            assert!(
+                s.contains(METADATA_PATH),
+                "error does not name the file: {s}"
+            );
             return;
         }
     };
     for h in m.file_handles() {
-        assert!(confined(&h.path), "decoded path {:?} leaves the job directory", h.path);
+        assert!(
+            confined(&h.path),
+            "decoded path {:?} leaves the job directory",
+            h.path
+        );
         assert_eq!(
             handle_path_problem(&h.path, h.role, m.checkpoint_id),
             None,

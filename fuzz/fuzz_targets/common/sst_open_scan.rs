@@ -12,7 +12,7 @@
 //    input): every read either fails with an error naming the file or returns exactly
 //    what the undamaged table returns. Never a wrong value.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use tidemark::fs::StdFs;
@@ -74,7 +74,7 @@ fn read(path: &Path, verify: bool, probes: &[(Vec<u8>, SeqNo)]) -> tidemark::Res
     Ok(Reading { entries, lookups })
 }
 
-fn check_raw(path: &PathBuf, data: &[u8]) {
+fn check_raw(path: &Path, data: &[u8]) {
     write(path, data);
     for verify in [true, false] {
         let t = match Table::open(&StdFs, path, FileNumber(9), None, verify) {
@@ -102,35 +102,53 @@ fn check_raw(path: &PathBuf, data: &[u8]) {
         }
         if verify && verified.is_ok() {
             for w in entries.windows(2) {
-                assert!(compare_internal_keys(&w[0].0, &w[1].0).is_lt(), "verified table out of order");
+                assert!(
+                    compare_internal_keys(&w[0].0, &w[1].0).is_lt(),
+                    "verified table out of order"
+                );
             }
             for ((p, got), (_, value)) in lookups.iter().zip(&entries) {
-                assert!(t.may_contain(p.user_key), "bloom filter rejects a key the table holds");
+                assert!(
+                    t.may_contain(p.user_key),
+                    "bloom filter rejects a key the table holds"
+                );
                 let want = match p.kind {
                     ValueKind::Put => LookupResult::Found(value.clone()),
                     ValueKind::Delete => LookupResult::Deleted,
                 };
-                assert_eq!(got.as_ref().ok(), Some(&want), "get disagrees with the scan");
+                assert_eq!(
+                    got.as_ref().ok(),
+                    Some(&want),
+                    "get disagrees with the scan"
+                );
             }
         }
     }
 }
 
-fn check_built(path: &PathBuf, data: &[u8]) {
+fn check_built(path: &Path, data: &[u8]) {
     let mut input = Input::new(data);
     let flip_at = input.u16();
     let flip_mask = input.byte();
     let opts = TableOptions {
         block_size_bytes: 1 + usize::from(input.u16() % 4096),
         restart_interval: 1 + usize::from(input.byte() % 17),
-        compression: if input.byte() % 2 == 0 { Compression::Lz4 } else { Compression::None },
+        compression: if input.byte() % 2 == 0 {
+            Compression::Lz4
+        } else {
+            Compression::None
+        },
         bloom_bits_per_key: u32::from(input.byte() % 21),
     };
     let mut entries: Entries = Vec::new();
     while !input.is_empty() && entries.len() < 200 {
         let key = input.bytes(12).to_vec();
         let seq = SeqNo(u64::from(input.u16()));
-        let kind = if input.byte() % 4 == 0 { ValueKind::Delete } else { ValueKind::Put };
+        let kind = if input.byte() % 4 == 0 {
+            ValueKind::Delete
+        } else {
+            ValueKind::Put
+        };
         let value = match kind {
             ValueKind::Delete => Vec::new(),
             ValueKind::Put => {
@@ -144,13 +162,14 @@ fn check_built(path: &PathBuf, data: &[u8]) {
     // A store never writes one user key twice at one sequence number.
     entries.dedup_by(|a, b| {
         let (pa, pb) = (parse_internal_key(&a.0), parse_internal_key(&b.0));
-        pa.zip(pb).is_some_and(|(x, y)| x.user_key == y.user_key && x.seq == y.seq)
+        pa.zip(pb)
+            .is_some_and(|(x, y)| x.user_key == y.user_key && x.seq == y.seq)
     });
     if entries.is_empty() {
         return;
     }
 
-    let (file, buf) = MemFile::new(&path.to_string_lossy());
+    let (file, buf) = MemFile::open(&path.to_string_lossy());
     let mut b = TableBuilder::new(file, opts);
     for (k, v) in &entries {
         b.add(k, v).expect("add sorted entries");
@@ -181,7 +200,10 @@ fn check_built(path: &PathBuf, data: &[u8]) {
     let t = Table::open(&StdFs, path, FileNumber(9), None, true).expect("reopen");
     assert_eq!(t.verify().expect("verify a built table"), props.file_crc32c);
     for (k, _) in &probes[..probes.len() - 1] {
-        assert!(t.may_contain(k), "bloom filter rejects a key the table holds");
+        assert!(
+            t.may_contain(k),
+            "bloom filter rejects a key the table holds"
+        );
     }
     drop(t);
 
@@ -191,7 +213,10 @@ fn check_built(path: &PathBuf, data: &[u8]) {
     damaged[at] ^= flip_mask.max(1);
     write(path, &damaged);
     match read(path, true, &probes) {
-        Ok(r) => assert_eq!(r, good, "a damaged byte at {at} changed what the table returns"),
+        Ok(r) => assert_eq!(
+            r, good,
+            "a damaged byte at {at} changed what the table returns"
+        ),
         Err(e) => assert!(names_file(&e, path), "error does not name the file: {e}"),
     }
     if let Ok(t) = Table::open(&StdFs, path, FileNumber(9), None, true) {

@@ -10,7 +10,12 @@ struct MemFile {
 
 #[allow(dead_code)]
 impl MemFile {
-    fn new(path: &str) -> (Box<dyn tidemark::fs::WritableFile>, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    fn open(
+        path: &str,
+    ) -> (
+        Box<dyn tidemark::fs::WritableFile>,
+        std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    ) {
         let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let f = MemFile {
             path: std::path::PathBuf::from(path),

@@ -27,13 +27,19 @@ pub fn check(data: &[u8]) {
     check_framed(data);
 }
 
+/// Records (offset, payload) and how the log ended.
+type Replay = (Vec<(u64, Vec<u8>)>, LogRead<'static>);
+
 /// Reads `data` as a WAL; returns the records read and how the log ended.
-fn read_all(data: &[u8]) -> Option<(Vec<(u64, Vec<u8>)>, LogRead<'_>)> {
+fn read_all(data: &[u8]) -> Option<Replay> {
     let path = Path::new(WAL_NAME);
     let mut reader = match LogReader::new(data, path, LogKind::Wal, None, true) {
         Ok(r) => r,
         Err(e) => {
-            assert!(e.to_string().contains(WAL_NAME), "error does not name the file: {e}");
+            assert!(
+                e.to_string().contains(WAL_NAME),
+                "error does not name the file: {e}"
+            );
             return None;
         }
     };
@@ -42,12 +48,18 @@ fn read_all(data: &[u8]) -> Option<(Vec<(u64, Vec<u8>)>, LogRead<'_>)> {
     for _ in 0..=data.len() / 7 + 1 {
         match reader.next() {
             LogRead::Record { offset, payload } => {
-                assert!(offset < data.len() as u64, "record offset {offset} past the end");
+                assert!(
+                    offset < data.len() as u64,
+                    "record offset {offset} past the end"
+                );
                 records.push((offset, payload.into_owned()));
             }
             end => {
                 if let LogRead::TornTail { offset, .. } | LogRead::Corrupt { offset, .. } = &end {
-                    assert!(*offset <= data.len() as u64, "damage offset {offset} past the end");
+                    assert!(
+                        *offset <= data.len() as u64,
+                        "damage offset {offset} past the end"
+                    );
                 }
                 // Once ended, a reader stays ended.
                 assert_eq!(reader.next(), LogRead::Eof);
@@ -55,7 +67,10 @@ fn read_all(data: &[u8]) -> Option<(Vec<(u64, Vec<u8>)>, LogRead<'_>)> {
             }
         }
     }
-    panic!("the log reader did not end within {} steps", data.len() / 7 + 2);
+    panic!(
+        "the log reader did not end within {} steps",
+        data.len() / 7 + 2
+    );
 }
 
 trait IntoOwned {
@@ -81,7 +96,11 @@ fn check_batch(offset: u64, payload: &[u8]) {
     match decode_batch(payload, path, offset) {
         Ok(batch) => {
             for (i, op) in batch.ops.iter().enumerate() {
-                assert_eq!(op.seq.0, batch.first_seq.0 + i as u64, "sequence numbers skip");
+                assert_eq!(
+                    op.seq.0,
+                    batch.first_seq.0 + i as u64,
+                    "sequence numbers skip"
+                );
             }
         }
         Err(e) => {
@@ -108,7 +127,7 @@ fn check_framed(data: &[u8]) {
         let big = input.byte() % 16 == 0;
         payloads.push(input.bytes(if big { 80_000 } else { 300 }));
     }
-    let (file, buf) = MemFile::new(WAL_NAME);
+    let (file, buf) = MemFile::open(WAL_NAME);
     let mut writer = LogWriter::new(file, LogKind::Wal, FileNumber(7)).expect("log header");
     let mut ends = Vec::new();
     for p in &payloads {
@@ -132,7 +151,11 @@ fn check_framed(data: &[u8]) {
     };
     let whole = ends.iter().filter(|&&e| e <= torn.len() as u64).count();
     let read: Vec<&[u8]> = records.iter().map(|(_, p)| p.as_slice()).collect();
-    assert_eq!(read, payloads[..whole], "a cut log returns other records than those before the cut");
+    assert_eq!(
+        read,
+        payloads[..whole],
+        "a cut log returns other records than those before the cut"
+    );
     // A torn record whose payload itself holds a well-framed fragment (a value that embeds
     // log bytes) makes the tail look like damage followed by valid data: the reader reports
     // corruption rather than a torn tail. That loses nothing silently (the open fails, or
