@@ -3,7 +3,8 @@
 // and to a `BTreeMap` model side by side. Every read must agree with the model: gets,
 // range and prefix scans, snapshots (against a copy of the model taken with them), after
 // reopens, and in a store restored from a pinned file set (`live_files` +
-// `restore_manifest`).
+// `restore_manifest`) or from an incremental checkpoint (`checkpoint_store`,
+// `resolve_verified`, `restore_store`).
 //
 // The input is decoded by hand (one byte per decision) rather than with `arbitrary`, so the
 // same function runs on stable in `tests/fuzz_corpus.rs`.
@@ -212,6 +213,47 @@ pub fn check(data: &[u8]) {
                     continue;
                 }
                 restores += 1;
+                if input.byte() % 2 == 0 {
+                    // Through the checkpoint layer: incremental checkpoint, verified restore.
+                    use tidemark::checkpoint::{
+                        resolve_verified, CheckpointConfig, CheckpointId, CheckpointKind,
+                        CheckpointStore, JobId, KeyGroupRange, LocalStorage,
+                    };
+                    use tidemark::state::lsm_snapshot::{
+                        checkpoint_store, restore_store, SubtaskId,
+                    };
+                    let storage = LocalStorage::new(
+                        StdFs::shared(),
+                        root.path(),
+                        JobId::new("model").unwrap(),
+                    );
+                    let store = CheckpointStore::open(
+                        std::sync::Arc::new(storage),
+                        CheckpointConfig::default(),
+                    )
+                    .expect("checkpoint store");
+                    let subtask = SubtaskId {
+                        operator_id: "op".into(),
+                        subtask_index: 0,
+                        key_groups: KeyGroupRange::new(0, 127).unwrap(),
+                    };
+                    let id = CheckpointId(u64::from(restores));
+                    checkpoint_store(&store, id, CheckpointKind::Incremental, d, &subtask, vec![])
+                        .expect("checkpoint");
+                    let chk = root.path().join("model").join(format!("chk-{restores}"));
+                    let r = resolve_verified(StdFs::shared(), &chk, false).expect("resolve");
+                    let target = root.path().join(format!("from-checkpoint-{restores}"));
+                    let restored = restore_store(
+                        &r.storage(StdFs::shared()),
+                        r.checkpoint_id,
+                        &r.metadata.operator_states[0],
+                        &target,
+                        opts.clone(),
+                    )
+                    .expect("restore");
+                    check_all(&restored, &model, "in a store restored from a checkpoint");
+                    continue;
+                }
                 let live = d.live_files().expect("live files");
                 let target = root.path().join(format!("restored-{restores}"));
                 std::fs::create_dir_all(&target).expect("restore dir");

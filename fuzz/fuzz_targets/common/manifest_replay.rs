@@ -55,7 +55,7 @@ fn check_manifest_file(data: &[u8]) {
     let number = data
         .get(20..28)
         .map_or(5, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
-    let path = scratch_dir().join(format!("MANIFEST-{number}"));
+    let path = scratch_path(&format!("MANIFEST-{number}"));
     std::fs::write(&path, data).expect("write scratch manifest");
     match read_manifest(&StdFs, &path, FileNumber(number)) {
         Ok(edits) => assert!(!edits.is_empty(), "a manifest without edits was accepted"),

@@ -26,7 +26,7 @@ include!("support.rs");
 
 /// Checks one fuzz input (see the file's first comment).
 pub fn check(data: &[u8]) {
-    let path = scratch_dir().join("000009.sst");
+    let path = scratch_path("000009.sst");
     check_raw(&path, data);
     check_built(&path, data);
 }

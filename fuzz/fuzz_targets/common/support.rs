@@ -86,3 +86,14 @@ fn scratch_dir() -> &'static std::path::Path {
     DIR.get_or_init(|| tempfile::tempdir().expect("create a scratch directory"))
         .path()
 }
+
+/// A path for `name` in a per-thread subdirectory of the scratch directory (checks may run
+/// on several threads at once in the stable test).
+#[allow(dead_code)]
+fn scratch_path(name: &str) -> std::path::PathBuf {
+    let id = format!("{:?}", std::thread::current().id());
+    let tag: String = id.chars().filter(char::is_ascii_digit).collect();
+    let dir = scratch_dir().join(format!("thread-{tag}"));
+    std::fs::create_dir_all(&dir).expect("create a scratch subdirectory");
+    dir.join(name)
+}
