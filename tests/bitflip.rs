@@ -478,7 +478,6 @@ fn every_flip_in_the_manifest_before_its_last_record_is_an_error_naming_it() {
 /// the table and without the WAL, and reads return the values from before that flush
 /// (deleted keys come back): wrong values, silently.
 #[test]
-#[ignore = "store bug: a damaged last manifest record is dropped as a torn tail even though the WAL it retired is gone; reads then return old values"]
 fn every_flip_in_the_last_manifest_record_is_an_error_naming_it() {
     let _serial = count_panics();
     let store = build_store();

@@ -20,7 +20,9 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use super::batch::{decode_batch, WriteBatch};
 use super::filename::{self, parse_file_name, table_path, wal_path, FileKind};
 use super::iter::{BoxedIter, MergingIter, UserIter};
-use super::manifest::{read_current, read_manifest, ManifestWriter, NewFile, VersionEdit};
+use super::manifest::{
+    read_current, read_manifest_with_tail, ManifestWriter, NewFile, VersionEdit,
+};
 use super::memtable::{MemLookup, MemTable};
 use super::options::{Options, SyncMode, WalRecovery};
 use super::sst::{BlockCache, TableBuilder, TableOptions};
@@ -336,8 +338,25 @@ impl Db {
             }
             let n = read_current(fs.as_ref(), &dir)?;
             let mpath = filename::manifest_path(&dir, n);
-            let edits = read_manifest(fs.as_ref(), &mpath, n)?;
-            VersionSet::recover(ctx.clone(), opts.num_levels, &edits, &mpath)?
+            let (edits, torn) = read_manifest_with_tail(fs.as_ref(), &mpath, n)?;
+            let vs = VersionSet::recover(ctx.clone(), opts.num_levels, &edits, &mpath)?;
+            check_tables_exist(fs.as_ref(), &vs, &mpath)?;
+            if let Some(offset) = torn {
+                // A torn last edit was never acknowledged, so nothing it would have
+                // retired was deleted: the oldest log the manifest still needs must exist.
+                let log = vs.log_number;
+                if log.0 != 0 && !fs.exists(&wal_path(&dir, log)) {
+                    return Err(Error::corruption(
+                        &mpath,
+                        offset,
+                        format!(
+                            "the last record is damaged, and log {log} that the edits before it need is gone: \
+                             the damaged record was an acknowledged edit, not a torn write"
+                        ),
+                    ));
+                }
+            }
+            vs
         } else {
             let stray = names.iter().find(|n| {
                 matches!(
@@ -822,6 +841,39 @@ pub(crate) fn write_level0_table(
         largest_seq: props.largest_seq,
         num_entries: props.num_entries,
     }))
+}
+
+/// Checks that every table the manifest lists is in the directory with its recorded size
+/// (a stat per file), so a lost file fails the open instead of a later read.
+fn check_tables_exist(fs: &dyn FileSystem, vs: &VersionSet, manifest: &Path) -> Result<()> {
+    for (level, f) in vs.current().all_files() {
+        let path = f.path();
+        match fs.file_size(&path) {
+            Ok(size) if size == f.size => {}
+            Ok(size) => {
+                return Err(Error::corruption(
+                    &path,
+                    0,
+                    format!(
+                        "table is {size} bytes, but {} records {} (level {level})",
+                        manifest.display(),
+                        f.size
+                    ),
+                ))
+            }
+            Err(e) => {
+                return Err(Error::corruption(
+                    &path,
+                    0,
+                    format!(
+                        "table listed at level {level} by {} cannot be read: {e}",
+                        manifest.display()
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes what the store no longer needs: retired WALs, old manifests, tables no version

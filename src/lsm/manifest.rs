@@ -459,7 +459,18 @@ pub fn read_manifest(
     path: &Path,
     number: FileNumber,
 ) -> Result<Vec<VersionEdit>> {
+    read_manifest_with_tail(fs, path, number).map(|(edits, _)| edits)
+}
+
+/// [`read_manifest`], also giving the offset of the torn last record it dropped, if any,
+/// so that the caller can check that nothing the dropped edit did is missing.
+pub fn read_manifest_with_tail(
+    fs: &dyn FileSystem,
+    path: &Path,
+    number: FileNumber,
+) -> Result<(Vec<VersionEdit>, Option<u64>)> {
     let data = fs.read_file(path, MAX_MANIFEST_BYTES)?;
+    let mut torn = None;
     let mut reader = LogReader::new(&data, path, LogKind::Manifest, Some(number), false)?;
     let mut edits = Vec::new();
     loop {
@@ -469,12 +480,27 @@ pub fn read_manifest(
             }
             LogRead::Eof => break,
             LogRead::TornTail { offset, reason } => {
+                // Every edit is fsynced before anything depends on it, so only the edit
+                // being appended when the process died may be torn: cut short by the end
+                // of the file. A last record whose bytes are all there but fail their
+                // checksum was damaged after it was acknowledged (and the log it retired
+                // may be gone): that is corruption, never a torn write.
+                if complete_fragment_at(&data, offset) {
+                    return Err(Error::corruption(
+                        path,
+                        offset,
+                        format!(
+                            "{reason}; the record is complete, so it was damaged after it was written"
+                        ),
+                    ));
+                }
                 tracing::warn!(
                     path = %path.display(),
                     offset,
                     reason = %reason,
                     "dropping the torn last record of a manifest"
                 );
+                torn = Some(offset);
                 break;
             }
             LogRead::Corrupt { offset, reason } => {
@@ -489,7 +515,23 @@ pub fn read_manifest(
             "manifest holds no version edit",
         ));
     }
-    Ok(edits)
+    Ok((edits, torn))
+}
+
+/// True when a fragment header at `offset` is not zero-filled and its whole payload lies
+/// within `data` (the fragment is complete, whatever its checksum says).
+fn complete_fragment_at(data: &[u8], offset: u64) -> bool {
+    let Ok(at) = usize::try_from(offset) else {
+        return false;
+    };
+    let Some(header) = data.get(at..at.saturating_add(HEADER_SIZE)) else {
+        return false;
+    };
+    if header.iter().all(|&b| b == 0) {
+        return false;
+    }
+    let len = usize::from(u16::from_le_bytes([header[4], header[5]]));
+    at.saturating_add(HEADER_SIZE).saturating_add(len) <= data.len()
 }
 
 #[cfg(test)]

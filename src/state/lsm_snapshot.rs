@@ -180,7 +180,9 @@ pub fn lsm_layout(
     files.sort_by(|a, b| {
         a.level.cmp(&b.level).then_with(|| {
             if a.level == 0 {
-                b.largest_seq.cmp(&a.largest_seq).then(b.number.cmp(&a.number))
+                b.largest_seq
+                    .cmp(&a.largest_seq)
+                    .then(b.number.cmp(&a.number))
             } else {
                 compare_internal_keys(&a.smallest, &b.smallest)
             }
