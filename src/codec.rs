@@ -23,7 +23,7 @@ pub fn crc32c_extend(crc: u32, data: &[u8]) -> u32 {
     crc32c::crc32c_append(crc, data)
 }
 
-/// Masks a crc before it is stored (see [`CRC_MASK_DELTA`]).
+/// Masks a crc before it is stored: rotated right by 15 bits, plus `0xa282ead8`.
 #[inline]
 pub fn mask_crc(crc: u32) -> u32 {
     crc.rotate_right(15).wrapping_add(CRC_MASK_DELTA)

@@ -11,7 +11,7 @@
 //!   kernel may have dropped the dirty pages and a retry that "succeeds" proves nothing.
 //!
 //! Reads go through plain [`std::fs::File`] handles (tables are memory-mapped), so a
-//! test layer such as [`crate::fs::FaultFs`] only needs to intercept writes and metadata.
+//! test layer such as [`crate::fault::FaultFs`] only needs to intercept writes and metadata.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
