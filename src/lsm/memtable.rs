@@ -1,91 +1,106 @@
-//! The memtable: a concurrent sorted map of internal keys in memory.
+//! The memtable: a skiplist of internal keys in an arena.
 //!
-//! Every entry is one allocation holding the internal key and the value side by side.
-//! Readers never take a lock: the skiplist is lock-free. Writers are serialized by the
-//! write path (the group-commit leader inserts), but the structure itself would allow more.
-//! A memtable never removes an entry; it is dropped whole once flushed.
+//! Each entry is one node in an arena chunk: its header, its `next` pointers, the internal
+//! key and the value, side by side, so a comparison during a search touches one cache line
+//! region instead of chasing a second pointer to the key. Nodes are never freed or moved
+//! while the memtable lives; the whole arena is dropped with it once it is flushed.
+//!
+//! Concurrency (LevelDB's rule): one writer at a time (inserts take the `writer` lock,
+//! which the group-commit leader holds uncontended), any number of readers without a lock.
+//! A node is fully written before it is published with a release store into its
+//! predecessors' `next` pointers; readers follow pointers with acquire loads.
 
-use std::borrow::Borrow;
+use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
 use std::cmp::Ordering;
-use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::Arc;
 
-use crossbeam_skiplist::map::Entry;
-use crossbeam_skiplist::SkipMap;
+use parking_lot::Mutex;
 
 use super::batch::WriteBatch;
 use super::types::{
-    append_internal_key, compare_internal_keys, parse_internal_key, seek_key, FileNumber,
-    InternalIterator, SeqNo, ValueKind,
+    compare_internal_keys, pack_trailer, parse_internal_key, seek_key, FileNumber,
+    InternalIterator, SeqNo, ValueKind, TRAILER_LEN,
 };
 use crate::error::Result;
 
-/// An internal key as an unsized type whose order is [`compare_internal_keys`], so the
-/// skiplist can be searched with a borrowed key.
-#[repr(transparent)]
-#[derive(PartialEq, Eq)]
-struct IKey([u8]);
+/// Tallest tower a node can have; with a branching factor of 4 this serves about 4^12
+/// (16 million) entries before searches lengthen.
+const MAX_HEIGHT: usize = 12;
+/// One node in `BRANCHING` is promoted to the next level.
+const BRANCHING: u64 = 4;
+/// Bytes of an arena chunk (larger entries get a chunk of their own).
+const CHUNK_BYTES: usize = 1 << 20;
+/// Node header: key length, value length, height, padding (all u32).
+const NODE_HEADER_BYTES: usize = 16;
+const PTR_BYTES: usize = std::mem::size_of::<AtomicPtr<u8>>();
+const _: () = assert!(PTR_BYTES == 8 && NODE_HEADER_BYTES % PTR_BYTES == 0);
 
-impl IKey {
-    fn new(b: &[u8]) -> &IKey {
-        // SAFETY: IKey is #[repr(transparent)] over [u8], so the two references have the
-        // same layout and the same lifetime.
-        unsafe { &*(b as *const [u8] as *const IKey) }
-    }
-}
+/// A pointer to a node: `NODE_HEADER_BYTES` of header, `height` next pointers, key, value.
+type NodePtr = *mut u8;
 
-impl Ord for IKey {
-    fn cmp(&self, other: &Self) -> Ordering {
-        compare_internal_keys(&self.0, &other.0)
-    }
-}
-
-impl PartialOrd for IKey {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
+/// Bump allocator over 8-byte aligned, zeroed chunks that never move; freed on drop.
+struct Arena {
+    chunks: Vec<(ptr::NonNull<u8>, Layout)>,
+    /// Free bytes at the end of the last chunk, and where they start.
+    free_at: *mut u8,
+    free_bytes: usize,
 }
 
-/// One entry: `internal key ++ value` in a single allocation.
-struct MemEntry {
-    buf: Box<[u8]>,
-    key_len: u32,
-}
+impl Arena {
+    fn new() -> Arena {
+        Arena {
+            chunks: Vec::new(),
+            free_at: ptr::null_mut(),
+            free_bytes: 0,
+        }
+    }
 
-impl MemEntry {
-    fn key(&self) -> &[u8] {
-        &self.buf[..self.key_len as usize]
-    }
-    fn value(&self) -> &[u8] {
-        &self.buf[self.key_len as usize..]
-    }
-}
-
-impl Borrow<IKey> for MemEntry {
-    fn borrow(&self) -> &IKey {
-        IKey::new(self.key())
-    }
-}
-
-impl PartialEq for MemEntry {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-impl Eq for MemEntry {}
-impl PartialOrd for MemEntry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for MemEntry {
-    fn cmp(&self, other: &Self) -> Ordering {
-        compare_internal_keys(self.key(), other.key())
+    /// `bytes` of zeroed memory, 8-byte aligned, valid until the arena is dropped.
+    fn alloc(&mut self, bytes: usize) -> *mut u8 {
+        let bytes = bytes.next_multiple_of(8);
+        if bytes > self.free_bytes {
+            let chunk_bytes = bytes.max(CHUNK_BYTES);
+            let layout = match Layout::from_size_align(chunk_bytes, 8) {
+                Ok(l) => l,
+                Err(_) => handle_alloc_error(Layout::new::<u64>()),
+            };
+            // SAFETY: the layout has a non-zero size.
+            let start = unsafe { alloc_zeroed(layout) };
+            let Some(chunk) = ptr::NonNull::new(start) else {
+                handle_alloc_error(layout)
+            };
+            self.chunks.push((chunk, layout));
+            if bytes == chunk_bytes {
+                // A chunk of its own: keep the current chunk's free space for later nodes.
+                return start;
+            }
+            self.free_at = start;
+            self.free_bytes = chunk_bytes;
+        }
+        let p = self.free_at;
+        // SAFETY: `bytes <= free_bytes`, so the result stays inside the current chunk.
+        self.free_at = unsafe { p.add(bytes) };
+        self.free_bytes -= bytes;
+        p
     }
 }
 
-/// Per-entry overhead charged to the memtable's size (skiplist node, pointers).
-const ENTRY_OVERHEAD_BYTES: usize = 64;
+impl Drop for Arena {
+    fn drop(&mut self) {
+        for (chunk, layout) in self.chunks.drain(..) {
+            // SAFETY: allocated by `alloc_zeroed` with this layout, freed once.
+            unsafe { dealloc(chunk.as_ptr(), layout) };
+        }
+    }
+}
+
+/// What only the writer touches.
+struct Writer {
+    arena: Arena,
+    rng: u64,
+}
 
 /// What a memtable knows about a key at a sequence number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +115,9 @@ pub enum MemLookup {
 
 /// A sorted in-memory table of writes, tied to the WAL that holds the same writes.
 pub struct MemTable {
-    map: SkipMap<MemEntry, ()>,
+    head: NodePtr,
+    max_height: AtomicUsize,
+    writer: Mutex<Writer>,
     size_bytes: AtomicUsize,
     entries: AtomicU64,
     /// The WAL file that records this memtable's writes (0 when the WAL is off).
@@ -108,6 +125,14 @@ pub struct MemTable {
     /// Largest sequence number inserted.
     max_seq: AtomicU64,
 }
+
+// SAFETY: the raw node pointers point into the arena owned by the memtable (inside its
+// `writer` mutex), which lives as long as the memtable; nodes are published with release
+// stores and read with acquire loads, mutation is serialized by the `writer` mutex, and a
+// published node's key and value never change.
+unsafe impl Send for MemTable {}
+// SAFETY: as above.
+unsafe impl Sync for MemTable {}
 
 impl std::fmt::Debug for MemTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -119,11 +144,62 @@ impl std::fmt::Debug for MemTable {
     }
 }
 
+// Node accessors. REQUIRES (all of them): `node` was built by `MemTable::new_node` (or is
+// the head, for `next`) in an arena that is still alive.
+
+/// The `level` next pointer of `node`. REQUIRES: `level < height(node)`.
+unsafe fn next<'a>(node: NodePtr, level: usize) -> &'a AtomicPtr<u8> {
+    // SAFETY: the caller guarantees the node has this level; the pointer array starts
+    // 8-byte aligned right after the 16-byte header.
+    unsafe { &*(node.add(NODE_HEADER_BYTES + level * PTR_BYTES) as *const AtomicPtr<u8>) }
+}
+
+unsafe fn header(node: NodePtr) -> (usize, usize, usize) {
+    // SAFETY: the header is three u32 written before the node was published.
+    unsafe {
+        let h = node as *const u32;
+        (*h as usize, *h.add(1) as usize, *h.add(2) as usize)
+    }
+}
+
+/// The internal key of `node`.
+unsafe fn node_key<'a>(node: NodePtr) -> &'a [u8] {
+    // SAFETY: the key lies after the header and the pointers, written before publication.
+    unsafe {
+        let (key_len, _, height) = header(node);
+        std::slice::from_raw_parts(node.add(NODE_HEADER_BYTES + height * PTR_BYTES), key_len)
+    }
+}
+
+/// The value of `node`.
+unsafe fn node_value<'a>(node: NodePtr) -> &'a [u8] {
+    // SAFETY: the value follows the key.
+    unsafe {
+        let (key_len, value_len, height) = header(node);
+        std::slice::from_raw_parts(
+            node.add(NODE_HEADER_BYTES + height * PTR_BYTES + key_len),
+            value_len,
+        )
+    }
+}
+
 impl MemTable {
     /// An empty memtable whose writes are logged in WAL `wal_number`.
     pub fn new(wal_number: FileNumber) -> Self {
+        let mut arena = Arena::new();
+        let head = arena.alloc(NODE_HEADER_BYTES + MAX_HEIGHT * PTR_BYTES);
+        // SAFETY: `head` has room for the header; the arena zeroed the pointers (null).
+        unsafe {
+            let h = head as *mut u32;
+            *h.add(2) = MAX_HEIGHT as u32;
+        }
         MemTable {
-            map: SkipMap::new(),
+            head,
+            max_height: AtomicUsize::new(1),
+            writer: Mutex::new(Writer {
+                arena,
+                rng: 0x2545_f491_4f6c_dd1d ^ wal_number.0,
+            }),
             size_bytes: AtomicUsize::new(0),
             entries: AtomicU64::new(0),
             wal_number,
@@ -138,38 +214,119 @@ impl MemTable {
 
     /// Inserts one version of a key.
     pub fn add(&self, seq: SeqNo, kind: ValueKind, user_key: &[u8], value: &[u8]) {
-        let charge = self.insert(seq, kind, user_key, value);
+        let mut w = self.writer.lock();
+        let charge = self.insert(&mut w, seq, kind, user_key, value);
+        drop(w);
         self.account(1, charge, seq);
     }
 
     /// Inserts every operation of `batch`, numbered from `first_seq`.
     pub fn add_batch(&self, batch: &WriteBatch, first_seq: SeqNo) {
+        let mut w = self.writer.lock();
         let mut charge = 0;
         let mut n = 0;
         let mut last = first_seq;
         for op in batch.iter(first_seq) {
-            charge += self.insert(op.seq, op.kind, op.key, op.value);
+            charge += self.insert(&mut w, op.seq, op.kind, op.key, op.value);
             n += 1;
             last = op.seq;
         }
+        drop(w);
         self.account(n, charge, last);
     }
 
+    fn random_height(w: &mut Writer) -> usize {
+        let mut h = 1;
+        while h < MAX_HEIGHT {
+            w.rng ^= w.rng << 13;
+            w.rng ^= w.rng >> 7;
+            w.rng ^= w.rng << 17;
+            if w.rng % BRANCHING != 0 {
+                break;
+            }
+            h += 1;
+        }
+        h
+    }
+
+    /// The first node whose key is `>= key`, and (when `prev` is given) the last node
+    /// before it on every level.
+    fn find_greater_or_equal(
+        &self,
+        key: &[u8],
+        mut prev: Option<&mut [NodePtr; MAX_HEIGHT]>,
+    ) -> NodePtr {
+        let mut x = self.head;
+        let mut level = self.max_height.load(AtomicOrdering::Relaxed) - 1;
+        loop {
+            // SAFETY: `x` is the head or a published node of height > `level`.
+            let n = unsafe { next(x, level) }.load(AtomicOrdering::Acquire);
+            // SAFETY: a non-null next pointer is a published node.
+            if !n.is_null() && compare_internal_keys(unsafe { node_key(n) }, key) == Ordering::Less
+            {
+                x = n;
+                continue;
+            }
+            if let Some(p) = prev.as_deref_mut() {
+                p[level] = x;
+            }
+            if level == 0 {
+                return n;
+            }
+            level -= 1;
+        }
+    }
+
     /// Inserts without updating the size counters; returns the bytes to charge.
-    fn insert(&self, seq: SeqNo, kind: ValueKind, user_key: &[u8], value: &[u8]) -> usize {
-        let mut buf = Vec::with_capacity(user_key.len() + 8 + value.len());
-        append_internal_key(&mut buf, user_key, seq, kind);
-        let key_len = buf.len() as u32;
-        buf.extend_from_slice(value);
-        let charge = buf.len() + ENTRY_OVERHEAD_BYTES;
-        self.map.insert(
-            MemEntry {
-                buf: buf.into_boxed_slice(),
-                key_len,
-            },
-            (),
-        );
-        charge
+    fn insert(
+        &self,
+        w: &mut Writer,
+        seq: SeqNo,
+        kind: ValueKind,
+        user_key: &[u8],
+        value: &[u8],
+    ) -> usize {
+        let key_len = user_key.len() + TRAILER_LEN;
+        let height = Self::random_height(w);
+        let bytes = NODE_HEADER_BYTES + height * PTR_BYTES + key_len + value.len();
+        let node = w.arena.alloc(bytes);
+        // SAFETY: `node` has `bytes` of fresh memory laid out as the accessors expect;
+        // nothing else can see it until it is linked below.
+        unsafe {
+            let h = node as *mut u32;
+            *h = key_len as u32;
+            *h.add(1) = value.len() as u32;
+            *h.add(2) = height as u32;
+            let k = node.add(NODE_HEADER_BYTES + height * PTR_BYTES);
+            ptr::copy_nonoverlapping(user_key.as_ptr(), k, user_key.len());
+            let trailer = pack_trailer(seq, kind).to_le_bytes();
+            ptr::copy_nonoverlapping(trailer.as_ptr(), k.add(user_key.len()), TRAILER_LEN);
+            ptr::copy_nonoverlapping(value.as_ptr(), k.add(key_len), value.len());
+        }
+        // SAFETY: the key was just written.
+        let key = unsafe { node_key(node) };
+        let mut prev = [self.head; MAX_HEIGHT];
+        let found = self.find_greater_or_equal(key, Some(&mut prev));
+        // SAFETY: a non-null result is a published node.
+        if !found.is_null() && unsafe { node_key(found) } == key {
+            // The same write twice (the same sequence number): keep the first.
+            return 0;
+        }
+        let max = self.max_height.load(AtomicOrdering::Relaxed);
+        if height > max {
+            // prev[max..height] are already the head.
+            self.max_height.store(height, AtomicOrdering::Relaxed);
+        }
+        for (level, p) in prev.iter().enumerate().take(height) {
+            // SAFETY: `p` is the head or a node of height > `level`; `node` has `height`
+            // levels. The node's own pointer is set before it is published.
+            unsafe {
+                let succ = next(*p, level).load(AtomicOrdering::Relaxed);
+                next(node, level).store(succ, AtomicOrdering::Relaxed);
+                next(*p, level).store(node, AtomicOrdering::Release);
+            }
+        }
+        bytes
     }
 
     fn account(&self, entries: u64, bytes: usize, max_seq: SeqNo) {
@@ -181,20 +338,22 @@ impl MemTable {
     /// The newest version of `user_key` with a sequence number `<= seq`.
     pub fn get(&self, user_key: &[u8], seq: SeqNo) -> MemLookup {
         let target = seek_key(user_key, seq);
-        let Some(e) = self.map.lower_bound(Bound::Included(IKey::new(&target))) else {
+        let n = self.find_greater_or_equal(&target, None);
+        if n.is_null() {
             return MemLookup::NotFound;
-        };
-        let entry = e.key();
-        match parse_internal_key(entry.key()) {
+        }
+        // SAFETY: a published node.
+        let (key, value) = unsafe { (node_key(n), node_value(n)) };
+        match parse_internal_key(key) {
             Some(p) if p.user_key == user_key => match p.kind {
-                ValueKind::Put => MemLookup::Found(entry.value().to_vec()),
+                ValueKind::Put => MemLookup::Found(value.to_vec()),
                 ValueKind::Delete => MemLookup::Deleted,
             },
             _ => MemLookup::NotFound,
         }
     }
 
-    /// Bytes charged so far (keys, values and per-entry overhead).
+    /// Bytes charged so far (nodes: keys, values, towers and headers).
     pub fn approximate_size(&self) -> usize {
         self.size_bytes.load(AtomicOrdering::Relaxed)
     }
@@ -215,58 +374,55 @@ impl MemTable {
     }
 
     /// An iterator over the memtable that keeps it alive.
-    pub fn iter(self: &std::sync::Arc<Self>) -> MemTableIter {
+    pub fn iter(self: &Arc<Self>) -> MemTableIter {
         MemTableIter {
-            cur: None,
-            mem: self.clone(),
+            node: ptr::null_mut(),
+            mem: Arc::clone(self),
         }
     }
 }
 
 /// An [`InternalIterator`] over a memtable.
 pub struct MemTableIter {
-    // Field order matters: `cur` borrows from `mem` and must be dropped first.
-    cur: Option<Entry<'static, MemEntry, ()>>,
-    mem: std::sync::Arc<MemTable>,
+    /// The current node (null: not valid). Points into `mem`'s arena, which the `Arc` keeps.
+    node: NodePtr,
+    mem: Arc<MemTable>,
 }
 
-impl MemTableIter {
-    fn extend(e: Option<Entry<'_, MemEntry, ()>>) -> Option<Entry<'static, MemEntry, ()>> {
-        // SAFETY: the entry borrows the skiplist owned by `self.mem`, an Arc that this
-        // iterator holds for as long as the entry lives (the entry field is declared first,
-        // so it is dropped before the Arc). The memtable is never mutated by removal.
-        e.map(|e| unsafe {
-            std::mem::transmute::<Entry<'_, MemEntry, ()>, Entry<'static, MemEntry, ()>>(e)
-        })
-    }
-}
+// SAFETY: the node pointer refers to immutable data in the arena of the memtable this
+// iterator keeps alive, and MemTable is Sync.
+unsafe impl Send for MemTableIter {}
 
 impl InternalIterator for MemTableIter {
     fn valid(&self) -> bool {
-        self.cur.is_some()
+        !self.node.is_null()
     }
     fn seek_to_first(&mut self) {
-        self.cur = None;
-        let e = self.mem.map.front();
-        self.cur = Self::extend(e);
+        // SAFETY: the head has every level.
+        self.node = unsafe { next(self.mem.head, 0) }.load(AtomicOrdering::Acquire);
     }
     fn seek(&mut self, target: &[u8]) {
-        self.cur = None;
-        let e = self.mem.map.lower_bound(Bound::Included(IKey::new(target)));
-        self.cur = Self::extend(e);
+        self.node = self.mem.find_greater_or_equal(target, None);
     }
     fn next(&mut self) {
-        if let Some(cur) = self.cur.as_mut() {
-            if !cur.move_next() {
-                self.cur = None;
-            }
+        if !self.node.is_null() {
+            // SAFETY: a published node has level 0.
+            self.node = unsafe { next(self.node, 0) }.load(AtomicOrdering::Acquire);
         }
     }
     fn key(&self) -> &[u8] {
-        self.cur.as_ref().map(|e| e.key().key()).unwrap_or(&[])
+        if self.node.is_null() {
+            return &[];
+        }
+        // SAFETY: a published node of the memtable this iterator holds.
+        unsafe { node_key(self.node) }
     }
     fn value(&self) -> &[u8] {
-        self.cur.as_ref().map(|e| e.key().value()).unwrap_or(&[])
+        if self.node.is_null() {
+            return &[];
+        }
+        // SAFETY: as above.
+        unsafe { node_value(self.node) }
     }
     fn status(&self) -> Result<()> {
         Ok(())
@@ -322,5 +478,88 @@ mod tests {
         drop(m);
         it.next();
         assert_eq!(it.value(), b"2");
+    }
+
+    #[test]
+    fn readers_see_a_sorted_list_while_a_writer_inserts() {
+        let m = Arc::new(MemTable::new(FileNumber(1)));
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                for i in 0..20_000u64 {
+                    let k = (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % 5000).to_be_bytes();
+                    m.add(SeqNo(i + 1), ValueKind::Put, &k, &i.to_le_bytes());
+                }
+                done.store(true, AtomicOrdering::Release);
+            });
+            for _ in 0..2 {
+                s.spawn(|| {
+                    while !done.load(AtomicOrdering::Acquire) {
+                        let mut it = m.iter();
+                        it.seek_to_first();
+                        let mut prev: Option<Vec<u8>> = None;
+                        let mut n = 0;
+                        while it.valid() {
+                            if let Some(p) = &prev {
+                                assert_eq!(compare_internal_keys(p, it.key()), Ordering::Less);
+                            }
+                            prev = Some(it.key().to_vec());
+                            n += 1;
+                            it.next();
+                        }
+                        assert!(n <= 20_000);
+                    }
+                });
+            }
+            writer.join().unwrap();
+        });
+        assert_eq!(m.len(), 20_000);
+        let mut it = m.iter();
+        it.seek_to_first();
+        let mut n = 0;
+        while it.valid() {
+            n += 1;
+            it.next();
+        }
+        assert_eq!(n, 20_000);
+    }
+
+    #[test]
+    fn large_values_get_chunks_of_their_own() {
+        let m = MemTable::new(FileNumber(1));
+        let big = vec![7u8; 3 << 20];
+        m.add(SeqNo(1), ValueKind::Put, b"a", b"small");
+        m.add(SeqNo(2), ValueKind::Put, b"b", &big);
+        m.add(SeqNo(3), ValueKind::Put, b"c", b"small");
+        assert_eq!(m.get(b"b", SeqNo(9)), MemLookup::Found(big));
+        assert_eq!(m.get(b"c", SeqNo(9)), MemLookup::Found(b"small".to_vec()));
+        assert!(m.approximate_size() > 3 << 20);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn memtable_matches_a_sorted_model(ops in proptest::collection::vec((0u16..300, proptest::bool::ANY, 0u8..40), 1..400)) {
+            let m = Arc::new(MemTable::new(FileNumber(1)));
+            let mut model = std::collections::BTreeMap::new();
+            for (i, (k, put, vlen)) in ops.iter().enumerate() {
+                let seq = SeqNo(i as u64 + 1);
+                let key = format!("k{k}").into_bytes();
+                let value = vec![*vlen; *vlen as usize];
+                let kind = if *put { ValueKind::Put } else { ValueKind::Delete };
+                m.add(seq, kind, &key, &value);
+                model.insert(crate::lsm::types::make_internal_key(&key, seq, kind), value);
+            }
+            let mut sorted: Vec<_> = model.into_iter().collect();
+            sorted.sort_by(|a, b| compare_internal_keys(&a.0, &b.0));
+            let mut it = m.iter();
+            it.seek_to_first();
+            for (k, v) in &sorted {
+                proptest::prop_assert!(it.valid());
+                proptest::prop_assert_eq!(it.key(), &k[..]);
+                proptest::prop_assert_eq!(it.value(), &v[..]);
+                it.next();
+            }
+            proptest::prop_assert!(!it.valid());
+        }
     }
 }
