@@ -20,8 +20,8 @@ use parking_lot::Mutex;
 
 use super::batch::WriteBatch;
 use super::types::{
-    compare_internal_keys, pack_trailer, parse_internal_key, seek_key, FileNumber,
-    InternalIterator, SeqNo, ValueKind, TRAILER_LEN,
+    compare_internal_keys, pack_trailer, parse_internal_key, FileNumber, InternalIterator,
+    LookupKey, SeqNo, ValueKind, TRAILER_LEN,
 };
 use crate::error::Result;
 
@@ -337,8 +337,8 @@ impl MemTable {
 
     /// The newest version of `user_key` with a sequence number `<= seq`.
     pub fn get(&self, user_key: &[u8], seq: SeqNo) -> MemLookup {
-        let target = seek_key(user_key, seq);
-        let n = self.find_greater_or_equal(&target, None);
+        let target = LookupKey::new(user_key, seq);
+        let n = self.find_greater_or_equal(target.internal_key(), None);
         if n.is_null() {
             return MemLookup::NotFound;
         }
@@ -432,8 +432,7 @@ impl InternalIterator for MemTableIter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lsm::types::user_key;
-    use std::sync::Arc;
+    use crate::lsm::types::{seek_key, user_key};
 
     #[test]
     fn get_sees_newest_visible_version() {

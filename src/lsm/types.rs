@@ -90,6 +90,47 @@ pub fn seek_key(user_key: &[u8], seq: SeqNo) -> Vec<u8> {
     make_internal_key(user_key, seq, KIND_FOR_SEEK)
 }
 
+/// Bytes of user key a [`LookupKey`] holds without a heap allocation.
+const LOOKUP_INLINE_BYTES: usize = 64;
+
+/// The seek key of a point lookup, built on the stack for keys up to 64 bytes (a lookup
+/// would otherwise allocate once per memtable and table it consults).
+pub struct LookupKey {
+    inline: [u8; LOOKUP_INLINE_BYTES + TRAILER_LEN],
+    len: usize,
+    heap: Vec<u8>,
+}
+
+impl LookupKey {
+    /// The key to seek to for the newest version of `user_key` visible at `seq`.
+    #[inline]
+    pub fn new(user_key: &[u8], seq: SeqNo) -> LookupKey {
+        let trailer = pack_trailer(seq, KIND_FOR_SEEK).to_le_bytes();
+        let mut k = LookupKey {
+            inline: [0; LOOKUP_INLINE_BYTES + TRAILER_LEN],
+            len: user_key.len() + TRAILER_LEN,
+            heap: Vec::new(),
+        };
+        if user_key.len() <= LOOKUP_INLINE_BYTES {
+            k.inline[..user_key.len()].copy_from_slice(user_key);
+            k.inline[user_key.len()..k.len].copy_from_slice(&trailer);
+        } else {
+            k.heap = seek_key(user_key, seq);
+        }
+        k
+    }
+
+    /// The internal key.
+    #[inline]
+    pub fn internal_key(&self) -> &[u8] {
+        if self.heap.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.heap
+        }
+    }
+}
+
 /// An internal key split into its parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParsedKey<'a> {
@@ -255,6 +296,17 @@ mod tests {
             for b in &samples {
                 assert_eq!(compare_bytes(a, b), a.cmp(b), "{a:?} vs {b:?}");
             }
+        }
+    }
+
+    #[test]
+    fn lookup_key_equals_seek_key_for_short_and_long_keys() {
+        for len in [0, 1, 63, 64, 65, 300] {
+            let k = vec![b'x'; len];
+            assert_eq!(
+                LookupKey::new(&k, SeqNo(42)).internal_key(),
+                &seek_key(&k, SeqNo(42))[..]
+            );
         }
     }
 

@@ -21,7 +21,7 @@ use crate::codec::{self, DecodeError, Decoder};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::FileSystem;
 use crate::lsm::types::{
-    compare_internal_keys, parse_internal_key, seek_key, FileNumber, InternalIterator, SeqNo,
+    compare_internal_keys, parse_internal_key, FileNumber, InternalIterator, LookupKey, SeqNo,
     ValueKind,
 };
 use crate::lsm::Compression;
@@ -322,13 +322,14 @@ impl Table {
     /// The newest entry for `user_key` with sequence number `<= seq`. Does not consult
     /// the bloom filter (the caller does, to count its statistics).
     pub fn get(&self, user_key: &[u8], seq: SeqNo) -> Result<LookupResult> {
-        let target = seek_key(user_key, seq);
-        let mut i = self.find_block(&target);
+        let target = LookupKey::new(user_key, seq);
+        let target = target.internal_key();
+        let mut i = self.find_block(target);
         // The first key >= target is in block i, or else it is the first key of block
         // i + 1 (block i's index key lies between the two blocks).
         while i < self.blocks.len() {
             let mut it = self.block_iter(i)?;
-            it.seek(&target);
+            it.seek(target);
             if let Some(e) = it.error() {
                 return Err(e.clone().into_error(&self.path));
             }
