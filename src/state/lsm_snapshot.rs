@@ -101,9 +101,9 @@ pub fn checkpoint_store(
     source_offsets: Vec<SourceOffset>,
 ) -> Result<StoreCheckpoint> {
     let start = Instant::now();
-    let mut pending = store.begin(id, kind)?;
     let ticket = snapshot_sync(db)?;
     let sync_duration = start.elapsed();
+    let mut pending = store.begin(id, kind)?;
     let state = snapshot_async(ticket, &mut pending, subtask)?;
     let completed = pending.commit(CheckpointContent {
         backend: LSM_BACKEND.to_string(),
