@@ -294,17 +294,21 @@ impl LiveFilesTicket {
     }
 }
 
+/// A random identity for a new store: 128 bits from the standard library's randomly
+/// seeded hasher keys (the operating system's randomness), as 32 hex digits.
 fn random_id() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let local = 0u8;
-    let a = crate::codec::crc32c(&now.to_le_bytes());
-    let b = crate::codec::crc32c(
-        &(std::process::id() as u64 ^ (&local as *const u8 as u64)).to_le_bytes(),
-    );
-    format!("{:016x}{:08x}{:08x}", now as u64, a, b)
+    use std::hash::{BuildHasher, Hasher};
+    let word = || {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.finish()
+    };
+    format!("{:016x}{:016x}", word(), word())
 }
 
 impl Db {
