@@ -255,11 +255,11 @@ fn merge_into_tables(
             let new_key = !have_key || p.user_key != current_key.as_slice();
             if new_key {
                 // Cut the output at a user-key boundary once it is large enough.
-                if let Some((b, _)) = &builder {
-                    if b.estimated_file_size() >= inner.opts.target_file_size_bytes
-                        && numbers.len() > 0
-                    {
-                        let (b, n) = builder.take().expect("checked above");
+                let full = builder.as_ref().is_some_and(|(b, _)| {
+                    b.estimated_file_size() >= inner.opts.target_file_size_bytes
+                });
+                if full && numbers.len() > 0 {
+                    if let Some((b, n)) = builder.take() {
                         outputs.push(finish_table(inner, b, n, out_level)?);
                     }
                 }
