@@ -260,7 +260,7 @@ fn merge_into_tables(
                 });
                 if full && numbers.len() > 0 {
                     if let Some((b, n)) = builder.take() {
-                        outputs.push(finish_table(inner, b, n, out_level)?);
+                        outputs.push(finish_table(b, n, out_level)?);
                     }
                 }
                 current_key.clear();
@@ -305,7 +305,7 @@ fn merge_into_tables(
         }
         input.status()?;
         if let Some((b, n)) = builder.take() {
-            outputs.push(finish_table(inner, b, n, out_level)?);
+            outputs.push(finish_table(b, n, out_level)?);
         }
         inner.fs.sync_dir(&inner.dir)?;
         Ok(())
@@ -322,7 +322,6 @@ fn merge_into_tables(
 }
 
 fn finish_table(
-    _inner: &DbInner,
     b: TableBuilder,
     number: super::types::FileNumber,
     level: usize,
