@@ -73,6 +73,18 @@ impl Drop for FileLock {
 pub trait FileSystem: Send + Sync + fmt::Debug {
     /// Creates (or truncates) `path` for appending.
     fn create(&self, path: &Path) -> Result<Box<dyn WritableFile>>;
+    /// Creates `path` for a log that is fsynced often: the file may be extended ahead of the
+    /// writes with zeros, `presize_step_bytes` at a time, so that most fsyncs need not
+    /// commit a new file size. Readers of such a file must treat a zero-filled tail as its
+    /// end. By default this is [`FileSystem::create`].
+    fn create_presized(
+        &self,
+        path: &Path,
+        presize_step_bytes: u64,
+    ) -> Result<Box<dyn WritableFile>> {
+        let _ = presize_step_bytes;
+        self.create(path)
+    }
     /// Opens an existing file for reading.
     fn open(&self, path: &Path) -> Result<File>;
     /// Renames `from` to `to`, replacing `to` (not durable until the directory is synced).
@@ -135,6 +147,10 @@ pub struct StdWritableFile {
     buf: Vec<u8>,
     len: u64,
     poisoned: bool,
+    /// Extend the file with zeros this many bytes at a time (0: never).
+    presize_step_bytes: u64,
+    /// The file's size on disk, zeros included, when presizing.
+    presized_to: u64,
 }
 
 impl fmt::Debug for StdWritableFile {
@@ -159,6 +175,29 @@ impl StdWritableFile {
     }
 }
 
+impl StdWritableFile {
+    /// Writes zeros past the end of the file, ahead of the logical length, so that the
+    /// writes that follow overwrite allocated blocks and an fdatasync need not commit a new
+    /// file size. The zeros are written at their offsets; the file position is unchanged.
+    fn extend_with_zeros(&mut self) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let target = self.len.div_ceil(self.presize_step_bytes) * self.presize_step_bytes
+            + self.presize_step_bytes;
+        let zeros = vec![0u8; 64 * 1024];
+        let mut at = self.presized_to;
+        while at < target {
+            let n = (target - at).min(zeros.len() as u64) as usize;
+            if let Err(e) = self.file.write_all_at(&zeros[..n], at) {
+                self.poisoned = true;
+                return Err(Error::io("write", &self.path, e));
+            }
+            at += n as u64;
+        }
+        self.presized_to = target;
+        Ok(())
+    }
+}
+
 impl WritableFile for StdWritableFile {
     fn append(&mut self, data: &[u8]) -> Result<()> {
         self.check_poisoned()?;
@@ -179,6 +218,9 @@ impl WritableFile for StdWritableFile {
 
     fn flush(&mut self) -> Result<()> {
         self.check_poisoned()?;
+        if self.presize_step_bytes > 0 && self.len > self.presized_to {
+            self.extend_with_zeros()?;
+        }
         if !self.buf.is_empty() {
             if let Err(e) = self.file.write_all(&self.buf) {
                 self.poisoned = true;
@@ -221,6 +263,30 @@ impl FileSystem for StdFs {
             buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
             len: 0,
             poisoned: false,
+            presize_step_bytes: 0,
+            presized_to: 0,
+        }))
+    }
+
+    fn create_presized(
+        &self,
+        path: &Path,
+        presize_step_bytes: u64,
+    ) -> Result<Box<dyn WritableFile>> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .ctx("create", path)?;
+        Ok(Box::new(StdWritableFile {
+            file,
+            path: path.to_path_buf(),
+            buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
+            len: 0,
+            poisoned: false,
+            presize_step_bytes,
+            presized_to: 0,
         }))
     }
 
@@ -395,6 +461,34 @@ mod tests {
         write_atomic(&StdFs, &p, b"two!").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two!");
         assert!(!temp_path(&p).exists());
+    }
+
+    #[test]
+    fn presized_file_holds_its_bytes_then_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("000001.wal");
+        let mut f = StdFs.create_presized(&p, 4096).unwrap();
+        f.append(b"hello").unwrap();
+        f.sync().unwrap();
+        f.append(&[7u8; 5000]).unwrap();
+        f.sync().unwrap();
+        assert_eq!(f.len(), 5005);
+        assert_eq!(
+            fs::metadata(&p).unwrap().len(),
+            2 * 4096,
+            "a step ahead of the first write"
+        );
+        f.append(&[7u8; 4000]).unwrap();
+        f.sync().unwrap();
+        let bytes = fs::read(&p).unwrap();
+        assert_eq!(
+            bytes.len(),
+            4 * 4096,
+            "extended again once the writes passed the zeros"
+        );
+        assert_eq!(&bytes[..5], b"hello");
+        assert!(bytes[5..9005].iter().all(|&b| b == 7));
+        assert!(bytes[9005..].iter().all(|&b| b == 0));
     }
 
     #[test]

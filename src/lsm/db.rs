@@ -34,6 +34,10 @@ use super::wal::{LogKind, LogRead, LogReader, LogWriter};
 use crate::error::{Error, Result};
 use crate::fs::{FileLock, FileSystem};
 
+/// WAL files are extended with zeros this far ahead of the writes, so a synced write's
+/// fdatasync rarely has to commit a new file size (the log reader ends at a zero tail).
+const WAL_PRESIZE_STEP_BYTES: u64 = 1 << 20;
+
 /// Largest number of bytes of batches one group commit gathers.
 const MAX_GROUP_BYTES: usize = 1 << 20;
 
@@ -389,7 +393,7 @@ impl Db {
         // The WAL for new writes, then the edit that retires every older log.
         let (wal, wal_number) = if opts.wal {
             let n = vs.new_file_number();
-            let file = fs.create(&wal_path(&dir, n))?;
+            let file = fs.create_presized(&wal_path(&dir, n), WAL_PRESIZE_STEP_BYTES)?;
             let w = LogWriter::new(file, LogKind::Wal, n)?;
             fs.sync_dir(&dir)?;
             (Some(w), n)
@@ -1124,7 +1128,9 @@ impl DbInner {
         let wal_number = if self.opts.wal {
             let n = st.vs.new_file_number();
             let r: Result<()> = (|| {
-                let file = self.fs.create(&wal_path(&self.dir, n))?;
+                let file = self
+                    .fs
+                    .create_presized(&wal_path(&self.dir, n), WAL_PRESIZE_STEP_BYTES)?;
                 let w = LogWriter::new(file, LogKind::Wal, n)?;
                 self.fs.sync_dir(&self.dir)?;
                 let mut wal = self.wal.lock();
