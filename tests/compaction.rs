@@ -56,6 +56,11 @@ fn overwrites_settle_within_bounded_space_amplification() {
     let settled = wait_settled(&db, dir.path());
     let ratio = settled as f64 / live_bytes as f64;
     let stats = db.stats();
+    eprintln!(
+        "space amplification: settled {ratio:.2}, peak {peak_ratio:.2}; write amplification {:.2}; {} compactions",
+        stats.write_amplification(),
+        stats.compactions
+    );
     assert!(stats.compactions > 10, "{stats:?}");
     assert!(
         ratio < 2.5,
