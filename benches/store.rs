@@ -73,6 +73,7 @@ fn fill(c: &mut Criterion, root: &Path, name: &str, random: bool) {
                         db.put(&key(k), &value(k, 0));
                     }
                     total += start.elapsed();
+                    common::print_diagnostics(name, db.as_ref());
                     drop(db);
                     let _ = fs::remove_dir_all(&dir);
                 }
@@ -105,6 +106,7 @@ fn overwrite(c: &mut Criterion, root: &Path) {
                         db.put(&key(k), &value(k, version));
                     }
                     total += start.elapsed();
+                    common::print_diagnostics("overwrite", db.as_ref());
                 }
                 total
             })
@@ -144,6 +146,7 @@ fn synced(c: &mut Criterion, root: &Path, threads: u64) {
                         }
                     });
                     total += start.elapsed();
+                    common::print_diagnostics(&name, db);
                 }
                 total
             })

@@ -146,6 +146,20 @@ pub trait Engine: Send + Sync {
     fn scan(&self, start: &[u8], n: usize) -> usize;
     /// Flushes the memtable and compacts everything (major compaction).
     fn compact(&self);
+    /// Engine statistics worth printing after a run (stalls, fsyncs, write amplification),
+    /// if the engine offers them.
+    fn diagnostics(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Prints `e`'s diagnostics to stderr when `TIDEMARK_BENCH_STATS=1`.
+pub fn print_diagnostics(label: &str, e: &dyn Engine) {
+    if std::env::var("TIDEMARK_BENCH_STATS").is_ok_and(|v| v == "1") {
+        if let Some(d) = e.diagnostics() {
+            eprintln!("[{label}] {}: {d}", e.name());
+        }
+    }
 }
 
 /// Names of the engines compiled into this run, tidemark first.
@@ -230,6 +244,25 @@ impl Engine for TidemarkEngine {
     fn compact(&self) {
         self.db.flush().expect("tidemark flush");
         self.db.compact_range().expect("tidemark compact_range");
+    }
+    fn diagnostics(&self) -> Option<String> {
+        let s = self.db.stats();
+        let files: Vec<usize> = s.levels.iter().map(|l| l.files).collect();
+        Some(format!(
+            "writes {} in {} groups, wal fsyncs {}, flushes {}, compactions {} ({} trivial), \
+             write amp {:.2}, slowdowns {}, stops {}, stalled {:.1} ms, files per level {:?}",
+            s.writes,
+            s.write_groups,
+            s.wal_syncs,
+            s.flushes,
+            s.compactions,
+            s.trivial_moves,
+            s.write_amplification(),
+            s.slowdowns,
+            s.stops,
+            s.stall_micros as f64 / 1000.0,
+            files
+        ))
     }
 }
 
