@@ -270,6 +270,28 @@ fn machine(c: &mut Criterion, root: &Path) {
         drop(f);
         let _ = fs::remove_file(&path);
     }
+    {
+        // The same appends into a file whose size was set beforehand (as a log that is
+        // preallocated): fdatasync then need not commit a new file size.
+        let label = "presized-128B-fdatasync";
+        let path = root.join(format!("{label}.probe"));
+        let mut f = fs::File::create(&path).expect("create probe");
+        f.set_len(256 << 20).expect("set_len");
+        let mut written = 0u64;
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                if written + 128 > 256 << 20 {
+                    std::io::Seek::rewind(&mut f).expect("rewind");
+                    written = 0;
+                }
+                f.write_all(&[0xA5; 128]).expect("write");
+                written += 128;
+                f.sync_data().expect("fdatasync");
+            })
+        });
+        drop(f);
+        let _ = fs::remove_file(&path);
+    }
     let bytes: u64 = pick(16 << 20, 256 << 20);
     g.throughput(Throughput::Bytes(bytes));
     g.sampling_mode(SamplingMode::Flat);
