@@ -308,7 +308,8 @@ fn machine(c: &mut Criterion, root: &Path) {
     g.finish();
 }
 
-/// True when the command line's filter (if any) could select group `g`.
+/// True when the command line's filter (if any), taken as a substring of `group/engine`,
+/// could select a benchmark of group `g`.
 fn wants(g: &str) -> bool {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let filters: Vec<&String> = args
@@ -316,9 +317,12 @@ fn wants(g: &str) -> bool {
         .filter(|a| !a.starts_with('-'))
         .collect::<Vec<_>>();
     filters.is_empty()
-        || filters
-            .iter()
-            .any(|f| g.contains(f.as_str()) || f.contains(g))
+        || filters.iter().any(|f| {
+            f.contains(g)
+                || engines()
+                    .iter()
+                    .any(|e| format!("{g}/{e}").contains(f.as_str()))
+        })
 }
 
 fn main() {

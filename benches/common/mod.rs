@@ -395,7 +395,7 @@ pub mod rocks {
             for (k, v) in kvs {
                 b.put(k, v);
             }
-            self.db.write_opt(&b, &self.wo).expect("rocksdb write");
+            self.db.write_opt(b, &self.wo).expect("rocksdb write");
         }
         fn get(&self, k: &[u8]) -> bool {
             self.db.get_pinned(k).expect("rocksdb get").is_some()
