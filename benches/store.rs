@@ -311,11 +311,41 @@ fn machine(c: &mut Criterion, root: &Path) {
 /// True when the command line's filter (if any), taken as a substring of `group/engine`,
 /// could select a benchmark of group `g`.
 fn wants(g: &str) -> bool {
+    // Criterion's options that take a value: their values are not filters.
+    const WITH_VALUE: &[&str] = &[
+        "--save-baseline",
+        "--baseline",
+        "--baseline-lenient",
+        "--load-baseline",
+        "--profile-time",
+        "--sample-size",
+        "--warm-up-time",
+        "--measurement-time",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--plotting-backend",
+        "--output-format",
+        "--color",
+        "--format",
+        "-s",
+        "-b",
+        "-c",
+    ];
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let filters: Vec<&String> = args
-        .iter()
-        .filter(|a| !a.starts_with('-'))
-        .collect::<Vec<_>>();
+    let mut filters: Vec<&String> = Vec::new();
+    let mut skip_next = false;
+    for a in &args {
+        if std::mem::take(&mut skip_next) {
+            continue;
+        }
+        if a.starts_with('-') {
+            skip_next = WITH_VALUE.contains(&a.as_str());
+        } else {
+            filters.push(a);
+        }
+    }
     filters.is_empty()
         || filters.iter().any(|f| {
             f.contains(g)
