@@ -1,3 +1,382 @@
-//! Benchmarks (store).
+//! Store benchmarks: tidemark against fjall (and RocksDB with `--features bench-rocksdb`),
+//! same keys, values, data sets and options of equal strength (see `common`).
+//!
+//! Groups (each with one entry per engine, throughput in operations):
+//! - `fillseq`, `fillrandom`: a fresh store per iteration, N writes, WAL without fsync;
+//! - `overwrite`: N random overwrites of a store preloaded with N keys;
+//! - `synced-1t`, `synced-4t`: fdatasynced writes (group commit where the engine has it)
+//!   from 1 and 4 threads;
+//! - `readrandom-hit`, `readrandom-miss`, `seekrandom-100`: over a compacted store larger
+//!   than the block cache;
+//! - `machine`: the disk's own limits (append + fdatasync, sequential write bandwidth).
+//!
+//! `TIDEMARK_BENCH_SHORT=1` runs small data sets with few samples.
 
-fn main() {}
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{
+    bench_root, engines, key, load, open, pick, shuffled, value, Durability, Rng, Tuning,
+};
+use criterion::{Criterion, SamplingMode, Throughput};
+
+/// Sizes of the write workloads: memtable and cache.
+fn write_tuning() -> Tuning {
+    Tuning {
+        memtable_bytes: pick(1 << 20, 32 << 20),
+        cache_bytes: pick(256 << 10, 8 << 20),
+    }
+}
+
+/// Sizes of the read workloads: the block cache is far smaller than the store.
+fn read_tuning() -> Tuning {
+    Tuning {
+        memtable_bytes: pick(1 << 20, 32 << 20),
+        cache_bytes: pick(256 << 10, 8 << 20),
+    }
+}
+
+/// Configures a group whose every sample is exactly one iteration (a fixed amount of work
+/// on a fixed data set), so every engine does the same work: one warm-up iteration, then
+/// ten measured ones. Criterion warns that the samples exceed the (tiny) target time.
+fn one_iteration_per_sample(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+) {
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_millis(1));
+}
+
+fn fill(c: &mut Criterion, root: &Path, name: &str, random: bool) {
+    let n: u64 = pick(20_000, 1_000_000);
+    let mut g = c.benchmark_group(name);
+    one_iteration_per_sample(&mut g);
+    g.throughput(Throughput::Elements(n));
+    for engine in engines() {
+        let run = AtomicU64::new(0);
+        g.bench_function(engine, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let i = run.fetch_add(1, Ordering::Relaxed);
+                    let dir = root.join(format!("{name}-{engine}-{i}"));
+                    let db = open(engine, &dir, Durability::Buffered, write_tuning());
+                    let mut rng = Rng::new(42);
+                    let start = Instant::now();
+                    for s in 0..n {
+                        let k = if random { rng.below(n) } else { s };
+                        db.put(&key(k), &value(k, 0));
+                    }
+                    total += start.elapsed();
+                    common::print_diagnostics(name, db.as_ref());
+                    drop(db);
+                    let _ = fs::remove_dir_all(&dir);
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+fn overwrite(c: &mut Criterion, root: &Path) {
+    let n: u64 = pick(20_000, 1_000_000);
+    let mut g = c.benchmark_group("overwrite");
+    one_iteration_per_sample(&mut g);
+    g.throughput(Throughput::Elements(n));
+    for engine in engines() {
+        let dir = root.join(format!("overwrite-{engine}"));
+        let db = open(engine, &dir, Durability::Buffered, write_tuning());
+        load(db.as_ref(), 0..n, 0);
+        let run = AtomicU64::new(1);
+        g.bench_function(engine, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let version = run.fetch_add(1, Ordering::Relaxed);
+                    let mut rng = Rng::new(1000 + version);
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        let k = rng.below(n);
+                        db.put(&key(k), &value(k, version));
+                    }
+                    total += start.elapsed();
+                    common::print_diagnostics("overwrite", db.as_ref());
+                }
+                total
+            })
+        });
+        drop(db);
+        let _ = fs::remove_dir_all(&dir);
+    }
+    g.finish();
+}
+
+fn synced(c: &mut Criterion, root: &Path, threads: u64) {
+    let ops: u64 = pick(200, 2000);
+    let name = format!("synced-{threads}t");
+    let mut g = c.benchmark_group(&name);
+    one_iteration_per_sample(&mut g);
+    g.throughput(Throughput::Elements(ops));
+    for engine in engines() {
+        let dir = root.join(format!("{name}-{engine}"));
+        let db = open(engine, &dir, Durability::Synced, write_tuning());
+        let run = AtomicU64::new(0);
+        g.bench_function(engine, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let i = run.fetch_add(1, Ordering::Relaxed);
+                    let db = db.as_ref();
+                    let start = Instant::now();
+                    std::thread::scope(|s| {
+                        for t in 0..threads {
+                            s.spawn(move || {
+                                let mut rng = Rng::new(i * 64 + t);
+                                for _ in 0..ops / threads {
+                                    let k = rng.next_u64() >> 11;
+                                    db.put(&key(k), &value(k, i));
+                                }
+                            });
+                        }
+                    });
+                    total += start.elapsed();
+                    common::print_diagnostics(&name, db);
+                }
+                total
+            })
+        });
+        drop(db);
+        let _ = fs::remove_dir_all(&dir);
+    }
+    g.finish();
+}
+
+/// Opens one compacted read store per engine: keys `2i` for `i < n` (odd keys are misses
+/// that fall between present keys), loaded in random order.
+fn read_stores(root: &Path, n: u64) -> Vec<(&'static str, Box<dyn common::Engine>)> {
+    let order = shuffled(n, 7);
+    engines()
+        .into_iter()
+        .map(|engine| {
+            let dir = root.join(format!("read-{engine}"));
+            let db = open(engine, &dir, Durability::Buffered, read_tuning());
+            load(db.as_ref(), order.iter().map(|i| 2 * i), 0);
+            db.compact();
+            assert!(db.get(&key(0)) && !db.get(&key(1)), "{engine}: read store");
+            eprintln!(
+                "read store {engine}: {} keys, {:.1} MiB on disk",
+                n,
+                common::dir_bytes(&dir) as f64 / (1 << 20) as f64
+            );
+            (engine, db)
+        })
+        .collect()
+}
+
+fn reads(c: &mut Criterion, root: &Path) {
+    let n: u64 = pick(50_000, 2_000_000);
+    let filtered = ["readrandom-hit", "readrandom-miss", "seekrandom-100"]
+        .iter()
+        .any(|g| wants(g));
+    if !filtered {
+        return;
+    }
+    let stores = read_stores(root, n);
+    let configure = |g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>| {
+        g.sample_size(pick(10, 20))
+            .warm_up_time(pick(Duration::from_millis(200), Duration::from_secs(1)))
+            .measurement_time(pick(Duration::from_secs(1), Duration::from_secs(5)));
+    };
+    for (name, miss) in [("readrandom-hit", 0u64), ("readrandom-miss", 1)] {
+        let mut g = c.benchmark_group(name);
+        configure(&mut g);
+        const GETS: u64 = 1000;
+        g.throughput(Throughput::Elements(GETS));
+        for (engine, db) in &stores {
+            let mut rng = Rng::new(99);
+            g.bench_function(*engine, |b| {
+                b.iter(|| {
+                    let mut found = 0u64;
+                    for _ in 0..GETS {
+                        let k = 2 * rng.below(n) + miss;
+                        found += db.get(&key(k)) as u64;
+                    }
+                    assert_eq!(found, if miss == 1 { 0 } else { GETS });
+                    found
+                })
+            });
+        }
+        g.finish();
+    }
+    {
+        let mut g = c.benchmark_group("seekrandom-100");
+        configure(&mut g);
+        const SEEKS: u64 = 100;
+        g.throughput(Throughput::Elements(SEEKS));
+        for (engine, db) in &stores {
+            let mut rng = Rng::new(5);
+            g.bench_function(*engine, |b| {
+                b.iter(|| {
+                    let mut read = 0;
+                    for _ in 0..SEEKS {
+                        let k = 2 * rng.below(n);
+                        read += db.scan(&key(k), 100);
+                    }
+                    read
+                })
+            });
+        }
+        g.finish();
+    }
+    for (engine, db) in stores {
+        drop(db);
+        let _ = fs::remove_dir_all(root.join(format!("read-{engine}")));
+    }
+}
+
+fn machine(c: &mut Criterion, root: &Path) {
+    use std::io::Write;
+    let mut g = c.benchmark_group("machine");
+    g.sample_size(pick(10, 20))
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(pick(Duration::from_secs(1), Duration::from_secs(3)));
+    g.throughput(Throughput::Elements(1));
+    for (label, data_only) in [
+        ("append-128B-fdatasync", true),
+        ("append-128B-fsync", false),
+    ] {
+        let path = root.join(format!("{label}.probe"));
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("open probe");
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                f.write_all(&[0xA5; 128]).expect("append");
+                if data_only {
+                    f.sync_data().expect("fdatasync");
+                } else {
+                    f.sync_all().expect("fsync");
+                }
+            })
+        });
+        drop(f);
+        let _ = fs::remove_file(&path);
+    }
+    {
+        // The same appends into a file whose size was set beforehand (as a log that is
+        // preallocated): fdatasync then need not commit a new file size.
+        let label = "presized-128B-fdatasync";
+        let path = root.join(format!("{label}.probe"));
+        let mut f = fs::File::create(&path).expect("create probe");
+        f.set_len(256 << 20).expect("set_len");
+        let mut written = 0u64;
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                if written + 128 > 256 << 20 {
+                    std::io::Seek::rewind(&mut f).expect("rewind");
+                    written = 0;
+                }
+                f.write_all(&[0xA5; 128]).expect("write");
+                written += 128;
+                f.sync_data().expect("fdatasync");
+            })
+        });
+        drop(f);
+        let _ = fs::remove_file(&path);
+    }
+    let bytes: u64 = pick(16 << 20, 256 << 20);
+    g.throughput(Throughput::Bytes(bytes));
+    g.sampling_mode(SamplingMode::Flat);
+    g.bench_function("seq-write-1MiB-chunks-fdatasync", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let d = common::seq_write_bandwidth(root, bytes as usize);
+                total += Duration::from_secs_f64(bytes as f64 / d);
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+/// True when the command line's filter (if any), taken as a substring of `group/engine`,
+/// could select a benchmark of group `g`.
+fn wants(g: &str) -> bool {
+    // Criterion's options that take a value: their values are not filters.
+    const WITH_VALUE: &[&str] = &[
+        "--save-baseline",
+        "--baseline",
+        "--baseline-lenient",
+        "--load-baseline",
+        "--profile-time",
+        "--sample-size",
+        "--warm-up-time",
+        "--measurement-time",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--plotting-backend",
+        "--output-format",
+        "--color",
+        "--format",
+        "-s",
+        "-b",
+        "-c",
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut filters: Vec<&String> = Vec::new();
+    let mut skip_next = false;
+    for a in &args {
+        if std::mem::take(&mut skip_next) {
+            continue;
+        }
+        if a.starts_with('-') {
+            skip_next = WITH_VALUE.contains(&a.as_str());
+        } else {
+            filters.push(a);
+        }
+    }
+    filters.is_empty()
+        || filters.iter().any(|f| {
+            f.contains(g)
+                || engines()
+                    .iter()
+                    .any(|e| format!("{g}/{e}").contains(f.as_str()))
+        })
+}
+
+fn main() {
+    let root = bench_root();
+    eprintln!("benchmark stores under {}", root.path().display());
+    let mut c = Criterion::default().configure_from_args();
+    if wants("machine") {
+        machine(&mut c, root.path());
+    }
+    if wants("fillseq") {
+        fill(&mut c, root.path(), "fillseq", false);
+    }
+    if wants("fillrandom") {
+        fill(&mut c, root.path(), "fillrandom", true);
+    }
+    if wants("overwrite") {
+        overwrite(&mut c, root.path());
+    }
+    if wants("synced-1t") {
+        synced(&mut c, root.path(), 1);
+    }
+    if wants("synced-4t") {
+        synced(&mut c, root.path(), 4);
+    }
+    reads(&mut c, root.path());
+    c.final_summary();
+}
