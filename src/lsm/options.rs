@@ -39,7 +39,9 @@ pub enum WalRecovery {
     /// other damage fails the open with an error naming the file and offset.
     TolerateTornTail,
     /// Recover every record before the first damaged one and drop the rest (point in
-    /// time recovery). Writes after the damage are lost; use when the open fails otherwise.
+    /// time recovery). Writes after the damage are lost; use when the open fails otherwise,
+    /// for example after a power loss with [`SyncMode::None`] or [`SyncMode::Periodic`],
+    /// which may leave an older log damaged while a newer one survived.
     PointInTime,
 }
 
