@@ -176,6 +176,26 @@ impl StdWritableFile {
 }
 
 impl StdWritableFile {
+    /// Creates (or truncates) `path`; with a non-zero step, the file is extended with zeros
+    /// that many bytes at a time ahead of the writes.
+    fn create(path: &Path, presize_step_bytes: u64) -> Result<Box<dyn WritableFile>> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .ctx("create", path)?;
+        Ok(Box::new(StdWritableFile {
+            file,
+            path: path.to_path_buf(),
+            buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
+            len: 0,
+            poisoned: false,
+            presize_step_bytes,
+            presized_to: 0,
+        }))
+    }
+
     /// Writes zeros past the end of the file, ahead of the logical length, so that the
     /// writes that follow overwrite allocated blocks and an fdatasync need not commit a new
     /// file size. The zeros are written at their offsets; the file position is unchanged.
@@ -251,21 +271,7 @@ impl WritableFile for StdWritableFile {
 
 impl FileSystem for StdFs {
     fn create(&self, path: &Path) -> Result<Box<dyn WritableFile>> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .ctx("create", path)?;
-        Ok(Box::new(StdWritableFile {
-            file,
-            path: path.to_path_buf(),
-            buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
-            len: 0,
-            poisoned: false,
-            presize_step_bytes: 0,
-            presized_to: 0,
-        }))
+        StdWritableFile::create(path, 0)
     }
 
     fn create_presized(
@@ -273,21 +279,7 @@ impl FileSystem for StdFs {
         path: &Path,
         presize_step_bytes: u64,
     ) -> Result<Box<dyn WritableFile>> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .ctx("create", path)?;
-        Ok(Box::new(StdWritableFile {
-            file,
-            path: path.to_path_buf(),
-            buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
-            len: 0,
-            poisoned: false,
-            presize_step_bytes,
-            presized_to: 0,
-        }))
+        StdWritableFile::create(path, presize_step_bytes)
     }
 
     fn open(&self, path: &Path) -> Result<File> {
