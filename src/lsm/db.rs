@@ -393,8 +393,7 @@ impl Db {
         // The WAL for new writes, then the edit that retires every older log.
         let (wal, wal_number) = if opts.wal {
             let n = vs.new_file_number();
-            let file = fs.create_presized(&wal_path(&dir, n), WAL_PRESIZE_STEP_BYTES)?;
-            let w = LogWriter::new(file, LogKind::Wal, n)?;
+            let w = create_wal(fs.as_ref(), &dir, n, opts.sync)?;
             fs.sync_dir(&dir)?;
             (Some(w), n)
         } else {
@@ -784,6 +783,27 @@ impl Drop for Snapshot {
     }
 }
 
+/// Creates WAL `number` in `dir` and writes its header record. A log fsynced on every
+/// write is written with system calls; one that is rarely fsynced may be written through a
+/// memory mapping (no system call per write; see [`FileSystem::create_presized_mapped`]).
+fn create_wal(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    number: FileNumber,
+    sync: SyncMode,
+) -> Result<LogWriter> {
+    let path = wal_path(dir, number);
+    let file = match sync {
+        SyncMode::PerWrite | SyncMode::GroupCommit => {
+            fs.create_presized(&path, WAL_PRESIZE_STEP_BYTES)?
+        }
+        SyncMode::Periodic(_) | SyncMode::None => {
+            fs.create_presized_mapped(&path, WAL_PRESIZE_STEP_BYTES)?
+        }
+    };
+    LogWriter::new(file, LogKind::Wal, number)
+}
+
 /// The smallest key greater than every key starting with `prefix` (None: no such key).
 fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut p = prefix.to_vec();
@@ -1128,10 +1148,7 @@ impl DbInner {
         let wal_number = if self.opts.wal {
             let n = st.vs.new_file_number();
             let r: Result<()> = (|| {
-                let file = self
-                    .fs
-                    .create_presized(&wal_path(&self.dir, n), WAL_PRESIZE_STEP_BYTES)?;
-                let w = LogWriter::new(file, LogKind::Wal, n)?;
+                let w = create_wal(self.fs.as_ref(), &self.dir, n, self.opts.sync)?;
                 self.fs.sync_dir(&self.dir)?;
                 let mut wal = self.wal.lock();
                 if let Some(old) = wal.as_mut() {
