@@ -27,7 +27,7 @@ use super::memtable::{MemLookup, MemTable};
 use super::options::{Options, SyncMode, WalRecovery};
 use super::sst::{BlockCache, TableBuilder, TableOptions};
 use super::stats::{Counters, DbStats, LevelStats};
-use super::types::{FileNumber, InternalIterator, SeqNo};
+use super::types::{FileNumber, SeqNo};
 use super::version::{FilterCounts, TableContext, Version, VersionLookup};
 use super::version_set::VersionSet;
 use super::wal::{LogKind, LogRead, LogReader, LogWriter};
@@ -839,11 +839,12 @@ pub(crate) fn write_level0_table(
     let result = (|| {
         let file = opts.fs.create(&path)?;
         let mut b = TableBuilder::new(file, TableOptions::from_options(opts));
-        let mut it = mem.iter();
-        it.seek_to_first();
-        while it.valid() {
-            b.add(it.key(), it.value())?;
-            it.next();
+        if opts.flush_compression_thread {
+            b = b.with_compression_thread();
+        }
+        let mut scan = mem.ordered_scan();
+        while let Some((key, value)) = scan.next() {
+            b.add(key, value)?;
         }
         let props = b.finish()?;
         opts.fs.sync_dir(dir)?;

@@ -70,6 +70,11 @@ pub struct Options {
     pub block_restart_interval: usize,
     /// Data block compression. Default: [`Compression::Lz4`].
     pub compression: Compression,
+    /// A flush compresses data blocks on a second thread while the flush thread builds the
+    /// next ones, so that it ends sooner (a checkpoint and a writer stalled on a full
+    /// memtable wait for it); the CPU work is the same. The table is byte for byte the same
+    /// either way. Compactions compress inline on the compaction thread. Default: true.
+    pub flush_compression_thread: bool,
     /// Bloom filter bits per key (0 disables the filter). Default: 10 (about 1% false positives).
     pub bloom_bits_per_key: u32,
     /// Bytes of decompressed blocks kept in the block cache (0 disables it). Default: 64 MiB.
@@ -113,6 +118,7 @@ impl Default for Options {
             block_size_bytes: 4096,
             block_restart_interval: 16,
             compression: Compression::Lz4,
+            flush_compression_thread: true,
             bloom_bits_per_key: 10,
             block_cache_bytes: 64 << 20,
             verify_checksums: true,

@@ -152,12 +152,29 @@ pub fn encode_trailer(stored: &[u8], block_type: u8) -> [u8; BLOCK_TRAILER_LEN] 
 /// The lz4 form of `raw` (`varint raw_len ++ lz4 block`), when it saves at least 1/8 of
 /// the block; `None` when the block should be stored raw.
 pub fn compress_lz4(raw: &[u8]) -> Option<Vec<u8>> {
-    let compressed = lz4_flex::block::compress(raw);
-    let mut out = Vec::with_capacity(codec::varint_len(raw.len() as u64) + compressed.len());
-    codec::put_varint(&mut out, raw.len() as u64);
-    out.extend_from_slice(&compressed);
+    let mut out = Vec::new();
+    compress_lz4_into(raw, &mut out).then_some(out)
+}
+
+/// [`compress_lz4`] into a reused buffer: replaces `out` with the lz4 form of `raw` and
+/// returns true when it saves at least 1/8 of the block (false: store `raw`, and `out`
+/// holds nothing useful).
+pub fn compress_lz4_into(raw: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    codec::put_varint(out, raw.len() as u64);
+    let header = out.len();
+    out.resize(
+        header + lz4_flex::block::get_maximum_output_size(raw.len()),
+        0,
+    );
+    match lz4_flex::block::compress_into(raw, &mut out[header..]) {
+        Ok(n) => out.truncate(header + n),
+        // The buffer has the documented maximum size; store the block raw if lz4 still
+        // refuses.
+        Err(_) => return false,
+    }
     let saved = raw.len().saturating_sub(out.len());
-    (saved >= raw.len() / 8 && out.len() < raw.len()).then_some(out)
+    saved >= raw.len() / 8 && out.len() < raw.len()
 }
 
 /// Decompresses the stored bytes of an lz4 block found at `file_offset`.

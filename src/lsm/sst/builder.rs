@@ -5,6 +5,9 @@
 //! records costs no second read of the file.
 
 use std::cmp::Ordering;
+use std::collections::VecDeque;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::block::{self, BlockBuilder, BLOCK_TRAILER_LEN, BLOCK_TYPE_LZ4, BLOCK_TYPE_RAW};
@@ -70,13 +73,164 @@ impl Sink {
 
     /// Writes `stored` and its trailer; returns the block's handle.
     fn write_block(&mut self, stored: &[u8], block_type: u8) -> Result<BlockHandle> {
+        self.write_with_trailer(stored, &block::encode_trailer(stored, block_type))
+    }
+
+    /// Writes `stored` followed by its already computed `trailer`.
+    fn write_with_trailer(
+        &mut self,
+        stored: &[u8],
+        trailer: &[u8; BLOCK_TRAILER_LEN],
+    ) -> Result<BlockHandle> {
         let handle = BlockHandle {
             offset: self.offset,
             size: stored.len() as u64,
         };
         self.append(stored)?;
-        self.append(&block::encode_trailer(stored, block_type))?;
+        self.append(trailer)?;
         Ok(handle)
+    }
+}
+
+/// A data block on its way to the file: the raw contents going to the compression thread,
+/// and the stored form (compressed or raw, with its trailer) coming back.
+#[derive(Debug, Default)]
+struct BlockJob {
+    raw: Vec<u8>,
+    compressed: Vec<u8>,
+    /// True when `compressed` holds the stored form; false: `raw` is stored.
+    use_compressed: bool,
+    trailer: [u8; BLOCK_TRAILER_LEN],
+}
+
+impl BlockJob {
+    /// Compresses `raw` (when it pays) and computes the stored form's trailer.
+    fn prepare(&mut self) {
+        self.use_compressed = block::compress_lz4_into(&self.raw, &mut self.compressed);
+        self.trailer = block::encode_trailer(self.stored(), self.block_type());
+    }
+
+    fn stored(&self) -> &[u8] {
+        if self.use_compressed {
+            &self.compressed
+        } else {
+            &self.raw
+        }
+    }
+
+    fn block_type(&self) -> u8 {
+        if self.use_compressed {
+            BLOCK_TYPE_LZ4
+        } else {
+            BLOCK_TYPE_RAW
+        }
+    }
+}
+
+/// Data blocks sent to the compression thread together: one hand-off (and at most one
+/// wake-up of the thread) per batch rather than per block.
+const BATCH_BLOCKS: usize = 16;
+
+/// Batches handed to the compression thread before the builder waits for one back.
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
+
+/// A thread that compresses data blocks in the order they arrive, so that building the
+/// next blocks (walking the source, encoding entries, the bloom filter) overlaps
+/// compressing the last ones.
+#[derive(Debug)]
+struct CompressionThread {
+    /// Batches to compress (`None` once the builder shuts the thread down).
+    to_worker: Option<SyncSender<Vec<BlockJob>>>,
+    /// Compressed batches, in the order they were sent.
+    from_worker: Receiver<Vec<BlockJob>>,
+    worker: Option<JoinHandle<()>>,
+    /// The batch being filled.
+    batch: Vec<BlockJob>,
+    /// Batches sent and not yet received.
+    in_flight: usize,
+    /// Raw bytes of the blocks in `batch` and in flight.
+    pending_bytes: u64,
+    /// Jobs whose buffers can be reused.
+    spare: Vec<BlockJob>,
+}
+
+impl CompressionThread {
+    fn spawn() -> std::io::Result<Self> {
+        let (to_worker, batches) = mpsc::sync_channel::<Vec<BlockJob>>(MAX_BATCHES_IN_FLIGHT);
+        let (done, from_worker) = mpsc::channel::<Vec<BlockJob>>();
+        let worker = std::thread::Builder::new()
+            .name("tidemark-lz4".into())
+            .spawn(move || {
+                for mut batch in batches {
+                    for job in &mut batch {
+                        job.prepare();
+                    }
+                    if done.send(batch).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(CompressionThread {
+            to_worker: Some(to_worker),
+            from_worker,
+            worker: Some(worker),
+            batch: Vec::with_capacity(BATCH_BLOCKS),
+            in_flight: 0,
+            pending_bytes: 0,
+            spare: Vec::new(),
+        })
+    }
+
+    /// Queues a copy of `raw`; sends the batch when it is full. Fails only if the worker
+    /// is gone.
+    fn push(&mut self, raw: &[u8]) -> std::result::Result<(), ()> {
+        let mut job = self.spare.pop().unwrap_or_default();
+        job.raw.clear();
+        job.raw.extend_from_slice(raw);
+        self.pending_bytes += raw.len() as u64;
+        self.batch.push(job);
+        if self.batch.len() >= BATCH_BLOCKS {
+            self.send_batch()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the batch being filled, if it holds a block.
+    fn send_batch(&mut self) -> std::result::Result<(), ()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let tx = self.to_worker.as_ref().ok_or(())?;
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_BLOCKS));
+        tx.send(batch).map_err(|_| ())?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// The oldest batch in flight, compressed: waits for it when `block` is set.
+    fn receive(&mut self, block: bool) -> Option<Vec<BlockJob>> {
+        if self.in_flight == 0 {
+            return None;
+        }
+        let batch = if block {
+            self.from_worker.recv().ok()
+        } else {
+            self.from_worker.try_recv().ok()
+        };
+        if let Some(b) = &batch {
+            self.in_flight -= 1;
+            self.pending_bytes -= b.iter().map(|j| j.raw.len() as u64).sum::<u64>();
+        }
+        batch
+    }
+}
+
+impl Drop for CompressionThread {
+    fn drop(&mut self) {
+        self.to_worker = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
     }
 }
 
@@ -91,9 +245,16 @@ pub struct TableBuilder {
     data_block: BlockBuilder,
     index_block: BlockBuilder,
     bloom: Option<BloomBuilder>,
-    /// Handle of the last written data block, whose index entry waits for the next key so
-    /// that its separator can be shortened.
-    pending_index: Option<BlockHandle>,
+    /// True when a data block was cut and its index separator waits for the next key (so
+    /// that it can be shortened).
+    awaiting_separator: bool,
+    /// Index separators and block handles of data blocks in order, paired into index
+    /// entries as both become known (a handle is known once the block is written, which
+    /// with a compression thread may come after later blocks were cut).
+    separators: VecDeque<Vec<u8>>,
+    handles: VecDeque<BlockHandle>,
+    /// Compresses data blocks in the background, when enabled.
+    compressor: Option<CompressionThread>,
     last_key: Vec<u8>,
     smallest_key: Vec<u8>,
     num_entries: u64,
@@ -124,7 +285,10 @@ impl TableBuilder {
             index_block: BlockBuilder::new(1),
             opts,
             bloom,
-            pending_index: None,
+            awaiting_separator: false,
+            separators: VecDeque::new(),
+            handles: VecDeque::new(),
+            compressor: None,
             last_key: Vec::new(),
             smallest_key: Vec::new(),
             num_entries: 0,
@@ -136,6 +300,22 @@ impl TableBuilder {
             largest_seq: SeqNo(0),
             failed: false,
         }
+    }
+
+    /// Compresses data blocks on a second thread while this one builds the next: for a
+    /// large table about half the wall time when compression is on (the work is the
+    /// same). The file's bytes are identical either way. Without compression, or if the
+    /// thread cannot be started, blocks are compressed inline.
+    pub fn with_compression_thread(mut self) -> Self {
+        if self.opts.compression == Compression::Lz4 && self.compressor.is_none() {
+            match CompressionThread::spawn() {
+                Ok(c) => self.compressor = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a compression thread; compressing inline")
+                }
+            }
+        }
+        self
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -187,11 +367,11 @@ impl TableBuilder {
         kind: ValueKind,
         value: &[u8],
     ) -> Result<()> {
-        if let Some(handle) = self.pending_index.take() {
-            let sep = shortest_separator(&self.last_key, ikey);
-            let mut v = Vec::with_capacity(BlockHandle::MAX_VARINT_LEN);
-            handle.encode_varint_to(&mut v);
-            self.index_block.add(&sep, &v);
+        if self.awaiting_separator {
+            self.awaiting_separator = false;
+            self.separators
+                .push_back(shortest_separator(&self.last_key, ikey));
+            self.add_index_entries();
         }
         if let Some(bloom) = &mut self.bloom {
             if self.num_entries == 0 || user_key(&self.last_key) != ukey {
@@ -223,17 +403,105 @@ impl TableBuilder {
             return Ok(());
         }
         let raw = self.data_block.finish();
-        let compressed = match self.opts.compression {
-            Compression::Lz4 => block::compress_lz4(raw),
-            Compression::None => None,
-        };
-        let handle = match &compressed {
-            Some(c) => self.sink.write_block(c, BLOCK_TYPE_LZ4)?,
-            None => self.sink.write_block(raw, BLOCK_TYPE_RAW)?,
-        };
+        if let Some(c) = &mut self.compressor {
+            if c.push(raw).is_err() {
+                return Err(self.compressor_stopped());
+            }
+            self.write_compressed_blocks(false)?;
+        } else {
+            let handle = match self.opts.compression {
+                Compression::Lz4 => {
+                    let mut out = Vec::new();
+                    if block::compress_lz4_into(raw, &mut out) {
+                        self.sink.write_block(&out, BLOCK_TYPE_LZ4)?
+                    } else {
+                        self.sink.write_block(raw, BLOCK_TYPE_RAW)?
+                    }
+                }
+                Compression::None => self.sink.write_block(raw, BLOCK_TYPE_RAW)?,
+            };
+            self.handles.push_back(handle);
+        }
         self.data_block.reset();
         self.num_data_blocks += 1;
-        self.pending_index = Some(handle);
+        self.awaiting_separator = true;
+        self.add_index_entries();
+        Ok(())
+    }
+
+    /// Writes the blocks the compression thread finished, in order; with `wait`, sends the
+    /// partly filled batch and writes every block.
+    fn write_compressed_blocks(&mut self, wait: bool) -> Result<()> {
+        if wait {
+            if let Some(c) = &mut self.compressor {
+                if c.send_batch().is_err() {
+                    return Err(self.compressor_stopped());
+                }
+            }
+        }
+        loop {
+            let Some(c) = &mut self.compressor else {
+                return Ok(());
+            };
+            // Keep at most MAX_BATCHES_IN_FLIGHT batches queued: wait for the oldest beyond.
+            let must_wait = wait || c.in_flight >= MAX_BATCHES_IN_FLIGHT;
+            let Some(batch) = c.receive(must_wait) else {
+                if must_wait && c.in_flight > 0 {
+                    return Err(self.compressor_stopped());
+                }
+                return Ok(());
+            };
+            for job in &batch {
+                self.write_prepared(job)?;
+            }
+            if let Some(c) = &mut self.compressor {
+                c.spare.extend(batch);
+            }
+        }
+    }
+
+    /// The error when the compression thread is gone (it cannot fail; only a panic ends
+    /// it early).
+    fn compressor_stopped(&self) -> Error {
+        Error::InvalidArgument(format!(
+            "the compression thread of {} stopped",
+            self.sink.file.path().display()
+        ))
+    }
+
+    /// Writes a compressed job's stored block and records its handle.
+    fn write_prepared(&mut self, job: &BlockJob) -> Result<()> {
+        let handle = self.sink.write_with_trailer(job.stored(), &job.trailer)?;
+        self.handles.push_back(handle);
+        self.add_index_entries();
+        Ok(())
+    }
+
+    /// Adds the index entries whose separator and block handle are both known.
+    fn add_index_entries(&mut self) {
+        while !self.separators.is_empty() && !self.handles.is_empty() {
+            if let (Some(sep), Some(handle)) =
+                (self.separators.pop_front(), self.handles.pop_front())
+            {
+                let mut v = Vec::with_capacity(BlockHandle::MAX_VARINT_LEN);
+                handle.encode_varint_to(&mut v);
+                self.index_block.add(&sep, &v);
+            }
+        }
+    }
+
+    /// Cuts the last data block and writes every data block still in flight, completing
+    /// the index.
+    fn finish_data_blocks(&mut self) -> Result<()> {
+        self.flush_data_block()?;
+        self.write_compressed_blocks(true)?;
+        if self.awaiting_separator {
+            self.awaiting_separator = false;
+            self.separators.push_back(self.last_key.clone());
+            self.add_index_entries();
+        }
+        self.compressor = None;
+        debug_assert!(self.separators.is_empty() && self.handles.is_empty());
         Ok(())
     }
 
@@ -242,9 +510,11 @@ impl TableBuilder {
         self.num_entries
     }
 
-    /// Bytes written so far plus the size of the block being built.
+    /// Bytes written so far plus the size of the blocks being built or compressed
+    /// (uncompressed: an overestimate).
     pub fn estimated_file_size(&self) -> u64 {
-        self.sink.offset + self.data_block.estimated_size() as u64
+        let in_flight = self.compressor.as_ref().map_or(0, |c| c.pending_bytes);
+        self.sink.offset + in_flight + self.data_block.estimated_size() as u64
     }
 
     /// Writes the remaining data block, the filter, properties and index blocks and the
@@ -258,12 +528,9 @@ impl TableBuilder {
                 self.sink.file.path().display()
             )));
         }
-        self.flush_data_block()?;
-        if let Some(handle) = self.pending_index.take() {
-            let mut v = Vec::with_capacity(BlockHandle::MAX_VARINT_LEN);
-            handle.encode_varint_to(&mut v);
-            self.index_block.add(&self.last_key, &v);
-        }
+        let r = self.finish_data_blocks();
+        self.failed = r.is_err();
+        r?;
         let data_bytes = self.sink.offset;
 
         let filter = match &self.bloom {
@@ -353,6 +620,9 @@ impl std::fmt::Debug for Bytes<'_> {
 mod tests {
     use super::*;
     use crate::fs::{FileSystem, StdFs};
+    use crate::lsm::types::InternalIterator;
+    use std::fs;
+    use std::path::Path;
 
     fn ik(k: &[u8], seq: u64, kind: ValueKind) -> Vec<u8> {
         make_internal_key(k, SeqNo(seq), kind)
@@ -401,6 +671,144 @@ mod tests {
         let f = StdFs.create(&dir.path().join("1.sst")).unwrap();
         let b = TableBuilder::new(f, TableOptions::default());
         assert!(matches!(b.finish(), Err(Error::InvalidArgument(_))));
+    }
+
+    /// Entries whose values compress (and some that do not), over many blocks.
+    fn mixed_entries(n: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        (0..n)
+            .map(|i| {
+                let value: Vec<u8> = if i % 3 == 0 {
+                    (0..120)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x as u8
+                        })
+                        .collect()
+                } else {
+                    format!("value-{i}-")
+                        .repeat(1 + (i % 9) as usize)
+                        .into_bytes()
+                };
+                let kind = if i % 17 == 0 {
+                    ValueKind::Delete
+                } else {
+                    ValueKind::Put
+                };
+                (ik(format!("key{i:08}").as_bytes(), 1, kind), value)
+            })
+            .collect()
+    }
+
+    fn build(
+        path: &Path,
+        entries: &[(Vec<u8>, Vec<u8>)],
+        opts: TableOptions,
+        thread: bool,
+    ) -> TableProperties {
+        let mut b = TableBuilder::new(StdFs.create(path).unwrap(), opts);
+        if thread {
+            b = b.with_compression_thread();
+        }
+        for (k, v) in entries {
+            b.add(k, v).unwrap();
+        }
+        b.finish().unwrap()
+    }
+
+    #[test]
+    fn compression_thread_writes_the_same_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        for (n, compression) in [
+            (1, Compression::Lz4),
+            (40, Compression::Lz4),
+            (20_000, Compression::Lz4),
+            (3_000, Compression::None),
+        ] {
+            let entries = mixed_entries(n);
+            let opts = TableOptions {
+                compression,
+                ..TableOptions::default()
+            };
+            let (a, b) = (dir.path().join("inline.sst"), dir.path().join("thread.sst"));
+            let pa = build(&a, &entries, opts.clone(), false);
+            let pb = build(&b, &entries, opts.clone(), true);
+            assert_eq!(
+                (
+                    pa.num_data_blocks,
+                    pa.data_bytes,
+                    pa.index_bytes,
+                    pa.filter_bytes
+                ),
+                (
+                    pb.num_data_blocks,
+                    pb.data_bytes,
+                    pb.index_bytes,
+                    pb.filter_bytes
+                ),
+                "{n} entries"
+            );
+            assert!(
+                n < 10_000
+                    || pa.num_data_blocks > (2 * BATCH_BLOCKS * MAX_BATCHES_IN_FLIGHT) as u64
+            );
+            // Data blocks and filter are byte for byte the same (the properties hold the
+            // creation time); the index comes after the properties.
+            let (fa, fb) = (fs::read(&a).unwrap(), fs::read(&b).unwrap());
+            let body = (pa.data_bytes + pa.filter_bytes) as usize;
+            assert_eq!(fa[..body], fb[..body], "{n} entries");
+            let index = pa.index_bytes as usize + crate::lsm::sst::footer::FOOTER_LEN;
+            assert_eq!(fa[fa.len() - index..], fb[fb.len() - index..]);
+            // And the table reads back whole.
+            let t = crate::lsm::sst::table::Table::open(
+                &StdFs,
+                &b,
+                crate::lsm::types::FileNumber(1),
+                None,
+                true,
+            )
+            .unwrap();
+            t.verify().unwrap();
+            let mut it = t.iter();
+            it.seek_to_first();
+            for (k, v) in &entries {
+                assert!(it.valid(), "{n} entries");
+                assert_eq!((it.key(), it.value()), (&k[..], &v[..]));
+                it.next();
+            }
+            assert!(!it.valid());
+            it.status().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_write_failure_with_the_compression_thread_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fault = crate::fault::FaultFs::new();
+        fault.add_rule(
+            crate::fault::FaultRule::always(
+                crate::fault::FaultOp::Write,
+                crate::fault::FaultError::Enospc,
+            )
+            .after(25),
+        );
+        let path = dir.path().join("000009.sst");
+        let mut b = TableBuilder::new(fault.create(&path).unwrap(), TableOptions::default())
+            .with_compression_thread();
+        let mut err = None;
+        for (k, v) in mixed_entries(20_000) {
+            if let Err(e) = b.add(&k, &v) {
+                err = Some(e);
+                break;
+            }
+        }
+        let err = match err {
+            Some(e) => e,
+            None => b.finish().unwrap_err(),
+        };
+        assert!(err.to_string().contains("000009.sst"), "{err}");
     }
 
     #[test]
