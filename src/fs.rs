@@ -293,6 +293,10 @@ impl WritableFile for StdWritableFile {
 /// a system call per record. `fdatasync` on Linux writes back every dirty page of the
 /// file, however it was dirtied (the page cache is one), so [`WritableFile::sync`] is a
 /// plain `fdatasync`.
+/// The first zeros a [`MappedLogFile`] writes ahead (later steps double up to its step).
+#[cfg(target_os = "linux")]
+const MAPPED_FIRST_STEP_BYTES: u64 = 64 << 10;
+
 #[cfg(target_os = "linux")]
 struct MappedLogFile {
     file: File,
@@ -354,10 +358,16 @@ impl MappedLogFile {
 
     /// Extends the file with zeros so that it holds at least `end` bytes (a step past
     /// the step `end` falls in), then maps the region from the current length to the new
-    /// size.
+    /// size. The first steps are smaller (from 64 KiB, doubling up to `step`), so that
+    /// creating a log (which holds writers up at a memtable switch) writes few zeros.
     fn extend_to(&mut self, end: u64) -> Result<()> {
         use std::os::unix::fs::FileExt;
-        let target = end.div_ceil(self.step) * self.step + self.step;
+        let step = self
+            .presized_to
+            .max(MAPPED_FIRST_STEP_BYTES)
+            .min(self.step)
+            .max(1);
+        let target = end.div_ceil(step) * step + step;
         let zeros = vec![0u8; 64 * 1024];
         let mut at = self.presized_to;
         while at < target {
@@ -639,6 +649,43 @@ mod tests {
     fn presized_file_holds_its_bytes_then_zeros() {
         presized_holds_bytes_then_zeros(|p| StdFs.create_presized(p, 4096).unwrap());
         presized_holds_bytes_then_zeros(|p| StdFs.create_presized_mapped(p, 4096).unwrap());
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_mapped_log_starts_small_and_grows_by_doubling_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("000002.wal");
+        let mut f = StdFs.create_presized_mapped(&p, 1 << 20).unwrap();
+        f.append(b"header").unwrap();
+        assert_eq!(
+            fs::metadata(&p).unwrap().len(),
+            128 << 10,
+            "64 KiB ahead of the write"
+        );
+        let record: Vec<u8> = (0..=250u8).collect();
+        let mut written = 6u64;
+        let mut sizes = Vec::new();
+        while written < 3 << 20 {
+            f.append(&record).unwrap();
+            written += record.len() as u64;
+            let size = fs::metadata(&p).unwrap().len();
+            if sizes.last() != Some(&size) {
+                sizes.push(size);
+            }
+        }
+        f.sync().unwrap();
+        assert!(
+            sizes.windows(2).all(|w| w[1] - w[0] <= 2 << 20),
+            "{sizes:?}"
+        );
+        let bytes = fs::read(&p).unwrap();
+        assert!(bytes.len() as u64 >= written && bytes.len() as u64 <= written + (2 << 20));
+        assert_eq!(&bytes[..6], b"header");
+        for (i, chunk) in bytes[6..written as usize].chunks(record.len()).enumerate() {
+            assert_eq!(chunk, &record[..chunk.len()], "record {i}");
+        }
+        assert!(bytes[written as usize..].iter().all(|&b| b == 0));
     }
 
     fn presized_holds_bytes_then_zeros(create: impl Fn(&Path) -> Box<dyn WritableFile>) {
