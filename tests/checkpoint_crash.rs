@@ -5,10 +5,10 @@
 //!
 //! `TIDEMARK_CRASH_ITERATIONS` sets the number of kills (default 12).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,47 +136,25 @@ fn checkpoint_crash_child() {
 
 #[test]
 fn retained_checkpoints_survive_sigkill() {
-    let iterations: u64 = std::env::var("TIDEMARK_CRASH_ITERATIONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
+    let iterations = common::crash_iterations(12);
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
     let mut completed_total = 0;
     for iteration in 0..iterations {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let mut child = Command::new(&exe)
-            .args([
-                "checkpoint_crash_child",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with("chk ") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
+        common::next_seed(&mut seed);
+        let mut child = common::ChildRun::spawn(
+            "checkpoint_crash_child",
+            &[(CHILD_ENV, dir.path().display().to_string())],
+            "chk ",
+        );
         // Let at least one checkpoint complete, then kill at a random moment.
-        rx.recv_timeout(Duration::from_secs(60))
+        child
+            .lines
+            .recv_timeout(Duration::from_secs(60))
             .expect("child completed no checkpoint");
         std::thread::sleep(Duration::from_millis(seed % 250));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        reader.join().unwrap();
+        child.kill();
+        let rx = &child.lines;
         completed_total += 1 + rx.try_iter().count();
 
         // Before any cleanup: every checkpoint that has a _metadata verifies and restores.

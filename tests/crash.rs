@@ -6,8 +6,8 @@
 //! The default suite runs 20 kill points per mode; set `TIDEMARK_CRASH_ITERATIONS` for
 //! more.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use tidemark::lsm::{Db, Options, SyncMode, WriteBatch};
@@ -98,58 +98,35 @@ fn acknowledged_unsynced_writes_survive_sigkill() {
 }
 
 fn sigkill_loses_no_acknowledged_write(sync: SyncMode, sync_name: &str) {
-    let iterations: u64 = std::env::var("TIDEMARK_CRASH_ITERATIONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let iterations = common::crash_iterations(20);
     let dir = tempfile::tempdir().unwrap();
     let db_dir = dir.path().join("db");
-    let exe = std::env::current_exe().unwrap();
     let mut next: u64 = 0;
     // Writes in flight when a child was killed: each either happened whole or not at all.
     let mut unknown: std::collections::HashMap<u64, bool> = std::collections::HashMap::new();
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     for iteration in 0..iterations {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let run_ms = 20 + seed % 300;
-        let mut child = Command::new(&exe)
-            .args([
-                "crash_child_writer",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, &db_dir)
-            .env(SYNC_ENV, sync_name)
-            .env("TIDEMARK_CRASH_START", next.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(n) = line.strip_prefix("ack ") {
-                    let _ = tx.send(n.parse::<u64>().unwrap());
-                }
-            }
-        });
+        let run_ms = 20 + common::next_seed(&mut seed) % 300;
+        let mut child = common::ChildRun::spawn(
+            "crash_child_writer",
+            &[
+                (CHILD_ENV, db_dir.display().to_string()),
+                (SYNC_ENV, sync_name.to_string()),
+                ("TIDEMARK_CRASH_START", next.to_string()),
+            ],
+            "ack ",
+        );
+        let ack = |line: String| line["ack ".len()..].parse::<u64>().unwrap();
         // Wait for the first acknowledgement, then let it run, then kill -9.
-        let first = rx.recv_timeout(Duration::from_secs(30));
+        let first = child.lines.recv_timeout(Duration::from_secs(30));
         let deadline = Instant::now() + Duration::from_millis(run_ms);
         while Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        child.kill().unwrap(); // SIGKILL on Unix
-        child.wait().unwrap();
-        reader.join().unwrap();
-        let mut last_acked = first.ok();
-        while let Ok(n) = rx.try_recv() {
-            last_acked = Some(n);
+        child.kill();
+        let mut last_acked = first.ok().map(ack);
+        while let Ok(line) = child.lines.try_recv() {
+            last_acked = Some(ack(line));
         }
         let db = Db::open(&db_dir, opts(sync)).unwrap();
         if std::env::var("TIDEMARK_CRASH_DEBUG").is_ok() {
