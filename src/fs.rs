@@ -153,30 +153,33 @@ impl StdFs {
 /// each become a system call.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
-/// A buffered file on the real file system.
-pub struct StdWritableFile {
+/// An open file that refuses every use after one of its writes or fsyncs failed: the
+/// bytes that reached it are then unknown, and the kernel may have dropped dirty pages
+/// that a later fsync would wrongly report as written.
+struct PoisoningFile {
     file: File,
     path: PathBuf,
-    buf: Vec<u8>,
-    len: u64,
     poisoned: bool,
-    /// Extend the file with zeros this many bytes at a time (0: never).
-    presize_step_bytes: u64,
-    /// The file's size on disk, zeros included, when presizing.
-    presized_to: u64,
 }
 
-impl fmt::Debug for StdWritableFile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StdWritableFile")
-            .field("path", &self.path)
-            .field("len", &self.len)
-            .finish()
+impl PoisoningFile {
+    /// Creates (or truncates) `path` for writing (and reading, with `read`).
+    fn create(path: &Path, read: bool) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(read)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .ctx("create", path)?;
+        Ok(PoisoningFile {
+            file,
+            path: path.to_path_buf(),
+            poisoned: false,
+        })
     }
-}
 
-impl StdWritableFile {
-    fn check_poisoned(&self) -> Result<()> {
+    fn check(&self) -> Result<()> {
         if self.poisoned {
             return Err(Error::io(
                 "write",
@@ -186,24 +189,68 @@ impl StdWritableFile {
         }
         Ok(())
     }
+
+    /// Poisons the file and names it in the error of `op`.
+    fn fail(&mut self, op: &'static str, e: io::Error) -> Error {
+        self.poisoned = true;
+        Error::io(op, &self.path, e)
+    }
+
+    /// Writes `data` at the file position.
+    fn write_all(&mut self, data: &[u8]) -> Result<()> {
+        self.file.write_all(data).map_err(|e| self.fail("write", e))
+    }
+
+    /// Writes zeros over `[from, to)` without moving the file position.
+    fn write_zeros(&mut self, from: u64, to: u64) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let zeros = vec![0u8; 64 * 1024];
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(zeros.len() as u64) as usize;
+            if let Err(e) = self.file.write_all_at(&zeros[..n], at) {
+                return Err(self.fail("write", e));
+            }
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// fdatasyncs the file.
+    fn sync_data(&mut self) -> Result<()> {
+        self.check()?;
+        self.file.sync_data().map_err(|e| self.fail("fsync", e))
+    }
+}
+
+/// A buffered file on the real file system.
+pub struct StdWritableFile {
+    file: PoisoningFile,
+    buf: Vec<u8>,
+    len: u64,
+    /// Extend the file with zeros this many bytes at a time (0: never).
+    presize_step_bytes: u64,
+    /// The file's size on disk, zeros included, when presizing.
+    presized_to: u64,
+}
+
+impl fmt::Debug for StdWritableFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StdWritableFile")
+            .field("path", &self.file.path)
+            .field("len", &self.len)
+            .finish()
+    }
 }
 
 impl StdWritableFile {
     /// Creates (or truncates) `path`; with a non-zero step, the file is extended with zeros
     /// that many bytes at a time ahead of the writes.
     fn create(path: &Path, presize_step_bytes: u64) -> Result<Box<dyn WritableFile>> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .ctx("create", path)?;
         Ok(Box::new(StdWritableFile {
-            file,
-            path: path.to_path_buf(),
+            file: PoisoningFile::create(path, false)?,
             buf: Vec::with_capacity(WRITE_BUFFER_BYTES),
             len: 0,
-            poisoned: false,
             presize_step_bytes,
             presized_to: 0,
         }))
@@ -213,19 +260,9 @@ impl StdWritableFile {
     /// writes that follow overwrite allocated blocks and an fdatasync need not commit a new
     /// file size. The zeros are written at their offsets; the file position is unchanged.
     fn extend_with_zeros(&mut self) -> Result<()> {
-        use std::os::unix::fs::FileExt;
         let target = self.len.div_ceil(self.presize_step_bytes) * self.presize_step_bytes
             + self.presize_step_bytes;
-        let zeros = vec![0u8; 64 * 1024];
-        let mut at = self.presized_to;
-        while at < target {
-            let n = (target - at).min(zeros.len() as u64) as usize;
-            if let Err(e) = self.file.write_all_at(&zeros[..n], at) {
-                self.poisoned = true;
-                return Err(Error::io("write", &self.path, e));
-            }
-            at += n as u64;
-        }
+        self.file.write_zeros(self.presized_to, target)?;
         self.presized_to = target;
         Ok(())
     }
@@ -233,15 +270,12 @@ impl StdWritableFile {
 
 impl WritableFile for StdWritableFile {
     fn append(&mut self, data: &[u8]) -> Result<()> {
-        self.check_poisoned()?;
+        self.file.check()?;
         if self.buf.len() + data.len() > WRITE_BUFFER_BYTES {
             self.flush()?;
         }
         if data.len() >= WRITE_BUFFER_BYTES {
-            if let Err(e) = self.file.write_all(data) {
-                self.poisoned = true;
-                return Err(Error::io("write", &self.path, e));
-            }
+            self.file.write_all(data)?;
         } else {
             self.buf.extend_from_slice(data);
         }
@@ -250,15 +284,12 @@ impl WritableFile for StdWritableFile {
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.check_poisoned()?;
+        self.file.check()?;
         if self.presize_step_bytes > 0 && self.len > self.presized_to {
             self.extend_with_zeros()?;
         }
         if !self.buf.is_empty() {
-            if let Err(e) = self.file.write_all(&self.buf) {
-                self.poisoned = true;
-                return Err(Error::io("write", &self.path, e));
-            }
+            self.file.write_all(&self.buf)?;
             self.buf.clear();
         }
         Ok(())
@@ -266,11 +297,7 @@ impl WritableFile for StdWritableFile {
 
     fn sync(&mut self) -> Result<()> {
         self.flush()?;
-        if let Err(e) = self.file.sync_data() {
-            self.poisoned = true;
-            return Err(Error::io("fsync", &self.path, e));
-        }
-        Ok(())
+        self.file.sync_data()
     }
 
     fn len(&self) -> u64 {
@@ -278,7 +305,7 @@ impl WritableFile for StdWritableFile {
     }
 
     fn path(&self) -> &Path {
-        &self.path
+        &self.file.path
     }
 }
 
@@ -299,8 +326,7 @@ const MAPPED_FIRST_STEP_BYTES: u64 = 64 << 10;
 
 #[cfg(target_os = "linux")]
 struct MappedLogFile {
-    file: File,
-    path: PathBuf,
+    file: PoisoningFile,
     /// Bytes appended so far.
     len: u64,
     /// The file's size: the appended bytes, then zeros.
@@ -309,14 +335,13 @@ struct MappedLogFile {
     /// Maps `[map_start, presized_to)`.
     map: Option<memmap2::MmapMut>,
     map_start: u64,
-    poisoned: bool,
 }
 
 #[cfg(target_os = "linux")]
 impl fmt::Debug for MappedLogFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MappedLogFile")
-            .field("path", &self.path)
+            .field("path", &self.file.path)
             .field("len", &self.len)
             .field("presized_to", &self.presized_to)
             .finish()
@@ -326,34 +351,14 @@ impl fmt::Debug for MappedLogFile {
 #[cfg(target_os = "linux")]
 impl MappedLogFile {
     fn create(path: &Path, step: u64) -> Result<Box<dyn WritableFile>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .ctx("create", path)?;
         Ok(Box::new(MappedLogFile {
-            file,
-            path: path.to_path_buf(),
+            file: PoisoningFile::create(path, true)?,
             len: 0,
             presized_to: 0,
             step,
             map: None,
             map_start: 0,
-            poisoned: false,
         }))
-    }
-
-    fn check_poisoned(&self) -> Result<()> {
-        if self.poisoned {
-            return Err(Error::io(
-                "write",
-                &self.path,
-                io::Error::other("an earlier write or fsync of this file failed"),
-            ));
-        }
-        Ok(())
     }
 
     /// Extends the file with zeros so that it holds at least `end` bytes (a step past
@@ -361,26 +366,19 @@ impl MappedLogFile {
     /// size. The first steps are smaller (from 64 KiB, doubling up to `step`), so that
     /// creating a log (which holds writers up at a memtable switch) writes few zeros.
     fn extend_to(&mut self, end: u64) -> Result<()> {
-        use std::os::unix::fs::FileExt;
         let step = self
             .presized_to
             .max(MAPPED_FIRST_STEP_BYTES)
             .min(self.step)
             .max(1);
         let target = end.div_ceil(step) * step + step;
-        let zeros = vec![0u8; 64 * 1024];
-        let mut at = self.presized_to;
-        while at < target {
-            let n = (target - at).min(zeros.len() as u64) as usize;
-            if let Err(e) = self.file.write_all_at(&zeros[..n], at) {
-                self.poisoned = true;
-                return Err(Error::io("write", &self.path, e));
-            }
-            at += n as u64;
-        }
+        self.file.write_zeros(self.presized_to, target)?;
         self.presized_to = target;
         let len = usize::try_from(target - self.len).map_err(|_| {
-            Error::InvalidArgument(format!("log step too large for {}", self.path.display()))
+            Error::InvalidArgument(format!(
+                "log step too large for {}",
+                self.file.path.display()
+            ))
         })?;
         // SAFETY: the mapping covers `[self.len, target)`, which lies inside the file (the
         // zeros above made it `target` bytes long), so no access through it is past the
@@ -393,7 +391,7 @@ impl MappedLogFile {
             memmap2::MmapOptions::new()
                 .offset(self.len)
                 .len(len)
-                .map_mut(&self.file)
+                .map_mut(&self.file.file)
         };
         match map {
             Ok(m) => {
@@ -401,10 +399,7 @@ impl MappedLogFile {
                 self.map_start = self.len;
                 Ok(())
             }
-            Err(e) => {
-                self.poisoned = true;
-                Err(Error::io("map", &self.path, e))
-            }
+            Err(e) => Err(self.file.fail("map", e)),
         }
     }
 }
@@ -412,7 +407,7 @@ impl MappedLogFile {
 #[cfg(target_os = "linux")]
 impl WritableFile for MappedLogFile {
     fn append(&mut self, data: &[u8]) -> Result<()> {
-        self.check_poisoned()?;
+        self.file.check()?;
         let end = self.len + data.len() as u64;
         if end > self.presized_to || self.map.is_none() {
             self.extend_to(end)?;
@@ -426,16 +421,11 @@ impl WritableFile for MappedLogFile {
 
     fn flush(&mut self) -> Result<()> {
         // The appended bytes are in the page cache already.
-        self.check_poisoned()
+        self.file.check()
     }
 
     fn sync(&mut self) -> Result<()> {
-        self.check_poisoned()?;
-        if let Err(e) = self.file.sync_data() {
-            self.poisoned = true;
-            return Err(Error::io("fsync", &self.path, e));
-        }
-        Ok(())
+        self.file.sync_data()
     }
 
     fn len(&self) -> u64 {
@@ -443,7 +433,7 @@ impl WritableFile for MappedLogFile {
     }
 
     fn path(&self) -> &Path {
-        &self.path
+        &self.file.path
     }
 }
 
