@@ -408,6 +408,33 @@ fn periodic_sync_mode_fsyncs_in_the_background() {
 }
 
 #[test]
+fn periodic_sync_mode_fsyncs_the_logs_retired_at_a_memtable_switch() {
+    // A memtable switch hands the old log to the sync thread, which fsyncs it at its next
+    // tick with the current one: the old log's tail is not left unsynced until the flush.
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            sync: SyncMode::Periodic(std::time::Duration::from_millis(400)),
+            memtable_size_bytes: 1024,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let before = db.stats().wal_syncs;
+    // Ten writes of 2 KiB: each after the first finds the memtable full and switches it.
+    for i in 0..10u32 {
+        db.put(format!("k{i}"), vec![b'v'; 2048]).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let syncs = db.stats().wal_syncs - before;
+    assert!(
+        syncs >= 10,
+        "{syncs} fsyncs: the nine retired logs and the current one should each be fsynced"
+    );
+}
+
+#[test]
 fn per_write_sync_fsyncs_every_write() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(

@@ -88,6 +88,10 @@ pub(crate) struct DbInner {
     writers: Mutex<VecDeque<Arc<Slot>>>,
     writers_cv: Condvar,
     wal: Mutex<Option<LogWriter>>,
+    /// With [`SyncMode::Periodic`]: logs retired at a memtable switch whose tail is not yet
+    /// fsynced. The sync thread fsyncs them at its next tick, with the current log, so a
+    /// power cut loses at most the writes of the last interval in either.
+    retired_wals: Mutex<Vec<LogWriter>>,
     /// Sequence numbers of live snapshots, with counts.
     snapshots: Mutex<BTreeMap<u64, usize>>,
     pub(crate) counters: Counters,
@@ -437,6 +441,7 @@ impl Db {
             writers: Mutex::new(VecDeque::new()),
             writers_cv: Condvar::new(),
             wal: Mutex::new(wal),
+            retired_wals: Mutex::new(Vec::new()),
             snapshots: Mutex::new(BTreeMap::new()),
             counters,
             has_bg_error: AtomicBool::new(false),
@@ -720,8 +725,11 @@ impl Db {
         if self.inner.check_bg_error().is_ok() {
             if !self.inner.opts.wal {
                 result = self.flush();
-            } else if let Some(w) = self.inner.wal.lock().as_mut() {
-                result = w.sync();
+            } else {
+                result = self.inner.sync_retired_wals().map(|_| ());
+                if let Some(w) = self.inner.wal.lock().as_mut() {
+                    result = result.and(w.sync());
+                }
             }
         }
         {
@@ -1160,11 +1168,15 @@ impl DbInner {
                             old.sync()?;
                             Counters::add(&self.counters.wal_syncs, 1);
                         }
-                        // These modes promise nothing on power loss, and an fsync of a
-                        // memtable's worth of log here would stall every writer (and a
-                        // checkpoint's synchronous part). The flush makes the data durable.
+                        // An fsync of a memtable's worth of log here would stall every
+                        // writer (and a checkpoint's synchronous part). None promises
+                        // nothing on power loss, and the flush makes the data durable;
+                        // Periodic's sync thread fsyncs the old log at its next tick.
                         SyncMode::Periodic(_) | SyncMode::None => old.flush()?,
                     }
+                }
+                if let (Some(old), SyncMode::Periodic(_)) = (wal.take(), self.opts.sync) {
+                    self.retired_wals.lock().push(old);
                 }
                 *wal = Some(w);
                 Ok(())
@@ -1248,29 +1260,44 @@ impl DbInner {
         let mut st = self.state.lock();
         // (log number, length) at the last fsync: an idle log is not fsynced again.
         let mut synced: Option<(PathBuf, u64)> = None;
+        let mut next_tick = Instant::now() + every;
         while !self.shutting_down.load(Ordering::Acquire) {
-            self.bg_cv.wait_for(&mut st, every);
+            // Wake only at the tick (or to stop): other work notifies the same condvar.
+            if Instant::now() < next_tick {
+                self.bg_cv.wait_until(&mut st, next_tick);
+                continue;
+            }
+            next_tick = Instant::now() + every;
             if self.has_bg_error.load(Ordering::Acquire) {
                 continue;
             }
-            let r = MutexGuard::unlocked(&mut st, || match self.wal.lock().as_mut() {
-                Some(w) => {
+            let r = MutexGuard::unlocked(&mut st, || -> Result<u64> {
+                let mut fsyncs = self.sync_retired_wals()?;
+                if let Some(w) = self.wal.lock().as_mut() {
                     let now = (w.path().to_path_buf(), w.len());
-                    if synced.as_ref() == Some(&now) {
-                        return Ok(false);
+                    if synced.as_ref() != Some(&now) {
+                        w.sync()?;
+                        synced = Some(now);
+                        fsyncs += 1;
                     }
-                    w.sync()?;
-                    synced = Some(now);
-                    Ok(true)
                 }
-                None => Ok(false),
+                Ok(fsyncs)
             });
             match r {
-                Ok(true) => Counters::add(&self.counters.wal_syncs, 1),
-                Ok(false) => {}
+                Ok(n) => Counters::add(&self.counters.wal_syncs, n),
                 Err(e) => self.set_bg_error(e),
             }
         }
+    }
+
+    /// fsyncs and closes the logs retired since the last call; returns how many.
+    fn sync_retired_wals(&self) -> Result<u64> {
+        let retired = std::mem::take(&mut *self.retired_wals.lock());
+        let n = retired.len() as u64;
+        for mut w in retired {
+            w.sync()?;
+        }
+        Ok(n)
     }
 
     /// The flush thread: turns immutable memtables into level-0 tables, oldest first.
