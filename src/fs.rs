@@ -309,21 +309,24 @@ impl WritableFile for StdWritableFile {
     }
 }
 
-/// A presized log written through a shared memory mapping of its zero-filled region
-/// (Linux only; see [`FileSystem::create_presized_mapped`]).
-///
-/// The file is extended with zeros by `write` system calls, a step at a time, before any
-/// record lands there: the file system reserves (and later allocates) those blocks then,
-/// so a full disk is reported by that write, naming the file, and never surfaces later as
-/// a fault on a store into the mapping. An append is then a copy into the page cache:
-/// the bytes survive a crash of the process at once, exactly as after a `write`, without
-/// a system call per record. `fdatasync` on Linux writes back every dirty page of the
-/// file, however it was dirtied (the page cache is one), so [`WritableFile::sync`] is a
-/// plain `fdatasync`.
 /// The first zeros a [`MappedLogFile`] writes ahead (later steps double up to its step).
 #[cfg(target_os = "linux")]
 const MAPPED_FIRST_STEP_BYTES: u64 = 64 << 10;
 
+/// A presized log written through a shared memory mapping of its zero-filled region
+/// (Linux only; see [`FileSystem::create_presized_mapped`]).
+///
+/// The file is extended with zeros by `write` system calls, a step at a time, before any
+/// record lands there. Used only on file systems that overwrite a file's blocks in place
+/// (ext2/3/4, XFS, tmpfs): they reserve (and later allocate) those blocks at that write, so
+/// a full disk is reported by it, naming the file, and never surfaces later as a fault on a
+/// store into the mapping. A copy-on-write file system (btrfs, ZFS, bcachefs) allocates
+/// anew at every store, and a store on a full disk would end the process (`SIGBUS`); there,
+/// and where a file cannot be mapped, the log is written with `write`. An append is then a copy into the page cache:
+/// the bytes survive a crash of the process at once, exactly as after a `write`, without
+/// a system call per record. `fdatasync` on Linux writes back every dirty page of the
+/// file, however it was dirtied (the page cache is one), so [`WritableFile::sync`] is a
+/// plain `fdatasync`.
 #[cfg(target_os = "linux")]
 struct MappedLogFile {
     file: PoisoningFile,
@@ -335,6 +338,28 @@ struct MappedLogFile {
     /// Maps `[map_start, presized_to)`.
     map: Option<memmap2::MmapMut>,
     map_start: u64,
+}
+
+/// True when `file` is on a file system that overwrites a file's allocated blocks in place
+/// (ext2/3/4, XFS, tmpfs), where a store into a mapping of written zeros needs no new
+/// space.
+#[cfg(target_os = "linux")]
+fn overwrites_in_place(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+    const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: the descriptor is open for the life of `file`, and fstatfs writes at most one
+    // `statfs` into the buffer, which is one.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs returned 0, so it filled the struct (which was zeroed before anyway).
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    let kind = st.f_type as i64;
+    matches!(kind, EXT4_SUPER_MAGIC | XFS_SUPER_MAGIC | TMPFS_MAGIC)
 }
 
 #[cfg(target_os = "linux")]
@@ -350,43 +375,67 @@ impl fmt::Debug for MappedLogFile {
 
 #[cfg(target_os = "linux")]
 impl MappedLogFile {
-    fn create(path: &Path, step: u64) -> Result<Box<dyn WritableFile>> {
-        Ok(Box::new(MappedLogFile {
-            file: PoisoningFile::create(path, true)?,
+    /// Creates `path` and maps its first zeros; `None` when the file system is not one that
+    /// overwrites in place, or the file cannot be mapped (the caller then writes it with
+    /// `write`).
+    fn try_create(path: &Path, step: u64) -> Result<Option<Box<dyn WritableFile>>> {
+        let file = PoisoningFile::create(path, true)?;
+        if !overwrites_in_place(&file.file) {
+            return Ok(None);
+        }
+        let mut f = MappedLogFile {
+            file,
             len: 0,
             presized_to: 0,
             step,
             map: None,
             map_start: 0,
-        }))
+        };
+        f.grow_to(0)?;
+        Ok(f.remap()
+            .is_ok()
+            .then(|| Box::new(f) as Box<dyn WritableFile>))
     }
 
-    /// Extends the file with zeros so that it holds at least `end` bytes (a step past
-    /// the step `end` falls in), then maps the region from the current length to the new
-    /// size. The first steps are smaller (from 64 KiB, doubling up to `step`), so that
-    /// creating a log (which holds writers up at a memtable switch) writes few zeros.
+    /// Extends the file with zeros to hold at least `end` bytes, then maps the region from
+    /// the current length to the new size.
     fn extend_to(&mut self, end: u64) -> Result<()> {
+        self.grow_to(end)?;
+        self.remap()
+    }
+
+    /// Extends the file with zeros to a multiple of the current step that holds at least
+    /// `end` bytes and at least one step more than before. The steps start at 64 KiB and
+    /// double up to `step`, so that creating a log (which holds writers up at a memtable
+    /// switch) writes few zeros.
+    fn grow_to(&mut self, end: u64) -> Result<()> {
         let step = self
             .presized_to
             .max(MAPPED_FIRST_STEP_BYTES)
             .min(self.step)
             .max(1);
-        let target = end.div_ceil(step) * step + step;
+        let target = end.max(self.presized_to + step).next_multiple_of(step);
         self.file.write_zeros(self.presized_to, target)?;
         self.presized_to = target;
-        let len = usize::try_from(target - self.len).map_err(|_| {
-            Error::InvalidArgument(format!(
-                "log step too large for {}",
-                self.file.path.display()
-            ))
-        })?;
-        // SAFETY: the mapping covers `[self.len, target)`, which lies inside the file (the
-        // zeros above made it `target` bytes long), so no access through it is past the
-        // end of the file. The file was created (truncated) by this value, is written only
-        // through this mapping from now on, and is never truncated while mapped: the
-        // store's directory lock keeps other tidemark processes away, and its readers read
-        // with `read`, not through references into this memory. Only this value's `&mut`
-        // methods touch the mapping.
+        Ok(())
+    }
+
+    /// Maps `[len, presized_to)`, replacing the previous mapping.
+    fn remap(&mut self) -> Result<()> {
+        let len = match usize::try_from(self.presized_to - self.len) {
+            Ok(n) => n,
+            Err(_) => {
+                let e = io::Error::other("the region to map does not fit in memory");
+                return Err(self.file.fail("map", e));
+            }
+        };
+        // SAFETY: the mapping covers `[self.len, presized_to)`, which lies inside the file
+        // (the zeros written before made it `presized_to` bytes long), so no access through
+        // it is past the end of the file. The file was created (truncated) by this value,
+        // is written only through this mapping from now on, and is never truncated while
+        // mapped: the store's directory lock keeps other tidemark processes away, and its
+        // readers read with `read`, not through references into this memory. Only this
+        // value's `&mut` methods touch the mapping.
         let map = unsafe {
             memmap2::MmapOptions::new()
                 .offset(self.len)
@@ -457,7 +506,9 @@ impl FileSystem for StdFs {
     ) -> Result<Box<dyn WritableFile>> {
         #[cfg(target_os = "linux")]
         if presize_step_bytes > 0 {
-            return MappedLogFile::create(path, presize_step_bytes);
+            if let Some(f) = MappedLogFile::try_create(path, presize_step_bytes)? {
+                return Ok(f);
+            }
         }
         StdWritableFile::create(path, presize_step_bytes)
     }
@@ -637,8 +688,10 @@ mod tests {
 
     #[test]
     fn presized_file_holds_its_bytes_then_zeros() {
-        presized_holds_bytes_then_zeros(|p| StdFs.create_presized(p, 4096).unwrap());
-        presized_holds_bytes_then_zeros(|p| StdFs.create_presized_mapped(p, 4096).unwrap());
+        // A written file keeps a step of zeros ahead of its last write; a mapped one only
+        // needs room for it.
+        presized_holds_bytes_then_zeros(|p| StdFs.create_presized(p, 4096).unwrap(), 4);
+        presized_holds_bytes_then_zeros(|p| StdFs.create_presized_mapped(p, 4096).unwrap(), 3);
     }
 
     #[test]
@@ -650,8 +703,8 @@ mod tests {
         f.append(b"header").unwrap();
         assert_eq!(
             fs::metadata(&p).unwrap().len(),
-            128 << 10,
-            "64 KiB ahead of the write"
+            64 << 10,
+            "a first step of 64 KiB"
         );
         let record: Vec<u8> = (0..=250u8).collect();
         let mut written = 6u64;
@@ -670,7 +723,7 @@ mod tests {
             "{sizes:?}"
         );
         let bytes = fs::read(&p).unwrap();
-        assert!(bytes.len() as u64 >= written && bytes.len() as u64 <= written + (2 << 20));
+        assert!(bytes.len() as u64 >= written && bytes.len() as u64 <= written + (1 << 20));
         assert_eq!(&bytes[..6], b"header");
         for (i, chunk) in bytes[6..written as usize].chunks(record.len()).enumerate() {
             assert_eq!(chunk, &record[..chunk.len()], "record {i}");
@@ -678,7 +731,10 @@ mod tests {
         assert!(bytes[written as usize..].iter().all(|&b| b == 0));
     }
 
-    fn presized_holds_bytes_then_zeros(create: impl Fn(&Path) -> Box<dyn WritableFile>) {
+    fn presized_holds_bytes_then_zeros(
+        create: impl Fn(&Path) -> Box<dyn WritableFile>,
+        final_steps: usize,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("000001.wal");
         let mut f = create(&p);
@@ -703,7 +759,7 @@ mod tests {
         let bytes = fs::read(&p).unwrap();
         assert_eq!(
             bytes.len(),
-            4 * 4096,
+            final_steps * 4096,
             "extended again once the writes passed the zeros"
         );
         assert_eq!(&bytes[..5], b"hello");

@@ -70,7 +70,7 @@ impl Arena {
     fn alloc(&mut self, bytes: usize) -> *mut u8 {
         let bytes = bytes.next_multiple_of(8);
         if bytes > self.free_bytes {
-            let next_chunk = (FIRST_CHUNK_BYTES << self.chunks.len().min(16)).min(MAX_CHUNK_BYTES);
+            let next_chunk = (FIRST_CHUNK_BYTES << self.chunks.len().min(6)).min(MAX_CHUNK_BYTES);
             let chunk_bytes = bytes.max(next_chunk);
             let Ok(mut chunk) = memmap2::MmapMut::map_anon(chunk_bytes) else {
                 handle_alloc_error(
