@@ -13,6 +13,8 @@
 //! the last WAL record may be taken for a torn tail and dropped; the store must then hold
 //! exactly the original data minus that last write.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
@@ -296,16 +298,7 @@ fn build_store() -> Store {
     db.close().unwrap();
     let mut probes: Vec<Vec<u8>> = (0..210).map(key).collect();
     probes.push(b"zz-last".to_vec());
-    let manifest = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("MANIFEST-")
-        })
-        .unwrap();
+    let manifest = common::manifest_path(dir.path());
     let manifest_last_record_offset =
         log_last_record_offset(&fs::read(&manifest).unwrap(), &manifest, LogKind::Manifest);
     let wal = dir.path().join(&wal_name);

@@ -13,7 +13,7 @@ use tidemark::checkpoint::{
 };
 use tidemark::fs::StdFs;
 use tidemark::lsm::{Db, Options, SyncMode};
-use tidemark::state::lsm_snapshot::{checkpoint_store, restore_store, SubtaskId};
+use tidemark::state::lsm_snapshot::{checkpoint_store, restore_store, StoreCheckpoint, SubtaskId};
 use tidemark::Error;
 
 fn opts() -> Options {
@@ -70,6 +70,19 @@ fn offsets(n: u64) -> Vec<SourceOffset> {
 }
 
 /// Shared paths and the private manifest size of a completed checkpoint.
+/// Takes incremental checkpoint `id` of `db`, recording the source at `offset`.
+fn take(store: &CheckpointStore, db: &Db, id: u64, offset: u64) -> StoreCheckpoint {
+    checkpoint_store(
+        store,
+        CheckpointId(id),
+        CheckpointKind::Incremental,
+        db,
+        &subtask(),
+        offsets(offset),
+    )
+    .unwrap()
+}
+
 fn handles(c: &tidemark::checkpoint::CompletedCheckpoint) -> (HashSet<String>, u64, u64) {
     let mut shared = HashSet::new();
     let (mut shared_bytes, mut private_bytes) = (0, 0);
@@ -97,15 +110,7 @@ fn incremental_checkpoint_links_only_new_ssts() {
     for i in 0..5000 {
         db.put(key(i), value(i, 0)).unwrap();
     }
-    let c1 = checkpoint_store(
-        &store,
-        CheckpointId(1),
-        CheckpointKind::Incremental,
-        &db,
-        &subtask(),
-        offsets(5000),
-    )
-    .unwrap();
+    let c1 = take(&store, &db, 1, 5000);
     let (shared1, bytes1, _) = handles(&c1.completed);
     let s1 = c1.completed.stats;
     assert!(shared1.len() > 3);
@@ -122,15 +127,7 @@ fn incremental_checkpoint_links_only_new_ssts() {
     for i in (0..5000).step_by(100) {
         db.put(key(i), value(i, 1)).unwrap();
     }
-    let c2 = checkpoint_store(
-        &store,
-        CheckpointId(2),
-        CheckpointKind::Incremental,
-        &db,
-        &subtask(),
-        offsets(5050),
-    )
-    .unwrap();
+    let c2 = take(&store, &db, 2, 5050);
     let (shared2, bytes2, manifest2) = handles(&c2.completed);
     let new: Vec<_> = shared2.difference(&shared1).collect();
     assert_eq!(new.len(), 1, "one flush, one new SST: {new:?}");
@@ -160,15 +157,7 @@ fn retention_keeps_referenced_files_and_removes_the_rest() {
             }
         }
         db.compact_range().unwrap();
-        checkpoint_store(
-            &store,
-            CheckpointId(round + 1),
-            CheckpointKind::Incremental,
-            &db,
-            &subtask(),
-            offsets(round),
-        )
-        .unwrap();
+        take(&store, &db, round + 1, round);
     }
     let job = root.join("job1");
     let mut chks: Vec<_> = fs::read_dir(&job)
@@ -208,15 +197,7 @@ fn build_three_checkpoints(root: &Path) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
             db.put(key(i * (round + 1)), value(i, round)).unwrap();
         }
         db.delete(key(7)).unwrap();
-        checkpoint_store(
-            &store,
-            CheckpointId(round + 1),
-            CheckpointKind::Incremental,
-            &db,
-            &subtask(),
-            offsets(round),
-        )
-        .unwrap();
+        take(&store, &db, round + 1, round);
         states.push(dump(&db));
     }
     // Writes after the last checkpoint are not in any checkpoint.
@@ -305,15 +286,7 @@ fn no_claim_restore_takes_a_full_first_checkpoint_and_never_touches_the_old_one(
     .unwrap();
     for id in 1..=3 {
         db.put(format!("x{id}"), b"1").unwrap();
-        let c = checkpoint_store(
-            &store,
-            CheckpointId(id),
-            CheckpointKind::Incremental,
-            &db,
-            &subtask(),
-            offsets(id),
-        )
-        .unwrap();
+        let c = take(&store, &db, id, id);
         if id == 1 {
             assert_eq!(c.completed.metadata.kind, CheckpointKind::Full);
             assert_eq!(c.completed.stats.files_referenced, 0);

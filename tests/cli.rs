@@ -1,6 +1,8 @@
 //! The `tidemark` command, run as a process on stores and checkpoints made through the
 //! library: what each command prints (JSON parsed back and checked), and how each fails.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -283,16 +285,7 @@ fn inspect_wal_manifest_current_and_store_directory() {
         vec![("late1", "put"), ("late2", "put"), ("k001", "delete")]
     );
 
-    let manifest = files_with(&db, "")
-        .into_iter()
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("MANIFEST-")
-        })
-        .unwrap();
+    let manifest = common::manifest_path(&db);
     let r = tidemark(&["inspect", s(&manifest), "--json"]);
     ok(&r, "inspect manifest");
     let j = r.json();

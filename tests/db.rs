@@ -1,6 +1,8 @@
 //! Scenarios of the store's public API: reads and writes, reopen, locking, snapshots,
 //! scans, WAL recovery and its damage handling.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
 
@@ -268,16 +270,7 @@ fn corrupt_manifest_is_an_error_naming_it() {
         }
         db.flush().unwrap();
     }
-    let manifest = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("MANIFEST-")
-        })
-        .unwrap();
+    let manifest = common::manifest_path(dir.path());
     let mut bytes = fs::read(&manifest).unwrap();
     bytes[40] ^= 0x01;
     fs::write(&manifest, &bytes).unwrap();

@@ -324,9 +324,23 @@ mod checkpoint {
         KeyGroupRange, LocalStorage,
     };
     use tidemark::fs::StdFs;
-    use tidemark::state::lsm_snapshot::{checkpoint_store, restore_store, SubtaskId};
+    use tidemark::state::lsm_snapshot::{
+        checkpoint_store, restore_store, StoreCheckpoint, SubtaskId,
+    };
 
     const JOB: &str = "faultjob";
+
+    /// Takes incremental checkpoint `id` of `db`.
+    fn take(store: &CheckpointStore, db: &Db, id: u64) -> tidemark::Result<StoreCheckpoint> {
+        checkpoint_store(
+            store,
+            CheckpointId(id),
+            CheckpointKind::Incremental,
+            db,
+            &subtask(),
+            vec![],
+        )
+    }
 
     fn subtask() -> SubtaskId {
         SubtaskId {
@@ -387,29 +401,12 @@ mod checkpoint {
                 let store = job_store(&fs, root.path(), 3);
                 let db = Db::open(root.path().join("db"), opts(&fs, true)).unwrap();
                 write_round(&db, 1);
-                checkpoint_store(
-                    &store,
-                    CheckpointId(1),
-                    CheckpointKind::Incremental,
-                    &db,
-                    &subtask(),
-                    vec![],
-                )
-                .unwrap();
+                take(&store, &db, 1).unwrap();
                 let state1 = contents(&db);
 
                 write_round(&db, 2);
                 fs.add_rule(FaultRule::always(op, error).on_path(path));
-                let e = checkpoint_store(
-                    &store,
-                    CheckpointId(2),
-                    CheckpointKind::Incremental,
-                    &db,
-                    &subtask(),
-                    vec![],
-                )
-                .map(|_| ())
-                .unwrap_err();
+                let e = take(&store, &db, 2).map(|_| ()).unwrap_err();
                 let msg = e.to_string();
                 assert!(msg.contains(os_code(error)), "{what}: {msg}");
                 assert!(fs.injected() > 0, "{what}");
@@ -423,15 +420,7 @@ mod checkpoint {
                 );
                 // The store itself is unaffected (the fault hit checkpoint files only).
                 db.put(b"after", b"fault").unwrap();
-                checkpoint_store(
-                    &store,
-                    CheckpointId(3),
-                    CheckpointKind::Incremental,
-                    &db,
-                    &subtask(),
-                    vec![],
-                )
-                .unwrap();
+                take(&store, &db, 3).unwrap();
                 let state3 = contents(&db);
                 assert_eq!(
                     restored(root.path(), "chk-1", &root.path().join("r1")),
@@ -455,28 +444,11 @@ mod checkpoint {
             let store = job_store(&fs, root.path(), 1);
             let db = Db::open(root.path().join("db"), opts(&fs, true)).unwrap();
             write_round(&db, 1);
-            checkpoint_store(
-                &store,
-                CheckpointId(1),
-                CheckpointKind::Incremental,
-                &db,
-                &subtask(),
-                vec![],
-            )
-            .unwrap();
+            take(&store, &db, 1).unwrap();
             db.compact_range().unwrap();
             write_round(&db, 2);
             fs.add_rule(FaultRule::always(FaultOp::Remove, error).on_path(JOB));
-            let done = checkpoint_store(
-                &store,
-                CheckpointId(2),
-                CheckpointKind::Incremental,
-                &db,
-                &subtask(),
-                vec![],
-            )
-            .unwrap()
-            .completed;
+            let done = take(&store, &db, 2).unwrap().completed;
             assert!(fs.injected() > 0);
             assert!(!done.retention.errors.is_empty(), "{:?}", done.retention);
             assert!(

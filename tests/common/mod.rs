@@ -72,3 +72,17 @@ impl ChildRun {
         }
     }
 }
+
+/// The store's manifest file in `dir` (the first `MANIFEST-*` entry).
+pub fn manifest_path(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut manifests: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("MANIFEST-"))
+        })
+        .collect();
+    manifests.sort();
+    manifests.into_iter().next().expect("a MANIFEST-* file")
+}
