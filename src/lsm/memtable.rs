@@ -199,9 +199,15 @@ fn prefetch_successor(node: NodePtr) {
     if succ.is_null() {
         return;
     }
-    // A node of a small entry spans two or three cache lines: header, pointers, key, value.
+    prefetch_node(succ);
+}
+
+/// Starts loading the cache lines of `node`: a node of a small entry spans two or three
+/// (header, pointers, key, value).
+#[inline]
+fn prefetch_node(node: NodePtr) {
     for line in 0..3 {
-        prefetch(succ.wrapping_add(line * 64));
+        prefetch(node.wrapping_add(line * 64));
     }
 }
 
@@ -424,7 +430,7 @@ impl MemTable {
         OrderedScan {
             nodes: self.nodes_in_order(),
             pos: 0,
-            mem: Arc::clone(self),
+            _mem: Arc::clone(self),
         }
     }
 
@@ -459,13 +465,9 @@ impl MemTable {
         if starts.first() != Some(&first) && !first.is_null() {
             starts.insert(0, first);
         }
-        // Range r runs from starts[r] up to (not including) starts[r + 1].
-        let ends: Vec<NodePtr> = starts
-            .iter()
-            .skip(1)
-            .copied()
-            .chain(std::iter::once(ptr::null_mut()))
-            .collect();
+        // Range r runs from starts[r] up to (not including) starts[r + 1], the last to the
+        // end of the list.
+        let end_of = |r: usize| starts.get(r + 1).copied().unwrap_or(ptr::null_mut());
         let mut ranges: Vec<Vec<NodePtr>> = vec![Vec::new(); starts.len()];
         // Cursors: (range, node) pairs, each walking its own range.
         let mut cursors: Vec<(usize, NodePtr)> = Vec::with_capacity(SCAN_WAYS);
@@ -481,7 +483,7 @@ impl MemTable {
             let mut i = 0;
             while i < cursors.len() {
                 let (r, n) = cursors[i];
-                if n == ends[r] || n.is_null() {
+                if n == end_of(r) || n.is_null() {
                     cursors.swap_remove(i);
                     continue;
                 }
@@ -493,11 +495,7 @@ impl MemTable {
                 i += 1;
             }
         }
-        let mut out = Vec::with_capacity(ranges.iter().map(Vec::len).sum());
-        for r in ranges {
-            out.extend(r);
-        }
-        out
+        ranges.concat()
     }
 }
 
@@ -509,10 +507,10 @@ const SCAN_PREFETCH_DISTANCE: usize = 8;
 
 /// Every entry of a memtable in order (see [`MemTable::ordered_scan`]).
 pub struct OrderedScan {
-    /// The nodes, in key order. They point into `mem`'s arena, which the `Arc` keeps.
+    /// The nodes, in key order. They point into `_mem`'s arena, which the `Arc` keeps.
     nodes: Vec<NodePtr>,
     pos: usize,
-    mem: Arc<MemTable>,
+    _mem: Arc<MemTable>,
 }
 
 // SAFETY: the node pointers refer to immutable data in the arena of the memtable this scan
@@ -544,12 +542,9 @@ impl OrderedScan {
     pub fn next(&mut self) -> Option<(&[u8], &[u8])> {
         let node = *self.nodes.get(self.pos)?;
         if let Some(&ahead) = self.nodes.get(self.pos + SCAN_PREFETCH_DISTANCE) {
-            for line in 0..3 {
-                prefetch(ahead.wrapping_add(line * 64));
-            }
+            prefetch_node(ahead);
         }
         self.pos += 1;
-        let _ = &self.mem;
         // SAFETY: a published node of the memtable this scan holds.
         Some(unsafe { (node_key(node), node_value(node)) })
     }

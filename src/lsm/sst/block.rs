@@ -149,16 +149,9 @@ pub fn encode_trailer(stored: &[u8], block_type: u8) -> [u8; BLOCK_TRAILER_LEN] 
     [block_type, c[0], c[1], c[2], c[3]]
 }
 
-/// The lz4 form of `raw` (`varint raw_len ++ lz4 block`), when it saves at least 1/8 of
-/// the block; `None` when the block should be stored raw.
-pub fn compress_lz4(raw: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    compress_lz4_into(raw, &mut out).then_some(out)
-}
-
-/// [`compress_lz4`] into a reused buffer: replaces `out` with the lz4 form of `raw` and
-/// returns true when it saves at least 1/8 of the block (false: store `raw`, and `out`
-/// holds nothing useful).
+/// Replaces `out` with the lz4 form of `raw` (`varint raw_len ++ lz4 block`) and returns
+/// true when it saves at least 1/8 of the block (false: store `raw`, and `out` holds
+/// nothing useful). `out` is a buffer reused from block to block.
 pub fn compress_lz4_into(raw: &[u8], out: &mut Vec<u8>) -> bool {
     out.clear();
     codec::put_varint(out, raw.len() as u64);
@@ -650,7 +643,11 @@ mod tests {
     #[test]
     fn lz4_is_used_only_when_it_saves_an_eighth() {
         let compressible = vec![b'a'; 4096];
-        let c = compress_lz4(&compressible).expect("repetitive data compresses");
+        let mut c = Vec::new();
+        assert!(
+            compress_lz4_into(&compressible, &mut c),
+            "repetitive data compresses"
+        );
         assert_eq!(&*decompress_lz4(&c, 0).unwrap(), &compressible[..]);
         let mut x = 0x1234_5678u32;
         let random: Vec<u8> = (0..4096)
@@ -661,7 +658,7 @@ mod tests {
                 x as u8
             })
             .collect();
-        assert!(compress_lz4(&random).is_none());
+        assert!(!compress_lz4_into(&random, &mut c));
     }
 
     #[test]

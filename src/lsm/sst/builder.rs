@@ -104,9 +104,10 @@ struct BlockJob {
 }
 
 impl BlockJob {
-    /// Compresses `raw` (when it pays) and computes the stored form's trailer.
-    fn prepare(&mut self) {
-        self.use_compressed = block::compress_lz4_into(&self.raw, &mut self.compressed);
+    /// With `compress`, compresses `raw` (kept when it pays); computes the stored form's
+    /// trailer.
+    fn prepare(&mut self, compress: bool) {
+        self.use_compressed = compress && block::compress_lz4_into(&self.raw, &mut self.compressed);
         self.trailer = block::encode_trailer(self.stored(), self.block_type());
     }
 
@@ -163,7 +164,7 @@ impl CompressionThread {
             .spawn(move || {
                 for mut batch in batches {
                     for job in &mut batch {
-                        job.prepare();
+                        job.prepare(true);
                     }
                     if done.send(batch).is_err() {
                         return;
@@ -255,6 +256,8 @@ pub struct TableBuilder {
     handles: VecDeque<BlockHandle>,
     /// Compresses data blocks in the background, when enabled.
     compressor: Option<CompressionThread>,
+    /// The buffers of a block prepared inline (without a compression thread).
+    inline_job: BlockJob,
     last_key: Vec<u8>,
     smallest_key: Vec<u8>,
     num_entries: u64,
@@ -289,6 +292,7 @@ impl TableBuilder {
             separators: VecDeque::new(),
             handles: VecDeque::new(),
             compressor: None,
+            inline_job: BlockJob::default(),
             last_key: Vec::new(),
             smallest_key: Vec::new(),
             num_entries: 0,
@@ -409,23 +413,18 @@ impl TableBuilder {
             }
             self.write_compressed_blocks(false)?;
         } else {
-            let handle = match self.opts.compression {
-                Compression::Lz4 => {
-                    let mut out = Vec::new();
-                    if block::compress_lz4_into(raw, &mut out) {
-                        self.sink.write_block(&out, BLOCK_TYPE_LZ4)?
-                    } else {
-                        self.sink.write_block(raw, BLOCK_TYPE_RAW)?
-                    }
-                }
-                Compression::None => self.sink.write_block(raw, BLOCK_TYPE_RAW)?,
-            };
-            self.handles.push_back(handle);
+            // Inline: the same preparation, in a job whose buffers are reused.
+            let mut job = std::mem::take(&mut self.inline_job);
+            job.raw.clear();
+            job.raw.extend_from_slice(raw);
+            job.prepare(self.opts.compression == Compression::Lz4);
+            let written = self.write_prepared(&job);
+            self.inline_job = job;
+            written?;
         }
         self.data_block.reset();
         self.num_data_blocks += 1;
         self.awaiting_separator = true;
-        self.add_index_entries();
         Ok(())
     }
 
@@ -479,14 +478,12 @@ impl TableBuilder {
 
     /// Adds the index entries whose separator and block handle are both known.
     fn add_index_entries(&mut self) {
-        while !self.separators.is_empty() && !self.handles.is_empty() {
-            if let (Some(sep), Some(handle)) =
-                (self.separators.pop_front(), self.handles.pop_front())
-            {
-                let mut v = Vec::with_capacity(BlockHandle::MAX_VARINT_LEN);
-                handle.encode_varint_to(&mut v);
-                self.index_block.add(&sep, &v);
-            }
+        while let (Some(sep), Some(handle)) = (self.separators.front(), self.handles.front()) {
+            let mut v = Vec::with_capacity(BlockHandle::MAX_VARINT_LEN);
+            handle.encode_varint_to(&mut v);
+            self.index_block.add(sep, &v);
+            self.separators.pop_front();
+            self.handles.pop_front();
         }
     }
 
