@@ -53,6 +53,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod codec;
 pub mod error;
+pub mod failpoint;
 pub mod fault;
 pub mod fs;
 pub mod lsm;

@@ -474,6 +474,7 @@ fn discard(
         return false;
     };
     report.discarded.push(id);
+    crate::failpoint::hit("retention.checkpoint_removed");
     if let Err(e) = storage.sync_dir(&dir) {
         // The deletion of `_metadata` may not be durable: keep its shared files (they
         // become leftovers for the next open rather than holes in a checkpoint that could
@@ -1147,11 +1148,13 @@ impl PendingCheckpoint {
             storage.sync_dir(SHARED_DIR)?;
         }
         storage.sync_dir(&dir)?;
+        crate::failpoint::hit("checkpoint.files_placed");
         let mut inner = self.core.inner.lock();
         if inner.closed {
             return Err(Error::Closed);
         }
         storage.write_atomic(&rel, &bytes)?;
+        crate::failpoint::hit("checkpoint.metadata_written");
         // Durable: the checkpoint exists. Nothing below may fail it.
         self.finished = true;
         inner.pending.remove(&self.id);
@@ -1186,6 +1189,7 @@ impl PendingCheckpoint {
             .shared_files_deleted
             .extend(more.shared_files_deleted);
         retention.errors.extend(more.errors);
+        crate::failpoint::hit("checkpoint.completed");
         Ok(CompletedCheckpoint {
             metadata,
             stats: self.stats,

@@ -208,24 +208,41 @@ impl Version {
     }
 
     /// Newest version of `ukey` visible at `seq` in the files.
+    ///
+    /// Level 0 is searched by sequence number, not by file order: the entry with the
+    /// largest sequence number among the L0 files wins. Files are ordered by their largest
+    /// sequence number, so the search stops at the first file that cannot hold anything
+    /// newer than the entry already found; when sequence ranges do not interleave (the
+    /// normal case) that is the file after the first hit. Every entry in a deeper level is
+    /// older than any L0 entry for the same key: an L0 compaction takes every L0 file,
+    /// and whatever is flushed later is newer.
     pub fn get(&self, ukey: &[u8], seq: SeqNo, counts: &mut FilterCounts) -> Result<VersionLookup> {
         for (level, files) in self.levels.iter().enumerate() {
             if level == 0 {
+                let mut best: Option<(SeqNo, VersionLookup)> = None;
                 for f in files {
+                    if best.as_ref().is_some_and(|(s, _)| *s >= f.largest_seq) {
+                        break;
+                    }
                     let (lo, hi) = f.user_range();
                     if ukey < lo || ukey > hi {
                         continue;
                     }
-                    if let Some(r) = lookup_file(f, ukey, seq, counts)? {
-                        return Ok(r);
+                    if let Some((s, r)) = lookup_file(f, ukey, seq, counts)? {
+                        if best.as_ref().is_none_or(|(b, _)| s > *b) {
+                            best = Some((s, r));
+                        }
                     }
+                }
+                if let Some((_, r)) = best {
+                    return Ok(r);
                 }
             } else {
                 // First file whose largest user key >= ukey.
                 let i = files.partition_point(|f| user_key(&f.largest) < ukey);
                 if let Some(f) = files.get(i) {
                     if user_key(&f.smallest) <= ukey {
-                        if let Some(r) = lookup_file(f, ukey, seq, counts)? {
+                        if let Some((_, r)) = lookup_file(f, ukey, seq, counts)? {
                             return Ok(r);
                         }
                     }
@@ -272,7 +289,7 @@ fn lookup_file(
     ukey: &[u8],
     seq: SeqNo,
     counts: &mut FilterCounts,
-) -> Result<Option<VersionLookup>> {
+) -> Result<Option<(SeqNo, VersionLookup)>> {
     if f.smallest_seq > seq {
         return Ok(None); // every entry is newer than the reader
     }
@@ -282,14 +299,14 @@ fn lookup_file(
         counts.useful += 1;
         return Ok(None);
     }
-    Ok(match t.get(ukey, seq)? {
-        LookupResult::Found(v) => Some(VersionLookup::Found(v)),
-        LookupResult::Deleted => Some(VersionLookup::Deleted),
+    Ok(t.get_entry(ukey, seq)?.and_then(|(s, r)| match r {
+        LookupResult::Found(v) => Some((s, VersionLookup::Found(v))),
+        LookupResult::Deleted => Some((s, VersionLookup::Deleted)),
         LookupResult::NotFound => None,
-    })
+    }))
 }
 
-/// Orders L0 files newest first.
+/// Orders L0 files by their largest sequence number, newest first (then by number).
 pub fn l0_order(a: &Arc<FileMeta>, b: &Arc<FileMeta>) -> Ordering {
     b.largest_seq
         .cmp(&a.largest_seq)

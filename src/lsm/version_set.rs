@@ -240,6 +240,7 @@ impl VersionSet {
         })?;
         let manifest = self.manifest.as_mut().ok_or(Error::Closed)?;
         manifest.append(&edit)?;
+        crate::failpoint::hit("manifest.edit_appended");
         let live: std::collections::HashSet<FileNumber> =
             next.all_files().map(|(_, f)| f.number).collect();
         for (_, f) in self.current.all_files() {
@@ -285,7 +286,9 @@ impl VersionSet {
         let snapshot = self.snapshot_edit();
         let fs = self.ctx.fs.clone();
         let w = ManifestWriter::create(fs.as_ref(), &self.ctx.dir, number, &snapshot)?;
+        crate::failpoint::hit("manifest.roll_written");
         set_current(fs.as_ref(), &self.ctx.dir, number)?;
+        crate::failpoint::hit("manifest.roll_current_set");
         let old = self
             .manifest
             .replace(w)

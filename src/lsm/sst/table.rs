@@ -322,6 +322,15 @@ impl Table {
     /// The newest entry for `user_key` with sequence number `<= seq`. Does not consult
     /// the bloom filter (the caller does, to count its statistics).
     pub fn get(&self, user_key: &[u8], seq: SeqNo) -> Result<LookupResult> {
+        Ok(self
+            .get_entry(user_key, seq)?
+            .map_or(LookupResult::NotFound, |(_, r)| r))
+    }
+
+    /// [`Table::get`], also giving the sequence number of the entry found, so that a
+    /// caller looking in several tables whose sequence ranges may interleave (level 0)
+    /// can keep the newest. `None` when the table holds no visible entry for the key.
+    pub fn get_entry(&self, user_key: &[u8], seq: SeqNo) -> Result<Option<(SeqNo, LookupResult)>> {
         let target = LookupKey::new(user_key, seq);
         let target = target.internal_key();
         let mut i = self.find_block(target);
@@ -335,16 +344,19 @@ impl Table {
             }
             if it.valid() {
                 return Ok(match parse_internal_key(it.key()) {
-                    Some(p) if p.user_key == user_key => match p.kind {
-                        ValueKind::Put => LookupResult::Found(it.value().to_vec()),
-                        ValueKind::Delete => LookupResult::Deleted,
-                    },
-                    _ => LookupResult::NotFound,
+                    Some(p) if p.user_key == user_key => Some((
+                        p.seq,
+                        match p.kind {
+                            ValueKind::Put => LookupResult::Found(it.value().to_vec()),
+                            ValueKind::Delete => LookupResult::Deleted,
+                        },
+                    )),
+                    _ => None,
                 });
             }
             i += 1;
         }
-        Ok(LookupResult::NotFound)
+        Ok(None)
     }
 
     /// An iterator over every entry, in internal key order.
