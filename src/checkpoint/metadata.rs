@@ -264,9 +264,24 @@ impl Metadata {
         Ok(())
     }
 
-    /// Reads and decodes the `_metadata` file at `path`.
+    /// Reads and decodes the `_metadata` file at `path` (a regular file, read up to
+    /// [`MAX_METADATA_BYTES`]).
     pub fn read(fs: &dyn FileSystem, path: &Path) -> Result<Metadata> {
         let bytes = fs.read_file(path, MAX_METADATA_BYTES)?;
+        Metadata::decode(&bytes, path)
+    }
+
+    /// Like [`Metadata::read`] for the `_metadata` of a job directory: the file actually
+    /// opened must lie inside `job_dir` once symlinks are followed
+    /// ([`crate::fs::open_inside`]), or nothing is read.
+    pub fn read_inside(fs: &dyn FileSystem, job_dir: &Path, path: &Path) -> Result<Metadata> {
+        let entry = path
+            .strip_prefix(job_dir)
+            .unwrap_or(path)
+            .display()
+            .to_string();
+        let (mut f, _) = crate::fs::open_inside(fs, job_dir, path, &entry)?;
+        let bytes = crate::fs::read_capped(&mut f, path, MAX_METADATA_BYTES)?;
         Metadata::decode(&bytes, path)
     }
 

@@ -144,7 +144,8 @@ fn load(fs: &dyn FileSystem, chk_dir: &Path, id: CheckpointId) -> Result<Resolve
             ),
         ));
     }
-    let metadata = Metadata::read(fs, &metadata_path)?;
+    let job_dir = parent_dir(chk_dir);
+    let metadata = Metadata::read_inside(fs, job_dir, &metadata_path)?;
     if metadata.checkpoint_id != id {
         return Err(Error::corruption(
             &metadata_path,
@@ -157,7 +158,7 @@ fn load(fs: &dyn FileSystem, chk_dir: &Path, id: CheckpointId) -> Result<Resolve
         ));
     }
     Ok(ResolvedCheckpoint {
-        job_dir: parent_dir(chk_dir).to_path_buf(),
+        job_dir: job_dir.to_path_buf(),
         checkpoint_id: id,
         metadata_path,
         metadata,

@@ -8,6 +8,7 @@
 //! business.
 
 use std::fmt;
+use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +35,22 @@ const CHECKSUM_BUFFER_BYTES: usize = 1 << 20;
 /// local file and must describe it).
 pub fn file_checksum(fs: &dyn FileSystem, path: &Path) -> Result<FileChecksum> {
     let mut f = fs.open(path)?;
+    checksum_open_file(&mut f, path, u64::MAX)
+}
+
+/// Size and crc32c of the open regular file `f` (opened from `path`), refusing one larger
+/// than `max_bytes` before reading it (by its reported size), and reading at most
+/// `max_bytes + 1` bytes whatever the size said.
+pub fn checksum_open_file(f: &mut File, path: &Path, max_bytes: u64) -> Result<FileChecksum> {
+    let reported = f.metadata().ctx("stat", path)?.len();
+    if reported > max_bytes {
+        return Err(Error::corruption(
+            path,
+            0,
+            format!("file is {reported} bytes, larger than the limit of {max_bytes}"),
+        ));
+    }
+    let mut f = f.take(max_bytes.saturating_add(1));
     let mut buf = vec![0u8; CHECKSUM_BUFFER_BYTES];
     let mut crc = 0u32;
     let mut size = 0u64;
@@ -45,6 +62,13 @@ pub fn file_checksum(fs: &dyn FileSystem, path: &Path) -> Result<FileChecksum> {
         let chunk = buf.get(..n).unwrap_or_default();
         crc = codec::crc32c_extend(crc, chunk);
         size = size.saturating_add(n as u64);
+    }
+    if size > max_bytes {
+        return Err(Error::corruption(
+            path,
+            max_bytes,
+            format!("file holds more than the limit of {max_bytes} bytes"),
+        ));
     }
     Ok(FileChecksum { size, crc32c: crc })
 }
@@ -76,16 +100,20 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// Writes a small file so that it is either absent or whole after a crash (temp file,
     /// fsync, rename, directory fsync).
     fn write_atomic(&self, rel: &str, bytes: &[u8]) -> Result<()>;
-    /// Reads a whole file, refusing one larger than `max_bytes`.
+    /// Reads a whole regular file, refusing one larger than `max_bytes` (by its reported
+    /// size or by the bytes read) and, for a local storage, one whose canonical path leaves
+    /// the job directory.
     fn read_file(&self, rel: &str, max_bytes: u64) -> Result<Vec<u8>>;
     /// Names of a directory's entries, sorted; [`Error::NotFound`] when it is missing.
     fn list_dir(&self, rel: &str) -> Result<Vec<String>>;
     /// True when a file or directory exists at `rel`.
     fn exists(&self, rel: &str) -> Result<bool>;
-    /// Size of a file in bytes.
+    /// Size of a regular file in bytes (read from the opened file, checked as `read_file`
+    /// checks it; nothing is read).
     fn file_size(&self, rel: &str) -> Result<u64>;
-    /// Size and crc32c of a file, read end to end.
-    fn checksum(&self, rel: &str) -> Result<FileChecksum>;
+    /// Size and crc32c of a regular file, read end to end; a file larger than `max_bytes`
+    /// is refused before it is read (and no more than `max_bytes + 1` bytes are read).
+    fn checksum(&self, rel: &str, max_bytes: u64) -> Result<FileChecksum>;
     /// Deletes a file; a file that is already gone is not an error.
     fn delete_file(&self, rel: &str) -> Result<()>;
     /// Deletes a directory and everything in it; one already gone is not an error.
@@ -97,6 +125,10 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// A local path through which `rel` can be read in place, when the storage is local;
     /// `Ok(None)` for a remote storage (use [`CheckpointStorage::fetch`]).
     fn open_local(&self, rel: &str) -> Result<Option<PathBuf>>;
+    /// The regular file `rel` opened for reading in place (its canonical path checked
+    /// inside the job directory), when the storage is local; `Ok(None)` for a remote
+    /// storage.
+    fn open_read(&self, rel: &str) -> Result<Option<File>>;
 }
 
 /// A [`CheckpointStorage`] on a [`FileSystem`]: the job directory is
@@ -165,6 +197,15 @@ impl LocalStorage {
         Ok(p)
     }
 
+    /// Opens the regular file `rel` for reading: the lexical and physical checks of
+    /// `guard` before the open, and the canonical path of the file actually opened checked
+    /// inside the job directory after it. Returns the path, the file and its canonical path.
+    fn open_checked(&self, rel: &str) -> Result<(PathBuf, File, PathBuf)> {
+        let p = self.guard(rel)?;
+        let (f, canonical) = fs::open_inside(self.fs.as_ref(), &self.job_dir, &p, rel)?;
+        Ok((p, f, canonical))
+    }
+
     /// The parent directory of `rel` must resolve inside the job directory; `rel` itself
     /// may be a symlink (deleting one removes the link, not its target).
     fn guard_parent(&self, rel: &str) -> Result<PathBuf> {
@@ -220,8 +261,8 @@ impl CheckpointStorage for LocalStorage {
     }
 
     fn read_file(&self, rel: &str, max_bytes: u64) -> Result<Vec<u8>> {
-        let p = self.guard(rel)?;
-        self.fs.read_file(&p, max_bytes)
+        let (p, mut f, _) = self.open_checked(rel)?;
+        fs::read_capped(&mut f, &p, max_bytes)
     }
 
     fn list_dir(&self, rel: &str) -> Result<Vec<String>> {
@@ -235,13 +276,13 @@ impl CheckpointStorage for LocalStorage {
     }
 
     fn file_size(&self, rel: &str) -> Result<u64> {
-        let p = self.guard(rel)?;
-        self.fs.file_size(&p)
+        let (p, f, _) = self.open_checked(rel)?;
+        Ok(f.metadata().ctx("stat", &p)?.len())
     }
 
-    fn checksum(&self, rel: &str) -> Result<FileChecksum> {
-        let p = self.guard(rel)?;
-        file_checksum(self.fs.as_ref(), &p)
+    fn checksum(&self, rel: &str, max_bytes: u64) -> Result<FileChecksum> {
+        let (p, mut f, _) = self.open_checked(rel)?;
+        checksum_open_file(&mut f, &p, max_bytes)
     }
 
     fn delete_file(&self, rel: &str) -> Result<()> {
@@ -265,19 +306,19 @@ impl CheckpointStorage for LocalStorage {
     }
 
     fn fetch(&self, rel: &str, dst: &Path) -> Result<Placement> {
-        let src = self.guard(rel)?;
-        if !self.fs.exists(&src) {
-            return Err(Error::NotFound { path: src });
-        }
-        fs::link_or_copy(self.fs.as_ref(), &src, dst)
+        let (_, f, _) = self.open_checked(rel)?;
+        drop(f);
+        fs::link_or_copy(self.fs.as_ref(), &self.join(rel)?, dst)
     }
 
     fn open_local(&self, rel: &str) -> Result<Option<PathBuf>> {
-        let p = self.guard(rel)?;
-        if !self.fs.exists(&p) {
-            return Err(Error::NotFound { path: p });
-        }
+        let (p, _, _) = self.open_checked(rel)?;
         Ok(Some(p))
+    }
+
+    fn open_read(&self, rel: &str) -> Result<Option<File>> {
+        let (_, f, _) = self.open_checked(rel)?;
+        Ok(Some(f))
     }
 }
 
@@ -305,7 +346,7 @@ mod tests {
         assert_eq!(s.list_dir("shared").unwrap(), vec!["a.sst".to_string()]);
         assert_eq!(s.file_size("shared/a.sst").unwrap(), 5);
         assert_eq!(
-            s.checksum("shared/a.sst").unwrap(),
+            s.checksum("shared/a.sst", 5).unwrap(),
             FileChecksum {
                 size: 5,
                 crc32c: codec::crc32c(b"hello")

@@ -1044,7 +1044,7 @@ impl PendingCheckpoint {
         let storage = Arc::clone(&self.core.storage);
         let placement = storage.place_file(local_path, &rel)?;
         self.private.insert(rel.clone());
-        let sum = storage.checksum(&rel)?;
+        let sum = storage.checksum(&rel, u64::MAX)?;
         self.count_placement(sum.size, placement);
         Ok(FileHandle {
             role: FileRole::Private,

@@ -18,7 +18,7 @@ use super::inspect::{levels_json, write_levels, LevelJson, MinAvgMax};
 use super::output::{emit, escape_bytes, format_unix_ms, human_bytes, Format, Render};
 use super::progress;
 use super::store;
-use super::verify::{verify_sst, Expected, VerifyReport};
+use super::verify::{verify_sst_opened, Expected, VerifyReport};
 use super::CliError;
 use crate::checkpoint::metadata::METADATA_FILE_NAME;
 use crate::checkpoint::store::{SHARED_DIR, TASKOWNED_DIR};
@@ -26,7 +26,7 @@ use crate::checkpoint::{
     resolve, CheckpointId, CheckpointStorage, FileHandle, FileRole, LocalStorage, Metadata,
     OperatorSubtaskState, ResolvedCheckpoint, StateHandle,
 };
-use crate::error::Error;
+use crate::error::{Error, IoContext};
 use crate::fs::{FileSystem, StdFs};
 use crate::state::lsm_snapshot::{read_manifest_snapshot, LSM_BACKEND};
 
@@ -75,7 +75,7 @@ pub fn scan_job(job_dir: &Path) -> Result<JobScan, Error> {
         let state = if !mpath.exists() {
             ChkState::Incomplete
         } else {
-            match Metadata::read(&StdFs, &mpath) {
+            match Metadata::read_inside(&StdFs, job_dir, &mpath) {
                 Ok(m) if m.checkpoint_id != id => ChkState::Damaged(Error::corruption(
                     &mpath,
                     crate::checkpoint::metadata::BODY_OFFSET as u64,
@@ -708,7 +708,11 @@ pub fn verify_checkpoint(r: &mut VerifyReport, path: &Path, _kind: Kind) -> Resu
     r.file(
         mp,
         "metadata",
-        std::fs::metadata(mp).ok().map(|x| x.len()),
+        StdFs
+            .open(mp)
+            .and_then(|f| f.metadata().ctx("stat", mp))
+            .ok()
+            .map(|x| x.len()),
         None,
         Ok(format!(
             "checkpoint {} ({}), {} subtask state(s)",
@@ -801,15 +805,17 @@ fn verify_lsm_subtask(
             for (f, h) in &layout.tables {
                 let p = storage.display_path(&h.path);
                 pb.set_message(h.path.clone());
-                if p.exists() {
-                    // The file itself is already listed (size and crc); this adds the
-                    // table's own checks, which name the damaged block's offset.
+                // Only a regular file inside the job directory is opened; anything else
+                // is already reported with the file's own line (size and crc).
+                if let Ok(Some(file)) = storage.open_read(&h.path) {
+                    // This adds the table's own checks, which name the damaged block's
+                    // offset.
                     let mut scratch = VerifyReport::new(&p, Kind::Sst);
                     let expected = Expected {
                         size_bytes: f.size,
                         crc32c: f.file_crc32c,
                     };
-                    verify_sst(&mut scratch, &p, Some(expected));
+                    verify_sst_opened(&mut scratch, &p, Ok(file), Some(expected));
                     for problem in scratch.problems {
                         r.problem(problem);
                     }

@@ -1,0 +1,402 @@
+//! Checkpoint directories and stores holding what a file system can hold besides regular
+//! files: FIFOs, sockets, character devices behind symlinks, directories where files are
+//! expected, and symlinks out of the job directory. Every case must end, within a
+//! deadline, in a clear error or a reported entry, with nothing outside the job directory
+//! read, linked or deleted.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tidemark::checkpoint::{
+    resolve, resolve_verified, CheckpointConfig, CheckpointId, CheckpointKind, CheckpointStore,
+    JobId, KeyGroupRange, LocalStorage, SourceOffset,
+};
+use tidemark::fs::{FileSystem, StdFs};
+use tidemark::lsm::{Db, Options};
+use tidemark::state::lsm_snapshot::{checkpoint_store, SubtaskId};
+use tidemark::Error;
+
+/// How long any single command or call may take before the test calls it a hang.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `tidemark args` and kills it when it outlives [`DEADLINE`] (the test then fails).
+fn tidemark(args: &[&str]) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tidemark");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > DEADLINE {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("tidemark {args:?} did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `f` on a thread and fails the test when it outlives [`DEADLINE`].
+fn within_deadline<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(DEADLINE)
+        .unwrap_or_else(|_| panic!("{what} did not finish within {DEADLINE:?}"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Exit status 1, one line on stderr naming `path`, no panic.
+fn assert_fails_naming(r: &Run, path: &Path, what: &str) {
+    assert_eq!(
+        r.code, 1,
+        "{what}: exit status\nstdout: {}\nstderr: {}",
+        r.stdout, r.stderr
+    );
+    assert!(!r.stderr.contains("panicked"), "{what}: {}", r.stderr);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        all.contains(s(path)),
+        "{what}: output does not name {}:\n{all}",
+        path.display()
+    );
+}
+
+fn small_options() -> Options {
+    Options {
+        memtable_size_bytes: 64 << 10,
+        block_size_bytes: 1024,
+        wal: false,
+        ..Options::default()
+    }
+}
+
+/// Two incremental checkpoints of one store under `dir/checkpoints/job1`; returns the job
+/// directory.
+fn make_checkpoints(dir: &Path) -> PathBuf {
+    let db = Db::open(dir.join("work"), small_options()).unwrap();
+    let storage = LocalStorage::new(
+        StdFs::shared(),
+        dir.join("checkpoints"),
+        JobId::new("job1").unwrap(),
+    );
+    let store = CheckpointStore::open(
+        Arc::new(storage),
+        CheckpointConfig {
+            num_retained: 2,
+            ..CheckpointConfig::default()
+        },
+    )
+    .unwrap();
+    let subtask = SubtaskId {
+        operator_id: "op".into(),
+        subtask_index: 0,
+        key_groups: KeyGroupRange { start: 0, end: 127 },
+    };
+    for round in 1..=2u64 {
+        for i in 0..300 {
+            db.put(format!("key{round}-{i:04}"), vec![b'x'; 50])
+                .unwrap();
+        }
+        db.put("counter", round.to_string()).unwrap();
+        let offsets = vec![SourceOffset {
+            source: "src".into(),
+            split: "0".into(),
+            offset: round * 100,
+        }];
+        checkpoint_store(
+            &store,
+            CheckpointId(round),
+            CheckpointKind::Incremental,
+            &db,
+            &subtask,
+            offsets,
+        )
+        .unwrap();
+    }
+    drop(store);
+    db.close().unwrap();
+    dir.join("checkpoints").join("job1")
+}
+
+/// The kinds of non-regular file a test puts where a file is expected.
+#[derive(Debug, Clone, Copy)]
+enum Special {
+    Fifo,
+    Socket,
+    DevZero,
+    DevNull,
+    Directory,
+}
+
+const SPECIALS: [Special; 5] = [
+    Special::Fifo,
+    Special::Socket,
+    Special::DevZero,
+    Special::DevNull,
+    Special::Directory,
+];
+
+/// Replaces `path` with `kind`; the returned value keeps a socket bound.
+fn make_special(path: &Path, kind: Special) -> Option<std::os::unix::net::UnixListener> {
+    if path.is_dir() {
+        std::fs::remove_dir_all(path).unwrap();
+    } else if path.symlink_metadata().is_ok() {
+        std::fs::remove_file(path).unwrap();
+    }
+    match kind {
+        Special::Fifo => {
+            let c = std::ffi::CString::new(s(path)).unwrap();
+            // SAFETY: `c` is a NUL-terminated path that outlives the call.
+            let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+            assert_eq!(rc, 0, "mkfifo {}", path.display());
+            None
+        }
+        Special::Socket => Some(std::os::unix::net::UnixListener::bind(path).unwrap()),
+        Special::DevZero => {
+            symlink("/dev/zero", path).unwrap();
+            None
+        }
+        Special::DevNull => {
+            symlink("/dev/null", path).unwrap();
+            None
+        }
+        Special::Directory => {
+            std::fs::create_dir(path).unwrap();
+            None
+        }
+    }
+}
+
+/// The first shared SST and the private manifest of checkpoint 2.
+fn files_of(job: &Path) -> (PathBuf, PathBuf) {
+    let mut shared: Vec<PathBuf> = std::fs::read_dir(job.join("shared"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    shared.sort();
+    let manifest = std::fs::read_dir(job.join("chk-2"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| s(p).ends_with(".manifest"))
+        .unwrap();
+    (shared[0].clone(), manifest)
+}
+
+#[test]
+fn special_files_in_a_checkpoint_fail_fast_naming_the_path() {
+    for kind in SPECIALS {
+        for place in ["_metadata", "shared", "private"] {
+            let dir = tempfile::tempdir().unwrap();
+            let job = make_checkpoints(dir.path());
+            let chk = job.join("chk-2");
+            let (sst, manifest) = files_of(&job);
+            let target = match place {
+                "_metadata" => chk.join("_metadata"),
+                "shared" => sst,
+                _ => manifest,
+            };
+            let _keep = make_special(&target, kind);
+            let what = format!("{kind:?} as {place}");
+            let r = tidemark(&["verify", s(&chk)]);
+            assert_fails_naming(&r, &target, &format!("verify, {what}"));
+            let r = tidemark(&["inspect", s(&chk)]);
+            if place != "shared" {
+                assert_fails_naming(&r, &target, &format!("inspect, {what}"));
+            } else {
+                // `inspect` lists a shared file from `_metadata` and does not open it.
+                assert_eq!(r.code, 0, "inspect, {what}: {}", r.stderr);
+            }
+            let r = tidemark(&["get", s(&chk), "counter"]);
+            if place != "shared" {
+                assert_fails_naming(&r, &target, &format!("get, {what}"));
+            } else {
+                assert!(!r.stderr.contains("panicked"), "get, {what}: {}", r.stderr);
+            }
+            let r = tidemark(&["checkpoints", s(&job)]);
+            assert!(!r.stderr.contains("panicked"), "{what}: {}", r.stderr);
+            if place == "_metadata" {
+                assert!(
+                    r.stdout.contains("damaged") || r.stderr.contains(s(&target)),
+                    "checkpoints, {what}:\n{}{}",
+                    r.stdout,
+                    r.stderr
+                );
+            }
+            let job2 = job.clone();
+            let res = within_deadline("resolve_verified", move || {
+                resolve_verified(StdFs::shared(), &job2.join("chk-2"), false).map(|_| ())
+            });
+            let e = res.expect_err(&what);
+            assert!(e.to_string().contains(s(&target)), "{what}: {e}");
+            if place == "_metadata" {
+                assert!(matches!(e, Error::NotRegularFile { .. }), "{what}: {e:?}");
+                let job2 = job.clone();
+                let e = within_deadline("resolve", move || resolve(&StdFs, &job2).map(|_| ()))
+                    .expect_err(&what);
+                assert!(e.to_string().contains("not a regular file"), "{what}: {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn special_files_given_to_inspect_and_verify_fail_fast() {
+    for kind in SPECIALS {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("000001.sst");
+        let _keep = make_special(&p, kind);
+        for cmd in ["inspect", "verify"] {
+            let r = tidemark(&[cmd, s(&p)]);
+            assert_fails_naming(&r, &p, &format!("{cmd} of {kind:?}"));
+        }
+    }
+}
+
+#[test]
+fn special_files_in_a_store_fail_fast_naming_the_path() {
+    for kind in SPECIALS {
+        for name in ["CURRENT", "MANIFEST", "WAL"] {
+            let dir = tempfile::tempdir().unwrap();
+            let db_dir = dir.path().join("db");
+            let db = Db::open(&db_dir, Options::default()).unwrap();
+            db.put("a", "1").unwrap();
+            db.close().unwrap();
+            let mut names: Vec<String> = std::fs::read_dir(&db_dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            let target = match name {
+                "CURRENT" => db_dir.join("CURRENT"),
+                "MANIFEST" => {
+                    db_dir.join(names.iter().find(|n| n.starts_with("MANIFEST-")).unwrap())
+                }
+                _ => db_dir.join(names.iter().find(|n| n.ends_with(".wal")).unwrap()),
+            };
+            let _keep = make_special(&target, kind);
+            let what = format!("{kind:?} as {name}");
+            for cmd in ["inspect", "verify"] {
+                let r = tidemark(&[cmd, s(&db_dir)]);
+                assert_ne!(r.code, 0, "{cmd}, {what}: {}", r.stdout);
+                assert!(
+                    !r.stderr.contains("panicked"),
+                    "{cmd}, {what}: {}",
+                    r.stderr
+                );
+                let all = format!("{}{}", r.stdout, r.stderr);
+                assert!(all.contains(s(&target)), "{cmd}, {what}: {all}");
+            }
+            let d = db_dir.clone();
+            let res = within_deadline("Db::open", move || {
+                Db::open(&d, Options::default()).map(|_| ())
+            });
+            let e = res.expect_err(&what);
+            assert!(e.to_string().contains(s(&target)), "Db::open, {what}: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_shared_file_linked_out_of_the_job_directory_is_never_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = make_checkpoints(dir.path());
+    // The same bytes outside: copies, so that a reader that followed the links would find
+    // valid tables with the right sizes and crcs.
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    for e in std::fs::read_dir(job.join("shared")).unwrap() {
+        let sst = e.unwrap().path();
+        let copy = outside.join(sst.file_name().unwrap());
+        std::fs::copy(&sst, &copy).unwrap();
+        std::fs::remove_file(&sst).unwrap();
+        symlink(&copy, &sst).unwrap();
+    }
+    let chk = job.join("chk-2");
+    let r = tidemark(&["verify", s(&chk)]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("unsafe path"), "{}", r.stdout);
+    let r = tidemark(&["get", s(&chk), "counter"]);
+    assert_eq!(
+        r.code, 1,
+        "get served a table outside the job: {}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("outside the job directory"),
+        "{}",
+        r.stderr
+    );
+    let e = resolve_verified(StdFs::shared(), &chk, false).unwrap_err();
+    assert!(e.to_string().contains("unsafe path"), "{e}");
+    // Nothing read it: its access time is not what matters (noatime mounts); what matters
+    // is that the commands refused, which the assertions above showed.
+    assert!(outside.exists());
+}
+
+#[test]
+fn a_metadata_linked_out_of_the_job_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = make_checkpoints(dir.path());
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let m = job.join("chk-2/_metadata");
+    std::fs::rename(&m, other.join("_metadata")).unwrap();
+    symlink(other.join("_metadata"), &m).unwrap();
+    let e = resolve(&StdFs, &job.join("chk-2")).unwrap_err();
+    assert!(matches!(e, Error::UnsafePath { .. }), "{e:?}");
+    for cmd in ["inspect", "verify"] {
+        let r = tidemark(&[cmd, s(&job.join("chk-2"))]);
+        assert_eq!(r.code, 1, "{cmd}: {}{}", r.stdout, r.stderr);
+        assert!(
+            format!("{}{}", r.stdout, r.stderr).contains("outside the job directory"),
+            "{cmd}: {}{}",
+            r.stdout,
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn the_guarded_open_refuses_special_files_through_the_trait() {
+    let dir = tempfile::tempdir().unwrap();
+    for kind in SPECIALS {
+        let p = dir.path().join(format!("{kind:?}"));
+        let _keep = make_special(&p, kind);
+        let p2 = p.clone();
+        let e = within_deadline("read_file", move || {
+            StdFs.read_file(&p2, 1 << 20).map(|_| ())
+        })
+        .expect_err("special file read");
+        match &e {
+            Error::NotRegularFile { path, .. } => assert_eq!(path, &p),
+            other => panic!("{kind:?}: {other:?}"),
+        }
+        assert!(e.to_string().contains(s(&p)), "{e}");
+    }
+}
