@@ -400,3 +400,106 @@ fn the_guarded_open_refuses_special_files_through_the_trait() {
         assert!(e.to_string().contains(s(&p)), "{e}");
     }
 }
+
+#[test]
+fn restore_places_the_real_file_behind_a_link_inside_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = make_checkpoints(dir.path());
+    let mut reals = Vec::new();
+    for e in std::fs::read_dir(job.join("shared")).unwrap() {
+        let sst = e.unwrap().path();
+        let name = sst.file_name().unwrap().to_str().unwrap().to_string();
+        let real = job.join("shared").join(format!("real-{name}"));
+        std::fs::rename(&sst, &real).unwrap();
+        // Relative: placed as a link elsewhere, it would name another file.
+        symlink(format!("real-{name}"), &sst).unwrap();
+        reals.push(real);
+    }
+    let r = resolve_verified(StdFs::shared(), &job, false).unwrap();
+    let restored = dir.path().join("restored");
+    let db = tidemark::state::lsm_snapshot::restore_store(
+        &r.storage(StdFs::shared()),
+        r.checkpoint_id,
+        &r.metadata.operator_states[0],
+        &restored,
+        small_options(),
+    )
+    .unwrap();
+    assert_eq!(db.get("counter").unwrap().as_deref(), Some(&b"2"[..]));
+    drop(db);
+    use std::os::unix::fs::MetadataExt;
+    let real_inodes: Vec<u64> = reals
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().ino())
+        .collect();
+    let mut placed = 0;
+    for e in std::fs::read_dir(&restored).unwrap() {
+        let p = e.unwrap().path();
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        assert!(!m.file_type().is_symlink(), "{} is a link", p.display());
+        if s(&p).ends_with(".sst") && real_inodes.contains(&m.ino()) {
+            placed += 1;
+        }
+    }
+    assert_eq!(
+        placed,
+        reals.len(),
+        "every table placed is the verified file itself"
+    );
+}
+
+#[test]
+fn restore_never_places_a_file_from_outside_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = make_checkpoints(dir.path());
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    for e in std::fs::read_dir(job.join("shared")).unwrap() {
+        let sst = e.unwrap().path();
+        let copy = outside.join(sst.file_name().unwrap());
+        std::fs::copy(&sst, &copy).unwrap();
+        std::fs::remove_file(&sst).unwrap();
+        symlink(&copy, &sst).unwrap();
+    }
+    // Even unverified (allow_unverified), the placement itself refuses.
+    let r = resolve_verified(StdFs::shared(), &job, true).unwrap();
+    let restored = dir.path().join("restored");
+    let e = tidemark::state::lsm_snapshot::restore_store(
+        &r.storage(StdFs::shared()),
+        r.checkpoint_id,
+        &r.metadata.operator_states[0],
+        &restored,
+        small_options(),
+    )
+    .map(|_| ())
+    .unwrap_err();
+    assert!(matches!(e, Error::UnsafePath { .. }), "{e:?}");
+    let linked_out = std::fs::read_dir(&restored)
+        .unwrap()
+        .filter(|e| s(&e.as_ref().unwrap().path()).ends_with(".sst"))
+        .count();
+    assert_eq!(linked_out, 0, "a table from outside the job was placed");
+}
+
+#[test]
+fn a_symlinked_checkpoint_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = make_checkpoints(dir.path());
+    let other = make_checkpoints(&dir.path().join("other"));
+    // chk-3 of job1 is another job's checkpoint 2 (renamed so its id matches would not
+    // help either: the directory itself is a link).
+    symlink(other.join("chk-2"), job.join("chk-3")).unwrap();
+    let e = resolve(&StdFs, &job.join("chk-3")).unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    let e = resolve(&StdFs, &job).unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    for cmd in ["inspect", "verify"] {
+        let r = tidemark(&[cmd, s(&job.join("chk-3"))]);
+        assert_fails_naming(&r, &job.join("chk-3"), cmd);
+        assert!(
+            !r.stdout.contains("checkpoint 2 of job"),
+            "{cmd} printed the other job's _metadata: {}",
+            r.stdout
+        );
+    }
+}

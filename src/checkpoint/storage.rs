@@ -10,6 +10,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -306,9 +307,29 @@ impl CheckpointStorage for LocalStorage {
     }
 
     fn fetch(&self, rel: &str, dst: &Path) -> Result<Placement> {
-        let (_, f, _) = self.open_checked(rel)?;
-        drop(f);
-        fs::link_or_copy(self.fs.as_ref(), &self.join(rel)?, dst)
+        // The real file (every symlink resolved, checked inside the job directory) is
+        // placed, never a link: a relative link placed elsewhere would name other bytes.
+        let (_, f, real) = self.open_checked(rel)?;
+        let opened = f.metadata().ctx("stat", &real)?;
+        let placement = fs::link_or_copy(self.fs.as_ref(), &real, dst)?;
+        let placed = std::fs::symlink_metadata(dst).ctx("stat", dst)?;
+        let same = placed.is_file()
+            && match placement {
+                Placement::Linked => (placed.dev(), placed.ino()) == (opened.dev(), opened.ino()),
+                Placement::Copied => placed.len() == opened.len(),
+            };
+        if !same {
+            let _ = self.fs.remove_file(dst);
+            return Err(Error::io(
+                "place",
+                dst,
+                std::io::Error::other(format!(
+                    "{} changed while it was being placed",
+                    real.display()
+                )),
+            ));
+        }
+        Ok(placement)
     }
 
     fn open_local(&self, rel: &str) -> Result<Option<PathBuf>> {
