@@ -503,3 +503,74 @@ fn a_symlinked_checkpoint_directory_is_refused() {
         );
     }
 }
+
+#[test]
+fn a_second_owner_of_a_job_directory_is_refused_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = make_checkpoints(dir.path());
+    let open = || {
+        CheckpointStore::open(
+            Arc::new(LocalStorage::new(
+                StdFs::shared(),
+                dir.path().join("checkpoints"),
+                JobId::new("job1").unwrap(),
+            )),
+            CheckpointConfig {
+                num_retained: 2,
+                ..CheckpointConfig::default()
+            },
+        )
+    };
+    let first = open().unwrap();
+    assert_eq!(first.owner_lock_path(), Some(job.join("LOCK")));
+    // A checkpoint in progress: its directory and a shared file not yet in any _metadata,
+    // which a second owner would take for leftovers of a crash.
+    let mut pending = first
+        .begin(CheckpointId(3), CheckpointKind::Incremental)
+        .unwrap();
+    let local = dir.path().join("000099.sst");
+    std::fs::write(&local, b"pending table").unwrap();
+    let sum = tidemark::checkpoint::file_checksum(&StdFs, &local).unwrap();
+    let h = pending
+        .place_shared("op_0", &local, "000099.sst", sum.size, sum.crc32c)
+        .unwrap();
+    let before: Vec<_> = std::fs::read_dir(job.join("shared"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    match open() {
+        Err(Error::JobLocked { path }) => assert_eq!(path, job.join("LOCK")),
+        other => panic!("a second owner was not refused: {:?}", other.map(|_| ())),
+    }
+    let e = open().map(|_| ()).unwrap_err();
+    assert!(e.to_string().contains(s(&job.join("LOCK"))), "{e}");
+    assert!(
+        job.join(&h.path).exists(),
+        "the pending shared file was deleted"
+    );
+    assert!(
+        job.join("chk-3").exists(),
+        "the pending checkpoint was deleted"
+    );
+    let after: Vec<_> = std::fs::read_dir(job.join("shared"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(before, after);
+    // Read-only tools need no lock and change nothing.
+    for cmd in ["checkpoints", "verify", "inspect"] {
+        let r = tidemark(&[cmd, s(&job)]);
+        assert_eq!(
+            r.code, 0,
+            "{cmd} while the store is open: {}{}",
+            r.stdout, r.stderr
+        );
+    }
+    assert!(job.join(&h.path).exists() && job.join("chk-3").exists());
+    drop(pending);
+    drop(first);
+    // Once the owner is gone, the next one opens (and cleans up what was left).
+    let again = open().unwrap();
+    assert!(!job.join("chk-3").exists());
+    drop(again);
+}

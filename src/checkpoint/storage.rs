@@ -18,7 +18,10 @@ use super::ids::JobId;
 use super::path::{check_inside, lexical_problem};
 use crate::codec;
 use crate::error::{Error, IoContext, Result};
-use crate::fs::{self, FileSystem, Placement};
+use crate::fs::{self, FileLock, FileSystem, Placement};
+
+/// The lock file of a job directory, held by the [`super::CheckpointStore`] that owns it.
+pub const JOB_LOCK_FILE: &str = "LOCK";
 
 /// Size and crc32c of a whole file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +97,10 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     }
     /// Creates a directory (and the job directory and any parents).
     fn create_dir_all(&self, rel: &str) -> Result<()>;
+    /// Takes the exclusive owner lock of the job directory (creating it if needed), held
+    /// until the returned lock is dropped; a second owner gets [`Error::JobLocked`]
+    /// naming the lock file. `Ok(None)` for a storage that has no locks.
+    fn lock_owner(&self) -> Result<Option<FileLock>>;
     /// Places the local file `local` at `rel` by hard link, or by a synced copy when a
     /// link is impossible. On return the file's bytes are durable; its directory entry is
     /// durable once [`CheckpointStorage::sync_dir`] of its directory returns.
@@ -242,6 +249,16 @@ impl CheckpointStorage for LocalStorage {
         self.fs.create_dir_all(&self.job_dir)?;
         let p = self.guard(rel)?;
         self.fs.create_dir_all(&p)
+    }
+
+    fn lock_owner(&self) -> Result<Option<FileLock>> {
+        self.fs.create_dir_all(&self.job_dir)?;
+        let p = self.join(JOB_LOCK_FILE)?;
+        match self.fs.lock(&p) {
+            Ok(l) => Ok(Some(l)),
+            Err(Error::Locked { path }) => Err(Error::JobLocked { path }),
+            Err(e) => Err(e),
+        }
     }
 
     fn place_file(&self, local: &Path, rel: &str) -> Result<Placement> {

@@ -24,7 +24,7 @@ use super::restore::{RestoreInfo, RestoreMode};
 use super::storage::CheckpointStorage;
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::fs::Placement;
+use crate::fs::{FileLock, Placement};
 
 /// The directory of shared files, relative to the job directory.
 pub const SHARED_DIR: &str = "shared";
@@ -296,6 +296,9 @@ struct Inner {
 
 #[derive(Debug)]
 struct Core {
+    /// The job directory's owner lock, held as long as the store or a pending checkpoint
+    /// of it lives.
+    owner: Mutex<Option<FileLock>>,
     storage: Arc<dyn CheckpointStorage>,
     config: CheckpointConfig,
     inner: Mutex<Inner>,
@@ -582,6 +585,9 @@ impl CheckpointStore {
                 }
             }
         }
+        // Before anything is read or deleted: a second owner would take the first one's
+        // pending files for leftovers of a crash.
+        let owner = storage.lock_owner()?;
         storage.create_dir_all(SHARED_DIR)?;
         storage.create_dir_all(TASKOWNED_DIR)?;
         let mut report = OpenReport::default();
@@ -664,12 +670,23 @@ impl CheckpointStore {
             .retain(|id| inner.completed.contains_key(id));
         Ok(CheckpointStore {
             core: Arc::new(Core {
+                owner: Mutex::new(owner),
                 storage,
                 config,
                 inner: Mutex::new(inner),
             }),
             report,
         })
+    }
+
+    /// The job directory's lock file this store holds (`None` for a storage without
+    /// locks).
+    pub fn owner_lock_path(&self) -> Option<PathBuf> {
+        self.core
+            .owner
+            .lock()
+            .as_ref()
+            .map(|l| l.path().to_path_buf())
     }
 
     /// What open found and cleaned.
@@ -861,6 +878,13 @@ impl PendingCheckpoint {
     /// When the checkpoint was begun (unix ms).
     pub fn trigger_timestamp_ms(&self) -> u64 {
         self.trigger_timestamp_ms
+    }
+
+    /// Releases the job directory's owner lock as a crash of the process would, for tests
+    /// that simulate one by forgetting a pending checkpoint.
+    #[cfg(test)]
+    pub(crate) fn release_owner_lock_as_in_a_crash(&self) {
+        self.core.owner.lock().take();
     }
 
     /// Adds the immutable local file `local_path` (named `local_name` in the owner's
