@@ -1426,6 +1426,14 @@ impl DbInner {
             write_level0_table(&self.opts, &self.dir, &imm.mem, number, &self.counters)
         })?;
         crate::failpoint::hit("flush.table_written");
+        // Memtables are flushed oldest first and replay skips what tables hold, so a new
+        // level-0 table is newer than every table: L0 never holds one sequence range twice.
+        debug_assert!(new_file.as_ref().is_none_or(|nf| {
+            st.vs
+                .current()
+                .all_files()
+                .all(|(_, f)| f.largest_seq < nf.smallest_seq)
+        }));
         // The oldest log still needed is the next memtable's.
         let log_number = if self.opts.wal {
             st.imms
