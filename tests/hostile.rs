@@ -574,3 +574,30 @@ fn a_second_owner_of_a_job_directory_is_refused_and_deletes_nothing() {
     assert!(!job.join("chk-3").exists());
     drop(again);
 }
+
+#[test]
+fn verify_checks_the_size_before_reading_a_shared_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = make_checkpoints(dir.path());
+    let (sst, _) = files_of(&job);
+    // A sparse 64 GiB file where a table of a few KiB should be: reading it would take
+    // minutes; comparing its size takes nothing.
+    let f = std::fs::OpenOptions::new().write(true).open(&sst).unwrap();
+    f.set_len(64 << 30).unwrap();
+    drop(f);
+    let start = Instant::now();
+    let r = tidemark(&["verify", s(&job.join("chk-2"))]);
+    let took = start.elapsed();
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("wrong size"), "{}", r.stdout);
+    assert!(r.stdout.contains(s(&sst)), "{}", r.stdout);
+    assert!(took < Duration::from_secs(10), "verify took {took:?}");
+    let job2 = job.clone();
+    let start = Instant::now();
+    let e = within_deadline("resolve_verified", move || {
+        resolve_verified(StdFs::shared(), &job2, false).map(|_| ())
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("wrong size"), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
