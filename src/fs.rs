@@ -120,8 +120,14 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn sync_dir(&self, path: &Path) -> Result<()>;
     /// Creates a hard link `dst` to `src`.
     fn hard_link(&self, src: &Path, dst: &Path) -> Result<()>;
-    /// Names of the entries of a directory, sorted.
+    /// Names of the entries of a directory, sorted. Names that are not UTF-8 are left out
+    /// (tidemark writes none); [`FileSystem::list_entries`] shows them.
     fn list_dir(&self, path: &Path) -> Result<Vec<String>>;
+    /// Every entry of a directory with what it is (symlinks not followed), sorted by name,
+    /// names that are not UTF-8 included.
+    fn list_entries(&self, path: &Path) -> Result<Vec<DirEntryInfo>> {
+        list_entries(path)
+    }
     /// Takes an exclusive, non-blocking lock on `path` (created if missing).
     fn lock(&self, path: &Path) -> Result<FileLock>;
     /// Size of a file in bytes.
@@ -135,6 +141,111 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
         let mut f = self.open(path)?;
         read_capped(&mut f, path, max_bytes)
     }
+}
+
+/// What a directory entry is, without following it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link; `dangling` when what it names does not exist.
+    Symlink {
+        /// True when the link's target is missing.
+        dangling: bool,
+    },
+    /// A FIFO, socket or device (described in words).
+    Other(&'static str),
+}
+
+/// One entry of a directory, as [`FileSystem::list_entries`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntryInfo {
+    /// The name; bytes that are not UTF-8 are shown as `\xNN` (see `utf8`).
+    pub name: String,
+    /// False when the name is not valid UTF-8 (tidemark never writes such a name).
+    pub utf8: bool,
+    /// What the entry is itself.
+    pub kind: EntryKind,
+}
+
+impl DirEntryInfo {
+    /// True for a regular file with a UTF-8 name.
+    pub fn is_plain_file(&self) -> bool {
+        self.utf8 && self.kind == EntryKind::File
+    }
+
+    /// True for a directory (not a link to one) with a UTF-8 name.
+    pub fn is_plain_dir(&self) -> bool {
+        self.utf8 && self.kind == EntryKind::Dir
+    }
+
+    /// What the entry is, in words (`"a dangling symbolic link"`, ...), with a note when
+    /// its name is not UTF-8.
+    pub fn describe(&self) -> String {
+        let kind = match self.kind {
+            EntryKind::File => "a regular file",
+            EntryKind::Dir => "a directory",
+            EntryKind::Symlink { dangling: true } => "a dangling symbolic link",
+            EntryKind::Symlink { dangling: false } => "a symbolic link",
+            EntryKind::Other(what) => what,
+        };
+        if self.utf8 {
+            kind.to_string()
+        } else {
+            format!("{kind} whose name is not UTF-8")
+        }
+    }
+}
+
+/// A file name with each byte that is not part of valid UTF-8 shown as `\xNN`.
+fn escape_name(name: &std::ffi::OsStr) -> (String, bool) {
+    use std::os::unix::ffi::OsStrExt;
+    if let Some(s) = name.to_str() {
+        return (s.to_string(), true);
+    }
+    let mut out = String::new();
+    for chunk in name.as_bytes().utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    (out, false)
+}
+
+/// [`FileSystem::list_entries`] on the real file system.
+pub fn list_entries(path: &Path) -> Result<Vec<DirEntryInfo>> {
+    let rd = fs::read_dir(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            Error::io("list directory", path, e)
+        }
+    })?;
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.ctx("list directory", path)?;
+        let (name, utf8) = escape_name(&entry.file_name());
+        let ft = entry.file_type().ctx("stat", &entry.path())?;
+        let kind = if ft.is_file() {
+            EntryKind::File
+        } else if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_symlink() {
+            EntryKind::Symlink {
+                dangling: fs::metadata(entry.path()).is_err(),
+            }
+        } else {
+            EntryKind::Other(file_type_name(&ft))
+        };
+        out.push(DirEntryInfo { name, utf8, kind });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 /// What a file type is, in words, for errors (`"a FIFO (named pipe)"`, ...).

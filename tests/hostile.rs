@@ -601,3 +601,151 @@ fn verify_checks_the_size_before_reading_a_shared_file() {
     assert!(e.to_string().contains("wrong size"), "{e}");
     assert!(start.elapsed() < Duration::from_secs(10));
 }
+
+/// Fills `job` with what a job directory should not hold; returns the paths that must be
+/// reported and a file outside the job that must survive.
+fn make_odd_entries(job: &Path, outside: &Path) -> (Vec<PathBuf>, PathBuf) {
+    use std::os::unix::ffi::OsStrExt;
+    std::fs::create_dir_all(outside).unwrap();
+    let victim = outside.join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    let shared = job.join("shared");
+    let dangling = shared.join("op_0-000123-0badf00d.sst");
+    symlink(outside.join("missing"), &dangling).unwrap();
+    let linked_out = shared.join("op_0-000124-0badf00d.sst");
+    symlink(&victim, &linked_out).unwrap();
+    let subdir = shared.join("op_0-000125-0badf00d.sst");
+    std::fs::create_dir(&subdir).unwrap();
+    std::fs::write(subdir.join("inner"), b"x").unwrap();
+    let fifo = shared.join("op_0-000126-0badf00d.sst");
+    make_special(&fifo, Special::Fifo);
+    let non_utf8 = shared.join(std::ffi::OsStr::from_bytes(
+        b"op_0-000127-0badf00d-\xff.sst",
+    ));
+    std::fs::write(&non_utf8, b"x").unwrap();
+    let chk_file = job.join("chk-9");
+    std::fs::write(&chk_file, b"not a directory").unwrap();
+    let chk_link = job.join("chk-8");
+    symlink(outside, &chk_link).unwrap();
+    // An unfinished checkpoint holding a link out and a FIFO, besides a regular file.
+    let unfinished = job.join("chk-7");
+    std::fs::create_dir(&unfinished).unwrap();
+    std::fs::write(unfinished.join("op_0.manifest"), b"half").unwrap();
+    symlink(&victim, unfinished.join("link")).unwrap();
+    make_special(&unfinished.join("fifo"), Special::Fifo);
+    let reported = vec![
+        dangling,
+        linked_out,
+        subdir,
+        fifo,
+        chk_file,
+        chk_link,
+        unfinished.join("link"),
+        unfinished.join("fifo"),
+    ];
+    (reported, victim)
+}
+
+#[test]
+fn listing_reports_odd_entries_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = make_checkpoints(dir.path());
+    let (reported, victim) = make_odd_entries(&job, &dir.path().join("outside"));
+    let r = tidemark(&["checkpoints", s(&job)]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("odd entries"), "{}", r.stdout);
+    for p in &reported[..6] {
+        assert!(
+            r.stdout.contains(s(p)),
+            "{} not reported:\n{}",
+            p.display(),
+            r.stdout
+        );
+    }
+    assert!(r.stdout.contains("\\xff"), "non-UTF-8 name:\n{}", r.stdout);
+    assert!(r.stdout.contains("dangling symbolic link"), "{}", r.stdout);
+    assert!(r.stdout.contains("    2  completed"), "{}", r.stdout);
+    let r = tidemark(&["checkpoints", "--json", s(&job)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(v["odd_entries"].as_array().unwrap().len() >= 7, "{v}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+}
+
+#[test]
+fn cleanup_deletes_only_regular_files_it_wrote_and_reports_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = make_checkpoints(dir.path());
+    let outside = dir.path().join("outside");
+    let (reported, victim) = make_odd_entries(&job, &outside);
+    let store = CheckpointStore::open(
+        Arc::new(LocalStorage::new(
+            StdFs::shared(),
+            dir.path().join("checkpoints"),
+            JobId::new("job1").unwrap(),
+        )),
+        CheckpointConfig {
+            num_retained: 2,
+            ..CheckpointConfig::default()
+        },
+    )
+    .unwrap();
+    let odd = store.open_report().odd_entries.join("\n");
+    for p in &reported {
+        assert!(odd.contains(s(p)), "{} not reported:\n{odd}", p.display());
+        assert!(p.symlink_metadata().is_ok(), "{} was deleted", p.display());
+    }
+    assert!(odd.contains("\\xff"), "{odd}");
+    assert!(
+        !job.join("chk-7/op_0.manifest").exists(),
+        "the unfinished checkpoint's own file stays"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    assert!(outside.join("victim").exists());
+    assert_eq!(store.list().len(), 2);
+    // Ids go on past the odd chk-9.
+    assert!(store
+        .begin(CheckpointId(9), CheckpointKind::Incremental)
+        .is_err());
+    drop(
+        store
+            .begin(CheckpointId(10), CheckpointKind::Incremental)
+            .unwrap(),
+    );
+}
+
+#[test]
+fn a_shared_directory_that_is_a_link_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = make_checkpoints(dir.path());
+    std::fs::write(job.join("taskowned/state"), b"task-owned").unwrap();
+    std::fs::remove_dir_all(job.join("shared")).unwrap();
+    symlink("taskowned", job.join("shared")).unwrap();
+    let e = CheckpointStore::open(
+        Arc::new(LocalStorage::new(
+            StdFs::shared(),
+            dir.path().join("checkpoints"),
+            JobId::new("job1").unwrap(),
+        )),
+        CheckpointConfig::default(),
+    )
+    .map(|_| ())
+    .unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert!(e.to_string().contains(s(&job.join("shared"))), "{e}");
+    assert_eq!(
+        std::fs::read(job.join("taskowned/state")).unwrap(),
+        b"task-owned"
+    );
+    let r = tidemark(&["checkpoints", s(&job)]);
+    assert!(
+        r.stdout.contains("not a directory") || r.stderr.contains("shared"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read(job.join("taskowned/state")).unwrap(),
+        b"task-owned"
+    );
+}

@@ -18,7 +18,7 @@ use super::ids::JobId;
 use super::path::{check_inside, lexical_problem};
 use crate::codec;
 use crate::error::{Error, IoContext, Result};
-use crate::fs::{self, FileLock, FileSystem, Placement};
+use crate::fs::{self, DirEntryInfo, EntryKind, FileLock, FileSystem, Placement};
 
 /// The lock file of a job directory, held by the [`super::CheckpointStore`] that owns it.
 pub const JOB_LOCK_FILE: &str = "LOCK";
@@ -114,6 +114,11 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     fn read_file(&self, rel: &str, max_bytes: u64) -> Result<Vec<u8>>;
     /// Names of a directory's entries, sorted; [`Error::NotFound`] when it is missing.
     fn list_dir(&self, rel: &str) -> Result<Vec<String>>;
+    /// A directory's entries with what each is (links not followed), sorted, names that
+    /// are not UTF-8 included; [`Error::NotFound`] when it is missing.
+    fn list_entries(&self, rel: &str) -> Result<Vec<DirEntryInfo>>;
+    /// What the entry `rel` is itself (a link is not followed); `None` when it is missing.
+    fn entry_kind(&self, rel: &str) -> Result<Option<EntryKind>>;
     /// True when a file or directory exists at `rel`.
     fn exists(&self, rel: &str) -> Result<bool>;
     /// Size of a regular file in bytes (read from the opened file, checked as `read_file`
@@ -286,6 +291,32 @@ impl CheckpointStorage for LocalStorage {
     fn list_dir(&self, rel: &str) -> Result<Vec<String>> {
         let p = self.guard(rel)?;
         self.fs.list_dir(&p)
+    }
+
+    fn list_entries(&self, rel: &str) -> Result<Vec<DirEntryInfo>> {
+        let p = self.guard(rel)?;
+        self.fs.list_entries(&p)
+    }
+
+    fn entry_kind(&self, rel: &str) -> Result<Option<EntryKind>> {
+        let p = self.guard_parent(rel)?;
+        let m = match std::fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("stat", &p, e)),
+        };
+        let ft = m.file_type();
+        Ok(Some(if ft.is_file() {
+            EntryKind::File
+        } else if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_symlink() {
+            EntryKind::Symlink {
+                dangling: std::fs::metadata(&p).is_err(),
+            }
+        } else {
+            EntryKind::Other(fs::file_type_name(&ft))
+        }))
     }
 
     fn exists(&self, rel: &str) -> Result<bool> {

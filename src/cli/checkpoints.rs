@@ -27,7 +27,7 @@ use crate::checkpoint::{
     OperatorSubtaskState, ResolvedCheckpoint, StateHandle,
 };
 use crate::error::{Error, IoContext};
-use crate::fs::{FileSystem, StdFs};
+use crate::fs::{DirEntryInfo, FileSystem, StdFs};
 use crate::state::lsm_snapshot::{read_manifest_snapshot, LSM_BACKEND};
 
 /// One `chk-<N>` directory of a job directory.
@@ -52,22 +52,37 @@ pub struct JobScan {
     pub shared_files: Vec<(String, u64)>,
     /// Files in `taskowned/`.
     pub taskowned_files: usize,
+    /// Entries that are neither checkpoint directories nor regular files where checkpoint
+    /// files live (a `chk-<N>` that is not a directory; a link, directory, FIFO or name
+    /// that is not UTF-8 in `shared/`), one line each naming the path and what it is.
+    pub odd_entries: Vec<String>,
 }
 
-fn list_or_empty(dir: &Path) -> Result<Vec<String>, Error> {
-    if !dir.exists() {
-        return Ok(Vec::new());
+fn entries_or_empty(dir: &Path) -> Result<Vec<DirEntryInfo>, Error> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        _ => StdFs.list_entries(dir),
     }
-    StdFs.list_dir(dir)
 }
 
 /// Reads a job directory: every `chk-<N>` and its `_metadata`, and `shared/`.
 pub fn scan_job(job_dir: &Path) -> Result<JobScan, Error> {
-    let mut ids: Vec<CheckpointId> = StdFs
-        .list_dir(job_dir)?
-        .iter()
-        .filter_map(|n| CheckpointId::from_dir_name(n))
-        .collect();
+    let mut odd_entries = Vec::new();
+    let mut ids: Vec<CheckpointId> = Vec::new();
+    for e in StdFs.list_entries(job_dir)? {
+        let Some(id) = CheckpointId::from_dir_name(&e.name).filter(|_| e.utf8) else {
+            continue;
+        };
+        if e.is_plain_dir() {
+            ids.push(id);
+        } else {
+            odd_entries.push(format!(
+                "{}: {}, not a checkpoint directory",
+                job_dir.join(&e.name).display(),
+                e.describe()
+            ));
+        }
+    }
     ids.sort();
     let mut checkpoints = Vec::with_capacity(ids.len());
     for id in ids {
@@ -93,18 +108,34 @@ pub fn scan_job(job_dir: &Path) -> Result<JobScan, Error> {
     }
     let shared = job_dir.join(SHARED_DIR);
     let mut shared_files = Vec::new();
-    for name in list_or_empty(&shared)? {
-        let p = shared.join(&name);
-        let size = std::fs::metadata(&p)
-            .map_err(|e| Error::io("stat", &p, e))?
-            .len();
-        shared_files.push((name, size));
+    for dir in [SHARED_DIR, TASKOWNED_DIR] {
+        if let Ok(m) = std::fs::symlink_metadata(job_dir.join(dir)) {
+            if !m.is_dir() {
+                odd_entries.push(format!(
+                    "{}: {}, not a directory",
+                    job_dir.join(dir).display(),
+                    crate::fs::file_type_name(&m.file_type())
+                ));
+            }
+        }
+    }
+    for e in entries_or_empty(&shared)? {
+        let p = shared.join(&e.name);
+        if !e.is_plain_file() {
+            odd_entries.push(format!("{}: {}", p.display(), e.describe()));
+            continue;
+        }
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) => shared_files.push((e.name, m.len())),
+            Err(err) => odd_entries.push(format!("{}: {err}", p.display())),
+        }
     }
     Ok(JobScan {
         job_dir: job_dir.to_path_buf(),
         checkpoints,
         shared_files,
-        taskowned_files: list_or_empty(&job_dir.join(TASKOWNED_DIR))?.len(),
+        taskowned_files: entries_or_empty(&job_dir.join(TASKOWNED_DIR))?.len(),
+        odd_entries,
     })
 }
 
@@ -193,6 +224,8 @@ pub struct CheckpointsReport {
     /// Files in `shared/` that no completed checkpoint references; `None` when a damaged
     /// `_metadata` makes that unknowable.
     pub orphans: Option<Vec<SharedFileJson>>,
+    /// Entries that are not what a job directory holds (see [`JobScan::odd_entries`]).
+    pub odd_entries: Vec<String>,
 }
 
 /// Builds the list; the error is the first damaged `_metadata`, if any.
@@ -291,6 +324,7 @@ pub fn checkpoints_report(scan: &JobScan) -> (CheckpointsReport, Option<Error>) 
         shared_bytes: scan.shared_files.iter().map(|(_, s)| *s).sum(),
         taskowned_files: scan.taskowned_files,
         orphans,
+        odd_entries: scan.odd_entries.clone(),
     };
     (report, first_damage)
 }
@@ -365,6 +399,16 @@ impl Render for CheckpointsReport {
             human_bytes(self.shared_bytes),
             self.taskowned_files
         )?;
+        if !self.odd_entries.is_empty() {
+            writeln!(
+                out,
+                "odd entries: {} (not written by tidemark; left alone):",
+                self.odd_entries.len()
+            )?;
+            for e in &self.odd_entries {
+                writeln!(out, "  {e}")?;
+            }
+        }
         match &self.orphans {
             None => writeln!(
                 out,
