@@ -749,3 +749,132 @@ fn a_shared_directory_that_is_a_link_is_refused() {
         b"task-owned"
     );
 }
+
+/// Three incremental checkpoints, two retained; returns the job directory and what the run
+/// said checkpoint 2 placed (files placed, files in all).
+fn three_checkpoints(dir: &Path) -> (PathBuf, u64, u64) {
+    let db = Db::open(dir.join("work"), small_options()).unwrap();
+    let storage = LocalStorage::new(
+        StdFs::shared(),
+        dir.join("checkpoints"),
+        JobId::new("job1").unwrap(),
+    );
+    let store = CheckpointStore::open(
+        Arc::new(storage),
+        CheckpointConfig {
+            num_retained: 2,
+            ..CheckpointConfig::default()
+        },
+    )
+    .unwrap();
+    let subtask = SubtaskId {
+        operator_id: "op".into(),
+        subtask_index: 0,
+        key_groups: KeyGroupRange { start: 0, end: 127 },
+    };
+    let mut said = (0, 0);
+    for round in 1..=3u64 {
+        for i in 0..300 {
+            db.put(format!("key{round}-{i:04}"), vec![b'x'; 50])
+                .unwrap();
+        }
+        let c = checkpoint_store(
+            &store,
+            CheckpointId(round),
+            CheckpointKind::Incremental,
+            &db,
+            &subtask,
+            Vec::new(),
+        )
+        .unwrap();
+        let st = c.completed.stats;
+        if round == 2 {
+            said = (st.files_placed, st.files_placed + st.files_referenced);
+        }
+    }
+    drop(store);
+    db.close().unwrap();
+    (dir.join("checkpoints/job1"), said.0, said.1)
+}
+
+#[test]
+fn newcomer_papercuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (job, placed, all) = three_checkpoints(dir.path());
+    assert!(placed < all, "checkpoint 2 reused files of checkpoint 1");
+    // The oldest retained checkpoint shows what the run placed, not everything.
+    let r = tidemark(&["checkpoints", "--json", s(&job)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let row = v["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == 2)
+        .unwrap()
+        .clone();
+    assert_eq!(row["files_placed"], placed, "{row}");
+    assert_eq!(row["files_referenced"], all, "{row}");
+    let r = tidemark(&["checkpoints", s(&job)]);
+    assert!(
+        r.stdout.contains(&format!("{placed} of {all}")),
+        "{}",
+        r.stdout
+    );
+
+    // Key-group ranges in Flink's inclusive form.
+    let chk = job.join("chk-3");
+    let r = tidemark(&["inspect", s(&chk)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("key groups 0..=127"), "{}", r.stdout);
+
+    // A private manifest snapshot is recognized, and checked against _metadata.
+    let manifest = std::fs::read_dir(&chk)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| s(p).ends_with(".manifest"))
+        .unwrap();
+    let r = tidemark(&["inspect", s(&manifest)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("LSM manifest snapshot"), "{}", r.stdout);
+    assert!(r.stdout.contains("match"), "{}", r.stdout);
+    let r = tidemark(&["verify", s(&manifest)]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+
+    // A key argument that is not UTF-8 points at \xNN and --hex.
+    use std::os::unix::ffi::OsStrExt;
+    let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .arg("get")
+        .arg(&chk)
+        .arg(std::ffi::OsStr::from_bytes(b"key\xff"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("key\\xff") && err.contains("--hex"), "{err}");
+
+    // An undecodable _metadata is counted with its size.
+    let m = job.join("chk-2/_metadata");
+    let mut bytes = std::fs::read(&m).unwrap();
+    let len = bytes.len();
+    bytes[len / 2] ^= 0x40;
+    std::fs::write(&m, &bytes).unwrap();
+    let r = tidemark(&["verify", s(&job.join("chk-2"))]);
+    assert_eq!(r.code, 1);
+    assert!(!r.stdout.contains("(0 B)"), "{}", r.stdout);
+    assert!(r.stdout.contains(&format!("{len} B")), "{}", r.stdout);
+
+    // A Flink _metadata is named as Flink's.
+    let flink = job.join("chk-9");
+    std::fs::create_dir(&flink).unwrap();
+    let mut fb = vec![0x49, 0x60, 0x67, 0x2d, 0, 0, 0, 3];
+    fb.extend_from_slice(&[0u8; 100]);
+    std::fs::write(flink.join("_metadata"), fb).unwrap();
+    for cmd in ["inspect", "verify"] {
+        let r = tidemark(&[cmd, s(&flink.join("_metadata"))]);
+        assert_eq!(r.code, 1, "{cmd}");
+        let all = format!("{}{}", r.stdout, r.stderr);
+        assert!(all.contains("Apache Flink"), "{cmd}: {all}");
+        assert!(!all.contains("bad magic"), "{cmd}: {all}");
+    }
+}

@@ -17,6 +17,10 @@ use crate::fs::FileSystem;
 
 /// The first 8 bytes of every `_metadata` file.
 pub const MAGIC: [u8; 8] = *b"TDMKCKPT";
+/// The first 4 bytes of an Apache Flink `_metadata` (its magic number `0x4960672d`, big
+/// endian, followed by its format version as a big-endian `u32`): recognized only to say
+/// so when one is given to tidemark.
+pub const FLINK_METADATA_MAGIC: [u8; 4] = 0x4960_672d_u32.to_be_bytes();
 /// The format version this code writes and the only one it reads.
 pub const FORMAT_VERSION: u32 = 1;
 /// Byte offset of the format version (right after the magic).
@@ -385,6 +389,22 @@ impl Metadata {
             )
         })?;
         if magic != MAGIC {
+            if magic.starts_with(&FLINK_METADATA_MAGIC) {
+                let version = bytes
+                    .get(4..8)
+                    .and_then(|v| v.try_into().ok())
+                    .map(u32::from_be_bytes)
+                    .map_or_else(|| "unknown".to_string(), |v| v.to_string());
+                return Err(Error::corruption(
+                    path,
+                    0,
+                    format!(
+                        "an Apache Flink _metadata (magic 0x4960672d, Flink metadata version \
+                         {version}), not a tidemark one: tidemark reads and restores only the \
+                         checkpoints it wrote"
+                    ),
+                ));
+            }
             return Err(Error::corruption(
                 path,
                 0,
@@ -719,6 +739,17 @@ pub(crate) mod tests {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(hex, SAMPLE_HEX);
+    }
+
+    #[test]
+    fn a_flink_metadata_is_named_as_flinks() {
+        // Flink's header: magic 0x4960672d and version 4, both big endian, then its body.
+        let mut flink = vec![0x49, 0x60, 0x67, 0x2d, 0, 0, 0, 4];
+        flink.extend_from_slice(&[0u8; 64]);
+        let e = Metadata::decode(&flink, Path::new("chk-3/_metadata")).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("Apache Flink") && m.contains("version 4"), "{m}");
+        assert!(!m.contains("bad magic"), "{m}");
     }
 
     #[test]

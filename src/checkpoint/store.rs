@@ -616,9 +616,45 @@ fn retain(
     report
 }
 
+/// The `_metadata` property recording how many files a checkpoint placed (the rest of its
+/// files it referenced, placed by earlier checkpoints).
+pub const PLACED_FILES_PROPERTY: &str = "tidemark.files_placed";
+/// The `_metadata` property recording the bytes of the files a checkpoint placed.
+pub const PLACED_BYTES_PROPERTY: &str = "tidemark.bytes_placed";
+
+/// The files and bytes a checkpoint placed, as its `_metadata` records them (written by
+/// every commit; `None` for a `_metadata` that does not record them).
+pub fn recorded_placement(m: &Metadata) -> Option<(u64, u64)> {
+    let get = |key: &str| {
+        m.properties
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    };
+    Some((get(PLACED_FILES_PROPERTY)?, get(PLACED_BYTES_PROPERTY)?))
+}
+
 /// Stats of a checkpoint found at open: what it references that no older retained
-/// checkpoint does counts as placed by it.
+/// checkpoint does counts as placed by it, unless its `_metadata` records what it placed
+/// (then the rest was referenced).
 fn derived_stats(m: &Metadata, older: &BTreeSet<String>) -> CheckpointStats {
+    let mut s = derived_from_files(m, older);
+    if let Some((files, bytes)) = recorded_placement(m) {
+        let all_files = s.files_placed + s.files_referenced;
+        let all_bytes = s.bytes_placed.saturating_add(s.bytes_referenced);
+        if files <= all_files && bytes <= all_bytes {
+            s.files_placed = files;
+            s.files_referenced = all_files - files;
+            s.bytes_placed = bytes;
+            s.bytes_referenced = all_bytes - bytes;
+        }
+    }
+    s
+}
+
+/// [`derived_stats`] from the files alone.
+fn derived_from_files(m: &Metadata, older: &BTreeSet<String>) -> CheckpointStats {
     let mut s = CheckpointStats::default();
     let mut seen = BTreeSet::new();
     for f in m.file_handles() {
@@ -1262,6 +1298,22 @@ impl PendingCheckpoint {
     /// atomically (from this moment the checkpoint exists), then applies retention. On a
     /// failure before `_metadata` is durable the checkpoint is aborted.
     pub fn commit(mut self, content: CheckpointContent) -> Result<CompletedCheckpoint> {
+        // What this checkpoint placed, as it happened: a later reader cannot tell it from
+        // the files alone once the checkpoints it reused files from are gone.
+        let mut properties: Vec<(String, String)> = content
+            .properties
+            .iter()
+            .filter(|(k, _)| k != PLACED_FILES_PROPERTY && k != PLACED_BYTES_PROPERTY)
+            .cloned()
+            .collect();
+        properties.push((
+            PLACED_FILES_PROPERTY.to_string(),
+            self.stats.files_placed.to_string(),
+        ));
+        properties.push((
+            PLACED_BYTES_PROPERTY.to_string(),
+            self.stats.bytes_placed.to_string(),
+        ));
         let metadata = Metadata {
             checkpoint_id: self.id,
             job_id: self.core.storage.job_id().clone(),
@@ -1271,7 +1323,7 @@ impl PendingCheckpoint {
             backend: content.backend.clone(),
             operator_states: content.operator_states.clone(),
             source_offsets: content.source_offsets.clone(),
-            properties: content.properties.clone(),
+            properties,
         };
         let result = self.commit_inner(&content, metadata);
         if result.is_err() {

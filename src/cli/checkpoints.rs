@@ -21,13 +21,14 @@ use super::store;
 use super::verify::{verify_sst_opened, Expected, VerifyReport};
 use super::CliError;
 use crate::checkpoint::metadata::METADATA_FILE_NAME;
-use crate::checkpoint::store::{SHARED_DIR, TASKOWNED_DIR};
+use crate::checkpoint::store::{recorded_placement, SHARED_DIR, TASKOWNED_DIR};
 use crate::checkpoint::{
     resolve, CheckpointId, CheckpointStorage, FileHandle, FileRole, LocalStorage, Metadata,
     OperatorSubtaskState, ResolvedCheckpoint, StateHandle,
 };
 use crate::error::{Error, IoContext};
 use crate::fs::{DirEntryInfo, FileSystem, StdFs};
+use crate::lsm::manifest::{VersionEdit, MAX_MANIFEST_BYTES};
 use crate::state::lsm_snapshot::{read_manifest_snapshot, LSM_BACKEND};
 
 /// One `chk-<N>` directory of a job directory.
@@ -286,6 +287,14 @@ pub fn checkpoints_report(scan: &JobScan) -> (CheckpointsReport, Option<Error>) 
                 for p in m.shared_paths() {
                     older_shared.insert(p);
                     referenced.insert(p);
+                }
+                // What the run placed, when `_metadata` records it: the oldest retained
+                // checkpoint reused files of checkpoints no longer here.
+                if let Some((f, b)) = recorded_placement(m) {
+                    if f <= files && b <= full {
+                        files_placed = f;
+                        placed = b.saturating_add(inline);
+                    }
                 }
                 row.status = "completed";
                 row.kind = Some(m.kind.as_str());
@@ -661,7 +670,7 @@ impl Render for MetadataReport {
         for s in &self.subtasks {
             writeln!(
                 out,
-                "  operator {} subtask {} (key groups {}..{})",
+                "  operator {} subtask {} (key groups {}..={})",
                 s.operator_id, s.subtask_index, s.key_group_start, s.key_group_end
             )?;
             for h in &s.handles {
@@ -728,6 +737,127 @@ pub fn inspect(path: &Path, out: &mut dyn Write, format: Format) -> Result<(), C
     }
 }
 
+/// What `inspect` prints for a checkpoint's LSM manifest snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestSnapshotReport {
+    /// Always `lsm-manifest-snapshot`.
+    pub format: &'static str,
+    /// The file.
+    pub path: String,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+    /// Its crc32c.
+    pub crc32c: u32,
+    /// The `_metadata` that records the file's size and crc32c, when found and checked.
+    pub checked_against: Option<String>,
+    /// The subtask whose store it describes (`<operator>_<subtask>`), when known.
+    pub subtask: Option<String>,
+    /// The sequence number the snapshot is consistent at.
+    pub last_sequence: Option<u64>,
+    /// The level layout it records.
+    pub levels: Vec<LevelJson>,
+}
+
+impl Render for ManifestSnapshotReport {
+    fn render_text(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "LSM manifest snapshot {}", self.path)?;
+        writeln!(
+            out,
+            "  size            {} ({} bytes), crc32c {:08x}",
+            human_bytes(self.size_bytes),
+            self.size_bytes,
+            self.crc32c
+        )?;
+        match &self.checked_against {
+            Some(m) => writeln!(out, "  checked         size and crc32c match {m}")?,
+            None => writeln!(
+                out,
+                "  checked         not against a _metadata (none names this file)"
+            )?,
+        }
+        if let Some(s) = &self.subtask {
+            writeln!(out, "  subtask         {s}")?;
+        }
+        if let Some(seq) = self.last_sequence {
+            writeln!(out, "  consistent at   sequence {seq}")?;
+        }
+        write_levels(out, &self.levels, "  ")
+    }
+}
+
+/// Reads the manifest snapshot at `path` (a private file of a checkpoint), checked
+/// against its checkpoint's `_metadata` when that names it.
+fn manifest_snapshot_report(path: &Path) -> Result<ManifestSnapshotReport, Error> {
+    let mut f = crate::fs::open_regular(path)?;
+    let bytes = crate::fs::read_capped(&mut f, path, MAX_MANIFEST_BYTES)?;
+    let crc32c = crate::codec::crc32c(&bytes);
+    let mut checked_against = None;
+    let mut subtask = None;
+    if let (Some(chk_dir), Some(name)) = (path.parent(), path.file_name()) {
+        if let Ok(r) = resolve(&StdFs, chk_dir) {
+            let rel = format!("{}/{}", r.checkpoint_id.dir_name(), name.to_string_lossy());
+            for s in &r.metadata.operator_states {
+                let named = s.handles.iter().any(|h| {
+                    matches!(h, StateHandle::File(f) if f.path == rel && f.role == FileRole::Private)
+                });
+                if named {
+                    // The same checks a restore makes: size and crc32c from `_metadata`.
+                    read_manifest_snapshot(&storage_of(&r), s)?;
+                    checked_against = Some(r.metadata_path.display().to_string());
+                    subtask = Some(format!("{}_{}", s.operator_id, s.subtask_index));
+                    break;
+                }
+            }
+        }
+    }
+    let edit = VersionEdit::decode(&bytes, path, 0)?;
+    let replayed = store::replay([&edit]);
+    Ok(ManifestSnapshotReport {
+        format: "lsm-manifest-snapshot",
+        path: path.display().to_string(),
+        size_bytes: bytes.len() as u64,
+        crc32c,
+        checked_against,
+        subtask,
+        last_sequence: edit.last_sequence.map(|s| s.0),
+        levels: levels_json(&replayed),
+    })
+}
+
+/// `inspect` of a checkpoint's LSM manifest snapshot.
+pub fn inspect_manifest_snapshot(
+    path: &Path,
+    out: &mut dyn Write,
+    format: Format,
+) -> Result<(), CliError> {
+    let r = manifest_snapshot_report(path).map_err(|e| CliError::at(path, e))?;
+    emit(out, format, &r)
+}
+
+/// `verify` of a checkpoint's LSM manifest snapshot: it decodes, and its size and crc32c
+/// match the `_metadata` that names it.
+pub fn verify_manifest_snapshot(r: &mut VerifyReport, path: &Path) {
+    match manifest_snapshot_report(path) {
+        Ok(m) => r.file(
+            path,
+            "lsm-manifest",
+            Some(m.size_bytes),
+            Some(m.crc32c),
+            Ok(match m.checked_against {
+                Some(md) => format!("decodes; size and crc32c match {md}"),
+                None => "decodes (no _metadata names it)".to_string(),
+            }),
+        ),
+        Err(e) => {
+            let size = crate::fs::open_regular(path)
+                .and_then(|f| f.metadata().ctx("stat", path))
+                .ok()
+                .map(|m| m.len());
+            r.file(path, "lsm-manifest", size, None, Err(e.to_string()))
+        }
+    }
+}
+
 /// `verify` of a checkpoint path: `_metadata` decodes (magic, version, crc, paths), every
 /// referenced file has its recorded size and crc32c, and for the LSM backend the manifest
 /// snapshot lists only tables the checkpoint holds, with matching sizes and crcs, each of
@@ -742,7 +872,12 @@ pub fn verify_checkpoint(r: &mut VerifyReport, path: &Path, _kind: Kind) -> Resu
             } else {
                 path.to_path_buf()
             };
-            r.file(&mp, "metadata", None, None, Err(e.to_string()));
+            // The file was read even though it does not decode: count its bytes.
+            let size = crate::fs::open_regular(&mp)
+                .and_then(|f| f.metadata().ctx("stat", &mp))
+                .ok()
+                .map(|m| m.len());
+            r.file(&mp, "metadata", size, None, Err(e.to_string()));
             return Ok(());
         }
     };

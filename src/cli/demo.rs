@@ -164,7 +164,7 @@ pub fn demo_subtask() -> SubtaskId {
     SubtaskId {
         operator_id: "count".to_string(),
         subtask_index: 0,
-        key_groups: KeyGroupRange { start: 0, end: 128 },
+        key_groups: KeyGroupRange { start: 0, end: 127 },
     }
 }
 

@@ -156,6 +156,7 @@ pub fn verify_path(path: &Path, kind: Kind) -> Result<VerifyReport, CliError> {
         Kind::Metadata | Kind::CheckpointDir | Kind::JobDir => {
             super::checkpoints::verify_checkpoint(&mut r, path, kind)?
         }
+        Kind::ManifestSnapshot => super::checkpoints::verify_manifest_snapshot(&mut r, path),
     }
     Ok(r)
 }
