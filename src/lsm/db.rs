@@ -539,9 +539,20 @@ impl Db {
         // The manifest's word as recovered: flushes during this replay raise
         // `vs.last_sequence`, but only for records replayed here.
         let durable = vs.last_sequence;
+        // A torn record is tolerated at the tail of the last log that holds records. Logs
+        // after it that hold none were created by an open that died before its recovery
+        // edit retired the older logs (or by a switch no write followed): they do not make
+        // the torn tail of the log before them a damaged record.
+        let mut last_with_records = 0;
+        for (i, &w) in wals.iter().enumerate().rev() {
+            if log_holds_records(fs, &wal_path(dir, w), w)? {
+                last_with_records = i;
+                break;
+            }
+        }
         'logs: for (i, &w) in wals.iter().enumerate() {
             let path = wal_path(dir, w);
-            let last = i + 1 == wals.len();
+            let last = i >= last_with_records;
             let map = map_log(fs, &path)?;
             let data: &[u8] = map.as_deref().unwrap_or(&[]);
             let mut reader = LogReader::new(data, &path, LogKind::Wal, Some(w), true)?;
@@ -994,6 +1005,15 @@ fn map_log(fs: &dyn FileSystem, path: &Path) -> Result<Option<memmap2::Mmap>> {
     // process truncating the file while it is mapped.
     let map = unsafe { memmap2::Mmap::map(&file) }.ctx("mmap", path)?;
     Ok(Some(map))
+}
+
+/// True when the log at `path` holds at least one record after its header (a damaged one
+/// counts: only the absence of any record makes a log empty).
+fn log_holds_records(fs: &dyn FileSystem, path: &Path, number: FileNumber) -> Result<bool> {
+    let map = map_log(fs, path)?;
+    let data: &[u8] = map.as_deref().unwrap_or(&[]);
+    let mut reader = LogReader::new(data, path, LogKind::Wal, Some(number), true)?;
+    Ok(!matches!(reader.next(), LogRead::Eof))
 }
 
 /// The files of a directory without `CURRENT` when they are only what an interrupted
