@@ -1,0 +1,262 @@
+//! `run`: the writer process.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tidemark::lsm::{Db, WriteBatch};
+
+use super::ckpt::{self, Model, Shared};
+use super::expected::{ExpectedFile, Header, ThreadSlots, Word};
+use super::verify::{self, Problems};
+use super::workload::{self, key, Mutation, Rng};
+use super::{store_options, RunArgs, EXIT_OK, EXIT_SETUP, EXIT_STORE, EXIT_USAGE, EXIT_VERIFY};
+
+/// Prints one progress line on stdout and flushes it (the driver reads it while we run).
+fn say(line: &str) {
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn report(what: &str, problems: &Problems) {
+    eprintln!(
+        "VERIFICATION FAILED: {what}: {} problem(s)",
+        problems.lines.len()
+    );
+    for line in problems.lines.iter().take(200) {
+        eprintln!("  {line}");
+    }
+    if problems.lines.len() > 200 {
+        eprintln!("  ... and {} more", problems.lines.len() - 200);
+    }
+}
+
+/// Runs the writer; returns its exit status.
+pub fn run(a: &RunArgs) -> u8 {
+    if let Some(name) = &a.kill_point {
+        if let Err(e) = tidemark::failpoint::arm(name, a.kill_nth) {
+            eprintln!("tidemark-stress run: {e}");
+            return EXIT_USAGE;
+        }
+    }
+    let header = Header {
+        threads: a.threads,
+        keys: a.keys_per_thread,
+        seed: a.seed,
+    };
+    let mut expected = match ExpectedFile::open(&a.expected, header) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("tidemark-stress run: expected state: {e}");
+            return EXIT_SETUP;
+        }
+    };
+    let opts = store_options(a.sync);
+    let db = match Db::open(&a.db, opts.clone()) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!(
+                "STORE FAILED: cannot open the store {}: {e}",
+                a.db.display()
+            );
+            return EXIT_STORE;
+        }
+    };
+    say("opened");
+
+    // Verify the store, and the retained checkpoints, before touching anything.
+    let mut problems = Problems::default();
+    let what = format!("store {}", a.db.display());
+    let seen = match verify::observe(&db, header, &what, &mut problems) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("STORE FAILED: reading {what}: {e}");
+            return EXIT_STORE;
+        }
+    };
+    let mut threads = expected.threads();
+    verify::check(&seen, &threads, &mut problems);
+    if !problems.is_empty() {
+        report(&what, &problems);
+        return EXIT_VERIFY;
+    }
+    let mut checkpoints = None;
+    if let Some(dir) = &a.checkpoints {
+        let opened = ckpt::open(dir, a.retained as usize).and_then(|(store, next)| {
+            let n = ckpt::verify_retained(&store, dir, header, &opts, &mut problems)?;
+            Ok((store, next, n))
+        });
+        match opened {
+            Ok((store, next, n)) => {
+                if !problems.is_empty() {
+                    report(&format!("checkpoints in {}", dir.display()), &problems);
+                    return EXIT_VERIFY;
+                }
+                checkpoints = Some((store, next));
+                say(&format!("checkpoints verified {n}"));
+            }
+            Err(e) => {
+                eprintln!(
+                    "VERIFICATION FAILED: the checkpoints in {} cannot be opened or restored: {e}",
+                    dir.display()
+                );
+                return EXIT_VERIFY;
+            }
+        }
+    }
+    let settled = verify::resolve(&seen, &mut threads);
+    say(&format!(
+        "verified {} keys ({settled} in-flight writes found applied)",
+        u64::from(header.threads) * header.keys
+    ));
+
+    let shared = Shared {
+        models: threads
+            .iter()
+            .map(|s| {
+                Mutex::new(Model {
+                    acked: s.counter(),
+                    words: (0..header.keys).map(|k| s.committed(k)).collect(),
+                })
+            })
+            .collect(),
+        started: threads
+            .iter()
+            .map(|s| AtomicU64::new(s.counter() + 1))
+            .collect(),
+    };
+    let stop = AtomicBool::new(false);
+    let acked = AtomicU64::new(0);
+    let writers_done = AtomicBool::new(false);
+    let failure: Mutex<Option<String>> = Mutex::new(None);
+    let fail = |msg: String| {
+        failure.lock().get_or_insert(msg);
+        stop.store(true, Ordering::SeqCst);
+    };
+    std::thread::scope(|s| {
+        let writers: Vec<_> = threads
+            .into_iter()
+            .enumerate()
+            .map(|(t, slots)| {
+                let (db, shared, stop, acked, fail) = (&db, &shared, &stop, &acked, &fail);
+                s.spawn(move || {
+                    if let Err(e) = write(db, header, t as u32, slots, a.ops, shared, stop, acked) {
+                        fail(e);
+                    }
+                })
+            })
+            .collect();
+        if let Some((store, first)) = &checkpoints {
+            let (db, shared, stop, fail, done) = (&db, &shared, &stop, &fail, &writers_done);
+            s.spawn(move || {
+                let mut r = Rng::new(&[header.seed, *first, 0x636b]);
+                let mut id = *first;
+                loop {
+                    let wait = Instant::now() + Duration::from_millis(r.range(50, 200));
+                    while Instant::now() < wait {
+                        if stop.load(Ordering::SeqCst) || done.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    if let Err(e) = ckpt::take(store, id, db, header, shared) {
+                        fail(format!("checkpoint {id} failed: {e}"));
+                        return;
+                    }
+                    id += 1;
+                }
+            });
+        }
+        let (stop, acked, done) = (&stop, &acked, &writers_done);
+        s.spawn(move || {
+            let mut last = 0;
+            while !done.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(25));
+                let n = acked.load(Ordering::SeqCst);
+                if n != last {
+                    say(&format!("acked {n}"));
+                    last = n;
+                }
+            }
+        });
+        for w in writers {
+            if w.join().is_err() {
+                fail("a writer thread panicked".into());
+            }
+        }
+        writers_done.store(true, Ordering::SeqCst);
+    });
+    if let Some(msg) = failure.lock().take() {
+        eprintln!("STORE FAILED: {msg}");
+        return EXIT_STORE;
+    }
+    say(&format!("acked {}", acked.load(Ordering::SeqCst)));
+    if let Err(e) = db.close() {
+        eprintln!("STORE FAILED: close: {e}");
+        return EXIT_STORE;
+    }
+    say("closed");
+    EXIT_OK
+}
+
+/// One writer thread: operations from its counter on, each recorded in the expected state
+/// before and after the store acknowledges it.
+#[allow(clippy::too_many_arguments)]
+fn write(
+    db: &Db,
+    h: Header,
+    t: u32,
+    mut slots: ThreadSlots<'_>,
+    ops: Option<u64>,
+    shared: &Shared,
+    stop: &AtomicBool,
+    acked: &AtomicU64,
+) -> Result<(), String> {
+    let first = slots.counter();
+    let end = ops.map_or(u64::MAX, |m| first.saturating_add(m));
+    let mut n = first;
+    while n < end && !stop.load(Ordering::SeqCst) {
+        let op = workload::op(h.seed, t, n, h.keys);
+        shared.started[t as usize].fetch_max(n + 1, Ordering::SeqCst);
+        for &(k, m) in &op.writes {
+            slots.set_pending(k, Word::new(n, m));
+        }
+        let result = if op.batch {
+            let mut b = WriteBatch::new();
+            for &(k, m) in &op.writes {
+                match m {
+                    Mutation::Put => b.put(key(t, k), workload::value(h.seed, t, n, k)),
+                    Mutation::Delete => b.delete(key(t, k)),
+                };
+            }
+            db.write(b)
+        } else {
+            let (k, m) = op.writes[0];
+            match m {
+                Mutation::Put => db.put(key(t, k), workload::value(h.seed, t, n, k)),
+                Mutation::Delete => db.delete(key(t, k)),
+            }
+        };
+        if let Err(e) = result {
+            return Err(format!("thread {t} op {n}: write failed: {e}"));
+        }
+        for &(k, _) in &op.writes {
+            slots.set_committed(k, slots.pending(k));
+            slots.set_pending(k, Word::NEVER);
+        }
+        slots.set_counter(n + 1);
+        {
+            let mut model = shared.models[t as usize].lock();
+            for &(k, m) in &op.writes {
+                model.words[k as usize] = Word::new(n, m);
+            }
+            model.acked = n + 1;
+        }
+        acked.fetch_add(1, Ordering::SeqCst);
+        n += 1;
+    }
+    Ok(())
+}
