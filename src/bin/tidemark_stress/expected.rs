@@ -43,12 +43,6 @@ pub fn thread_bytes(keys: u64) -> usize {
     THREAD_HEADER_BYTES + SLOT_BYTES * keys as usize
 }
 
-/// Byte offset of thread `t`'s key `k` slot (its committed word; the pending word
-/// follows).
-pub fn slot_offset(keys: u64, t: u32, k: u64) -> usize {
-    HEADER_BYTES + t as usize * thread_bytes(keys) + THREAD_HEADER_BYTES + SLOT_BYTES * k as usize
-}
-
 /// What an operation left in one key, encoded in one word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Word(pub u64);
@@ -216,11 +210,6 @@ impl ExpectedFile {
             ));
         }
         Ok(ExpectedFile { map, header })
-    }
-
-    /// The header.
-    pub fn header(&self) -> Header {
-        self.header
     }
 
     /// One exclusive view per thread.
