@@ -52,6 +52,8 @@ struct Outcome {
     killed_by_us: bool,
     opened: bool,
     verified: bool,
+    /// Time from the start to the `verified` line.
+    startup: Option<Duration>,
     keys_verified: u64,
     checkpoints_verified: u64,
     stderr: String,
@@ -60,13 +62,15 @@ struct Outcome {
 /// A running writer with its output being read.
 struct Writer {
     child: Child,
-    lines: Receiver<String>,
+    lines: Receiver<(Instant, String)>,
+    started: Instant,
     stdout: Option<JoinHandle<()>>,
     stderr: Option<JoinHandle<String>>,
 }
 
 impl Writer {
     fn spawn(exe: &Path, args: &[OsString]) -> std::io::Result<Writer> {
+        let started = Instant::now();
         let mut child = Command::new(exe)
             .args(args)
             .stdin(Stdio::null())
@@ -80,7 +84,7 @@ impl Writer {
             if let Some(out) = out {
                 for line in BufReader::new(out).lines() {
                     let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
+                    if tx.send((Instant::now(), line)).is_err() {
                         break;
                     }
                 }
@@ -98,6 +102,7 @@ impl Writer {
         Ok(Writer {
             child,
             lines,
+            started,
             stdout: Some(stdout),
             stderr: Some(stderr),
         })
@@ -133,16 +138,18 @@ impl Writer {
             killed_by_us,
             opened: false,
             verified: false,
+            startup: None,
             keys_verified: 0,
             checkpoints_verified: 0,
             stderr,
         };
-        for line in self.lines.try_iter() {
+        for (at, line) in self.lines.try_iter() {
             let mut words = line.split_whitespace();
             match (words.next(), words.next(), words.next()) {
                 (Some("opened"), _, _) => o.opened = true,
                 (Some("verified"), Some(n), _) => {
                     o.verified = true;
+                    o.startup = Some(at - self.started);
                     o.keys_verified = n.parse().unwrap_or(0);
                 }
                 (Some("checkpoints"), Some("verified"), Some(n)) => {
@@ -167,6 +174,9 @@ struct Stats {
     verifications: u64,
     keys_verified: u64,
     checkpoints_verified: u64,
+    /// How long a writer takes from its start to the end of its verification (a running
+    /// average), in milliseconds.
+    startup_ms: u64,
 }
 
 impl Stats {
@@ -336,7 +346,10 @@ fn drive(a: &CrashtestArgs) -> Result<u8, String> {
     );
 
     let mut rng = Rng::new(&[seed, 0x6472_6976]);
-    let mut stats = Stats::default();
+    let mut stats = Stats {
+        startup_ms: 50,
+        ..Stats::default()
+    };
     let start = Instant::now();
     let mut last_progress = Instant::now();
     let target_kills = a.kills.unwrap_or(DEFAULT_KILLS);
@@ -358,13 +371,13 @@ fn drive(a: &CrashtestArgs) -> Result<u8, String> {
                 };
                 Plan::Point { name, nth }
             } else {
-                // A quarter in the first 20 ms (mostly while the writer starts and opens),
-                // a quarter up to 60 ms, the rest up to --max-delay-ms.
-                let max = a.max_delay_ms.max(1);
-                let ms = match rng.below(4) {
-                    0 => rng.below(max.min(20) + 1),
-                    1 => rng.below(max.min(60) + 1),
-                    _ => rng.below(max + 1),
+                // A third of the kills while the writer starts, opens (recovers) and
+                // verifies the store, the others while it writes, up to --max-delay-ms
+                // after its verification.
+                let ms = if rng.below(3) == 0 {
+                    stats.startup_ms * rng.below(1001) / 1000
+                } else {
+                    stats.startup_ms + rng.below(a.max_delay_ms + 1)
                 };
                 Plan::Delay(ms)
             }
@@ -418,6 +431,9 @@ fn drive(a: &CrashtestArgs) -> Result<u8, String> {
         let o = writer
             .finish(Instant::now() + deadline)
             .map_err(|e| format!("waiting for a writer: {e}"))?;
+        if let Some(d) = o.startup {
+            stats.startup_ms = (stats.startup_ms * 7 + d.as_millis() as u64).div_ceil(8);
+        }
         if o.verified {
             stats.verifications += 1;
             stats.keys_verified += o.keys_verified;
@@ -555,6 +571,10 @@ fn print_summary(s: &Stats, expected: &PathBuf, start: Instant, failures: u64) {
         s.keys_verified, s.verifications
     );
     println!("  checkpoints verified   {}", s.checkpoints_verified);
+    println!(
+        "  writer start to verified  {} ms (running average)",
+        s.startup_ms
+    );
     println!("  failures               {failures}");
     println!(
         "  time                   {:.1} s",

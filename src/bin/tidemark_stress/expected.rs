@@ -158,6 +158,9 @@ impl ExpectedFile {
     /// left without a header). An existing file must describe the same workload.
     pub fn open(path: &Path, want: Header) -> Result<ExpectedFile, String> {
         let ctx = |e: std::io::Error| format!("{}: {e}", path.display());
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(ctx)?;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
