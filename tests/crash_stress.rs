@@ -229,7 +229,7 @@ fn verifier_catches_a_tampered_expected_state() {
     let (k, n) = committed_puts(&expected)[0];
     let mut b = std::fs::read(&expected).unwrap();
     // Claim a later op put the key.
-    set_word(&mut b, slot_offset(0, k), ((n + 2) << 1) as u64);
+    set_word(&mut b, slot_offset(0, k), (n + 2) << 1);
     std::fs::write(&expected, &b).unwrap();
     let stderr = run_fails(
         dir.path(),
@@ -247,7 +247,7 @@ fn verifier_catches_a_half_applied_batch() {
     let ((a, na), (b_key, _)) = (puts[0], puts[1]);
     let mut b = std::fs::read(&expected).unwrap();
     // Pretend one op was in flight on keys a and b: a shows its write, b does not.
-    let op = ((na + 1) << 1) as u64;
+    let op = (na + 1) << 1;
     set_word(&mut b, slot_offset(0, a), op + (1 << 20)); // committed: something older
     set_word(&mut b, slot_offset(0, a) + 8, op); // pending: what a shows
     set_word(&mut b, slot_offset(0, b_key) + 8, op); // pending: b does not show it

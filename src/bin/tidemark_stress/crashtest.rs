@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::thread::JoinHandle;
@@ -362,7 +362,13 @@ fn drive(a: &CrashtestArgs) -> Result<u8, String> {
     let mut finals = 0;
     loop {
         let plan = if !done(&stats) {
-            if a.kill_points && rng.below(2) == 0 {
+            if a.kill_points && stats.generations == 0 {
+                // The store does not exist yet: die while it is being created.
+                Plan::Point {
+                    name: "*".into(),
+                    nth: rng.range(1, 3),
+                }
+            } else if a.kill_points && rng.below(2) == 0 {
                 let name = points[rng.below(points.len() as u64) as usize].to_string();
                 let nth = if rng.below(2) == 0 {
                     rng.range(1, 3)
@@ -530,7 +536,7 @@ fn acknowledged(expected: &Path) -> u64 {
     read_counters(expected).map_or(0, |c| c.iter().sum())
 }
 
-fn print_summary(s: &Stats, expected: &PathBuf, start: Instant, failures: u64) {
+fn print_summary(s: &Stats, expected: &Path, start: Instant, failures: u64) {
     let hit: u64 = s.points_hit.values().sum();
     println!(
         "{}",
