@@ -204,9 +204,11 @@ fn run_plan(inner: &DbInner, st: &mut MutexGuard<'_, State>, plan: Plan) -> Resu
             numbers,
         )
     })?;
+    crate::failpoint::hit("compaction.tables_written");
     let written: u64 = outputs.iter().map(|f| f.size).sum();
     edit.new_files.extend(outputs);
     st.vs.log_and_apply(edit)?;
+    crate::failpoint::hit("compaction.edit_logged");
     inner.publish(st);
     Counters::add(&inner.counters.compactions, 1);
     Counters::add(&inner.counters.compaction_bytes_read, bytes_read);

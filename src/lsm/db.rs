@@ -332,6 +332,7 @@ impl Db {
             fs.create_dir_all(&dir)?;
         }
         let lock = fs.lock(&dir.join(filename::LOCK))?;
+        crate::failpoint::hit("open.locked");
         let cache = (opts.block_cache_bytes > 0).then(|| BlockCache::new(opts.block_cache_bytes));
         let ctx = Arc::new(TableContext {
             dir: dir.clone(),
@@ -339,7 +340,7 @@ impl Db {
             cache: cache.clone(),
             verify_checksums: opts.verify_checksums,
         });
-        let names = fs.list_dir(&dir)?;
+        let mut names = fs.list_dir(&dir)?;
         let current = dir.join(filename::CURRENT);
         let mut vs = if fs.exists(&current) {
             if opts.error_if_exists {
@@ -370,23 +371,47 @@ impl Db {
             }
             vs
         } else {
-            let stray = names.iter().find(|n| {
-                matches!(
-                    parse_file_name(n),
-                    Some(FileKind::Manifest(_)) | Some(FileKind::Table(_))
-                )
-            });
-            if let Some(s) = stray {
-                return Err(Error::corruption(
+            if !opts.create_if_missing {
+                return Err(Error::NotFound { path: current });
+            }
+            // A store exists once CURRENT does. Before that, a creation that was
+            // interrupted can have left a manifest of an empty store (and temp files):
+            // nothing was ever acknowledged, so they are removed and the creation starts
+            // over. Anything else without CURRENT is a damaged store, never overwritten.
+            let leftovers = unfinished_creation(fs.as_ref(), &dir, &names).map_err(|stray| {
+                Error::corruption(
                     &current,
                     0,
-                    format!("CURRENT is missing but the directory holds store files ({s})"),
-                ));
+                    format!("CURRENT is missing but the directory holds store files ({stray})"),
+                )
+            })?;
+            if !leftovers.is_empty() {
+                tracing::warn!(dir = %dir.display(), files = ?leftovers, "removing the leftovers of a store creation that never finished");
+                for name in &leftovers {
+                    fs.remove_file(&dir.join(name))?;
+                }
+                fs.sync_dir(&dir)?;
+                names.retain(|n| !leftovers.contains(n));
             }
             VersionSet::new_store(ctx.clone(), opts.num_levels, random_id())
         };
+        // Logs and tables are created under numbers the manifest learns only with a later
+        // edit: after a crash the directory can hold files numbered at or above the
+        // manifest's next file number. Mark every number on disk used, so that no new
+        // file ever takes the number of one that exists (LevelDB's MarkFileNumberUsed).
+        if let Some(max) = names
+            .iter()
+            .filter_map(|n| match parse_file_name(n) {
+                Some(FileKind::Wal(x) | FileKind::Table(x) | FileKind::Manifest(x)) => Some(x),
+                _ => None,
+            })
+            .max()
+        {
+            vs.mark_file_number_used(max);
+        }
         // A fresh manifest holding the recovered state; recovery flushes are logged in it.
         vs.roll_manifest()?;
+        crate::failpoint::hit("open.manifest_rolled");
         vs.set_max_manifest_bytes(opts.max_manifest_bytes);
 
         let counters = Counters::default();
@@ -399,6 +424,7 @@ impl Db {
             let n = vs.new_file_number();
             let w = create_wal(fs.as_ref(), &dir, n, opts.sync)?;
             fs.sync_dir(&dir)?;
+            crate::failpoint::hit("open.wal_created");
             (Some(w), n)
         } else {
             (None, FileNumber(0))
@@ -414,9 +440,12 @@ impl Db {
             if let Some(nf) = write_level0_table(&opts, &dir, &mem, number, &counters)? {
                 edit.new_files.push(nf);
             }
+            crate::failpoint::hit("open.recovery_table_written");
         }
         vs.log_and_apply(edit)?;
+        crate::failpoint::hit("open.recovery_edit_logged");
         delete_obsolete_files(fs.as_ref(), &dir, &vs)?;
+        crate::failpoint::hit("open.obsolete_deleted");
 
         let mem = Arc::new(MemTable::new(wal_number));
         let sv = SuperVersion {
@@ -482,6 +511,12 @@ impl Db {
 
     /// Replays every WAL not yet retired into a memtable; returns it and the largest
     /// sequence number seen. Full memtables are flushed to level 0 along the way.
+    ///
+    /// A record whose sequence number is at or below the manifest's last sequence is
+    /// already in a table (every edit that raises it holds the tables of everything up to
+    /// it) and is skipped, so a log replayed twice (after a kill during a recovery flush,
+    /// or one that outlived its flush) never puts a second copy of a sequence range in
+    /// level 0 nor an older value above a newer one.
     fn replay_wals(
         opts: &Options,
         dir: &Path,
@@ -500,6 +535,10 @@ impl Db {
         wals.sort();
         let mut mem = MemTable::new(FileNumber(0));
         let mut max_seq = SeqNo(0);
+        let mut skipped = 0u64;
+        // The manifest's word as recovered: flushes during this replay raise
+        // `vs.last_sequence`, but only for records replayed here.
+        let durable = vs.last_sequence;
         'logs: for (i, &w) in wals.iter().enumerate() {
             let path = wal_path(dir, w);
             let last = i + 1 == wals.len();
@@ -510,6 +549,10 @@ impl Db {
                     LogRead::Record { offset, payload } => {
                         let batch = decode_batch(&payload, &path, offset)?;
                         for op in &batch.ops {
+                            if op.seq <= durable {
+                                skipped += 1;
+                                continue;
+                            }
                             mem.add(op.seq, op.kind, op.key, op.value);
                             max_seq = max_seq.max(op.seq);
                         }
@@ -520,12 +563,14 @@ impl Db {
                             if let Some(nf) =
                                 write_level0_table(opts, dir, &full, number, counters)?
                             {
+                                crate::failpoint::hit("open.replay_table_written");
                                 let edit = VersionEdit {
                                     new_files: vec![nf],
                                     last_sequence: Some(max_seq),
                                     ..VersionEdit::default()
                                 };
                                 vs.log_and_apply(edit)?;
+                                crate::failpoint::hit("open.replay_edit_logged");
                             }
                         }
                     }
@@ -543,6 +588,13 @@ impl Db {
                     }
                 }
             }
+        }
+        if skipped > 0 {
+            tracing::info!(
+                skipped,
+                last_sequence = durable.0,
+                "log records already in tables were not replayed"
+            );
         }
         Ok((mem, max_seq))
     }
@@ -801,6 +853,14 @@ fn create_wal(
     sync: SyncMode,
 ) -> Result<LogWriter> {
     let path = wal_path(dir, number);
+    // Numbers are never reused (open marks every number on disk used); a log that exists
+    // under a new log's number may hold records not yet in a table: never truncate it.
+    if fs.exists(&path) {
+        return Err(Error::InvalidArgument(format!(
+            "internal: new log {} already exists; refusing to overwrite it",
+            path.display()
+        )));
+    }
     let file = match sync {
         SyncMode::PerWrite | SyncMode::GroupCommit => {
             fs.create_presized(&path, WAL_PRESIZE_STEP_BYTES)?
@@ -915,12 +975,47 @@ fn check_tables_exist(fs: &dyn FileSystem, vs: &VersionSet, manifest: &Path) -> 
 
 /// Removes what the store no longer needs: retired WALs, old manifests, tables no version
 /// lists, and leftovers of interrupted atomic writes. Run at open, under the lock.
+/// The files of a directory without `CURRENT` when they are only what an interrupted
+/// creation leaves: manifests that list no table (a torn or unreadable one included) and
+/// temp files, next to the lock, with no log and no table. `Err` names the first file that shows a store existed here.
+fn unfinished_creation(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    names: &[String],
+) -> std::result::Result<Vec<String>, String> {
+    let mut leftovers = Vec::new();
+    for name in names {
+        match parse_file_name(name) {
+            Some(FileKind::Lock) | None => {}
+            Some(FileKind::Temp) => leftovers.push(name.clone()),
+            Some(FileKind::Manifest(n)) => {
+                let path = dir.join(name);
+                match read_manifest_with_tail(fs, &path, n) {
+                    Ok((edits, _)) if edits.iter().all(|e| e.new_files.is_empty()) => {
+                        leftovers.push(name.clone())
+                    }
+                    Ok(_) => return Err(format!("{name}, which lists tables")),
+                    // Cut short by the kill (even inside its header): with no log and no
+                    // table beside it, there is nothing it could point to.
+                    Err(_) => leftovers.push(name.clone()),
+                }
+            }
+            Some(FileKind::Wal(_) | FileKind::Table(_) | FileKind::Current) => {
+                return Err(name.clone())
+            }
+        }
+    }
+    Ok(leftovers)
+}
+
 fn delete_obsolete_files(fs: &dyn FileSystem, dir: &Path, vs: &VersionSet) -> Result<()> {
     let live: HashSet<FileNumber> = vs.current().all_files().map(|(_, f)| f.number).collect();
     let manifest = vs.manifest_number();
     for name in fs.list_dir(dir)? {
         let remove = match parse_file_name(&name) {
-            Some(FileKind::Wal(n)) => n < vs.log_number,
+            // Log number 0: the store runs without a log, and the recovery edit holds every
+            // record of the old ones.
+            Some(FileKind::Wal(n)) => vs.log_number.0 == 0 || n < vs.log_number,
             Some(FileKind::Manifest(n)) => Some(n) != manifest,
             Some(FileKind::Table(n)) => !live.contains(&n),
             Some(FileKind::Temp) => true,
@@ -1159,6 +1254,7 @@ impl DbInner {
             let r: Result<()> = (|| {
                 let w = create_wal(self.fs.as_ref(), &self.dir, n, self.opts.sync)?;
                 self.fs.sync_dir(&self.dir)?;
+                crate::failpoint::hit("switch.wal_created");
                 let mut wal = self.wal.lock();
                 if let Some(old) = wal.as_mut() {
                     match self.opts.sync {
@@ -1329,6 +1425,15 @@ impl DbInner {
         let new_file = MutexGuard::unlocked(st, || {
             write_level0_table(&self.opts, &self.dir, &imm.mem, number, &self.counters)
         })?;
+        crate::failpoint::hit("flush.table_written");
+        // Memtables are flushed oldest first and replay skips what tables hold, so a new
+        // level-0 table is newer than every table: L0 never holds one sequence range twice.
+        debug_assert!(new_file.as_ref().is_none_or(|nf| {
+            st.vs
+                .current()
+                .all_files()
+                .all(|(_, f)| f.largest_seq < nf.smallest_seq)
+        }));
         // The oldest log still needed is the next memtable's.
         let log_number = if self.opts.wal {
             st.imms
@@ -1344,6 +1449,7 @@ impl DbInner {
             ..VersionEdit::default()
         };
         let version = st.vs.log_and_apply(edit)?;
+        crate::failpoint::hit("flush.edit_logged");
         st.imms.remove(0);
         let _ = imm.flushed.set(version);
         self.install_super_version(st);
@@ -1353,6 +1459,7 @@ impl DbInner {
                 if let Err(e) = self.fs.remove_file(&old) {
                     tracing::warn!(error = %e, "could not delete a retired log");
                 }
+                crate::failpoint::hit("flush.wal_deleted");
             }
         }
         Ok(())

@@ -146,6 +146,11 @@ impl VersionSet {
         FileNumber(n)
     }
 
+    /// Raises the next file number above `used`, a number found on disk.
+    pub fn mark_file_number_used(&mut self, used: FileNumber) {
+        self.next_file_number = self.next_file_number.max(used.0.saturating_add(1));
+    }
+
     /// The next file number that will be allocated.
     pub fn next_file_number(&self) -> FileNumber {
         FileNumber(self.next_file_number)

@@ -4,4 +4,5 @@
 //! This layer sits on the store ([`crate::lsm`]) and on checkpoint storage
 //! ([`crate::checkpoint`]); the stream layer above it never matches on backend kind.
 
+pub mod key_groups;
 pub mod lsm_snapshot;
