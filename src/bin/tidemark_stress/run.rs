@@ -131,8 +131,8 @@ pub fn run(a: &RunArgs) -> u8 {
     let stop = AtomicBool::new(false);
     let acked = AtomicU64::new(0);
     let writers_done = AtomicBool::new(false);
-    let failure: Mutex<Option<String>> = Mutex::new(None);
-    let fail = |msg: String| {
+    let failure: Mutex<Option<Failure>> = Mutex::new(None);
+    let fail = |msg: Failure| {
         failure.lock().get_or_insert(msg);
         stop.store(true, Ordering::SeqCst);
     };
@@ -163,7 +163,7 @@ pub fn run(a: &RunArgs) -> u8 {
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     if let Err(e) = ckpt::take(store, id, db, header, shared) {
-                        fail(format!("checkpoint {id} failed: {e}"));
+                        fail(Failure::Store(format!("checkpoint {id} failed: {e}")));
                         return;
                     }
                     id += 1;
@@ -184,14 +184,24 @@ pub fn run(a: &RunArgs) -> u8 {
         });
         for w in writers {
             if w.join().is_err() {
-                fail("a writer thread panicked".into());
+                fail(Failure::Store("a writer thread panicked".into()));
             }
         }
         writers_done.store(true, Ordering::SeqCst);
     });
-    if let Some(msg) = failure.lock().take() {
-        eprintln!("STORE FAILED: {msg}");
-        return EXIT_STORE;
+    match failure.lock().take() {
+        Some(Failure::Store(msg)) => {
+            eprintln!("STORE FAILED: {msg}");
+            return EXIT_STORE;
+        }
+        Some(Failure::Verify(problems)) => {
+            report(
+                &format!("store {} while writing", a.db.display()),
+                &problems,
+            );
+            return EXIT_VERIFY;
+        }
+        None => {}
     }
     say(&format!("acked {}", acked.load(Ordering::SeqCst)));
     if let Err(e) = db.close() {
@@ -202,8 +212,23 @@ pub fn run(a: &RunArgs) -> u8 {
     EXIT_OK
 }
 
+/// Why a writer stopped early.
+#[derive(Debug)]
+enum Failure {
+    /// The store returned an error.
+    Store(String),
+    /// The store returned something the expected state rules out.
+    Verify(Problems),
+}
+
+/// Operations between two scans of a thread's own keys while it writes.
+const SCAN_EVERY_OPS: u64 = 1000;
+
 /// One writer thread: operations from its counter on, each recorded in the expected state
-/// before and after the store acknowledges it.
+/// before and after the store acknowledges it. Between its operations none of its keys is
+/// in flight, so it also reads them back while the others write: one random key by `get`
+/// after every eighth operation, and all of them by a prefix scan every
+/// [`SCAN_EVERY_OPS`] operations.
 #[allow(clippy::too_many_arguments)]
 fn write(
     db: &Db,
@@ -214,7 +239,7 @@ fn write(
     shared: &Shared,
     stop: &AtomicBool,
     acked: &AtomicU64,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let first = slots.counter();
     let end = ops.map_or(u64::MAX, |m| first.saturating_add(m));
     let mut n = first;
@@ -241,7 +266,9 @@ fn write(
             }
         };
         if let Err(e) = result {
-            return Err(format!("thread {t} op {n}: write failed: {e}"));
+            return Err(Failure::Store(format!(
+                "thread {t} op {n}: write failed: {e}"
+            )));
         }
         for &(k, _) in &op.writes {
             slots.set_committed(k, slots.pending(k));
@@ -257,6 +284,26 @@ fn write(
         }
         acked.fetch_add(1, Ordering::SeqCst);
         n += 1;
+        let mut r = Rng::new(&[h.seed, u64::from(t), n, 0x7264]);
+        if r.below(8) == 0 {
+            let k = r.below(h.keys);
+            let v = db
+                .get(key(t, k))
+                .map_err(|e| Failure::Store(format!("thread {t} after op {}: get: {e}", n - 1)))?;
+            let mut problems = Problems::default();
+            verify::check_own_key(h, t, k, v.as_deref(), &slots, "get", &mut problems);
+            if !problems.is_empty() {
+                return Err(Failure::Verify(problems));
+            }
+        }
+        if (n - first) % SCAN_EVERY_OPS == 0 {
+            let mut problems = Problems::default();
+            verify::scan_own_keys(db, h, t, &slots, &mut problems)
+                .map_err(|e| Failure::Store(format!("thread {t} after op {}: scan: {e}", n - 1)))?;
+            if !problems.is_empty() {
+                return Err(Failure::Verify(problems));
+            }
+        }
     }
     Ok(())
 }

@@ -233,3 +233,58 @@ pub fn resolve(seen: &Observed, threads: &mut [ThreadSlots<'_>]) -> u64 {
     }
     settled
 }
+
+/// Checks one key of thread `t` read while the thread writes (by `how`): none of the
+/// thread's keys is in flight then, so the key must show exactly its committed word.
+pub fn check_own_key(
+    h: Header,
+    t: u32,
+    k: u64,
+    v: Option<&[u8]>,
+    slots: &ThreadSlots<'_>,
+    how: &str,
+    problems: &mut Problems,
+) {
+    let c = slots.committed(k);
+    match classify(h.seed, t, k, v) {
+        Err(e) => problems.push(format!("key {} by {how} while writing: {e}", key(t, k))),
+        Ok(s) if !shows(s, c) => problems.push(format!(
+            "key {} by {how} while writing: the store shows {s}; expected {c} \
+             (thread {t} has acknowledged ops 0..{}, none in flight)",
+            key(t, k),
+            slots.counter()
+        )),
+        Ok(_) => {}
+    }
+}
+
+/// Scans the keys of thread `t` (prefix `t{t}-`) while the thread writes and checks each
+/// against its committed word, and that no key is missing from the scan.
+pub fn scan_own_keys(
+    db: &Db,
+    h: Header,
+    t: u32,
+    slots: &ThreadSlots<'_>,
+    problems: &mut Problems,
+) -> tidemark::Result<()> {
+    let mut found = vec![false; h.keys as usize];
+    for kv in db.prefix(format!("t{t}-"))? {
+        let (k, v) = kv?;
+        match workload::parse_key(&k) {
+            Some((kt, i)) if kt == t && i < h.keys => {
+                found[i as usize] = true;
+                check_own_key(h, t, i, Some(&v), slots, "scan", problems);
+            }
+            _ => problems.push(format!(
+                "the scan of prefix t{t}- returns key {:?}, which the workload never writes",
+                String::from_utf8_lossy(&k)
+            )),
+        }
+    }
+    for (i, f) in found.iter().enumerate() {
+        if !f {
+            check_own_key(h, t, i as u64, None, slots, "scan", problems);
+        }
+    }
+    Ok(())
+}
