@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use super::expected::read_counters;
 use super::workload::{mix, Rng};
-use super::{CrashtestArgs, EXIT_FAILED, EXIT_OK, EXIT_STORE, EXIT_USAGE, EXIT_VERIFY};
+use super::{
+    CrashtestArgs, EXIT_FAILED, EXIT_OK, EXIT_STORE, EXIT_USAGE, EXIT_VERIFY, MEMTABLE_KIB_CHOICES,
+};
 
 /// Kills when neither `--kills` nor `--duration` is given.
 const DEFAULT_KILLS: u64 = 100;
@@ -321,6 +323,9 @@ fn drive(a: &CrashtestArgs) -> Result<u8, String> {
     if a.checkpoints {
         reproduce += &format!(" --checkpoints --retained {}", a.retained);
     }
+    if let Some(kib) = a.memtable_kib {
+        reproduce += &format!(" --memtable-kib {kib}");
+    }
     if a.kill_points {
         reproduce += &format!(
             " --kill-points --kill-point-timeout-ms {}",
@@ -422,6 +427,10 @@ fn drive(a: &CrashtestArgs) -> Result<u8, String> {
         }
 
         let mut args = base.clone();
+        let memtable_kib = a.memtable_kib.unwrap_or_else(|| {
+            MEMTABLE_KIB_CHOICES[rng.below(MEMTABLE_KIB_CHOICES.len() as u64) as usize]
+        });
+        args.extend(["--memtable-kib".into(), memtable_kib.to_string().into()]);
         let deadline = match &plan {
             Plan::Delay(ms) => Duration::from_millis(*ms),
             Plan::Point { name, nth } => {
@@ -434,7 +443,11 @@ fn drive(a: &CrashtestArgs) -> Result<u8, String> {
                 FINAL_TIMEOUT
             }
         };
-        let writer = Writer::spawn(&exe, &args).map_err(|e| format!("starting a writer: {e}"))?;
+        // The writer ends with the driver (not shown in the command lines printed).
+        let mut spawn_args = args.clone();
+        spawn_args.extend(["--parent".into(), std::process::id().to_string().into()]);
+        let writer =
+            Writer::spawn(&exe, &spawn_args).map_err(|e| format!("starting a writer: {e}"))?;
         let o = writer
             .finish(Instant::now() + deadline)
             .map_err(|e| format!("waiting for a writer: {e}"))?;
@@ -504,6 +517,7 @@ fn drive(a: &CrashtestArgs) -> Result<u8, String> {
                         *a = before.join("repro/checkpoints").into();
                     }
                 }
+                again.extend(["--memtable-kib".into(), memtable_kib.to_string().into()]);
                 again.extend(["--ops".into(), "0".into()]);
                 eprintln!(
                     "re-run this verification on a copy of it:\n  rm -rf {r} && mkdir {r} && cp -a {b}/db {b}/expected {r}/ && \

@@ -150,6 +150,13 @@ pub struct RunArgs {
     /// Stop after this many operations per thread, close the store and exit 0
     #[arg(long, value_name = "M")]
     pub ops: Option<u64>,
+    /// End with SIGKILL when the process with this id (the driver) is gone, so that a
+    /// killed driver leaves no writer behind (set by `crashtest`; Linux only)
+    #[arg(long, hide = true, value_name = "PID")]
+    pub parent: Option<u32>,
+    /// Memtable size in KiB (tables are cut at the same size)
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub memtable_kib: u64,
 }
 
 /// Arguments of `crashtest`.
@@ -191,17 +198,25 @@ pub struct CrashtestArgs {
     /// How long a writer with a kill point armed may run before it is killed from outside
     #[arg(long, default_value_t = 1500)]
     pub kill_point_timeout_ms: u64,
+    /// Memtable size in KiB of every writer (default: drawn for each writer from 16, 32,
+    /// 64 and 256)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub memtable_kib: Option<u64>,
 }
+
+/// Memtable sizes a crash test draws from, in KiB: mostly tiny (flushes, compactions and
+/// manifest rolls all the time), sometimes larger (logs that live longer).
+pub const MEMTABLE_KIB_CHOICES: &[u64] = &[16, 32, 32, 64, 256];
 
 /// The store options of every writer: small memtables, tables and manifest, so that
 /// memtable switches, flushes, compactions and manifest rolls happen all the time.
-pub fn store_options(sync: SyncArg) -> Options {
+pub fn store_options(sync: SyncArg, memtable_kib: u64) -> Options {
     Options {
         sync: sync.mode(),
-        memtable_size_bytes: 32 << 10,
+        memtable_size_bytes: (memtable_kib << 10) as usize,
         block_size_bytes: 1024,
-        target_file_size_bytes: 32 << 10,
-        max_bytes_for_level_base: 128 << 10,
+        target_file_size_bytes: memtable_kib << 10,
+        max_bytes_for_level_base: 4 * (memtable_kib << 10),
         l0_compaction_trigger: 2,
         max_manifest_bytes: 4096,
         block_cache_bytes: 1 << 20,

@@ -34,8 +34,28 @@ fn report(what: &str, problems: &Problems) {
     }
 }
 
+/// Asks the kernel to SIGKILL this process when its parent ends, then checks that the
+/// parent is still `driver` (it may have ended before the request).
+#[cfg(target_os = "linux")]
+fn die_with_parent(driver: u32) {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no memory of ours.
+    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+    if r != 0 {
+        eprintln!("tidemark-stress run: prctl(PR_SET_PDEATHSIG) failed");
+    }
+    if std::os::unix::process::parent_id() != driver {
+        std::process::exit(i32::from(EXIT_SETUP));
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_driver: u32) {}
+
 /// Runs the writer; returns its exit status.
 pub fn run(a: &RunArgs) -> u8 {
+    if let Some(driver) = a.parent {
+        die_with_parent(driver);
+    }
     if let Some(name) = &a.kill_point {
         if let Err(e) = tidemark::failpoint::arm(name, a.kill_nth) {
             eprintln!("tidemark-stress run: {e}");
@@ -54,7 +74,7 @@ pub fn run(a: &RunArgs) -> u8 {
             return EXIT_SETUP;
         }
     };
-    let opts = store_options(a.sync);
+    let opts = store_options(a.sync, a.memtable_kib);
     let db = match Db::open(&a.db, opts.clone()) {
         Ok(db) => db,
         Err(e) => {
