@@ -1,6 +1,7 @@
 //! `run`: the writer process.
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
-fn report(what: &str, problems: &Problems) {
+fn report(what: &str, problems: &Problems, dir: &Path) {
     eprintln!(
         "VERIFICATION FAILED: {what}: {} problem(s)",
         problems.lines.len()
@@ -31,6 +32,18 @@ fn report(what: &str, problems: &Problems) {
     }
     if problems.lines.len() > 200 {
         eprintln!("  ... and {} more", problems.lines.len() - 200);
+    }
+    // The files as the failure found them (a later open changes them).
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut files: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                format!("{} ({len} B)", e.file_name().to_string_lossy())
+            })
+            .collect();
+        files.sort();
+        eprintln!("files in {} now: {}", dir.display(), files.join(", "));
     }
 }
 
@@ -100,7 +113,7 @@ pub fn run(a: &RunArgs) -> u8 {
     let mut threads = expected.threads();
     verify::check(&seen, &threads, &mut problems);
     if !problems.is_empty() {
-        report(&what, &problems);
+        report(&what, &problems, &a.db);
         return EXIT_VERIFY;
     }
     let mut checkpoints = None;
@@ -112,7 +125,7 @@ pub fn run(a: &RunArgs) -> u8 {
         match opened {
             Ok((store, next, n)) => {
                 if !problems.is_empty() {
-                    report(&format!("checkpoints in {}", dir.display()), &problems);
+                    report(&format!("checkpoints in {}", dir.display()), &problems, dir);
                     return EXIT_VERIFY;
                 }
                 checkpoints = Some((store, next));
@@ -218,6 +231,7 @@ pub fn run(a: &RunArgs) -> u8 {
             report(
                 &format!("store {} while writing", a.db.display()),
                 &problems,
+                &a.db,
             );
             return EXIT_VERIFY;
         }
