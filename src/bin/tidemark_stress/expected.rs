@@ -287,3 +287,64 @@ impl ThreadSlots<'_> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_name_the_operation_and_what_it_did() {
+        assert_eq!(Word::NEVER.op(), None);
+        assert_eq!(Word::NEVER.put_op(), None);
+        let p = Word::new(0, Mutation::Put);
+        assert_eq!((p.op(), p.put_op()), (Some(0), Some(0)));
+        let d = Word::new(41, Mutation::Delete);
+        assert_eq!((d.op(), d.put_op()), (Some(41), None));
+        assert_eq!(d.to_string(), "deleted by op 41");
+        assert_eq!(Word::new(7, Mutation::Put).to_string(), "put by op 7");
+    }
+
+    #[test]
+    fn the_file_keeps_what_was_written_and_refuses_another_workload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/expected");
+        let h = Header {
+            threads: 2,
+            keys: 3,
+            seed: 9,
+        };
+        {
+            let mut f = ExpectedFile::open(&path, h).unwrap();
+            let mut t = f.threads();
+            t[1].set_committed(2, Word::new(5, Mutation::Put));
+            t[1].set_pending(0, Word::new(6, Mutation::Delete));
+            t[1].set_counter(6);
+        }
+        let mut f = ExpectedFile::open(&path, h).unwrap();
+        let t = f.threads();
+        assert_eq!(t[1].committed(2), Word::new(5, Mutation::Put));
+        assert_eq!(t[1].pending(0), Word::new(6, Mutation::Delete));
+        assert_eq!(t[1].counter(), 6);
+        assert_eq!(t[0].counter(), 0);
+        assert_eq!(read_counters(&path).unwrap(), vec![0, 6]);
+        let other = Header { seed: 10, ..h };
+        assert!(ExpectedFile::open(&path, other)
+            .unwrap_err()
+            .contains("seed 9"));
+    }
+
+    #[test]
+    fn a_file_left_without_its_header_is_started_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("expected");
+        let h = Header {
+            threads: 1,
+            keys: 4,
+            seed: 1,
+        };
+        std::fs::write(&path, vec![0u8; h.file_bytes()]).unwrap();
+        let mut f = ExpectedFile::open(&path, h).unwrap();
+        assert_eq!(f.threads()[0].counter(), 0);
+        assert_eq!(&std::fs::read(&path).unwrap()[..8], MAGIC);
+    }
+}

@@ -223,3 +223,29 @@ pub fn store_options(sync: SyncArg, memtable_kib: u64) -> Options {
         ..Options::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_modes_parse_and_print_back() {
+        for s in ["none", "periodic:20", "group", "per-write"] {
+            assert_eq!(s.parse::<SyncArg>().unwrap().to_string(), s);
+        }
+        assert_eq!(
+            "periodic:20".parse::<SyncArg>().unwrap().mode(),
+            SyncMode::Periodic(Duration::from_millis(20))
+        );
+        for bad in ["periodic:0", "periodic:", "fsync", ""] {
+            assert!(bad.parse::<SyncArg>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn store_options_are_valid_for_every_memtable_size() {
+        for &kib in MEMTABLE_KIB_CHOICES.iter().chain(&[1, 65536]) {
+            store_options(SyncArg::None, kib).validate().unwrap();
+        }
+    }
+}
