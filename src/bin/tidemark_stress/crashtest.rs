@@ -120,10 +120,12 @@ impl Writer {
             }
             let now = Instant::now();
             if now >= deadline {
-                // Child::kill sends SIGKILL on Unix.
+                // Child::kill sends SIGKILL on Unix. A writer that exited just before
+                // it keeps its own status: that exit is what counts.
                 self.child.kill()?;
-                killed_by_us = true;
-                break self.child.wait()?;
+                let st = self.child.wait()?;
+                killed_by_us = st.signal() == Some(libc::SIGKILL);
+                break st;
             }
             std::thread::sleep((deadline - now).min(Duration::from_millis(1)));
         };
