@@ -4,8 +4,9 @@
 //! also let writers die at kill points inside the store. Then proof that the verifier can
 //! fail: a store that lost a write, holds a stale value or half a batch makes `run` exit 3.
 //!
-//! `TIDEMARK_STRESS_KILLS` sets the kills of each crash test (defaults below, a few hundred
-//! in all). Long runs: see the README.
+//! `TIDEMARK_STRESS_KILLS` sets the kills of each crash test (defaults below, 550 in all);
+//! `TIDEMARK_STRESS_SEED` shifts the fixed seeds, for other choices of kill moments, kill
+//! points and memtable sizes. Long runs: see the README.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -31,7 +32,11 @@ fn crashtest(default_kills: u64, seed: u64, args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let kills = kills(default_kills).to_string();
-    let seed = seed.to_string();
+    let seed = std::env::var("TIDEMARK_STRESS_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(seed, |base| base.wrapping_add(seed))
+        .to_string();
     let out = Command::new(EXE)
         .args(["crashtest", "--dir"])
         .arg(&run)
@@ -69,83 +74,58 @@ fn crashtest(default_kills: u64, seed: u64, args: &[&str]) {
 
 #[test]
 fn kills_with_sync_none() {
-    crashtest(40, 11, &["--sync", "none", "--threads", "2"]);
+    crashtest(60, 11, &["--sync", "none", "--threads", "2"]);
 }
 
 #[test]
 fn kills_with_sync_none_and_checkpoints() {
-    crashtest(
-        30,
-        12,
-        &["--sync", "none", "--checkpoints", "--retained", "2"],
-    );
+    let args = ["--sync", "none", "--checkpoints", "--retained", "2"];
+    crashtest(50, 12, &args);
 }
 
 #[test]
 fn kills_with_periodic_sync() {
-    crashtest(35, 13, &["--sync", "periodic:20", "--threads", "2"]);
+    crashtest(50, 13, &["--sync", "periodic:20", "--threads", "2"]);
 }
 
 #[test]
 fn kills_with_periodic_sync_and_checkpoints() {
-    crashtest(
-        30,
-        14,
-        &["--sync", "periodic:50", "--checkpoints", "--retained", "3"],
-    );
+    let args = ["--sync", "periodic:50", "--checkpoints", "--retained", "3"];
+    crashtest(50, 14, &args);
 }
 
 #[test]
 fn kills_with_group_commit() {
-    crashtest(30, 15, &["--sync", "group"]);
+    crashtest(50, 15, &["--sync", "group"]);
 }
 
 #[test]
 fn kills_with_group_commit_and_checkpoints() {
-    crashtest(
-        30,
-        16,
-        &["--sync", "group", "--checkpoints", "--retained", "1"],
-    );
+    let args = ["--sync", "group", "--checkpoints", "--retained", "1"];
+    crashtest(50, 16, &args);
 }
 
 #[test]
 fn kills_with_per_write_sync() {
-    crashtest(30, 17, &["--sync", "per-write", "--threads", "3"]);
+    crashtest(50, 17, &["--sync", "per-write", "--threads", "3"]);
 }
 
 #[test]
 fn kills_with_per_write_sync_and_checkpoints() {
-    crashtest(
-        30,
-        18,
-        &["--sync", "per-write", "--checkpoints", "--retained", "2"],
-    );
+    let args = ["--sync", "per-write", "--checkpoints", "--retained", "2"];
+    crashtest(50, 18, &args);
 }
 
 #[test]
 fn kills_at_kill_points_with_checkpoints() {
-    crashtest(
-        40,
-        19,
-        &[
-            "--sync",
-            "none",
-            "--checkpoints",
-            "--retained",
-            "2",
-            "--kill-points",
-        ],
-    );
+    let args = ["--sync", "none", "--checkpoints", "--kill-points"];
+    crashtest(80, 19, &args);
 }
 
 #[test]
 fn kills_at_kill_points_with_group_commit() {
-    crashtest(
-        30,
-        20,
-        &["--sync", "group", "--threads", "2", "--kill-points"],
-    );
+    let args = ["--sync", "group", "--threads", "2", "--kill-points"];
+    crashtest(60, 20, &args);
 }
 
 // The verifier can fail.
