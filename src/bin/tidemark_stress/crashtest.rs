@@ -191,7 +191,7 @@ impl Stats {
 
 fn describe(status: &ExitStatus) -> String {
     match (status.code(), status.signal()) {
-        (Some(EXIT_OK_I32), _) => "exit status 0 (it was to be killed, not to finish)".into(),
+        (Some(0), _) => "exit status 0 (it was to be killed, not to finish)".into(),
         (Some(c), _) if c == i32::from(EXIT_VERIFY) => {
             "exit status 3: the store (or a checkpoint) disagrees with the expected state".into()
         }
@@ -203,8 +203,6 @@ fn describe(status: &ExitStatus) -> String {
         (None, None) => "ended without status".into(),
     }
 }
-
-const EXIT_OK_I32: i32 = EXIT_OK as i32;
 
 fn shell_quote(s: &std::ffi::OsStr) -> String {
     let s = s.to_string_lossy();
