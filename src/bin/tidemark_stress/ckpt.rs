@@ -242,11 +242,12 @@ fn check_thread(
     what: &str,
     problems: &mut Problems,
 ) {
-    let row = &seen[t as usize];
+    let row = &seen.get[t as usize];
+    let scan = &seen.scan[t as usize];
     let mut words = b.words.clone();
     let mismatches = |words: &[Word]| -> Vec<usize> {
         (0..row.len())
-            .filter(|&k| !shows(row[k], words[k]))
+            .filter(|&k| !shows(row[k], words[k]) || !shows(scan[k], words[k]))
             .collect()
     };
     let mut best = (b.lo, mismatches(&words));
@@ -296,4 +297,63 @@ fn check_thread(
         best.1.len(),
         detail.join("; ")
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tidemark_stress::verify::Seen;
+
+    const H: Header = Header {
+        threads: 1,
+        keys: 8,
+        seed: 3,
+    };
+
+    /// The words of thread 0's keys after its operations `0..m`.
+    fn after(m: u64) -> Vec<Word> {
+        let mut words = vec![Word::NEVER; H.keys as usize];
+        for n in 0..m {
+            for (k, mutation) in workload::op(H.seed, 0, n, H.keys).writes {
+                words[k as usize] = Word::new(n, mutation);
+            }
+        }
+        words
+    }
+
+    fn shown(words: &[Word]) -> Observed {
+        let row: Vec<Seen> = words
+            .iter()
+            .map(|w| w.put_op().map_or(Seen::Absent, Seen::Put))
+            .collect();
+        Observed {
+            get: vec![row.clone()],
+            scan: vec![row],
+        }
+    }
+
+    fn problems_for(m: u64, lo: u64, hi: u64) -> usize {
+        let b = ThreadBounds {
+            lo,
+            hi,
+            words: after(lo),
+        };
+        let mut p = Problems::default();
+        check_thread(&shown(&after(m)), H, 0, &b, "chk", &mut p);
+        p.lines.len()
+    }
+
+    #[test]
+    fn a_checkpoint_holds_a_prefix_between_its_bounds() {
+        // Ops 0..40 acknowledged before it, 0..43 possibly started.
+        for m in 40..=43 {
+            assert_eq!(problems_for(m, 40, 43), 0, "prefix 0..{m}");
+        }
+        // Missing an acknowledged op, or holding one that had not started: find two ops
+        // that change the state (a delete of an absent key does not).
+        let missing = (0..40).rev().find(|&m| after(m) != after(40)).unwrap();
+        assert_eq!(problems_for(missing, 40, 43), 1);
+        let later = (44..200).find(|&m| after(m) != after(43)).unwrap();
+        assert_eq!(problems_for(later, 40, 43), 1);
+    }
 }

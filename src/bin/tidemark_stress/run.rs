@@ -187,12 +187,16 @@ pub fn run(a: &RunArgs) -> u8 {
             s.spawn(move || {
                 let mut r = Rng::new(&[header.seed, *first, 0x636b]);
                 let mut id = *first;
-                loop {
+                // Every 50-200 ms while the writers write, and once more when they have
+                // finished (--ops), so that the last checkpoint holds every write.
+                let mut last = false;
+                while !last {
                     let wait = Instant::now() + Duration::from_millis(r.range(50, 200));
-                    while Instant::now() < wait {
-                        if stop.load(Ordering::SeqCst) || done.load(Ordering::SeqCst) {
+                    while Instant::now() < wait && !last {
+                        if stop.load(Ordering::SeqCst) {
                             return;
                         }
+                        last = done.load(Ordering::SeqCst);
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     if let Err(e) = ckpt::take(store, id, db, header, shared) {

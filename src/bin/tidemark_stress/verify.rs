@@ -54,8 +54,15 @@ impl Problems {
     }
 }
 
-/// What a store holds for every key of the workload, `[thread][key]`.
-pub type Observed = Vec<Vec<Seen>>;
+/// What a store holds for every key of the workload, `[thread][key]`, by `get` and by
+/// scan.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// By `get`.
+    pub get: Vec<Vec<Seen>>,
+    /// By one forward scan of the whole store.
+    pub scan: Vec<Vec<Seen>>,
+}
 
 /// Classifies a value found under thread `t`'s key `k`.
 fn classify(seed: u64, t: u32, k: u64, v: Option<&[u8]>) -> Result<Seen, String> {
@@ -106,7 +113,7 @@ pub fn observe(
     what: &str,
     problems: &mut Problems,
 ) -> tidemark::Result<Observed> {
-    let mut by_get: Observed = Vec::with_capacity(h.threads as usize);
+    let mut by_get: Vec<Vec<Seen>> = Vec::with_capacity(h.threads as usize);
     for t in 0..h.threads {
         let mut row = Vec::with_capacity(h.keys as usize);
         for k in 0..h.keys {
@@ -145,10 +152,14 @@ pub fn observe(
         }
         previous = Some(k);
     }
+    let by_scan: Vec<Vec<Seen>> = by_scan
+        .into_iter()
+        .map(|row| row.into_iter().map(|s| s.unwrap_or(Seen::Absent)).collect())
+        .collect();
     for t in 0..h.threads {
         for k in 0..h.keys {
             let g = by_get[t as usize][k as usize];
-            let s = by_scan[t as usize][k as usize].unwrap_or(Seen::Absent);
+            let s = by_scan[t as usize][k as usize];
             if g != s {
                 problems.push(format!(
                     "{what}: key {}: get returns {g}, the scan returns {s}",
@@ -157,7 +168,10 @@ pub fn observe(
             }
         }
     }
-    Ok(by_get)
+    Ok(Observed {
+        get: by_get,
+        scan: by_scan,
+    })
 }
 
 /// Holds what the store shows against the expected state: each key must show its
@@ -167,19 +181,28 @@ pub fn check(seen: &Observed, threads: &[ThreadSlots<'_>], problems: &mut Proble
     for (t, slots) in threads.iter().enumerate() {
         let t = t as u32;
         let mut ops: BTreeMap<u64, Vec<(u64, bool, bool)>> = BTreeMap::new();
-        for (k, &s) in seen[t as usize].iter().enumerate() {
+        for (k, &s) in seen.get[t as usize].iter().enumerate() {
             let k = k as u64;
             let (c, p) = (slots.committed(k), slots.pending(k));
             let old = shows(s, c);
             let new = p != Word::NEVER && shows(s, p);
-            if !old && !new {
+            let by_scan = seen.scan[t as usize][k as usize];
+            let reads = if by_scan == s {
+                vec![("the store", s)]
+            } else {
+                vec![("get", s), ("the scan", by_scan)]
+            };
+            for (how, s) in reads {
+                if shows(s, c) || (p != Word::NEVER && shows(s, p)) {
+                    continue;
+                }
                 let pending = if p == Word::NEVER {
                     "none".to_string()
                 } else {
                     p.to_string()
                 };
                 problems.push(format!(
-                    "key {}: the store shows {s}; expected committed = {c}, pending = {pending} \
+                    "key {}: {how} shows {s}; expected committed = {c}, pending = {pending} \
                      (thread {t} has acknowledged ops 0..{})",
                     key(t, k),
                     slots.counter()
@@ -218,7 +241,7 @@ pub fn check(seen: &Observed, threads: &[ThreadSlots<'_>], problems: &mut Proble
 pub fn resolve(seen: &Observed, threads: &mut [ThreadSlots<'_>]) -> u64 {
     let mut settled = 0;
     for (t, slots) in threads.iter_mut().enumerate() {
-        for (k, &s) in seen[t].iter().enumerate() {
+        for (k, &s) in seen.get[t].iter().enumerate() {
             let k = k as u64;
             let p = slots.pending(k);
             if p == Word::NEVER {
