@@ -43,6 +43,22 @@ pub enum Error {
         /// The lock file.
         path: PathBuf,
     },
+    /// Another checkpoint store (in this process or another) owns the job directory: it
+    /// holds the lock file `path`.
+    #[error("{} is locked: another checkpoint store owns this job directory (in this or another process)", path.display())]
+    JobLocked {
+        /// The job directory's lock file.
+        path: PathBuf,
+    },
+    /// A path that must be a regular file is something else: a directory, a FIFO, a socket
+    /// or a device. Nothing was read from it.
+    #[error("{} is {kind}, not a regular file", path.display())]
+    NotRegularFile {
+        /// The path as given (it may be a symlink to the object named by `kind`).
+        path: PathBuf,
+        /// What it is (`"a FIFO (named pipe)"`, `"a directory"`, ...).
+        kind: &'static str,
+    },
     /// The options given at open are inconsistent.
     #[error("invalid options: {0}")]
     InvalidOptions(String),

@@ -303,7 +303,7 @@ impl FaultFs {
     fn save(&self, path: &Path) -> Result<Saved> {
         let key = normalize(path);
         let inode = self.shared.state.lock().files.get(&key).cloned();
-        let mut data = fs::read(path).ctx("read", path)?;
+        let mut data = StdFs.read_file(path, u64::MAX)?;
         if let Some(i) = &inode {
             let synced = usize::try_from(i.lock().synced_len).unwrap_or(usize::MAX);
             data.truncate(synced);

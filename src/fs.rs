@@ -12,10 +12,16 @@
 //!
 //! Reads go through plain [`std::fs::File`] handles (tables are memory-mapped), so a
 //! test layer such as [`crate::fault::FaultFs`] only needs to intercept writes and metadata.
+//! Every file opened for reading is opened by [`open_regular`]: regular files only, opened
+//! without blocking (a FIFO never hangs a reader), checked on the opened descriptor; every
+//! whole-file read is capped by its format's limit ([`read_capped`]), whatever size the file
+//! reports; and where a file must lie inside a directory (the files of a job directory),
+//! [`open_inside`] checks the canonical path of the file actually opened.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -98,7 +104,9 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     ) -> Result<Box<dyn WritableFile>> {
         self.create_presized(path, presize_step_bytes)
     }
-    /// Opens an existing file for reading.
+    /// Opens an existing regular file for reading (see [`open_regular`]): anything else
+    /// (a directory, FIFO, socket or device, also behind a symlink) is
+    /// [`Error::NotRegularFile`], and the open never blocks.
     fn open(&self, path: &Path) -> Result<File>;
     /// Renames `from` to `to`, replacing `to` (not durable until the directory is synced).
     fn rename(&self, from: &Path, to: &Path) -> Result<()>;
@@ -112,8 +120,14 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn sync_dir(&self, path: &Path) -> Result<()>;
     /// Creates a hard link `dst` to `src`.
     fn hard_link(&self, src: &Path, dst: &Path) -> Result<()>;
-    /// Names of the entries of a directory, sorted.
+    /// Names of the entries of a directory, sorted. Names that are not UTF-8 are left out
+    /// (tidemark writes none); [`FileSystem::list_entries`] shows them.
     fn list_dir(&self, path: &Path) -> Result<Vec<String>>;
+    /// Every entry of a directory with what it is (symlinks not followed), sorted by name,
+    /// names that are not UTF-8 included.
+    fn list_entries(&self, path: &Path) -> Result<Vec<DirEntryInfo>> {
+        list_entries(path)
+    }
     /// Takes an exclusive, non-blocking lock on `path` (created if missing).
     fn lock(&self, path: &Path) -> Result<FileLock>;
     /// Size of a file in bytes.
@@ -121,21 +135,283 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     /// True when `path` exists.
     fn exists(&self, path: &Path) -> bool;
 
-    /// Reads a whole file, refusing files larger than `max_bytes`.
+    /// Reads a whole regular file, refusing one larger than `max_bytes` (by its reported
+    /// size, and by the bytes actually read: see [`read_capped`]).
     fn read_file(&self, path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
         let mut f = self.open(path)?;
-        let len = f.metadata().ctx("stat", path)?.len();
-        if len > max_bytes {
-            return Err(Error::corruption(
-                path,
-                0,
-                format!("file is {len} bytes, larger than the limit of {max_bytes}"),
-            ));
-        }
-        let mut buf = Vec::with_capacity(len as usize);
-        f.read_to_end(&mut buf).ctx("read", path)?;
-        Ok(buf)
+        read_capped(&mut f, path, max_bytes)
     }
+}
+
+/// What a directory entry is, without following it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link; `dangling` when what it names does not exist.
+    Symlink {
+        /// True when the link's target is missing.
+        dangling: bool,
+    },
+    /// A FIFO, socket or device (described in words).
+    Other(&'static str),
+}
+
+/// One entry of a directory, as [`FileSystem::list_entries`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntryInfo {
+    /// The name; bytes that are not UTF-8 are shown as `\xNN` (see `utf8`).
+    pub name: String,
+    /// False when the name is not valid UTF-8 (tidemark never writes such a name).
+    pub utf8: bool,
+    /// What the entry is itself.
+    pub kind: EntryKind,
+}
+
+impl DirEntryInfo {
+    /// True for a regular file with a UTF-8 name.
+    pub fn is_plain_file(&self) -> bool {
+        self.utf8 && self.kind == EntryKind::File
+    }
+
+    /// True for a directory (not a link to one) with a UTF-8 name.
+    pub fn is_plain_dir(&self) -> bool {
+        self.utf8 && self.kind == EntryKind::Dir
+    }
+
+    /// What the entry is, in words (`"a dangling symbolic link"`, ...), with a note when
+    /// its name is not UTF-8.
+    pub fn describe(&self) -> String {
+        let kind = match self.kind {
+            EntryKind::File => "a regular file",
+            EntryKind::Dir => "a directory",
+            EntryKind::Symlink { dangling: true } => "a dangling symbolic link",
+            EntryKind::Symlink { dangling: false } => "a symbolic link",
+            EntryKind::Other(what) => what,
+        };
+        if self.utf8 {
+            kind.to_string()
+        } else {
+            format!("{kind} whose name is not UTF-8")
+        }
+    }
+}
+
+/// A file name with each byte that is not part of valid UTF-8 shown as `\xNN`.
+fn escape_name(name: &std::ffi::OsStr) -> (String, bool) {
+    use std::os::unix::ffi::OsStrExt;
+    if let Some(s) = name.to_str() {
+        return (s.to_string(), true);
+    }
+    let mut out = String::new();
+    for chunk in name.as_bytes().utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    (out, false)
+}
+
+/// [`FileSystem::list_entries`] on the real file system.
+pub fn list_entries(path: &Path) -> Result<Vec<DirEntryInfo>> {
+    let rd = fs::read_dir(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            Error::io("list directory", path, e)
+        }
+    })?;
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.ctx("list directory", path)?;
+        let (name, utf8) = escape_name(&entry.file_name());
+        let ft = entry.file_type().ctx("stat", &entry.path())?;
+        let kind = if ft.is_file() {
+            EntryKind::File
+        } else if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_symlink() {
+            EntryKind::Symlink {
+                dangling: fs::metadata(entry.path()).is_err(),
+            }
+        } else {
+            EntryKind::Other(file_type_name(&ft))
+        };
+        out.push(DirEntryInfo { name, utf8, kind });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// What a file type is, in words, for errors (`"a FIFO (named pipe)"`, ...).
+pub fn file_type_name(ft: &fs::FileType) -> &'static str {
+    if ft.is_file() {
+        "a regular file"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Maps a failed open of `path` for reading to tidemark's error: a missing file is
+/// [`Error::NotFound`]; a path that cannot be opened because of what it is (a socket gives
+/// `ENXIO`) is [`Error::NotRegularFile`].
+fn open_error(path: &Path, e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::NotFound {
+        return Error::NotFound {
+            path: path.to_path_buf(),
+        };
+    }
+    if let Ok(m) = fs::metadata(path) {
+        if !m.is_file() {
+            return Error::NotRegularFile {
+                path: path.to_path_buf(),
+                kind: file_type_name(&m.file_type()),
+            };
+        }
+    }
+    Error::io("open", path, e)
+}
+
+/// Opens `path` for reading if, and only if, it is a regular file (a symlink to one is
+/// followed). The open uses `O_NONBLOCK` so that a FIFO cannot block it (and `O_NOCTTY`),
+/// the type is checked with `fstat` on the opened descriptor, not on the path, and
+/// `O_NONBLOCK` is then cleared. A directory, FIFO, socket or device is
+/// [`Error::NotRegularFile`] naming the path and what it is; nothing is read from it.
+pub fn open_regular(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| open_error(path, e))?;
+    let meta = file.metadata().ctx("stat", path)?;
+    if !meta.is_file() {
+        return Err(Error::NotRegularFile {
+            path: path.to_path_buf(),
+            kind: file_type_name(&meta.file_type()),
+        });
+    }
+    clear_nonblocking(&file, path)?;
+    Ok(file)
+}
+
+/// Clears `O_NONBLOCK` on an open descriptor.
+fn clear_nonblocking(file: &File, path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is a valid descriptor owned by `file` for the duration of this call;
+    // F_GETFL takes no argument and touches no memory.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(Error::io("fcntl", path, io::Error::last_os_error()));
+    }
+    // SAFETY: as above; F_SETFL takes an int argument and touches no memory.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(Error::io("fcntl", path, io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Reads all of `file` (opened from `path`) from its current position, refusing more
+/// than `max_bytes`: the reported size is checked first, and then at most `max_bytes + 1`
+/// bytes are read whatever the size said, so a file that grows, or lies about its size,
+/// costs at most that much memory and time.
+pub fn read_capped(file: &mut File, path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
+    let reported = file.metadata().ctx("stat", path)?.len();
+    if reported > max_bytes {
+        return Err(Error::corruption(
+            path,
+            0,
+            format!("file is {reported} bytes, larger than the limit of {max_bytes}"),
+        ));
+    }
+    let mut buf = Vec::with_capacity(usize::try_from(reported).unwrap_or(0));
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut buf)
+        .ctx("read", path)?;
+    if buf.len() as u64 > max_bytes {
+        return Err(Error::corruption(
+            path,
+            max_bytes,
+            format!("file holds more than the limit of {max_bytes} bytes"),
+        ));
+    }
+    Ok(buf)
+}
+
+/// The canonical form of `path`, mapping a missing path to [`Error::NotFound`].
+pub fn canonical(path: &Path) -> Result<PathBuf> {
+    fs::canonicalize(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            Error::io("canonicalize", path, e)
+        }
+    })
+}
+
+/// The canonical path of the file `file` (opened from `path`) actually is: the path
+/// resolved with every symlink followed, checked to name the same inode as the descriptor
+/// (so a file swapped between the open and the resolution is refused, never trusted).
+pub fn opened_path(file: &File, path: &Path) -> Result<PathBuf> {
+    let resolved = canonical(path)?;
+    let opened = file.metadata().ctx("stat", path)?;
+    let there = fs::metadata(&resolved).ctx("stat", &resolved)?;
+    if (opened.dev(), opened.ino()) != (there.dev(), there.ino()) {
+        return Err(Error::io(
+            "open",
+            path,
+            io::Error::other("the file was replaced while it was being opened"),
+        ));
+    }
+    Ok(resolved)
+}
+
+/// Opens the regular file `path` through `fs` and checks that the file actually opened
+/// lies inside the directory `root` once every symlink is followed: a file whose
+/// canonical path leaves `root` is [`Error::UnsafePath`] and nothing is read from it.
+/// `entry` names the file in the error (its path relative to `root`, as written).
+/// Returns the file and its canonical path.
+pub fn open_inside(
+    fs: &dyn FileSystem,
+    root: &Path,
+    path: &Path,
+    entry: &str,
+) -> Result<(File, PathBuf)> {
+    let file = fs.open(path)?;
+    let opened = opened_path(&file, path)?;
+    let root_canonical = canonical(root)?;
+    if !opened.starts_with(&root_canonical) {
+        return Err(Error::UnsafePath {
+            path: root.to_path_buf(),
+            entry: entry.to_string(),
+            reason: format!(
+                "{} resolves to {} outside the job directory {}",
+                path.display(),
+                opened.display(),
+                root_canonical.display()
+            ),
+        });
+    }
+    Ok((file, opened))
 }
 
 /// The real file system.
@@ -514,15 +790,7 @@ impl FileSystem for StdFs {
     }
 
     fn open(&self, path: &Path) -> Result<File> {
-        File::open(path).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                Error::NotFound {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                Error::io("open", path, e)
-            }
-        })
+        open_regular(path)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> Result<()> {
@@ -542,7 +810,11 @@ impl FileSystem for StdFs {
     }
 
     fn sync_dir(&self, path: &Path) -> Result<()> {
-        let dir = File::open(path).ctx("open directory", path)?;
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .ctx("open directory", path)?;
         dir.sync_all().ctx("fsync directory", path)
     }
 
@@ -576,8 +848,16 @@ impl FileSystem for StdFs {
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .ctx("open lock file", path)?;
+        let meta = file.metadata().ctx("stat", path)?;
+        if !meta.is_file() {
+            return Err(Error::NotRegularFile {
+                path: path.to_path_buf(),
+                kind: file_type_name(&meta.file_type()),
+            });
+        }
         match fs2::FileExt::try_lock_exclusive(&file) {
             Ok(()) => Ok(FileLock {
                 file,
@@ -786,6 +1066,58 @@ mod tests {
         let b = dir.path().join("b");
         assert_eq!(link_or_copy(&StdFs, &a, &b).unwrap(), Placement::Linked);
         assert_eq!(fs::read(&b).unwrap(), b"data");
+    }
+
+    #[test]
+    fn a_read_is_capped_whatever_size_the_file_reports() {
+        // Files of /proc report a size of 0 and hold more: the cap must hold anyway.
+        let p = Path::new("/proc/self/maps");
+        if !p.exists() {
+            return;
+        }
+        let mut f = open_regular(p).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 0);
+        let e = read_capped(&mut f, p, 16).unwrap_err();
+        assert!(e.to_string().contains("more than the limit of 16"), "{e}");
+        let all = StdFs.read_file(p, 1 << 30).unwrap();
+        assert!(all.len() > 16);
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fifo");
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        match StdFs.open(&p) {
+            Err(Error::NotRegularFile { path, kind }) => {
+                assert_eq!(path, p);
+                assert!(kind.contains("FIFO"), "{kind}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let link = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let e = StdFs.read_file(&link, u64::MAX).unwrap_err();
+        assert!(e.to_string().contains("a character device"), "{e}");
+        let e = StdFs.read_file(dir.path(), u64::MAX).unwrap_err();
+        assert!(e.to_string().contains("a directory"), "{e}");
+    }
+
+    #[test]
+    fn open_inside_checks_the_file_actually_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job");
+        fs::create_dir_all(&job).unwrap();
+        fs::write(dir.path().join("secret"), b"s").unwrap();
+        fs::write(job.join("mine"), b"m").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), job.join("out")).unwrap();
+        std::os::unix::fs::symlink("mine", job.join("in")).unwrap();
+        let e = open_inside(&StdFs, &job, &job.join("out"), "out").unwrap_err();
+        assert!(matches!(e, Error::UnsafePath { .. }), "{e:?}");
+        let (_, canonical_path) = open_inside(&StdFs, &job, &job.join("in"), "in").unwrap();
+        assert_eq!(canonical_path, canonical(&job.join("mine")).unwrap());
     }
 
     #[test]

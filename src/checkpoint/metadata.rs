@@ -17,6 +17,10 @@ use crate::fs::FileSystem;
 
 /// The first 8 bytes of every `_metadata` file.
 pub const MAGIC: [u8; 8] = *b"TDMKCKPT";
+/// The first 4 bytes of an Apache Flink `_metadata` (its magic number `0x4960672d`, big
+/// endian, followed by its format version as a big-endian `u32`): recognized only to say
+/// so when one is given to tidemark.
+pub const FLINK_METADATA_MAGIC: [u8; 4] = 0x4960_672d_u32.to_be_bytes();
 /// The format version this code writes and the only one it reads.
 pub const FORMAT_VERSION: u32 = 1;
 /// Byte offset of the format version (right after the magic).
@@ -44,6 +48,82 @@ pub const MAX_HANDLES_PER_STATE: usize = 1 << 20;
 pub const MAX_SOURCE_OFFSETS: usize = 1 << 20;
 /// Most properties in one checkpoint.
 pub const MAX_PROPERTIES: usize = 1 << 16;
+
+/// Decoding a `_metadata` of `n` bytes takes at most
+/// `DECODE_MEMORY_FACTOR * n + DECODE_MEMORY_SLACK_BYTES` bytes of memory for the decoded
+/// [`Metadata`] (besides the `n` bytes read): each vector is charged its capacity times its
+/// element's size before it is allocated, each string and byte string the allocation it
+/// takes ([`heap_cost`]), and a file whose decoded form would exceed the budget is refused
+/// as a corruption. Small elements (an inline handle of a few bytes costs about 100 in
+/// memory) are what the budget stops.
+pub const DECODE_MEMORY_FACTOR: usize = 8;
+/// The constant part of the decoding budget (see [`DECODE_MEMORY_FACTOR`]).
+pub const DECODE_MEMORY_SLACK_BYTES: usize = 1 << 20;
+
+/// What an allocation of `len` bytes costs, as a general-purpose allocator counts it
+/// (glibc's malloc: a 8-byte header, 16-byte granules, 32 bytes at least); nothing for an
+/// empty string or vector, which allocates nothing.
+pub fn heap_cost(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        len.saturating_add(8).next_multiple_of(16).max(32)
+    }
+}
+
+/// The memory a decoding may still take, charged before each allocation.
+struct Budget {
+    left: usize,
+    total: usize,
+}
+
+impl Budget {
+    fn for_file(len: usize) -> Budget {
+        let total = len
+            .saturating_mul(DECODE_MEMORY_FACTOR)
+            .saturating_add(DECODE_MEMORY_SLACK_BYTES);
+        // Room kept for the error that reports a spent budget.
+        const ERROR_RESERVE: usize = 4096;
+        Budget {
+            left: total - ERROR_RESERVE,
+            total,
+        }
+    }
+
+    /// Charges `bytes`, or refuses at `offset` of `path` when the budget is spent.
+    fn charge(&mut self, path: &Path, offset: u64, bytes: usize, what: &str) -> Result<()> {
+        match self.left.checked_sub(bytes) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(Error::corruption(
+                path,
+                offset,
+                format!(
+                    "{what}: decoding would take more than {} bytes of memory \
+                     ({DECODE_MEMORY_FACTOR} x the file's size + {DECODE_MEMORY_SLACK_BYTES})",
+                    self.total
+                ),
+            )),
+        }
+    }
+
+    /// Charges a vector of `n` elements of `T`.
+    fn vec<T>(&mut self, path: &Path, offset: u64, n: usize, what: &str) -> Result<()> {
+        self.charge(
+            path,
+            offset,
+            heap_cost(n.saturating_mul(std::mem::size_of::<T>())),
+            what,
+        )
+    }
+
+    /// Charges a decoded string or byte string.
+    fn bytes(&mut self, path: &Path, offset: u64, len: usize, what: &str) -> Result<()> {
+        self.charge(path, offset, heap_cost(len), what)
+    }
+}
 
 /// The name of the metadata file inside `chk-<N>/`.
 pub const METADATA_FILE_NAME: &str = "_metadata";
@@ -264,9 +344,24 @@ impl Metadata {
         Ok(())
     }
 
-    /// Reads and decodes the `_metadata` file at `path`.
+    /// Reads and decodes the `_metadata` file at `path` (a regular file, read up to
+    /// [`MAX_METADATA_BYTES`]).
     pub fn read(fs: &dyn FileSystem, path: &Path) -> Result<Metadata> {
         let bytes = fs.read_file(path, MAX_METADATA_BYTES)?;
+        Metadata::decode(&bytes, path)
+    }
+
+    /// Like [`Metadata::read`] for the `_metadata` of a job directory: the file actually
+    /// opened must lie inside `job_dir` once symlinks are followed
+    /// ([`crate::fs::open_inside`]), or nothing is read.
+    pub fn read_inside(fs: &dyn FileSystem, job_dir: &Path, path: &Path) -> Result<Metadata> {
+        let entry = path
+            .strip_prefix(job_dir)
+            .unwrap_or(path)
+            .display()
+            .to_string();
+        let (mut f, _) = crate::fs::open_inside(fs, job_dir, path, &entry)?;
+        let bytes = crate::fs::read_capped(&mut f, path, MAX_METADATA_BYTES)?;
         Metadata::decode(&bytes, path)
     }
 
@@ -294,6 +389,22 @@ impl Metadata {
             )
         })?;
         if magic != MAGIC {
+            if magic.starts_with(&FLINK_METADATA_MAGIC) {
+                let version = bytes
+                    .get(4..8)
+                    .and_then(|v| v.try_into().ok())
+                    .map(u32::from_be_bytes)
+                    .map_or_else(|| "unknown".to_string(), |v| v.to_string());
+                return Err(Error::corruption(
+                    path,
+                    0,
+                    format!(
+                        "an Apache Flink _metadata (magic 0x4960672d, Flink metadata version \
+                         {version}), not a tidemark one: tidemark reads and restores only the \
+                         checkpoints it wrote"
+                    ),
+                ));
+            }
             return Err(Error::corruption(
                 path,
                 0,
@@ -339,7 +450,8 @@ impl Metadata {
         }
         let body = covered.get(BODY_OFFSET..).unwrap_or_default();
         let mut d = Decoder::new(body, BODY_OFFSET as u64);
-        decode_body(&mut d, path)
+        let mut budget = Budget::for_file(len);
+        decode_body(&mut d, path, &mut budget)
     }
 }
 
@@ -353,14 +465,22 @@ fn count_limit(d: &Decoder<'_>, max: usize, min_bytes: usize) -> u64 {
     max.min(fits) as u64
 }
 
-fn get_string(d: &mut Decoder<'_>, what: &str, max: usize) -> Result<String, DecodeError> {
+/// [`get_string`], charged to `budget`.
+fn get_string_in(
+    d: &mut Decoder<'_>,
+    path: &Path,
+    budget: &mut Budget,
+    what: &str,
+    max: usize,
+) -> Result<String> {
     let at = d.offset();
-    let n = d.varint_bounded(what, max.min(d.remaining()) as u64)?;
-    let raw = d.bytes(n, what)?;
-    String::from_utf8(raw.to_vec()).map_err(|_| DecodeError {
-        offset: at,
-        reason: format!("{what}: not valid UTF-8"),
-    })
+    let n = d
+        .varint_bounded(what, max.min(d.remaining()) as u64)
+        .map_err(c(path))?;
+    budget.bytes(path, at, n, what)?;
+    let raw = d.bytes(n, what).map_err(c(path))?;
+    String::from_utf8(raw.to_vec())
+        .map_err(|_| Error::corruption(path, at, format!("{what}: not valid UTF-8")))
 }
 
 /// Turns a decode error into the file's corruption error.
@@ -381,10 +501,10 @@ fn check_local_name(path: &Path, at: u64, what: &str, name: &str) -> Result<()> 
     }
 }
 
-fn decode_body(d: &mut Decoder<'_>, path: &Path) -> Result<Metadata> {
+fn decode_body(d: &mut Decoder<'_>, path: &Path, budget: &mut Budget) -> Result<Metadata> {
     let checkpoint_id = CheckpointId(d.u64("checkpoint id").map_err(c(path))?);
     let at = d.offset();
-    let job = get_string(d, "job id", super::ids::JOB_ID_MAX_BYTES).map_err(c(path))?;
+    let job = get_string_in(d, path, budget, "job id", super::ids::JOB_ID_MAX_BYTES)?;
     if let Some(reason) = job_id_problem(&job) {
         return Err(Error::corruption(
             path,
@@ -400,31 +520,35 @@ fn decode_body(d: &mut Decoder<'_>, path: &Path) -> Result<Metadata> {
     })?;
     let trigger_timestamp_ms = d.u64("trigger timestamp").map_err(c(path))?;
     let completion_timestamp_ms = d.u64("completion timestamp").map_err(c(path))?;
-    let backend = get_string(d, "backend", MAX_NAME_BYTES).map_err(c(path))?;
+    let backend = get_string_in(d, path, budget, "backend", MAX_NAME_BYTES)?;
 
     // An operator state takes at least 11 bytes: id length, subtask, range, handle count.
+    let at = d.offset();
     let n = d
         .varint_bounded(
             "operator state count",
             count_limit(d, MAX_OPERATOR_STATES, 11),
         )
         .map_err(c(path))?;
+    budget.vec::<OperatorSubtaskState>(path, at, n, "operator states")?;
     let mut operator_states = Vec::with_capacity(n);
     for _ in 0..n {
-        operator_states.push(decode_operator_state(d, path, checkpoint_id)?);
+        operator_states.push(decode_operator_state(d, path, checkpoint_id, budget)?);
     }
 
     // A source offset takes at least 10 bytes.
+    let at = d.offset();
     let n = d
         .varint_bounded(
             "source offset count",
             count_limit(d, MAX_SOURCE_OFFSETS, 10),
         )
         .map_err(c(path))?;
+    budget.vec::<SourceOffset>(path, at, n, "source offsets")?;
     let mut source_offsets = Vec::with_capacity(n);
     for _ in 0..n {
-        let source = get_string(d, "source name", MAX_NAME_BYTES).map_err(c(path))?;
-        let split = get_string(d, "split name", MAX_NAME_BYTES).map_err(c(path))?;
+        let source = get_string_in(d, path, budget, "source name", MAX_NAME_BYTES)?;
+        let split = get_string_in(d, path, budget, "split name", MAX_NAME_BYTES)?;
         let offset = d.u64("source offset").map_err(c(path))?;
         source_offsets.push(SourceOffset {
             source,
@@ -433,13 +557,15 @@ fn decode_body(d: &mut Decoder<'_>, path: &Path) -> Result<Metadata> {
         });
     }
 
+    let at = d.offset();
     let n = d
         .varint_bounded("property count", count_limit(d, MAX_PROPERTIES, 2))
         .map_err(c(path))?;
+    budget.vec::<(String, String)>(path, at, n, "properties")?;
     let mut properties = Vec::with_capacity(n);
     for _ in 0..n {
-        let k = get_string(d, "property key", MAX_NAME_BYTES).map_err(c(path))?;
-        let v = get_string(d, "property value", MAX_PROPERTY_VALUE_BYTES).map_err(c(path))?;
+        let k = get_string_in(d, path, budget, "property key", MAX_NAME_BYTES)?;
+        let v = get_string_in(d, path, budget, "property value", MAX_PROPERTY_VALUE_BYTES)?;
         properties.push((k, v));
     }
     if !d.is_empty() {
@@ -466,8 +592,9 @@ fn decode_operator_state(
     d: &mut Decoder<'_>,
     path: &Path,
     id: CheckpointId,
+    budget: &mut Budget,
 ) -> Result<OperatorSubtaskState> {
-    let operator_id = get_string(d, "operator id", MAX_NAME_BYTES).map_err(c(path))?;
+    let operator_id = get_string_in(d, path, budget, "operator id", MAX_NAME_BYTES)?;
     let at = d.offset();
     let subtask = d
         .varint_bounded("subtask index", u64::from(u32::MAX))
@@ -485,9 +612,11 @@ fn decode_operator_state(
         )
     })?;
     // A handle takes at least 3 bytes (tag, name length, and a role or a length).
+    let at = d.offset();
     let n = d
         .varint_bounded("handle count", count_limit(d, MAX_HANDLES_PER_STATE, 3))
         .map_err(c(path))?;
+    budget.vec::<StateHandle>(path, at, n, "handles")?;
     let mut handles = Vec::with_capacity(n);
     for _ in 0..n {
         let at = d.offset();
@@ -500,9 +629,9 @@ fn decode_operator_state(
                     Error::corruption(path, role_at, format!("unknown file role {role_byte}"))
                 })?;
                 let name_at = d.offset();
-                let local_name = get_string(d, "local name", MAX_NAME_BYTES).map_err(c(path))?;
+                let local_name = get_string_in(d, path, budget, "local name", MAX_NAME_BYTES)?;
                 check_local_name(path, name_at, "local name", &local_name)?;
-                let entry = get_string(d, "file path", MAX_NAME_BYTES).map_err(c(path))?;
+                let entry = get_string_in(d, path, budget, "file path", MAX_NAME_BYTES)?;
                 check_handle_path(path, &entry, role, id)?;
                 let size = d.u64("file size").map_err(c(path))?;
                 let crc32c = d.u32("file crc32c").map_err(c(path))?;
@@ -516,11 +645,13 @@ fn decode_operator_state(
             }
             TAG_INLINE => {
                 let name_at = d.offset();
-                let name = get_string(d, "inline name", MAX_NAME_BYTES).map_err(c(path))?;
+                let name = get_string_in(d, path, budget, "inline name", MAX_NAME_BYTES)?;
                 check_local_name(path, name_at, "inline name", &name)?;
+                let len_at = d.offset();
                 let n = d
                     .varint_bounded("inline length", MAX_INLINE_BYTES.min(d.remaining()) as u64)
                     .map_err(c(path))?;
+                budget.bytes(path, len_at, n, "inline bytes")?;
                 let bytes = d.bytes(n, "inline bytes").map_err(c(path))?.to_vec();
                 handles.push(StateHandle::Inline { name, bytes });
             }
@@ -608,6 +739,17 @@ pub(crate) mod tests {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(hex, SAMPLE_HEX);
+    }
+
+    #[test]
+    fn a_flink_metadata_is_named_as_flinks() {
+        // Flink's header: magic 0x4960672d and version 4, both big endian, then its body.
+        let mut flink = vec![0x49, 0x60, 0x67, 0x2d, 0, 0, 0, 4];
+        flink.extend_from_slice(&[0u8; 64]);
+        let e = Metadata::decode(&flink, Path::new("chk-3/_metadata")).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("Apache Flink") && m.contains("version 4"), "{m}");
+        assert!(!m.contains("bad magic"), "{m}");
     }
 
     #[test]

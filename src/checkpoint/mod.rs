@@ -26,7 +26,7 @@ pub use metadata::{
     MAX_METADATA_BYTES, METADATA_FILE_NAME,
 };
 pub use restore::{resolve, resolve_verified, ResolvedCheckpoint, RestoreInfo, RestoreMode};
-pub use storage::{file_checksum, CheckpointStorage, FileChecksum, LocalStorage};
+pub use storage::{file_checksum, CheckpointStorage, FileChecksum, LocalStorage, JOB_LOCK_FILE};
 pub use store::{
     CheckpointConfig, CheckpointContent, CheckpointStats, CheckpointStore, CheckpointSummary,
     CompletedCheckpoint, ExternalizedCleanup, JobTermination, OpenReport, PendingCheckpoint,

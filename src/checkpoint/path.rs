@@ -7,7 +7,7 @@
 //!   under the canonical job directory.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::ids::CheckpointId;
 use super::metadata::FileRole;
@@ -81,18 +81,7 @@ pub fn check_handle_path(file: &Path, entry: &str, role: FileRole, id: Checkpoin
     }
 }
 
-/// The canonical form of `path`, or the error of the attempt.
-fn canonical(path: &Path) -> Result<PathBuf> {
-    std::fs::canonicalize(path).map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            Error::NotFound {
-                path: path.to_path_buf(),
-            }
-        } else {
-            Error::io("canonicalize", path, e)
-        }
-    })
-}
+use crate::fs::canonical;
 
 /// Checks that `path` (below `job_dir`), or its nearest existing ancestor when it does not
 /// exist yet, resolves inside the canonical `job_dir` once symlinks are followed.
@@ -123,7 +112,8 @@ pub fn check_inside(job_dir: &Path, path: &Path, entry: &str) -> Result<()> {
             path: job_dir.to_path_buf(),
             entry: entry.to_string(),
             reason: format!(
-                "resolves to {} outside the job directory {}",
+                "{} resolves to {} outside the job directory {}",
+                path.display(),
                 resolved.display(),
                 root.display()
             ),

@@ -132,8 +132,29 @@ fn dir_checkpoint_id(dir: &Path) -> Option<CheckpointId> {
     CheckpointId::from_dir_name(dir.file_name()?.to_str()?)
 }
 
+/// Refuses a `chk-<N>` that is a symlink: a checkpoint directory lies in its job
+/// directory, and a link would make another job's (or another checkpoint's) files pass for
+/// this one's.
+fn refuse_symlinked_dir(chk_dir: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(chk_dir) {
+        Ok(m) if m.file_type().is_symlink() => Err(Error::UnsafePath {
+            path: parent_dir(chk_dir).to_path_buf(),
+            entry: chk_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            reason: format!(
+                "{} is a symbolic link; a checkpoint directory must be a directory of its job directory",
+                chk_dir.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Reads `<chk_dir>/_metadata` and checks that it describes checkpoint `id`.
 fn load(fs: &dyn FileSystem, chk_dir: &Path, id: CheckpointId) -> Result<ResolvedCheckpoint> {
+    refuse_symlinked_dir(chk_dir)?;
     let metadata_path = chk_dir.join(METADATA_FILE_NAME);
     if !fs.exists(&metadata_path) {
         return Err(not_found(
@@ -144,7 +165,8 @@ fn load(fs: &dyn FileSystem, chk_dir: &Path, id: CheckpointId) -> Result<Resolve
             ),
         ));
     }
-    let metadata = Metadata::read(fs, &metadata_path)?;
+    let job_dir = parent_dir(chk_dir);
+    let metadata = Metadata::read_inside(fs, job_dir, &metadata_path)?;
     if metadata.checkpoint_id != id {
         return Err(Error::corruption(
             &metadata_path,
@@ -157,7 +179,7 @@ fn load(fs: &dyn FileSystem, chk_dir: &Path, id: CheckpointId) -> Result<Resolve
         ));
     }
     Ok(ResolvedCheckpoint {
-        job_dir: parent_dir(chk_dir).to_path_buf(),
+        job_dir: job_dir.to_path_buf(),
         checkpoint_id: id,
         metadata_path,
         metadata,
@@ -239,7 +261,7 @@ pub fn restore_file(
     }
     let dst = dst_dir.join(&handle.local_name);
     let placement = storage.fetch(&handle.path, &dst)?;
-    let size = std::fs::metadata(&dst)
+    let size = std::fs::symlink_metadata(&dst)
         .map_err(|e| Error::io("stat", &dst, e))?
         .len();
     if size != handle.size {

@@ -8,7 +8,9 @@
 //! business.
 
 use std::fmt;
+use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,7 +18,10 @@ use super::ids::JobId;
 use super::path::{check_inside, lexical_problem};
 use crate::codec;
 use crate::error::{Error, IoContext, Result};
-use crate::fs::{self, FileSystem, Placement};
+use crate::fs::{self, DirEntryInfo, EntryKind, FileLock, FileSystem, Placement};
+
+/// The lock file of a job directory, held by the [`super::CheckpointStore`] that owns it.
+pub const JOB_LOCK_FILE: &str = "LOCK";
 
 /// Size and crc32c of a whole file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +39,22 @@ const CHECKSUM_BUFFER_BYTES: usize = 1 << 20;
 /// local file and must describe it).
 pub fn file_checksum(fs: &dyn FileSystem, path: &Path) -> Result<FileChecksum> {
     let mut f = fs.open(path)?;
+    checksum_open_file(&mut f, path, u64::MAX)
+}
+
+/// Size and crc32c of the open regular file `f` (opened from `path`), refusing one larger
+/// than `max_bytes` before reading it (by its reported size), and reading at most
+/// `max_bytes + 1` bytes whatever the size said.
+pub fn checksum_open_file(f: &mut File, path: &Path, max_bytes: u64) -> Result<FileChecksum> {
+    let reported = f.metadata().ctx("stat", path)?.len();
+    if reported > max_bytes {
+        return Err(Error::corruption(
+            path,
+            0,
+            format!("file is {reported} bytes, larger than the limit of {max_bytes}"),
+        ));
+    }
+    let mut f = f.take(max_bytes.saturating_add(1));
     let mut buf = vec![0u8; CHECKSUM_BUFFER_BYTES];
     let mut crc = 0u32;
     let mut size = 0u64;
@@ -45,6 +66,13 @@ pub fn file_checksum(fs: &dyn FileSystem, path: &Path) -> Result<FileChecksum> {
         let chunk = buf.get(..n).unwrap_or_default();
         crc = codec::crc32c_extend(crc, chunk);
         size = size.saturating_add(n as u64);
+    }
+    if size > max_bytes {
+        return Err(Error::corruption(
+            path,
+            max_bytes,
+            format!("file holds more than the limit of {max_bytes} bytes"),
+        ));
     }
     Ok(FileChecksum { size, crc32c: crc })
 }
@@ -69,6 +97,10 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     }
     /// Creates a directory (and the job directory and any parents).
     fn create_dir_all(&self, rel: &str) -> Result<()>;
+    /// Takes the exclusive owner lock of the job directory (creating it if needed), held
+    /// until the returned lock is dropped; a second owner gets [`Error::JobLocked`]
+    /// naming the lock file. `Ok(None)` for a storage that has no locks.
+    fn lock_owner(&self) -> Result<Option<FileLock>>;
     /// Places the local file `local` at `rel` by hard link, or by a synced copy when a
     /// link is impossible. On return the file's bytes are durable; its directory entry is
     /// durable once [`CheckpointStorage::sync_dir`] of its directory returns.
@@ -76,16 +108,25 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// Writes a small file so that it is either absent or whole after a crash (temp file,
     /// fsync, rename, directory fsync).
     fn write_atomic(&self, rel: &str, bytes: &[u8]) -> Result<()>;
-    /// Reads a whole file, refusing one larger than `max_bytes`.
+    /// Reads a whole regular file, refusing one larger than `max_bytes` (by its reported
+    /// size or by the bytes read) and, for a local storage, one whose canonical path leaves
+    /// the job directory.
     fn read_file(&self, rel: &str, max_bytes: u64) -> Result<Vec<u8>>;
     /// Names of a directory's entries, sorted; [`Error::NotFound`] when it is missing.
     fn list_dir(&self, rel: &str) -> Result<Vec<String>>;
+    /// A directory's entries with what each is (links not followed), sorted, names that
+    /// are not UTF-8 included; [`Error::NotFound`] when it is missing.
+    fn list_entries(&self, rel: &str) -> Result<Vec<DirEntryInfo>>;
+    /// What the entry `rel` is itself (a link is not followed); `None` when it is missing.
+    fn entry_kind(&self, rel: &str) -> Result<Option<EntryKind>>;
     /// True when a file or directory exists at `rel`.
     fn exists(&self, rel: &str) -> Result<bool>;
-    /// Size of a file in bytes.
+    /// Size of a regular file in bytes (read from the opened file, checked as `read_file`
+    /// checks it; nothing is read).
     fn file_size(&self, rel: &str) -> Result<u64>;
-    /// Size and crc32c of a file, read end to end.
-    fn checksum(&self, rel: &str) -> Result<FileChecksum>;
+    /// Size and crc32c of a regular file, read end to end; a file larger than `max_bytes`
+    /// is refused before it is read (and no more than `max_bytes + 1` bytes are read).
+    fn checksum(&self, rel: &str, max_bytes: u64) -> Result<FileChecksum>;
     /// Deletes a file; a file that is already gone is not an error.
     fn delete_file(&self, rel: &str) -> Result<()>;
     /// Deletes a directory and everything in it; one already gone is not an error.
@@ -97,6 +138,10 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// A local path through which `rel` can be read in place, when the storage is local;
     /// `Ok(None)` for a remote storage (use [`CheckpointStorage::fetch`]).
     fn open_local(&self, rel: &str) -> Result<Option<PathBuf>>;
+    /// The regular file `rel` opened for reading in place (its canonical path checked
+    /// inside the job directory), when the storage is local; `Ok(None)` for a remote
+    /// storage.
+    fn open_read(&self, rel: &str) -> Result<Option<File>>;
 }
 
 /// A [`CheckpointStorage`] on a [`FileSystem`]: the job directory is
@@ -165,6 +210,15 @@ impl LocalStorage {
         Ok(p)
     }
 
+    /// Opens the regular file `rel` for reading: the lexical and physical checks of
+    /// `guard` before the open, and the canonical path of the file actually opened checked
+    /// inside the job directory after it. Returns the path, the file and its canonical path.
+    fn open_checked(&self, rel: &str) -> Result<(PathBuf, File, PathBuf)> {
+        let p = self.guard(rel)?;
+        let (f, canonical) = fs::open_inside(self.fs.as_ref(), &self.job_dir, &p, rel)?;
+        Ok((p, f, canonical))
+    }
+
     /// The parent directory of `rel` must resolve inside the job directory; `rel` itself
     /// may be a symlink (deleting one removes the link, not its target).
     fn guard_parent(&self, rel: &str) -> Result<PathBuf> {
@@ -202,6 +256,16 @@ impl CheckpointStorage for LocalStorage {
         self.fs.create_dir_all(&p)
     }
 
+    fn lock_owner(&self) -> Result<Option<FileLock>> {
+        self.fs.create_dir_all(&self.job_dir)?;
+        let p = self.join(JOB_LOCK_FILE)?;
+        match self.fs.lock(&p) {
+            Ok(l) => Ok(Some(l)),
+            Err(Error::Locked { path }) => Err(Error::JobLocked { path }),
+            Err(e) => Err(e),
+        }
+    }
+
     fn place_file(&self, local: &Path, rel: &str) -> Result<Placement> {
         let dst = self.guard(rel)?;
         let placement = fs::link_or_copy(self.fs.as_ref(), local, &dst)?;
@@ -220,13 +284,39 @@ impl CheckpointStorage for LocalStorage {
     }
 
     fn read_file(&self, rel: &str, max_bytes: u64) -> Result<Vec<u8>> {
-        let p = self.guard(rel)?;
-        self.fs.read_file(&p, max_bytes)
+        let (p, mut f, _) = self.open_checked(rel)?;
+        fs::read_capped(&mut f, &p, max_bytes)
     }
 
     fn list_dir(&self, rel: &str) -> Result<Vec<String>> {
         let p = self.guard(rel)?;
         self.fs.list_dir(&p)
+    }
+
+    fn list_entries(&self, rel: &str) -> Result<Vec<DirEntryInfo>> {
+        let p = self.guard(rel)?;
+        self.fs.list_entries(&p)
+    }
+
+    fn entry_kind(&self, rel: &str) -> Result<Option<EntryKind>> {
+        let p = self.guard_parent(rel)?;
+        let m = match std::fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("stat", &p, e)),
+        };
+        let ft = m.file_type();
+        Ok(Some(if ft.is_file() {
+            EntryKind::File
+        } else if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_symlink() {
+            EntryKind::Symlink {
+                dangling: std::fs::metadata(&p).is_err(),
+            }
+        } else {
+            EntryKind::Other(fs::file_type_name(&ft))
+        }))
     }
 
     fn exists(&self, rel: &str) -> Result<bool> {
@@ -235,13 +325,13 @@ impl CheckpointStorage for LocalStorage {
     }
 
     fn file_size(&self, rel: &str) -> Result<u64> {
-        let p = self.guard(rel)?;
-        self.fs.file_size(&p)
+        let (p, f, _) = self.open_checked(rel)?;
+        Ok(f.metadata().ctx("stat", &p)?.len())
     }
 
-    fn checksum(&self, rel: &str) -> Result<FileChecksum> {
-        let p = self.guard(rel)?;
-        file_checksum(self.fs.as_ref(), &p)
+    fn checksum(&self, rel: &str, max_bytes: u64) -> Result<FileChecksum> {
+        let (p, mut f, _) = self.open_checked(rel)?;
+        checksum_open_file(&mut f, &p, max_bytes)
     }
 
     fn delete_file(&self, rel: &str) -> Result<()> {
@@ -265,19 +355,39 @@ impl CheckpointStorage for LocalStorage {
     }
 
     fn fetch(&self, rel: &str, dst: &Path) -> Result<Placement> {
-        let src = self.guard(rel)?;
-        if !self.fs.exists(&src) {
-            return Err(Error::NotFound { path: src });
+        // The real file (every symlink resolved, checked inside the job directory) is
+        // placed, never a link: a relative link placed elsewhere would name other bytes.
+        let (_, f, real) = self.open_checked(rel)?;
+        let opened = f.metadata().ctx("stat", &real)?;
+        let placement = fs::link_or_copy(self.fs.as_ref(), &real, dst)?;
+        let placed = std::fs::symlink_metadata(dst).ctx("stat", dst)?;
+        let same = placed.is_file()
+            && match placement {
+                Placement::Linked => (placed.dev(), placed.ino()) == (opened.dev(), opened.ino()),
+                Placement::Copied => placed.len() == opened.len(),
+            };
+        if !same {
+            let _ = self.fs.remove_file(dst);
+            return Err(Error::io(
+                "place",
+                dst,
+                std::io::Error::other(format!(
+                    "{} changed while it was being placed",
+                    real.display()
+                )),
+            ));
         }
-        fs::link_or_copy(self.fs.as_ref(), &src, dst)
+        Ok(placement)
     }
 
     fn open_local(&self, rel: &str) -> Result<Option<PathBuf>> {
-        let p = self.guard(rel)?;
-        if !self.fs.exists(&p) {
-            return Err(Error::NotFound { path: p });
-        }
+        let (p, _, _) = self.open_checked(rel)?;
         Ok(Some(p))
+    }
+
+    fn open_read(&self, rel: &str) -> Result<Option<File>> {
+        let (_, f, _) = self.open_checked(rel)?;
+        Ok(Some(f))
     }
 }
 
@@ -305,7 +415,7 @@ mod tests {
         assert_eq!(s.list_dir("shared").unwrap(), vec!["a.sst".to_string()]);
         assert_eq!(s.file_size("shared/a.sst").unwrap(), 5);
         assert_eq!(
-            s.checksum("shared/a.sst").unwrap(),
+            s.checksum("shared/a.sst", 5).unwrap(),
             FileChecksum {
                 size: 5,
                 crc32c: codec::crc32c(b"hello")

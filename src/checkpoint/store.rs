@@ -24,7 +24,7 @@ use super::restore::{RestoreInfo, RestoreMode};
 use super::storage::CheckpointStorage;
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::fs::Placement;
+use crate::fs::{DirEntryInfo, EntryKind, FileLock, Placement};
 
 /// The directory of shared files, relative to the job directory.
 pub const SHARED_DIR: &str = "shared";
@@ -211,6 +211,13 @@ pub struct OpenReport {
     pub unfinished_deleted: Vec<CheckpointId>,
     /// Files in `shared/` that no retained checkpoint referenced, deleted.
     pub orphans_deleted: Vec<String>,
+    /// Entries found where checkpoint files live that this store did not write and so
+    /// left alone, one line each naming the path and what it is: a `chk-<N>` that is not
+    /// a directory, anything in `shared/` not referenced that is not a regular file named
+    /// as the store names shared files (a link, dangling or not, a directory, a FIFO, a
+    /// name that is not UTF-8), and what an unfinished checkpoint's directory holds
+    /// besides regular files.
+    pub odd_entries: Vec<String>,
     /// Retention applied to what was found.
     pub retention: RetentionReport,
 }
@@ -296,6 +303,9 @@ struct Inner {
 
 #[derive(Debug)]
 struct Core {
+    /// The job directory's owner lock, held as long as the store or a pending checkpoint
+    /// of it lives.
+    owner: Mutex<Option<FileLock>>,
     storage: Arc<dyn CheckpointStorage>,
     config: CheckpointConfig,
     inner: Mutex<Inner>,
@@ -444,6 +454,23 @@ fn delete_shared(storage: &dyn CheckpointStorage, paths: &[String], errors: &mut
         return;
     }
     for p in paths {
+        // Only a regular file is deleted: a link, a directory or anything else found
+        // under a referenced name is not what the store placed there.
+        match storage.entry_kind(p) {
+            Ok(Some(EntryKind::File)) | Ok(None) => {}
+            Ok(Some(kind)) => {
+                errors.push(format!(
+                    "{} is {}, not the file placed there; left alone",
+                    storage.display_path(p).display(),
+                    describe_kind(kind)
+                ));
+                continue;
+            }
+            Err(e) => {
+                errors.push(format!("stat {}: {e}", storage.display_path(p).display()));
+                continue;
+            }
+        }
         if let Err(e) = storage.delete_file(p) {
             errors.push(format!("delete {}: {e}", storage.display_path(p).display()));
         }
@@ -451,6 +478,68 @@ fn delete_shared(storage: &dyn CheckpointStorage, paths: &[String], errors: &mut
     if let Err(e) = storage.sync_dir(SHARED_DIR) {
         errors.push(format!("sync {SHARED_DIR}: {e}"));
     }
+}
+
+/// What an entry kind is, in words.
+fn describe_kind(kind: EntryKind) -> String {
+    DirEntryInfo {
+        name: String::new(),
+        utf8: true,
+        kind,
+    }
+    .describe()
+}
+
+/// True when `name` is one the store gives shared files:
+/// `<owner>-<stem>-<crc32c:08x>[-c<N>[-<k>]][.<ext>]` (see [`shared_name`]).
+fn is_shared_name(name: &str) -> bool {
+    let stem = match name.rsplit_once('.') {
+        Some((base, ext)) if !ext.is_empty() && !ext.contains('-') => base,
+        _ => name,
+    };
+    let tokens: Vec<&str> = stem.split('-').collect();
+    let hex8 = |t: &str| t.len() == 8 && t.bytes().all(|b| b.is_ascii_hexdigit());
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    let copy = |t: &str| t.strip_prefix('c').is_some_and(digits);
+    let n = tokens.len();
+    let crc_at = if n >= 5 && digits(tokens[n - 1]) && copy(tokens[n - 2]) {
+        n - 3
+    } else if n >= 4 && copy(tokens[n - 1]) {
+        n - 2
+    } else {
+        n.wrapping_sub(1)
+    };
+    crc_at >= 2 && crc_at < n && hex8(tokens[crc_at]) && !tokens[0].is_empty()
+}
+
+/// Deletes the unfinished checkpoint `id` (a directory without `_metadata`): the regular
+/// files in it, then the directory. Anything else in it (a link, a directory, a FIFO) is
+/// reported in `odd` and left, with the directory. Returns whether the directory is gone.
+fn delete_unfinished(
+    storage: &dyn CheckpointStorage,
+    id: CheckpointId,
+    odd: &mut Vec<String>,
+) -> Result<bool> {
+    let dir = id.dir_name();
+    let mut left = 0usize;
+    for e in storage.list_entries(&dir)? {
+        let rel = format!("{dir}/{}", e.name);
+        if e.is_plain_file() {
+            storage.delete_file(&rel)?;
+        } else {
+            left += 1;
+            odd.push(format!(
+                "{}: {} in an unfinished checkpoint; left alone, with its directory",
+                storage.display_path(&rel).display(),
+                e.describe()
+            ));
+        }
+    }
+    if left > 0 {
+        return Ok(false);
+    }
+    storage.delete_dir(&dir)?;
+    Ok(true)
 }
 
 /// Deletes checkpoint `id`: `_metadata` first (made durable, so the checkpoint stops
@@ -527,9 +616,45 @@ fn retain(
     report
 }
 
+/// The `_metadata` property recording how many files a checkpoint placed (the rest of its
+/// files it referenced, placed by earlier checkpoints).
+pub const PLACED_FILES_PROPERTY: &str = "tidemark.files_placed";
+/// The `_metadata` property recording the bytes of the files a checkpoint placed.
+pub const PLACED_BYTES_PROPERTY: &str = "tidemark.bytes_placed";
+
+/// The files and bytes a checkpoint placed, as its `_metadata` records them (written by
+/// every commit; `None` for a `_metadata` that does not record them).
+pub fn recorded_placement(m: &Metadata) -> Option<(u64, u64)> {
+    let get = |key: &str| {
+        m.properties
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    };
+    Some((get(PLACED_FILES_PROPERTY)?, get(PLACED_BYTES_PROPERTY)?))
+}
+
 /// Stats of a checkpoint found at open: what it references that no older retained
-/// checkpoint does counts as placed by it.
+/// checkpoint does counts as placed by it, unless its `_metadata` records what it placed
+/// (then the rest was referenced).
 fn derived_stats(m: &Metadata, older: &BTreeSet<String>) -> CheckpointStats {
+    let mut s = derived_from_files(m, older);
+    if let Some((files, bytes)) = recorded_placement(m) {
+        let all_files = s.files_placed + s.files_referenced;
+        let all_bytes = s.bytes_placed.saturating_add(s.bytes_referenced);
+        if files <= all_files && bytes <= all_bytes {
+            s.files_placed = files;
+            s.files_referenced = all_files - files;
+            s.bytes_placed = bytes;
+            s.bytes_referenced = all_bytes - bytes;
+        }
+    }
+    s
+}
+
+/// [`derived_stats`] from the files alone.
+fn derived_from_files(m: &Metadata, older: &BTreeSet<String>) -> CheckpointStats {
     let mut s = CheckpointStats::default();
     let mut seen = BTreeSet::new();
     for f in m.file_handles() {
@@ -582,26 +707,55 @@ impl CheckpointStore {
                 }
             }
         }
-        storage.create_dir_all(SHARED_DIR)?;
-        storage.create_dir_all(TASKOWNED_DIR)?;
+        // Before anything is read or deleted: a second owner would take the first one's
+        // pending files for leftovers of a crash.
+        let owner = storage.lock_owner()?;
+        for d in [SHARED_DIR, TASKOWNED_DIR] {
+            match storage.entry_kind(d)? {
+                None => storage.create_dir_all(d)?,
+                Some(EntryKind::Dir) => {}
+                Some(kind) => {
+                    return Err(Error::UnsafePath {
+                        path: storage.root(),
+                        entry: d.to_string(),
+                        reason: format!(
+                            "{} is {}, not a directory of the job directory",
+                            storage.display_path(d).display(),
+                            describe_kind(kind)
+                        ),
+                    })
+                }
+            }
+        }
         let mut report = OpenReport::default();
         let mut inner = Inner {
             force_full_next,
             ..Inner::default()
         };
-        let mut ids: Vec<CheckpointId> = storage
-            .list_dir("")?
-            .iter()
-            .filter_map(|n| CheckpointId::from_dir_name(n))
-            .collect();
+        let mut ids: Vec<CheckpointId> = Vec::new();
+        for e in storage.list_entries("")? {
+            let Some(id) = CheckpointId::from_dir_name(&e.name).filter(|_| e.utf8) else {
+                continue;
+            };
+            if e.is_plain_dir() {
+                ids.push(id);
+            } else {
+                // Ids keep increasing past it, but it is not read and not deleted.
+                inner.last_id = inner.last_id.max(Some(id));
+                report.odd_entries.push(format!(
+                    "{}: {}, not a checkpoint directory; left alone",
+                    storage.display_path(&e.name).display(),
+                    e.describe()
+                ));
+            }
+        }
         ids.sort();
         let mut older_shared = BTreeSet::new();
         for id in ids {
-            inner.last_id = Some(id);
+            inner.last_id = inner.last_id.max(Some(id));
             let rel = metadata_rel(id);
             if !storage.exists(&rel)? {
-                if !foreign {
-                    storage.delete_dir(&id.dir_name())?;
+                if !foreign && delete_unfinished(storage.as_ref(), id, &mut report.odd_entries)? {
                     report.unfinished_deleted.push(id);
                 }
                 continue;
@@ -644,12 +798,26 @@ impl CheckpointStore {
         }
         if !foreign {
             report.retention = retain(&mut inner, storage.as_ref(), config.num_retained);
-            let orphans: Vec<String> = storage
-                .list_dir(SHARED_DIR)?
-                .into_iter()
-                .map(|n| format!("{SHARED_DIR}/{n}"))
-                .filter(|p| !inner.shared.contains_key(p))
-                .collect();
+            let mut orphans = Vec::new();
+            for e in storage.list_entries(SHARED_DIR)? {
+                let rel = format!("{SHARED_DIR}/{}", e.name);
+                if e.utf8 && inner.shared.contains_key(&rel) {
+                    continue;
+                }
+                if e.is_plain_file() && is_shared_name(&e.name) {
+                    orphans.push(rel);
+                } else {
+                    report.odd_entries.push(format!(
+                        "{}: {}, not a shared file this store wrote; left alone",
+                        storage.display_path(&rel).display(),
+                        if e.kind == EntryKind::File && e.utf8 {
+                            "a regular file not named as shared files are named".to_string()
+                        } else {
+                            e.describe()
+                        }
+                    ));
+                }
+            }
             let mut errors = Vec::new();
             delete_shared(storage.as_ref(), &orphans, &mut errors);
             if let Some(e) = errors.first() {
@@ -664,12 +832,23 @@ impl CheckpointStore {
             .retain(|id| inner.completed.contains_key(id));
         Ok(CheckpointStore {
             core: Arc::new(Core {
+                owner: Mutex::new(owner),
                 storage,
                 config,
                 inner: Mutex::new(inner),
             }),
             report,
         })
+    }
+
+    /// The job directory's lock file this store holds (`None` for a storage without
+    /// locks).
+    pub fn owner_lock_path(&self) -> Option<PathBuf> {
+        self.core
+            .owner
+            .lock()
+            .as_ref()
+            .map(|l| l.path().to_path_buf())
     }
 
     /// What open found and cleaned.
@@ -863,6 +1042,13 @@ impl PendingCheckpoint {
         self.trigger_timestamp_ms
     }
 
+    /// Releases the job directory's owner lock as a crash of the process would, for tests
+    /// that simulate one by forgetting a pending checkpoint.
+    #[cfg(test)]
+    pub(crate) fn release_owner_lock_as_in_a_crash(&self) {
+        self.core.owner.lock().take();
+    }
+
     /// Adds the immutable local file `local_path` (named `local_name` in the owner's
     /// working directory, `size` bytes, crc32c `crc32c`) to the checkpoint's shared files.
     ///
@@ -1044,7 +1230,7 @@ impl PendingCheckpoint {
         let storage = Arc::clone(&self.core.storage);
         let placement = storage.place_file(local_path, &rel)?;
         self.private.insert(rel.clone());
-        let sum = storage.checksum(&rel)?;
+        let sum = storage.checksum(&rel, u64::MAX)?;
         self.count_placement(sum.size, placement);
         Ok(FileHandle {
             role: FileRole::Private,
@@ -1112,6 +1298,22 @@ impl PendingCheckpoint {
     /// atomically (from this moment the checkpoint exists), then applies retention. On a
     /// failure before `_metadata` is durable the checkpoint is aborted.
     pub fn commit(mut self, content: CheckpointContent) -> Result<CompletedCheckpoint> {
+        // What this checkpoint placed, as it happened: a later reader cannot tell it from
+        // the files alone once the checkpoints it reused files from are gone.
+        let mut properties: Vec<(String, String)> = content
+            .properties
+            .iter()
+            .filter(|(k, _)| k != PLACED_FILES_PROPERTY && k != PLACED_BYTES_PROPERTY)
+            .cloned()
+            .collect();
+        properties.push((
+            PLACED_FILES_PROPERTY.to_string(),
+            self.stats.files_placed.to_string(),
+        ));
+        properties.push((
+            PLACED_BYTES_PROPERTY.to_string(),
+            self.stats.bytes_placed.to_string(),
+        ));
         let metadata = Metadata {
             checkpoint_id: self.id,
             job_id: self.core.storage.job_id().clone(),
@@ -1121,7 +1323,7 @@ impl PendingCheckpoint {
             backend: content.backend.clone(),
             operator_states: content.operator_states.clone(),
             source_offsets: content.source_offsets.clone(),
-            properties: content.properties.clone(),
+            properties,
         };
         let result = self.commit_inner(&content, metadata);
         if result.is_err() {
@@ -1345,6 +1547,30 @@ mod tests {
     }
 
     #[test]
+    fn shared_names_are_recognized() {
+        for ok in [
+            "op_0-000004-b2fc1dc1.sst",
+            "count_0-000188-d4b0ca41.sst",
+            "op_0-000004-b2fc1dc1-c3.sst",
+            "op_0-000004-b2fc1dc1-c3-2.sst",
+            "op_0-a-b-0badf00d",
+            &shared_name("sum_0", "000012.sst", 0xdead_beef, "-c7"),
+        ] {
+            assert!(is_shared_name(ok), "{ok}");
+        }
+        for bad in [
+            "stray.sst",
+            "000004.sst",
+            "op_0-b2fc1dc1.sst",
+            "-000004-b2fc1dc1.sst",
+            "op_0-000004-b2fc1dc.sst",
+            "op_0-000004-b2fc1dc1-x3.sst",
+        ] {
+            assert!(!is_shared_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn reopen_rebuilds_refcounts_deletes_unfinished_and_orphans() {
         let fx = Fixture::new();
         let store = fx.retaining(2);
@@ -1357,15 +1583,28 @@ mod tests {
             "D is held by the pending checkpoint"
         );
         drop(store);
-        std::fs::write(fx.job_dir().join("shared/stray.sst"), b"left by a crash").unwrap();
+        std::fs::write(
+            fx.job_dir().join("shared/op_9-000077-0badf00d.sst"),
+            b"left by a crash",
+        )
+        .unwrap();
+        // Not named as the store names shared files: not provably the store's.
+        std::fs::write(fx.job_dir().join("shared/stray.sst"), b"someone's").unwrap();
 
         let store = fx.retaining(2);
         let r = store.open_report();
         assert_eq!(r.retained, vec![CheckpointId(1), CheckpointId(2)]);
         assert_eq!(r.unfinished_deleted, vec![CheckpointId(3)]);
-        assert_eq!(r.orphans_deleted.len(), 2, "{:?}", r.orphans_deleted); // D and stray
+        assert_eq!(r.orphans_deleted.len(), 2, "{:?}", r.orphans_deleted); // D and op_9
+        assert_eq!(r.odd_entries.len(), 1, "{:?}", r.odd_entries);
+        assert!(
+            r.odd_entries[0].contains("shared/stray.sst"),
+            "{:?}",
+            r.odd_entries
+        );
+        assert!(fx.job_dir().join("shared/stray.sst").exists());
         assert_eq!(fx.chk_dirs(), vec![1, 2]);
-        assert_eq!(fx.shared_count(), 3); // A, B, C
+        assert_eq!(fx.shared_count(), 4); // A, B, C and stray.sst
         fx.assert_all_verify(&store);
         // Ids continue after the unfinished one; refcounts are right: chk-4 subsumes
         // chk-1 and only B goes.

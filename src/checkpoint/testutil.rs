@@ -182,6 +182,7 @@ pub(crate) fn crash_checkpoint(
         let tmp = fx.job_dir().join(format!("chk-{id}/_metadata.tmp"));
         std::fs::write(tmp, b"partial").unwrap();
     }
+    pending.release_owner_lock_as_in_a_crash();
     std::mem::forget(pending);
 }
 

@@ -136,9 +136,9 @@ pub struct GetArgs {
     /// chk-N directory, its _metadata, or a job directory (latest checkpoint)
     #[arg(value_name = "CHECKPOINT")]
     pub checkpoint: PathBuf,
-    /// The key to read
+    /// The key to read (bytes that are not printable ASCII as \xNN, or all of it in hex with --hex)
     #[arg(id = "key", value_name = "KEY")]
-    key_text: String,
+    key_text: OsString,
     /// The key's bytes: KEY with its escapes or hex decoded by [`parse`].
     #[arg(skip)]
     pub key: Vec<u8>,
@@ -153,10 +153,28 @@ pub struct GetArgs {
 impl GetArgs {
     /// Decodes KEY: hex with `--hex`, else the escapes `inspect` prints.
     fn decode_key(&mut self) -> Result<(), String> {
+        let Some(text) = self.key_text.to_str() else {
+            use std::os::unix::ffi::OsStrExt;
+            let escaped: String = self
+                .key_text
+                .as_bytes()
+                .iter()
+                .map(|&b| match b {
+                    b'\\' => "\\\\".to_string(),
+                    0x20..=0x7e => (b as char).to_string(),
+                    _ => format!("\\x{b:02x}"),
+                })
+                .collect();
+            return Err(format!(
+                "invalid value for '<KEY>': it is not valid UTF-8; write a key's bytes as \
+                 `inspect` prints them, with \\xNN for each byte that is not printable ASCII \
+                 ('{escaped}' here), or give the whole key in hex with --hex"
+            ));
+        };
         let decoded = if self.hex {
-            parse_hex(&self.key_text)
+            parse_hex(text)
         } else {
-            unescape_bytes(&self.key_text)
+            unescape_bytes(text)
         };
         self.key = decoded.map_err(|e| format!("invalid value for '<KEY>': {e}"))?;
         Ok(())
@@ -325,6 +343,17 @@ mod tests {
         assert!(hex.contains("KEY"), "{hex}");
         assert!(hex.contains("Usage: tidemark get"), "{hex}");
         assert!(msg(&["get", "c", "\\x4"]).contains("KEY"));
+    }
+
+    #[test]
+    fn a_key_that_is_not_utf8_points_at_escapes_and_hex() {
+        use std::os::unix::ffi::OsStrExt;
+        let key = std::ffi::OsStr::from_bytes(b"a\xff\\b").to_os_string();
+        let e = parse([OsString::from("get"), OsString::from("chk-1"), key]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let m = e.to_string();
+        assert!(m.contains("'a\\xff\\\\b'"), "{m}");
+        assert!(m.contains("--hex") && m.contains("not valid UTF-8"), "{m}");
     }
 
     #[test]

@@ -18,16 +18,17 @@ use super::inspect::{levels_json, write_levels, LevelJson, MinAvgMax};
 use super::output::{emit, escape_bytes, format_unix_ms, human_bytes, Format, Render};
 use super::progress;
 use super::store;
-use super::verify::{verify_sst, Expected, VerifyReport};
+use super::verify::{verify_sst_opened, Expected, VerifyReport};
 use super::CliError;
 use crate::checkpoint::metadata::METADATA_FILE_NAME;
-use crate::checkpoint::store::{SHARED_DIR, TASKOWNED_DIR};
+use crate::checkpoint::store::{recorded_placement, SHARED_DIR, TASKOWNED_DIR};
 use crate::checkpoint::{
     resolve, CheckpointId, CheckpointStorage, FileHandle, FileRole, LocalStorage, Metadata,
     OperatorSubtaskState, ResolvedCheckpoint, StateHandle,
 };
-use crate::error::Error;
-use crate::fs::{FileSystem, StdFs};
+use crate::error::{Error, IoContext};
+use crate::fs::{DirEntryInfo, FileSystem, StdFs};
+use crate::lsm::manifest::{VersionEdit, MAX_MANIFEST_BYTES};
 use crate::state::lsm_snapshot::{read_manifest_snapshot, LSM_BACKEND};
 
 /// One `chk-<N>` directory of a job directory.
@@ -52,22 +53,37 @@ pub struct JobScan {
     pub shared_files: Vec<(String, u64)>,
     /// Files in `taskowned/`.
     pub taskowned_files: usize,
+    /// Entries that are neither checkpoint directories nor regular files where checkpoint
+    /// files live (a `chk-<N>` that is not a directory; a link, directory, FIFO or name
+    /// that is not UTF-8 in `shared/`), one line each naming the path and what it is.
+    pub odd_entries: Vec<String>,
 }
 
-fn list_or_empty(dir: &Path) -> Result<Vec<String>, Error> {
-    if !dir.exists() {
-        return Ok(Vec::new());
+fn entries_or_empty(dir: &Path) -> Result<Vec<DirEntryInfo>, Error> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        _ => StdFs.list_entries(dir),
     }
-    StdFs.list_dir(dir)
 }
 
 /// Reads a job directory: every `chk-<N>` and its `_metadata`, and `shared/`.
 pub fn scan_job(job_dir: &Path) -> Result<JobScan, Error> {
-    let mut ids: Vec<CheckpointId> = StdFs
-        .list_dir(job_dir)?
-        .iter()
-        .filter_map(|n| CheckpointId::from_dir_name(n))
-        .collect();
+    let mut odd_entries = Vec::new();
+    let mut ids: Vec<CheckpointId> = Vec::new();
+    for e in StdFs.list_entries(job_dir)? {
+        let Some(id) = CheckpointId::from_dir_name(&e.name).filter(|_| e.utf8) else {
+            continue;
+        };
+        if e.is_plain_dir() {
+            ids.push(id);
+        } else {
+            odd_entries.push(format!(
+                "{}: {}, not a checkpoint directory",
+                job_dir.join(&e.name).display(),
+                e.describe()
+            ));
+        }
+    }
     ids.sort();
     let mut checkpoints = Vec::with_capacity(ids.len());
     for id in ids {
@@ -75,7 +91,7 @@ pub fn scan_job(job_dir: &Path) -> Result<JobScan, Error> {
         let state = if !mpath.exists() {
             ChkState::Incomplete
         } else {
-            match Metadata::read(&StdFs, &mpath) {
+            match Metadata::read_inside(&StdFs, job_dir, &mpath) {
                 Ok(m) if m.checkpoint_id != id => ChkState::Damaged(Error::corruption(
                     &mpath,
                     crate::checkpoint::metadata::BODY_OFFSET as u64,
@@ -93,18 +109,34 @@ pub fn scan_job(job_dir: &Path) -> Result<JobScan, Error> {
     }
     let shared = job_dir.join(SHARED_DIR);
     let mut shared_files = Vec::new();
-    for name in list_or_empty(&shared)? {
-        let p = shared.join(&name);
-        let size = std::fs::metadata(&p)
-            .map_err(|e| Error::io("stat", &p, e))?
-            .len();
-        shared_files.push((name, size));
+    for dir in [SHARED_DIR, TASKOWNED_DIR] {
+        if let Ok(m) = std::fs::symlink_metadata(job_dir.join(dir)) {
+            if !m.is_dir() {
+                odd_entries.push(format!(
+                    "{}: {}, not a directory",
+                    job_dir.join(dir).display(),
+                    crate::fs::file_type_name(&m.file_type())
+                ));
+            }
+        }
+    }
+    for e in entries_or_empty(&shared)? {
+        let p = shared.join(&e.name);
+        if !e.is_plain_file() {
+            odd_entries.push(format!("{}: {}", p.display(), e.describe()));
+            continue;
+        }
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) => shared_files.push((e.name, m.len())),
+            Err(err) => odd_entries.push(format!("{}: {err}", p.display())),
+        }
     }
     Ok(JobScan {
         job_dir: job_dir.to_path_buf(),
         checkpoints,
         shared_files,
-        taskowned_files: list_or_empty(&job_dir.join(TASKOWNED_DIR))?.len(),
+        taskowned_files: entries_or_empty(&job_dir.join(TASKOWNED_DIR))?.len(),
+        odd_entries,
     })
 }
 
@@ -193,6 +225,8 @@ pub struct CheckpointsReport {
     /// Files in `shared/` that no completed checkpoint references; `None` when a damaged
     /// `_metadata` makes that unknowable.
     pub orphans: Option<Vec<SharedFileJson>>,
+    /// Entries that are not what a job directory holds (see [`JobScan::odd_entries`]).
+    pub odd_entries: Vec<String>,
 }
 
 /// Builds the list; the error is the first damaged `_metadata`, if any.
@@ -254,6 +288,14 @@ pub fn checkpoints_report(scan: &JobScan) -> (CheckpointsReport, Option<Error>) 
                     older_shared.insert(p);
                     referenced.insert(p);
                 }
+                // What the run placed, when `_metadata` records it: the oldest retained
+                // checkpoint reused files of checkpoints no longer here.
+                if let Some((f, b)) = recorded_placement(m) {
+                    if f <= files && b <= full {
+                        files_placed = f;
+                        placed = b.saturating_add(inline);
+                    }
+                }
                 row.status = "completed";
                 row.kind = Some(m.kind.as_str());
                 row.trigger_timestamp_ms = Some(m.trigger_timestamp_ms);
@@ -291,6 +333,7 @@ pub fn checkpoints_report(scan: &JobScan) -> (CheckpointsReport, Option<Error>) 
         shared_bytes: scan.shared_files.iter().map(|(_, s)| *s).sum(),
         taskowned_files: scan.taskowned_files,
         orphans,
+        odd_entries: scan.odd_entries.clone(),
     };
     (report, first_damage)
 }
@@ -365,6 +408,16 @@ impl Render for CheckpointsReport {
             human_bytes(self.shared_bytes),
             self.taskowned_files
         )?;
+        if !self.odd_entries.is_empty() {
+            writeln!(
+                out,
+                "odd entries: {} (not written by tidemark; left alone):",
+                self.odd_entries.len()
+            )?;
+            for e in &self.odd_entries {
+                writeln!(out, "  {e}")?;
+            }
+        }
         match &self.orphans {
             None => writeln!(
                 out,
@@ -617,7 +670,7 @@ impl Render for MetadataReport {
         for s in &self.subtasks {
             writeln!(
                 out,
-                "  operator {} subtask {} (key groups {}..{})",
+                "  operator {} subtask {} (key groups {}..={})",
                 s.operator_id, s.subtask_index, s.key_group_start, s.key_group_end
             )?;
             for h in &s.handles {
@@ -684,6 +737,127 @@ pub fn inspect(path: &Path, out: &mut dyn Write, format: Format) -> Result<(), C
     }
 }
 
+/// What `inspect` prints for a checkpoint's LSM manifest snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestSnapshotReport {
+    /// Always `lsm-manifest-snapshot`.
+    pub format: &'static str,
+    /// The file.
+    pub path: String,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+    /// Its crc32c.
+    pub crc32c: u32,
+    /// The `_metadata` that records the file's size and crc32c, when found and checked.
+    pub checked_against: Option<String>,
+    /// The subtask whose store it describes (`<operator>_<subtask>`), when known.
+    pub subtask: Option<String>,
+    /// The sequence number the snapshot is consistent at.
+    pub last_sequence: Option<u64>,
+    /// The level layout it records.
+    pub levels: Vec<LevelJson>,
+}
+
+impl Render for ManifestSnapshotReport {
+    fn render_text(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "LSM manifest snapshot {}", self.path)?;
+        writeln!(
+            out,
+            "  size            {} ({} bytes), crc32c {:08x}",
+            human_bytes(self.size_bytes),
+            self.size_bytes,
+            self.crc32c
+        )?;
+        match &self.checked_against {
+            Some(m) => writeln!(out, "  checked         size and crc32c match {m}")?,
+            None => writeln!(
+                out,
+                "  checked         not against a _metadata (none names this file)"
+            )?,
+        }
+        if let Some(s) = &self.subtask {
+            writeln!(out, "  subtask         {s}")?;
+        }
+        if let Some(seq) = self.last_sequence {
+            writeln!(out, "  consistent at   sequence {seq}")?;
+        }
+        write_levels(out, &self.levels, "  ")
+    }
+}
+
+/// Reads the manifest snapshot at `path` (a private file of a checkpoint), checked
+/// against its checkpoint's `_metadata` when that names it.
+fn manifest_snapshot_report(path: &Path) -> Result<ManifestSnapshotReport, Error> {
+    let mut f = crate::fs::open_regular(path)?;
+    let bytes = crate::fs::read_capped(&mut f, path, MAX_MANIFEST_BYTES)?;
+    let crc32c = crate::codec::crc32c(&bytes);
+    let mut checked_against = None;
+    let mut subtask = None;
+    if let (Some(chk_dir), Some(name)) = (path.parent(), path.file_name()) {
+        if let Ok(r) = resolve(&StdFs, chk_dir) {
+            let rel = format!("{}/{}", r.checkpoint_id.dir_name(), name.to_string_lossy());
+            for s in &r.metadata.operator_states {
+                let named = s.handles.iter().any(|h| {
+                    matches!(h, StateHandle::File(f) if f.path == rel && f.role == FileRole::Private)
+                });
+                if named {
+                    // The same checks a restore makes: size and crc32c from `_metadata`.
+                    read_manifest_snapshot(&storage_of(&r), s)?;
+                    checked_against = Some(r.metadata_path.display().to_string());
+                    subtask = Some(format!("{}_{}", s.operator_id, s.subtask_index));
+                    break;
+                }
+            }
+        }
+    }
+    let edit = VersionEdit::decode(&bytes, path, 0)?;
+    let replayed = store::replay([&edit]);
+    Ok(ManifestSnapshotReport {
+        format: "lsm-manifest-snapshot",
+        path: path.display().to_string(),
+        size_bytes: bytes.len() as u64,
+        crc32c,
+        checked_against,
+        subtask,
+        last_sequence: edit.last_sequence.map(|s| s.0),
+        levels: levels_json(&replayed),
+    })
+}
+
+/// `inspect` of a checkpoint's LSM manifest snapshot.
+pub fn inspect_manifest_snapshot(
+    path: &Path,
+    out: &mut dyn Write,
+    format: Format,
+) -> Result<(), CliError> {
+    let r = manifest_snapshot_report(path).map_err(|e| CliError::at(path, e))?;
+    emit(out, format, &r)
+}
+
+/// `verify` of a checkpoint's LSM manifest snapshot: it decodes, and its size and crc32c
+/// match the `_metadata` that names it.
+pub fn verify_manifest_snapshot(r: &mut VerifyReport, path: &Path) {
+    match manifest_snapshot_report(path) {
+        Ok(m) => r.file(
+            path,
+            "lsm-manifest",
+            Some(m.size_bytes),
+            Some(m.crc32c),
+            Ok(match m.checked_against {
+                Some(md) => format!("decodes; size and crc32c match {md}"),
+                None => "decodes (no _metadata names it)".to_string(),
+            }),
+        ),
+        Err(e) => {
+            let size = crate::fs::open_regular(path)
+                .and_then(|f| f.metadata().ctx("stat", path))
+                .ok()
+                .map(|m| m.len());
+            r.file(path, "lsm-manifest", size, None, Err(e.to_string()))
+        }
+    }
+}
+
 /// `verify` of a checkpoint path: `_metadata` decodes (magic, version, crc, paths), every
 /// referenced file has its recorded size and crc32c, and for the LSM backend the manifest
 /// snapshot lists only tables the checkpoint holds, with matching sizes and crcs, each of
@@ -698,7 +872,12 @@ pub fn verify_checkpoint(r: &mut VerifyReport, path: &Path, _kind: Kind) -> Resu
             } else {
                 path.to_path_buf()
             };
-            r.file(&mp, "metadata", None, None, Err(e.to_string()));
+            // The file was read even though it does not decode: count its bytes.
+            let size = crate::fs::open_regular(&mp)
+                .and_then(|f| f.metadata().ctx("stat", &mp))
+                .ok()
+                .map(|m| m.len());
+            r.file(&mp, "metadata", size, None, Err(e.to_string()));
             return Ok(());
         }
     };
@@ -708,7 +887,11 @@ pub fn verify_checkpoint(r: &mut VerifyReport, path: &Path, _kind: Kind) -> Resu
     r.file(
         mp,
         "metadata",
-        std::fs::metadata(mp).ok().map(|x| x.len()),
+        StdFs
+            .open(mp)
+            .and_then(|f| f.metadata().ctx("stat", mp))
+            .ok()
+            .map(|x| x.len()),
         None,
         Ok(format!(
             "checkpoint {} ({}), {} subtask state(s)",
@@ -801,15 +984,17 @@ fn verify_lsm_subtask(
             for (f, h) in &layout.tables {
                 let p = storage.display_path(&h.path);
                 pb.set_message(h.path.clone());
-                if p.exists() {
-                    // The file itself is already listed (size and crc); this adds the
-                    // table's own checks, which name the damaged block's offset.
+                // Only a regular file inside the job directory is opened; anything else
+                // is already reported with the file's own line (size and crc).
+                if let Ok(Some(file)) = storage.open_read(&h.path) {
+                    // This adds the table's own checks, which name the damaged block's
+                    // offset.
                     let mut scratch = VerifyReport::new(&p, Kind::Sst);
                     let expected = Expected {
                         size_bytes: f.size,
                         crc32c: f.file_crc32c,
                     };
-                    verify_sst(&mut scratch, &p, Some(expected));
+                    verify_sst_opened(&mut scratch, &p, Ok(file), Some(expected));
                     for problem in scratch.problems {
                         r.problem(problem);
                     }

@@ -21,10 +21,11 @@ use super::progress;
 use super::CliError;
 use crate::checkpoint::{
     resolve_verified, CheckpointConfig, CheckpointContent, CheckpointId, CheckpointKind,
-    CheckpointStats, CheckpointStore, JobId, KeyGroupRange, LocalStorage, SourceOffset,
+    CheckpointStats, CheckpointStorage as _, CheckpointStore, JobId, KeyGroupRange, LocalStorage,
+    SourceOffset,
 };
 use crate::error::{Error, Result};
-use crate::fs::{FileSystem, StdFs};
+use crate::fs::{FileLock, FileSystem, StdFs};
 use crate::lsm::{Db, Options, WriteBatch};
 use crate::state::lsm_snapshot::{
     restore_store, snapshot_async, snapshot_sync, SubtaskId, LSM_BACKEND,
@@ -163,7 +164,7 @@ pub fn demo_subtask() -> SubtaskId {
     SubtaskId {
         operator_id: "count".to_string(),
         subtask_index: 0,
-        key_groups: KeyGroupRange { start: 0, end: 128 },
+        key_groups: KeyGroupRange { start: 0, end: 127 },
     }
 }
 
@@ -196,9 +197,15 @@ impl DemoPaths {
     }
 }
 
+/// The lock a running demo holds on its directory for the whole run.
+pub const DEMO_LOCK: &str = ".tidemark-demo.lock";
+
 /// Makes `dir` an empty demo directory: creates it, or clears what an earlier demo left;
-/// refuses a non-empty directory the demo did not create.
-fn prepare(fs: &dyn FileSystem, p: &DemoPaths) -> Result<()> {
+/// refuses a non-empty directory the demo did not create. Returns the demo's lock on the
+/// directory, to hold for the whole run: a second demo on the same directory is refused,
+/// and so is a directory whose store or checkpoints someone has open (each store's `LOCK`
+/// and the job directory's lock are taken before anything is removed).
+fn prepare(fs: &dyn FileSystem, p: &DemoPaths) -> Result<FileLock> {
     if p.dir.exists() {
         let names = fs.list_dir(&p.dir)?;
         if !names.is_empty() && !names.iter().any(|n| n == MARKER) {
@@ -207,14 +214,35 @@ fn prepare(fs: &dyn FileSystem, p: &DemoPaths) -> Result<()> {
                 p.dir.display()
             )));
         }
-        for d in [&p.db, &p.checkpoints, &p.restored] {
-            if d.exists() {
-                fs.remove_dir_all(d)?;
-            }
-        }
     }
     fs.create_dir_all(&p.dir)?;
-    crate::fs::write_atomic(fs, &p.dir.join(MARKER), b"made by tidemark demo\n")
+    crate::fs::write_atomic(fs, &p.dir.join(MARKER), b"made by tidemark demo\n")?;
+    let run_lock = fs.lock(&p.dir.join(DEMO_LOCK)).map_err(|e| match e {
+        Error::Locked { path } => Error::InvalidArgument(format!(
+            "another tidemark demo is running in {} (it holds {})",
+            p.dir.display(),
+            path.display()
+        )),
+        e => e,
+    })?;
+    for store in [&p.db, &p.restored] {
+        if store.exists() {
+            // The store's own lock: an open store (of a demo, or of anyone) is never
+            // removed under its owner.
+            let _held = fs.lock(&store.join(crate::lsm::filename::LOCK))?;
+            fs.remove_dir_all(store)?;
+        }
+    }
+    if p.checkpoints.exists() {
+        let job = LocalStorage::new(Arc::new(StdFs), &p.checkpoints, JobId::new(JOB_ID)?);
+        let _held = if p.job.exists() {
+            job.lock_owner()?
+        } else {
+            None
+        };
+        fs.remove_dir_all(&p.checkpoints)?;
+    }
+    Ok(run_lock)
 }
 
 /// A checkpoint whose asynchronous part runs on its own thread.
@@ -314,7 +342,7 @@ fn finish_checkpoint(
 pub fn run(args: &DemoArgs, out: &mut dyn Write) -> std::result::Result<(), CliError> {
     let fs = StdFs::shared();
     let p = DemoPaths::new(&args.dir);
-    prepare(fs.as_ref(), &p).map_err(|e| CliError::at(&p.dir, e))?;
+    let _run_lock = prepare(fs.as_ref(), &p).map_err(|e| CliError::at(&p.dir, e))?;
     let at_db = |e: Error| CliError::at(&p.db, e);
     let at_job = |e: Error| CliError::at(&p.job, e);
 
@@ -502,6 +530,37 @@ mod tests {
         apply_events(&db, 1000, 1500, &mut model).unwrap();
         assert_eq!(model.values().sum::<u64>(), 1500);
         assert_eq!(check_counts(&db, &model).unwrap(), model.len());
+    }
+
+    #[test]
+    fn demo_removes_nothing_a_running_owner_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = DemoPaths::new(dir.path());
+        let first = prepare(&StdFs, &p).unwrap();
+        let e = prepare(&StdFs, &p).unwrap_err();
+        assert!(
+            e.to_string().contains("another tidemark demo is running"),
+            "{e}"
+        );
+        drop(first);
+        // A store open in db/: its LOCK stops the demo before it removes anything.
+        let db = Db::open(&p.db, demo_options()).unwrap();
+        db.put("k", "v").unwrap();
+        let e = prepare(&StdFs, &p).unwrap_err();
+        assert!(matches!(e, Error::Locked { .. }), "{e:?}");
+        assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+        assert!(p.db.exists());
+        drop(db);
+        // A checkpoint store open on the job directory: its lock stops the demo too.
+        let storage =
+            LocalStorage::new(StdFs::shared(), &p.checkpoints, JobId::new(JOB_ID).unwrap());
+        let store = CheckpointStore::open(Arc::new(storage), CheckpointConfig::default()).unwrap();
+        let e = prepare(&StdFs, &p).unwrap_err();
+        assert!(matches!(e, Error::JobLocked { .. }), "{e:?}");
+        assert!(p.job.join("shared").exists());
+        drop(store);
+        let _lock = prepare(&StdFs, &p).unwrap();
+        assert!(!p.db.exists() && !p.checkpoints.exists());
     }
 
     #[test]

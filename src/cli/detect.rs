@@ -10,7 +10,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::CliError;
-use crate::checkpoint::metadata::{MAGIC as METADATA_MAGIC, METADATA_FILE_NAME};
+use crate::checkpoint::metadata::{
+    FLINK_METADATA_MAGIC, MAGIC as METADATA_MAGIC, METADATA_FILE_NAME,
+};
 use crate::checkpoint::store::SHARED_DIR;
 use crate::checkpoint::CheckpointId;
 use crate::error::{Error, IoContext};
@@ -18,6 +20,7 @@ use crate::fs::{FileSystem, StdFs};
 use crate::lsm::filename::{self, FileKind};
 use crate::lsm::sst::footer::{FOOTER_LEN, MAGIC_OFFSET as FOOTER_MAGIC_OFFSET, TABLE_MAGIC};
 use crate::lsm::wal::{LogKind, HEADER_RECORD_LEN, HEADER_SIZE, LOG_MAGIC};
+use crate::state::lsm_snapshot::MANIFEST_SUFFIX;
 
 /// Offset of the kind byte in a log file: fragment header, magic, version u32.
 const LOG_KIND_OFFSET: usize = HEADER_SIZE + LOG_MAGIC.len() + 4;
@@ -37,6 +40,9 @@ pub enum Kind {
     Current,
     /// A checkpoint's `_metadata`.
     Metadata,
+    /// An LSM store's manifest snapshot, private to a checkpoint (`chk-N/<owner>.manifest`:
+    /// one version edit, checked by the size and crc32c `_metadata` records).
+    ManifestSnapshot,
     /// A store's working directory (holds `CURRENT`).
     StoreDir,
     /// One checkpoint directory (`chk-N`, holds `_metadata`).
@@ -54,6 +60,7 @@ impl Kind {
             Kind::Manifest => "manifest",
             Kind::Current => "CURRENT",
             Kind::Metadata => "checkpoint _metadata",
+            Kind::ManifestSnapshot => "LSM manifest snapshot of a checkpoint",
             Kind::StoreDir => "store directory",
             Kind::CheckpointDir => "checkpoint directory",
             Kind::JobDir => "checkpoint job directory",
@@ -171,7 +178,8 @@ fn detect_file(path: &Path, len: u64) -> Result<Kind, CliError> {
             )),
         };
     }
-    if head.starts_with(&METADATA_MAGIC) {
+    if head.starts_with(&METADATA_MAGIC) || head.starts_with(&FLINK_METADATA_MAGIC) {
+        // A Flink `_metadata` goes to the `_metadata` reader, which names it as Flink's.
         return Ok(Kind::Metadata);
     }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -189,6 +197,14 @@ fn detect_file(path: &Path, len: u64) -> Result<Kind, CliError> {
     }
     if name == METADATA_FILE_NAME {
         return Ok(Kind::Metadata);
+    }
+    let in_checkpoint = path
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str())
+        .is_some_and(is_chk_name);
+    if in_checkpoint && name.ends_with(MANIFEST_SUFFIX) {
+        return Ok(Kind::ManifestSnapshot);
     }
     Err(CliError::Message(format!(
         "{}: not a tidemark file: no SST footer magic, no log header record, no \

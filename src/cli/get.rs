@@ -12,8 +12,7 @@ use super::args::GetArgs;
 use super::checkpoints::{lsm_layout, resolve_checkpoint, storage_for};
 use super::output::{emit, escape_bytes, hex, Format, Render};
 use super::CliError;
-use crate::checkpoint::CheckpointStorage as _;
-use crate::fs::StdFs;
+use crate::checkpoint::CheckpointStorage;
 use crate::lsm::manifest::NewFile;
 use crate::lsm::sst::{LookupResult, Table};
 use crate::lsm::types::{user_key, SeqNo};
@@ -105,7 +104,8 @@ pub fn run(args: &GetArgs, out: &mut dyn Write) -> Result<(), CliError> {
         let seq = layout.edit.last_sequence.unwrap_or(SeqNo::MAX);
         for (f, h) in layout.tables.iter().filter(|(f, _)| covers(f, key)) {
             let file = storage.display_path(&h.path);
-            let table = open_checked(&file, f).map_err(|e| CliError::at(&file, e))?;
+            let table = open_checked(storage.as_ref(), &h.path, &file, f)
+                .map_err(|e| CliError::at(&file, e))?;
             report.tables_searched += 1;
             if !table.may_contain(key) {
                 continue;
@@ -145,9 +145,21 @@ pub fn run(args: &GetArgs, out: &mut dyn Write) -> Result<(), CliError> {
     )))
 }
 
-/// Opens a checkpoint table after checking its size against the manifest snapshot.
-fn open_checked(file: &Path, f: &NewFile) -> crate::Result<std::sync::Arc<Table>> {
-    let size = std::fs::metadata(file)
+/// Opens a checkpoint table (a regular file whose canonical path lies inside the job
+/// directory) after checking its size against the manifest snapshot.
+fn open_checked(
+    storage: &dyn CheckpointStorage,
+    rel: &str,
+    file: &Path,
+    f: &NewFile,
+) -> crate::Result<std::sync::Arc<Table>> {
+    let opened = storage
+        .open_read(rel)?
+        .ok_or_else(|| crate::Error::NotFound {
+            path: file.to_path_buf(),
+        })?;
+    let size = opened
+        .metadata()
         .map_err(|e| crate::Error::io("stat", file, e))?
         .len();
     if size != f.size {
@@ -157,5 +169,5 @@ fn open_checked(file: &Path, f: &NewFile) -> crate::Result<std::sync::Arc<Table>
             format!("file is {size} bytes, the checkpoint records {}", f.size),
         ));
     }
-    Table::open(&StdFs, file, f.number, None, true)
+    Table::from_file(opened, file, f.number, None, true)
 }

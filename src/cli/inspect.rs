@@ -57,6 +57,7 @@ pub fn run(args: &InspectArgs, out: &mut dyn Write) -> Result<(), CliError> {
         Kind::Metadata | Kind::CheckpointDir | Kind::JobDir => {
             super::checkpoints::inspect(path, out, format)
         }
+        Kind::ManifestSnapshot => super::checkpoints::inspect_manifest_snapshot(path, out, format),
     }
 }
 

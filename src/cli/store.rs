@@ -261,11 +261,20 @@ pub fn open_store_view(dir: &Path) -> Result<StoreView> {
     for name in fs.list_dir(dir)? {
         let p = dir.join(&name);
         let md = std::fs::metadata(&p).map_err(|e| Error::io("stat", &p, e))?;
-        if md.is_dir() {
+        let kind = filename::parse_file_name(&name);
+        if !md.is_file() {
+            // A name the store uses on something that is not a regular file is damage;
+            // anything else not a file (a directory, say) is not the store's.
+            if kind.is_some() {
+                return Err(Error::NotRegularFile {
+                    path: p,
+                    kind: crate::fs::file_type_name(&md.file_type()),
+                });
+            }
             continue;
         }
         files.push(DirFile {
-            kind: filename::parse_file_name(&name),
+            kind,
             size_bytes: md.len(),
             name,
         });
@@ -284,6 +293,11 @@ pub fn open_store_view(dir: &Path) -> Result<StoreView> {
 /// Opens the table at `path` standalone (no cache; data block crcs checked on read). Its
 /// number comes from its name when it follows the store's naming, else 0.
 pub fn open_table(path: &Path) -> Result<Arc<Table>> {
+    open_table_file(StdFs.open(path)?, path)
+}
+
+/// Like [`open_table`], for a table already opened (the file number from `path`'s name).
+pub fn open_table_file(file: std::fs::File, path: &Path) -> Result<Arc<Table>> {
     let number = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -293,7 +307,7 @@ pub fn open_table(path: &Path) -> Result<Arc<Table>> {
             _ => None,
         })
         .unwrap_or_default();
-    Table::open(&StdFs, path, number, None, true)
+    Table::from_file(file, path, number, None, true)
 }
 
 #[cfg(test)]

@@ -156,6 +156,7 @@ pub fn verify_path(path: &Path, kind: Kind) -> Result<VerifyReport, CliError> {
         Kind::Metadata | Kind::CheckpointDir | Kind::JobDir => {
             super::checkpoints::verify_checkpoint(&mut r, path, kind)?
         }
+        Kind::ManifestSnapshot => super::checkpoints::verify_manifest_snapshot(&mut r, path),
     }
     Ok(r)
 }
@@ -172,8 +173,23 @@ pub struct Expected {
 /// Opens the table at `path`, checks every block's crc, entry order and counts, and the
 /// whole-file crc against `expected` when given.
 pub fn verify_sst(r: &mut VerifyReport, path: &Path, expected: Option<Expected>) {
-    let size = std::fs::metadata(path).ok().map(|m| m.len());
+    verify_sst_opened(r, path, crate::fs::open_regular(path), expected)
+}
+
+/// [`verify_sst`] of a table already opened from `path` (or the error of that open).
+pub fn verify_sst_opened(
+    r: &mut VerifyReport,
+    path: &Path,
+    opened: crate::Result<std::fs::File>,
+    expected: Option<Expected>,
+) {
+    let size = opened
+        .as_ref()
+        .ok()
+        .and_then(|f| f.metadata().ok())
+        .map(|m| m.len());
     let res = (|| {
+        let file = opened.map_err(|e| e.to_string())?;
         if let (Some(e), Some(s)) = (expected, size) {
             if e.size_bytes != s {
                 return Err(format!(
@@ -183,7 +199,7 @@ pub fn verify_sst(r: &mut VerifyReport, path: &Path, expected: Option<Expected>)
                 ));
             }
         }
-        let table = store::open_table(path).map_err(|e| e.to_string())?;
+        let table = store::open_table_file(file, path).map_err(|e| e.to_string())?;
         let crc = table.verify().map_err(|e| e.to_string())?;
         if let Some(e) = expected {
             if e.crc32c != crc {

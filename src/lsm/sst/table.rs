@@ -245,6 +245,18 @@ impl Table {
         verify_checksums: bool,
     ) -> Result<Arc<Table>> {
         let file = fs.open(path)?;
+        Table::from_file(file, path, file_number, cache, verify_checksums)
+    }
+
+    /// Like [`Table::open`], for a table already opened for reading from `path` (by a
+    /// caller that checked where the opened file lies, for instance).
+    pub fn from_file(
+        file: std::fs::File,
+        path: &Path,
+        file_number: FileNumber,
+        cache: Option<Arc<BlockCache>>,
+        verify_checksums: bool,
+    ) -> Result<Arc<Table>> {
         let len = file.metadata().ctx("stat", path)?.len();
         if len < (FOOTER_LEN + BLOCK_TRAILER_LEN) as u64 {
             return Err(Error::corruption(
