@@ -540,8 +540,7 @@ fn torn_tail_followed_by_the_empty_log_of_a_killed_open_is_still_a_torn_tail() {
     }
     let newest = numbers_on_disk(&dir)
         .into_iter()
-        .filter(|(name, _)| name.ends_with(".wal"))
-        .next_back()
+        .rfind(|(name, _)| name.ends_with(".wal"))
         .unwrap()
         .0;
     // Cut the last record short, as a kill during its write into the presized zeros would.
