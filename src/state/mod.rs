@@ -8,3 +8,4 @@ pub mod heap;
 pub mod key_groups;
 pub mod keyed;
 pub mod lsm_snapshot;
+pub mod operator;
