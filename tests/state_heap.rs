@@ -1,141 +1,20 @@
-//! The heap keyed state backend through its public API: every state type and method,
-//! snapshots that do not see later writes, restore with the same and with another
-//! parallelism, bad snapshots, and a model test of random operations interleaved with
-//! snapshot, restore and rescale.
+//! The heap keyed state backend through its public API (the state types and methods are
+//! in tests/state_conformance.rs): snapshots that do not see later writes, restore with
+//! the same and with another parallelism, bad snapshots, and a model test of random
+//! operations interleaved with snapshot, restore and rescale.
 
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use serde::{Deserialize, Serialize};
-
 use tidemark::state::heap::{HeapKeyedBackend, HeapSnapshot, KeyGroupsSource, KeyGroupsWritten};
 use tidemark::state::key_groups::MaxParallelism;
 use tidemark::state::keyed::{
-    AggregateFunction, AggregatingStateDescriptor, KeyedState, KeyedStateBackend,
-    ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor, ValueStateDescriptor,
+    KeyedState, KeyedStateBackend, ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor,
 };
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Click {
-    page: String,
-    millis: u64,
-}
-
-struct Average;
-
-impl AggregateFunction<u64, (u64, u64), f64> for Average {
-    fn create(&self) -> (u64, u64) {
-        (0, 0)
-    }
-    fn add(&self, input: &u64, acc: (u64, u64)) -> (u64, u64) {
-        (acc.0 + input, acc.1 + 1)
-    }
-    fn result(&self, acc: &(u64, u64)) -> f64 {
-        acc.0 as f64 / acc.1 as f64
-    }
-}
 
 fn full(max: u32) -> HeapKeyedBackend {
     let m = MaxParallelism::new(max).unwrap();
     HeapKeyedBackend::new(m, m.full_range())
-}
-
-#[test]
-fn every_state_type_and_method() {
-    let mut b = full(128);
-    let mut s = KeyedState::new(&mut b);
-    let value = ValueStateDescriptor::<Click>::new("last-click");
-    let list = ListStateDescriptor::<u32>::new("events");
-    let map = MapStateDescriptor::<String, u64>::new("per-page");
-    let sum = ReducingStateDescriptor::<u64>::new("sum", |a, b| a + b);
-    let avg = AggregatingStateDescriptor::new("avg", Average);
-
-    for user in ["alice", "bob"] {
-        s.set_current_key(user).unwrap();
-        assert_eq!(s.value(&value).unwrap().get().unwrap(), None);
-        assert!(s.list(&list).unwrap().get().unwrap().is_empty());
-        assert!(s.map(&map).unwrap().is_empty().unwrap());
-        assert_eq!(s.reducing(&sum).unwrap().get().unwrap(), None);
-        assert_eq!(s.aggregating(&avg).unwrap().get().unwrap(), None);
-        let click = Click {
-            page: format!("/{user}"),
-            millis: 7,
-        };
-        s.value(&value).unwrap().update(&click).unwrap();
-        s.list(&list).unwrap().add(&1).unwrap();
-        s.list(&list).unwrap().add_all(&[2, 3]).unwrap();
-        s.map(&map).unwrap().put(&"/a".into(), &1).unwrap();
-        s.map(&map)
-            .unwrap()
-            .put_all([(&"/c".to_string(), &3), (&"/b".to_string(), &2)])
-            .unwrap();
-        for n in [5u64, 10, 15] {
-            s.reducing(&sum).unwrap().add(&n).unwrap();
-            s.aggregating(&avg).unwrap().add(&n).unwrap();
-        }
-    }
-    s.set_current_key("alice").unwrap();
-    assert_eq!(
-        s.value(&value).unwrap().get().unwrap().unwrap().page,
-        "/alice"
-    );
-    assert_eq!(s.list(&list).unwrap().get().unwrap(), vec![1, 2, 3]);
-    s.list(&list).unwrap().update(&[9]).unwrap();
-    assert_eq!(s.list(&list).unwrap().get().unwrap(), vec![9]);
-    s.list(&list).unwrap().update(&[]).unwrap();
-    assert!(s.list(&list).unwrap().get().unwrap().is_empty());
-    let m = s.map(&map).unwrap();
-    assert_eq!(m.get(&"/b".into()).unwrap(), Some(2));
-    assert!(m.contains(&"/c".into()).unwrap());
-    assert!(!m.contains(&"/z".into()).unwrap());
-    assert_eq!(m.keys().unwrap().len(), 3);
-    let mut values = m.values().unwrap();
-    values.sort();
-    assert_eq!(values, vec![1, 2, 3]);
-    let mut m = s.map(&map).unwrap();
-    m.remove(&"/a".into()).unwrap();
-    assert_eq!(m.iter().unwrap().len(), 2);
-    m.clear().unwrap();
-    assert!(m.is_empty().unwrap());
-    assert_eq!(s.reducing(&sum).unwrap().get().unwrap(), Some(30));
-    assert_eq!(s.aggregating(&avg).unwrap().get().unwrap(), Some(10.0));
-    s.value(&value).unwrap().clear().unwrap();
-    s.reducing(&sum).unwrap().clear().unwrap();
-    s.aggregating(&avg).unwrap().clear().unwrap();
-    assert_eq!(s.value(&value).unwrap().get().unwrap(), None);
-    assert_eq!(s.reducing(&sum).unwrap().get().unwrap(), None);
-    // Bob's state is untouched by everything done to Alice's.
-    s.set_current_key("bob").unwrap();
-    assert_eq!(s.list(&list).unwrap().get().unwrap(), vec![1, 2, 3]);
-    assert_eq!(s.map(&map).unwrap().iter().unwrap().len(), 3);
-    assert_eq!(s.reducing(&sum).unwrap().get().unwrap(), Some(30));
-}
-
-#[test]
-fn a_state_asked_for_under_another_type_is_an_error_naming_it() {
-    let mut b = full(128);
-    let mut s = KeyedState::new(&mut b);
-    s.set_current_key(&1u32).unwrap();
-    s.value(&ValueStateDescriptor::<u64>::new("count"))
-        .unwrap()
-        .update(&3)
-        .unwrap();
-    let e = s
-        .value(&ValueStateDescriptor::<String>::new("count"))
-        .unwrap_err();
-    assert!(e.to_string().contains("\"count\""), "{e}");
-    let e = s
-        .list(&ListStateDescriptor::<u64>::new("count"))
-        .unwrap_err();
-    assert!(e.to_string().contains("list"), "{e}");
-    // Without a current key there is nothing to read.
-    let mut b = full(128);
-    let mut s = KeyedState::new(&mut b);
-    assert!(s
-        .value(&ValueStateDescriptor::<u64>::new("count"))
-        .unwrap()
-        .get()
-        .is_err());
 }
 
 /// A written snapshot: its bytes and where its key groups start.

@@ -7,5 +7,6 @@
 pub mod heap;
 pub mod key_groups;
 pub mod keyed;
+pub mod lsm_keyed;
 pub mod lsm_snapshot;
 pub mod operator;
