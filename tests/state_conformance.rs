@@ -1,8 +1,10 @@
 //! One conformance suite for every keyed state backend (as Flink's StateBackendTestBase):
-//! every state type and method, and type checks, run against the heap and the LSM
+//! every state type and method, time to live (with a clock moved by hand), and type
+//! checks, run against the heap and the LSM
 //! backends through the `KeyedStateBackend` trait.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +13,8 @@ use tidemark::state::heap::HeapKeyedBackend;
 use tidemark::state::key_groups::MaxParallelism;
 use tidemark::state::keyed::{
     AggregateFunction, AggregatingStateDescriptor, KeyedState, KeyedStateBackend,
-    ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor, ValueStateDescriptor,
+    ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor, StateTtlConfig, TtlClock,
+    TtlUpdateType, TtlVisibility, ValueStateDescriptor,
 };
 use tidemark::state::lsm_keyed::LsmKeyedBackend;
 
@@ -77,7 +80,7 @@ fn every_state_type_and_method(b: &mut dyn KeyedStateBackend) {
     assert_eq!(s.list(&list).unwrap().get().unwrap(), vec![9]);
     s.list(&list).unwrap().update(&[]).unwrap();
     assert!(s.list(&list).unwrap().get().unwrap().is_empty());
-    let m = s.map(&map).unwrap();
+    let mut m = s.map(&map).unwrap();
     assert_eq!(m.get(&"/b".into()).unwrap(), Some(2));
     assert!(m.contains(&"/c".into()).unwrap());
     assert!(!m.contains(&"/z".into()).unwrap());
@@ -191,5 +194,144 @@ fn lsm_backend_keeps_its_states_across_reopen_and_refuses_foreign_key_groups() {
         if s.set_current_key(&k).is_ok() {
             assert_eq!(s.value(&counts).unwrap().get().unwrap(), Some(u64::from(k)));
         }
+    }
+}
+
+/// A clock the test moves by hand.
+struct TestClock(std::sync::atomic::AtomicU64);
+
+impl TestClock {
+    fn set(&self, ms: u64) {
+        self.0.store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl TtlClock for TestClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn ttl_semantics(b: &mut dyn KeyedStateBackend) {
+    let clock = TestClock(1_000_000.into());
+    let ttl = StateTtlConfig::new(Duration::from_millis(1000));
+    let value = ValueStateDescriptor::<u32>::new("v").enable_ttl(ttl);
+    let renewed = ValueStateDescriptor::<u32>::new("r")
+        .enable_ttl(ttl.update_type(TtlUpdateType::OnReadAndWrite));
+    let visible = ValueStateDescriptor::<u32>::new("e")
+        .enable_ttl(ttl.visibility(TtlVisibility::ReturnExpiredIfNotCleanedUp));
+    let list = ListStateDescriptor::<u32>::new("l").enable_ttl(ttl);
+    let map = MapStateDescriptor::<u8, u32>::new("m").enable_ttl(ttl);
+    let sum = ReducingStateDescriptor::<u64>::new("s", |a, b| a + b).enable_ttl(ttl);
+    let base = 1_000_000;
+    let mut s = KeyedState::with_clock(b, &clock);
+    s.set_current_key("k").unwrap();
+    s.value(&value).unwrap().update(&1).unwrap();
+    s.value(&renewed).unwrap().update(&2).unwrap();
+    s.value(&visible).unwrap().update(&3).unwrap();
+    s.list(&list).unwrap().add(&10).unwrap();
+    s.map(&map).unwrap().put(&1, &100).unwrap();
+    s.reducing(&sum).unwrap().add(&5).unwrap();
+
+    clock.set(base + 600);
+    s.list(&list).unwrap().add(&11).unwrap();
+    s.map(&map).unwrap().put(&2, &200).unwrap();
+    assert_eq!(s.value(&renewed).unwrap().get().unwrap(), Some(2)); // renewed at 600
+
+    clock.set(base + 999);
+    assert_eq!(s.value(&value).unwrap().get().unwrap(), Some(1));
+    clock.set(base + 1000);
+    assert_eq!(
+        s.value(&value).unwrap().get().unwrap(),
+        None,
+        "expired at its ttl"
+    );
+    assert_eq!(s.list(&list).unwrap().get().unwrap(), vec![11]);
+    assert_eq!(s.map(&map).unwrap().iter().unwrap(), vec![(2, 200)]);
+    assert_eq!(s.map(&map).unwrap().get(&1).unwrap(), None);
+    // An expired reducing value starts again.
+    s.reducing(&sum).unwrap().add(&7).unwrap();
+    assert_eq!(s.reducing(&sum).unwrap().get().unwrap(), Some(7));
+    assert_eq!(
+        s.value(&renewed).unwrap().get().unwrap(),
+        Some(2),
+        "alive: renewed by a read"
+    );
+    // Returned once after it expired, then cleaned up.
+    assert_eq!(s.value(&visible).unwrap().get().unwrap(), Some(3));
+    assert_eq!(s.value(&visible).unwrap().get().unwrap(), None);
+    // Expired values were removed from the backend, not just hidden.
+    assert_eq!(
+        s.value(
+            &ValueStateDescriptor::<u32>::new("v")
+                .enable_ttl(ttl.visibility(TtlVisibility::ReturnExpiredIfNotCleanedUp))
+        )
+        .unwrap()
+        .get()
+        .unwrap(),
+        None
+    );
+
+    clock.set(base + 2000);
+    assert_eq!(s.value(&renewed).unwrap().get().unwrap(), None);
+    assert!(s.list(&list).unwrap().get().unwrap().is_empty());
+    assert!(s.map(&map).unwrap().is_empty().unwrap());
+    // TTL on for a state without it (or off for one with it) is a type error.
+    let e = s.value(&ValueStateDescriptor::<u32>::new("v")).unwrap_err();
+    assert!(e.to_string().contains("TTL"), "{e}");
+}
+
+#[test]
+fn time_to_live_in_every_backend() {
+    for_each_backend(|a, _| ttl_semantics(a));
+}
+
+#[test]
+fn heap_snapshots_leave_out_expired_values() {
+    let clock = TestClock(5_000.into());
+    let m = MaxParallelism::default();
+    let mut b = HeapKeyedBackend::new(m, m.full_range());
+    let ttl = StateTtlConfig::new(Duration::from_millis(100));
+    let v = ValueStateDescriptor::<u32>::new("v").enable_ttl(ttl);
+    let l = ListStateDescriptor::<u32>::new("l").enable_ttl(ttl);
+    {
+        let mut s = KeyedState::with_clock(&mut b, &clock);
+        for k in 0..100u32 {
+            s.set_current_key(&k).unwrap();
+            s.value(&v).unwrap().update(&k).unwrap();
+            s.list(&l).unwrap().add(&k).unwrap();
+        }
+        clock.set(5_060);
+        for k in 0..50u32 {
+            s.set_current_key(&k).unwrap();
+            s.value(&v).unwrap().update(&(k + 1000)).unwrap();
+            s.list(&l).unwrap().add(&(k + 1000)).unwrap();
+        }
+    }
+    clock.set(5_120); // the first writes have expired, the second have not
+    let snap = b.snapshot_at(&clock);
+    let mut bytes = Vec::new();
+    let w = snap.write_to(&mut bytes).unwrap();
+    let src = tidemark::state::heap::KeyGroupsSource {
+        name: "s",
+        data: &bytes,
+        offsets: &w.offsets,
+    };
+    let mut r = HeapKeyedBackend::restore(m, m.full_range(), &[src]).unwrap();
+    assert!(r.approximate_bytes() < b.approximate_bytes());
+    let mut s = KeyedState::with_clock(&mut r, &clock);
+    // Visible-if-not-cleaned-up reads show what the snapshot really holds.
+    let vv = ValueStateDescriptor::<u32>::new("v")
+        .enable_ttl(ttl.visibility(TtlVisibility::ReturnExpiredIfNotCleanedUp));
+    let lv = ListStateDescriptor::<u32>::new("l")
+        .enable_ttl(ttl.visibility(TtlVisibility::ReturnExpiredIfNotCleanedUp));
+    for k in 0..100u32 {
+        s.set_current_key(&k).unwrap();
+        let want = (k < 50).then_some(k + 1000);
+        assert_eq!(s.value(&vv).unwrap().get().unwrap(), want, "key {k}");
+        assert_eq!(
+            s.list(&lv).unwrap().get().unwrap(),
+            want.into_iter().collect::<Vec<_>>()
+        );
     }
 }

@@ -12,12 +12,15 @@
 //! starts, so a restore with another parallelism reads only the key groups it owns
 //! ([`HeapKeyedBackend::restore`]).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::Arc;
 
 use super::key_groups::{murmur3_32, MaxParallelism};
-use super::keyed::{KeyedStateBackend, StateId, StateKind, StateMeta};
+use super::keyed::{
+    expired, split_stamp, KeyedStateBackend, StateId, StateKind, StateMeta, SystemClock, TtlClock,
+};
 use crate::checkpoint::KeyGroupRange;
 use crate::codec::{crc32c, put_varint, Decoder};
 use crate::error::{Error, Result};
@@ -118,11 +121,18 @@ impl HeapKeyedBackend {
     /// The synchronous part of a snapshot: a frozen view of the state, taken in time that
     /// grows with the number of shards, not the bytes of the state.
     pub fn snapshot(&self) -> HeapSnapshot {
+        self.snapshot_at(&SystemClock)
+    }
+
+    /// [`HeapKeyedBackend::snapshot`], with TTL measured by `clock`: values expired at the
+    /// moment of the snapshot are left out of it.
+    pub fn snapshot_at(&self, clock: &dyn TtlClock) -> HeapSnapshot {
         HeapSnapshot {
             max: self.max,
             range: self.range,
             states: self.states.clone(),
             groups: self.groups.clone(),
+            now_ms: clock.now_ms(),
         }
     }
 
@@ -372,15 +382,8 @@ impl KeyedStateBackend for HeapKeyedBackend {
     fn register(&mut self, meta: &StateMeta) -> Result<StateId> {
         if let Some(&id) = self.by_name.get(&meta.name) {
             let have = &self.states[id.0 as usize];
-            if have.kind != meta.kind || have.value_type != meta.value_type {
-                return Err(Error::InvalidArgument(format!(
-                    "state {:?} holds a {} state of {}, asked for as a {} state of {}",
-                    meta.name,
-                    have.kind.as_str(),
-                    have.value_type,
-                    meta.kind.as_str(),
-                    meta.value_type
-                )));
+            if !have.compatible(meta) {
+                return Err(Error::InvalidArgument(have.mismatch(meta)));
             }
             return Ok(id);
         }
@@ -488,6 +491,7 @@ pub struct HeapSnapshot {
     range: KeyGroupRange,
     states: Vec<StateMeta>,
     groups: Vec<Vec<Arc<Shard>>>,
+    now_ms: u64,
 }
 
 /// Where each key group of a written snapshot starts, and its size.
@@ -524,6 +528,7 @@ impl HeapSnapshot {
                 put_varint(&mut header, field.len() as u64);
                 header.extend_from_slice(field.as_bytes());
             }
+            put_varint(&mut header, s.ttl_ms.unwrap_or(0));
         }
         let crc = crc32c(&header);
         header.extend_from_slice(&crc.to_le_bytes());
@@ -532,9 +537,14 @@ impl HeapSnapshot {
         let mut offsets = Vec::with_capacity(self.groups.len());
         let mut body = Vec::new();
         for shards in &self.groups {
-            let mut entries: Vec<(&[u8], &Slot)> = shards
+            let mut entries: Vec<(&[u8], Cow<'_, Slot>)> = shards
                 .iter()
-                .flat_map(|s| s.iter().map(|(k, v)| (&k[..], v)))
+                .flat_map(|s| s.iter())
+                .filter_map(|(k, v)| {
+                    let state = u32::from_be_bytes([k[0], k[1], k[2], k[3]]) as usize;
+                    let meta = self.states.get(state)?;
+                    live(v, meta, self.now_ms).map(|v| (&k[..], v))
+                })
                 .collect();
             entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
             body.clear();
@@ -545,7 +555,7 @@ impl HeapSnapshot {
                 put_varint(&mut body, u64::from(state));
                 put_varint(&mut body, key.len() as u64);
                 body.extend_from_slice(key);
-                match slot {
+                match slot.as_ref() {
                     Slot::Value(v) => {
                         body.push(0);
                         put_varint(&mut body, v.len() as u64);
@@ -575,6 +585,57 @@ impl HeapSnapshot {
             offsets,
             bytes: pos,
         })
+    }
+}
+
+/// What of `slot` is alive at `now` under its state's time to live: `None` when
+/// nothing is. Bytes that do not carry a stamp are kept as they are.
+fn live<'s>(slot: &'s Slot, meta: &StateMeta, now: u64) -> Option<Cow<'s, Slot>> {
+    let Some(ttl) = meta.ttl_ms else {
+        return Some(Cow::Borrowed(slot));
+    };
+    let fresh = |b: &[u8]| split_stamp(b).is_none_or(|(ts, _)| !expired(ts, ttl, now));
+    match slot {
+        Slot::Value(v) if meta.kind == StateKind::List => {
+            let mut kept = Vec::new();
+            let mut rest: &[u8] = v;
+            let mut all = true;
+            while !rest.is_empty() {
+                let Some((len, n)) = crate::codec::get_varint(rest) else {
+                    return Some(Cow::Borrowed(slot));
+                };
+                let Some(e) = usize::try_from(len)
+                    .ok()
+                    .and_then(|len| rest.get(n..n + len))
+                else {
+                    return Some(Cow::Borrowed(slot));
+                };
+                if fresh(e) {
+                    put_varint(&mut kept, len);
+                    kept.extend_from_slice(e);
+                } else {
+                    all = false;
+                }
+                rest = &rest[n + e.len()..];
+            }
+            match (all, kept.is_empty()) {
+                (true, _) => Some(Cow::Borrowed(slot)),
+                (false, true) => None,
+                (false, false) => Some(Cow::Owned(Slot::Value(kept))),
+            }
+        }
+        Slot::Value(v) => fresh(v).then_some(Cow::Borrowed(slot)),
+        Slot::Map(m) => {
+            if m.values().all(|v| fresh(v)) {
+                return Some(Cow::Borrowed(slot));
+            }
+            let kept: BTreeMap<Box<[u8]>, Box<[u8]>> = m
+                .iter()
+                .filter(|(_, v)| fresh(v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (!kept.is_empty()).then_some(Cow::Owned(Slot::Map(kept)))
+        }
     }
 }
 
@@ -639,12 +700,14 @@ fn read_header(src: &KeyGroupsSource<'_>) -> Result<Header> {
         let name = field("state name")?;
         let kind = field("state kind")?;
         let value_type = field("value type")?;
+        let ttl_ms = d.varint("time to live").map_err(err)?;
         let kind = super::keyed::StateKind::parse(&kind)
             .ok_or_else(|| src.error(at, format!("unknown state kind {kind:?}")))?;
         states.push(StateMeta {
             name,
             kind,
             value_type,
+            ttl_ms: (ttl_ms > 0).then_some(ttl_ms),
         });
     }
     let end_of_header = d.offset() as usize;

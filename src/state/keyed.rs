@@ -93,6 +93,129 @@ pub struct StateMeta {
     pub kind: StateKind,
     /// The Rust type of its values (a map state's: `key type -> value type`).
     pub value_type: String,
+    /// The time to live of its values in milliseconds, when TTL is enabled: each value
+    /// (list element, map entry) then starts with its last-access timestamp (u64 LE,
+    /// milliseconds since the Unix epoch).
+    pub ttl_ms: Option<u64>,
+}
+
+impl StateMeta {
+    /// Whether a state registered as `self` can be read as `other`: same kind, same value
+    /// type, TTL on for both or off for both (its duration may change, as in Flink).
+    pub fn compatible(&self, other: &StateMeta) -> bool {
+        self.kind == other.kind
+            && self.value_type == other.value_type
+            && self.ttl_ms.is_some() == other.ttl_ms.is_some()
+    }
+
+    /// Why `other` cannot read a state registered as `self`, for errors.
+    pub fn mismatch(&self, other: &StateMeta) -> String {
+        let ttl = |m: &StateMeta| if m.ttl_ms.is_some() { " with TTL" } else { "" };
+        format!(
+            "state {:?} holds a {} state of {}{}, asked for as a {} state of {}{}",
+            self.name,
+            self.kind.as_str(),
+            self.value_type,
+            ttl(self),
+            other.kind.as_str(),
+            other.value_type,
+            ttl(other)
+        )
+    }
+}
+
+/// When a state value's time to live is renewed (Flink's `StateTtlConfig.UpdateType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TtlUpdateType {
+    /// On creation and on every write (Flink's default).
+    #[default]
+    OnCreateAndWrite,
+    /// Also on every read.
+    OnReadAndWrite,
+}
+
+/// Whether an expired value not yet cleaned up is returned (Flink's
+/// `StateTtlConfig.StateVisibility`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TtlVisibility {
+    /// Never (Flink's default).
+    #[default]
+    NeverReturnExpired,
+    /// Until it is cleaned up.
+    ReturnExpiredIfNotCleanedUp,
+}
+
+/// Time to live of a state's values (Flink's `StateTtlConfig`). Expired values are never
+/// returned (by default), are removed when read, are left out of full snapshots, and
+/// are removed from the heap backends as they are met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateTtlConfig {
+    /// How long a value lives after its last renewal.
+    pub ttl: std::time::Duration,
+    /// What renews it.
+    pub update_type: TtlUpdateType,
+    /// Whether an expired value is returned before it is cleaned up.
+    pub visibility: TtlVisibility,
+}
+
+impl StateTtlConfig {
+    /// A time to live of `ttl`, renewed on create and write, expired values never
+    /// returned: Flink's defaults.
+    pub fn new(ttl: std::time::Duration) -> Self {
+        StateTtlConfig {
+            ttl,
+            update_type: TtlUpdateType::default(),
+            visibility: TtlVisibility::default(),
+        }
+    }
+
+    /// Renew on `update_type`.
+    pub fn update_type(mut self, update_type: TtlUpdateType) -> Self {
+        self.update_type = update_type;
+        self
+    }
+
+    /// Return expired values or not.
+    pub fn visibility(mut self, visibility: TtlVisibility) -> Self {
+        self.visibility = visibility;
+        self
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+}
+
+/// The time that TTL is measured against (Flink's `TtlTimeProvider`); tests inject one.
+pub trait TtlClock: Send + Sync {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl TtlClock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// True when a TTL-stamped value (`bytes`, at least 8 bytes) stamped `ts` has expired at
+/// `now` under `ttl_ms`.
+pub fn expired(ts: u64, ttl_ms: u64, now: u64) -> bool {
+    ts.saturating_add(ttl_ms) <= now
+}
+
+/// The timestamp of a TTL-stamped value, and the value after it.
+pub fn split_stamp(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (ts, rest) = bytes.split_first_chunk::<8>()?;
+    Some((u64::from_le_bytes(*ts), rest))
 }
 
 /// The handle of a registered state within one backend.
@@ -186,6 +309,7 @@ macro_rules! descriptor {
         $(#[$doc])*
         pub struct $name<$($t),*> {
             name: String,
+            ttl: Option<StateTtlConfig>,
             $($field: $fty,)*
             _types: PhantomData<fn() -> ($($t,)*)>,
         }
@@ -208,7 +332,14 @@ macro_rules! descriptor {
                     name: self.name.clone(),
                     kind: $kind,
                     value_type: $ty,
+                    ttl_ms: self.ttl.map(|t| t.ttl_ms()),
                 }
+            }
+
+            /// Gives the state's values a time to live.
+            pub fn enable_ttl(mut self, ttl: StateTtlConfig) -> Self {
+                self.ttl = Some(ttl);
+                self
             }
         }
     };
@@ -245,6 +376,7 @@ impl<T> ValueStateDescriptor<T> {
     pub fn new(name: impl Into<String>) -> Self {
         ValueStateDescriptor {
             name: name.into(),
+            ttl: None,
             _types: PhantomData,
         }
     }
@@ -255,6 +387,7 @@ impl<T> ListStateDescriptor<T> {
     pub fn new(name: impl Into<String>) -> Self {
         ListStateDescriptor {
             name: name.into(),
+            ttl: None,
             _types: PhantomData,
         }
     }
@@ -265,6 +398,7 @@ impl<K, V> MapStateDescriptor<K, V> {
     pub fn new(name: impl Into<String>) -> Self {
         MapStateDescriptor {
             name: name.into(),
+            ttl: None,
             _types: PhantomData,
         }
     }
@@ -278,6 +412,7 @@ impl<T> ReducingStateDescriptor<T> {
     ) -> Self {
         ReducingStateDescriptor {
             name: name.into(),
+            ttl: None,
             reduce: Arc::new(reduce),
             _types: PhantomData,
         }
@@ -305,6 +440,7 @@ impl<In, Acc, Out> AggregatingStateDescriptor<In, Acc, Out> {
     ) -> Self {
         AggregatingStateDescriptor {
             name: name.into(),
+            ttl: None,
             aggregate: Arc::new(aggregate),
             _types: PhantomData,
         }
@@ -315,6 +451,7 @@ impl<In, Acc, Out> AggregatingStateDescriptor<In, Acc, Out> {
 /// states of that key.
 pub struct KeyedState<'a> {
     backend: &'a mut dyn KeyedStateBackend,
+    clock: &'a dyn TtlClock,
 }
 
 impl std::fmt::Debug for KeyedState<'_> {
@@ -325,10 +462,165 @@ impl std::fmt::Debug for KeyedState<'_> {
     }
 }
 
+/// One registered state of the current key, with its time to live.
+struct Cell<'a> {
+    backend: &'a mut dyn KeyedStateBackend,
+    id: StateId,
+    name: String,
+    ttl: Option<StateTtlConfig>,
+    now: u64,
+}
+
+impl Cell<'_> {
+    /// Stamps `payload` with the current time when the state has a TTL.
+    fn stamp(&self, payload: &[u8]) -> Vec<u8> {
+        match self.ttl {
+            None => payload.to_vec(),
+            Some(_) => {
+                let mut v = Vec::with_capacity(8 + payload.len());
+                v.extend_from_slice(&self.now.to_le_bytes());
+                v.extend_from_slice(payload);
+                v
+            }
+        }
+    }
+
+    /// What a stored value says: `None` when it has expired (and is not to be returned).
+    /// `Some((payload, renew))`: `renew` when a read renews it.
+    fn unstamp<'b>(&self, bytes: &'b [u8]) -> Result<Option<(&'b [u8], bool)>> {
+        let Some(ttl) = self.ttl else {
+            return Ok(Some((bytes, false)));
+        };
+        let (ts, payload) = split_stamp(bytes).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "state {:?}: a value without its TTL stamp",
+                self.name
+            ))
+        })?;
+        if expired(ts, ttl.ttl_ms(), self.now) {
+            return Ok(match ttl.visibility {
+                TtlVisibility::NeverReturnExpired => None,
+                TtlVisibility::ReturnExpiredIfNotCleanedUp => Some((payload, false)),
+            });
+        }
+        Ok(Some((
+            payload,
+            ttl.update_type == TtlUpdateType::OnReadAndWrite,
+        )))
+    }
+
+    /// Reads the value under `user_key`: an expired one is removed (and, unless visible
+    /// until cleaned up, not returned); a read that renews rewrites its stamp.
+    fn read(&mut self, user_key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some(raw) = self.backend.get(self.id, user_key)? else {
+            return Ok(None);
+        };
+        let (out, renew, gone) = match self.unstamp(&raw)? {
+            None => (None, false, true),
+            Some((p, renew)) => {
+                let gone = self.ttl.is_some_and(|t| {
+                    split_stamp(&raw).is_some_and(|(ts, _)| expired(ts, t.ttl_ms(), self.now))
+                });
+                (Some(p.to_vec()), renew, gone)
+            }
+        };
+        if gone {
+            self.backend.remove(self.id, user_key)?;
+        } else if renew {
+            if let Some(p) = &out {
+                let b = self.stamp(p);
+                self.backend.put(self.id, user_key, &b)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn write(&mut self, user_key: &[u8], payload: &[u8]) -> Result<()> {
+        let b = self.stamp(payload);
+        self.backend.put(self.id, user_key, &b)
+    }
+
+    /// A list's live elements (expired ones dropped, and the list rewritten without them).
+    fn read_list(&mut self) -> Result<Vec<Vec<u8>>> {
+        let Some(raw) = self.backend.get(self.id, &[])? else {
+            return Ok(Vec::new());
+        };
+        let elements = unframe(&self.name, &raw)?;
+        if self.ttl.is_none() {
+            return Ok(elements.into_iter().map(<[u8]>::to_vec).collect());
+        }
+        let mut out = Vec::with_capacity(elements.len());
+        let (mut dropped, mut renewed) = (false, false);
+        for e in &elements {
+            match self.unstamp(e)? {
+                Some((p, renew)) => {
+                    out.push(p.to_vec());
+                    renewed |= renew;
+                }
+                None => dropped = true,
+            }
+            let t = self.ttl.map_or(0, |t| t.ttl_ms());
+            if split_stamp(e).is_some_and(|(ts, _)| expired(ts, t, self.now)) {
+                dropped = true;
+            }
+        }
+        if dropped || renewed {
+            self.write_list(&out)?;
+        }
+        Ok(out)
+    }
+
+    fn write_list(&mut self, payloads: &[Vec<u8>]) -> Result<()> {
+        if payloads.is_empty() {
+            return self.backend.clear(self.id);
+        }
+        let mut b = Vec::new();
+        for p in payloads {
+            frame(&mut b, &self.stamp(p));
+        }
+        self.backend.put(self.id, &[], &b)
+    }
+
+    fn append_list(&mut self, payloads: &[Vec<u8>]) -> Result<()> {
+        let mut b = Vec::new();
+        for p in payloads {
+            frame(&mut b, &self.stamp(p));
+        }
+        if b.is_empty() {
+            return Ok(());
+        }
+        self.backend.append(self.id, &b)
+    }
+
+    /// A map's live entries (expired ones removed).
+    fn read_entries(&mut self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let raw = self.backend.entries(self.id)?;
+        if self.ttl.is_none() {
+            return Ok(raw);
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        for (k, v) in raw {
+            if let Some(p) = self.read(&k)? {
+                out.push((k, p));
+            }
+            let _ = v;
+        }
+        Ok(out)
+    }
+}
+
 impl<'a> KeyedState<'a> {
-    /// Typed access to `backend`.
+    /// Typed access to `backend`, with TTL measured by the system clock.
     pub fn new(backend: &'a mut dyn KeyedStateBackend) -> Self {
-        KeyedState { backend }
+        KeyedState {
+            backend,
+            clock: &SystemClock,
+        }
+    }
+
+    /// Typed access to `backend`, with TTL measured by `clock`.
+    pub fn with_clock(backend: &'a mut dyn KeyedStateBackend, clock: &'a dyn TtlClock) -> Self {
+        KeyedState { backend, clock }
     }
 
     /// Sets the current key (serialized with postcard; its key group follows from those
@@ -338,16 +630,24 @@ impl<'a> KeyedState<'a> {
         self.backend.set_current_key(&bytes)
     }
 
+    fn cell(&mut self, meta: &StateMeta, ttl: Option<StateTtlConfig>) -> Result<Cell<'_>> {
+        let id = self.backend.register(meta)?;
+        Ok(Cell {
+            backend: &mut *self.backend,
+            id,
+            name: meta.name.clone(),
+            ttl,
+            now: self.clock.now_ms(),
+        })
+    }
+
     /// The value state `d` of the current key.
     pub fn value<T: Serialize + DeserializeOwned>(
         &mut self,
         d: &ValueStateDescriptor<T>,
     ) -> Result<ValueState<'_, T>> {
-        let id = self.backend.register(&d.meta())?;
         Ok(ValueState {
-            backend: &mut *self.backend,
-            id,
-            name: d.name.clone(),
+            cell: self.cell(&d.meta(), d.ttl)?,
             _t: PhantomData,
         })
     }
@@ -357,11 +657,8 @@ impl<'a> KeyedState<'a> {
         &mut self,
         d: &ListStateDescriptor<T>,
     ) -> Result<ListState<'_, T>> {
-        let id = self.backend.register(&d.meta())?;
         Ok(ListState {
-            backend: &mut *self.backend,
-            id,
-            name: d.name.clone(),
+            cell: self.cell(&d.meta(), d.ttl)?,
             _t: PhantomData,
         })
     }
@@ -371,11 +668,8 @@ impl<'a> KeyedState<'a> {
         &mut self,
         d: &MapStateDescriptor<K, V>,
     ) -> Result<MapState<'_, K, V>> {
-        let id = self.backend.register(&d.meta())?;
         Ok(MapState {
-            backend: &mut *self.backend,
-            id,
-            name: d.name.clone(),
+            cell: self.cell(&d.meta(), d.ttl)?,
             _t: PhantomData,
         })
     }
@@ -385,11 +679,8 @@ impl<'a> KeyedState<'a> {
         &mut self,
         d: &ReducingStateDescriptor<T>,
     ) -> Result<ReducingState<'_, T>> {
-        let id = self.backend.register(&d.meta())?;
         Ok(ReducingState {
-            backend: &mut *self.backend,
-            id,
-            name: d.name.clone(),
+            cell: self.cell(&d.meta(), d.ttl)?,
             reduce: d.reduce.clone(),
         })
     }
@@ -399,11 +690,8 @@ impl<'a> KeyedState<'a> {
         &mut self,
         d: &AggregatingStateDescriptor<In, Acc, Out>,
     ) -> Result<AggregatingState<'_, In, Acc, Out>> {
-        let id = self.backend.register(&d.meta())?;
         Ok(AggregatingState {
-            backend: &mut *self.backend,
-            id,
-            name: d.name.clone(),
+            cell: self.cell(&d.meta(), d.ttl)?,
             aggregate: d.aggregate.clone(),
         })
     }
@@ -411,58 +699,51 @@ impl<'a> KeyedState<'a> {
 
 /// One value per key (Flink's `ValueState`).
 pub struct ValueState<'a, T> {
-    backend: &'a mut dyn KeyedStateBackend,
-    id: StateId,
-    name: String,
+    cell: Cell<'a>,
     _t: PhantomData<fn() -> T>,
 }
 
 impl<T: Serialize + DeserializeOwned> ValueState<'_, T> {
     /// The current key's value (Flink's `value()`).
-    pub fn get(&self) -> Result<Option<T>> {
-        match self.backend.get(self.id, &[])? {
-            Some(b) => decode(&self.name, &b).map(Some),
+    pub fn get(&mut self) -> Result<Option<T>> {
+        match self.cell.read(&[])? {
+            Some(b) => decode(&self.cell.name, &b).map(Some),
             None => Ok(None),
         }
     }
 
     /// Sets the current key's value.
     pub fn update(&mut self, v: &T) -> Result<()> {
-        let b = encode(&self.name, v)?;
-        self.backend.put(self.id, &[], &b)
+        let b = encode(&self.cell.name, v)?;
+        self.cell.write(&[], &b)
     }
 
     /// Removes the current key's value.
     pub fn clear(&mut self) -> Result<()> {
-        self.backend.clear(self.id)
+        self.cell.backend.clear(self.cell.id)
     }
 }
 
 /// A list of elements per key (Flink's `ListState`).
 pub struct ListState<'a, T> {
-    backend: &'a mut dyn KeyedStateBackend,
-    id: StateId,
-    name: String,
+    cell: Cell<'a>,
     _t: PhantomData<fn() -> T>,
 }
 
 impl<T: Serialize + DeserializeOwned> ListState<'_, T> {
     /// The current key's elements, in the order they were added (empty when none).
-    pub fn get(&self) -> Result<Vec<T>> {
-        let Some(b) = self.backend.get(self.id, &[])? else {
-            return Ok(Vec::new());
-        };
-        unframe(&self.name, &b)?
-            .into_iter()
-            .map(|e| decode(&self.name, e))
+    pub fn get(&mut self) -> Result<Vec<T>> {
+        self.cell
+            .read_list()?
+            .iter()
+            .map(|e| decode(&self.cell.name, e))
             .collect()
     }
 
     /// Appends one element.
     pub fn add(&mut self, v: &T) -> Result<()> {
-        let mut b = Vec::new();
-        frame(&mut b, &encode(&self.name, v)?);
-        self.backend.append(self.id, &b)
+        let b = encode(&self.cell.name, v)?;
+        self.cell.append_list(&[b])
     }
 
     /// Appends every element of `vs`.
@@ -470,14 +751,11 @@ impl<T: Serialize + DeserializeOwned> ListState<'_, T> {
     where
         T: 'v,
     {
-        let mut b = Vec::new();
-        for v in vs {
-            frame(&mut b, &encode(&self.name, v)?);
-        }
-        if b.is_empty() {
-            return Ok(());
-        }
-        self.backend.append(self.id, &b)
+        let bs = vs
+            .into_iter()
+            .map(|v| encode(&self.cell.name, v))
+            .collect::<Result<Vec<_>>>()?;
+        self.cell.append_list(&bs)
     }
 
     /// Replaces the elements with `vs` (an empty `vs` clears the list).
@@ -485,45 +763,40 @@ impl<T: Serialize + DeserializeOwned> ListState<'_, T> {
     where
         T: 'v,
     {
-        let mut b = Vec::new();
-        for v in vs {
-            frame(&mut b, &encode(&self.name, v)?);
-        }
-        if b.is_empty() {
-            return self.backend.clear(self.id);
-        }
-        self.backend.put(self.id, &[], &b)
+        let bs = vs
+            .into_iter()
+            .map(|v| encode(&self.cell.name, v))
+            .collect::<Result<Vec<_>>>()?;
+        self.cell.write_list(&bs)
     }
 
     /// Removes every element.
     pub fn clear(&mut self) -> Result<()> {
-        self.backend.clear(self.id)
+        self.cell.backend.clear(self.cell.id)
     }
 }
 
 /// A map per key (Flink's `MapState`).
 pub struct MapState<'a, K, V> {
-    backend: &'a mut dyn KeyedStateBackend,
-    id: StateId,
-    name: String,
+    cell: Cell<'a>,
     _t: PhantomData<fn() -> (K, V)>,
 }
 
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<'_, K, V> {
     /// The value under `k`.
-    pub fn get(&self, k: &K) -> Result<Option<V>> {
-        let kb = encode(&self.name, k)?;
-        match self.backend.get(self.id, &kb)? {
-            Some(b) => decode(&self.name, &b).map(Some),
+    pub fn get(&mut self, k: &K) -> Result<Option<V>> {
+        let kb = encode(&self.cell.name, k)?;
+        match self.cell.read(&kb)? {
+            Some(b) => decode(&self.cell.name, &b).map(Some),
             None => Ok(None),
         }
     }
 
     /// Sets the value under `k`.
     pub fn put(&mut self, k: &K, v: &V) -> Result<()> {
-        let kb = encode(&self.name, k)?;
-        let vb = encode(&self.name, v)?;
-        self.backend.put(self.id, &kb, &vb)
+        let kb = encode(&self.cell.name, k)?;
+        let vb = encode(&self.cell.name, v)?;
+        self.cell.write(&kb, &vb)
     }
 
     /// Sets every entry of `entries`.
@@ -540,67 +813,68 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
 
     /// Removes the entry under `k`.
     pub fn remove(&mut self, k: &K) -> Result<()> {
-        let kb = encode(&self.name, k)?;
-        self.backend.remove(self.id, &kb)
+        let kb = encode(&self.cell.name, k)?;
+        self.cell.backend.remove(self.cell.id, &kb)
     }
 
     /// True when there is an entry under `k`.
-    pub fn contains(&self, k: &K) -> Result<bool> {
-        let kb = encode(&self.name, k)?;
-        Ok(self.backend.get(self.id, &kb)?.is_some())
+    pub fn contains(&mut self, k: &K) -> Result<bool> {
+        let kb = encode(&self.cell.name, k)?;
+        Ok(self.cell.read(&kb)?.is_some())
     }
 
     /// Every entry, ordered by the serialized bytes of its key.
-    pub fn iter(&self) -> Result<Vec<(K, V)>> {
-        self.backend
-            .entries(self.id)?
+    pub fn iter(&mut self) -> Result<Vec<(K, V)>> {
+        let name = self.cell.name.clone();
+        self.cell
+            .read_entries()?
             .into_iter()
-            .map(|(k, v)| Ok((decode(&self.name, &k)?, decode(&self.name, &v)?)))
+            .map(|(k, v)| Ok((decode(&name, &k)?, decode(&name, &v)?)))
             .collect()
     }
 
     /// Every key.
-    pub fn keys(&self) -> Result<Vec<K>> {
-        self.backend
-            .entries(self.id)?
+    pub fn keys(&mut self) -> Result<Vec<K>> {
+        let name = self.cell.name.clone();
+        self.cell
+            .read_entries()?
             .into_iter()
-            .map(|(k, _)| decode(&self.name, &k))
+            .map(|(k, _)| decode(&name, &k))
             .collect()
     }
 
     /// Every value.
-    pub fn values(&self) -> Result<Vec<V>> {
-        self.backend
-            .entries(self.id)?
+    pub fn values(&mut self) -> Result<Vec<V>> {
+        let name = self.cell.name.clone();
+        self.cell
+            .read_entries()?
             .into_iter()
-            .map(|(_, v)| decode(&self.name, &v))
+            .map(|(_, v)| decode(&name, &v))
             .collect()
     }
 
     /// True when the map has no entry.
-    pub fn is_empty(&self) -> Result<bool> {
-        Ok(self.backend.entries(self.id)?.is_empty())
+    pub fn is_empty(&mut self) -> Result<bool> {
+        Ok(self.cell.read_entries()?.is_empty())
     }
 
     /// Removes every entry.
     pub fn clear(&mut self) -> Result<()> {
-        self.backend.clear(self.id)
+        self.cell.backend.clear(self.cell.id)
     }
 }
 
 /// One value per key folded with a reduce function (Flink's `ReducingState`).
 pub struct ReducingState<'a, T> {
-    backend: &'a mut dyn KeyedStateBackend,
-    id: StateId,
-    name: String,
+    cell: Cell<'a>,
     reduce: ReduceFn<T>,
 }
 
 impl<T: Serialize + DeserializeOwned> ReducingState<'_, T> {
     /// The folded value.
-    pub fn get(&self) -> Result<Option<T>> {
-        match self.backend.get(self.id, &[])? {
-            Some(b) => decode(&self.name, &b).map(Some),
+    pub fn get(&mut self) -> Result<Option<T>> {
+        match self.cell.read(&[])? {
+            Some(b) => decode(&self.cell.name, &b).map(Some),
             None => Ok(None),
         }
     }
@@ -608,33 +882,30 @@ impl<T: Serialize + DeserializeOwned> ReducingState<'_, T> {
     /// Folds `v` into the value (or starts it with `v`).
     pub fn add(&mut self, v: &T) -> Result<()> {
         let next = match self.get()? {
-            Some(cur) => (self.reduce)(&cur, v),
-            None => return self.backend.put(self.id, &[], &encode(&self.name, v)?),
+            Some(cur) => encode(&self.cell.name, &(self.reduce)(&cur, v))?,
+            None => encode(&self.cell.name, v)?,
         };
-        let b = encode(&self.name, &next)?;
-        self.backend.put(self.id, &[], &b)
+        self.cell.write(&[], &next)
     }
 
     /// Removes the value.
     pub fn clear(&mut self) -> Result<()> {
-        self.backend.clear(self.id)
+        self.cell.backend.clear(self.cell.id)
     }
 }
 
 /// One accumulator per key (Flink's `AggregatingState`).
 pub struct AggregatingState<'a, In, Acc, Out> {
-    backend: &'a mut dyn KeyedStateBackend,
-    id: StateId,
-    name: String,
+    cell: Cell<'a>,
     aggregate: Arc<dyn AggregateFunction<In, Acc, Out>>,
 }
 
 impl<In, Acc: Serialize + DeserializeOwned, Out> AggregatingState<'_, In, Acc, Out> {
     /// The result of the accumulator, `None` when nothing was added.
-    pub fn get(&self) -> Result<Option<Out>> {
-        match self.backend.get(self.id, &[])? {
+    pub fn get(&mut self) -> Result<Option<Out>> {
+        match self.cell.read(&[])? {
             Some(b) => {
-                let acc: Acc = decode(&self.name, &b)?;
+                let acc: Acc = decode(&self.cell.name, &b)?;
                 Ok(Some(self.aggregate.result(&acc)))
             }
             None => Ok(None),
@@ -643,18 +914,18 @@ impl<In, Acc: Serialize + DeserializeOwned, Out> AggregatingState<'_, In, Acc, O
 
     /// Folds `input` into the accumulator.
     pub fn add(&mut self, input: &In) -> Result<()> {
-        let acc = match self.backend.get(self.id, &[])? {
-            Some(b) => decode(&self.name, &b)?,
+        let acc = match self.cell.read(&[])? {
+            Some(b) => decode(&self.cell.name, &b)?,
             None => self.aggregate.create(),
         };
         let acc = self.aggregate.add(input, acc);
-        let b = encode(&self.name, &acc)?;
-        self.backend.put(self.id, &[], &b)
+        let b = encode(&self.cell.name, &acc)?;
+        self.cell.write(&[], &b)
     }
 
     /// Removes the accumulator.
     pub fn clear(&mut self) -> Result<()> {
-        self.backend.clear(self.id)
+        self.cell.backend.clear(self.cell.id)
     }
 }
 
@@ -662,7 +933,7 @@ macro_rules! debug_by_name {
     ($($ty:ident < $($t:ident),* >),*) => {$(
         impl<$($t),*> std::fmt::Debug for $ty<'_, $($t),*> {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct(stringify!($ty)).field("name", &self.name).finish()
+                f.debug_struct(stringify!($ty)).field("name", &self.cell.name).finish()
             }
         }
     )*};

@@ -51,6 +51,7 @@ fn encode_meta(id: StateId, m: &StateMeta) -> Vec<u8> {
         put_varint(&mut v, f.len() as u64);
         v.extend_from_slice(f.as_bytes());
     }
+    put_varint(&mut v, m.ttl_ms.unwrap_or(0));
     v
 }
 
@@ -90,6 +91,7 @@ impl LsmKeyedBackend {
             let id = d.u32("state id").map_err(|e| bad(&e.to_string()))?;
             let kind = d.length_prefixed("kind").map_err(|e| bad(&e.to_string()))?;
             let ty = d.length_prefixed("type").map_err(|e| bad(&e.to_string()))?;
+            let ttl_ms = d.varint("time to live").map_err(|e| bad(&e.to_string()))?;
             let kind = std::str::from_utf8(kind)
                 .ok()
                 .and_then(StateKind::parse)
@@ -101,6 +103,7 @@ impl LsmKeyedBackend {
                     name,
                     kind,
                     value_type,
+                    ttl_ms: (ttl_ms > 0).then_some(ttl_ms),
                 },
             ));
         }
@@ -179,15 +182,8 @@ impl KeyedStateBackend for LsmKeyedBackend {
     fn register(&mut self, meta: &StateMeta) -> Result<StateId> {
         if let Some(&id) = self.by_name.get(&meta.name) {
             let have = &self.states[id.0 as usize];
-            if have.kind != meta.kind || have.value_type != meta.value_type {
-                return Err(Error::InvalidArgument(format!(
-                    "state {:?} holds a {} state of {}, asked for as a {} state of {}",
-                    meta.name,
-                    have.kind.as_str(),
-                    have.value_type,
-                    meta.kind.as_str(),
-                    meta.value_type
-                )));
+            if !have.compatible(meta) {
+                return Err(Error::InvalidArgument(have.mismatch(meta)));
             }
             return Ok(id);
         }
@@ -296,6 +292,7 @@ mod tests {
         meta.extend_from_slice(b"value");
         meta.push(2);
         meta.extend_from_slice(b"u8");
+        meta.push(0); // no time to live
         assert_eq!(rows[1], (reg, meta));
     }
 }
