@@ -16,7 +16,7 @@ use tidemark::state::keyed::{
     ListStateDescriptor, MapStateDescriptor, ReducingStateDescriptor, StateTtlConfig, TtlClock,
     TtlUpdateType, TtlVisibility, ValueStateDescriptor,
 };
-use tidemark::state::lsm_keyed::LsmKeyedBackend;
+use tidemark::state::lsm_keyed::{LsmKeyedBackend, TtlCompactionFilter};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Click {
@@ -333,5 +333,78 @@ fn heap_snapshots_leave_out_expired_values() {
             s.list(&lv).unwrap().get().unwrap(),
             want.into_iter().collect::<Vec<_>>()
         );
+    }
+}
+
+struct SharedClock(Arc<TestClock>);
+
+impl TtlClock for SharedClock {
+    fn now_ms(&self) -> u64 {
+        self.0.now_ms()
+    }
+}
+
+/// In the lsm backend, compaction drops expired values (and expired list elements) through
+/// the store's compaction filter: the rows are gone from the store, not only hidden.
+#[test]
+fn lsm_compaction_drops_expired_state() {
+    let clock = Arc::new(TestClock(10_000.into()));
+    let filter = TtlCompactionFilter::with_clock(Arc::new(SharedClock(clock.clone())));
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = Options {
+        compaction_filter: Some(filter.clone()),
+        ..Options::default()
+    };
+    let db = Arc::new(Db::open(tmp.path(), opts).unwrap());
+    let m = MaxParallelism::default();
+    let mut b = LsmKeyedBackend::open(db.clone(), m, m.full_range())
+        .unwrap()
+        .with_ttl_filter(filter);
+    let ttl = StateTtlConfig::new(Duration::from_millis(100));
+    let v = ValueStateDescriptor::<u32>::new("v").enable_ttl(ttl);
+    let l = ListStateDescriptor::<u32>::new("l").enable_ttl(ttl);
+    let keep = ValueStateDescriptor::<u32>::new("keep");
+    {
+        let mut s = KeyedState::with_clock(&mut b, clock.as_ref());
+        for k in 0..200u32 {
+            s.set_current_key(&k).unwrap();
+            s.value(&v).unwrap().update(&k).unwrap();
+            s.list(&l).unwrap().add(&k).unwrap();
+            s.value(&keep).unwrap().update(&k).unwrap();
+        }
+        clock.set(10_050);
+        for k in 0..100u32 {
+            s.set_current_key(&k).unwrap();
+            s.list(&l).unwrap().add(&(k + 1000)).unwrap();
+        }
+    }
+    clock.set(10_120); // the values and the first elements have expired
+    db.compact_range().unwrap();
+    let st = db.stats();
+    assert_eq!(
+        st.compaction_filter_removed, 300,
+        "200 values, 100 whole lists"
+    );
+    assert_eq!(
+        st.compaction_filter_changed, 100,
+        "100 lists keep one element"
+    );
+    let mut s = KeyedState::with_clock(&mut b, clock.as_ref());
+    let visible = |d: &str| {
+        ValueStateDescriptor::<u32>::new(d)
+            .enable_ttl(ttl.visibility(TtlVisibility::ReturnExpiredIfNotCleanedUp))
+    };
+    let lv = ListStateDescriptor::<u32>::new("l")
+        .enable_ttl(ttl.visibility(TtlVisibility::ReturnExpiredIfNotCleanedUp));
+    for k in 0..200u32 {
+        s.set_current_key(&k).unwrap();
+        assert_eq!(
+            s.value(&visible("v")).unwrap().get().unwrap(),
+            None,
+            "key {k}"
+        );
+        let want: Vec<u32> = if k < 100 { vec![k + 1000] } else { vec![] };
+        assert_eq!(s.list(&lv).unwrap().get().unwrap(), want, "key {k}");
+        assert_eq!(s.value(&keep).unwrap().get().unwrap(), Some(k));
     }
 }

@@ -1108,6 +1108,10 @@ impl DbInner {
         self.bg_cv.notify_all();
     }
 
+    pub(crate) fn has_snapshots(&self) -> bool {
+        !self.snapshots.lock().is_empty()
+    }
+
     pub(crate) fn smallest_snapshot(&self) -> SeqNo {
         let snaps = self.snapshots.lock();
         let visible = self.visible_seq();

@@ -21,6 +21,6 @@ pub mod wal;
 
 pub use batch::WriteBatch;
 pub use db::{Db, DbIterator, LiveFile, LiveFiles, LiveFilesTicket, Snapshot};
-pub use options::{Compression, Options, SyncMode, WalRecovery};
+pub use options::{CompactionFilter, Compression, FilterDecision, Options, SyncMode, WalRecovery};
 pub use stats::DbStats;
 pub use types::{FileNumber, SeqNo, ValueKind};

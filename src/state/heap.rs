@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 use super::key_groups::{murmur3_32, MaxParallelism};
 use super::keyed::{
-    expired, split_stamp, KeyedStateBackend, StateId, StateKind, StateMeta, SystemClock, TtlClock,
+    expired, live_list, split_stamp, KeyedStateBackend, StateId, StateKind, StateMeta, SystemClock,
+    TtlClock,
 };
 use crate::checkpoint::KeyGroupRange;
 use crate::codec::{crc32c, put_varint, Decoder};
@@ -596,34 +597,10 @@ fn live<'s>(slot: &'s Slot, meta: &StateMeta, now: u64) -> Option<Cow<'s, Slot>>
     };
     let fresh = |b: &[u8]| split_stamp(b).is_none_or(|(ts, _)| !expired(ts, ttl, now));
     match slot {
-        Slot::Value(v) if meta.kind == StateKind::List => {
-            let mut kept = Vec::new();
-            let mut rest: &[u8] = v;
-            let mut all = true;
-            while !rest.is_empty() {
-                let Some((len, n)) = crate::codec::get_varint(rest) else {
-                    return Some(Cow::Borrowed(slot));
-                };
-                let Some(e) = usize::try_from(len)
-                    .ok()
-                    .and_then(|len| rest.get(n..n + len))
-                else {
-                    return Some(Cow::Borrowed(slot));
-                };
-                if fresh(e) {
-                    put_varint(&mut kept, len);
-                    kept.extend_from_slice(e);
-                } else {
-                    all = false;
-                }
-                rest = &rest[n + e.len()..];
-            }
-            match (all, kept.is_empty()) {
-                (true, _) => Some(Cow::Borrowed(slot)),
-                (false, true) => None,
-                (false, false) => Some(Cow::Owned(Slot::Value(kept))),
-            }
-        }
+        Slot::Value(v) if meta.kind == StateKind::List => match live_list(v, ttl, now)? {
+            Cow::Borrowed(_) => Some(Cow::Borrowed(slot)),
+            Cow::Owned(kept) => Some(Cow::Owned(Slot::Value(kept))),
+        },
         Slot::Value(v) => fresh(v).then_some(Cow::Borrowed(slot)),
         Slot::Map(m) => {
             if m.values().all(|v| fresh(v)) {

@@ -212,6 +212,39 @@ pub fn expired(ts: u64, ttl_ms: u64, now: u64) -> bool {
     ts.saturating_add(ttl_ms) <= now
 }
 
+/// What of a TTL-stamped list value (framed elements, each stamped) is alive at `now`:
+/// `None` when no element is; borrowed when all are; bytes that do not parse are kept.
+pub fn live_list(bytes: &[u8], ttl_ms: u64, now: u64) -> Option<std::borrow::Cow<'_, [u8]>> {
+    use std::borrow::Cow;
+    let fresh = |b: &[u8]| split_stamp(b).is_none_or(|(ts, _)| !expired(ts, ttl_ms, now));
+    let mut kept = Vec::new();
+    let mut rest = bytes;
+    let mut all = true;
+    while !rest.is_empty() {
+        let Some((len, n)) = crate::codec::get_varint(rest) else {
+            return Some(Cow::Borrowed(bytes));
+        };
+        let Some(e) = usize::try_from(len)
+            .ok()
+            .and_then(|len| rest.get(n..n.checked_add(len)?))
+        else {
+            return Some(Cow::Borrowed(bytes));
+        };
+        if fresh(e) {
+            crate::codec::put_varint(&mut kept, len);
+            kept.extend_from_slice(e);
+        } else {
+            all = false;
+        }
+        rest = &rest[n + e.len()..];
+    }
+    match (all, kept.is_empty()) {
+        (true, _) => Some(Cow::Borrowed(bytes)),
+        (false, true) => None,
+        (false, false) => Some(Cow::Owned(kept)),
+    }
+}
+
 /// The timestamp of a TTL-stamped value, and the value after it.
 pub fn split_stamp(bytes: &[u8]) -> Option<(u64, &[u8])> {
     let (ts, rest) = bytes.split_first_chunk::<8>()?;

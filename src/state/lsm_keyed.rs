@@ -15,19 +15,91 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use parking_lot::RwLock;
+
 use super::key_groups::{murmur3_32, MaxParallelism};
-use super::keyed::{KeyedStateBackend, StateId, StateKind, StateMeta};
+use super::keyed::{
+    expired, live_list, split_stamp, KeyedStateBackend, StateId, StateKind, StateMeta, SystemClock,
+    TtlClock,
+};
 use crate::checkpoint::KeyGroupRange;
 use crate::codec::{put_varint, Decoder};
 use crate::error::{Error, Result};
-use crate::lsm::{Db, WriteBatch};
+use crate::lsm::{CompactionFilter, Db, FilterDecision, WriteBatch};
 
 /// Prefix of the rows that register states: above every key group (at most 2^15 - 1).
 pub const REGISTRY_PREFIX: [u8; 2] = [0xff, 0xff];
 
+/// Drops the values whose time to live has expired when compaction meets them: the
+/// `lsm` backend's TTL cleanup. Give it to the store's [`crate::lsm::Options`] as its
+/// compaction filter, and to [`LsmKeyedBackend::with_ttl_filter`], which tells it the
+/// states' time to live.
+pub struct TtlCompactionFilter {
+    /// Kind and time to live (ms) of each state with one, by state id.
+    states: RwLock<HashMap<u32, (StateKind, u64)>>,
+    clock: Arc<dyn TtlClock>,
+}
+
+impl std::fmt::Debug for TtlCompactionFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TtlCompactionFilter")
+            .field("states", &self.states.read().len())
+            .finish()
+    }
+}
+
+impl TtlCompactionFilter {
+    /// A filter measuring time with the system clock.
+    pub fn new() -> Arc<Self> {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// A filter measuring time with `clock`.
+    pub fn with_clock(clock: Arc<dyn TtlClock>) -> Arc<Self> {
+        Arc::new(TtlCompactionFilter {
+            states: RwLock::new(HashMap::new()),
+            clock,
+        })
+    }
+
+    fn learn(&self, id: StateId, meta: &StateMeta) {
+        if let Some(ttl) = meta.ttl_ms {
+            self.states.write().insert(id.0, (meta.kind, ttl));
+        }
+    }
+}
+
+impl CompactionFilter for TtlCompactionFilter {
+    fn filter(&self, _level: usize, key: &[u8], value: &[u8]) -> FilterDecision {
+        let Some(state) = key.get(2..6) else {
+            return FilterDecision::Keep;
+        };
+        if key[..2] == REGISTRY_PREFIX {
+            return FilterDecision::Keep;
+        }
+        let state = u32::from_be_bytes([state[0], state[1], state[2], state[3]]);
+        let Some(&(kind, ttl)) = self.states.read().get(&state) else {
+            return FilterDecision::Keep;
+        };
+        let now = self.clock.now_ms();
+        if kind == StateKind::List {
+            return match live_list(value, ttl, now) {
+                None => FilterDecision::Remove,
+                Some(std::borrow::Cow::Borrowed(_)) => FilterDecision::Keep,
+                Some(std::borrow::Cow::Owned(kept)) => FilterDecision::Change(kept),
+            };
+        }
+        match split_stamp(value) {
+            Some((ts, _)) if expired(ts, ttl, now) => FilterDecision::Remove,
+            _ => FilterDecision::Keep,
+        }
+    }
+}
+
 /// Keyed state in an LSM store.
 #[derive(Debug)]
 pub struct LsmKeyedBackend {
+    filter: Option<Arc<TtlCompactionFilter>>,
     db: Arc<Db>,
     max: MaxParallelism,
     range: KeyGroupRange,
@@ -66,6 +138,7 @@ impl LsmKeyedBackend {
             )));
         }
         let mut b = LsmKeyedBackend {
+            filter: None,
             db,
             max,
             range,
@@ -120,6 +193,16 @@ impl LsmKeyedBackend {
             b.states.push(meta);
         }
         Ok(b)
+    }
+
+    /// Tells `filter` (the store's compaction filter) the time to live of every state,
+    /// registered now or later, so compaction drops their expired values.
+    pub fn with_ttl_filter(mut self, filter: Arc<TtlCompactionFilter>) -> Self {
+        for (i, meta) in self.states.iter().enumerate() {
+            filter.learn(StateId(i as u32), meta);
+        }
+        self.filter = Some(filter);
+        self
     }
 
     /// The store.
@@ -190,6 +273,9 @@ impl KeyedStateBackend for LsmKeyedBackend {
         let id = StateId(self.states.len() as u32);
         self.db
             .put(registry_key(&meta.name), encode_meta(id, meta))?;
+        if let Some(f) = &self.filter {
+            f.learn(id, meta);
+        }
         self.states.push(meta.clone());
         self.by_name.insert(meta.name.clone(), id);
         Ok(id)
