@@ -79,11 +79,15 @@ fn open_store(root: &Path, restored: Option<tidemark::checkpoint::RestoreInfo>) 
     .unwrap()
 }
 
+/// The child: writes and checkpoints forever, printing `chk ID N` after each checkpoint.
+/// Not a test: `retained_checkpoints_survive_sigkill` runs it as its child process.
 #[test]
+#[ignore = "child process of retained_checkpoints_survive_sigkill"]
 fn checkpoint_crash_child() {
-    let Ok(root) = std::env::var(CHILD_ENV) else {
-        return; // only runs as the child of `retained_checkpoints_survive_sigkill`
-    };
+    let root = std::env::var(CHILD_ENV).expect(
+        "checkpoint_crash_child is the child process of retained_checkpoints_survive_sigkill, \
+         not a test",
+    );
     let root = Path::new(&root);
     let job = root.join("chk/job");
     let latest = if job.exists() {

@@ -43,12 +43,13 @@ fn keys_of(n: u64) -> Vec<Vec<u8>> {
     }
 }
 
-/// The child: writes forever, printing `ack N` after write N is acknowledged.
+/// The child: writes forever, printing `ack N` after write N is acknowledged. Not a test:
+/// the crash tests run it as their child process.
 #[test]
+#[ignore = "child process of the sigkill tests of this file"]
 fn crash_child_writer() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
-        return; // only runs as the child of `acknowledged_writes_survive_sigkill`
-    };
+    let dir = std::env::var(CHILD_ENV)
+        .expect("crash_child_writer is the child process of the sigkill tests, not a test");
     let sync = match std::env::var(SYNC_ENV).as_deref() {
         Ok("none") => SyncMode::None,
         _ => SyncMode::PerWrite,

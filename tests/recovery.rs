@@ -520,3 +520,57 @@ fn kill_at_every_step_of_open_loses_nothing() {
         "no child died at {never_reached:?}"
     );
 }
+
+/// A writer killed in the middle of a record leaves a torn tail in the last log; the next
+/// open replays it, creates its new log and is killed before its recovery edit retires the
+/// old one. The torn log is then followed by an empty one: its tail is still the tail of
+/// the last log holding records, a torn write and not damage, and every later open
+/// recovers every write before it.
+#[test]
+fn torn_tail_followed_by_the_empty_log_of_a_killed_open_is_still_a_torn_tail() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    {
+        let db = Db::open(&dir, child_opts()).unwrap();
+        for i in 0..40u32 {
+            db.put(format!("k{i:02}"), format!("v{i}")).unwrap();
+        }
+        drop(db);
+    }
+    let newest = numbers_on_disk(&dir)
+        .into_iter()
+        .rfind(|(name, _)| name.ends_with(".wal"))
+        .unwrap()
+        .0;
+    // Cut the last record short, as a kill during its write into the presized zeros would.
+    let path = dir.join(&newest);
+    let mut data = std::fs::read(&path).unwrap();
+    let end = data.iter().rposition(|&b| b != 0).unwrap() + 1;
+    data[end - 4..end].fill(0);
+    std::fs::write(&path, &data).unwrap();
+
+    let status = run_child(&dir, "open.wal_created", 1);
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the open died after creating its log"
+    );
+    for round in 0..2 {
+        let db = Db::open(&dir, child_opts())
+            .unwrap_or_else(|e| panic!("round {round}: open after the killed open: {e}"));
+        for i in 0..39u32 {
+            assert_eq!(
+                db.get(format!("k{i:02}")).unwrap(),
+                Some(format!("v{i}").into_bytes()),
+                "round {round}"
+            );
+        }
+        assert_eq!(
+            db.get("k39").unwrap(),
+            None,
+            "the torn record was never acknowledged"
+        );
+        scan_agrees_with_get(&db);
+    }
+}

@@ -31,7 +31,7 @@ use super::types::{FileNumber, SeqNo};
 use super::version::{FilterCounts, TableContext, Version, VersionLookup};
 use super::version_set::VersionSet;
 use super::wal::{LogKind, LogRead, LogReader, LogWriter};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::fs::{FileLock, FileSystem};
 
 /// WAL files are extended with zeros this far ahead of the writes, so a synced write's
@@ -539,11 +539,23 @@ impl Db {
         // The manifest's word as recovered: flushes during this replay raise
         // `vs.last_sequence`, but only for records replayed here.
         let durable = vs.last_sequence;
+        // A torn record is tolerated at the tail of the last log that holds records. Logs
+        // after it that hold none were created by an open that died before its recovery
+        // edit retired the older logs (or by a switch no write followed): they do not make
+        // the torn tail of the log before them a damaged record.
+        let mut last_with_records = 0;
+        for (i, &w) in wals.iter().enumerate().rev() {
+            if log_holds_records(fs, &wal_path(dir, w), w)? {
+                last_with_records = i;
+                break;
+            }
+        }
         'logs: for (i, &w) in wals.iter().enumerate() {
             let path = wal_path(dir, w);
-            let last = i + 1 == wals.len();
-            let data = fs.read_file(&path, u64::MAX)?;
-            let mut reader = LogReader::new(&data, &path, LogKind::Wal, Some(w), true)?;
+            let last = i >= last_with_records;
+            let map = map_log(fs, &path)?;
+            let data: &[u8] = map.as_deref().unwrap_or(&[]);
+            let mut reader = LogReader::new(data, &path, LogKind::Wal, Some(w), true)?;
             loop {
                 match reader.next() {
                     LogRead::Record { offset, payload } => {
@@ -975,6 +987,35 @@ fn check_tables_exist(fs: &dyn FileSystem, vs: &VersionSet, manifest: &Path) -> 
 
 /// Removes what the store no longer needs: retired WALs, old manifests, tables no version
 /// lists, and leftovers of interrupted atomic writes. Run at open, under the lock.
+/// Maps a log for its replay (`None` for an empty file). A log is as long as its writes
+/// made it, with no format limit to read it against, so it is mapped rather than read
+/// into memory: a log of presized zeros (or a sparse one) costs only the pages the reader
+/// touches before it meets the zero tail. The open is the guarded one: a FIFO or device
+/// in a log's place is an error naming it.
+fn map_log(fs: &dyn FileSystem, path: &Path) -> Result<Option<memmap2::Mmap>> {
+    let file = fs.open(path)?;
+    let len = file.metadata().ctx("stat", path)?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the mapping is read-only, and a log being replayed is not written: the
+    // store's LOCK keeps other openers out, and this open writes only to new logs. Every
+    // byte read through it is checked (fragment crc32c, lengths) before use, so only its
+    // length is trusted; as with tables, the store does not defend against another
+    // process truncating the file while it is mapped.
+    let map = unsafe { memmap2::Mmap::map(&file) }.ctx("mmap", path)?;
+    Ok(Some(map))
+}
+
+/// True when the log at `path` holds at least one record after its header (a damaged one
+/// counts: only the absence of any record makes a log empty).
+fn log_holds_records(fs: &dyn FileSystem, path: &Path, number: FileNumber) -> Result<bool> {
+    let map = map_log(fs, path)?;
+    let data: &[u8] = map.as_deref().unwrap_or(&[]);
+    let mut reader = LogReader::new(data, path, LogKind::Wal, Some(number), true)?;
+    Ok(!matches!(reader.next(), LogRead::Eof))
+}
+
 /// The files of a directory without `CURRENT` when they are only what an interrupted
 /// creation leaves: manifests that list no table (a torn or unreadable one included) and
 /// temp files, next to the lock, with no log and no table. `Err` names the first file that shows a store existed here.

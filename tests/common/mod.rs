@@ -1,6 +1,6 @@
 //! Helpers shared by the crash tests: the kill-point count, a seeded generator, and a
-//! child process that runs one test of the same test binary and reports its progress on
-//! stdout until it is SIGKILLed.
+//! child process that runs one ignored test of the same test binary and reports its
+//! progress on stdout until it is SIGKILLed.
 
 #![allow(dead_code)] // each test binary uses its own part of these helpers
 
@@ -35,13 +35,20 @@ pub struct ChildRun {
 }
 
 impl ChildRun {
-    /// Starts the child with `envs` set.
+    /// Starts the child with `envs` set. The child is an ignored test (it is no test on
+    /// its own), run alone with `--ignored --exact`.
     pub fn spawn(test_name: &str, envs: &[(&str, String)], prefix: &'static str) -> ChildRun {
         let exe = std::env::current_exe().unwrap();
         let mut cmd = Command::new(exe);
-        cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        cmd.args([
+            test_name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
         for (k, v) in envs {
             cmd.env(k, v);
         }
