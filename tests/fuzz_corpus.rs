@@ -30,6 +30,11 @@ mod db_model {
     include!("../fuzz/fuzz_targets/common/db_model.rs");
 }
 
+#[allow(dead_code, clippy::all)]
+mod checkpoint_tree {
+    include!("../fuzz/fuzz_targets/common/checkpoint_tree.rs");
+}
+
 fn inputs(target: &str) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut files = Vec::new();
@@ -93,6 +98,14 @@ fn metadata_decode_corpus_passes() {
 #[test]
 fn db_model_corpus_passes() {
     assert!(replay("db_model", db_model::check) > 0, "no seed inputs");
+}
+
+#[test]
+fn checkpoint_tree_corpus_passes() {
+    assert!(
+        replay("checkpoint_tree", checkpoint_tree::check) > 0,
+        "no seed inputs"
+    );
 }
 
 #[test]
