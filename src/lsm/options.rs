@@ -106,6 +106,10 @@ pub struct Options {
     /// Asked, during compaction, about the newest value of each key (see
     /// [`CompactionFilter`]). Default: none.
     pub compaction_filter: Option<Arc<dyn CompactionFilter>>,
+    /// Memory shared with other stores: when set, the store reads through the budget's
+    /// block cache (`block_cache_bytes` is ignored) and counts its memtables against the
+    /// budget's write-buffer limit. Default: none.
+    pub memory_budget: Option<Arc<super::budget::MemoryBudget>>,
 }
 
 /// What a [`CompactionFilter`] decides for a value.
@@ -159,6 +163,7 @@ impl Default for Options {
             max_manifest_bytes: 64 << 20,
             fs: StdFs::shared(),
             compaction_filter: None,
+            memory_budget: None,
         }
     }
 }
