@@ -11,7 +11,7 @@
 //!   kernel may have dropped the dirty pages and a retry that "succeeds" proves nothing.
 //!
 //! Reads go through plain [`std::fs::File`] handles (tables are memory-mapped), so a
-//! test layer such as [`crate::fault::FaultFs`] only needs to intercept writes and metadata.
+//! test layer such as `tidemark::fault::FaultFs` only needs to intercept writes and metadata.
 //! Every file opened for reading is opened by [`open_regular`]: regular files only, opened
 //! without blocking (a FIFO never hangs a reader), checked on the opened descriptor; every
 //! whole-file read is capped by its format's limit ([`read_capped`]), whatever size the file

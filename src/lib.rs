@@ -50,10 +50,12 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod codec;
 pub mod error;
 pub mod failpoint;
+#[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod fs;
 pub mod lsm;

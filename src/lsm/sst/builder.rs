@@ -781,6 +781,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "fault-injection")]
     fn a_write_failure_with_the_compression_thread_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let fault = crate::fault::FaultFs::new();
