@@ -30,6 +30,11 @@ mod db_model {
     include!("../fuzz/fuzz_targets/common/db_model.rs");
 }
 
+#[allow(dead_code, clippy::all)]
+mod checkpoint_tree {
+    include!("../fuzz/fuzz_targets/common/checkpoint_tree.rs");
+}
+
 fn inputs(target: &str) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut files = Vec::new();
@@ -200,6 +205,14 @@ fn version_1_seed_still_decodes_as_an_lsm_file_set() {
         .flat_map(|s| s.keyed_state.iter().map(|h| h.kind_name()))
         .collect();
     assert_eq!(kinds.len(), 3, "{kinds:?}");
+}
+
+#[test]
+fn checkpoint_tree_corpus_passes() {
+    assert!(
+        replay("checkpoint_tree", checkpoint_tree::check) > 0,
+        "no seed inputs"
+    );
 }
 
 #[test]

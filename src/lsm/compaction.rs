@@ -17,10 +17,12 @@ use super::db::{DbInner, State};
 use super::filename::table_path;
 use super::iter::{BoxedIter, MergingIter};
 use super::manifest::{NewFile, VersionEdit};
+use super::options::FilterDecision;
 use super::sst::{TableBuilder, TableOptions};
 use super::stats::Counters;
 use super::types::{
-    compare_internal_keys, parse_internal_key, user_key, InternalIterator, SeqNo, ValueKind,
+    compare_internal_keys, make_internal_key, parse_internal_key, user_key, InternalIterator,
+    SeqNo, ValueKind,
 };
 use super::version::{FileMeta, LevelIter, Version};
 use crate::error::{Error, Result};
@@ -229,6 +231,12 @@ fn merge_into_tables(
 ) -> Result<Vec<NewFile>> {
     let mut outputs: Vec<NewFile> = Vec::new();
     let mut written_paths = Vec::new();
+    // Only while no snapshot is open: `smallest_snapshot` is then the visible sequence.
+    let filter = inner
+        .opts
+        .compaction_filter
+        .clone()
+        .filter(|_| !inner.has_snapshots());
     let result = (|| {
         let mut numbers = numbers.into_iter();
         let mut builder: Option<(TableBuilder, super::types::FileNumber)> = None;
@@ -281,6 +289,32 @@ fn merge_into_tables(
             last_seq_for_key = p.seq.0;
             last_ikey.clear();
             last_ikey.extend_from_slice(ikey);
+            // The application's filter, for the newest value of the key, when no snapshot
+            // could see the value change.
+            let mut replaced: Option<(Vec<u8>, Vec<u8>)> = None;
+            let mut drop_entry = drop_entry;
+            if let (false, true, ValueKind::Put, Some(f)) =
+                (drop_entry, new_key, p.kind, filter.as_ref())
+            {
+                match f.filter(out_level, p.user_key, input.value()) {
+                    FilterDecision::Keep => {}
+                    FilterDecision::Change(v) => {
+                        replaced = Some((ikey.to_vec(), v));
+                        Counters::add(&inner.counters.compaction_filter_changed, 1);
+                    }
+                    FilterDecision::Remove => {
+                        Counters::add(&inner.counters.compaction_filter_removed, 1);
+                        if is_base_level_for(version, out_level, p.user_key) {
+                            drop_entry = true;
+                        } else {
+                            let tomb = make_internal_key(p.user_key, p.seq, ValueKind::Delete);
+                            replaced = Some((tomb, Vec::new()));
+                        }
+                    }
+                }
+                // Whatever was decided, every older version goes: it is shadowed.
+                last_seq_for_key = 0;
+            }
             if !drop_entry {
                 if builder.is_none() {
                     let n = match numbers.next() {
@@ -300,7 +334,10 @@ fn merge_into_tables(
                     ));
                 }
                 if let Some((b, _)) = builder.as_mut() {
-                    b.add(ikey, input.value())?;
+                    match &replaced {
+                        Some((k, v)) => b.add(k, v)?,
+                        None => b.add(ikey, input.value())?,
+                    }
                 }
             }
             input.next();
@@ -403,6 +440,7 @@ pub(crate) fn compaction_loop(inner: Arc<DbInner>) {
 /// step so that tombstones and shadowed versions no snapshot needs are dropped.
 fn full_compaction(inner: &DbInner, st: &mut MutexGuard<'_, State>) -> Result<()> {
     let last = st.vs.num_levels() - 1;
+    let mut rewrote_last = false;
     for level in 0..last {
         let v = st.vs.current();
         let inputs = v.levels[level].clone();
@@ -415,6 +453,20 @@ fn full_compaction(inner: &DbInner, st: &mut MutexGuard<'_, State>) -> Result<()
             inputs,
             next,
             force_rewrite: level + 1 == last,
+        };
+        rewrote_last = level + 1 == last;
+        run_plan(inner, st, plan)?;
+    }
+    // With a compaction filter, the last level is rewritten even when nothing came down
+    // into it, so that the filter meets every value (RocksDB's default for a manual
+    // compaction with a filter).
+    let v = st.vs.current();
+    if !rewrote_last && inner.opts.compaction_filter.is_some() && !v.levels[last].is_empty() {
+        let plan = Plan {
+            level: last - 1,
+            inputs: Vec::new(),
+            next: v.levels[last].clone(),
+            force_rewrite: true,
         };
         run_plan(inner, st, plan)?;
     }

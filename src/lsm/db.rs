@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -98,6 +98,8 @@ pub(crate) struct DbInner {
     has_bg_error: AtomicBool,
     bg_error: Mutex<Option<Error>>,
     shutting_down: AtomicBool,
+    /// Bytes of memtables this store has charged to `opts.memory_budget`.
+    budget_charged: AtomicUsize,
 }
 
 /// An embedded, persistent, ordered key-value store.
@@ -333,7 +335,10 @@ impl Db {
         }
         let lock = fs.lock(&dir.join(filename::LOCK))?;
         crate::failpoint::hit("open.locked");
-        let cache = (opts.block_cache_bytes > 0).then(|| BlockCache::new(opts.block_cache_bytes));
+        let cache = match &opts.memory_budget {
+            Some(b) => Some(b.cache().for_new_store()),
+            None => (opts.block_cache_bytes > 0).then(|| BlockCache::new(opts.block_cache_bytes)),
+        };
         let ctx = Arc::new(TableContext {
             dir: dir.clone(),
             fs: fs.clone(),
@@ -476,6 +481,7 @@ impl Db {
             has_bg_error: AtomicBool::new(false),
             bg_error: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
+            budget_charged: AtomicUsize::new(0),
             opts,
         });
         let mut threads = Vec::new();
@@ -804,6 +810,9 @@ impl Db {
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
+        if let Some(b) = &self.inner.opts.memory_budget {
+            b.recharge(self.inner.budget_charged.swap(0, Ordering::Relaxed), 0);
+        }
         result
     }
 }
@@ -1108,6 +1117,23 @@ impl DbInner {
         self.bg_cv.notify_all();
     }
 
+    /// Charges the memory budget (if any) with this store's memtables as they are now.
+    fn recharge_budget(&self, st: &State) {
+        if let Some(b) = &self.opts.memory_budget {
+            let now = st.mem.approximate_size()
+                + st.imms
+                    .iter()
+                    .map(|i| i.mem.approximate_size())
+                    .sum::<usize>();
+            let before = self.budget_charged.swap(now, Ordering::Relaxed);
+            b.recharge(before, now);
+        }
+    }
+
+    pub(crate) fn has_snapshots(&self) -> bool {
+        !self.snapshots.lock().is_empty()
+    }
+
     pub(crate) fn smallest_snapshot(&self) -> SeqNo {
         let snaps = self.snapshots.lock();
         let visible = self.visible_seq();
@@ -1267,7 +1293,15 @@ impl DbInner {
                 Counters::add(&self.counters.stall_micros, t.elapsed().as_micros() as u64);
                 continue;
             }
-            let mem_full = st.mem.approximate_size() >= self.opts.memtable_size_bytes;
+            self.recharge_budget(&st);
+            let mem_size = st.mem.approximate_size();
+            // Over the shared budget, the store that writes switches its own memtable.
+            let budget_full = self.opts.memory_budget.as_ref().is_some_and(|b| {
+                b.over()
+                    && mem_size
+                        >= super::budget::MIN_BUDGET_FLUSH_BYTES.min(self.opts.memtable_size_bytes)
+            });
+            let mem_full = mem_size >= self.opts.memtable_size_bytes || budget_full;
             if !mem_full && !force {
                 return Ok(st);
             }
@@ -1492,6 +1526,7 @@ impl DbInner {
         let version = st.vs.log_and_apply(edit)?;
         crate::failpoint::hit("flush.edit_logged");
         st.imms.remove(0);
+        self.recharge_budget(st);
         let _ = imm.flushed.set(version);
         self.install_super_version(st);
         if self.opts.wal {

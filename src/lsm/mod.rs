@@ -5,6 +5,7 @@
 //! files plus the sequence number they are consistent at" ([`Db::live_files`]).
 
 pub mod batch;
+pub mod budget;
 mod compaction;
 pub mod db;
 pub mod filename;
@@ -20,7 +21,8 @@ pub mod version_set;
 pub mod wal;
 
 pub use batch::WriteBatch;
+pub use budget::MemoryBudget;
 pub use db::{Db, DbIterator, LiveFile, LiveFiles, LiveFilesTicket, Snapshot};
-pub use options::{Compression, Options, SyncMode, WalRecovery};
+pub use options::{CompactionFilter, Compression, FilterDecision, Options, SyncMode, WalRecovery};
 pub use stats::DbStats;
 pub use types::{FileNumber, SeqNo, ValueKind};

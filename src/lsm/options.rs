@@ -103,6 +103,36 @@ pub struct Options {
     pub max_manifest_bytes: u64,
     /// The file system every file operation goes through. Default: the real one.
     pub fs: Arc<dyn FileSystem>,
+    /// Asked, during compaction, about the newest value of each key (see
+    /// [`CompactionFilter`]). Default: none.
+    pub compaction_filter: Option<Arc<dyn CompactionFilter>>,
+    /// Memory shared with other stores: when set, the store reads through the budget's
+    /// block cache (`block_cache_bytes` is ignored) and counts its memtables against the
+    /// budget's write-buffer limit. Default: none.
+    pub memory_budget: Option<Arc<super::budget::MemoryBudget>>,
+}
+
+/// What a [`CompactionFilter`] decides for a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterDecision {
+    /// Keep the value as it is.
+    Keep,
+    /// Remove the key: the value becomes a tombstone (dropped where nothing older can lie
+    /// below it), so no older value of the key comes back.
+    Remove,
+    /// Replace the value with these bytes.
+    Change(Vec<u8>),
+}
+
+/// A hook that compaction calls for the newest value of each key it rewrites, so that an
+/// application can drop or rewrite values by their contents (the state layer drops values
+/// whose time to live has expired). A compaction calls it only when no snapshot is open
+/// as it starts (a snapshot opened while it runs may see a value it removes go), never
+/// for tombstones; it must be cheap, as it runs on the compaction thread. Values it would
+/// remove stay readable until a compaction meets them.
+pub trait CompactionFilter: Send + Sync + std::fmt::Debug {
+    /// The decision for `value`, the newest value of `key`, going to `level`.
+    fn filter(&self, level: usize, key: &[u8], value: &[u8]) -> FilterDecision;
 }
 
 impl Default for Options {
@@ -132,6 +162,8 @@ impl Default for Options {
             target_file_size_bytes: 64 << 20,
             max_manifest_bytes: 64 << 20,
             fs: StdFs::shared(),
+            compaction_filter: None,
+            memory_budget: None,
         }
     }
 }

@@ -28,6 +28,10 @@ pub struct Counters {
     pub compactions: AtomicU64,
     /// Compactions that only moved a file to the next level.
     pub trivial_moves: AtomicU64,
+    /// Values the compaction filter removed.
+    pub compaction_filter_removed: AtomicU64,
+    /// Values the compaction filter changed.
+    pub compaction_filter_changed: AtomicU64,
     /// Writes delayed because L0 passed the slowdown trigger.
     pub slowdowns: AtomicU64,
     /// Times writes stopped to wait for a flush or compaction.
@@ -86,6 +90,10 @@ pub struct DbStats {
     pub compactions: u64,
     /// Trivial moves among them.
     pub trivial_moves: u64,
+    /// Values the compaction filter removed.
+    pub compaction_filter_removed: u64,
+    /// Values the compaction filter changed.
+    pub compaction_filter_changed: u64,
     /// Writes delayed by the L0 slowdown trigger.
     pub slowdowns: u64,
     /// Write stops (waiting for flush or compaction).
@@ -140,6 +148,8 @@ impl DbStats {
         self.compaction_bytes_written = g(&c.compaction_bytes_written);
         self.compactions = g(&c.compactions);
         self.trivial_moves = g(&c.trivial_moves);
+        self.compaction_filter_removed = g(&c.compaction_filter_removed);
+        self.compaction_filter_changed = g(&c.compaction_filter_changed);
         self.slowdowns = g(&c.slowdowns);
         self.stops = g(&c.stops);
         self.stall_micros = g(&c.stall_micros);

@@ -4,5 +4,9 @@
 //! This layer sits on the store ([`crate::lsm`]) and on checkpoint storage
 //! ([`crate::checkpoint`]); the stream layer above it never matches on backend kind.
 
+pub mod heap;
 pub mod key_groups;
+pub mod keyed;
+pub mod lsm_keyed;
 pub mod lsm_snapshot;
+pub mod operator;

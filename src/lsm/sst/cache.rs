@@ -1,5 +1,6 @@
-//! A sharded cache of decompressed blocks (CLOCK, an approximation of LRU), keyed by (file number, block offset) and
-//! charged by bytes.
+//! A sharded cache of decompressed blocks (CLOCK, an approximation of LRU), keyed by
+//! (store, file number, block offset) and charged by bytes. Several stores can share one
+//! cache's capacity ([`BlockCache::for_new_store`]): each sees its own file numbers.
 //!
 //! Only blocks that had to be decompressed are cached: a raw block is read in place from
 //! the table's memory mapping, where the operating system's page cache already keeps it.
@@ -36,9 +37,10 @@ pub struct CacheStats {
     pub capacity_bytes: u64,
 }
 
-type Key = (FileNumber, u64);
+/// (store, file number, block offset).
+type Key = (u64, FileNumber, u64);
 
-/// Hashes a (file, offset) key with two multiplications: the keys are not chosen by an
+/// Hashes a (store, file, offset) key with two multiplications: the keys are not chosen by an
 /// adversary, and SipHash would cost more than the rest of a cache hit.
 #[derive(Default, Clone, Copy)]
 struct KeyHasher(u64);
@@ -143,9 +145,9 @@ impl Shard {
     }
 }
 
-/// A thread-safe, sharded LRU of decompressed blocks.
+/// The shards and counters that every view of one cache shares.
 #[derive(Debug)]
-pub struct BlockCache {
+struct Core {
     shards: Vec<Mutex<Shard>>,
     shard_capacity_bytes: usize,
     capacity_bytes: usize,
@@ -153,6 +155,15 @@ pub struct BlockCache {
     misses: AtomicU64,
     inserts: AtomicU64,
     evictions: AtomicU64,
+    next_store: AtomicU64,
+}
+
+/// A thread-safe, sharded LRU of decompressed blocks: one store's view of a cache whose
+/// capacity may be shared with other stores.
+#[derive(Debug)]
+pub struct BlockCache {
+    core: Arc<Core>,
+    store: u64,
 }
 
 impl BlockCache {
@@ -160,34 +171,49 @@ impl BlockCache {
     /// larger than one shard's share (`capacity_bytes / 16`) is not cached.
     pub fn new(capacity_bytes: usize) -> Arc<BlockCache> {
         Arc::new(BlockCache {
-            shards: (0..NUM_SHARDS)
-                .map(|_| Mutex::new(Shard::default()))
-                .collect(),
-            shard_capacity_bytes: capacity_bytes / NUM_SHARDS,
-            capacity_bytes,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            inserts: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
+            core: Arc::new(Core {
+                shards: (0..NUM_SHARDS)
+                    .map(|_| Mutex::new(Shard::default()))
+                    .collect(),
+                shard_capacity_bytes: capacity_bytes / NUM_SHARDS,
+                capacity_bytes,
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+                inserts: AtomicU64::new(0),
+                evictions: AtomicU64::new(0),
+                next_store: AtomicU64::new(1),
+            }),
+            store: 0,
+        })
+    }
+
+    /// A view of the same cache (same capacity, same blocks, same counters) for another
+    /// store: its file numbers never meet this view's.
+    pub fn for_new_store(&self) -> Arc<BlockCache> {
+        Arc::new(BlockCache {
+            core: Arc::clone(&self.core),
+            store: self.core.next_store.fetch_add(1, Ordering::Relaxed),
         })
     }
 
     fn shard(&self, key: &Key) -> &Mutex<Shard> {
-        let h = (key.0 .0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ key.1)
+        let h = ((key.0.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ key.1 .0)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ key.2)
             .wrapping_mul(0xff51_afd7_ed55_8ccd);
         let i = (h >> 60) as usize & (NUM_SHARDS - 1);
         // i < NUM_SHARDS == shards.len()
-        &self.shards[i]
+        &self.core.shards[i]
     }
 
     /// The cached block at `offset` of table `file`, marking it most recently used.
     pub fn get(&self, file: FileNumber, offset: u64) -> Option<Arc<[u8]>> {
-        let key = (file, offset);
+        let key = (self.store, file, offset);
         let found = self.shard(&key).lock().touch(key);
         let counter = if found.is_some() {
-            &self.hits
+            &self.core.hits
         } else {
-            &self.misses
+            &self.core.misses
         };
         counter.fetch_add(1, Ordering::Relaxed);
         found
@@ -197,14 +223,14 @@ impl BlockCache {
     /// recently used blocks of its shard to make room.
     pub fn insert(&self, file: FileNumber, offset: u64, block: Arc<[u8]>) {
         let charge = block.len();
-        if charge > self.shard_capacity_bytes {
+        if charge > self.core.shard_capacity_bytes {
             return;
         }
-        let key = (file, offset);
+        let key = (self.store, file, offset);
         let mut shard = self.shard(&key).lock();
         shard.remove(&key);
         let mut evicted = 0;
-        while shard.used_bytes + charge > self.shard_capacity_bytes {
+        while shard.used_bytes + charge > self.core.shard_capacity_bytes {
             if !shard.evict_one() {
                 break;
             }
@@ -212,15 +238,20 @@ impl BlockCache {
         }
         shard.insert(key, block);
         drop(shard);
-        self.inserts.fetch_add(1, Ordering::Relaxed);
-        self.evictions.fetch_add(evicted, Ordering::Relaxed);
+        self.core.inserts.fetch_add(1, Ordering::Relaxed);
+        self.core.evictions.fetch_add(evicted, Ordering::Relaxed);
     }
 
-    /// Drops every block of table `file` (called when the file is deleted).
+    /// Drops every block of this store's table `file` (called when the file is deleted).
     pub fn erase_file(&self, file: FileNumber) {
-        for s in &self.shards {
+        for s in &self.core.shards {
             let mut shard = s.lock();
-            let keys: Vec<Key> = shard.map.keys().filter(|k| k.0 == file).copied().collect();
+            let keys: Vec<Key> = shard
+                .map
+                .keys()
+                .filter(|k| k.0 == self.store && k.1 == file)
+                .copied()
+                .collect();
             for k in keys {
                 shard.remove(&k);
             }
@@ -229,14 +260,15 @@ impl BlockCache {
 
     /// Current counters.
     pub fn stats(&self) -> CacheStats {
-        let bytes_used = self.shards.iter().map(|s| s.lock().used_bytes as u64).sum();
+        let c = &self.core;
+        let bytes_used = c.shards.iter().map(|s| s.lock().used_bytes as u64).sum();
         CacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-            inserts: self.inserts.load(Ordering::Relaxed),
-            evictions: self.evictions.load(Ordering::Relaxed),
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            inserts: c.inserts.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
             bytes_used,
-            capacity_bytes: self.capacity_bytes as u64,
+            capacity_bytes: c.capacity_bytes as u64,
         }
     }
 }
@@ -299,6 +331,20 @@ mod tests {
         assert_eq!(c.stats().bytes_used, 500);
         assert!(c.get(FileNumber(1), 3).is_none());
         assert!(c.get(FileNumber(2), 3).is_some());
+    }
+
+    #[test]
+    fn views_for_other_stores_share_capacity_but_never_blocks() {
+        let a = BlockCache::new(1 << 20);
+        let b = a.for_new_store();
+        a.insert(FileNumber(5), 0, block(10, 1));
+        b.insert(FileNumber(5), 0, block(10, 2));
+        assert_eq!(&*a.get(FileNumber(5), 0).unwrap(), &[1u8; 10][..]);
+        assert_eq!(&*b.get(FileNumber(5), 0).unwrap(), &[2u8; 10][..]);
+        assert_eq!(a.stats().bytes_used, 20);
+        b.erase_file(FileNumber(5));
+        assert!(b.get(FileNumber(5), 0).is_none());
+        assert!(a.get(FileNumber(5), 0).is_some());
     }
 
     #[test]

@@ -1,0 +1,700 @@
+//! The heap keyed state backend: the working state of the `memory` and `filesystem`
+//! backends, in process memory, partitioned by key group, snapshotted without copying.
+//!
+//! Each key group's entries are spread over shards, each an `Arc` of a hash map. The
+//! synchronous part of a snapshot ([`HeapKeyedBackend::snapshot`]) clones the shard
+//! pointers (a few thousand reference counts, whatever the size of the state) and
+//! returns a frozen view; processing goes on at once. A write to a shard that a snapshot
+//! still holds copies that shard first (copy on write, one shard at a time: about 1/8192
+//! of the state), so the snapshot keeps seeing the state as it was. The asynchronous part
+//! ([`HeapSnapshot::write_to`]) serializes the frozen view, key group by key group, in the
+//! key-groups format of `format-spec/state-layout.md`, and returns where each key group
+//! starts, so a restore with another parallelism reads only the key groups it owns
+//! ([`HeapKeyedBackend::restore`]).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::Arc;
+
+use super::key_groups::{murmur3_32, MaxParallelism};
+use super::keyed::{
+    expired, live_list, split_stamp, KeyedStateBackend, StateId, StateKind, StateMeta, SystemClock,
+    TtlClock,
+};
+use crate::checkpoint::KeyGroupRange;
+use crate::codec::{crc32c, put_varint, Decoder};
+use crate::error::{Error, Result};
+
+/// Magic of a key-groups snapshot: `TMKS` in ASCII.
+pub const KEY_GROUPS_MAGIC: [u8; 4] = *b"TMKS";
+/// Version of the key-groups snapshot format.
+pub const KEY_GROUPS_VERSION: u32 = 1;
+/// Shards of all key groups of one backend, about (fewer when a key group gets one).
+const TARGET_SHARDS: u32 = 8192;
+/// Most shards of one key group.
+const MAX_SHARDS_PER_GROUP: u32 = 64;
+
+/// One entry: a value (value, list and folding states) or a map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Slot {
+    Value(Vec<u8>),
+    Map(BTreeMap<Box<[u8]>, Box<[u8]>>),
+}
+
+impl Slot {
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Slot::Value(v) => v.len(),
+            Slot::Map(m) => m.iter().map(|(k, v)| k.len() + v.len() + 48).sum(),
+        }
+    }
+}
+
+/// Entries of one shard, by state id (4 bytes, big-endian) followed by the key's bytes.
+type Shard = HashMap<Box<[u8]>, Slot>;
+
+/// The key of an entry in a shard.
+fn slot_key(out: &mut Vec<u8>, state: StateId, key: &[u8]) {
+    out.clear();
+    out.extend_from_slice(&state.0.to_be_bytes());
+    out.extend_from_slice(key);
+}
+
+/// Where the current key lives.
+#[derive(Debug, Clone)]
+struct Current {
+    key: Vec<u8>,
+    group: usize,
+    shard: usize,
+}
+
+/// Keyed state in process memory for one operator subtask.
+#[derive(Debug)]
+pub struct HeapKeyedBackend {
+    max: MaxParallelism,
+    range: KeyGroupRange,
+    states: Vec<StateMeta>,
+    by_name: HashMap<String, StateId>,
+    shards_per_group: u32,
+    /// `[key group - range.start][shard]`.
+    groups: Vec<Vec<Arc<Shard>>>,
+    current: Option<Current>,
+    scratch: Vec<u8>,
+    bytes: usize,
+}
+
+impl HeapKeyedBackend {
+    /// An empty backend owning the key groups `range` of `max`.
+    pub fn new(max: MaxParallelism, range: KeyGroupRange) -> HeapKeyedBackend {
+        let groups = range.len() as u32;
+        let shards_per_group = (TARGET_SHARDS / groups.max(1)).clamp(1, MAX_SHARDS_PER_GROUP);
+        HeapKeyedBackend {
+            max,
+            range,
+            states: Vec::new(),
+            by_name: HashMap::new(),
+            shards_per_group,
+            groups: (0..groups)
+                .map(|_| {
+                    (0..shards_per_group)
+                        .map(|_| Arc::new(Shard::new()))
+                        .collect()
+                })
+                .collect(),
+            current: None,
+            scratch: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The approximate heap bytes of the entries (keys and values, not the maps' own
+    /// overhead), so a job can see its state's size.
+    pub fn approximate_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The states registered or restored, by id.
+    pub fn states(&self) -> &[StateMeta] {
+        &self.states
+    }
+
+    /// The synchronous part of a snapshot: a frozen view of the state, taken in time that
+    /// grows with the number of shards, not the bytes of the state.
+    pub fn snapshot(&self) -> HeapSnapshot {
+        self.snapshot_at(&SystemClock)
+    }
+
+    /// [`HeapKeyedBackend::snapshot`], with TTL measured by `clock`: values expired at the
+    /// moment of the snapshot are left out of it.
+    pub fn snapshot_at(&self, clock: &dyn TtlClock) -> HeapSnapshot {
+        HeapSnapshot {
+            max: self.max,
+            range: self.range,
+            states: self.states.clone(),
+            groups: self.groups.clone(),
+            now_ms: clock.now_ms(),
+        }
+    }
+
+    /// A backend owning `range` of `max`, holding the key groups of `range` found in
+    /// `sources` (key-groups snapshots, with the offsets their writers returned). Key
+    /// groups outside `range` are not read; each one read has its checksum and every
+    /// key's key group checked.
+    pub fn restore(
+        max: MaxParallelism,
+        range: KeyGroupRange,
+        sources: &[KeyGroupsSource<'_>],
+    ) -> Result<HeapKeyedBackend> {
+        let mut b = HeapKeyedBackend::new(max, range);
+        for src in sources {
+            b.restore_one(src)?;
+        }
+        Ok(b)
+    }
+
+    fn restore_one(&mut self, src: &KeyGroupsSource<'_>) -> Result<()> {
+        let header = read_header(src)?;
+        if header.max != self.max {
+            return Err(src.error(
+                0,
+                format!(
+                    "written with max parallelism {}, restored with {}: key groups cannot be mapped",
+                    header.max.get(),
+                    self.max.get()
+                ),
+            ));
+        }
+        if src.offsets.len() as u64 != header.range.len() {
+            return Err(src.error(
+                0,
+                format!(
+                    "{} offsets for the {} key groups {}",
+                    src.offsets.len(),
+                    header.range.len(),
+                    header.range
+                ),
+            ));
+        }
+        let mut ids = Vec::with_capacity(header.states.len());
+        for meta in &header.states {
+            ids.push(self.register(meta)?);
+        }
+        let lo = header.range.start.max(self.range.start);
+        let hi = header.range.end.min(self.range.end);
+        for g in lo..=hi {
+            let i = (g - header.range.start) as usize;
+            let at = src.offsets[i];
+            self.read_group(src, g, at, &ids)?;
+        }
+        Ok(())
+    }
+
+    fn read_group(
+        &mut self,
+        src: &KeyGroupsSource<'_>,
+        group: u32,
+        at: u64,
+        ids: &[StateId],
+    ) -> Result<()> {
+        let data = src.data;
+        let start = usize::try_from(at)
+            .ok()
+            .filter(|&s| s <= data.len())
+            .ok_or_else(|| src.error(at, format!("key group {group} starts past the end")))?;
+        let mut d = Decoder::new(&data[start..], at);
+        let len = d
+            .u64("key group length")
+            .map_err(|e| e.into_error(src.name))?;
+        let body_at = d.offset();
+        let body = usize::try_from(len)
+            .ok()
+            .and_then(|n| d.bytes(n, "key group body").ok())
+            .ok_or_else(|| {
+                src.error(
+                    at,
+                    format!("key group {group} of {len} bytes runs past the end"),
+                )
+            })?;
+        let crc = d
+            .u32("key group crc32c")
+            .map_err(|e| e.into_error(src.name))?;
+        if crc32c(body) != crc {
+            return Err(src.error(at, format!("key group {group}: crc32c mismatch")));
+        }
+        let mut d = Decoder::new(body, body_at);
+        let err = |e: crate::codec::DecodeError| e.into_error(src.name);
+        let count = d
+            .varint_bounded("entry count", body.len() as u64)
+            .map_err(err)?;
+        for _ in 0..count {
+            let at = d.offset();
+            let state = d
+                .varint_bounded("state index", ids.len().saturating_sub(1) as u64)
+                .map_err(err)?;
+            let key = d.length_prefixed("key").map_err(err)?;
+            if self.max.key_group_of(key) != group {
+                return Err(src.error(
+                    at,
+                    format!(
+                        "a key of key group {} in key group {group}",
+                        self.max.key_group_of(key)
+                    ),
+                ));
+            }
+            let slot = match d.u8("entry kind").map_err(err)? {
+                0 => Slot::Value(d.length_prefixed("value").map_err(err)?.to_vec()),
+                1 => {
+                    let n = d
+                        .varint_bounded("map entries", d.remaining() as u64)
+                        .map_err(err)?;
+                    let mut m = BTreeMap::new();
+                    for _ in 0..n {
+                        let k = d.length_prefixed("map key").map_err(err)?;
+                        let v = d.length_prefixed("map value").map_err(err)?;
+                        m.insert(Box::from(k), Box::from(v));
+                    }
+                    Slot::Map(m)
+                }
+                k => return Err(src.error(at, format!("unknown entry kind {k}"))),
+            };
+            let id = ids[state];
+            let want_map = self.states[id.0 as usize].kind == StateKind::Map;
+            if matches!(slot, Slot::Map(_)) != want_map {
+                return Err(src.error(
+                    at,
+                    format!(
+                        "an entry of state {:?} is not laid out as a {} state",
+                        self.states[id.0 as usize].name,
+                        self.states[id.0 as usize].kind.as_str()
+                    ),
+                ));
+            }
+            let h = murmur3_32(key, 0);
+            let (g, s) = self.locate(h);
+            slot_key(&mut self.scratch, id, key);
+            self.bytes += self.scratch.len() + slot.heap_bytes();
+            let shard = Arc::make_mut(&mut self.groups[g][s]);
+            if let Some(old) = shard.insert(self.scratch.as_slice().into(), slot) {
+                self.bytes -= self.scratch.len() + old.heap_bytes();
+            }
+        }
+        if !d.is_empty() {
+            return Err(src.error(
+                d.offset(),
+                format!("bytes after the last entry of key group {group}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The group index and shard of a key with hash `h`.
+    fn locate(&self, h: u32) -> (usize, usize) {
+        let max = self.max.get();
+        let group = h % max;
+        let shard = (h / max) % self.shards_per_group;
+        ((group - self.range.start) as usize, shard as usize)
+    }
+
+    fn current(&self) -> Result<&Current> {
+        self.current
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("no current key is set".into()))
+    }
+
+    fn check_state(&self, state: StateId) -> Result<&StateMeta> {
+        self.states
+            .get(state.0 as usize)
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown state id {}", state.0)))
+    }
+
+    /// The shard of the current key, for writing (copied first if a snapshot holds it),
+    /// the entry's key in it, and the byte count to keep up to date.
+    fn entry_parts(&mut self, state: StateId) -> Result<(&mut Shard, &[u8], &mut usize)> {
+        self.check_state(state)?;
+        let HeapKeyedBackend {
+            current,
+            scratch,
+            groups,
+            bytes,
+            ..
+        } = self;
+        let c = current
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("no current key is set".into()))?;
+        slot_key(scratch, state, &c.key);
+        Ok((
+            Arc::make_mut(&mut groups[c.group][c.shard]),
+            scratch.as_slice(),
+            bytes,
+        ))
+    }
+
+    fn slot(&self, state: StateId) -> Result<Option<&Slot>> {
+        self.check_state(state)?;
+        let c = self.current()?;
+        let mut k = Vec::with_capacity(4 + c.key.len());
+        slot_key(&mut k, state, &c.key);
+        Ok(self.groups[c.group][c.shard].get(k.as_slice()))
+    }
+}
+
+impl KeyedStateBackend for HeapKeyedBackend {
+    fn max_parallelism(&self) -> MaxParallelism {
+        self.max
+    }
+
+    fn key_groups(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    fn set_current_key(&mut self, key: &[u8]) -> Result<()> {
+        let h = murmur3_32(key, 0);
+        let group = h % self.max.get();
+        if !self.range.contains(group) {
+            return Err(Error::InvalidArgument(format!(
+                "a key of key group {group} is not in this subtask's key groups {}",
+                self.range
+            )));
+        }
+        let (group, shard) = self.locate(h);
+        match &mut self.current {
+            Some(c) => {
+                c.key.clear();
+                c.key.extend_from_slice(key);
+                c.group = group;
+                c.shard = shard;
+            }
+            None => {
+                self.current = Some(Current {
+                    key: key.to_vec(),
+                    group,
+                    shard,
+                })
+            }
+        }
+        Ok(())
+    }
+
+    fn current_key(&self) -> Option<&[u8]> {
+        self.current.as_ref().map(|c| c.key.as_slice())
+    }
+
+    fn register(&mut self, meta: &StateMeta) -> Result<StateId> {
+        if let Some(&id) = self.by_name.get(&meta.name) {
+            let have = &self.states[id.0 as usize];
+            if !have.compatible(meta) {
+                return Err(Error::InvalidArgument(have.mismatch(meta)));
+            }
+            return Ok(id);
+        }
+        let id = StateId(self.states.len() as u32);
+        self.states.push(meta.clone());
+        self.by_name.insert(meta.name.clone(), id);
+        Ok(id)
+    }
+
+    fn get(&self, state: StateId, user_key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(match self.slot(state)? {
+            None => None,
+            Some(Slot::Value(v)) => Some(v.to_vec()),
+            Some(Slot::Map(m)) => m.get(user_key).map(|v| v.to_vec()),
+        })
+    }
+
+    fn put(&mut self, state: StateId, user_key: &[u8], value: &[u8]) -> Result<()> {
+        let is_map = self.check_state(state)?.kind == StateKind::Map;
+        let (shard, key, bytes) = self.entry_parts(state)?;
+        match shard.get_mut(key) {
+            Some(Slot::Map(m)) if is_map => {
+                *bytes += user_key.len() + value.len() + 48;
+                if let Some(old) = m.insert(Box::from(user_key), Box::from(value)) {
+                    *bytes -= user_key.len() + old.len() + 48;
+                }
+            }
+            Some(Slot::Value(v)) if !is_map => {
+                *bytes = *bytes + value.len() - v.len();
+                v.clear();
+                v.extend_from_slice(value);
+            }
+            _ => {
+                let slot = if is_map {
+                    Slot::Map(BTreeMap::from([(Box::from(user_key), Box::from(value))]))
+                } else {
+                    Slot::Value(value.to_vec())
+                };
+                *bytes += key.len() + slot.heap_bytes();
+                if let Some(old) = shard.insert(Box::from(key), slot) {
+                    *bytes -= key.len() + old.heap_bytes();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, state: StateId, more: &[u8]) -> Result<()> {
+        if self.check_state(state)?.kind == StateKind::Map {
+            return Err(Error::InvalidArgument(format!(
+                "state {:?} is a map state: nothing can be appended to it",
+                self.states[state.0 as usize].name
+            )));
+        }
+        let (shard, key, bytes) = self.entry_parts(state)?;
+        *bytes += more.len();
+        match shard.get_mut(key) {
+            Some(Slot::Value(v)) => v.extend_from_slice(more),
+            _ => {
+                *bytes += key.len();
+                shard.insert(Box::from(key), Slot::Value(more.to_vec()));
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, state: StateId, user_key: &[u8]) -> Result<()> {
+        let is_map = self.check_state(state)?.kind == StateKind::Map;
+        if !is_map {
+            return self.clear(state);
+        }
+        let (shard, key, bytes) = self.entry_parts(state)?;
+        if let Some(Slot::Map(m)) = shard.get_mut(key) {
+            if let Some(old) = m.remove(user_key) {
+                *bytes -= user_key.len() + old.len() + 48;
+            }
+            if m.is_empty() {
+                shard.remove(key);
+                *bytes -= key.len();
+            }
+        }
+        Ok(())
+    }
+
+    fn entries(&self, state: StateId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(match self.slot(state)? {
+            Some(Slot::Map(m)) => m.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    fn clear(&mut self, state: StateId) -> Result<()> {
+        let (shard, key, bytes) = self.entry_parts(state)?;
+        if let Some(old) = shard.remove(key) {
+            *bytes -= key.len() + old.heap_bytes();
+        }
+        Ok(())
+    }
+}
+
+/// A frozen view of a [`HeapKeyedBackend`], taken by [`HeapKeyedBackend::snapshot`].
+#[derive(Debug, Clone)]
+pub struct HeapSnapshot {
+    max: MaxParallelism,
+    range: KeyGroupRange,
+    states: Vec<StateMeta>,
+    groups: Vec<Vec<Arc<Shard>>>,
+    now_ms: u64,
+}
+
+/// Where each key group of a written snapshot starts, and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyGroupsWritten {
+    /// The key groups written.
+    pub range: KeyGroupRange,
+    /// One offset per key group of `range`, in order: where its block starts.
+    pub offsets: Vec<u64>,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+impl HeapSnapshot {
+    /// The key groups of the snapshot.
+    pub fn key_groups(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    /// Serializes the snapshot into `out` (the asynchronous part), in the key-groups
+    /// format: entries of each key group in the order of their bytes, so equal states
+    /// give equal bytes.
+    pub fn write_to(&self, out: &mut dyn Write) -> Result<KeyGroupsWritten> {
+        let io = |e: std::io::Error| Error::io("write a key-groups snapshot", "<stream>", e);
+        let mut header = Vec::new();
+        header.extend_from_slice(&KEY_GROUPS_MAGIC);
+        header.extend_from_slice(&KEY_GROUPS_VERSION.to_le_bytes());
+        header.extend_from_slice(&self.max.get().to_le_bytes());
+        header.extend_from_slice(&self.range.start.to_le_bytes());
+        header.extend_from_slice(&self.range.end.to_le_bytes());
+        put_varint(&mut header, self.states.len() as u64);
+        for s in &self.states {
+            for field in [s.name.as_str(), s.kind.as_str(), s.value_type.as_str()] {
+                put_varint(&mut header, field.len() as u64);
+                header.extend_from_slice(field.as_bytes());
+            }
+            put_varint(&mut header, s.ttl_ms.unwrap_or(0));
+        }
+        let crc = crc32c(&header);
+        header.extend_from_slice(&crc.to_le_bytes());
+        out.write_all(&header).map_err(io)?;
+        let mut pos = header.len() as u64;
+        let mut offsets = Vec::with_capacity(self.groups.len());
+        let mut body = Vec::new();
+        for shards in &self.groups {
+            let mut entries: Vec<(&[u8], Cow<'_, Slot>)> = shards
+                .iter()
+                .flat_map(|s| s.iter())
+                .filter_map(|(k, v)| {
+                    let state = u32::from_be_bytes([k[0], k[1], k[2], k[3]]) as usize;
+                    let meta = self.states.get(state)?;
+                    live(v, meta, self.now_ms).map(|v| (&k[..], v))
+                })
+                .collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            body.clear();
+            put_varint(&mut body, entries.len() as u64);
+            for (k, slot) in entries {
+                let (state, key) = k.split_at(4);
+                let state = u32::from_be_bytes([state[0], state[1], state[2], state[3]]);
+                put_varint(&mut body, u64::from(state));
+                put_varint(&mut body, key.len() as u64);
+                body.extend_from_slice(key);
+                match slot.as_ref() {
+                    Slot::Value(v) => {
+                        body.push(0);
+                        put_varint(&mut body, v.len() as u64);
+                        body.extend_from_slice(v);
+                    }
+                    Slot::Map(m) => {
+                        body.push(1);
+                        put_varint(&mut body, m.len() as u64);
+                        for (mk, mv) in m {
+                            put_varint(&mut body, mk.len() as u64);
+                            body.extend_from_slice(mk);
+                            put_varint(&mut body, mv.len() as u64);
+                            body.extend_from_slice(mv);
+                        }
+                    }
+                }
+            }
+            offsets.push(pos);
+            out.write_all(&(body.len() as u64).to_le_bytes())
+                .map_err(io)?;
+            out.write_all(&body).map_err(io)?;
+            out.write_all(&crc32c(&body).to_le_bytes()).map_err(io)?;
+            pos += 8 + body.len() as u64 + 4;
+        }
+        Ok(KeyGroupsWritten {
+            range: self.range,
+            offsets,
+            bytes: pos,
+        })
+    }
+}
+
+/// What of `slot` is alive at `now` under its state's time to live: `None` when
+/// nothing is. Bytes that do not carry a stamp are kept as they are.
+fn live<'s>(slot: &'s Slot, meta: &StateMeta, now: u64) -> Option<Cow<'s, Slot>> {
+    let Some(ttl) = meta.ttl_ms else {
+        return Some(Cow::Borrowed(slot));
+    };
+    let fresh = |b: &[u8]| split_stamp(b).is_none_or(|(ts, _)| !expired(ts, ttl, now));
+    match slot {
+        Slot::Value(v) if meta.kind == StateKind::List => match live_list(v, ttl, now)? {
+            Cow::Borrowed(_) => Some(Cow::Borrowed(slot)),
+            Cow::Owned(kept) => Some(Cow::Owned(Slot::Value(kept))),
+        },
+        Slot::Value(v) => fresh(v).then_some(Cow::Borrowed(slot)),
+        Slot::Map(m) => {
+            if m.values().all(|v| fresh(v)) {
+                return Some(Cow::Borrowed(slot));
+            }
+            let kept: BTreeMap<Box<[u8]>, Box<[u8]>> = m
+                .iter()
+                .filter(|(_, v)| fresh(v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (!kept.is_empty()).then_some(Cow::Owned(Slot::Map(kept)))
+        }
+    }
+}
+
+/// A key-groups snapshot to restore from: its bytes, the offsets its writer returned, and
+/// a name for errors (its file, or where it was inline).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyGroupsSource<'a> {
+    /// Where the bytes come from, for errors.
+    pub name: &'a str,
+    /// The whole snapshot.
+    pub data: &'a [u8],
+    /// One offset per key group of the snapshot's range.
+    pub offsets: &'a [u64],
+}
+
+impl KeyGroupsSource<'_> {
+    fn error(&self, offset: u64, reason: impl Into<String>) -> Error {
+        Error::corruption(self.name, offset, reason)
+    }
+}
+
+struct Header {
+    max: MaxParallelism,
+    range: KeyGroupRange,
+    states: Vec<StateMeta>,
+}
+
+fn read_header(src: &KeyGroupsSource<'_>) -> Result<Header> {
+    let mut d = Decoder::new(src.data, 0);
+    let err = |e: crate::codec::DecodeError| e.into_error(src.name);
+    let magic = d.bytes(4, "magic").map_err(err)?;
+    if magic != KEY_GROUPS_MAGIC {
+        return Err(src.error(0, "not a key-groups snapshot (bad magic)"));
+    }
+    let version = d.u32("version").map_err(err)?;
+    if version != KEY_GROUPS_VERSION {
+        return Err(src.error(4, format!("key-groups snapshot version {version} is not supported (this build reads {KEY_GROUPS_VERSION})")));
+    }
+    let max = d.u32("max parallelism").map_err(err)?;
+    let max = MaxParallelism::new(max).map_err(|e| src.error(8, e.to_string()))?;
+    let start = d.u32("first key group").map_err(err)?;
+    let end = d.u32("last key group").map_err(err)?;
+    if start > end || end >= max.get() {
+        return Err(src.error(
+            12,
+            format!(
+                "key groups {start}..={end} do not fit max parallelism {}",
+                max.get()
+            ),
+        ));
+    }
+    let n = d
+        .varint_bounded("state count", d.remaining() as u64 / 3)
+        .map_err(err)?;
+    let mut states = Vec::with_capacity(n);
+    for _ in 0..n {
+        let at = d.offset();
+        let mut field = |what: &str| -> Result<String> {
+            let b = d.length_prefixed(what).map_err(err)?;
+            String::from_utf8(b.to_vec()).map_err(|_| src.error(at, format!("{what} is not UTF-8")))
+        };
+        let name = field("state name")?;
+        let kind = field("state kind")?;
+        let value_type = field("value type")?;
+        let ttl_ms = d.varint("time to live").map_err(err)?;
+        let kind = super::keyed::StateKind::parse(&kind)
+            .ok_or_else(|| src.error(at, format!("unknown state kind {kind:?}")))?;
+        states.push(StateMeta {
+            name,
+            kind,
+            value_type,
+            ttl_ms: (ttl_ms > 0).then_some(ttl_ms),
+        });
+    }
+    let end_of_header = d.offset() as usize;
+    let crc = d.u32("header crc32c").map_err(err)?;
+    if crc32c(&src.data[..end_of_header]) != crc {
+        return Err(src.error(end_of_header as u64, "header crc32c mismatch"));
+    }
+    Ok(Header {
+        max,
+        range: KeyGroupRange { start, end },
+        states,
+    })
+}

@@ -1,0 +1,384 @@
+//! The `lsm` keyed state backend's working state: keyed state in tidemark's store, one
+//! store per operator subtask, laid out key group first so that a key-group range of a
+//! store is one contiguous range of its keys.
+//!
+//! Row keys (`format-spec/state-layout.md`, *LSM row layout*):
+//!
+//! ```text
+//! [key group: u16 BE][state id: u32 BE][varint key length][serialized key][map user key]
+//! ```
+//!
+//! A value, list or folding state has one row per key (no user key); a map state one row
+//! per entry. The states' names, kinds and types are rows of their own, under the prefix
+//! `ff ff` (above every key group), so a restored store knows its states.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::key_groups::{murmur3_32, MaxParallelism};
+use super::keyed::{
+    expired, live_list, split_stamp, KeyedStateBackend, StateId, StateKind, StateMeta, SystemClock,
+    TtlClock,
+};
+use crate::checkpoint::KeyGroupRange;
+use crate::codec::{put_varint, Decoder};
+use crate::error::{Error, Result};
+use crate::lsm::{CompactionFilter, Db, FilterDecision, WriteBatch};
+
+/// Prefix of the rows that register states: above every key group (at most 2^15 - 1).
+pub const REGISTRY_PREFIX: [u8; 2] = [0xff, 0xff];
+
+/// Drops the values whose time to live has expired when compaction meets them: the
+/// `lsm` backend's TTL cleanup. Give it to the store's [`crate::lsm::Options`] as its
+/// compaction filter, and to [`LsmKeyedBackend::with_ttl_filter`], which tells it the
+/// states' time to live.
+pub struct TtlCompactionFilter {
+    /// Kind and time to live (ms) of each state with one, by state id.
+    states: RwLock<HashMap<u32, (StateKind, u64)>>,
+    clock: Arc<dyn TtlClock>,
+}
+
+impl std::fmt::Debug for TtlCompactionFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TtlCompactionFilter")
+            .field("states", &self.states.read().len())
+            .finish()
+    }
+}
+
+impl TtlCompactionFilter {
+    /// A filter measuring time with the system clock.
+    pub fn new() -> Arc<Self> {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// A filter measuring time with `clock`.
+    pub fn with_clock(clock: Arc<dyn TtlClock>) -> Arc<Self> {
+        Arc::new(TtlCompactionFilter {
+            states: RwLock::new(HashMap::new()),
+            clock,
+        })
+    }
+
+    fn learn(&self, id: StateId, meta: &StateMeta) {
+        if let Some(ttl) = meta.ttl_ms {
+            self.states.write().insert(id.0, (meta.kind, ttl));
+        }
+    }
+}
+
+impl CompactionFilter for TtlCompactionFilter {
+    fn filter(&self, _level: usize, key: &[u8], value: &[u8]) -> FilterDecision {
+        let Some(state) = key.get(2..6) else {
+            return FilterDecision::Keep;
+        };
+        if key[..2] == REGISTRY_PREFIX {
+            return FilterDecision::Keep;
+        }
+        let state = u32::from_be_bytes([state[0], state[1], state[2], state[3]]);
+        let Some(&(kind, ttl)) = self.states.read().get(&state) else {
+            return FilterDecision::Keep;
+        };
+        let now = self.clock.now_ms();
+        if kind == StateKind::List {
+            return match live_list(value, ttl, now) {
+                None => FilterDecision::Remove,
+                Some(std::borrow::Cow::Borrowed(_)) => FilterDecision::Keep,
+                Some(std::borrow::Cow::Owned(kept)) => FilterDecision::Change(kept),
+            };
+        }
+        match split_stamp(value) {
+            Some((ts, _)) if expired(ts, ttl, now) => FilterDecision::Remove,
+            _ => FilterDecision::Keep,
+        }
+    }
+}
+
+/// Keyed state in an LSM store.
+#[derive(Debug)]
+pub struct LsmKeyedBackend {
+    filter: Option<Arc<TtlCompactionFilter>>,
+    db: Arc<Db>,
+    max: MaxParallelism,
+    range: KeyGroupRange,
+    states: Vec<StateMeta>,
+    by_name: HashMap<String, StateId>,
+    current: Option<Vec<u8>>,
+    current_group: u16,
+    row: Vec<u8>,
+}
+
+fn registry_key(name: &str) -> Vec<u8> {
+    let mut k = REGISTRY_PREFIX.to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn encode_meta(id: StateId, m: &StateMeta) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&id.0.to_le_bytes());
+    for f in [m.kind.as_str(), m.value_type.as_str()] {
+        put_varint(&mut v, f.len() as u64);
+        v.extend_from_slice(f.as_bytes());
+    }
+    put_varint(&mut v, m.ttl_ms.unwrap_or(0));
+    v
+}
+
+impl LsmKeyedBackend {
+    /// The keyed state of the key groups `range` of `max` in `db`, with the states the
+    /// store already registers (a restored store's).
+    pub fn open(db: Arc<Db>, max: MaxParallelism, range: KeyGroupRange) -> Result<Self> {
+        if range.end >= max.get() {
+            return Err(Error::InvalidArgument(format!(
+                "key groups {range} do not fit max parallelism {}",
+                max.get()
+            )));
+        }
+        let mut b = LsmKeyedBackend {
+            filter: None,
+            db,
+            max,
+            range,
+            states: Vec::new(),
+            by_name: HashMap::new(),
+            current: None,
+            current_group: 0,
+            row: Vec::new(),
+        };
+        let mut found: Vec<(StateId, StateMeta)> = Vec::new();
+        for kv in b.db.prefix(REGISTRY_PREFIX)? {
+            let (k, v) = kv?;
+            let name = String::from_utf8(k[2..].to_vec())
+                .map_err(|_| Error::corruption(b.db.path(), 0, "a state name that is not UTF-8"))?;
+            let bad = |why: &str| {
+                Error::corruption(
+                    b.db.path(),
+                    0,
+                    format!("the registration of state {name:?}: {why}"),
+                )
+            };
+            let mut d = Decoder::new(&v, 0);
+            let id = d.u32("state id").map_err(|e| bad(&e.to_string()))?;
+            let kind = d.length_prefixed("kind").map_err(|e| bad(&e.to_string()))?;
+            let ty = d.length_prefixed("type").map_err(|e| bad(&e.to_string()))?;
+            let ttl_ms = d.varint("time to live").map_err(|e| bad(&e.to_string()))?;
+            let kind = std::str::from_utf8(kind)
+                .ok()
+                .and_then(StateKind::parse)
+                .ok_or_else(|| bad("unknown kind"))?;
+            let value_type = String::from_utf8(ty.to_vec()).map_err(|_| bad("type"))?;
+            found.push((
+                StateId(id),
+                StateMeta {
+                    name,
+                    kind,
+                    value_type,
+                    ttl_ms: (ttl_ms > 0).then_some(ttl_ms),
+                },
+            ));
+        }
+        found.sort_by_key(|(id, _)| *id);
+        for (i, (id, meta)) in found.into_iter().enumerate() {
+            if id.0 as usize != i {
+                return Err(Error::corruption(
+                    b.db.path(),
+                    0,
+                    format!("state ids are not 0..n: {:?} has id {}", meta.name, id.0),
+                ));
+            }
+            b.by_name.insert(meta.name.clone(), id);
+            b.states.push(meta);
+        }
+        Ok(b)
+    }
+
+    /// Tells `filter` (the store's compaction filter) the time to live of every state,
+    /// registered now or later, so compaction drops their expired values.
+    pub fn with_ttl_filter(mut self, filter: Arc<TtlCompactionFilter>) -> Self {
+        for (i, meta) in self.states.iter().enumerate() {
+            filter.learn(StateId(i as u32), meta);
+        }
+        self.filter = Some(filter);
+        self
+    }
+
+    /// The store.
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
+    fn meta(&self, state: StateId) -> Result<&StateMeta> {
+        self.states
+            .get(state.0 as usize)
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown state id {}", state.0)))
+    }
+
+    /// The row of the current key in `state`, with `user_key`, in `self.row`.
+    fn set_row(&mut self, state: StateId, user_key: &[u8]) -> Result<()> {
+        self.meta(state)?;
+        let key = self
+            .current
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("no current key is set".into()))?;
+        self.row.clear();
+        self.row
+            .extend_from_slice(&self.current_group.to_be_bytes());
+        self.row.extend_from_slice(&state.0.to_be_bytes());
+        put_varint(&mut self.row, key.len() as u64);
+        self.row.extend_from_slice(key);
+        self.row.extend_from_slice(user_key);
+        Ok(())
+    }
+}
+
+impl KeyedStateBackend for LsmKeyedBackend {
+    fn max_parallelism(&self) -> MaxParallelism {
+        self.max
+    }
+
+    fn key_groups(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    fn set_current_key(&mut self, key: &[u8]) -> Result<()> {
+        let group = murmur3_32(key, 0) % self.max.get();
+        if !self.range.contains(group) {
+            return Err(Error::InvalidArgument(format!(
+                "a key of key group {group} is not in this subtask's key groups {}",
+                self.range
+            )));
+        }
+        self.current_group = group as u16;
+        let c = self.current.get_or_insert_with(Vec::new);
+        c.clear();
+        c.extend_from_slice(key);
+        Ok(())
+    }
+
+    fn current_key(&self) -> Option<&[u8]> {
+        self.current.as_deref()
+    }
+
+    fn register(&mut self, meta: &StateMeta) -> Result<StateId> {
+        if let Some(&id) = self.by_name.get(&meta.name) {
+            let have = &self.states[id.0 as usize];
+            if !have.compatible(meta) {
+                return Err(Error::InvalidArgument(have.mismatch(meta)));
+            }
+            return Ok(id);
+        }
+        let id = StateId(self.states.len() as u32);
+        self.db
+            .put(registry_key(&meta.name), encode_meta(id, meta))?;
+        if let Some(f) = &self.filter {
+            f.learn(id, meta);
+        }
+        self.states.push(meta.clone());
+        self.by_name.insert(meta.name.clone(), id);
+        Ok(id)
+    }
+
+    fn get(&self, state: StateId, user_key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.meta(state)?;
+        let key = self
+            .current
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("no current key is set".into()))?;
+        let mut row = Vec::with_capacity(8 + key.len() + user_key.len());
+        row.extend_from_slice(&self.current_group.to_be_bytes());
+        row.extend_from_slice(&state.0.to_be_bytes());
+        put_varint(&mut row, key.len() as u64);
+        row.extend_from_slice(key);
+        row.extend_from_slice(user_key);
+        self.db.get(&row)
+    }
+
+    fn put(&mut self, state: StateId, user_key: &[u8], value: &[u8]) -> Result<()> {
+        self.set_row(state, user_key)?;
+        self.db.put(&self.row, value)
+    }
+
+    fn remove(&mut self, state: StateId, user_key: &[u8]) -> Result<()> {
+        self.set_row(state, user_key)?;
+        self.db.delete(&self.row)
+    }
+
+    fn entries(&self, state: StateId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if self.meta(state)?.kind != StateKind::Map {
+            return Ok(Vec::new());
+        }
+        let key = self
+            .current
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("no current key is set".into()))?;
+        let mut prefix = Vec::with_capacity(8 + key.len());
+        prefix.extend_from_slice(&self.current_group.to_be_bytes());
+        prefix.extend_from_slice(&state.0.to_be_bytes());
+        put_varint(&mut prefix, key.len() as u64);
+        prefix.extend_from_slice(key);
+        let mut out = Vec::new();
+        for kv in self.db.prefix(&prefix)? {
+            let (k, v) = kv?;
+            out.push((k[prefix.len()..].to_vec(), v));
+        }
+        Ok(out)
+    }
+
+    fn clear(&mut self, state: StateId) -> Result<()> {
+        if self.meta(state)?.kind != StateKind::Map {
+            self.set_row(state, &[])?;
+            return self.db.delete(&self.row);
+        }
+        let user_keys: Vec<Vec<u8>> = self.entries(state)?.into_iter().map(|(k, _)| k).collect();
+        if user_keys.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::new();
+        for uk in &user_keys {
+            self.set_row(state, uk)?;
+            batch.delete(&self.row);
+        }
+        self.db.write(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lsm::Options;
+    use crate::state::keyed::{KeyedState, ValueStateDescriptor};
+
+    /// The example of format-spec/state-layout.md: the row layout is an on-disk format.
+    #[test]
+    fn row_layout_is_pinned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(tmp.path(), Options::default()).unwrap());
+        let m = MaxParallelism::default();
+        let mut b = LsmKeyedBackend::open(db.clone(), m, m.full_range()).unwrap();
+        let mut s = KeyedState::new(&mut b);
+        s.set_current_key("alice").unwrap();
+        s.value(&ValueStateDescriptor::<u8>::new("v"))
+            .unwrap()
+            .update(&7)
+            .unwrap();
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = db.iter().unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(
+            rows[0],
+            (
+                vec![0x00, 0x69, 0, 0, 0, 0, 0x06, 0x05, b'a', b'l', b'i', b'c', b'e'],
+                vec![7]
+            )
+        );
+        let mut reg = vec![0xff, 0xff];
+        reg.extend_from_slice(b"v");
+        let mut meta = vec![0, 0, 0, 0, 5];
+        meta.extend_from_slice(b"value");
+        meta.push(2);
+        meta.extend_from_slice(b"u8");
+        meta.push(0); // no time to live
+        assert_eq!(rows[1], (reg, meta));
+    }
+}

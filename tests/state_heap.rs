@@ -1,0 +1,360 @@
+//! The heap keyed state backend through its public API (the state types and methods are
+//! in tests/state_conformance.rs): snapshots that do not see later writes, restore with
+//! the same and with another parallelism, bad snapshots, and a model test of random
+//! operations interleaved with snapshot, restore and rescale.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use tidemark::state::heap::{HeapKeyedBackend, HeapSnapshot, KeyGroupsSource, KeyGroupsWritten};
+use tidemark::state::key_groups::MaxParallelism;
+use tidemark::state::keyed::{
+    KeyedState, KeyedStateBackend, ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor,
+};
+
+fn full(max: u32) -> HeapKeyedBackend {
+    let m = MaxParallelism::new(max).unwrap();
+    HeapKeyedBackend::new(m, m.full_range())
+}
+
+/// A written snapshot: its bytes and where its key groups start.
+type Written = (Vec<u8>, KeyGroupsWritten);
+
+fn write(snap: &HeapSnapshot) -> Written {
+    let mut out = Vec::new();
+    let w = snap.write_to(&mut out).unwrap();
+    assert_eq!(w.bytes, out.len() as u64);
+    (out, w)
+}
+
+const COUNT: &str = "count";
+
+fn count_desc() -> ValueStateDescriptor<u64> {
+    ValueStateDescriptor::new(COUNT)
+}
+
+fn set_count(b: &mut HeapKeyedBackend, key: u32, n: u64) {
+    let mut s = KeyedState::new(b);
+    s.set_current_key(&key).unwrap();
+    s.value(&count_desc()).unwrap().update(&n).unwrap();
+}
+
+fn get_count(b: &mut HeapKeyedBackend, key: u32) -> Option<u64> {
+    let mut s = KeyedState::new(b);
+    s.set_current_key(&key).unwrap();
+    let v = s.value(&count_desc()).unwrap().get().unwrap();
+    v
+}
+
+#[test]
+fn a_snapshot_sees_the_state_as_it_was_while_writes_go_on() {
+    let mut b = full(128);
+    for k in 0..2000u32 {
+        set_count(&mut b, k, u64::from(k));
+    }
+    let snap = b.snapshot();
+    for k in 0..2000u32 {
+        set_count(&mut b, k, u64::from(k) + 1_000_000);
+    }
+    let (bytes, w) = write(&snap);
+    // Equal states give equal bytes.
+    assert_eq!(write(&snap).0, bytes);
+    let m = MaxParallelism::default();
+    let src = KeyGroupsSource {
+        name: "snapshot",
+        data: &bytes,
+        offsets: &w.offsets,
+    };
+    let mut restored = HeapKeyedBackend::restore(m, m.full_range(), &[src]).unwrap();
+    for k in 0..2000u32 {
+        assert_eq!(get_count(&mut restored, k), Some(u64::from(k)));
+        assert_eq!(get_count(&mut b, k), Some(u64::from(k) + 1_000_000));
+    }
+    assert_eq!(restored.approximate_bytes(), snap_bytes_of(&restored));
+}
+
+/// The byte count of a freshly restored backend, recounted from a new snapshot's restore.
+fn snap_bytes_of(b: &HeapKeyedBackend) -> usize {
+    let (bytes, w) = write(&b.snapshot());
+    let src = KeyGroupsSource {
+        name: "again",
+        data: &bytes,
+        offsets: &w.offsets,
+    };
+    HeapKeyedBackend::restore(b.max_parallelism(), b.key_groups(), &[src])
+        .unwrap()
+        .approximate_bytes()
+}
+
+#[test]
+fn restore_into_one_two_and_four_subtasks_from_three() {
+    let m = MaxParallelism::default();
+    let keys = 3000u32;
+    // Three subtasks, each holding the keys of its key groups.
+    let mut old: Vec<HeapKeyedBackend> = (0..3)
+        .map(|i| HeapKeyedBackend::new(m, m.range_for_subtask(3, i).unwrap()))
+        .collect();
+    for k in 0..keys {
+        let kb = postcard::to_stdvec(&k).unwrap();
+        let g = m.key_group_of(&kb);
+        let owner = m.subtask_for_key_group(3, g).unwrap() as usize;
+        set_count(&mut old[owner], k, u64::from(k) * 7);
+        let mut s = KeyedState::new(&mut old[owner]);
+        s.set_current_key(&k).unwrap();
+        s.map(&MapStateDescriptor::<u32, u32>::new("m"))
+            .unwrap()
+            .put(&k, &(k + 1))
+            .unwrap();
+    }
+    let written: Vec<(Vec<u8>, KeyGroupsWritten)> =
+        old.iter().map(|b| write(&b.snapshot())).collect();
+    let sources: Vec<KeyGroupsSource<'_>> = written
+        .iter()
+        .enumerate()
+        .map(|(i, (bytes, w))| KeyGroupsSource {
+            name: ["a", "b", "c"][i],
+            data: bytes,
+            offsets: &w.offsets,
+        })
+        .collect();
+    for p in [1u32, 2, 3, 4] {
+        let mut new: Vec<HeapKeyedBackend> = (0..p)
+            .map(|i| HeapKeyedBackend::restore(m, m.range_for_subtask(p, i).unwrap(), &sources))
+            .collect::<tidemark::Result<_>>()
+            .unwrap();
+        let total: usize = new.iter().map(|b| b.approximate_bytes()).sum();
+        let before: usize = old.iter().map(|b| b.approximate_bytes()).sum();
+        assert_eq!(total, before, "p {p}: every entry restored exactly once");
+        for k in 0..keys {
+            let kb = postcard::to_stdvec(&k).unwrap();
+            let owner = m.subtask_for_key_group(p, m.key_group_of(&kb)).unwrap() as usize;
+            assert_eq!(
+                get_count(&mut new[owner], k),
+                Some(u64::from(k) * 7),
+                "p {p}"
+            );
+            let mut s = KeyedState::new(&mut new[owner]);
+            s.set_current_key(&k).unwrap();
+            let mut mm = s.map(&MapStateDescriptor::<u32, u32>::new("m")).unwrap();
+            assert_eq!(mm.iter().unwrap(), vec![(k, k + 1)]);
+            // Other subtasks refuse the key: it is not in their key groups.
+            for (i, b) in new.iter_mut().enumerate() {
+                if i != owner {
+                    assert!(b.set_current_key(&kb).is_err());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn damaged_snapshots_are_errors_naming_the_source() {
+    let mut b = full(128);
+    for k in 0..500u32 {
+        set_count(&mut b, k, 1);
+    }
+    let (bytes, w) = write(&b.snapshot());
+    let m = MaxParallelism::default();
+    let restore = |data: &[u8], offsets: &[u64]| {
+        HeapKeyedBackend::restore(
+            m,
+            m.full_range(),
+            &[KeyGroupsSource {
+                name: "chk-3/op-0.kg",
+                data,
+                offsets,
+            }],
+        )
+    };
+    // Truncated anywhere.
+    for cut in [0, 3, 10, 30, bytes.len() / 2, bytes.len() - 1] {
+        let e = restore(&bytes[..cut], &w.offsets).unwrap_err();
+        assert!(e.to_string().contains("chk-3/op-0.kg"), "cut {cut}: {e}");
+    }
+    // Every bit of a sample of bytes: an error, never a different state.
+    let mut flipped = 0;
+    for i in (0..bytes.len()).step_by(bytes.len() / 97 + 1) {
+        for bit in 0..8 {
+            let mut d = bytes.clone();
+            d[i] ^= 1 << bit;
+            match restore(&d, &w.offsets) {
+                Err(e) => assert!(e.to_string().contains("chk-3/op-0.kg"), "{e}"),
+                Ok(mut r) => {
+                    // Only a flip that changes nothing the restore reads may pass.
+                    for k in 0..500u32 {
+                        assert_eq!(get_count(&mut r, k), Some(1), "flip {i}:{bit}");
+                    }
+                }
+            }
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 500);
+    // Offsets that do not match the snapshot.
+    assert!(restore(&bytes, &w.offsets[1..]).is_err());
+    let mut off = w.offsets.clone();
+    off[5] += 1;
+    assert!(restore(&bytes, &off).is_err());
+    // Another max parallelism.
+    let other = MaxParallelism::new(256).unwrap();
+    let e = HeapKeyedBackend::restore(
+        other,
+        other.full_range(),
+        &[KeyGroupsSource {
+            name: "x",
+            data: &bytes,
+            offsets: &w.offsets,
+        }],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("max parallelism"), "{e}");
+    // Restored under another type.
+    let mut r = restore(&bytes, &w.offsets).unwrap();
+    let mut s = KeyedState::new(&mut r);
+    s.set_current_key(&1u32).unwrap();
+    let e = s
+        .value(&ValueStateDescriptor::<String>::new(COUNT))
+        .unwrap_err();
+    assert!(e.to_string().contains("count"), "{e}");
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(u16, u32),
+    Clear(u16),
+    MapPut(u16, u8, u32),
+    MapRemove(u16, u8),
+    Append(u16, u32),
+    Snapshot,
+    Restore(u32),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u16..300, any::<u32>()).prop_map(|(k, v)| Op::Put(k, v)),
+        1 => (0u16..300).prop_map(Op::Clear),
+        3 => (0u16..300, any::<u8>(), any::<u32>()).prop_map(|(k, u, v)| Op::MapPut(k, u, v)),
+        1 => (0u16..300, any::<u8>()).prop_map(|(k, u)| Op::MapRemove(k, u)),
+        2 => (0u16..300, any::<u32>()).prop_map(|(k, v)| Op::Append(k, v)),
+        1 => Just(Op::Snapshot),
+        1 => (1u32..5).prop_map(Op::Restore),
+    ]
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Model {
+    value: BTreeMap<u16, u32>,
+    map: BTreeMap<u16, BTreeMap<u8, u32>>,
+    list: BTreeMap<u16, Vec<u32>>,
+}
+
+fn check(subtasks: &mut [HeapKeyedBackend], model: &Model, p: u32) {
+    let m = MaxParallelism::new(64).unwrap();
+    let vd = ValueStateDescriptor::<u32>::new("v");
+    let md = MapStateDescriptor::<u8, u32>::new("m");
+    let ld = ListStateDescriptor::<u32>::new("l");
+    for k in 0..300u16 {
+        let kb = postcard::to_stdvec(&k).unwrap();
+        let owner = m.subtask_for_key_group(p, m.key_group_of(&kb)).unwrap() as usize;
+        let mut s = KeyedState::new(&mut subtasks[owner]);
+        s.set_current_key(&k).unwrap();
+        assert_eq!(
+            s.value(&vd).unwrap().get().unwrap(),
+            model.value.get(&k).copied()
+        );
+        let got: BTreeMap<u8, u32> = s.map(&md).unwrap().iter().unwrap().into_iter().collect();
+        assert_eq!(got, model.map.get(&k).cloned().unwrap_or_default());
+        assert_eq!(
+            s.list(&ld).unwrap().get().unwrap(),
+            model.list.get(&k).cloned().unwrap_or_default()
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("TIDEMARK_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24),
+        ..ProptestConfig::default()
+    })]
+
+    /// Random operations on keys spread over the subtasks, interleaved with snapshots and
+    /// restores into a random parallelism (from the last snapshot), against a model.
+    #[test]
+    fn heap_backend_matches_the_model(ops in proptest::collection::vec(op(), 1..300)) {
+        let m = MaxParallelism::new(64).unwrap();
+        let vd = ValueStateDescriptor::<u32>::new("v");
+        let md = MapStateDescriptor::<u8, u32>::new("m");
+        let ld = ListStateDescriptor::<u32>::new("l");
+        let mut p = 2u32;
+        let mut subtasks: Vec<HeapKeyedBackend> =
+            (0..p).map(|i| HeapKeyedBackend::new(m, m.range_for_subtask(p, i).unwrap())).collect();
+        let mut model = Model::default();
+        let mut last: Option<(Vec<Written>, Model)> = None;
+        for op in ops {
+            let key = |k: u16| {
+                let kb = postcard::to_stdvec(&k).unwrap();
+                m.subtask_for_key_group(p, m.key_group_of(&kb)).unwrap() as usize
+            };
+            match op {
+                Op::Put(k, v) => {
+                    let mut s = KeyedState::new(&mut subtasks[key(k)]);
+                    s.set_current_key(&k).unwrap();
+                    s.value(&vd).unwrap().update(&v).unwrap();
+                    model.value.insert(k, v);
+                }
+                Op::Clear(k) => {
+                    let mut s = KeyedState::new(&mut subtasks[key(k)]);
+                    s.set_current_key(&k).unwrap();
+                    s.value(&vd).unwrap().clear().unwrap();
+                    s.map(&md).unwrap().clear().unwrap();
+                    s.list(&ld).unwrap().clear().unwrap();
+                    model.value.remove(&k);
+                    model.map.remove(&k);
+                    model.list.remove(&k);
+                }
+                Op::MapPut(k, u, v) => {
+                    let mut s = KeyedState::new(&mut subtasks[key(k)]);
+                    s.set_current_key(&k).unwrap();
+                    s.map(&md).unwrap().put(&u, &v).unwrap();
+                    model.map.entry(k).or_default().insert(u, v);
+                }
+                Op::MapRemove(k, u) => {
+                    let mut s = KeyedState::new(&mut subtasks[key(k)]);
+                    s.set_current_key(&k).unwrap();
+                    s.map(&md).unwrap().remove(&u).unwrap();
+                    if let Some(e) = model.map.get_mut(&k) {
+                        e.remove(&u);
+                        if e.is_empty() {
+                            model.map.remove(&k);
+                        }
+                    }
+                }
+                Op::Append(k, v) => {
+                    let mut s = KeyedState::new(&mut subtasks[key(k)]);
+                    s.set_current_key(&k).unwrap();
+                    s.list(&ld).unwrap().add(&v).unwrap();
+                    model.list.entry(k).or_default().push(v);
+                }
+                Op::Snapshot => {
+                    let w: Vec<_> = subtasks.iter().map(|b| write(&b.snapshot())).collect();
+                    last = Some((w, model.clone()));
+                }
+                Op::Restore(new_p) => {
+                    if let Some((w, snap_model)) = &last {
+                        let sources: Vec<KeyGroupsSource<'_>> = w
+                            .iter()
+                            .map(|(bytes, kw)| KeyGroupsSource { name: "s", data: bytes, offsets: &kw.offsets })
+                            .collect();
+                        subtasks = (0..new_p)
+                            .map(|i| HeapKeyedBackend::restore(m, m.range_for_subtask(new_p, i).unwrap(), &sources))
+                            .collect::<tidemark::Result<_>>()
+                            .unwrap();
+                        p = new_p;
+                        model = snap_model.clone();
+                    }
+                }
+            }
+        }
+        check(&mut subtasks, &model, p);
+    }
+}
