@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use common::{bench_root, key, pick, value, Durability, Rng, Tuning, KEY_LEN, VALUE_LEN};
 use tidemark::checkpoint::{
     CheckpointConfig, CheckpointId, CheckpointKind, CheckpointStorage, CheckpointStore, FileRole,
-    JobId, KeyGroupRange, LocalStorage, StateHandle,
+    JobId, KeyGroupRange, LocalStorage,
 };
 use tidemark::fs::StdFs;
 use tidemark::lsm::{Db, WriteBatch};
@@ -138,6 +138,8 @@ fn main() {
     let subtask = SubtaskId {
         operator_id: "bench".into(),
         subtask_index: 0,
+        parallelism: 1,
+        max_parallelism: 128,
         key_groups: KeyGroupRange::new(0, 127).expect("key groups"),
     };
     let first = checkpoint_store(
@@ -216,14 +218,9 @@ fn main() {
     let latest = store.latest().expect("a checkpoint");
     let state = &latest.operator_states[0];
     let ck_files: Vec<PathBuf> = state
-        .handles
-        .iter()
-        .filter_map(|h| match h {
-            StateHandle::File(f) if f.role == FileRole::Shared => {
-                Some(storage.job_dir().join(&f.path))
-            }
-            _ => None,
-        })
+        .file_handles()
+        .filter(|f| f.role == FileRole::Shared)
+        .map(|f| storage.job_dir().join(&f.path))
         .collect();
     drop(db);
     let (mut restore_ms, mut restore_copy_ms) = (Vec::new(), Vec::new());

@@ -27,6 +27,8 @@
 //! let subtask = SubtaskId {
 //!     operator_id: "counter".into(),
 //!     subtask_index: 0,
+//!     parallelism: 1,
+//!     max_parallelism: 128,
 //!     key_groups: KeyGroupRange::new(0, 127)?,
 //! };
 //! let done = checkpoint_store(&store, CheckpointId(1), CheckpointKind::Incremental, &db, &subtask, vec![])?;

@@ -506,6 +506,8 @@ fn build_checkpoint() -> Checkpoint {
     let subtask = SubtaskId {
         operator_id: "op".into(),
         subtask_index: 0,
+        parallelism: 1,
+        max_parallelism: 128,
         key_groups: KeyGroupRange::new(0, 127).unwrap(),
     };
     for i in 0..80 {
@@ -614,6 +616,12 @@ fn checkpoint_sweep(c: &Checkpoint, select: &dyn Fn(&Path) -> bool, budget: usiz
 fn every_flip_in_a_checkpoint_metadata_is_an_error_naming_it() {
     let _serial = count_panics();
     let c = build_checkpoint();
+    // The sweep runs over the format version written today.
+    let md = fs::read(c.root.path().join(JOB).join("chk-1/_metadata")).unwrap();
+    assert_eq!(
+        tidemark::checkpoint::Metadata::version_of(&md),
+        Some(tidemark::checkpoint::metadata::FORMAT_VERSION)
+    );
     let t = checkpoint_sweep(&c, &|p| p.ends_with("_metadata"), 4000);
     eprintln!("_metadata: {t}");
     assert_clean("_metadata", &t);

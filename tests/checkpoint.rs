@@ -31,6 +31,8 @@ fn subtask() -> SubtaskId {
     SubtaskId {
         operator_id: "counter".into(),
         subtask_index: 0,
+        parallelism: 1,
+        max_parallelism: 128,
         key_groups: KeyGroupRange::new(0, 127).unwrap(),
     }
 }
@@ -373,7 +375,7 @@ fn damaged_checkpoints_give_clear_errors() {
 
 #[test]
 fn path_traversal_in_metadata_is_rejected() {
-    use tidemark::checkpoint::{FileHandle, FileRole, Metadata, StateHandle};
+    use tidemark::checkpoint::{FileHandle, FileRole, KeyedState, Metadata};
     let dir = tempfile::tempdir().unwrap();
     build_three_checkpoints(dir.path());
     let job = dir.path().join("chk/job1");
@@ -386,15 +388,17 @@ fn path_traversal_in_metadata_is_rejected() {
         "chk-9/file",
     ] {
         let mut bad = meta.clone();
-        bad.operator_states[0]
-            .handles
-            .push(StateHandle::File(FileHandle {
-                role: FileRole::Shared,
-                local_name: "000001.sst".into(),
-                path: evil.into(),
-                size: 1,
-                crc32c: 0,
-            }));
+        let KeyedState::IncrementalLsm(set) = &mut bad.operator_states[0].keyed_state[0].state
+        else {
+            panic!("not an LSM file set: {:?}", bad.operator_states[0]);
+        };
+        set.tables.push(FileHandle {
+            role: FileRole::Shared,
+            local_name: "000001.sst".into(),
+            path: evil.into(),
+            size: 1,
+            crc32c: 0,
+        });
         // Encode bypassing validation: the decoder must refuse it.
         let bytes = bad.encode();
         fs::write(&m, &bytes).unwrap();

@@ -39,6 +39,8 @@ fn subtask() -> SubtaskId {
     SubtaskId {
         operator_id: "op".into(),
         subtask_index: 0,
+        parallelism: 1,
+        max_parallelism: 128,
         key_groups: KeyGroupRange::new(0, 127).unwrap(),
     }
 }

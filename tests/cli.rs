@@ -143,6 +143,8 @@ fn make_checkpoints(dir: &Path) -> PathBuf {
     let subtask = SubtaskId {
         operator_id: "op".into(),
         subtask_index: 0,
+        parallelism: 1,
+        max_parallelism: 129,
         key_groups: KeyGroupRange { start: 0, end: 128 },
     };
     for round in 1..=3u64 {
@@ -399,16 +401,23 @@ fn inspect_and_verify_checkpoints() {
         let j = r.json();
         assert_eq!(j["checkpoint_id"], 3);
         assert_eq!(j["kind"], "incremental");
-        assert_eq!(j["backend"], "lsm");
+        assert_eq!(j["format_version"], 2);
+        assert_eq!(j["backends"], serde_json::json!(["lsm"]));
         assert_eq!(j["source_offsets"][0][2], 300);
         let sub = &j["subtasks"][0];
-        let handles = sub["handles"].as_array().unwrap();
+        assert_eq!(sub["max_parallelism"], 129);
+        assert_eq!(sub["parallelism"], 1);
+        let lsm = &sub["keyed_state"][0];
+        assert_eq!(lsm["kind"], "incremental-lsm");
+        assert_eq!(lsm["backend"], "lsm");
+        assert_eq!(lsm["sequence"], lsm["lsm_last_sequence"]);
+        let handles = lsm["handles"].as_array().unwrap();
         assert!(handles.iter().any(|h| h["role"] == "shared"));
         assert!(handles.iter().any(|h| h["role"] == "private"));
         assert!(handles
             .iter()
             .all(|h| h["crc32c"].as_str().unwrap().len() == 8));
-        assert!(sub["lsm_levels"].as_array().is_some(), "{sub}");
+        assert!(lsm["lsm_levels"].as_array().is_some(), "{sub}");
     }
     // A _metadata copied out of its job directory still shows what it holds.
     let copy = dir.path().join("metadata.copy");

@@ -346,6 +346,8 @@ mod checkpoint {
         SubtaskId {
             operator_id: "op".into(),
             subtask_index: 0,
+            parallelism: 1,
+            max_parallelism: 128,
             key_groups: KeyGroupRange::new(0, 127).unwrap(),
         }
     }

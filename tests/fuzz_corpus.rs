@@ -100,6 +100,113 @@ fn db_model_corpus_passes() {
     assert!(replay("db_model", db_model::check) > 0, "no seed inputs");
 }
 
+/// The `_metadata` `md` (a store's checkpoint 2) with, added, a subtask of each other
+/// handle kind: a key-groups file, inline key groups, and file and inline operator state.
+fn typed_handles_metadata(md: &[u8]) -> Vec<u8> {
+    use tidemark::checkpoint::{
+        FileHandle, FileRole, KeyGroupRange, KeyedState, KeyedStateHandle, Metadata,
+        NamedOperatorState, OperatorStateHandle, OperatorSubtaskState, RedistributionMode,
+        StateData,
+    };
+    let mut m = Metadata::decode(md, Path::new("chk-2/_metadata")).expect("seed decodes");
+    let private = |name: &str, size: u64| FileHandle {
+        role: FileRole::Private,
+        local_name: name.into(),
+        path: format!("chk-2/{name}"),
+        size,
+        crc32c: 0x1234_5678,
+    };
+    for (index, range) in [(0u32, (0u32, 1u32)), (1, (2, 3))] {
+        let key_groups = KeyGroupRange::new(range.0, range.1).unwrap();
+        let keyed = if index == 0 {
+            KeyedState::KeyGroupsFile {
+                file: private("win_0", 40),
+                offsets: vec![0, 25],
+            }
+        } else {
+            KeyedState::KeyGroupsInline {
+                bytes: b"abcdef".to_vec(),
+                offsets: vec![0, 6],
+            }
+        };
+        m.operator_states.push(OperatorSubtaskState {
+            operator_id: "win".into(),
+            subtask_index: index,
+            parallelism: 2,
+            max_parallelism: 4,
+            key_groups,
+            keyed_state: vec![KeyedStateHandle {
+                backend: if index == 0 { "filesystem" } else { "memory" }.into(),
+                key_groups,
+                state: keyed,
+            }],
+            operator_state: vec![OperatorStateHandle {
+                backend: "memory".into(),
+                data: if index == 0 {
+                    StateData::File(private("win_0.op", 9))
+                } else {
+                    StateData::Inline(vec![1, 2, 3])
+                },
+                states: vec![
+                    NamedOperatorState {
+                        name: "offsets".into(),
+                        mode: RedistributionMode::Union,
+                        offsets: vec![0, 1],
+                    },
+                    NamedOperatorState {
+                        name: "splits".into(),
+                        mode: RedistributionMode::SplitDistribute,
+                        offsets: vec![1, 2, 3],
+                    },
+                    NamedOperatorState {
+                        name: "rules".into(),
+                        mode: RedistributionMode::Broadcast,
+                        offsets: vec![],
+                    },
+                ],
+            }],
+        });
+    }
+    m.validate(Path::new("chk-2/_metadata")).expect("valid");
+    m.encode()
+}
+
+#[test]
+fn version_1_seed_still_decodes_as_an_lsm_file_set() {
+    use tidemark::checkpoint::{KeyedState, Metadata};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus-seed/metadata_decode");
+    let v1 = std::fs::read(root.join("v1-checkpoint-2")).expect("read the version 1 seed");
+    assert_eq!(Metadata::version_of(&v1), Some(1));
+    let m = Metadata::decode(&v1, Path::new("seedjob/chk-2/_metadata")).unwrap();
+    assert_eq!(m.operator_states.len(), 1);
+    let s = &m.operator_states[0];
+    assert_eq!((s.parallelism, s.max_parallelism), (1, 128));
+    assert_eq!(s.keyed_state.len(), 1);
+    assert_eq!(s.keyed_state[0].backend, "lsm");
+    let KeyedState::IncrementalLsm(set) = &s.keyed_state[0].state else {
+        panic!("{:?}", s.keyed_state[0]);
+    };
+    assert_eq!(set.manifest.path, "chk-2/counter_0.manifest");
+    assert!(!set.tables.is_empty());
+    assert!(set.tables.iter().all(|t| t.local_name.ends_with(".sst")));
+    // The same checkpoint written as version 2 reads back the same.
+    let v2 = m.encode();
+    assert_eq!(Metadata::version_of(&v2), Some(2));
+    assert_eq!(
+        Metadata::decode(&v2, Path::new("chk-2/_metadata")).unwrap(),
+        m
+    );
+    // The seeds of version 2 hold every handle kind.
+    let typed = std::fs::read(root.join("typed-handles")).expect("read the typed seed");
+    let t = Metadata::decode(&typed, Path::new("chk-2/_metadata")).unwrap();
+    let kinds: std::collections::BTreeSet<_> = t
+        .operator_states
+        .iter()
+        .flat_map(|s| s.keyed_state.iter().map(|h| h.kind_name()))
+        .collect();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+}
+
 #[test]
 fn checkpoint_tree_corpus_passes() {
     assert!(
@@ -210,6 +317,8 @@ fn regenerate_seed_corpora() {
         let subtask = SubtaskId {
             operator_id: "counter".into(),
             subtask_index: 0,
+            parallelism: 1,
+            max_parallelism: 128,
             key_groups: KeyGroupRange::new(0, 127).unwrap(),
         };
         for id in 1..=2u64 {
@@ -238,6 +347,14 @@ fn regenerate_seed_corpora() {
             "metadata_decode",
             "checkpoint-2-body",
             &md[12..md.len() - 4],
+        );
+        // Every handle kind of version 2 (the store above writes only LSM file sets).
+        let typed = typed_handles_metadata(&md);
+        put("metadata_decode", "typed-handles", &typed);
+        put(
+            "metadata_decode",
+            "typed-handles-body",
+            &typed[12..typed.len() - 4],
         );
     }
 

@@ -116,6 +116,8 @@ fn make_checkpoints(dir: &Path) -> PathBuf {
     let subtask = SubtaskId {
         operator_id: "op".into(),
         subtask_index: 0,
+        parallelism: 1,
+        max_parallelism: 128,
         key_groups: KeyGroupRange { start: 0, end: 127 },
     };
     for round in 1..=2u64 {
@@ -770,6 +772,8 @@ fn three_checkpoints(dir: &Path) -> (PathBuf, u64, u64) {
     let subtask = SubtaskId {
         operator_id: "op".into(),
         subtask_index: 0,
+        parallelism: 1,
+        max_parallelism: 128,
         key_groups: KeyGroupRange { start: 0, end: 127 },
     };
     let mut said = (0, 0);

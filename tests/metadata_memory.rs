@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tidemark::checkpoint::metadata::{heap_cost, DECODE_MEMORY_FACTOR, DECODE_MEMORY_SLACK_BYTES};
 use tidemark::checkpoint::{
-    CheckpointId, CheckpointKind, FileHandle, FileRole, JobId, KeyGroupRange, Metadata,
-    OperatorSubtaskState, SourceOffset, StateHandle,
+    CheckpointId, CheckpointKind, FileHandle, FileRole, JobId, KeyGroupRange, KeyedState,
+    KeyedStateHandle, LsmFileSet, Metadata, NamedOperatorState, OperatorStateHandle,
+    OperatorSubtaskState, RedistributionMode, SourceOffset, StateData,
 };
 
 /// Counts the bytes live on the heap, each allocation as the allocator spends it
@@ -62,47 +63,90 @@ fn header(states: Vec<OperatorSubtaskState>) -> Metadata {
         kind: CheckpointKind::Incremental,
         trigger_timestamp_ms: 1,
         completion_timestamp_ms: 2,
-        backend: "b".into(),
         operator_states: states,
         source_offsets: Vec::new(),
         properties: Vec::new(),
     }
 }
 
-fn state(handles: Vec<StateHandle>) -> OperatorSubtaskState {
+/// Subtask `index` of operator `op`, owning key group `index` of 32768.
+fn subtask(op: &str, index: u32) -> OperatorSubtaskState {
     OperatorSubtaskState {
-        operator_id: "o".into(),
-        subtask_index: 0,
-        key_groups: KeyGroupRange { start: 0, end: 127 },
-        handles,
+        operator_id: op.into(),
+        subtask_index: index,
+        parallelism: 1 << 15,
+        max_parallelism: 1 << 15,
+        key_groups: KeyGroupRange::new(index, index).unwrap(),
+        keyed_state: Vec::new(),
+        operator_state: Vec::new(),
+    }
+}
+
+fn tiny_file() -> FileHandle {
+    FileHandle {
+        role: FileRole::Shared,
+        local_name: "a".into(),
+        path: "shared/a".into(),
+        size: 0,
+        crc32c: 0,
     }
 }
 
 /// Files of about `target` bytes, each made of the elements that cost most memory per
 /// byte of encoding.
 fn hostile_files(n: usize) -> Vec<(&'static str, Vec<u8>)> {
-    let tiny_inline = header(vec![state(
-        (0..n)
-            .map(|_| StateHandle::Inline {
-                name: "a".into(),
+    let mut one = subtask("o", 0);
+    one.operator_state = (0..n)
+        .map(|_| OperatorStateHandle {
+            backend: "b".into(),
+            data: StateData::Inline(Vec::new()),
+            states: Vec::new(),
+        })
+        .collect();
+    let tiny_operator_handles = header(vec![one]);
+    let mut one = subtask("o", 0);
+    one.keyed_state = (0..n / 4)
+        .map(|_| KeyedStateHandle {
+            backend: "b".into(),
+            key_groups: KeyGroupRange::new(0, 0).unwrap(),
+            state: KeyedState::KeyGroupsInline {
                 bytes: Vec::new(),
+                offsets: vec![0],
+            },
+        })
+        .collect();
+    let tiny_keyed_handles = header(vec![one]);
+    let mut one = subtask("o", 0);
+    one.operator_state = vec![OperatorStateHandle {
+        backend: "b".into(),
+        data: StateData::Inline(Vec::new()),
+        states: (0..(n / 4).min(1 << 16))
+            .map(|i| NamedOperatorState {
+                name: format!("{i:x}"),
+                mode: RedistributionMode::Union,
+                offsets: Vec::new(),
             })
             .collect(),
-    )]);
-    let tiny_files = header(vec![state(
-        (0..n / 4)
-            .map(|_| {
-                StateHandle::File(FileHandle {
-                    role: FileRole::Shared,
-                    local_name: "a".into(),
-                    path: "shared/a".into(),
-                    size: 0,
-                    crc32c: 0,
-                })
-            })
+    }];
+    let tiny_named_states = header(vec![one]);
+    let mut one = subtask("o", 0);
+    one.keyed_state = vec![KeyedStateHandle {
+        backend: "lsm".into(),
+        key_groups: KeyGroupRange::new(0, 0).unwrap(),
+        state: KeyedState::IncrementalLsm(LsmFileSet {
+            sequence: 1,
+            manifest: tiny_file(),
+            tables: (0..n / 4).map(|_| tiny_file()).collect(),
+        }),
+    }];
+    let tiny_files = header(vec![one]);
+    // Distinct operators, one subtask each; and one operator of many subtasks.
+    let empty_states = header((0..n / 3).map(|i| subtask(&format!("{i:x}"), 0)).collect());
+    let many_subtasks = header(
+        (0..(n / 3).min(1 << 15))
+            .map(|i| subtask("o", i as u32))
             .collect(),
-    )]);
-    let empty_states = header((0..n / 3).map(|_| state(Vec::new())).collect());
+    );
     let mut offsets = header(Vec::new());
     offsets.source_offsets = (0..n / 3)
         .map(|i| SourceOffset {
@@ -115,14 +159,26 @@ fn hostile_files(n: usize) -> Vec<(&'static str, Vec<u8>)> {
     properties.properties = (0..(n / 2).min(1 << 16))
         .map(|_| ("k".into(), "v".into()))
         .collect();
-    let big_inline = header(vec![state(vec![StateHandle::Inline {
-        name: "MANIFEST".into(),
-        bytes: vec![7u8; 4 * n],
-    }])]);
+    let mut one = subtask("o", 0);
+    one.keyed_state = vec![KeyedStateHandle {
+        backend: "memory".into(),
+        key_groups: KeyGroupRange::new(0, 0).unwrap(),
+        state: KeyedState::KeyGroupsInline {
+            bytes: vec![7u8; 4 * n],
+            offsets: vec![0],
+        },
+    }];
+    let big_inline = header(vec![one]);
     vec![
-        ("tiny inline handles", tiny_inline.encode()),
+        (
+            "tiny operator-state handles",
+            tiny_operator_handles.encode(),
+        ),
+        ("tiny keyed-state handles", tiny_keyed_handles.encode()),
+        ("tiny named states", tiny_named_states.encode()),
         ("tiny file handles", tiny_files.encode()),
         ("empty operator states", empty_states.encode()),
+        ("subtasks of one operator", many_subtasks.encode()),
         ("source offsets", offsets.encode()),
         ("properties", properties.encode()),
         ("one large inline handle", big_inline.encode()),
@@ -146,16 +202,18 @@ fn decoding_memory_is_bounded_by_a_constant_times_the_file_size() {
             }
         }
     }
-    // The bound has teeth: a file of a million tiny inline handles (about 4 MiB, which
-    // would take about 25 times its size) is refused, not decoded.
+    // The bound has teeth: a file of a million tiny operator-state handles (about 5 MiB,
+    // which would take about 30 times its size) is refused, not decoded.
     assert!(
-        refused.contains(&("tiny inline handles", 1_000_000)),
+        refused.contains(&("tiny operator-state handles", 1_000_000)),
         "{refused:?}"
     );
     // What the store writes is never refused: small files of any shape, and large ones of
     // realistic elements.
     for (what, n) in [
-        ("tiny inline handles", 1_000),
+        ("tiny operator-state handles", 1_000),
+        ("tiny keyed-state handles", 1_000),
+        ("subtasks of one operator", 1_000_000),
         ("tiny file handles", 1_000_000),
         ("one large inline handle", 1_000_000),
     ] {

@@ -22,7 +22,8 @@ pub mod verify;
 
 pub use ids::{CheckpointId, CheckpointKind, JobId, KeyGroupRange};
 pub use metadata::{
-    FileHandle, FileRole, Metadata, OperatorSubtaskState, SourceOffset, StateHandle,
+    FileHandle, FileRole, KeyedState, KeyedStateHandle, LsmFileSet, Metadata, NamedOperatorState,
+    OperatorStateHandle, OperatorSubtaskState, RedistributionMode, SourceOffset, StateData,
     MAX_METADATA_BYTES, METADATA_FILE_NAME,
 };
 pub use restore::{resolve, resolve_verified, ResolvedCheckpoint, RestoreInfo, RestoreMode};
@@ -32,7 +33,7 @@ pub use store::{
     CompletedCheckpoint, ExternalizedCleanup, JobTermination, OpenReport, PendingCheckpoint,
     RetentionReport,
 };
-pub use verify::{verify, VerifyReport};
+pub use verify::{verify, verify_files, VerifyReport};
 
 #[cfg(test)]
 pub(crate) mod testutil;

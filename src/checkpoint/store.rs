@@ -16,8 +16,8 @@ use parking_lot::Mutex;
 
 use super::ids::{CheckpointId, CheckpointKind};
 use super::metadata::{
-    FileHandle, FileRole, Metadata, OperatorSubtaskState, SourceOffset, StateHandle,
-    MAX_METADATA_BYTES, METADATA_FILE_NAME,
+    FileHandle, FileRole, Metadata, OperatorSubtaskState, SourceOffset, MAX_METADATA_BYTES,
+    METADATA_FILE_NAME,
 };
 use super::path::lexical_problem;
 use super::restore::{RestoreInfo, RestoreMode};
@@ -180,8 +180,6 @@ pub struct CheckpointStats {
 /// id, job, kind and timestamps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CheckpointContent {
-    /// The state backend's name.
-    pub backend: String,
     /// Per operator subtask state, whose handles come from this pending checkpoint.
     pub operator_states: Vec<OperatorSubtaskState>,
     /// Source positions.
@@ -1271,8 +1269,7 @@ impl PendingCheckpoint {
     fn check_handles(&self, content: &CheckpointContent) -> Result<()> {
         let inner = self.core.inner.lock();
         for s in &content.operator_states {
-            for h in &s.handles {
-                let StateHandle::File(f) = h else { continue };
+            for f in s.file_handles() {
                 let ok = match f.role {
                     FileRole::Shared => {
                         self.referenced.contains(&f.path)
@@ -1320,7 +1317,6 @@ impl PendingCheckpoint {
             kind: self.kind,
             trigger_timestamp_ms: self.trigger_timestamp_ms,
             completion_timestamp_ms: now_ms(),
-            backend: content.backend.clone(),
             operator_states: content.operator_states.clone(),
             source_offsets: content.source_offsets.clone(),
             properties,
@@ -1725,9 +1721,7 @@ mod tests {
         let c1 = fx.checkpoint(&store, 1, Incremental, &[A]);
         let foreign = c1.metadata.file_handles().next().unwrap().clone();
         let p = store.begin(CheckpointId(2), Incremental).unwrap();
-        let e = p
-            .commit(content(vec![StateHandle::File(foreign)]))
-            .unwrap_err();
+        let e = p.commit(content(vec![foreign])).unwrap_err();
         assert!(e.to_string().contains("was not placed by it"), "{e}");
         assert_eq!(fx.chk_dirs(), vec![1], "the failed commit was aborted");
         fx.assert_all_verify(&store);

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::ids::{CheckpointId, CheckpointKind, JobId, KeyGroupRange};
-use super::metadata::{FileHandle, OperatorSubtaskState, SourceOffset, StateHandle};
+use super::metadata::{
+    FileHandle, OperatorStateHandle, OperatorSubtaskState, SourceOffset, StateData,
+};
 use super::storage::{CheckpointStorage, LocalStorage};
 use super::store::{
     CheckpointConfig, CheckpointContent, CheckpointStore, CompletedCheckpoint, PendingCheckpoint,
@@ -78,15 +80,14 @@ impl Fixture {
         &self,
         pending: &mut PendingCheckpoint,
         files: &[(&str, &[u8])],
-    ) -> Vec<StateHandle> {
+    ) -> Vec<FileHandle> {
         files
             .iter()
             .map(|(name, bytes)| {
                 let p = self.state_file(name, bytes);
-                let h = pending
+                pending
                     .place_shared("op_0", &p, name, bytes.len() as u64, codec::crc32c(bytes))
-                    .unwrap();
-                StateHandle::File(h)
+                    .unwrap()
             })
             .collect()
     }
@@ -104,7 +105,7 @@ impl Fixture {
         let private = pending
             .write_private("op_0.manifest", format!("manifest of {id}").as_bytes())
             .unwrap();
-        handles.push(StateHandle::File(private));
+        handles.push(private);
         pending.commit(content(handles)).unwrap()
     }
 
@@ -137,14 +138,26 @@ impl Fixture {
     }
 }
 
-pub(crate) fn content(handles: Vec<StateHandle>) -> CheckpointContent {
-    CheckpointContent {
+/// A test backend's operator-state handle holding the file `f`.
+pub(crate) fn file_state(f: FileHandle) -> OperatorStateHandle {
+    OperatorStateHandle {
         backend: "test".into(),
+        data: StateData::File(f),
+        states: Vec::new(),
+    }
+}
+
+/// One subtask whose state is `files`, one operator-state handle each.
+pub(crate) fn content(files: Vec<FileHandle>) -> CheckpointContent {
+    CheckpointContent {
         operator_states: vec![OperatorSubtaskState {
             operator_id: "op".into(),
             subtask_index: 0,
+            parallelism: 1,
+            max_parallelism: 128,
             key_groups: KeyGroupRange::new(0, 127).unwrap(),
-            handles,
+            keyed_state: Vec::new(),
+            operator_state: files.into_iter().map(file_state).collect(),
         }],
         source_offsets: vec![SourceOffset {
             source: "numbers".into(),

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::ids::CheckpointId;
 use super::metadata::{FileHandle, Metadata};
 use super::path::handle_path_problem;
 use super::storage::{CheckpointStorage, FileChecksum};
@@ -41,9 +42,18 @@ impl VerifyReport {
 /// once) and reports each missing file, wrong size, wrong crc, unsafe path, and two
 /// handles that disagree about one file.
 pub fn verify(storage: &dyn CheckpointStorage, metadata: &Metadata) -> VerifyReport {
+    verify_files(storage, metadata.checkpoint_id, metadata.file_handles())
+}
+
+/// [`verify`] of the files `handles` of checkpoint `id` (each distinct path once).
+pub fn verify_files<'a>(
+    storage: &dyn CheckpointStorage,
+    id: CheckpointId,
+    handles: impl Iterator<Item = &'a FileHandle>,
+) -> VerifyReport {
     let mut report = VerifyReport::default();
     let mut files: BTreeMap<&str, &FileHandle> = BTreeMap::new();
-    for f in metadata.file_handles() {
+    for f in handles {
         match files.get(f.path.as_str()) {
             None => {
                 files.insert(&f.path, f);
@@ -63,7 +73,7 @@ pub fn verify(storage: &dyn CheckpointStorage, metadata: &Metadata) -> VerifyRep
     }
     for (path, f) in files {
         let shown = storage.display_path(path);
-        if let Some(reason) = handle_path_problem(path, f.role, metadata.checkpoint_id) {
+        if let Some(reason) = handle_path_problem(path, f.role, id) {
             report
                 .problems
                 .push(format!("unsafe path: {path:?}: {reason}"));
@@ -135,8 +145,8 @@ pub fn verify(storage: &dyn CheckpointStorage, metadata: &Metadata) -> VerifyRep
 mod tests {
     use super::*;
     use crate::checkpoint::ids::CheckpointKind::Incremental;
-    use crate::checkpoint::metadata::{FileRole, StateHandle};
-    use crate::checkpoint::testutil::{abs, Fixture};
+    use crate::checkpoint::metadata::FileRole;
+    use crate::checkpoint::testutil::{abs, file_state, Fixture};
 
     const A: (&str, &[u8]) = ("000001.sst", b"aaaaaaaaaa");
     const B: (&str, &[u8]) = ("000002.sst", b"bbbbbbbbbbbbbbbbbbbb");
@@ -181,8 +191,8 @@ mod tests {
         let store = fx.retaining(1);
         let mut m = fx.checkpoint(&store, 1, Incremental, &[A]).metadata;
         m.operator_states[0]
-            .handles
-            .push(StateHandle::File(FileHandle {
+            .operator_state
+            .push(file_state(FileHandle {
                 role: FileRole::Shared,
                 local_name: "x".into(),
                 path: "../../etc/passwd".into(),

@@ -20,16 +20,16 @@ use super::progress;
 use super::store;
 use super::verify::{verify_sst_opened, Expected, VerifyReport};
 use super::CliError;
-use crate::checkpoint::metadata::METADATA_FILE_NAME;
+use crate::checkpoint::metadata::{BODY_OFFSET, METADATA_FILE_NAME};
 use crate::checkpoint::store::{recorded_placement, SHARED_DIR, TASKOWNED_DIR};
 use crate::checkpoint::{
-    resolve, CheckpointId, CheckpointStorage, FileHandle, FileRole, LocalStorage, Metadata,
-    OperatorSubtaskState, ResolvedCheckpoint, StateHandle,
+    resolve, CheckpointId, CheckpointStorage, FileHandle, FileRole, KeyedState, KeyedStateHandle,
+    LocalStorage, LsmFileSet, Metadata, OperatorStateHandle, ResolvedCheckpoint, StateData,
 };
 use crate::error::{Error, IoContext};
 use crate::fs::{DirEntryInfo, FileSystem, StdFs};
 use crate::lsm::manifest::{VersionEdit, MAX_MANIFEST_BYTES};
-use crate::state::lsm_snapshot::{read_manifest_snapshot, LSM_BACKEND};
+use crate::state::lsm_snapshot::read_manifest_snapshot;
 
 /// One `chk-<N>` directory of a job directory.
 #[derive(Debug)]
@@ -477,15 +477,67 @@ fn list(dir: &Path, out: &mut dyn Write, format: Format) -> Result<(), CliError>
 pub struct HandleJson {
     /// `shared`, `private` or `inline`.
     pub role: &'static str,
-    /// Path relative to the job directory (the name, for inline state).
+    /// Path relative to the job directory (empty for inline state).
     pub path: String,
-    /// Name in the backend's working directory.
+    /// Name in the backend's working directory (empty for inline state).
     pub local_name: String,
     /// Size in bytes.
     pub size_bytes: u64,
     /// crc32c, 8 hex digits (absent for inline state).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crc32c: Option<String>,
+}
+
+/// One keyed-state handle, for reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyedJson {
+    /// `incremental-lsm`, `key-groups-file` or `key-groups-inline`.
+    pub kind: &'static str,
+    /// The backend that wrote it.
+    pub backend: String,
+    /// First key group.
+    pub key_group_start: u32,
+    /// Last key group (inclusive).
+    pub key_group_end: u32,
+    /// Its files (for an LSM set: the tables, then the manifest snapshot) or inline bytes.
+    pub handles: Vec<HandleJson>,
+    /// For an LSM set: the sequence number `_metadata` records (0: a version 1 file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
+    /// For key groups in a file or inline: where each key group starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_group_offsets: Option<Vec<u64>>,
+    /// For an LSM set: the levels of the store's manifest snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lsm_levels: Option<Vec<LevelJson>>,
+    /// For an LSM set: the sequence number the manifest snapshot is consistent at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lsm_last_sequence: Option<u64>,
+    /// Why the manifest snapshot could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lsm_error: Option<String>,
+}
+
+/// One named operator state, for reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct NamedStateJson {
+    /// Its name.
+    pub name: String,
+    /// `SPLIT_DISTRIBUTE`, `UNION` or `BROADCAST`.
+    pub mode: &'static str,
+    /// Where each partition starts in the handle's data.
+    pub offsets: Vec<u64>,
+}
+
+/// One operator-state handle, for reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperatorJson {
+    /// The backend that wrote it.
+    pub backend: String,
+    /// Its file or inline bytes.
+    pub data: HandleJson,
+    /// The named states in it.
+    pub states: Vec<NamedStateJson>,
 }
 
 /// One operator subtask's state, for reports.
@@ -495,21 +547,18 @@ pub struct SubtaskJson {
     pub operator_id: String,
     /// Subtask index.
     pub subtask_index: u32,
+    /// Subtasks of the operator.
+    pub parallelism: u32,
+    /// The operator's max parallelism (number of key groups).
+    pub max_parallelism: u32,
     /// First key group.
     pub key_group_start: u32,
-    /// One past the last key group.
+    /// Last key group (inclusive).
     pub key_group_end: u32,
-    /// The state's pieces.
-    pub handles: Vec<HandleJson>,
-    /// For the LSM backend: the levels of the store's manifest snapshot.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lsm_levels: Option<Vec<LevelJson>>,
-    /// For the LSM backend: the sequence number the snapshot is consistent at.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lsm_last_sequence: Option<u64>,
-    /// Why the manifest snapshot could not be read.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lsm_error: Option<String>,
+    /// Keyed state.
+    pub keyed_state: Vec<KeyedJson>,
+    /// Operator state.
+    pub operator_state: Vec<OperatorJson>,
 }
 
 /// What `inspect` prints for a checkpoint (`_metadata` or `chk-<N>`).
@@ -519,6 +568,9 @@ pub struct MetadataReport {
     pub format: &'static str,
     /// The `_metadata` file.
     pub path: String,
+    /// The `_metadata` format version the file was written in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format_version: Option<u32>,
     /// Checkpoint id.
     pub checkpoint_id: u64,
     /// Job id.
@@ -529,8 +581,8 @@ pub struct MetadataReport {
     pub trigger_timestamp_ms: u64,
     /// Completion time (ms since the epoch).
     pub completion_timestamp_ms: u64,
-    /// State backend.
-    pub backend: String,
+    /// The state backends its handles name.
+    pub backends: Vec<String>,
     /// Distinct files referenced.
     pub files: usize,
     /// Their bytes plus inline state.
@@ -543,23 +595,75 @@ pub struct MetadataReport {
     pub properties: Vec<(String, String)>,
 }
 
-fn handle_json(h: &StateHandle) -> HandleJson {
-    match h {
-        StateHandle::File(f) => HandleJson {
-            role: f.role.as_str(),
-            path: f.path.clone(),
-            local_name: f.local_name.clone(),
-            size_bytes: f.size,
-            crc32c: Some(format!("{:08x}", f.crc32c)),
-        },
-        StateHandle::Inline { name, bytes } => HandleJson {
-            role: "inline",
-            path: escape_bytes(name.as_bytes()),
-            local_name: name.clone(),
-            size_bytes: bytes.len() as u64,
-            crc32c: None,
-        },
+fn file_json(f: &FileHandle) -> HandleJson {
+    HandleJson {
+        role: f.role.as_str(),
+        path: f.path.clone(),
+        local_name: f.local_name.clone(),
+        size_bytes: f.size,
+        crc32c: Some(format!("{:08x}", f.crc32c)),
     }
+}
+
+fn inline_json(bytes: &[u8]) -> HandleJson {
+    HandleJson {
+        role: "inline",
+        path: String::new(),
+        local_name: String::new(),
+        size_bytes: bytes.len() as u64,
+        crc32c: None,
+    }
+}
+
+fn keyed_json(h: &KeyedStateHandle) -> KeyedJson {
+    let (handles, sequence) = match &h.state {
+        KeyedState::IncrementalLsm(set) => (
+            h.file_handles().into_iter().map(file_json).collect(),
+            Some(set.sequence),
+        ),
+        KeyedState::KeyGroupsFile { file, .. } => (vec![file_json(file)], None),
+        KeyedState::KeyGroupsInline { bytes, .. } => (vec![inline_json(bytes)], None),
+    };
+    KeyedJson {
+        kind: h.kind_name(),
+        backend: h.backend.clone(),
+        key_group_start: h.key_groups.start,
+        key_group_end: h.key_groups.end,
+        handles,
+        sequence,
+        key_group_offsets: h.key_group_offsets().map(<[u64]>::to_vec),
+        lsm_levels: None,
+        lsm_last_sequence: None,
+        lsm_error: None,
+    }
+}
+
+fn operator_json(h: &OperatorStateHandle) -> OperatorJson {
+    OperatorJson {
+        backend: h.backend.clone(),
+        data: match &h.data {
+            StateData::File(f) => file_json(f),
+            StateData::Inline(b) => inline_json(b),
+        },
+        states: h
+            .states
+            .iter()
+            .map(|n| NamedStateJson {
+                name: n.name.clone(),
+                mode: n.mode.as_str(),
+                offsets: n.offsets.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The format version in the header of the `_metadata` at `path`, if it can be read.
+fn format_version_of(path: &Path) -> Option<u32> {
+    use std::io::Read;
+    let mut f = crate::fs::open_regular(path).ok()?;
+    let mut header = [0u8; BODY_OFFSET];
+    f.read_exact(&mut header).ok()?;
+    Metadata::version_of(&header)
 }
 
 /// The storage of a resolved checkpoint (read-only use).
@@ -577,30 +681,37 @@ pub fn metadata_report(r: &ResolvedCheckpoint) -> (MetadataReport, Option<Error>
         .operator_states
         .iter()
         .map(|s| {
-            let mut j = SubtaskJson {
+            let keyed_state = s
+                .keyed_state
+                .iter()
+                .map(|h| {
+                    let mut j = keyed_json(h);
+                    if let KeyedState::IncrementalLsm(set) = &h.state {
+                        match read_manifest_snapshot(&storage, set) {
+                            Ok(edit) => {
+                                let replayed = store::replay([&edit]);
+                                j.lsm_levels = Some(levels_json(&replayed));
+                                j.lsm_last_sequence = edit.last_sequence.map(|s| s.0);
+                            }
+                            Err(e) => {
+                                j.lsm_error = Some(e.to_string());
+                                first_error.get_or_insert(e);
+                            }
+                        }
+                    }
+                    j
+                })
+                .collect();
+            SubtaskJson {
                 operator_id: s.operator_id.clone(),
                 subtask_index: s.subtask_index,
+                parallelism: s.parallelism,
+                max_parallelism: s.max_parallelism,
                 key_group_start: s.key_groups.start,
                 key_group_end: s.key_groups.end,
-                handles: s.handles.iter().map(handle_json).collect(),
-                lsm_levels: None,
-                lsm_last_sequence: None,
-                lsm_error: None,
-            };
-            if m.backend == LSM_BACKEND {
-                match read_manifest_snapshot(&storage, s) {
-                    Ok(edit) => {
-                        let replayed = store::replay([&edit]);
-                        j.lsm_levels = Some(levels_json(&replayed));
-                        j.lsm_last_sequence = edit.last_sequence.map(|s| s.0);
-                    }
-                    Err(e) => {
-                        j.lsm_error = Some(e.to_string());
-                        first_error.get_or_insert(e);
-                    }
-                }
+                keyed_state,
+                operator_state: s.operator_state.iter().map(operator_json).collect(),
             }
-            j
         })
         .collect();
     let mut seen = BTreeSet::new();
@@ -614,12 +725,13 @@ pub fn metadata_report(r: &ResolvedCheckpoint) -> (MetadataReport, Option<Error>
         MetadataReport {
             format: "checkpoint",
             path: r.metadata_path.display().to_string(),
+            format_version: format_version_of(&r.metadata_path),
             checkpoint_id: m.checkpoint_id.0,
             job_id: m.job_id.as_str().to_string(),
             kind: m.kind.as_str(),
             trigger_timestamp_ms: m.trigger_timestamp_ms,
             completion_timestamp_ms: m.completion_timestamp_ms,
-            backend: m.backend.clone(),
+            backends: m.backends().into_iter().map(str::to_string).collect(),
             files: seen.len(),
             bytes_full,
             subtasks,
@@ -634,6 +746,41 @@ pub fn metadata_report(r: &ResolvedCheckpoint) -> (MetadataReport, Option<Error>
     )
 }
 
+/// At most this many offsets of a list are printed as text (all of them in JSON).
+const TEXT_OFFSETS: usize = 8;
+
+/// `0, 12, 40` (and `… (N in all)` past [`TEXT_OFFSETS`]).
+fn offsets_text(offsets: &[u64]) -> String {
+    let mut s: Vec<String> = offsets
+        .iter()
+        .take(TEXT_OFFSETS)
+        .map(u64::to_string)
+        .collect();
+    if offsets.len() > TEXT_OFFSETS {
+        s.push(format!("… ({} in all)", offsets.len()));
+    }
+    if s.is_empty() {
+        "none".to_string()
+    } else {
+        s.join(", ")
+    }
+}
+
+fn write_handle(out: &mut dyn Write, h: &HandleJson, indent: &str) -> io::Result<()> {
+    if h.role == "inline" {
+        return writeln!(out, "{indent}inline   {}", human_bytes(h.size_bytes));
+    }
+    writeln!(
+        out,
+        "{indent}{:<8} {}  {}  {:>10}  crc32c {}",
+        h.role,
+        h.path,
+        h.local_name,
+        human_bytes(h.size_bytes),
+        h.crc32c.as_deref().unwrap_or("-")
+    )
+}
+
 impl Render for MetadataReport {
     fn render_text(&self, out: &mut dyn Write) -> io::Result<()> {
         writeln!(
@@ -641,6 +788,9 @@ impl Render for MetadataReport {
             "checkpoint {} of job {} ({})",
             self.checkpoint_id, self.job_id, self.path
         )?;
+        if let Some(v) = self.format_version {
+            writeln!(out, "  format          _metadata version {v}")?;
+        }
         writeln!(out, "  kind            {}", self.kind)?;
         writeln!(
             out,
@@ -654,7 +804,15 @@ impl Render for MetadataReport {
             self.completion_timestamp_ms
                 .saturating_sub(self.trigger_timestamp_ms)
         )?;
-        writeln!(out, "  backend         {}", self.backend)?;
+        writeln!(
+            out,
+            "  backends        {}",
+            if self.backends.is_empty() {
+                "none (no state)".to_string()
+            } else {
+                self.backends.join(", ")
+            }
+        )?;
         writeln!(
             out,
             "  files           {} ({})",
@@ -670,31 +828,51 @@ impl Render for MetadataReport {
         for s in &self.subtasks {
             writeln!(
                 out,
-                "  operator {} subtask {} (key groups {}..={})",
-                s.operator_id, s.subtask_index, s.key_group_start, s.key_group_end
+                "  operator {} subtask {} of {} (key groups {}..={} of {})",
+                s.operator_id,
+                s.subtask_index,
+                s.parallelism,
+                s.key_group_start,
+                s.key_group_end,
+                s.max_parallelism
             )?;
-            for h in &s.handles {
+            for k in &s.keyed_state {
                 writeln!(
                     out,
-                    "    {:<8} {}  {}  {:>10}  crc32c {}",
-                    h.role,
-                    h.path,
-                    h.local_name,
-                    human_bytes(h.size_bytes),
-                    h.crc32c.as_deref().unwrap_or("-")
+                    "    keyed state {} (backend {}, key groups {}..={})",
+                    k.kind, k.backend, k.key_group_start, k.key_group_end
                 )?;
+                for h in &k.handles {
+                    write_handle(out, h, "      ")?;
+                }
+                if let Some(offsets) = &k.key_group_offsets {
+                    writeln!(out, "      key groups start at {}", offsets_text(offsets))?;
+                }
+                if let Some(levels) = &k.lsm_levels {
+                    writeln!(
+                        out,
+                        "      LSM manifest snapshot: consistent at sequence {}",
+                        k.lsm_last_sequence
+                            .map_or("?".to_string(), |v| v.to_string())
+                    )?;
+                    write_levels(out, levels, "        ")?;
+                }
+                if let Some(e) = &k.lsm_error {
+                    writeln!(out, "      LSM manifest snapshot UNREADABLE: {e}")?;
+                }
             }
-            if let Some(levels) = &s.lsm_levels {
-                writeln!(
-                    out,
-                    "    LSM manifest snapshot: consistent at sequence {}",
-                    s.lsm_last_sequence
-                        .map_or("?".to_string(), |v| v.to_string())
-                )?;
-                write_levels(out, levels, "      ")?;
-            }
-            if let Some(e) = &s.lsm_error {
-                writeln!(out, "    LSM manifest snapshot UNREADABLE: {e}")?;
+            for o in &s.operator_state {
+                writeln!(out, "    operator state (backend {})", o.backend)?;
+                write_handle(out, &o.data, "      ")?;
+                for n in &o.states {
+                    writeln!(
+                        out,
+                        "      {} {}: partitions start at {}",
+                        escape_bytes(n.name.as_bytes()),
+                        n.mode,
+                        offsets_text(&n.offsets)
+                    )?;
+                }
             }
         }
         Ok(())
@@ -796,17 +974,16 @@ fn manifest_snapshot_report(path: &Path) -> Result<ManifestSnapshotReport, Error
     if let (Some(chk_dir), Some(name)) = (path.parent(), path.file_name()) {
         if let Ok(r) = resolve(&StdFs, chk_dir) {
             let rel = format!("{}/{}", r.checkpoint_id.dir_name(), name.to_string_lossy());
-            for s in &r.metadata.operator_states {
-                let named = s.handles.iter().any(|h| {
-                    matches!(h, StateHandle::File(f) if f.path == rel && f.role == FileRole::Private)
-                });
-                if named {
-                    // The same checks a restore makes: size and crc32c from `_metadata`.
-                    read_manifest_snapshot(&storage_of(&r), s)?;
-                    checked_against = Some(r.metadata_path.display().to_string());
-                    subtask = Some(format!("{}_{}", s.operator_id, s.subtask_index));
-                    break;
-                }
+            let named = r.metadata.operator_states.iter().find_map(|s| {
+                s.lsm_file_sets()
+                    .find(|(_, set)| set.manifest.path == rel)
+                    .map(|(_, set)| (s, set))
+            });
+            if let Some((s, set)) = named {
+                // The same checks a restore makes: size and crc32c from `_metadata`.
+                read_manifest_snapshot(&storage_of(&r), set)?;
+                checked_against = Some(r.metadata_path.display().to_string());
+                subtask = Some(s.label());
             }
         }
     }
@@ -909,25 +1086,8 @@ pub fn verify_checkpoint(r: &mut VerifyReport, path: &Path, _kind: Kind) -> Resu
     for (rel, handles) in &by_path {
         let shown = storage.display_path(rel);
         pb.set_message(rel.to_string());
-        let one = Metadata {
-            operator_states: vec![OperatorSubtaskState {
-                operator_id: String::new(),
-                subtask_index: 0,
-                key_groups: m
-                    .operator_states
-                    .first()
-                    .map(|s| s.key_groups)
-                    .unwrap_or(crate::checkpoint::KeyGroupRange { start: 0, end: 0 }),
-                handles: handles
-                    .iter()
-                    .map(|h| StateHandle::File((*h).clone()))
-                    .collect(),
-            }],
-            source_offsets: Vec::new(),
-            properties: Vec::new(),
-            ..header_of(m)
-        };
-        let rep = crate::checkpoint::verify(&storage, &one);
+        let rep =
+            crate::checkpoint::verify_files(&storage, m.checkpoint_id, handles.iter().copied());
         let first = handles.first().copied();
         let role = first.map_or("file", |h| h.role.as_str());
         let (size, crc) = first.map_or((None, None), |h| (Some(h.size), Some(h.crc32c)));
@@ -945,39 +1105,24 @@ pub fn verify_checkpoint(r: &mut VerifyReport, path: &Path, _kind: Kind) -> Resu
         pb.inc(1);
     }
     pb.finish_and_clear();
-    if m.backend == LSM_BACKEND {
-        for s in &m.operator_states {
-            verify_lsm_subtask(r, &storage, mp, s);
+    for s in &m.operator_states {
+        for (_, set) in s.lsm_file_sets() {
+            verify_lsm_set(r, &storage, mp, &s.label(), set);
         }
     }
     Ok(())
 }
 
-/// The header fields of `m`, with no state (to verify one file at a time).
-fn header_of(m: &Metadata) -> Metadata {
-    Metadata {
-        checkpoint_id: m.checkpoint_id,
-        job_id: m.job_id.clone(),
-        kind: m.kind,
-        trigger_timestamp_ms: m.trigger_timestamp_ms,
-        completion_timestamp_ms: m.completion_timestamp_ms,
-        backend: m.backend.clone(),
-        operator_states: Vec::new(),
-        source_offsets: Vec::new(),
-        properties: Vec::new(),
-    }
-}
-
 pub use crate::state::lsm_snapshot::{lsm_layout, LsmLayout};
 
-fn verify_lsm_subtask(
+fn verify_lsm_set(
     r: &mut VerifyReport,
     storage: &LocalStorage,
     metadata_path: &Path,
-    s: &OperatorSubtaskState,
+    label: &str,
+    set: &LsmFileSet,
 ) {
-    let label = format!("{}_{}", s.operator_id, s.subtask_index);
-    match lsm_layout(storage, metadata_path, s) {
+    match lsm_layout(storage, metadata_path, label, set) {
         Err(e) => r.problem(e.to_string()),
         Ok(layout) => {
             let pb = progress::bar(layout.tables.len() as u64, "tables");

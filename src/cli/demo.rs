@@ -27,9 +27,7 @@ use crate::checkpoint::{
 use crate::error::{Error, Result};
 use crate::fs::{FileLock, FileSystem, StdFs};
 use crate::lsm::{Db, Options, WriteBatch};
-use crate::state::lsm_snapshot::{
-    restore_store, snapshot_async, snapshot_sync, SubtaskId, LSM_BACKEND,
-};
+use crate::state::lsm_snapshot::{restore_store, snapshot_async, snapshot_sync, SubtaskId};
 
 /// The marker file that says a directory belongs to the demo.
 pub const MARKER: &str = ".tidemark-demo";
@@ -164,6 +162,8 @@ pub fn demo_subtask() -> SubtaskId {
     SubtaskId {
         operator_id: "count".to_string(),
         subtask_index: 0,
+        parallelism: 1,
+        max_parallelism: 128,
         key_groups: KeyGroupRange { start: 0, end: 127 },
     }
 }
@@ -280,7 +280,6 @@ fn start_checkpoint(
             let state = snapshot_async(ticket, &mut pending, &subtask)?;
             let stats = pending.stats();
             pending.commit(CheckpointContent {
-                backend: LSM_BACKEND.to_string(),
                 operator_states: vec![state],
                 source_offsets: vec![SourceOffset {
                     source: SOURCE.to_string(),

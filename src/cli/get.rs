@@ -16,7 +16,6 @@ use crate::checkpoint::CheckpointStorage;
 use crate::lsm::manifest::NewFile;
 use crate::lsm::sst::{LookupResult, Table};
 use crate::lsm::types::{user_key, SeqNo};
-use crate::state::lsm_snapshot::LSM_BACKEND;
 
 /// What `get` prints.
 #[derive(Debug, Clone, Serialize)]
@@ -73,12 +72,23 @@ pub fn run(args: &GetArgs, out: &mut dyn Write) -> Result<(), CliError> {
     let path = args.checkpoint.as_path();
     let r = resolve_checkpoint(path)?;
     let m = &r.metadata;
-    if m.backend != LSM_BACKEND {
+    // Only an LSM file set can be searched for a key; the handles say which they are.
+    let sets: Vec<_> = m
+        .operator_states
+        .iter()
+        .flat_map(|s| s.lsm_file_sets().map(move |(_, set)| (s, set)))
+        .collect();
+    if sets.is_empty() {
+        let backends: Vec<&str> = m.backends().into_iter().collect();
         return Err(CliError::Message(format!(
-            "{}: checkpoint {} holds {} state, not an LSM store",
+            "{}: checkpoint {} holds no LSM store (its state: {})",
             r.metadata_path.display(),
             m.checkpoint_id,
-            m.backend
+            if backends.is_empty() {
+                "none".to_string()
+            } else {
+                format!("backend {}", backends.join(", "))
+            }
         )));
     }
     let storage = storage_for(&r);
@@ -98,9 +108,9 @@ pub fn run(args: &GetArgs, out: &mut dyn Write) -> Result<(), CliError> {
         tables_searched: 0,
         hex_output: args.hex,
     };
-    'subtasks: for s in &m.operator_states {
-        let layout =
-            lsm_layout(storage.as_ref(), &r.metadata_path, s).map_err(|e| CliError::at(path, e))?;
+    'subtasks: for (s, set) in sets {
+        let layout = lsm_layout(storage.as_ref(), &r.metadata_path, &s.label(), set)
+            .map_err(|e| CliError::at(path, e))?;
         let seq = layout.edit.last_sequence.unwrap_or(SeqNo::MAX);
         for (f, h) in layout.tables.iter().filter(|(f, _)| covers(f, key)) {
             let file = storage.display_path(&h.path);

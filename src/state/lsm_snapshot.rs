@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::checkpoint::{
     restore::restore_file, CheckpointContent, CheckpointId, CheckpointKind, CheckpointStorage,
-    CheckpointStore, CompletedCheckpoint, FileHandle, FileRole, KeyGroupRange,
-    OperatorSubtaskState, PendingCheckpoint, SourceOffset, StateHandle,
+    CheckpointStore, CompletedCheckpoint, FileHandle, KeyGroupRange, KeyedState, KeyedStateHandle,
+    LsmFileSet, OperatorSubtaskState, PendingCheckpoint, SourceOffset,
 };
 use crate::codec::crc32c;
 use crate::error::{Error, Result};
@@ -23,10 +23,11 @@ use crate::lsm::manifest::{NewFile, VersionEdit, MAX_MANIFEST_BYTES};
 use crate::lsm::types::compare_internal_keys;
 use crate::lsm::{Db, LiveFilesTicket, Options};
 
-/// The backend name recorded in `_metadata`.
+/// The backend name recorded in the keyed-state handles of `_metadata`.
 pub const LSM_BACKEND: &str = "lsm";
 
-/// Suffix of the private file holding a store's manifest snapshot.
+/// Suffix of the private file holding a store's manifest snapshot (`<owner>.manifest`).
+/// Only a name: `_metadata` records which file is the manifest snapshot.
 pub const MANIFEST_SUFFIX: &str = ".manifest";
 
 /// Which operator subtask a store belongs to.
@@ -36,6 +37,10 @@ pub struct SubtaskId {
     pub operator_id: String,
     /// The subtask's index.
     pub subtask_index: u32,
+    /// The number of subtasks of the operator.
+    pub parallelism: u32,
+    /// The operator's max parallelism (its number of key groups).
+    pub max_parallelism: u32,
     /// The key groups the subtask owns.
     pub key_groups: KeyGroupRange,
 }
@@ -62,20 +67,29 @@ pub fn snapshot_async(
 ) -> Result<OperatorSubtaskState> {
     let live = ticket.wait()?;
     let owner = subtask.owner();
-    let mut handles = Vec::new();
+    let mut tables = Vec::new();
     for f in live.files() {
-        let h = pending.place_shared(&owner, &f.path, &f.name, f.size, f.crc32c)?;
-        handles.push(StateHandle::File(h));
+        tables.push(pending.place_shared(&owner, &f.path, &f.name, f.size, f.crc32c)?);
     }
-    let mut manifest = Vec::new();
-    live.manifest.encode(&mut manifest);
-    let h = pending.write_private(&format!("{owner}{MANIFEST_SUFFIX}"), &manifest)?;
-    handles.push(StateHandle::File(h));
+    let mut bytes = Vec::new();
+    live.manifest.encode(&mut bytes);
+    let manifest = pending.write_private(&format!("{owner}{MANIFEST_SUFFIX}"), &bytes)?;
     Ok(OperatorSubtaskState {
         operator_id: subtask.operator_id.clone(),
         subtask_index: subtask.subtask_index,
+        parallelism: subtask.parallelism,
+        max_parallelism: subtask.max_parallelism,
         key_groups: subtask.key_groups,
-        handles,
+        keyed_state: vec![KeyedStateHandle {
+            backend: LSM_BACKEND.to_string(),
+            key_groups: subtask.key_groups,
+            state: KeyedState::IncrementalLsm(LsmFileSet {
+                sequence: live.seq.0,
+                manifest,
+                tables,
+            }),
+        }],
+        operator_state: Vec::new(),
     })
 }
 
@@ -106,7 +120,6 @@ pub fn checkpoint_store(
     let mut pending = store.begin(id, kind)?;
     let state = snapshot_async(ticket, &mut pending, subtask)?;
     let completed = pending.commit(CheckpointContent {
-        backend: LSM_BACKEND.to_string(),
         operator_states: vec![state],
         source_offsets,
         properties: Vec::new(),
@@ -118,26 +131,32 @@ pub fn checkpoint_store(
     })
 }
 
-fn file_handles(state: &OperatorSubtaskState) -> impl Iterator<Item = &FileHandle> {
-    state.handles.iter().filter_map(|h| match h {
-        StateHandle::File(f) => Some(f),
-        StateHandle::Inline { .. } => None,
-    })
+/// The one LSM file set of a subtask's state: an error when it has none (not `lsm` state)
+/// or several (a store restores from one set; merging sets is a rescale).
+pub fn lsm_file_set(state: &OperatorSubtaskState) -> Result<&LsmFileSet> {
+    let mut sets = state.lsm_file_sets();
+    match (sets.next(), sets.next()) {
+        (Some((_, set)), None) => Ok(set),
+        (None, _) => Err(Error::InvalidArgument(format!(
+            "subtask {} of operator {} has no incremental LSM state: not an lsm checkpoint",
+            state.subtask_index, state.operator_id
+        ))),
+        (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+            "subtask {} of operator {} has {} LSM file sets; one store restores from one",
+            state.subtask_index,
+            state.operator_id,
+            state.lsm_file_sets().count()
+        ))),
+    }
 }
 
-/// Reads and decodes the manifest snapshot of a subtask's state, checking its crc.
+/// Reads and decodes the manifest snapshot of an LSM file set, checking its size and crc
+/// against the handle.
 pub fn read_manifest_snapshot(
     storage: &dyn CheckpointStorage,
-    state: &OperatorSubtaskState,
+    set: &LsmFileSet,
 ) -> Result<VersionEdit> {
-    let h = file_handles(state)
-        .find(|h| h.role == FileRole::Private && h.local_name.ends_with(MANIFEST_SUFFIX))
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "subtask {} of operator {} has no LSM manifest snapshot: not an lsm checkpoint",
-                state.subtask_index, state.operator_id
-            ))
-        })?;
+    let h = &set.manifest;
     let path = storage.display_path(&h.path);
     let bytes = storage.read_file(&h.path, MAX_MANIFEST_BYTES)?;
     if bytes.len() as u64 != h.size || crc32c(&bytes) != h.crc32c {
@@ -167,15 +186,30 @@ pub struct LsmLayout {
     pub tables: Vec<(NewFile, FileHandle)>,
 }
 
-/// Reads the manifest snapshot of `state` and pairs every table it lists with the shared
-/// file holding it, checking that both record the same size and crc32c. `metadata_path`
-/// names the `_metadata` in errors.
+/// Reads the manifest snapshot of `set` and pairs every table it lists with the file of
+/// the set holding it, checking that both record the same size and crc32c, and that the
+/// snapshot is consistent at the set's sequence number. `metadata_path` names the
+/// `_metadata` in errors, `label` the subtask.
 pub fn lsm_layout(
     storage: &dyn CheckpointStorage,
     metadata_path: &Path,
-    state: &OperatorSubtaskState,
+    label: &str,
+    set: &LsmFileSet,
 ) -> Result<LsmLayout> {
-    let edit = read_manifest_snapshot(storage, state)?;
+    let edit = read_manifest_snapshot(storage, set)?;
+    let snapshot_seq = edit.last_sequence.map_or(0, |s| s.0);
+    // 0: a set read from a version 1 `_metadata`, which did not record it.
+    if set.sequence != 0 && snapshot_seq != set.sequence {
+        return Err(Error::corruption(
+            storage.display_path(&set.manifest.path),
+            0,
+            format!(
+                "the manifest snapshot of {label} is consistent at sequence {snapshot_seq}; \
+                 _metadata records {}",
+                set.sequence
+            ),
+        ));
+    }
     let mut files: Vec<&NewFile> = edit.new_files.iter().collect();
     files.sort_by(|a, b| {
         a.level.cmp(&b.level).then_with(|| {
@@ -191,15 +225,16 @@ pub fn lsm_layout(
     let mut tables = Vec::with_capacity(files.len());
     for f in files {
         let name = table_file_name(f.number);
-        let h = file_handles(state)
-            .find(|h| h.role == FileRole::Shared && h.local_name == name)
+        let h = set
+            .tables
+            .iter()
+            .find(|h| h.local_name == name)
             .ok_or_else(|| {
                 Error::corruption(
                     metadata_path,
                     0,
                     format!(
-                        "the manifest snapshot of {}_{} lists {name}, which the checkpoint does not hold",
-                        state.operator_id, state.subtask_index
+                        "the manifest snapshot of {label} lists {name}, which the checkpoint does not hold"
                     ),
                 )
             })?;
@@ -228,7 +263,12 @@ pub fn restore_store(
     opts: Options,
 ) -> Result<Db> {
     let metadata_path = storage.display_path(&format!("{}/_metadata", id.dir_name()));
-    let layout = lsm_layout(storage, &metadata_path, state)?;
+    let layout = lsm_layout(
+        storage,
+        &metadata_path,
+        &state.label(),
+        lsm_file_set(state)?,
+    )?;
     let fs = opts.fs.clone();
     fs.create_dir_all(dir)?;
     if !fs.list_dir(dir)?.is_empty() {

@@ -222,6 +222,8 @@ fn setup(inp: &mut Input) -> Setup {
     let subtask = SubtaskId {
         operator_id: "counter".into(),
         subtask_index: 0,
+        parallelism: 1,
+        max_parallelism: 128,
         key_groups: KeyGroupRange::new(0, 127).unwrap(),
     };
     let mut files = BTreeMap::new();

@@ -235,6 +235,8 @@ pub fn check(data: &[u8]) {
                     let subtask = SubtaskId {
                         operator_id: "op".into(),
                         subtask_index: 0,
+                        parallelism: 1,
+                        max_parallelism: 128,
                         key_groups: KeyGroupRange::new(0, 127).unwrap(),
                     };
                     let id = CheckpointId(u64::from(restores));

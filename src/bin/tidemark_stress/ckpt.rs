@@ -15,13 +15,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tidemark::checkpoint::{
     resolve, CheckpointConfig, CheckpointContent, CheckpointId, CheckpointKind, CheckpointStore,
-    FileRole, JobId, KeyGroupRange, LocalStorage, SourceOffset, StateHandle,
+    FileRole, JobId, KeyGroupRange, LocalStorage, OperatorStateHandle, SourceOffset, StateData,
 };
 use tidemark::fs::StdFs;
 use tidemark::lsm::{Db, Options};
-use tidemark::state::lsm_snapshot::{
-    restore_store, snapshot_async, snapshot_sync, SubtaskId, LSM_BACKEND,
-};
+use tidemark::state::lsm_snapshot::{restore_store, snapshot_async, snapshot_sync, SubtaskId};
 
 use super::expected::{Header, Word};
 use super::verify::{observe, shows, Observed, Problems};
@@ -31,6 +29,8 @@ use super::workload::{self, key};
 pub const JOB: &str = "stress";
 /// The private file holding the expected state of a checkpoint.
 pub const EXPECTED_FILE: &str = "stress-expected";
+/// The backend name of the operator-state handle holding [`EXPECTED_FILE`].
+pub const EXPECTED_BACKEND: &str = "stress-model";
 const MAGIC: &[u8; 8] = b"TMSCKPT1";
 
 /// A writer thread's acknowledged state, kept in memory for the checkpoint thread.
@@ -55,6 +55,8 @@ fn subtask() -> SubtaskId {
     SubtaskId {
         operator_id: "stress".into(),
         subtask_index: 0,
+        parallelism: 1,
+        max_parallelism: 128,
         key_groups: KeyGroupRange::new(0, 127).expect("a valid key-group range"),
     }
 }
@@ -126,9 +128,13 @@ pub fn take(
         });
     }
     let handle = pending.write_private(EXPECTED_FILE, &bytes)?;
-    state.handles.push(StateHandle::File(handle));
+    // The expected state rides along as the operator's own (non-keyed) state.
+    state.operator_state.push(OperatorStateHandle {
+        backend: EXPECTED_BACKEND.to_string(),
+        data: StateData::File(handle),
+        states: Vec::new(),
+    });
     pending.commit(CheckpointContent {
-        backend: LSM_BACKEND.to_string(),
         operator_states: vec![state],
         source_offsets: offsets,
         properties: vec![("stress.seed".into(), h.seed.to_string())],
@@ -195,10 +201,8 @@ pub fn verify_retained(
             problems.push(format!("{what} holds no operator state"));
             continue;
         };
-        let handle = state.handles.iter().find_map(|hd| match hd {
-            StateHandle::File(f)
-                if f.role == FileRole::Private && f.local_name == EXPECTED_FILE =>
-            {
+        let handle = state.operator_state.iter().find_map(|hd| match &hd.data {
+            StateData::File(f) if f.role == FileRole::Private && f.local_name == EXPECTED_FILE => {
                 Some(f)
             }
             _ => None,
