@@ -4,6 +4,7 @@
 //! This layer sits on the store ([`crate::lsm`]) and on checkpoint storage
 //! ([`crate::checkpoint`]); the stream layer above it never matches on backend kind.
 
+pub mod backend;
 pub mod heap;
 pub mod key_groups;
 pub mod keyed;

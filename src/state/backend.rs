@@ -1,0 +1,518 @@
+//! State backends behind one interface, as Flink's: a [`StateBackend`] creates, for one
+//! operator subtask and its key groups, a keyed state backend and an operator state store,
+//! fresh or restored from the handles of a checkpoint's `_metadata` (with the same or
+//! another parallelism). Each snapshots in two parts: a synchronous part that copies no
+//! keyed state (processing goes on as soon as it returns), then an asynchronous part that
+//! writes the bytes into the pending checkpoint and returns the handles for `_metadata`.
+//!
+//! | backend | working state | checkpoint | Flink's name |
+//! | --- | --- | --- | --- |
+//! | [`MemoryStateBackend`] (`memory`) | heap | inline in `_metadata`, up to a size limit (default 5 MiB) | `MemoryStateBackend`; `hashmap` + `jobmanager` storage |
+//! | [`FsStateBackend`] (`filesystem`) | heap | a file per subtask in `chk-N/`; inline below a threshold (default 20 KiB) | `FsStateBackend`; `hashmap` + `filesystem` storage |
+//!
+//! The caller (the stream layer) never matches on which backend it has.
+
+use std::fmt::Debug;
+
+use super::heap::{HeapKeyedBackend, HeapSnapshot, KeyGroupsSource};
+use super::key_groups::MaxParallelism;
+use super::keyed::KeyedStateBackend;
+use super::operator::{
+    OperatorSnapshot, OperatorStateSource, OperatorStateStore, Redistribution, WrittenState,
+};
+use crate::checkpoint::{
+    CheckpointStorage, FileHandle, KeyGroupRange, KeyedState, KeyedStateHandle, NamedOperatorState,
+    OperatorStateHandle, OperatorSubtaskState, PendingCheckpoint, RedistributionMode, StateData,
+};
+use crate::codec::crc32c;
+use crate::error::{Error, Result};
+
+/// Flink's default limit of the memory backend's snapshot of one subtask
+/// (`MemoryStateBackend.DEFAULT_MAX_STATE_SIZE`): 5 MiB.
+pub const DEFAULT_MAX_STATE_SIZE: u64 = 5 << 20;
+
+/// Flink's default size below which state goes inline into `_metadata` instead of a file
+/// (`state.storage.fs.memory-threshold`): 20 KiB.
+pub const DEFAULT_INLINE_THRESHOLD: u64 = 20 << 10;
+
+/// The largest snapshot file a heap backend reads back (a hostile size is refused before
+/// anything is allocated).
+pub const MAX_SNAPSHOT_FILE_BYTES: u64 = 64 << 30;
+
+/// Which operator subtask a backend serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubtaskInfo {
+    /// The operator's stable id (Flink's `uid`).
+    pub operator_id: String,
+    /// The subtask's index, below `parallelism`.
+    pub subtask_index: u32,
+    /// The operator's parallelism.
+    pub parallelism: u32,
+    /// The operator's number of key groups.
+    pub max_parallelism: MaxParallelism,
+}
+
+impl SubtaskInfo {
+    /// The key groups the subtask owns (Flink's contiguous range).
+    pub fn key_groups(&self) -> Result<KeyGroupRange> {
+        self.max_parallelism
+            .range_for_subtask(self.parallelism, self.subtask_index)
+    }
+
+    /// `<operator>_<index>`, for file names and errors.
+    pub fn label(&self) -> String {
+        format!("{}_{}", self.operator_id, self.subtask_index)
+    }
+}
+
+/// What a restore reads: every subtask state of the operator in one checkpoint, and the
+/// storage holding their files.
+#[derive(Clone, Copy)]
+pub struct RestoreFrom<'a> {
+    /// The checkpoint's storage (its job directory).
+    pub storage: &'a dyn CheckpointStorage,
+    /// The operator's subtask states, one per old subtask.
+    pub subtasks: &'a [OperatorSubtaskState],
+}
+
+impl Debug for RestoreFrom<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreFrom")
+            .field("subtasks", &self.subtasks.len())
+            .finish()
+    }
+}
+
+/// A subtask's keyed state, with its snapshots.
+pub trait CheckpointedKeyedState: Send {
+    /// The state itself.
+    fn backend(&mut self) -> &mut dyn KeyedStateBackend;
+
+    /// The synchronous part of a snapshot: copies no state.
+    fn snapshot_sync(&mut self) -> Result<Box<dyn KeyedSnapshot>>;
+}
+
+/// The asynchronous part of a keyed snapshot.
+pub trait KeyedSnapshot: Send {
+    /// Writes the snapshot into `pending` and describes it.
+    fn write(self: Box<Self>, pending: &mut PendingCheckpoint) -> Result<Vec<KeyedStateHandle>>;
+}
+
+/// One interface for every state backend.
+pub trait StateBackend: Send + Sync + Debug {
+    /// The backend's name, recorded in every handle it writes.
+    fn name(&self) -> &'static str;
+
+    /// The keyed state of subtask `info`, restored from `restore` if given (any old
+    /// parallelism: each old handle's key groups that `info` owns are read).
+    fn keyed_state(
+        &self,
+        info: &SubtaskInfo,
+        restore: Option<RestoreFrom<'_>>,
+    ) -> Result<Box<dyn CheckpointedKeyedState>>;
+
+    /// The operator state of subtask `info`, redistributed from `restore` if given.
+    fn operator_state(
+        &self,
+        info: &SubtaskInfo,
+        restore: Option<RestoreFrom<'_>>,
+    ) -> Result<OperatorStateStore> {
+        match restore {
+            None => Ok(OperatorStateStore::new()),
+            Some(r) => restore_operator_state(info, r),
+        }
+    }
+
+    /// Writes `snapshot` (the subtask's operator state) into `pending`.
+    fn write_operator_state(
+        &self,
+        info: &SubtaskInfo,
+        snapshot: &OperatorSnapshot,
+        pending: &mut PendingCheckpoint,
+    ) -> Result<Vec<OperatorStateHandle>>;
+}
+
+/// Where a heap backend's snapshots go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeapStorage {
+    /// Inline in `_metadata`, failing above the limit.
+    JobManager { max_state_size: u64 },
+    /// A private file of the checkpoint, inline below the threshold.
+    Filesystem { inline_threshold: u64 },
+}
+
+impl HeapStorage {
+    fn name(self) -> &'static str {
+        match self {
+            HeapStorage::JobManager { .. } => "memory",
+            HeapStorage::Filesystem { .. } => "filesystem",
+        }
+    }
+
+    /// Puts `bytes` where this storage keeps them: inline, or a private file `name`.
+    fn place(
+        self,
+        info: &SubtaskInfo,
+        what: &str,
+        name: &str,
+        bytes: Vec<u8>,
+        pending: &mut PendingCheckpoint,
+    ) -> Result<StateData> {
+        let size = bytes.len() as u64;
+        match self {
+            HeapStorage::JobManager { max_state_size } => {
+                if size > max_state_size {
+                    return Err(Error::InvalidArgument(format!(
+                        "the {what} snapshot of operator {:?} subtask {} is {size} bytes, over \
+                         the memory backend's limit of {max_state_size} bytes \
+                         (state.backend.memory.max-state-size); use the filesystem or lsm backend",
+                        info.operator_id, info.subtask_index
+                    )));
+                }
+                Ok(StateData::Inline(bytes))
+            }
+            HeapStorage::Filesystem { inline_threshold } => {
+                if size < inline_threshold {
+                    Ok(StateData::Inline(bytes))
+                } else {
+                    Ok(StateData::File(pending.write_private(name, &bytes)?))
+                }
+            }
+        }
+    }
+}
+
+/// Flink's `MemoryStateBackend`: heap state, snapshots inline in `_metadata`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryStateBackend {
+    max_state_size: u64,
+}
+
+impl MemoryStateBackend {
+    /// With the default limit (5 MiB per subtask snapshot).
+    pub fn new() -> Self {
+        MemoryStateBackend {
+            max_state_size: DEFAULT_MAX_STATE_SIZE,
+        }
+    }
+
+    /// With a limit of `bytes` per subtask snapshot.
+    pub fn with_max_state_size(bytes: u64) -> Self {
+        MemoryStateBackend {
+            max_state_size: bytes,
+        }
+    }
+}
+
+impl Default for MemoryStateBackend {
+    fn default() -> Self {
+        MemoryStateBackend::new()
+    }
+}
+
+/// Flink's `FsStateBackend`: heap state, snapshots in a file per subtask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStateBackend {
+    inline_threshold: u64,
+}
+
+impl FsStateBackend {
+    /// With the default inline threshold (20 KiB).
+    pub fn new() -> Self {
+        FsStateBackend {
+            inline_threshold: DEFAULT_INLINE_THRESHOLD,
+        }
+    }
+
+    /// Snapshots smaller than `bytes` go inline into `_metadata`.
+    pub fn with_inline_threshold(bytes: u64) -> Self {
+        FsStateBackend {
+            inline_threshold: bytes,
+        }
+    }
+}
+
+impl Default for FsStateBackend {
+    fn default() -> Self {
+        FsStateBackend::new()
+    }
+}
+
+macro_rules! heap_backend {
+    ($ty:ty, $storage:expr) => {
+        impl StateBackend for $ty {
+            fn name(&self) -> &'static str {
+                let s: fn(&$ty) -> HeapStorage = $storage;
+                s(self).name()
+            }
+
+            fn keyed_state(
+                &self,
+                info: &SubtaskInfo,
+                restore: Option<RestoreFrom<'_>>,
+            ) -> Result<Box<dyn CheckpointedKeyedState>> {
+                let s: fn(&$ty) -> HeapStorage = $storage;
+                heap_keyed_state(s(self), info, restore)
+            }
+
+            fn write_operator_state(
+                &self,
+                info: &SubtaskInfo,
+                snapshot: &OperatorSnapshot,
+                pending: &mut PendingCheckpoint,
+            ) -> Result<Vec<OperatorStateHandle>> {
+                let s: fn(&$ty) -> HeapStorage = $storage;
+                write_operator_state(s(self), info, snapshot, pending)
+            }
+        }
+    };
+}
+
+heap_backend!(MemoryStateBackend, |b| HeapStorage::JobManager {
+    max_state_size: b.max_state_size
+});
+heap_backend!(FsStateBackend, |b| HeapStorage::Filesystem {
+    inline_threshold: b.inline_threshold
+});
+
+struct HeapKeyed {
+    storage: HeapStorage,
+    info: SubtaskInfo,
+    backend: HeapKeyedBackend,
+}
+
+struct HeapKeyedSnapshot {
+    storage: HeapStorage,
+    info: SubtaskInfo,
+    snapshot: HeapSnapshot,
+}
+
+impl CheckpointedKeyedState for HeapKeyed {
+    fn backend(&mut self) -> &mut dyn KeyedStateBackend {
+        &mut self.backend
+    }
+
+    fn snapshot_sync(&mut self) -> Result<Box<dyn KeyedSnapshot>> {
+        Ok(Box::new(HeapKeyedSnapshot {
+            storage: self.storage,
+            info: self.info.clone(),
+            snapshot: self.backend.snapshot(),
+        }))
+    }
+}
+
+impl KeyedSnapshot for HeapKeyedSnapshot {
+    fn write(self: Box<Self>, pending: &mut PendingCheckpoint) -> Result<Vec<KeyedStateHandle>> {
+        let mut bytes = Vec::new();
+        let written = self.snapshot.write_to(&mut bytes)?;
+        let name = format!("{}.keyed", self.info.label());
+        let data = self
+            .storage
+            .place(&self.info, "keyed state", &name, bytes, pending)?;
+        let state = match data {
+            StateData::Inline(bytes) => KeyedState::KeyGroupsInline {
+                bytes,
+                offsets: written.offsets,
+            },
+            StateData::File(file) => KeyedState::KeyGroupsFile {
+                file,
+                offsets: written.offsets,
+            },
+        };
+        Ok(vec![KeyedStateHandle {
+            backend: self.storage.name().to_string(),
+            key_groups: written.range,
+            state,
+        }])
+    }
+}
+
+/// Reads a checkpoint file `f` whole, checking its size and crc32c.
+fn read_checked(storage: &dyn CheckpointStorage, f: &FileHandle) -> Result<Vec<u8>> {
+    let path = storage.display_path(&f.path);
+    if f.size > MAX_SNAPSHOT_FILE_BYTES {
+        return Err(Error::corruption(
+            &path,
+            0,
+            format!(
+                "a snapshot of {} bytes is over the limit of {MAX_SNAPSHOT_FILE_BYTES}",
+                f.size
+            ),
+        ));
+    }
+    let bytes = storage.read_file(&f.path, f.size)?;
+    if bytes.len() as u64 != f.size {
+        return Err(Error::corruption(
+            &path,
+            0,
+            format!(
+                "file is {} bytes, _metadata records {}",
+                bytes.len(),
+                f.size
+            ),
+        ));
+    }
+    let crc = crc32c(&bytes);
+    if crc != f.crc32c {
+        return Err(Error::corruption(
+            &path,
+            0,
+            format!("crc32c {crc:08x}, _metadata records {:08x}", f.crc32c),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn heap_keyed_state(
+    storage: HeapStorage,
+    info: &SubtaskInfo,
+    restore: Option<RestoreFrom<'_>>,
+) -> Result<Box<dyn CheckpointedKeyedState>> {
+    let range = info.key_groups()?;
+    let backend = match restore {
+        None => HeapKeyedBackend::new(info.max_parallelism, range),
+        Some(r) => {
+            // The bytes of every handle that holds key groups of `range`.
+            let mut loaded: Vec<(String, Vec<u8>, Vec<u64>)> = Vec::new();
+            for st in r.subtasks {
+                if st.max_parallelism != info.max_parallelism.get() {
+                    return Err(Error::InvalidArgument(format!(
+                        "operator {:?} was checkpointed with max parallelism {} and is restored \
+                         with {}: key groups cannot be mapped (pipeline.max-parallelism must \
+                         not change)",
+                        info.operator_id,
+                        st.max_parallelism,
+                        info.max_parallelism.get()
+                    )));
+                }
+                for h in &st.keyed_state {
+                    let meets = h.key_groups.start <= range.end && range.start <= h.key_groups.end;
+                    if !meets {
+                        continue;
+                    }
+                    let (name, bytes, offsets) = match &h.state {
+                        KeyedState::KeyGroupsInline { bytes, offsets } => (
+                            format!("inline keyed state of {} in _metadata", st.label()),
+                            bytes.clone(),
+                            offsets.clone(),
+                        ),
+                        KeyedState::KeyGroupsFile { file, offsets } => (
+                            r.storage.display_path(&file.path).display().to_string(),
+                            read_checked(r.storage, file)?,
+                            offsets.clone(),
+                        ),
+                        KeyedState::IncrementalLsm(_) => {
+                            return Err(Error::InvalidArgument(format!(
+                                "subtask {} holds an incremental LSM file set (backend {:?}): \
+                                 the {} backend restores key-groups snapshots; take a canonical \
+                                 savepoint to switch backends",
+                                st.label(),
+                                h.backend,
+                                storage.name()
+                            )))
+                        }
+                    };
+                    loaded.push((name, bytes, offsets));
+                }
+            }
+            let sources: Vec<KeyGroupsSource<'_>> = loaded
+                .iter()
+                .map(|(name, data, offsets)| KeyGroupsSource {
+                    name,
+                    data,
+                    offsets,
+                })
+                .collect();
+            HeapKeyedBackend::restore(info.max_parallelism, range, &sources)?
+        }
+    };
+    Ok(Box::new(HeapKeyed {
+        storage,
+        info: info.clone(),
+        backend,
+    }))
+}
+
+fn to_mode(r: Redistribution) -> RedistributionMode {
+    match r {
+        Redistribution::SplitDistribute => RedistributionMode::SplitDistribute,
+        Redistribution::Union => RedistributionMode::Union,
+    }
+}
+
+fn write_operator_state(
+    storage: HeapStorage,
+    info: &SubtaskInfo,
+    snapshot: &OperatorSnapshot,
+    pending: &mut PendingCheckpoint,
+) -> Result<Vec<OperatorStateHandle>> {
+    let mut bytes = Vec::new();
+    let written = snapshot.write_to(&mut bytes)?;
+    if written.states.is_empty() {
+        return Ok(Vec::new());
+    }
+    let name = format!("{}.operator", info.label());
+    let data = storage.place(info, "operator state", &name, bytes, pending)?;
+    Ok(vec![OperatorStateHandle {
+        backend: storage.name().to_string(),
+        data,
+        states: written
+            .states
+            .into_iter()
+            .map(|s| NamedOperatorState {
+                name: s.name,
+                mode: to_mode(s.mode),
+                offsets: s.offsets,
+            })
+            .collect(),
+    }])
+}
+
+/// Operator state of `info`, redistributed from every old subtask's handles (any backend
+/// that wrote them in the operator-state format).
+pub fn restore_operator_state(
+    info: &SubtaskInfo,
+    r: RestoreFrom<'_>,
+) -> Result<OperatorStateStore> {
+    let mut loaded: Vec<(String, Vec<u8>, Vec<WrittenState>)> = Vec::new();
+    for st in r.subtasks {
+        for h in &st.operator_state {
+            let (name, bytes) = match &h.data {
+                StateData::Inline(b) => (
+                    format!("inline operator state of {} in _metadata", st.label()),
+                    b.clone(),
+                ),
+                StateData::File(f) => (
+                    r.storage.display_path(&f.path).display().to_string(),
+                    read_checked(r.storage, f)?,
+                ),
+            };
+            let mut states = Vec::with_capacity(h.states.len());
+            for s in &h.states {
+                let mode = match s.mode {
+                    RedistributionMode::SplitDistribute => Redistribution::SplitDistribute,
+                    RedistributionMode::Union => Redistribution::Union,
+                    RedistributionMode::Broadcast => {
+                        return Err(Error::InvalidArgument(format!(
+                            "operator state {:?} of {} is broadcast state, which this backend \
+                             does not hold",
+                            s.name,
+                            st.label()
+                        )))
+                    }
+                };
+                states.push(WrittenState {
+                    name: s.name.clone(),
+                    mode,
+                    offsets: s.offsets.clone(),
+                });
+            }
+            loaded.push((name, bytes, states));
+        }
+    }
+    let sources: Vec<OperatorStateSource<'_>> = loaded
+        .iter()
+        .map(|(name, data, states)| OperatorStateSource { name, data, states })
+        .collect();
+    OperatorStateStore::restore(info.subtask_index, info.parallelism, &sources)
+}

@@ -1,0 +1,248 @@
+//! The heap state backends (`memory`, `filesystem`) through the one `StateBackend`
+//! interface and a real checkpoint: keyed and operator state of three subtasks
+//! checkpointed (the synchronous part copies nothing: writes after it are not in the
+//! checkpoint), `_metadata` written and resolved, and every subtask restored into 1, 2 and
+//! 4 subtasks, also into the other heap backend; the memory backend's size limit.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tidemark::checkpoint::{
+    resolve_verified, CheckpointConfig, CheckpointContent, CheckpointId, CheckpointKind,
+    CheckpointStore, JobId, KeyedState as Handle, LocalStorage, OperatorSubtaskState, StateData,
+};
+use tidemark::fs::StdFs;
+use tidemark::state::backend::{
+    FsStateBackend, MemoryStateBackend, RestoreFrom, StateBackend, SubtaskInfo,
+};
+use tidemark::state::key_groups::MaxParallelism;
+use tidemark::state::keyed::{
+    KeyedState, ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor,
+};
+use tidemark::state::operator::Redistribution;
+
+const OP: &str = "counter";
+const KEYS: u32 = 2000;
+
+fn info(index: u32, parallelism: u32) -> SubtaskInfo {
+    SubtaskInfo {
+        operator_id: OP.into(),
+        subtask_index: index,
+        parallelism,
+        max_parallelism: MaxParallelism::default(),
+    }
+}
+
+fn count() -> ValueStateDescriptor<u64> {
+    ValueStateDescriptor::new("count")
+}
+fn seen() -> MapStateDescriptor<u32, String> {
+    MapStateDescriptor::new("seen")
+}
+fn offsets() -> ListStateDescriptor<u64> {
+    ListStateDescriptor::new("offsets")
+}
+fn names() -> ListStateDescriptor<String> {
+    ListStateDescriptor::new("names")
+}
+
+fn owner(k: u32, p: u32) -> u32 {
+    let m = MaxParallelism::default();
+    let kb = postcard::to_stdvec(&k).unwrap();
+    m.subtask_for_key_group(p, m.key_group_of(&kb)).unwrap()
+}
+
+fn job(root: &Path) -> CheckpointStore {
+    let storage = LocalStorage::new(StdFs::shared(), root, JobId::new("job").unwrap());
+    CheckpointStore::open(Arc::new(storage), CheckpointConfig::default()).unwrap()
+}
+
+/// Runs three subtasks of `backend`, checkpoints them as checkpoint 1, then keeps writing.
+fn checkpoint_three(backend: &dyn StateBackend, root: &Path) -> tidemark::Result<()> {
+    let store = job(root);
+    let mut pending = store.begin(CheckpointId(1), CheckpointKind::Full)?;
+    let mut states = Vec::new();
+    let mut afterwards = Vec::new();
+    for i in 0..3 {
+        let info = info(i, 3);
+        let mut keyed = backend.keyed_state(&info, None)?;
+        let mut ops = backend.operator_state(&info, None)?;
+        {
+            let mut s = KeyedState::new(keyed.backend());
+            for k in (0..KEYS).filter(|&k| owner(k, 3) == i) {
+                s.set_current_key(&k)?;
+                s.value(&count())?.update(&u64::from(k * 3))?;
+                s.map(&seen())?.put(&k, &format!("k{k}"))?;
+            }
+        }
+        ops.list(&offsets(), Redistribution::SplitDistribute)?
+            .update(&[u64::from(i) * 10, u64::from(i) * 10 + 1])?;
+        ops.list(&names(), Redistribution::Union)?
+            .add(&format!("subtask-{i}"))?;
+        // The synchronous part, then writes that the checkpoint must not see.
+        let snap = keyed.snapshot_sync()?;
+        let op_snap = ops.snapshot();
+        {
+            let mut s = KeyedState::new(keyed.backend());
+            for k in (0..KEYS).filter(|&k| owner(k, 3) == i) {
+                s.set_current_key(&k)?;
+                s.value(&count())?.update(&999_999)?;
+            }
+        }
+        ops.list(&offsets(), Redistribution::SplitDistribute)?
+            .add(&777)?;
+        let keyed_state = snap.write(&mut pending)?;
+        let operator_state = backend.write_operator_state(&info, &op_snap, &mut pending)?;
+        states.push(OperatorSubtaskState {
+            operator_id: OP.into(),
+            subtask_index: i,
+            parallelism: 3,
+            max_parallelism: 128,
+            key_groups: info.key_groups()?,
+            keyed_state,
+            operator_state,
+        });
+        afterwards.push(keyed);
+    }
+    pending.commit(CheckpointContent {
+        operator_states: states,
+        source_offsets: Vec::new(),
+        properties: Vec::new(),
+    })?;
+    Ok(())
+}
+
+/// Restores checkpoint 1 of `root` with `backend` into `p` subtasks and checks every key.
+fn restore_and_check(backend: &dyn StateBackend, root: &Path, p: u32) {
+    let r = resolve_verified(StdFs::shared(), &root.join("job"), false).unwrap();
+    let storage = r.storage(StdFs::shared());
+    let from = RestoreFrom {
+        storage: &storage,
+        subtasks: &r.metadata.operator_states,
+    };
+    let mut all_offsets = Vec::new();
+    for i in 0..p {
+        let info = info(i, p);
+        let mut keyed = backend.keyed_state(&info, Some(from)).unwrap();
+        let mut ops = backend.operator_state(&info, Some(from)).unwrap();
+        let mut s = KeyedState::new(keyed.backend());
+        for k in (0..KEYS).filter(|&k| owner(k, p) == i) {
+            s.set_current_key(&k).unwrap();
+            assert_eq!(
+                s.value(&count()).unwrap().get().unwrap(),
+                Some(u64::from(k * 3)),
+                "p {p}: key {k}"
+            );
+            assert_eq!(
+                s.map(&seen()).unwrap().iter().unwrap(),
+                vec![(k, format!("k{k}"))]
+            );
+        }
+        all_offsets.extend(
+            ops.list(&offsets(), Redistribution::SplitDistribute)
+                .unwrap()
+                .get()
+                .unwrap(),
+        );
+        let n = ops
+            .list(&names(), Redistribution::Union)
+            .unwrap()
+            .get()
+            .unwrap();
+        assert_eq!(n, vec!["subtask-0", "subtask-1", "subtask-2"]);
+    }
+    assert_eq!(
+        all_offsets,
+        vec![0, 1, 10, 11, 20, 21],
+        "p {p}: each offset once"
+    );
+}
+
+fn backends() -> Vec<(&'static str, Box<dyn StateBackend>)> {
+    vec![
+        ("memory", Box::new(MemoryStateBackend::new())),
+        ("filesystem", Box::new(FsStateBackend::new())),
+        (
+            "filesystem-files",
+            Box::new(FsStateBackend::with_inline_threshold(0)),
+        ),
+    ]
+}
+
+#[test]
+fn checkpoint_and_restore_into_any_parallelism_and_the_other_heap_backend() {
+    for (name, backend) in backends() {
+        let tmp = tempfile::tempdir().unwrap();
+        checkpoint_three(backend.as_ref(), tmp.path()).unwrap();
+        let r = resolve_verified(StdFs::shared(), &tmp.path().join("job"), false).unwrap();
+        let files = r
+            .metadata
+            .operator_states
+            .iter()
+            .flat_map(|s| s.keyed_state.iter())
+            .filter(|h| matches!(h.state, Handle::KeyGroupsFile { .. }))
+            .count();
+        let inline_ops = r
+            .metadata
+            .operator_states
+            .iter()
+            .flat_map(|s| s.operator_state.iter())
+            .filter(|h| matches!(h.data, StateData::Inline(_)))
+            .count();
+        match name {
+            "filesystem-files" => assert_eq!((files, inline_ops), (3, 0), "{name}"),
+            _ => assert_eq!(files, 0, "{name}: inline"),
+        }
+        for h in r
+            .metadata
+            .operator_states
+            .iter()
+            .flat_map(|s| s.keyed_state.iter())
+        {
+            assert_eq!(h.backend, backend.name());
+        }
+        for p in [1, 2, 3, 4] {
+            restore_and_check(backend.as_ref(), tmp.path(), p);
+        }
+        // A heap snapshot restores into the other heap backend.
+        for (_, other) in backends() {
+            restore_and_check(other.as_ref(), tmp.path(), 2);
+        }
+    }
+}
+
+#[test]
+fn the_memory_backend_refuses_a_snapshot_over_its_limit_naming_what_and_where() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = MemoryStateBackend::with_max_state_size(4096);
+    let e = checkpoint_three(&backend, tmp.path()).unwrap_err();
+    let msg = e.to_string();
+    for part in ["\"counter\"", "subtask 0", "4096", "bytes"] {
+        assert!(msg.contains(part), "{part} missing from: {msg}");
+    }
+    // The checkpoint never completed.
+    assert!(resolve_verified(StdFs::shared(), &tmp.path().join("job"), false).is_err());
+}
+
+#[test]
+fn a_damaged_snapshot_file_is_refused_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = FsStateBackend::with_inline_threshold(0);
+    checkpoint_three(&backend, tmp.path()).unwrap();
+    let file = tmp.path().join("job/chk-1/counter_1.keyed");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&file, &bytes).unwrap();
+    let r =
+        tidemark::checkpoint::resolve(StdFs::shared().as_ref(), &tmp.path().join("job")).unwrap();
+    let storage = r.storage(StdFs::shared());
+    let from = RestoreFrom {
+        storage: &storage,
+        subtasks: &r.metadata.operator_states,
+    };
+    let e = backend.keyed_state(&info(0, 1), Some(from)).err().unwrap();
+    assert!(e.to_string().contains("counter_1.keyed"), "{e}");
+    // Subtasks whose key groups do not meet the damaged file's restore without it.
+    assert!(backend.keyed_state(&info(0, 3), Some(from)).is_ok());
+}
