@@ -1,8 +1,9 @@
-//! The heap state backends (`memory`, `filesystem`) through the one `StateBackend`
+//! The state backends (`memory`, `filesystem`, `lsm`) through the one `StateBackend`
 //! interface and a real checkpoint: keyed and operator state of three subtasks
 //! checkpointed (the synchronous part copies nothing: writes after it are not in the
 //! checkpoint), `_metadata` written and resolved, and every subtask restored into 1, 2 and
-//! 4 subtasks, also into the other heap backend; the memory backend's size limit.
+//! 4 subtasks (the heap backends; `lsm` with the same parallelism), also into the other
+//! heap backend; the memory backend's size limit.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tidemark::checkpoint::{
 };
 use tidemark::fs::StdFs;
 use tidemark::state::backend::{
-    FsStateBackend, MemoryStateBackend, RestoreFrom, StateBackend, SubtaskInfo,
+    FsStateBackend, LsmStateBackend, MemoryStateBackend, RestoreFrom, StateBackend, SubtaskInfo,
 };
 use tidemark::state::key_groups::MaxParallelism;
 use tidemark::state::keyed::{
@@ -117,6 +118,7 @@ fn restore_and_check(backend: &dyn StateBackend, root: &Path, p: u32) {
     let r = resolve_verified(StdFs::shared(), &root.join("job"), false).unwrap();
     let storage = r.storage(StdFs::shared());
     let from = RestoreFrom {
+        checkpoint_id: r.checkpoint_id,
         storage: &storage,
         subtasks: &r.metadata.operator_states,
     };
@@ -238,6 +240,7 @@ fn a_damaged_snapshot_file_is_refused_naming_it() {
         tidemark::checkpoint::resolve(StdFs::shared().as_ref(), &tmp.path().join("job")).unwrap();
     let storage = r.storage(StdFs::shared());
     let from = RestoreFrom {
+        checkpoint_id: r.checkpoint_id,
         storage: &storage,
         subtasks: &r.metadata.operator_states,
     };
@@ -245,4 +248,37 @@ fn a_damaged_snapshot_file_is_refused_naming_it() {
     assert!(e.to_string().contains("counter_1.keyed"), "{e}");
     // Subtasks whose key groups do not meet the damaged file's restore without it.
     assert!(backend.keyed_state(&info(0, 3), Some(from)).is_ok());
+}
+
+#[test]
+fn the_lsm_backend_checkpoints_incrementally_and_restores_with_the_same_parallelism() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = LsmStateBackend::new(tmp.path().join("local"), tidemark::lsm::Options::default());
+    checkpoint_three(&backend, &tmp.path().join("ckpt")).unwrap();
+    let r = resolve_verified(StdFs::shared(), &tmp.path().join("ckpt/job"), false).unwrap();
+    for st in &r.metadata.operator_states {
+        assert!(st
+            .keyed_state
+            .iter()
+            .all(|h| matches!(h.state, Handle::IncrementalLsm(_))));
+        assert!(!st.operator_state.is_empty());
+    }
+    let restored =
+        LsmStateBackend::new(tmp.path().join("local2"), tidemark::lsm::Options::default());
+    restore_and_check(&restored, &tmp.path().join("ckpt"), 3);
+    // Another parallelism is refused with a clear error, before anything is read.
+    let storage = r.storage(StdFs::shared());
+    let from = RestoreFrom {
+        checkpoint_id: r.checkpoint_id,
+        storage: &storage,
+        subtasks: &r.metadata.operator_states,
+    };
+    let e = restored.keyed_state(&info(0, 2), Some(from)).err().unwrap();
+    assert!(e.to_string().contains("parallelism 3"), "{e}");
+    // A heap backend does not read an LSM file set, and says so.
+    let e = MemoryStateBackend::new()
+        .keyed_state(&info(0, 3), Some(from))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("incremental LSM"), "{e}");
 }

@@ -21,8 +21,9 @@ use super::operator::{
     OperatorSnapshot, OperatorStateSource, OperatorStateStore, Redistribution, WrittenState,
 };
 use crate::checkpoint::{
-    CheckpointStorage, FileHandle, KeyGroupRange, KeyedState, KeyedStateHandle, NamedOperatorState,
-    OperatorStateHandle, OperatorSubtaskState, PendingCheckpoint, RedistributionMode, StateData,
+    CheckpointId, CheckpointStorage, FileHandle, KeyGroupRange, KeyedState, KeyedStateHandle,
+    NamedOperatorState, OperatorStateHandle, OperatorSubtaskState, PendingCheckpoint,
+    RedistributionMode, StateData,
 };
 use crate::codec::crc32c;
 use crate::error::{Error, Result};
@@ -69,6 +70,8 @@ impl SubtaskInfo {
 /// storage holding their files.
 #[derive(Clone, Copy)]
 pub struct RestoreFrom<'a> {
+    /// The checkpoint's id.
+    pub checkpoint_id: CheckpointId,
     /// The checkpoint's storage (its job directory).
     pub storage: &'a dyn CheckpointStorage,
     /// The operator's subtask states, one per old subtask.
@@ -262,7 +265,8 @@ macro_rules! heap_backend {
                 pending: &mut PendingCheckpoint,
             ) -> Result<Vec<OperatorStateHandle>> {
                 let s: fn(&$ty) -> HeapStorage = $storage;
-                write_operator_state(s(self), info, snapshot, pending)
+                let s = s(self);
+                write_operator_state(s, s.name(), info, snapshot, pending)
             }
         }
     };
@@ -442,6 +446,7 @@ fn to_mode(r: Redistribution) -> RedistributionMode {
 
 fn write_operator_state(
     storage: HeapStorage,
+    backend: &str,
     info: &SubtaskInfo,
     snapshot: &OperatorSnapshot,
     pending: &mut PendingCheckpoint,
@@ -454,7 +459,7 @@ fn write_operator_state(
     let name = format!("{}.operator", info.label());
     let data = storage.place(info, "operator state", &name, bytes, pending)?;
     Ok(vec![OperatorStateHandle {
-        backend: storage.name().to_string(),
+        backend: backend.to_string(),
         data,
         states: written
             .states
@@ -515,4 +520,136 @@ pub fn restore_operator_state(
         .map(|(name, data, states)| OperatorStateSource { name, data, states })
         .collect();
     OperatorStateStore::restore(info.subtask_index, info.parallelism, &sources)
+}
+
+/// Flink's `RocksDBStateBackend` with incremental checkpoints, on tidemark's store: each
+/// subtask's keyed state in a store of its own under a local working directory (WAL off:
+/// the checkpoint is the point of durability), checkpointed by hard-linking its tables into
+/// `shared/`; values whose time to live expired are dropped by compaction.
+#[derive(Debug, Clone)]
+pub struct LsmStateBackend {
+    local_dir: std::path::PathBuf,
+    options: crate::lsm::Options,
+    inline_threshold: u64,
+}
+
+impl LsmStateBackend {
+    /// Stores under `local_dir` (Flink's `state.backend.rocksdb.localdir`), opened with
+    /// `options` (the log is turned off).
+    pub fn new(local_dir: impl Into<std::path::PathBuf>, options: crate::lsm::Options) -> Self {
+        LsmStateBackend {
+            local_dir: local_dir.into(),
+            options: crate::lsm::Options {
+                wal: false,
+                ..options
+            },
+            inline_threshold: DEFAULT_INLINE_THRESHOLD,
+        }
+    }
+
+    /// The working directory of subtask `info`: removed and made anew, as the state is
+    /// rebuilt from the checkpoint (or empty).
+    fn working_dir(&self, info: &SubtaskInfo) -> Result<std::path::PathBuf> {
+        let fs = self.options.fs.clone();
+        let dir = self.local_dir.join(format!("lsm-{}", info.label()));
+        if fs.exists(&dir) {
+            fs.remove_dir_all(&dir)?;
+        }
+        fs.create_dir_all(&self.local_dir)?;
+        Ok(dir)
+    }
+}
+
+struct LsmKeyed {
+    db: std::sync::Arc<crate::lsm::Db>,
+    backend: super::lsm_keyed::LsmKeyedBackend,
+    subtask: super::lsm_snapshot::SubtaskId,
+}
+
+struct LsmKeyedSnapshot {
+    ticket: crate::lsm::LiveFilesTicket,
+    subtask: super::lsm_snapshot::SubtaskId,
+}
+
+impl CheckpointedKeyedState for LsmKeyed {
+    fn backend(&mut self) -> &mut dyn KeyedStateBackend {
+        &mut self.backend
+    }
+
+    fn snapshot_sync(&mut self) -> Result<Box<dyn KeyedSnapshot>> {
+        Ok(Box::new(LsmKeyedSnapshot {
+            ticket: super::lsm_snapshot::snapshot_sync(&self.db)?,
+            subtask: self.subtask.clone(),
+        }))
+    }
+}
+
+impl KeyedSnapshot for LsmKeyedSnapshot {
+    fn write(self: Box<Self>, pending: &mut PendingCheckpoint) -> Result<Vec<KeyedStateHandle>> {
+        let state = super::lsm_snapshot::snapshot_async(self.ticket, pending, &self.subtask)?;
+        Ok(state.keyed_state)
+    }
+}
+
+impl StateBackend for LsmStateBackend {
+    fn name(&self) -> &'static str {
+        super::lsm_snapshot::LSM_BACKEND
+    }
+
+    fn keyed_state(
+        &self,
+        info: &SubtaskInfo,
+        restore: Option<RestoreFrom<'_>>,
+    ) -> Result<Box<dyn CheckpointedKeyedState>> {
+        let range = info.key_groups()?;
+        let dir = self.working_dir(info)?;
+        let filter = super::lsm_keyed::TtlCompactionFilter::new();
+        let opts = crate::lsm::Options {
+            compaction_filter: Some(filter.clone()),
+            ..self.options.clone()
+        };
+        let db = match restore {
+            None => crate::lsm::Db::open(&dir, opts)?,
+            Some(r) => {
+                // Today a store restores from the one file set whose key groups are exactly
+                // its own (the parallelism it was checkpointed with).
+                let found = r.subtasks.iter().find(|st| st.key_groups == range);
+                let Some(state) = found else {
+                    let old = r.subtasks.first().map_or(0, |s| s.parallelism);
+                    return Err(Error::InvalidArgument(format!(
+                        "operator {:?}: the lsm backend restores a subtask from the file set of                          the same key groups ({range}); the checkpoint has parallelism {old},                          restore with that parallelism",
+                        info.operator_id
+                    )));
+                };
+                super::lsm_snapshot::restore_store(r.storage, r.checkpoint_id, state, &dir, opts)?
+            }
+        };
+        let db = std::sync::Arc::new(db);
+        let backend =
+            super::lsm_keyed::LsmKeyedBackend::open(db.clone(), info.max_parallelism, range)?
+                .with_ttl_filter(filter);
+        Ok(Box::new(LsmKeyed {
+            db,
+            backend,
+            subtask: super::lsm_snapshot::SubtaskId {
+                operator_id: info.operator_id.clone(),
+                subtask_index: info.subtask_index,
+                parallelism: info.parallelism,
+                max_parallelism: info.max_parallelism.get(),
+                key_groups: range,
+            },
+        }))
+    }
+
+    fn write_operator_state(
+        &self,
+        info: &SubtaskInfo,
+        snapshot: &OperatorSnapshot,
+        pending: &mut PendingCheckpoint,
+    ) -> Result<Vec<OperatorStateHandle>> {
+        let storage = HeapStorage::Filesystem {
+            inline_threshold: self.inline_threshold,
+        };
+        write_operator_state(storage, self.name(), info, snapshot, pending)
+    }
 }
