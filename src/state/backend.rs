@@ -547,6 +547,66 @@ impl LsmStateBackend {
         }
     }
 
+    /// A rescale: a fresh store for `range`, filled with the rows of `range` cut out of
+    /// every old subtask's store that meets it (each restored by links into a scratch
+    /// directory, read, and removed).
+    fn rescale(
+        &self,
+        info: &SubtaskInfo,
+        range: KeyGroupRange,
+        r: RestoreFrom<'_>,
+        dir: std::path::PathBuf,
+        opts: crate::lsm::Options,
+        filter: std::sync::Arc<super::lsm_keyed::TtlCompactionFilter>,
+    ) -> Result<Box<dyn CheckpointedKeyedState>> {
+        let fs = self.options.fs.clone();
+        let db = std::sync::Arc::new(crate::lsm::Db::open(&dir, opts)?);
+        let mut backend =
+            super::lsm_keyed::LsmKeyedBackend::open(db.clone(), info.max_parallelism, range)?
+                .with_ttl_filter(filter);
+        for st in r.subtasks {
+            let k = st.key_groups;
+            if k.end < range.start || range.end < k.start {
+                continue;
+            }
+            let scratch =
+                self.local_dir
+                    .join(format!("lsm-{}-from-{}", info.label(), st.subtask_index));
+            if fs.exists(&scratch) {
+                fs.remove_dir_all(&scratch)?;
+            }
+            let old_db = super::lsm_snapshot::restore_store(
+                r.storage,
+                r.checkpoint_id,
+                st,
+                &scratch,
+                crate::lsm::Options {
+                    compaction: false,
+                    ..self.options.clone()
+                },
+            )?;
+            let old = super::lsm_keyed::LsmKeyedBackend::open(
+                std::sync::Arc::new(old_db),
+                info.max_parallelism,
+                k,
+            )?;
+            backend.copy_key_groups_from(&old)?;
+            drop(old);
+            fs.remove_dir_all(&scratch)?;
+        }
+        Ok(Box::new(LsmKeyed {
+            db,
+            backend,
+            subtask: super::lsm_snapshot::SubtaskId {
+                operator_id: info.operator_id.clone(),
+                subtask_index: info.subtask_index,
+                parallelism: info.parallelism,
+                max_parallelism: info.max_parallelism.get(),
+                key_groups: range,
+            },
+        }))
+    }
+
     /// The working directory of subtask `info`: removed and made anew, as the state is
     /// rebuilt from the checkpoint (or empty).
     fn working_dir(&self, info: &SubtaskInfo) -> Result<std::path::PathBuf> {
@@ -611,17 +671,30 @@ impl StateBackend for LsmStateBackend {
         let db = match restore {
             None => crate::lsm::Db::open(&dir, opts)?,
             Some(r) => {
-                // Today a store restores from the one file set whose key groups are exactly
-                // its own (the parallelism it was checkpointed with).
-                let found = r.subtasks.iter().find(|st| st.key_groups == range);
-                let Some(state) = found else {
-                    let old = r.subtasks.first().map_or(0, |s| s.parallelism);
-                    return Err(Error::InvalidArgument(format!(
-                        "operator {:?}: the lsm backend restores a subtask from the file set of                          the same key groups ({range}); the checkpoint has parallelism {old},                          restore with that parallelism",
-                        info.operator_id
-                    )));
-                };
-                super::lsm_snapshot::restore_store(r.storage, r.checkpoint_id, state, &dir, opts)?
+                for st in r.subtasks {
+                    if st.max_parallelism != info.max_parallelism.get() {
+                        return Err(Error::InvalidArgument(format!(
+                            "operator {:?} was checkpointed with max parallelism {} and is \
+                             restored with {}: key groups cannot be mapped",
+                            info.operator_id,
+                            st.max_parallelism,
+                            info.max_parallelism.get()
+                        )));
+                    }
+                }
+                // The same key groups: link the old file set (time grows with the number of
+                // files, not their bytes). Otherwise (a rescale) cut: copy the rows of this
+                // subtask's key groups out of every old store that holds some.
+                match r.subtasks.iter().find(|st| st.key_groups == range) {
+                    Some(state) => super::lsm_snapshot::restore_store(
+                        r.storage,
+                        r.checkpoint_id,
+                        state,
+                        &dir,
+                        opts,
+                    )?,
+                    None => return self.rescale(info, range, r, dir, opts, filter),
+                }
             }
         };
         let db = std::sync::Arc::new(db);

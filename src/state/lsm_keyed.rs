@@ -205,6 +205,55 @@ impl LsmKeyedBackend {
         self
     }
 
+    /// The states registered in the store, by id.
+    pub fn states(&self) -> &[StateMeta] {
+        &self.states
+    }
+
+    /// Copies into this backend's store every row of `from` (another backend's store)
+    /// whose key group is in both backends' ranges, registering `from`'s states here by
+    /// name (their ids may differ). Returns the rows copied. This is how a rescale cuts an
+    /// old subtask's state: its cost grows with the bytes of the key groups it moves.
+    pub fn copy_key_groups_from(&mut self, from: &LsmKeyedBackend) -> Result<u64> {
+        let lo = self.range.start.max(from.range.start);
+        let hi = self.range.end.min(from.range.end);
+        if lo > hi {
+            return Ok(0);
+        }
+        let mut ids = Vec::with_capacity(from.states.len());
+        for meta in from.states.clone() {
+            ids.push(self.register(&meta)?);
+        }
+        let start = (lo as u16).to_be_bytes().to_vec();
+        let end = ((hi + 1) as u16).to_be_bytes().to_vec();
+        let mut batch = WriteBatch::new();
+        let mut rows = 0u64;
+        for kv in from.db.scan(start..end)? {
+            let (mut k, v) = kv?;
+            let bad =
+                || Error::corruption(from.db.path(), 0, "a state row shorter than its prefix");
+            let old = k.get(2..6).ok_or_else(bad)?;
+            let old = u32::from_be_bytes([old[0], old[1], old[2], old[3]]) as usize;
+            let new = ids.get(old).ok_or_else(|| {
+                Error::corruption(
+                    from.db.path(),
+                    0,
+                    format!("a row of unregistered state id {old}"),
+                )
+            })?;
+            k[2..6].copy_from_slice(&new.0.to_be_bytes());
+            batch.put(&k, &v);
+            rows += 1;
+            if batch.encoded_size() >= 1 << 20 {
+                self.db.write(std::mem::take(&mut batch))?;
+            }
+        }
+        if !batch.is_empty() {
+            self.db.write(batch)?;
+        }
+        Ok(rows)
+    }
+
     /// The store.
     pub fn db(&self) -> &Arc<Db> {
         &self.db
