@@ -289,3 +289,31 @@ fn the_lsm_backend_checkpoints_incrementally_and_restores_into_any_parallelism()
         .unwrap();
     assert!(e.to_string().contains("incremental LSM"), "{e}");
 }
+
+#[test]
+fn a_checkpoint_whose_key_groups_leave_a_gap_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = FsStateBackend::new();
+    checkpoint_three(&backend, tmp.path()).unwrap();
+    let r = resolve_verified(StdFs::shared(), &tmp.path().join("job"), false).unwrap();
+    let storage = r.storage(StdFs::shared());
+    // Without the middle subtask's state, key groups 43..=85 have no source.
+    let two: Vec<OperatorSubtaskState> = r
+        .metadata
+        .operator_states
+        .iter()
+        .filter(|s| s.subtask_index != 1)
+        .cloned()
+        .collect();
+    let from = RestoreFrom {
+        checkpoint_id: r.checkpoint_id,
+        storage: &storage,
+        subtasks: &two,
+    };
+    for b in [&backend as &dyn StateBackend, &MemoryStateBackend::new()] {
+        let e = b.keyed_state(&info(0, 1), Some(from)).err().unwrap();
+        assert!(e.to_string().contains("key group 43"), "{e}");
+        // A subtask whose key groups are all there restores.
+        assert!(b.keyed_state(&info(0, 3), Some(from)).is_ok());
+    }
+}

@@ -331,6 +331,29 @@ impl KeyedSnapshot for HeapKeyedSnapshot {
     }
 }
 
+/// Checks that the old subtasks' key-group ranges cover `range` (a checkpoint whose ranges
+/// leave a gap would restore some keys as absent: an error, naming the first missing key
+/// group).
+fn check_coverage(info: &SubtaskInfo, range: KeyGroupRange, r: &RestoreFrom<'_>) -> Result<()> {
+    let mut ranges: Vec<KeyGroupRange> = r.subtasks.iter().map(|s| s.key_groups).collect();
+    ranges.sort_by_key(|k| k.start);
+    let mut next = range.start;
+    for k in ranges {
+        if k.start > next {
+            break;
+        }
+        next = next.max(k.end.saturating_add(1));
+        if next > range.end {
+            return Ok(());
+        }
+    }
+    Err(Error::InvalidArgument(format!(
+        "operator {:?}: the checkpoint holds no state for key group {next}, which subtask {} \
+         owns: its subtasks' key groups leave a gap",
+        info.operator_id, info.subtask_index
+    )))
+}
+
 /// Reads a checkpoint file `f` whole, checking its size and crc32c.
 fn read_checked(storage: &dyn CheckpointStorage, f: &FileHandle) -> Result<Vec<u8>> {
     let path = storage.display_path(&f.path);
@@ -376,6 +399,7 @@ fn heap_keyed_state(
     let backend = match restore {
         None => HeapKeyedBackend::new(info.max_parallelism, range),
         Some(r) => {
+            check_coverage(info, range, &r)?;
             // The bytes of every handle that holds key groups of `range`.
             let mut loaded: Vec<(String, Vec<u8>, Vec<u64>)> = Vec::new();
             for st in r.subtasks {
@@ -671,6 +695,7 @@ impl StateBackend for LsmStateBackend {
         let db = match restore {
             None => crate::lsm::Db::open(&dir, opts)?,
             Some(r) => {
+                check_coverage(info, range, &r)?;
                 for st in r.subtasks {
                     if st.max_parallelism != info.max_parallelism.get() {
                         return Err(Error::InvalidArgument(format!(

@@ -44,7 +44,7 @@ pub enum CheckpointStorageKind {
 }
 
 /// The state backend's settings, with Flink's defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StateBackendConfig {
     /// `state.backend` (1.6) or `state.backend.type` (1.13+). Default: heap (`hashmap`).
     pub heap_or_lsm: Option<BackendKind>,
@@ -65,7 +65,20 @@ pub struct StateBackendConfig {
     /// `execution.checkpointing.data-inline-threshold` / `state.storage.fs.memory-threshold`:
     /// snapshots below it go inline into `_metadata`. Default 20 KiB.
     pub inline_threshold: u64,
+    /// `state.backend.lsm.memory.managed` / `state.backend.rocksdb.memory.managed`: all
+    /// `lsm` stores of the process share one memory budget. Default true (Flink's).
+    pub managed_memory: bool,
+    /// `taskmanager.memory.managed.size`: that budget (block cache and memtables of every
+    /// store). Default 256 MiB, which suits a laptop.
+    pub managed_memory_size: u64,
+    /// `state.backend.lsm.memory.write-buffer-ratio` /
+    /// `state.backend.rocksdb.memory.write-buffer-ratio`: the budget's share for memtables.
+    /// Default 0.5 (Flink's).
+    pub write_buffer_ratio: f64,
 }
+
+/// The default managed memory of the `lsm` backend: 256 MiB.
+pub const DEFAULT_MANAGED_MEMORY_SIZE: u64 = 256 << 20;
 
 impl Default for StateBackendConfig {
     fn default() -> Self {
@@ -77,6 +90,9 @@ impl Default for StateBackendConfig {
             lsm_local_dir: None,
             max_state_size: DEFAULT_MAX_STATE_SIZE,
             inline_threshold: DEFAULT_INLINE_THRESHOLD,
+            managed_memory: true,
+            managed_memory_size: DEFAULT_MANAGED_MEMORY_SIZE,
+            write_buffer_ratio: crate::lsm::budget::DEFAULT_WRITE_BUFFER_RATIO,
         }
     }
 }
@@ -182,6 +198,24 @@ impl StateBackendConfig {
             | "state.storage.fs.memory-threshold" => {
                 self.inline_threshold = parse_memory_size(key, v)?;
             }
+            "state.backend.lsm.memory.managed" | "state.backend.rocksdb.memory.managed" => {
+                self.managed_memory = parse_bool(key, v)?;
+            }
+            "taskmanager.memory.managed.size" => {
+                self.managed_memory_size = parse_memory_size(key, v)?;
+            }
+            "state.backend.lsm.memory.write-buffer-ratio"
+            | "state.backend.rocksdb.memory.write-buffer-ratio" => {
+                let r: f64 = v.parse().map_err(|_| {
+                    Error::InvalidOptions(format!("{key} = {value:?}: not a number"))
+                })?;
+                if !(r > 0.0 && r < 1.0) {
+                    return Err(Error::InvalidOptions(format!(
+                        "{key} = {value:?}: must be between 0 and 1"
+                    )));
+                }
+                self.write_buffer_ratio = r;
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -207,8 +241,24 @@ impl StateBackendConfig {
         self.kind() == BackendKind::Lsm && self.incremental.unwrap_or(true)
     }
 
-    /// The backend, with `lsm_options` for the `lsm` backend's stores.
+    /// The backend, with `lsm_options` for the `lsm` backend's stores (given a memory
+    /// budget of the managed size unless managed memory is off or the options bring one).
     pub fn build(&self, lsm_options: crate::lsm::Options) -> Result<Box<dyn StateBackend>> {
+        let mut lsm_options = lsm_options;
+        if self.kind() == BackendKind::Lsm
+            && self.managed_memory
+            && lsm_options.memory_budget.is_none()
+        {
+            let size = usize::try_from(self.managed_memory_size).map_err(|_| {
+                Error::InvalidOptions(
+                    "taskmanager.memory.managed.size does not fit in memory".into(),
+                )
+            })?;
+            lsm_options.memory_budget = Some(crate::lsm::MemoryBudget::with_write_buffer_ratio(
+                size,
+                self.write_buffer_ratio,
+            )?);
+        }
         Ok(match self.kind() {
             BackendKind::Memory => {
                 Box::new(MemoryStateBackend::with_max_state_size(self.max_state_size))
@@ -303,6 +353,22 @@ mod tests {
         c.set("execution.checkpointing.incremental", "false")
             .unwrap();
         assert!(!c.is_incremental());
+    }
+
+    #[test]
+    fn managed_memory_settings() {
+        let mut c = StateBackendConfig::default();
+        c.set("state.backend.rocksdb.memory.managed", "false")
+            .unwrap();
+        assert!(!c.managed_memory);
+        c.set("taskmanager.memory.managed.size", "64mb").unwrap();
+        assert_eq!(c.managed_memory_size, 64 << 20);
+        c.set("state.backend.rocksdb.memory.write-buffer-ratio", "0.25")
+            .unwrap();
+        assert_eq!(c.write_buffer_ratio, 0.25);
+        assert!(c
+            .set("state.backend.lsm.memory.write-buffer-ratio", "1.5")
+            .is_err());
     }
 
     #[test]
