@@ -135,7 +135,8 @@ fn restore_into_one_two_and_four_subtasks_from_three() {
             );
             let mut s = KeyedState::new(&mut new[owner]);
             s.set_current_key(&k).unwrap();
-            let mut mm = s.map(&MapStateDescriptor::<u32, u32>::new("m")).unwrap();
+            let md = MapStateDescriptor::<u32, u32>::new("m");
+            let mut mm = s.map(&md).unwrap();
             assert_eq!(mm.iter().unwrap(), vec![(k, k + 1)]);
             // Other subtasks refuse the key: it is not in their key groups.
             for (i, b) in new.iter_mut().enumerate() {

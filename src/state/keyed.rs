@@ -343,6 +343,7 @@ macro_rules! descriptor {
         pub struct $name<$($t),*> {
             name: String,
             ttl: Option<StateTtlConfig>,
+            meta: StateMeta,
             $($field: $fty,)*
             _types: PhantomData<fn() -> ($($t,)*)>,
         }
@@ -359,19 +360,24 @@ macro_rules! descriptor {
                 &self.name
             }
 
-            /// What a backend records of the state.
-            pub fn meta(&self) -> StateMeta {
+            /// What a backend records of the state (built once, with the descriptor).
+            pub fn meta(&self) -> &StateMeta {
+                &self.meta
+            }
+
+            fn base_meta(name: &str) -> StateMeta {
                 StateMeta {
-                    name: self.name.clone(),
+                    name: name.to_string(),
                     kind: $kind,
                     value_type: $ty,
-                    ttl_ms: self.ttl.map(|t| t.ttl_ms()),
+                    ttl_ms: None,
                 }
             }
 
             /// Gives the state's values a time to live.
             pub fn enable_ttl(mut self, ttl: StateTtlConfig) -> Self {
                 self.ttl = Some(ttl);
+                self.meta.ttl_ms = Some(ttl.ttl_ms());
                 self
             }
         }
@@ -407,8 +413,10 @@ descriptor!(
 impl<T> ValueStateDescriptor<T> {
     /// A value state named `name`.
     pub fn new(name: impl Into<String>) -> Self {
+        let name: String = name.into();
         ValueStateDescriptor {
-            name: name.into(),
+            meta: Self::base_meta(&name),
+            name,
             ttl: None,
             _types: PhantomData,
         }
@@ -418,8 +426,10 @@ impl<T> ValueStateDescriptor<T> {
 impl<T> ListStateDescriptor<T> {
     /// A list state named `name`.
     pub fn new(name: impl Into<String>) -> Self {
+        let name: String = name.into();
         ListStateDescriptor {
-            name: name.into(),
+            meta: Self::base_meta(&name),
+            name,
             ttl: None,
             _types: PhantomData,
         }
@@ -429,8 +439,10 @@ impl<T> ListStateDescriptor<T> {
 impl<K, V> MapStateDescriptor<K, V> {
     /// A map state named `name`.
     pub fn new(name: impl Into<String>) -> Self {
+        let name: String = name.into();
         MapStateDescriptor {
-            name: name.into(),
+            meta: Self::base_meta(&name),
+            name,
             ttl: None,
             _types: PhantomData,
         }
@@ -443,8 +455,10 @@ impl<T> ReducingStateDescriptor<T> {
         name: impl Into<String>,
         reduce: impl Fn(&T, &T) -> T + Send + Sync + 'static,
     ) -> Self {
+        let name: String = name.into();
         ReducingStateDescriptor {
-            name: name.into(),
+            meta: Self::base_meta(&name),
+            name,
             ttl: None,
             reduce: Arc::new(reduce),
             _types: PhantomData,
@@ -471,8 +485,10 @@ impl<In, Acc, Out> AggregatingStateDescriptor<In, Acc, Out> {
         name: impl Into<String>,
         aggregate: impl AggregateFunction<In, Acc, Out> + 'static,
     ) -> Self {
+        let name: String = name.into();
         AggregatingStateDescriptor {
-            name: name.into(),
+            meta: Self::base_meta(&name),
+            name,
             ttl: None,
             aggregate: Arc::new(aggregate),
             _types: PhantomData,
@@ -499,7 +515,7 @@ impl std::fmt::Debug for KeyedState<'_> {
 struct Cell<'a> {
     backend: &'a mut dyn KeyedStateBackend,
     id: StateId,
-    name: String,
+    name: &'a str,
     ttl: Option<StateTtlConfig>,
     now: u64,
 }
@@ -578,7 +594,7 @@ impl Cell<'_> {
         let Some(raw) = self.backend.get(self.id, &[])? else {
             return Ok(Vec::new());
         };
-        let elements = unframe(&self.name, &raw)?;
+        let elements = unframe(self.name, &raw)?;
         if self.ttl.is_none() {
             return Ok(elements.into_iter().map(<[u8]>::to_vec).collect());
         }
@@ -663,68 +679,77 @@ impl<'a> KeyedState<'a> {
         self.backend.set_current_key(&bytes)
     }
 
-    fn cell(&mut self, meta: &StateMeta, ttl: Option<StateTtlConfig>) -> Result<Cell<'_>> {
+    fn cell<'s>(
+        &'s mut self,
+        meta: &'s StateMeta,
+        ttl: Option<StateTtlConfig>,
+    ) -> Result<Cell<'s>> {
         let id = self.backend.register(meta)?;
         Ok(Cell {
             backend: &mut *self.backend,
             id,
-            name: meta.name.clone(),
+            name: &meta.name,
             ttl,
-            now: self.clock.now_ms(),
+            // Only a state with a time to live reads the clock.
+            now: if ttl.is_some() {
+                self.clock.now_ms()
+            } else {
+                0
+            },
         })
     }
 
     /// The value state `d` of the current key.
-    pub fn value<T: Serialize + DeserializeOwned>(
-        &mut self,
-        d: &ValueStateDescriptor<T>,
-    ) -> Result<ValueState<'_, T>> {
+    pub fn value<'s, T: Serialize + DeserializeOwned>(
+        &'s mut self,
+        d: &'s ValueStateDescriptor<T>,
+    ) -> Result<ValueState<'s, T>> {
         Ok(ValueState {
-            cell: self.cell(&d.meta(), d.ttl)?,
+            cell: self.cell(d.meta(), d.ttl)?,
             _t: PhantomData,
         })
     }
 
     /// The list state `d` of the current key.
-    pub fn list<T: Serialize + DeserializeOwned>(
-        &mut self,
-        d: &ListStateDescriptor<T>,
-    ) -> Result<ListState<'_, T>> {
+    pub fn list<'s, T: Serialize + DeserializeOwned>(
+        &'s mut self,
+        d: &'s ListStateDescriptor<T>,
+    ) -> Result<ListState<'s, T>> {
         Ok(ListState {
-            cell: self.cell(&d.meta(), d.ttl)?,
+            cell: self.cell(d.meta(), d.ttl)?,
             _t: PhantomData,
         })
     }
 
     /// The map state `d` of the current key.
-    pub fn map<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned>(
-        &mut self,
-        d: &MapStateDescriptor<K, V>,
-    ) -> Result<MapState<'_, K, V>> {
+    pub fn map<'s, K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned>(
+        &'s mut self,
+        d: &'s MapStateDescriptor<K, V>,
+    ) -> Result<MapState<'s, K, V>> {
         Ok(MapState {
-            cell: self.cell(&d.meta(), d.ttl)?,
+            cell: self.cell(d.meta(), d.ttl)?,
             _t: PhantomData,
         })
     }
 
     /// The reducing state `d` of the current key.
-    pub fn reducing<T: Serialize + DeserializeOwned>(
-        &mut self,
-        d: &ReducingStateDescriptor<T>,
-    ) -> Result<ReducingState<'_, T>> {
+    pub fn reducing<'s, T: Serialize + DeserializeOwned>(
+        &'s mut self,
+        d: &'s ReducingStateDescriptor<T>,
+    ) -> Result<ReducingState<'s, T>> {
         Ok(ReducingState {
-            cell: self.cell(&d.meta(), d.ttl)?,
+            cell: self.cell(d.meta(), d.ttl)?,
             reduce: d.reduce.clone(),
         })
     }
 
     /// The aggregating state `d` of the current key.
-    pub fn aggregating<In, Acc: Serialize + DeserializeOwned, Out>(
-        &mut self,
-        d: &AggregatingStateDescriptor<In, Acc, Out>,
-    ) -> Result<AggregatingState<'_, In, Acc, Out>> {
+    pub fn aggregating<'s, In, Acc: Serialize + DeserializeOwned, Out>(
+        &'s mut self,
+        d: &'s AggregatingStateDescriptor<In, Acc, Out>,
+    ) -> Result<AggregatingState<'s, In, Acc, Out>> {
         Ok(AggregatingState {
-            cell: self.cell(&d.meta(), d.ttl)?,
+            cell: self.cell(d.meta(), d.ttl)?,
             aggregate: d.aggregate.clone(),
         })
     }
@@ -740,14 +765,14 @@ impl<T: Serialize + DeserializeOwned> ValueState<'_, T> {
     /// The current key's value (Flink's `value()`).
     pub fn get(&mut self) -> Result<Option<T>> {
         match self.cell.read(&[])? {
-            Some(b) => decode(&self.cell.name, &b).map(Some),
+            Some(b) => decode(self.cell.name, &b).map(Some),
             None => Ok(None),
         }
     }
 
     /// Sets the current key's value.
     pub fn update(&mut self, v: &T) -> Result<()> {
-        let b = encode(&self.cell.name, v)?;
+        let b = encode(self.cell.name, v)?;
         self.cell.write(&[], &b)
     }
 
@@ -769,13 +794,13 @@ impl<T: Serialize + DeserializeOwned> ListState<'_, T> {
         self.cell
             .read_list()?
             .iter()
-            .map(|e| decode(&self.cell.name, e))
+            .map(|e| decode(self.cell.name, e))
             .collect()
     }
 
     /// Appends one element.
     pub fn add(&mut self, v: &T) -> Result<()> {
-        let b = encode(&self.cell.name, v)?;
+        let b = encode(self.cell.name, v)?;
         self.cell.append_list(&[b])
     }
 
@@ -786,7 +811,7 @@ impl<T: Serialize + DeserializeOwned> ListState<'_, T> {
     {
         let bs = vs
             .into_iter()
-            .map(|v| encode(&self.cell.name, v))
+            .map(|v| encode(self.cell.name, v))
             .collect::<Result<Vec<_>>>()?;
         self.cell.append_list(&bs)
     }
@@ -798,7 +823,7 @@ impl<T: Serialize + DeserializeOwned> ListState<'_, T> {
     {
         let bs = vs
             .into_iter()
-            .map(|v| encode(&self.cell.name, v))
+            .map(|v| encode(self.cell.name, v))
             .collect::<Result<Vec<_>>>()?;
         self.cell.write_list(&bs)
     }
@@ -818,17 +843,17 @@ pub struct MapState<'a, K, V> {
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<'_, K, V> {
     /// The value under `k`.
     pub fn get(&mut self, k: &K) -> Result<Option<V>> {
-        let kb = encode(&self.cell.name, k)?;
+        let kb = encode(self.cell.name, k)?;
         match self.cell.read(&kb)? {
-            Some(b) => decode(&self.cell.name, &b).map(Some),
+            Some(b) => decode(self.cell.name, &b).map(Some),
             None => Ok(None),
         }
     }
 
     /// Sets the value under `k`.
     pub fn put(&mut self, k: &K, v: &V) -> Result<()> {
-        let kb = encode(&self.cell.name, k)?;
-        let vb = encode(&self.cell.name, v)?;
+        let kb = encode(self.cell.name, k)?;
+        let vb = encode(self.cell.name, v)?;
         self.cell.write(&kb, &vb)
     }
 
@@ -846,43 +871,43 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
 
     /// Removes the entry under `k`.
     pub fn remove(&mut self, k: &K) -> Result<()> {
-        let kb = encode(&self.cell.name, k)?;
+        let kb = encode(self.cell.name, k)?;
         self.cell.backend.remove(self.cell.id, &kb)
     }
 
     /// True when there is an entry under `k`.
     pub fn contains(&mut self, k: &K) -> Result<bool> {
-        let kb = encode(&self.cell.name, k)?;
+        let kb = encode(self.cell.name, k)?;
         Ok(self.cell.read(&kb)?.is_some())
     }
 
     /// Every entry, ordered by the serialized bytes of its key.
     pub fn iter(&mut self) -> Result<Vec<(K, V)>> {
-        let name = self.cell.name.clone();
+        let name = self.cell.name;
         self.cell
             .read_entries()?
             .into_iter()
-            .map(|(k, v)| Ok((decode(&name, &k)?, decode(&name, &v)?)))
+            .map(|(k, v)| Ok((decode(name, &k)?, decode(name, &v)?)))
             .collect()
     }
 
     /// Every key.
     pub fn keys(&mut self) -> Result<Vec<K>> {
-        let name = self.cell.name.clone();
+        let name = self.cell.name;
         self.cell
             .read_entries()?
             .into_iter()
-            .map(|(k, _)| decode(&name, &k))
+            .map(|(k, _)| decode(name, &k))
             .collect()
     }
 
     /// Every value.
     pub fn values(&mut self) -> Result<Vec<V>> {
-        let name = self.cell.name.clone();
+        let name = self.cell.name;
         self.cell
             .read_entries()?
             .into_iter()
-            .map(|(_, v)| decode(&name, &v))
+            .map(|(_, v)| decode(name, &v))
             .collect()
     }
 
@@ -907,7 +932,7 @@ impl<T: Serialize + DeserializeOwned> ReducingState<'_, T> {
     /// The folded value.
     pub fn get(&mut self) -> Result<Option<T>> {
         match self.cell.read(&[])? {
-            Some(b) => decode(&self.cell.name, &b).map(Some),
+            Some(b) => decode(self.cell.name, &b).map(Some),
             None => Ok(None),
         }
     }
@@ -915,8 +940,8 @@ impl<T: Serialize + DeserializeOwned> ReducingState<'_, T> {
     /// Folds `v` into the value (or starts it with `v`).
     pub fn add(&mut self, v: &T) -> Result<()> {
         let next = match self.get()? {
-            Some(cur) => encode(&self.cell.name, &(self.reduce)(&cur, v))?,
-            None => encode(&self.cell.name, v)?,
+            Some(cur) => encode(self.cell.name, &(self.reduce)(&cur, v))?,
+            None => encode(self.cell.name, v)?,
         };
         self.cell.write(&[], &next)
     }
@@ -938,7 +963,7 @@ impl<In, Acc: Serialize + DeserializeOwned, Out> AggregatingState<'_, In, Acc, O
     pub fn get(&mut self) -> Result<Option<Out>> {
         match self.cell.read(&[])? {
             Some(b) => {
-                let acc: Acc = decode(&self.cell.name, &b)?;
+                let acc: Acc = decode(self.cell.name, &b)?;
                 Ok(Some(self.aggregate.result(&acc)))
             }
             None => Ok(None),
@@ -948,11 +973,11 @@ impl<In, Acc: Serialize + DeserializeOwned, Out> AggregatingState<'_, In, Acc, O
     /// Folds `input` into the accumulator.
     pub fn add(&mut self, input: &In) -> Result<()> {
         let acc = match self.cell.read(&[])? {
-            Some(b) => decode(&self.cell.name, &b)?,
+            Some(b) => decode(self.cell.name, &b)?,
             None => self.aggregate.create(),
         };
         let acc = self.aggregate.add(input, acc);
-        let b = encode(&self.cell.name, &acc)?;
+        let b = encode(self.cell.name, &acc)?;
         self.cell.write(&[], &b)
     }
 

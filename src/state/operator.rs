@@ -140,7 +140,7 @@ impl OperatorStateStore {
         d: &ListStateDescriptor<T>,
         mode: Redistribution,
     ) -> Result<OperatorListState<'_, T>> {
-        let value_type = d.meta().value_type;
+        let value_type = d.meta().value_type.clone();
         let list = self
             .states
             .entry(d.name().to_string())
