@@ -253,3 +253,58 @@ fn compaction_filter_removes_and_changes_without_resurrecting_older_values() {
     let scanned = db.iter().unwrap().count();
     assert_eq!(scanned, 66);
 }
+
+/// Removes every value (slowly, so a snapshot can be opened while it runs).
+#[derive(Debug)]
+struct SlowRemoveAll;
+
+impl tidemark::lsm::CompactionFilter for SlowRemoveAll {
+    fn filter(&self, _level: usize, _key: &[u8], _value: &[u8]) -> tidemark::lsm::FilterDecision {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        tidemark::lsm::FilterDecision::Remove
+    }
+}
+
+/// A snapshot opened while a filtering compaction runs keeps seeing every value (the
+/// compaction's output is dropped), and a manual compaction with a filter reaches every
+/// file of the last level, not only those under the level above.
+#[test]
+fn compaction_filter_respects_snapshots_opened_meanwhile_and_reaches_the_whole_last_level() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = |filter: bool| tidemark::lsm::Options {
+        compaction_filter: filter.then(|| {
+            std::sync::Arc::new(SlowRemoveAll)
+                as std::sync::Arc<dyn tidemark::lsm::CompactionFilter>
+        }),
+        target_file_size_bytes: 16 << 10,
+        ..tidemark::lsm::Options::default()
+    };
+    {
+        let db = tidemark::lsm::Db::open(tmp.path(), opts(false)).unwrap();
+        for i in 0..2000u32 {
+            db.put(format!("k{i:05}"), [b'v'; 40]).unwrap();
+        }
+        db.compact_range().unwrap(); // many files in the last level
+        db.put("k00000", "newer").unwrap(); // a little data above them, at one end
+    }
+    let db = std::sync::Arc::new(tidemark::lsm::Db::open(tmp.path(), opts(true)).unwrap());
+    let d2 = db.clone();
+    let compaction = std::thread::spawn(move || d2.compact_range());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let snap = db.snapshot();
+    compaction.join().unwrap().unwrap();
+    for i in (0..2000u32).step_by(97) {
+        assert!(
+            snap.get(format!("k{i:05}").as_bytes()).unwrap().is_some(),
+            "k{i:05} vanished under an open snapshot"
+        );
+    }
+    assert!(db.stats().compaction_filter_discarded >= 1);
+    drop(snap);
+    db.compact_range().unwrap();
+    assert_eq!(
+        db.iter().unwrap().count(),
+        0,
+        "the filter met every file of the last level"
+    );
+}

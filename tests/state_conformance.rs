@@ -408,3 +408,105 @@ fn lsm_compaction_drops_expired_state() {
         assert_eq!(s.value(&keep).unwrap().get().unwrap(), Some(k));
     }
 }
+
+fn ttl_lists_and_changed_durations(b: &mut dyn KeyedStateBackend) {
+    let clock = TestClock(0.into());
+    let ttl = StateTtlConfig::new(Duration::from_millis(100));
+    let list = ListStateDescriptor::<u32>::new("l").enable_ttl(ttl);
+    let shown = ListStateDescriptor::<u32>::new("shown")
+        .enable_ttl(ttl.visibility(TtlVisibility::ReturnExpiredIfNotCleanedUp));
+    let mut s = KeyedState::with_clock(b, &clock);
+    s.set_current_key("k").unwrap();
+    s.list(&list).unwrap().add(&1).unwrap();
+    s.list(&shown).unwrap().add(&1).unwrap();
+    clock.set(50);
+    s.list(&list).unwrap().add(&2).unwrap();
+    clock.set(120);
+    assert_eq!(s.list(&list).unwrap().get().unwrap(), vec![2]);
+    // The survivor kept its own stamp (50): a read does not renew it by default.
+    clock.set(160);
+    assert!(s.list(&list).unwrap().get().unwrap().is_empty());
+    // Returned once after it expired, then gone, as for a value.
+    assert_eq!(s.list(&shown).unwrap().get().unwrap(), vec![1]);
+    assert!(s.list(&shown).unwrap().get().unwrap().is_empty());
+    // A longer time to live for a registered state rules from then on.
+    let v100 = ValueStateDescriptor::<u32>::new("v").enable_ttl(ttl);
+    let v1000 = ValueStateDescriptor::<u32>::new("v")
+        .enable_ttl(StateTtlConfig::new(Duration::from_millis(1000)));
+    s.value(&v100).unwrap().update(&7).unwrap();
+    clock.set(660);
+    assert_eq!(s.value(&v1000).unwrap().get().unwrap(), Some(7));
+}
+
+#[test]
+fn ttl_lists_and_changed_durations_in_every_backend() {
+    for_each_backend(|a, _| ttl_lists_and_changed_durations(a));
+}
+
+/// A snapshot restored and asked for with a longer time to live keeps values alive by the
+/// new duration in the next snapshot (heap) and in compaction (lsm).
+#[test]
+fn a_longer_ttl_after_restore_keeps_values_in_snapshots_and_compaction() {
+    let clock = Arc::new(TestClock(0.into()));
+    let short = ValueStateDescriptor::<u32>::new("v")
+        .enable_ttl(StateTtlConfig::new(Duration::from_millis(100)));
+    let long = ValueStateDescriptor::<u32>::new("v")
+        .enable_ttl(StateTtlConfig::new(Duration::from_millis(1000)));
+    let m = MaxParallelism::default();
+    // Heap: snapshot, restore, switch to the long TTL, snapshot again at t = 500.
+    let mut b = HeapKeyedBackend::new(m, m.full_range());
+    {
+        let mut s = KeyedState::with_clock(&mut b, clock.as_ref());
+        s.set_current_key("k").unwrap();
+        s.value(&short).unwrap().update(&7).unwrap();
+    }
+    let roundtrip = |b: &HeapKeyedBackend, clock: &TestClock| {
+        let mut bytes = Vec::new();
+        let w = b.snapshot_at(clock).write_to(&mut bytes).unwrap();
+        let src = tidemark::state::heap::KeyGroupsSource {
+            name: "s",
+            data: &bytes,
+            offsets: &w.offsets,
+        };
+        HeapKeyedBackend::restore(m, m.full_range(), &[src]).unwrap()
+    };
+    let mut r = roundtrip(&b, &clock);
+    clock.set(500);
+    {
+        let mut s = KeyedState::with_clock(&mut r, clock.as_ref());
+        s.set_current_key("k").unwrap();
+        assert_eq!(s.value(&long).unwrap().get().unwrap(), Some(7));
+    }
+    let mut r2 = roundtrip(&r, &clock);
+    let mut s = KeyedState::with_clock(&mut r2, clock.as_ref());
+    s.set_current_key("k").unwrap();
+    assert_eq!(s.value(&long).unwrap().get().unwrap(), Some(7));
+
+    // lsm: the store registered the short TTL; the long one must rule compaction.
+    let tmp = tempfile::tempdir().unwrap();
+    clock.set(0);
+    let filter = TtlCompactionFilter::with_clock(Arc::new(SharedClock(clock.clone())));
+    let opts = || Options {
+        compaction_filter: Some(filter.clone()),
+        ..Options::default()
+    };
+    {
+        let db = Arc::new(Db::open(tmp.path(), opts()).unwrap());
+        let mut b = LsmKeyedBackend::open(db, m, m.full_range())
+            .unwrap()
+            .with_ttl_filter(filter.clone());
+        let mut s = KeyedState::with_clock(&mut b, clock.as_ref());
+        s.set_current_key("k").unwrap();
+        s.value(&short).unwrap().update(&7).unwrap();
+    }
+    let db = Arc::new(Db::open(tmp.path(), opts()).unwrap());
+    let mut b = LsmKeyedBackend::open(db.clone(), m, m.full_range())
+        .unwrap()
+        .with_ttl_filter(filter.clone());
+    clock.set(500);
+    let mut s = KeyedState::with_clock(&mut b, clock.as_ref());
+    s.set_current_key("k").unwrap();
+    assert_eq!(s.value(&long).unwrap().get().unwrap(), Some(7));
+    db.compact_range().unwrap();
+    assert_eq!(s.value(&long).unwrap().get().unwrap(), Some(7));
+}

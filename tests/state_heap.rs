@@ -359,3 +359,41 @@ proptest! {
         check(&mut subtasks, &model, p);
     }
 }
+
+/// A snapshot whose header registers no state but whose block holds an entry (checksums
+/// all correct) is an error, not a panic.
+#[test]
+fn an_entry_of_no_registered_state_is_an_error() {
+    let m = MaxParallelism::default();
+    let key = postcard::to_stdvec(&5u32).unwrap();
+    let g = m.key_group_of(&key);
+    let mut data = b"TMKS".to_vec();
+    for v in [1u32, 128, 0, 127] {
+        data.extend_from_slice(&v.to_le_bytes());
+    }
+    data.push(0); // no states
+    let crc = crc32c::crc32c(&data);
+    data.extend_from_slice(&crc.to_le_bytes());
+    let mut offsets = Vec::new();
+    for group in 0..128u32 {
+        offsets.push(data.len() as u64);
+        let mut body = Vec::new();
+        if group == g {
+            body.extend_from_slice(&[1, 0, key.len() as u8]);
+            body.extend_from_slice(&key);
+            body.extend_from_slice(&[0, 1, 42]);
+        } else {
+            body.push(0);
+        }
+        data.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        data.extend_from_slice(&body);
+        data.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    }
+    let src = KeyGroupsSource {
+        name: "crafted",
+        data: &data,
+        offsets: &offsets,
+    };
+    let e = HeapKeyedBackend::restore(m, m.full_range(), &[src]).unwrap_err();
+    assert!(e.to_string().contains("crafted"), "{e}");
+}

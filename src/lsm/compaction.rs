@@ -180,6 +180,15 @@ fn run_plan(inner: &DbInner, st: &mut MutexGuard<'_, State>, plan: Plan) -> Resu
     }
     let version = st.vs.current();
     let smallest_snapshot = inner.smallest_snapshot();
+    // The filter runs only if no snapshot is open now (snapshots are taken under the state
+    // lock, held here); one taken while the merge runs makes the result be discarded.
+    let snapshot_epoch = inner.snapshot_epoch();
+    let filter = inner
+        .opts
+        .compaction_filter
+        .clone()
+        .filter(|_| !inner.has_snapshots());
+    let filtering = filter.is_some();
     let bytes_read: u64 = plan.all_inputs().map(|f| f.size).sum();
     let mut children: Vec<BoxedIter> = Vec::new();
     if plan.level == 0 {
@@ -204,9 +213,19 @@ fn run_plan(inner: &DbInner, st: &mut MutexGuard<'_, State>, plan: Plan) -> Resu
             out_level,
             smallest_snapshot,
             numbers,
+            filter,
         )
     })?;
     crate::failpoint::hit("compaction.tables_written");
+    if filtering && inner.snapshot_epoch() != snapshot_epoch {
+        // A snapshot opened while the filter ran: installing its decisions would change
+        // what the snapshot sees. Drop the output; a later compaction redoes the work.
+        for f in &outputs {
+            let _ = inner.fs.remove_file(&table_path(&inner.dir, f.number));
+        }
+        Counters::add(&inner.counters.compaction_filter_discarded, 1);
+        return Ok(());
+    }
     let written: u64 = outputs.iter().map(|f| f.size).sum();
     edit.new_files.extend(outputs);
     st.vs.log_and_apply(edit)?;
@@ -228,15 +247,10 @@ fn merge_into_tables(
     out_level: usize,
     smallest_snapshot: SeqNo,
     numbers: Vec<super::types::FileNumber>,
+    filter: Option<Arc<dyn super::options::CompactionFilter>>,
 ) -> Result<Vec<NewFile>> {
     let mut outputs: Vec<NewFile> = Vec::new();
     let mut written_paths = Vec::new();
-    // Only while no snapshot is open: `smallest_snapshot` is then the visible sequence.
-    let filter = inner
-        .opts
-        .compaction_filter
-        .clone()
-        .filter(|_| !inner.has_snapshots());
     let result = (|| {
         let mut numbers = numbers.into_iter();
         let mut builder: Option<(TableBuilder, super::types::FileNumber)> = None;
@@ -454,12 +468,12 @@ fn full_compaction(inner: &DbInner, st: &mut MutexGuard<'_, State>) -> Result<()
             next,
             force_rewrite: level + 1 == last,
         };
-        rewrote_last = level + 1 == last;
+        rewrote_last = level + 1 == last && plan.next.len() == v.levels[last].len();
         run_plan(inner, st, plan)?;
     }
-    // With a compaction filter, the last level is rewritten even when nothing came down
-    // into it, so that the filter meets every value (RocksDB's default for a manual
-    // compaction with a filter).
+    // With a compaction filter, the whole last level is rewritten unless the step above
+    // already took all of it, so that the filter meets every value (RocksDB's default for
+    // a manual compaction with a filter).
     let v = st.vs.current();
     if !rewrote_last && inner.opts.compaction_filter.is_some() && !v.levels[last].is_empty() {
         let plan = Plan {

@@ -100,6 +100,8 @@ pub(crate) struct DbInner {
     shutting_down: AtomicBool,
     /// Bytes of memtables this store has charged to `opts.memory_budget`.
     budget_charged: AtomicUsize,
+    /// Snapshots taken so far (taken under the state lock).
+    snapshot_epoch: AtomicU64,
 }
 
 /// An embedded, persistent, ordered key-value store.
@@ -482,6 +484,7 @@ impl Db {
             bg_error: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
             budget_charged: AtomicUsize::new(0),
+            snapshot_epoch: AtomicU64::new(0),
             opts,
         });
         let mut threads = Vec::new();
@@ -648,9 +651,13 @@ impl Db {
 
     /// A consistent view of the store as it is now.
     pub fn snapshot(&self) -> Snapshot {
+        // Under the state lock, so that a compaction deciding whether its filter may run
+        // sees every snapshot (see `DbInner::snapshot_epoch`).
+        let _st = self.inner.state.lock();
         let mut snaps = self.inner.snapshots.lock();
         let seq = self.inner.visible_seq();
         *snaps.entry(seq.0).or_insert(0) += 1;
+        self.inner.snapshot_epoch.fetch_add(1, Ordering::AcqRel);
         Snapshot {
             inner: self.inner.clone(),
             seq,
@@ -1128,6 +1135,11 @@ impl DbInner {
             let before = self.budget_charged.swap(now, Ordering::Relaxed);
             b.recharge(before, now);
         }
+    }
+
+    /// The number of snapshots taken so far.
+    pub(crate) fn snapshot_epoch(&self) -> u64 {
+        self.snapshot_epoch.load(Ordering::Acquire)
     }
 
     pub(crate) fn has_snapshots(&self) -> bool {

@@ -127,9 +127,10 @@ pub enum FilterDecision {
 /// A hook that compaction calls for the newest value of each key it rewrites, so that an
 /// application can drop or rewrite values by their contents (the state layer drops values
 /// whose time to live has expired). A compaction calls it only when no snapshot is open
-/// as it starts (a snapshot opened while it runs may see a value it removes go), never
-/// for tombstones; it must be cheap, as it runs on the compaction thread. Values it would
-/// remove stay readable until a compaction meets them.
+/// as it starts, and drops its output if a snapshot opens while it runs (a snapshot's view
+/// never changes); never for tombstones; it must be cheap, as it runs on the compaction
+/// thread. Values it would remove stay readable until a compaction meets them; a manual
+/// compaction (`Db::compact_range`) meets every value.
 pub trait CompactionFilter: Send + Sync + std::fmt::Debug {
     /// The decision for `value`, the newest value of `key`, going to `level`.
     fn filter(&self, level: usize, key: &[u8], value: &[u8]) -> FilterDecision;

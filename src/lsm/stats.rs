@@ -32,6 +32,8 @@ pub struct Counters {
     pub compaction_filter_removed: AtomicU64,
     /// Values the compaction filter changed.
     pub compaction_filter_changed: AtomicU64,
+    /// Compactions whose filtered output was dropped because a snapshot opened meanwhile.
+    pub compaction_filter_discarded: AtomicU64,
     /// Writes delayed because L0 passed the slowdown trigger.
     pub slowdowns: AtomicU64,
     /// Times writes stopped to wait for a flush or compaction.
@@ -94,6 +96,8 @@ pub struct DbStats {
     pub compaction_filter_removed: u64,
     /// Values the compaction filter changed.
     pub compaction_filter_changed: u64,
+    /// Compactions whose filtered output was dropped because a snapshot opened meanwhile.
+    pub compaction_filter_discarded: u64,
     /// Writes delayed by the L0 slowdown trigger.
     pub slowdowns: u64,
     /// Write stops (waiting for flush or compaction).
@@ -150,6 +154,7 @@ impl DbStats {
         self.trivial_moves = g(&c.trivial_moves);
         self.compaction_filter_removed = g(&c.compaction_filter_removed);
         self.compaction_filter_changed = g(&c.compaction_filter_changed);
+        self.compaction_filter_discarded = g(&c.compaction_filter_discarded);
         self.slowdowns = g(&c.slowdowns);
         self.stops = g(&c.stops);
         self.stall_micros = g(&c.stall_micros);

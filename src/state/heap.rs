@@ -227,6 +227,12 @@ impl HeapKeyedBackend {
         let count = d
             .varint_bounded("entry count", body.len() as u64)
             .map_err(err)?;
+        if count > 0 && ids.is_empty() {
+            return Err(src.error(
+                body_at,
+                format!("key group {group} holds entries of no state"),
+            ));
+        }
         for _ in 0..count {
             let at = d.offset();
             let state = d
@@ -386,6 +392,9 @@ impl KeyedStateBackend for HeapKeyedBackend {
             if !have.compatible(meta) {
                 return Err(Error::InvalidArgument(have.mismatch(meta)));
             }
+            // A restored state asked for with another time to live: the new one rules
+            // snapshots from now on, as it rules reads.
+            self.states[id.0 as usize].ttl_ms = meta.ttl_ms;
             return Ok(id);
         }
         let id = StateId(self.states.len() as u32);

@@ -595,26 +595,47 @@ impl Cell<'_> {
             return Ok(Vec::new());
         };
         let elements = unframe(self.name, &raw)?;
-        if self.ttl.is_none() {
+        let Some(ttl) = self.ttl else {
             return Ok(elements.into_iter().map(<[u8]>::to_vec).collect());
-        }
+        };
+        // What is returned, and what stays stored: a survivor keeps its own stamp (only
+        // `OnReadAndWrite` renews it); an expired element goes, after being returned once
+        // when visible until cleaned up.
         let mut out = Vec::with_capacity(elements.len());
-        let (mut dropped, mut renewed) = (false, false);
+        let mut keep: Vec<Vec<u8>> = Vec::with_capacity(elements.len());
+        let mut changed = false;
         for e in &elements {
-            match self.unstamp(e)? {
-                Some((p, renew)) => {
-                    out.push(p.to_vec());
-                    renewed |= renew;
+            let (ts, payload) = split_stamp(e).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "state {:?}: a list element without its TTL stamp",
+                    self.name
+                ))
+            })?;
+            if expired(ts, ttl.ttl_ms(), self.now) {
+                if ttl.visibility == TtlVisibility::ReturnExpiredIfNotCleanedUp {
+                    out.push(payload.to_vec());
                 }
-                None => dropped = true,
-            }
-            let t = self.ttl.map_or(0, |t| t.ttl_ms());
-            if split_stamp(e).is_some_and(|(ts, _)| expired(ts, t, self.now)) {
-                dropped = true;
+                changed = true;
+            } else {
+                out.push(payload.to_vec());
+                if ttl.update_type == TtlUpdateType::OnReadAndWrite {
+                    keep.push(self.stamp(payload));
+                    changed = true;
+                } else {
+                    keep.push(e.to_vec());
+                }
             }
         }
-        if dropped || renewed {
-            self.write_list(&out)?;
+        if changed {
+            if keep.is_empty() {
+                self.backend.clear(self.id)?;
+            } else {
+                let mut b = Vec::new();
+                for k in &keep {
+                    frame(&mut b, k);
+                }
+                self.backend.put(self.id, &[], &b)?;
+            }
         }
         Ok(out)
     }

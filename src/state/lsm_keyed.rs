@@ -63,9 +63,11 @@ impl TtlCompactionFilter {
     }
 
     fn learn(&self, id: StateId, meta: &StateMeta) {
-        if let Some(ttl) = meta.ttl_ms {
-            self.states.write().insert(id.0, (meta.kind, ttl));
-        }
+        let mut states = self.states.write();
+        match meta.ttl_ms {
+            Some(ttl) => states.insert(id.0, (meta.kind, ttl)),
+            None => states.remove(&id.0),
+        };
     }
 }
 
@@ -316,6 +318,16 @@ impl KeyedStateBackend for LsmKeyedBackend {
             let have = &self.states[id.0 as usize];
             if !have.compatible(meta) {
                 return Err(Error::InvalidArgument(have.mismatch(meta)));
+            }
+            if have.ttl_ms != meta.ttl_ms {
+                // Another time to live for a registered state: recorded, and compaction
+                // cleans up by it from now on, as reads do.
+                self.db
+                    .put(registry_key(&meta.name), encode_meta(id, meta))?;
+                self.states[id.0 as usize].ttl_ms = meta.ttl_ms;
+                if let Some(f) = &self.filter {
+                    f.learn(id, meta);
+                }
             }
             return Ok(id);
         }

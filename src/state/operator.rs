@@ -347,6 +347,23 @@ fn read_header(src: &OperatorStateSource<'_>) -> Result<BTreeMap<String, String>
             "the states and modes recorded for it do not match its header",
         ));
     }
+    // Elements lie one after another, state by state, after the header: their offsets
+    // strictly increase inside the data (so no element is read twice or across states).
+    let mut after = end as u64 + 4;
+    for st in src.states {
+        for &o in &st.offsets {
+            if o < after || o >= src.data.len() as u64 {
+                return Err(src.error(
+                    o,
+                    format!(
+                        "element offset {o} of state {:?} is out of order or past the end",
+                        st.name
+                    ),
+                ));
+            }
+            after = o + 1;
+        }
+    }
     Ok(types)
 }
 
