@@ -60,6 +60,17 @@ impl SubtaskInfo {
             .range_for_subtask(self.parallelism, self.subtask_index)
     }
 
+    /// The subtask as the LSM snapshot code names it.
+    fn lsm_subtask(&self, key_groups: KeyGroupRange) -> super::lsm_snapshot::SubtaskId {
+        super::lsm_snapshot::SubtaskId {
+            operator_id: self.operator_id.clone(),
+            subtask_index: self.subtask_index,
+            parallelism: self.parallelism,
+            max_parallelism: self.max_parallelism.get(),
+            key_groups,
+        }
+    }
+
     /// `<operator>_<index>`, for file names and errors.
     pub fn label(&self) -> String {
         format!("{}_{}", self.operator_id, self.subtask_index)
@@ -621,13 +632,7 @@ impl LsmStateBackend {
         Ok(Box::new(LsmKeyed {
             db,
             backend,
-            subtask: super::lsm_snapshot::SubtaskId {
-                operator_id: info.operator_id.clone(),
-                subtask_index: info.subtask_index,
-                parallelism: info.parallelism,
-                max_parallelism: info.max_parallelism.get(),
-                key_groups: range,
-            },
+            subtask: info.lsm_subtask(range),
         }))
     }
 
@@ -729,13 +734,7 @@ impl StateBackend for LsmStateBackend {
         Ok(Box::new(LsmKeyed {
             db,
             backend,
-            subtask: super::lsm_snapshot::SubtaskId {
-                operator_id: info.operator_id.clone(),
-                subtask_index: info.subtask_index,
-                parallelism: info.parallelism,
-                max_parallelism: info.max_parallelism.get(),
-                key_groups: range,
-            },
+            subtask: info.lsm_subtask(range),
         }))
     }
 
