@@ -317,3 +317,23 @@ fn a_checkpoint_whose_key_groups_leave_a_gap_is_refused() {
         assert!(b.keyed_state(&info(0, 3), Some(from)).is_ok());
     }
 }
+
+#[test]
+fn a_handle_whose_key_groups_differ_from_its_snapshot_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = MemoryStateBackend::new();
+    checkpoint_three(&backend, tmp.path()).unwrap();
+    let r = resolve_verified(StdFs::shared(), &tmp.path().join("job"), false).unwrap();
+    let storage = r.storage(StdFs::shared());
+    let mut states = r.metadata.operator_states.clone();
+    // Subtask 0 claims one key group less than its snapshot holds.
+    let h = &mut states[0].keyed_state[0];
+    h.key_groups = tidemark::checkpoint::KeyGroupRange::new(0, 41).unwrap();
+    let from = RestoreFrom {
+        checkpoint_id: r.checkpoint_id,
+        storage: &storage,
+        subtasks: &states,
+    };
+    let e = backend.keyed_state(&info(0, 1), Some(from)).err().unwrap();
+    assert!(e.to_string().contains("0..=42"), "{e}");
+}

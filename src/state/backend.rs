@@ -451,6 +451,17 @@ fn heap_keyed_state(
                             )))
                         }
                     };
+                    let holds = super::heap::snapshot_key_groups(&name, &bytes)?;
+                    if holds != h.key_groups {
+                        return Err(Error::corruption(
+                            &name,
+                            0,
+                            format!(
+                                "the snapshot holds key groups {holds}, _metadata records {}",
+                                h.key_groups
+                            ),
+                        ));
+                    }
                     loaded.push((name, bytes, offsets));
                 }
             }
