@@ -233,6 +233,16 @@ impl<'a> Decoder<'a> {
         let n = self.varint_bounded(what, self.remaining() as u64)?;
         self.bytes(n, what)
     }
+
+    /// Consumes a varint length and that many bytes of UTF-8 text.
+    pub fn length_prefixed_str(&mut self, what: &str) -> Result<&'a str, DecodeError> {
+        let at = self.offset();
+        let b = self.length_prefixed(what)?;
+        std::str::from_utf8(b).map_err(|_| DecodeError {
+            offset: at,
+            reason: format!("{what} is not UTF-8"),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -3,13 +3,15 @@
 //! the same and with another parallelism, bad snapshots, and a model test of random
 //! operations interleaved with snapshot, restore and rescale.
 
-use std::collections::BTreeMap;
-
 use proptest::prelude::*;
+
+#[path = "common/state_model.rs"]
+mod state_model;
+use state_model::{op, owner, Descs, Model, Op, MAX};
 use tidemark::state::heap::{HeapKeyedBackend, HeapSnapshot, KeyGroupsSource, KeyGroupsWritten};
 use tidemark::state::key_groups::MaxParallelism;
 use tidemark::state::keyed::{
-    KeyedState, KeyedStateBackend, ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor,
+    KeyedState, KeyedStateBackend, MapStateDescriptor, ValueStateDescriptor,
 };
 
 fn full(max: u32) -> HeapKeyedBackend {
@@ -219,59 +221,6 @@ fn damaged_snapshots_are_errors_naming_the_source() {
     assert!(e.to_string().contains("count"), "{e}");
 }
 
-#[derive(Debug, Clone)]
-enum Op {
-    Put(u16, u32),
-    Clear(u16),
-    MapPut(u16, u8, u32),
-    MapRemove(u16, u8),
-    Append(u16, u32),
-    Snapshot,
-    Restore(u32),
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        6 => (0u16..300, any::<u32>()).prop_map(|(k, v)| Op::Put(k, v)),
-        1 => (0u16..300).prop_map(Op::Clear),
-        3 => (0u16..300, any::<u8>(), any::<u32>()).prop_map(|(k, u, v)| Op::MapPut(k, u, v)),
-        1 => (0u16..300, any::<u8>()).prop_map(|(k, u)| Op::MapRemove(k, u)),
-        2 => (0u16..300, any::<u32>()).prop_map(|(k, v)| Op::Append(k, v)),
-        1 => Just(Op::Snapshot),
-        1 => (1u32..5).prop_map(Op::Restore),
-    ]
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Model {
-    value: BTreeMap<u16, u32>,
-    map: BTreeMap<u16, BTreeMap<u8, u32>>,
-    list: BTreeMap<u16, Vec<u32>>,
-}
-
-fn check(subtasks: &mut [HeapKeyedBackend], model: &Model, p: u32) {
-    let m = MaxParallelism::new(64).unwrap();
-    let vd = ValueStateDescriptor::<u32>::new("v");
-    let md = MapStateDescriptor::<u8, u32>::new("m");
-    let ld = ListStateDescriptor::<u32>::new("l");
-    for k in 0..300u16 {
-        let kb = postcard::to_stdvec(&k).unwrap();
-        let owner = m.subtask_for_key_group(p, m.key_group_of(&kb)).unwrap() as usize;
-        let mut s = KeyedState::new(&mut subtasks[owner]);
-        s.set_current_key(&k).unwrap();
-        assert_eq!(
-            s.value(&vd).unwrap().get().unwrap(),
-            model.value.get(&k).copied()
-        );
-        let got: BTreeMap<u8, u32> = s.map(&md).unwrap().iter().unwrap().into_iter().collect();
-        assert_eq!(got, model.map.get(&k).cloned().unwrap_or_default());
-        assert_eq!(
-            s.list(&ld).unwrap().get().unwrap(),
-            model.list.get(&k).cloned().unwrap_or_default()
-        );
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("TIDEMARK_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24),
@@ -281,61 +230,20 @@ proptest! {
     /// Random operations on keys spread over the subtasks, interleaved with snapshots and
     /// restores into a random parallelism (from the last snapshot), against a model.
     #[test]
-    fn heap_backend_matches_the_model(ops in proptest::collection::vec(op(), 1..300)) {
-        let m = MaxParallelism::new(64).unwrap();
-        let vd = ValueStateDescriptor::<u32>::new("v");
-        let md = MapStateDescriptor::<u8, u32>::new("m");
-        let ld = ListStateDescriptor::<u32>::new("l");
-        let mut p = 2u32;
+    fn heap_backend_matches_the_model(ops in proptest::collection::vec(op(300, 256), 1..300)) {
+        let m = MaxParallelism::new(MAX).unwrap();
+        let d = Descs::default();
+        let p = 2u32;
         let mut subtasks: Vec<HeapKeyedBackend> =
             (0..p).map(|i| HeapKeyedBackend::new(m, m.range_for_subtask(p, i).unwrap())).collect();
         let mut model = Model::default();
         let mut last: Option<(Vec<Written>, Model)> = None;
         for op in ops {
-            let key = |k: u16| {
-                let kb = postcard::to_stdvec(&k).unwrap();
-                m.subtask_for_key_group(p, m.key_group_of(&kb)).unwrap() as usize
-            };
+            let owner = owner(op.key(), subtasks.len() as u32);
+            if model.apply(&op, &mut subtasks[owner], &d) {
+                continue;
+            }
             match op {
-                Op::Put(k, v) => {
-                    let mut s = KeyedState::new(&mut subtasks[key(k)]);
-                    s.set_current_key(&k).unwrap();
-                    s.value(&vd).unwrap().update(&v).unwrap();
-                    model.value.insert(k, v);
-                }
-                Op::Clear(k) => {
-                    let mut s = KeyedState::new(&mut subtasks[key(k)]);
-                    s.set_current_key(&k).unwrap();
-                    s.value(&vd).unwrap().clear().unwrap();
-                    s.map(&md).unwrap().clear().unwrap();
-                    s.list(&ld).unwrap().clear().unwrap();
-                    model.value.remove(&k);
-                    model.map.remove(&k);
-                    model.list.remove(&k);
-                }
-                Op::MapPut(k, u, v) => {
-                    let mut s = KeyedState::new(&mut subtasks[key(k)]);
-                    s.set_current_key(&k).unwrap();
-                    s.map(&md).unwrap().put(&u, &v).unwrap();
-                    model.map.entry(k).or_default().insert(u, v);
-                }
-                Op::MapRemove(k, u) => {
-                    let mut s = KeyedState::new(&mut subtasks[key(k)]);
-                    s.set_current_key(&k).unwrap();
-                    s.map(&md).unwrap().remove(&u).unwrap();
-                    if let Some(e) = model.map.get_mut(&k) {
-                        e.remove(&u);
-                        if e.is_empty() {
-                            model.map.remove(&k);
-                        }
-                    }
-                }
-                Op::Append(k, v) => {
-                    let mut s = KeyedState::new(&mut subtasks[key(k)]);
-                    s.set_current_key(&k).unwrap();
-                    s.list(&ld).unwrap().add(&v).unwrap();
-                    model.list.entry(k).or_default().push(v);
-                }
                 Op::Snapshot => {
                     let w: Vec<_> = subtasks.iter().map(|b| write(&b.snapshot())).collect();
                     last = Some((w, model.clone()));
@@ -350,13 +258,15 @@ proptest! {
                             .map(|i| HeapKeyedBackend::restore(m, m.range_for_subtask(new_p, i).unwrap(), &sources))
                             .collect::<tidemark::Result<_>>()
                             .unwrap();
-                        p = new_p;
                         model = snap_model.clone();
                     }
                 }
+                _ => {}
             }
         }
-        check(&mut subtasks, &model, p);
+        let mut views: Vec<&mut dyn KeyedStateBackend> =
+            subtasks.iter_mut().map(|b| b as &mut dyn KeyedStateBackend).collect();
+        model.check(300, &mut views, &d);
     }
 }
 

@@ -3,7 +3,6 @@
 //! a checkpoint store) and restores from the latest checkpoint into a random parallelism,
 //! against an in-memory model.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,41 +18,11 @@ use tidemark::state::backend::{
     StateBackend, SubtaskInfo,
 };
 use tidemark::state::key_groups::MaxParallelism;
-use tidemark::state::keyed::{
-    KeyedState, ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor,
-};
+use tidemark::state::keyed::KeyedStateBackend;
 
-#[derive(Debug, Clone)]
-enum Op {
-    Put(u16, u32),
-    Clear(u16),
-    MapPut(u16, u8, u32),
-    MapRemove(u16, u8),
-    Append(u16, u32),
-    Checkpoint,
-    Restore(u32),
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        6 => (0u16..200, any::<u32>()).prop_map(|(k, v)| Op::Put(k, v)),
-        1 => (0u16..200).prop_map(Op::Clear),
-        3 => (0u16..200, 0u8..8, any::<u32>()).prop_map(|(k, u, v)| Op::MapPut(k, u, v)),
-        1 => (0u16..200, 0u8..8).prop_map(|(k, u)| Op::MapRemove(k, u)),
-        2 => (0u16..200, any::<u32>()).prop_map(|(k, v)| Op::Append(k, v)),
-        1 => Just(Op::Checkpoint),
-        1 => (1u32..5).prop_map(Op::Restore),
-    ]
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Model {
-    value: BTreeMap<u16, u32>,
-    map: BTreeMap<u16, BTreeMap<u8, u32>>,
-    list: BTreeMap<u16, Vec<u32>>,
-}
-
-const MAX: u32 = 64;
+#[path = "common/state_model.rs"]
+mod state_model;
+use state_model::{op, owner, Descs, Model, Op, MAX};
 
 fn info(i: u32, p: u32) -> SubtaskInfo {
     SubtaskInfo {
@@ -64,45 +33,8 @@ fn info(i: u32, p: u32) -> SubtaskInfo {
     }
 }
 
-fn owner(k: u16, p: u32) -> usize {
-    let m = MaxParallelism::new(MAX).unwrap();
-    let kb = postcard::to_stdvec(&k).unwrap();
-    m.subtask_for_key_group(p, m.key_group_of(&kb)).unwrap() as usize
-}
-
-struct Descs {
-    v: ValueStateDescriptor<u32>,
-    m: MapStateDescriptor<u8, u32>,
-    l: ListStateDescriptor<u32>,
-}
-
-fn check(subtasks: &mut [Box<dyn CheckpointedKeyedState>], model: &Model, p: u32, d: &Descs) {
-    for k in 0..200u16 {
-        let mut s = KeyedState::new(subtasks[owner(k, p)].backend());
-        s.set_current_key(&k).unwrap();
-        assert_eq!(
-            s.value(&d.v).unwrap().get().unwrap(),
-            model.value.get(&k).copied()
-        );
-        let got: BTreeMap<u8, u32> = s.map(&d.m).unwrap().iter().unwrap().into_iter().collect();
-        assert_eq!(
-            got,
-            model.map.get(&k).cloned().unwrap_or_default(),
-            "key {k}"
-        );
-        assert_eq!(
-            s.list(&d.l).unwrap().get().unwrap(),
-            model.list.get(&k).cloned().unwrap_or_default()
-        );
-    }
-}
-
 fn run(backend: &dyn StateBackend, root: &Path, ops: Vec<Op>) {
-    let d = Descs {
-        v: ValueStateDescriptor::new("v"),
-        m: MapStateDescriptor::new("m"),
-        l: ListStateDescriptor::new("l"),
-    };
+    let d = Descs::default();
     let storage = LocalStorage::new(
         StdFs::shared(),
         root.join("ckpt"),
@@ -117,47 +49,12 @@ fn run(backend: &dyn StateBackend, root: &Path, ops: Vec<Op>) {
     let mut last: Option<Model> = None;
     let mut next_id = 1u64;
     for op in ops {
+        let owner = owner(op.key(), p);
+        if model.apply(&op, subtasks[owner].backend(), &d) {
+            continue;
+        }
         match op {
-            Op::Put(k, v) => {
-                let mut s = KeyedState::new(subtasks[owner(k, p)].backend());
-                s.set_current_key(&k).unwrap();
-                s.value(&d.v).unwrap().update(&v).unwrap();
-                model.value.insert(k, v);
-            }
-            Op::Clear(k) => {
-                let mut s = KeyedState::new(subtasks[owner(k, p)].backend());
-                s.set_current_key(&k).unwrap();
-                s.value(&d.v).unwrap().clear().unwrap();
-                s.map(&d.m).unwrap().clear().unwrap();
-                s.list(&d.l).unwrap().clear().unwrap();
-                model.value.remove(&k);
-                model.map.remove(&k);
-                model.list.remove(&k);
-            }
-            Op::MapPut(k, u, v) => {
-                let mut s = KeyedState::new(subtasks[owner(k, p)].backend());
-                s.set_current_key(&k).unwrap();
-                s.map(&d.m).unwrap().put(&u, &v).unwrap();
-                model.map.entry(k).or_default().insert(u, v);
-            }
-            Op::MapRemove(k, u) => {
-                let mut s = KeyedState::new(subtasks[owner(k, p)].backend());
-                s.set_current_key(&k).unwrap();
-                s.map(&d.m).unwrap().remove(&u).unwrap();
-                if let Some(e) = model.map.get_mut(&k) {
-                    e.remove(&u);
-                    if e.is_empty() {
-                        model.map.remove(&k);
-                    }
-                }
-            }
-            Op::Append(k, v) => {
-                let mut s = KeyedState::new(subtasks[owner(k, p)].backend());
-                s.set_current_key(&k).unwrap();
-                s.list(&d.l).unwrap().add(&v).unwrap();
-                model.list.entry(k).or_default().push(v);
-            }
-            Op::Checkpoint => {
+            Op::Snapshot => {
                 let snaps: Vec<_> = subtasks
                     .iter_mut()
                     .map(|s| s.snapshot_sync().unwrap())
@@ -207,9 +104,12 @@ fn run(backend: &dyn StateBackend, root: &Path, ops: Vec<Op>) {
                     model = snap_model.clone();
                 }
             }
+            _ => {}
         }
     }
-    check(&mut subtasks, &model, p, &d);
+    let mut views: Vec<&mut dyn KeyedStateBackend> =
+        subtasks.iter_mut().map(|s| s.backend()).collect();
+    model.check(200, &mut views, &d);
 }
 
 fn cases() -> u32 {
@@ -223,19 +123,19 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
-    fn memory_backend_matches_the_model(ops in proptest::collection::vec(op(), 1..200)) {
+    fn memory_backend_matches_the_model(ops in proptest::collection::vec(op(200, 8), 1..200)) {
         let tmp = tempfile::tempdir().unwrap();
         run(&MemoryStateBackend::new(), tmp.path(), ops);
     }
 
     #[test]
-    fn filesystem_backend_matches_the_model(ops in proptest::collection::vec(op(), 1..200)) {
+    fn filesystem_backend_matches_the_model(ops in proptest::collection::vec(op(200, 8), 1..200)) {
         let tmp = tempfile::tempdir().unwrap();
         run(&FsStateBackend::with_inline_threshold(0), tmp.path(), ops);
     }
 
     #[test]
-    fn lsm_backend_matches_the_model(ops in proptest::collection::vec(op(), 1..200)) {
+    fn lsm_backend_matches_the_model(ops in proptest::collection::vec(op(200, 8), 1..200)) {
         let tmp = tempfile::tempdir().unwrap();
         let backend = LsmStateBackend::new(
             tmp.path().join("local"),

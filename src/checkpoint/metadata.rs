@@ -588,19 +588,7 @@ impl Metadata {
                 }
             }
         }
-        codec::put_varint(&mut b, self.source_offsets.len() as u64);
-        for o in &self.source_offsets {
-            put_str(&mut b, &o.source);
-            put_str(&mut b, &o.split);
-            codec::put_u64(&mut b, o.offset);
-        }
-        codec::put_varint(&mut b, self.properties.len() as u64);
-        for (k, v) in &self.properties {
-            put_str(&mut b, k);
-            put_str(&mut b, v);
-        }
-        let crc = codec::crc32c(&b);
-        codec::put_u32(&mut b, crc);
+        put_tail(&mut b, &self.source_offsets, &self.properties);
         b
     }
 
@@ -744,6 +732,24 @@ impl Metadata {
         let mut budget = Budget::for_file(len);
         decode_body(&mut d, path, &mut budget, version)
     }
+}
+
+/// The end of every version's encoding: source offsets, properties, then the crc32c of
+/// everything before it.
+fn put_tail(b: &mut Vec<u8>, source_offsets: &[SourceOffset], properties: &[(String, String)]) {
+    codec::put_varint(b, source_offsets.len() as u64);
+    for o in source_offsets {
+        put_str(b, &o.source);
+        put_str(b, &o.split);
+        codec::put_u64(b, o.offset);
+    }
+    codec::put_varint(b, properties.len() as u64);
+    for (k, v) in properties {
+        put_str(b, k);
+        put_str(b, v);
+    }
+    let crc = codec::crc32c(b);
+    codec::put_u32(b, crc);
 }
 
 fn put_str(b: &mut Vec<u8>, s: &str) {
@@ -1999,19 +2005,7 @@ pub(crate) mod tests {
                 }
             }
         }
-        codec::put_varint(&mut b, m.source_offsets.len() as u64);
-        for o in &m.source_offsets {
-            put_str(&mut b, &o.source);
-            put_str(&mut b, &o.split);
-            codec::put_u64(&mut b, o.offset);
-        }
-        codec::put_varint(&mut b, m.properties.len() as u64);
-        for (k, v) in &m.properties {
-            put_str(&mut b, k);
-            put_str(&mut b, v);
-        }
-        let crc = codec::crc32c(&b);
-        codec::put_u32(&mut b, crc);
+        put_tail(&mut b, &m.source_offsets, &m.properties);
         b
     }
 

@@ -23,7 +23,7 @@ use super::keyed::{
     TtlClock,
 };
 use crate::checkpoint::KeyGroupRange;
-use crate::codec::{crc32c, put_varint, Decoder};
+use crate::codec::{crc32c, put_length_prefixed, put_varint, Decoder};
 use crate::error::{Error, Result};
 
 /// Magic of a key-groups snapshot: `TMKS` in ASCII.
@@ -535,8 +535,7 @@ impl HeapSnapshot {
         put_varint(&mut header, self.states.len() as u64);
         for s in &self.states {
             for field in [s.name.as_str(), s.kind.as_str(), s.value_type.as_str()] {
-                put_varint(&mut header, field.len() as u64);
-                header.extend_from_slice(field.as_bytes());
+                put_length_prefixed(&mut header, field.as_bytes());
             }
             put_varint(&mut header, s.ttl_ms.unwrap_or(0));
         }
@@ -690,13 +689,18 @@ fn read_header(src: &KeyGroupsSource<'_>) -> Result<Header> {
     let mut states = Vec::with_capacity(n);
     for _ in 0..n {
         let at = d.offset();
-        let mut field = |what: &str| -> Result<String> {
-            let b = d.length_prefixed(what).map_err(err)?;
-            String::from_utf8(b.to_vec()).map_err(|_| src.error(at, format!("{what} is not UTF-8")))
-        };
-        let name = field("state name")?;
-        let kind = field("state kind")?;
-        let value_type = field("value type")?;
+        let name = d
+            .length_prefixed_str("state name")
+            .map_err(err)?
+            .to_string();
+        let kind = d
+            .length_prefixed_str("state kind")
+            .map_err(err)?
+            .to_string();
+        let value_type = d
+            .length_prefixed_str("value type")
+            .map_err(err)?
+            .to_string();
         let ttl_ms = d.varint("time to live").map_err(err)?;
         let kind = super::keyed::StateKind::parse(&kind)
             .ok_or_else(|| src.error(at, format!("unknown state kind {kind:?}")))?;

@@ -23,7 +23,7 @@ use super::keyed::{
     TtlClock,
 };
 use crate::checkpoint::KeyGroupRange;
-use crate::codec::{put_varint, Decoder};
+use crate::codec::{put_length_prefixed, put_varint, Decoder};
 use crate::error::{Error, Result};
 use crate::lsm::{CompactionFilter, Db, FilterDecision, WriteBatch};
 
@@ -122,8 +122,7 @@ fn encode_meta(id: StateId, m: &StateMeta) -> Vec<u8> {
     let mut v = Vec::new();
     v.extend_from_slice(&id.0.to_le_bytes());
     for f in [m.kind.as_str(), m.value_type.as_str()] {
-        put_varint(&mut v, f.len() as u64);
-        v.extend_from_slice(f.as_bytes());
+        put_length_prefixed(&mut v, f.as_bytes());
     }
     put_varint(&mut v, m.ttl_ms.unwrap_or(0));
     v
@@ -164,14 +163,15 @@ impl LsmKeyedBackend {
             };
             let mut d = Decoder::new(&v, 0);
             let id = d.u32("state id").map_err(|e| bad(&e.to_string()))?;
-            let kind = d.length_prefixed("kind").map_err(|e| bad(&e.to_string()))?;
-            let ty = d.length_prefixed("type").map_err(|e| bad(&e.to_string()))?;
+            let kind = d
+                .length_prefixed_str("kind")
+                .map_err(|e| bad(&e.to_string()))?;
+            let ty = d
+                .length_prefixed_str("type")
+                .map_err(|e| bad(&e.to_string()))?;
             let ttl_ms = d.varint("time to live").map_err(|e| bad(&e.to_string()))?;
-            let kind = std::str::from_utf8(kind)
-                .ok()
-                .and_then(StateKind::parse)
-                .ok_or_else(|| bad("unknown kind"))?;
-            let value_type = String::from_utf8(ty.to_vec()).map_err(|_| bad("type"))?;
+            let kind = StateKind::parse(kind).ok_or_else(|| bad("unknown kind"))?;
+            let value_type = ty.to_string();
             found.push((
                 StateId(id),
                 StateMeta {

@@ -36,7 +36,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::keyed::ListStateDescriptor;
-use crate::codec::{crc32c, put_varint, Decoder};
+use crate::codec::{crc32c, put_length_prefixed, put_varint, Decoder};
 use crate::error::{Error, Result};
 
 /// Magic of an operator-state snapshot: `TMOS` in ASCII.
@@ -261,8 +261,7 @@ impl OperatorSnapshot {
         put_varint(&mut header, self.states.len() as u64);
         for (name, list) in &self.states {
             for field in [name.as_str(), list.mode.as_str(), list.value_type.as_str()] {
-                put_varint(&mut header, field.len() as u64);
-                header.extend_from_slice(field.as_bytes());
+                put_length_prefixed(&mut header, field.as_bytes());
             }
         }
         header.extend_from_slice(&crc32c(&header).to_le_bytes());
@@ -318,13 +317,15 @@ fn read_header(src: &OperatorStateSource<'_>) -> Result<BTreeMap<String, String>
     let mut listed = Vec::with_capacity(n);
     for _ in 0..n {
         let at = d.offset();
-        let mut field = |what: &str| -> Result<String> {
-            let b = d.length_prefixed(what).map_err(err)?;
-            String::from_utf8(b.to_vec()).map_err(|_| src.error(at, format!("{what} is not UTF-8")))
-        };
-        let name = field("state name")?;
-        let mode = field("mode")?;
-        let ty = field("element type")?;
+        let name = d
+            .length_prefixed_str("state name")
+            .map_err(err)?
+            .to_string();
+        let mode = d.length_prefixed_str("mode").map_err(err)?.to_string();
+        let ty = d
+            .length_prefixed_str("element type")
+            .map_err(err)?
+            .to_string();
         let mode = Redistribution::parse(&mode)
             .ok_or_else(|| src.error(at, format!("unknown redistribution mode {mode:?}")))?;
         listed.push((name.clone(), mode));
