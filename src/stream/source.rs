@@ -88,7 +88,7 @@ impl<T: Clone + Send> TaskBody for SourceTask<T> {
                 match c {
                     Control::Trigger(b) => {
                         out.flush()?;
-                        let offsets = reader.snapshot(&mut ctx.operator_state)?;
+                        let offsets = named(reader.snapshot(&mut ctx.operator_state)?, rt);
                         rt.snapshot(&mut ctx, b, Duration::ZERO, offsets)?;
                         out.barrier(b)?;
                     }
@@ -129,6 +129,14 @@ impl<T: Clone + Send> TaskBody for SourceTask<T> {
     }
 }
 
+/// Source offsets under the source operator's id, so `_metadata` tells sources apart.
+fn named(mut offsets: Vec<SourceOffset>, rt: &TaskRuntime) -> Vec<SourceOffset> {
+    for o in &mut offsets {
+        o.source = rt.info.operator_id.clone();
+    }
+    offsets
+}
+
 /// A control message that arrived while the source was idle.
 fn handle_now<T: Clone>(
     c: Control,
@@ -140,7 +148,7 @@ fn handle_now<T: Clone>(
     match c {
         Control::Trigger(b) => {
             out.flush()?;
-            let offsets = reader.snapshot(&mut ctx.operator_state)?;
+            let offsets = named(reader.snapshot(&mut ctx.operator_state)?, rt);
             rt.snapshot(ctx, b, Duration::ZERO, offsets)?;
             out.barrier(b)
         }
