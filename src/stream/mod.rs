@@ -1,6 +1,11 @@
 //! The stream layer: jobs of sources, operators and sinks, one thread per subtask, with
 //! keyed state from [`crate::state`], checkpoint barriers and a checkpoint coordinator,
-//! an exactly-once file sink, and restart strategies, configured with Flink's keys.
+//! an exactly-once file sink, and restart strategies, configured with Flink's keys
+//! ([`config`]), with checkpoint statistics in the shape of Flink's monitoring
+//! ([`stats`]).
+//!
+//! This layer sits on [`crate::state`] and [`crate::checkpoint`]; it never matches on a
+//! state backend's kind, and the command line above it only calls it.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -28,12 +33,15 @@
 //! ```
 
 mod channel;
+pub mod config;
 pub mod event;
 mod graph;
 mod job;
 mod ops;
+pub mod restart;
 pub mod sink;
 pub mod source;
+pub mod stats;
 mod task;
 
 pub use channel::Output;
