@@ -17,6 +17,8 @@ pub mod get;
 pub mod inspect;
 pub mod output;
 pub mod progress;
+pub mod run;
+pub mod signals;
 pub mod store;
 pub mod verify;
 
@@ -132,6 +134,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Checkpoints(a) => checkpoints::run(a, out),
         Command::Get(a) => get::run(a, out),
         Command::Demo(a) => demo::run(a, out),
+        Command::Run(a) => run::run(a, out),
     }
 }
 
