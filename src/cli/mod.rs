@@ -15,6 +15,7 @@ pub mod demo;
 pub mod detect;
 pub mod get;
 pub mod inspect;
+pub mod job_stats;
 pub mod output;
 pub mod progress;
 pub mod run;
