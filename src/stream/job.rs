@@ -707,6 +707,7 @@ impl<'a> Runner<'a> {
                 let handle = std::thread::Builder::new()
                     .name(thread_name)
                     .spawn(move || {
+                        IN_SUBTASK.with(|f| f.set(true));
                         let r = std::panic::catch_unwind(AssertUnwindSafe(|| body.run(&mut rt)));
                         rt.join_asyncs();
                         let ev = match r {
@@ -1207,7 +1208,8 @@ fn check_restorable(
     let ids: std::collections::HashSet<&str> = graph.operator_ids().into_iter().collect();
     for s in &m.operator_states {
         if !ids.contains(s.operator_id.as_str()) {
-            let has_state = !s.keyed_state.is_empty() || !s.operator_state.is_empty();
+            let has_state =
+                !s.keyed_state.is_empty() || s.operator_state.iter().any(|h| !h.states.is_empty());
             if has_state && !allow_non_restored {
                 return Err(Error::InvalidArgument(format!(
                     "checkpoint {} holds state of operator {:?}, which the job does not have; \
@@ -1230,6 +1232,16 @@ fn check_restorable(
         }
     }
     Ok(())
+}
+
+thread_local! {
+    static IN_SUBTASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True on a subtask's thread, where a panic is caught and handled as a failure of the
+/// job (the restart strategy decides): a process-wide panic hook can stay quiet there.
+pub fn panic_is_handled_here() -> bool {
+    IN_SUBTASK.with(|f| f.get())
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
