@@ -1221,7 +1221,7 @@ fn checkpoints_command_shows_the_configuration_and_statistics() {
     assert_eq!(code, 0, "{err}");
     for part in [
         "configuration (job-config.json):",
-        "every 200 ms, at_least_once",
+        "every 200 ms, at_least_once, timeout 5 min",
         "keep 3, RETAIN_ON_CANCELLATION",
         "LsmStateBackend with FileSystemCheckpointStorage",
         "fixed-delay (3 attempts, 10 s apart)",

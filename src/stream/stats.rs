@@ -1043,7 +1043,7 @@ impl CheckpointStatsTracker {
     pub fn snapshot(&self) -> CheckpointStatsDocument {
         let s = self.state.lock();
         let mut history: Vec<&Entry> = s.pending.values().chain(s.finished.iter()).collect();
-        history.sort_by(|a, b| b.id.cmp(&a.id));
+        history.sort_by_key(|e| std::cmp::Reverse(e.id));
         history.truncate(s.history_size);
         let sum = &s.summary;
         CheckpointStatsDocument {
