@@ -1017,6 +1017,20 @@ fn the_tracker_is_bounded_and_ignores_what_it_cannot_place() {
     );
     assert!(t.report_acknowledged(CheckpointId(11), &ack("count", 1)));
     assert!(!t.report_completed(CheckpointId(99), "x"));
+    let huge = |n| TriggeredCheckpoint {
+        id: CheckpointId(200),
+        trigger_timestamp_ms: 0,
+        savepoint: None,
+        tasks: vec![TaskParallelism {
+            operator_id: "count".into(),
+            num_subtasks: n,
+        }],
+    };
+    assert!(
+        !t.report_triggered(huge(u32::MAX)),
+        "more subtasks than key groups"
+    );
+    assert!(t.report_triggered(huge(32_768)));
     assert!(!t.report_failed(CheckpointId(99), 0, "x"));
 
     // Checkpoints whose outcome is never reported do not pile up.
@@ -1221,7 +1235,7 @@ fn checkpoints_command_shows_the_configuration_and_statistics() {
     assert_eq!(code, 0, "{err}");
     for part in [
         "configuration (job-config.json):",
-        "every 200 ms, at_least_once",
+        "every 200 ms, at_least_once, timeout 5 min",
         "keep 3, RETAIN_ON_CANCELLATION",
         "LsmStateBackend with FileSystemCheckpointStorage",
         "fixed-delay (3 attempts, 10 s apart)",

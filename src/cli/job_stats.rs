@@ -14,7 +14,8 @@ use serde::Serialize;
 use super::output::{format_unix_ms, human_bytes, Render};
 use crate::error::Error;
 use crate::stream::config::{
-    read_job_config, JobConfigDocument, CHECKPOINTING_DISABLED_INTERVAL_MS, JOB_CONFIG_FILE_NAME,
+    format_duration, read_job_config, JobConfigDocument, CHECKPOINTING_DISABLED_INTERVAL_MS,
+    JOB_CONFIG_FILE_NAME,
 };
 use crate::stream::stats::{
     read_checkpoint_stats, CheckpointStatistics, CheckpointStatsDocument, StatsSummaryJson,
@@ -95,6 +96,10 @@ fn ms(v: u64) -> String {
     format!("{v} ms")
 }
 
+fn duration(ms: u64) -> String {
+    format_duration(std::time::Duration::from_millis(ms))
+}
+
 fn write_config(out: &mut dyn Write, c: &JobConfigDocument) -> io::Result<()> {
     let setting = |k: &str| c.configuration.get(k).map_or("?", String::as_str);
     writeln!(out, "configuration ({JOB_CONFIG_FILE_NAME}):")?;
@@ -104,17 +109,17 @@ fn write_config(out: &mut dyn Write, c: &JobConfigDocument) -> io::Result<()> {
         writeln!(
             out,
             "  checkpointing   every {}, {}, timeout {}, min pause {}, at most {} at once, {} failure(s) tolerated",
-            ms(c.interval),
+            duration(c.interval),
             c.mode,
-            ms(c.timeout),
-            ms(c.min_pause),
+            duration(c.timeout),
+            duration(c.min_pause),
             c.max_concurrent,
             c.tolerable_failed_checkpoints
         )?;
     }
     writeln!(
         out,
-        "  retention       keep {}, {} on cancellation",
+        "  retention       keep {}, {}",
         setting("execution.checkpointing.num-retained"),
         setting("execution.checkpointing.externalized-checkpoint-retention")
     )?;

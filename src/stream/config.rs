@@ -1065,10 +1065,11 @@ impl JobConfig {
 
     /// The options of the job's [`crate::checkpoint::CheckpointStore`].
     pub fn checkpoint_store_config(&self) -> CheckpointConfig {
-        let mut c = CheckpointConfig::default();
-        c.num_retained = self.checkpointing.num_retained;
-        c.cleanup = self.checkpointing.externalized;
-        c
+        CheckpointConfig {
+            num_retained: self.checkpointing.num_retained,
+            cleanup: self.checkpointing.externalized,
+            ..CheckpointConfig::default()
+        }
     }
 
     /// Every setting in force under its current key name, defaults included (optional

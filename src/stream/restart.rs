@@ -13,8 +13,10 @@
 //! When nothing is configured the strategy follows from checkpointing
 //! ([`RestartStrategyConfig::default_for`]): without checkpoints there is nothing to restart
 //! from, so `none`; with checkpoints, `fixed-delay` with unlimited attempts and a 1 s delay.
-//! That is the rule of the Flink the seed article describes (1.6; the rule and the
-//! unlimited attempts held through Flink 1.x). Flink 2.x instead picks
+//! That is the rule of the Flink the seed article describes (1.6), which held through
+//! Flink 1.x (`NoOrFixedIfCheckpointingEnabledRestartStrategy`, `Integer.MAX_VALUE`
+//! attempts; its early versions restarted without delay, later ones after 1 s, which
+//! tidemark takes so that a crash loop cannot spin). Flink 2.x instead picks
 //! `exponential-delay` with its defaults when checkpointing is on; tidemark keeps the older
 //! rule because its restart loop is in-process and cheap, and a job that keeps failing at
 //! the same record should say so at a steady pace instead of slowing down to once a

@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::config::{decode_job_file, encode_job_file, DEFAULT_CHECKPOINT_HISTORY};
+use super::config::{
+    decode_job_file, encode_job_file, DEFAULT_CHECKPOINT_HISTORY, MAX_MAX_PARALLELISM,
+};
 use crate::checkpoint::CheckpointId;
 use crate::error::Result;
 use crate::fs::{self, FileSystem};
@@ -37,6 +39,8 @@ pub const MAX_CHECKPOINT_STATS_BYTES: u64 = 64 << 20;
 pub const SUMMARY_WINDOW: usize = 10_000;
 /// Checkpoints in flight that are tracked; the oldest beyond it is counted as failed.
 pub const MAX_PENDING_CHECKPOINTS: usize = 1024;
+/// Subtasks of one checkpoint, at most (its entry holds one slot per subtask).
+pub const MAX_SUBTASKS: usize = 1 << 20;
 /// Restarts kept in the restart history (all are counted).
 pub const MAX_RESTART_HISTORY: usize = 100;
 /// The format name in `checkpoint-stats.json`'s header.
@@ -854,8 +858,22 @@ impl CheckpointStatsTracker {
         }
     }
 
-    /// A checkpoint was triggered. A second report of an id in flight is ignored (false).
+    /// A checkpoint was triggered. Ignored (false) when its id is already in flight, or
+    /// when an operator has more subtasks than a job can have
+    /// ([`MAX_MAX_PARALLELISM`]) or the checkpoint more than [`MAX_SUBTASKS`].
     pub fn report_triggered(&self, t: TriggeredCheckpoint) -> bool {
+        let total: u64 = t
+            .tasks
+            .iter()
+            .map(|task| u64::from(task.num_subtasks))
+            .sum();
+        if total > MAX_SUBTASKS as u64
+            || t.tasks
+                .iter()
+                .any(|task| task.num_subtasks > MAX_MAX_PARALLELISM)
+        {
+            return false;
+        }
         let mut s = self.state.lock();
         if s.pending.contains_key(&t.id.0) {
             return false;
@@ -1043,7 +1061,7 @@ impl CheckpointStatsTracker {
     pub fn snapshot(&self) -> CheckpointStatsDocument {
         let s = self.state.lock();
         let mut history: Vec<&Entry> = s.pending.values().chain(s.finished.iter()).collect();
-        history.sort_by(|a, b| b.id.cmp(&a.id));
+        history.sort_by_key(|e| std::cmp::Reverse(e.id));
         history.truncate(s.history_size);
         let sum = &s.summary;
         CheckpointStatsDocument {
