@@ -146,3 +146,74 @@ fn sigkill_and_resume_with_latest_commits_exactly_once() {
     assert!(got == want, "output differs after {kills} kills");
     check_no_orphans(&ck);
 }
+
+#[test]
+fn run_reads_a_flink_config_file_and_dynamic_properties() {
+    let dir = tempfile::tempdir().unwrap();
+    let counts = write_input(&dir.path().join("in"), 2_000);
+    let conf = dir.path().join("flink-conf.yaml");
+    std::fs::write(
+        &conf,
+        "# the seed's keys\nstate.backend: filesystem\nexecution.checkpointing.interval: 20 ms\n\
+         restart-strategy: fixed-delay\nsome.unknown.key: 1\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["run", "wordcount", "--config"])
+        .arg(&conf)
+        .arg("--input")
+        .arg(dir.path().join("in"))
+        .arg("--output")
+        .arg(dir.path().join("out"))
+        .arg("--checkpoint-dir")
+        .arg(dir.path().join("ck"))
+        .args(["-D", "parallelism.default=2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("some.unknown.key"), "{stderr}");
+    assert!(
+        stdout.contains("Job has been submitted with JobID "),
+        "{stdout}"
+    );
+    assert!(committed_lines(&dir.path().join("out")).unwrap() == expected(&counts));
+    let job = std::fs::read_dir(dir.path().join("ck"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let doc = tidemark::stream::config::read_job_config(&job.join("job-config.json")).unwrap();
+    assert_eq!(doc.state_backend, "FsStateBackend");
+    assert_eq!(doc.interval, 20);
+    assert_eq!(
+        doc.configuration
+            .get("parallelism.default")
+            .map(String::as_str),
+        Some("2")
+    );
+
+    // A bad value names the key, the value and what is accepted.
+    let bad = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args([
+            "run",
+            "wordcount",
+            "--input",
+            "x",
+            "--output",
+            "y",
+            "--checkpoint-dir",
+        ])
+        .arg(dir.path().join("ck2"))
+        .args(["-D", "state.backend=cassandra"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        stderr.contains("cassandra") && stderr.contains("filesystem") && stderr.contains("lsm"),
+        "{stderr}"
+    );
+}

@@ -80,15 +80,38 @@ pub fn run(a: &RunArgs, out: &mut dyn Write) -> std::result::Result<(), CliError
 /// settings; and the job id (a new one, or the resumed checkpoint's).
 fn configure(a: &RunArgs) -> Result<(JobConfig, JobId)> {
     let mut b = JobConfigBuilder::new();
-    // The command's defaults, below everything the user gives.
-    b.dynamic_property("execution.checkpointing.interval=1s")?;
-    b.dynamic_property(
-        "execution.checkpointing.externalized-checkpoint-retention=RETAIN_ON_CANCELLATION",
-    )?;
-    b.dynamic_property("state.backend.type=lsm")?;
     if let Some(f) = &a.config {
         b.load_file(f)?;
     }
+    // The command's defaults, for what neither the file nor -D sets.
+    let given = |b: &JobConfigBuilder, keys: &[&str]| {
+        b.settings().iter().any(|s| keys.contains(&s.key.trim()))
+            || a.dynamic.iter().any(|d| {
+                let d = d.strip_prefix("-D").unwrap_or(d).trim_start();
+                keys.iter().any(|k| d.starts_with(&format!("{k}=")))
+            })
+    };
+    let mut defaults = String::new();
+    for (keys, default) in [
+        (
+            &["execution.checkpointing.interval"][..],
+            "execution.checkpointing.interval: 1 s",
+        ),
+        (
+            &["execution.checkpointing.externalized-checkpoint-retention"][..],
+            "execution.checkpointing.externalized-checkpoint-retention: RETAIN_ON_CANCELLATION",
+        ),
+        (
+            &["state.backend", "state.backend.type"][..],
+            "state.backend: lsm",
+        ),
+    ] {
+        if !given(&b, keys) {
+            defaults.push_str(default);
+            defaults.push('\n');
+        }
+    }
+    b.load_str(&defaults, Path::new("<tidemark run defaults>"))?;
     b.dynamic_property(&format!(
         "state.checkpoints.dir={}",
         a.checkpoint_dir.display()
