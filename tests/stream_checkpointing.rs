@@ -383,3 +383,41 @@ fn restore_refuses_state_of_an_operator_the_job_lacks() {
         "{err}"
     );
 }
+
+#[test]
+fn a_job_that_gives_up_keeps_its_checkpoints_for_a_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let counts = write_words(&dir.path().join("in"), 60_000);
+    let out = dir.path().join("out");
+    let plan = Arc::new(FailurePlan::new().at_record(250_000, FailureKind::Error));
+    let build = |plan: Option<Arc<FailurePlan>>| {
+        let env = StreamEnv::new();
+        wordcount::build(
+            &env,
+            FileSource::new(dir.path().join("in")),
+            FileSink::new(&out),
+            plan,
+        );
+        env.build().unwrap()
+    };
+    let mut options = JobOptions::local(dir.path().join("checkpoints"));
+    options.checkpointing.interval = Some(Duration::from_millis(5));
+    options.restart = Some(Arc::new(|| Box::new(NoRestart) as Box<dyn RestartBackoff>));
+    let err = stream::execute(&build(Some(plan)), &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("injected failure") && err.contains("kept"),
+        "{err}"
+    );
+    // The default retention (NO_EXTERNALIZED_CHECKPOINTS) did not delete them: resume.
+    let job_dir = dir.path().join("checkpoints").join(options.job_id.as_str());
+    let mut resumed = options.clone();
+    resumed.restore = Some(RestoreSettings {
+        path: job_dir,
+        mode: RestoreMode::Claim,
+        allow_non_restored_state: true,
+    });
+    stream::execute(&build(None), &resumed).unwrap();
+    assert!(stream::committed_lines(&out).unwrap() == expected(&counts));
+}

@@ -548,15 +548,23 @@ impl<'a> Runner<'a> {
                                 });
                             }
                             self.persist_stats();
-                            if let Some(store) = self.store.take() {
-                                if let Err(e) = store.shutdown(JobTermination::Failed) {
-                                    tracing::warn!("checkpoint cleanup after the failure: {e}");
-                                }
-                            }
+                            // A job that gives up keeps its checkpoints, whatever the
+                            // retention policy, for a manual resume (`-s`).
+                            let kept = self
+                                .store
+                                .take()
+                                .and_then(|s| s.list().last().map(|c| c.external_path.clone()));
                             return Err(Error::Job(format!(
-                                "job {} failed and is not restarted ({reason}; {}): {cause}",
+                                "job {} failed and is not restarted ({reason}; {}): {cause}{}",
                                 self.options.job_id,
-                                restart.describe()
+                                restart.describe(),
+                                match kept {
+                                    Some(p) => format!(
+                                        "; its latest checkpoint {} is kept for a resume with -s",
+                                        p.display()
+                                    ),
+                                    None => String::new(),
+                                }
                             )));
                         }
                     }
