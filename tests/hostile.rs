@@ -527,7 +527,7 @@ fn a_second_owner_of_a_job_directory_is_refused_and_deletes_nothing() {
     assert_eq!(first.owner_lock_path(), Some(job.join("LOCK")));
     // A checkpoint in progress: its directory and a shared file not yet in any _metadata,
     // which a second owner would take for leftovers of a crash.
-    let mut pending = first
+    let pending = first
         .begin(CheckpointId(3), CheckpointKind::Incremental)
         .unwrap();
     let local = dir.path().join("000099.sst");

@@ -61,7 +61,7 @@ fn job(root: &Path) -> CheckpointStore {
 /// Runs three subtasks of `backend`, checkpoints them as checkpoint 1, then keeps writing.
 fn checkpoint_three(backend: &dyn StateBackend, root: &Path) -> tidemark::Result<()> {
     let store = job(root);
-    let mut pending = store.begin(CheckpointId(1), CheckpointKind::Full)?;
+    let pending = store.begin(CheckpointId(1), CheckpointKind::Full)?;
     let mut states = Vec::new();
     let mut afterwards = Vec::new();
     for i in 0..3 {
@@ -92,8 +92,8 @@ fn checkpoint_three(backend: &dyn StateBackend, root: &Path) -> tidemark::Result
         }
         ops.list(&offsets(), Redistribution::SplitDistribute)?
             .add(&777)?;
-        let keyed_state = snap.write(&mut pending)?;
-        let operator_state = backend.write_operator_state(&info, &op_snap, &mut pending)?;
+        let keyed_state = snap.write(&pending)?;
+        let operator_state = backend.write_operator_state(&info, &op_snap, &pending)?;
         states.push(OperatorSubtaskState {
             operator_id: OP.into(),
             subtask_index: i,

@@ -270,14 +270,14 @@ fn start_checkpoint(
     model: &Counts,
 ) -> Result<InFlight> {
     let started = Instant::now();
-    let mut pending = store.begin(id, CheckpointKind::Incremental)?;
+    let pending = store.begin(id, CheckpointKind::Incremental)?;
     let ticket = snapshot_sync(db)?;
     let sync = started.elapsed();
     let subtask = demo_subtask();
     let thread = std::thread::Builder::new()
         .name(format!("checkpoint-{id}"))
         .spawn(move || {
-            let state = snapshot_async(ticket, &mut pending, &subtask)?;
+            let state = snapshot_async(ticket, &pending, &subtask)?;
             let stats = pending.stats();
             pending.commit(CheckpointContent {
                 operator_states: vec![state],

@@ -109,7 +109,7 @@ pub trait CheckpointedKeyedState: Send {
 /// The asynchronous part of a keyed snapshot.
 pub trait KeyedSnapshot: Send {
     /// Writes the snapshot into `pending` and describes it.
-    fn write(self: Box<Self>, pending: &mut PendingCheckpoint) -> Result<Vec<KeyedStateHandle>>;
+    fn write(self: Box<Self>, pending: &PendingCheckpoint) -> Result<Vec<KeyedStateHandle>>;
 }
 
 /// One interface for every state backend.
@@ -142,7 +142,7 @@ pub trait StateBackend: Send + Sync + Debug {
         &self,
         info: &SubtaskInfo,
         snapshot: &OperatorSnapshot,
-        pending: &mut PendingCheckpoint,
+        pending: &PendingCheckpoint,
     ) -> Result<Vec<OperatorStateHandle>>;
 }
 
@@ -170,7 +170,7 @@ impl HeapStorage {
         what: &str,
         name: &str,
         bytes: Vec<u8>,
-        pending: &mut PendingCheckpoint,
+        pending: &PendingCheckpoint,
     ) -> Result<StateData> {
         let size = bytes.len() as u64;
         match self {
@@ -273,7 +273,7 @@ macro_rules! heap_backend {
                 &self,
                 info: &SubtaskInfo,
                 snapshot: &OperatorSnapshot,
-                pending: &mut PendingCheckpoint,
+                pending: &PendingCheckpoint,
             ) -> Result<Vec<OperatorStateHandle>> {
                 let s: fn(&$ty) -> HeapStorage = $storage;
                 let s = s(self);
@@ -317,7 +317,7 @@ impl CheckpointedKeyedState for HeapKeyed {
 }
 
 impl KeyedSnapshot for HeapKeyedSnapshot {
-    fn write(self: Box<Self>, pending: &mut PendingCheckpoint) -> Result<Vec<KeyedStateHandle>> {
+    fn write(self: Box<Self>, pending: &PendingCheckpoint) -> Result<Vec<KeyedStateHandle>> {
         let mut bytes = Vec::new();
         let written = self.snapshot.write_to(&mut bytes)?;
         let name = format!("{}.keyed", self.info.label());
@@ -495,7 +495,7 @@ fn write_operator_state(
     backend: &str,
     info: &SubtaskInfo,
     snapshot: &OperatorSnapshot,
-    pending: &mut PendingCheckpoint,
+    pending: &PendingCheckpoint,
 ) -> Result<Vec<OperatorStateHandle>> {
     let mut bytes = Vec::new();
     let written = snapshot.write_to(&mut bytes)?;
@@ -685,7 +685,7 @@ impl CheckpointedKeyedState for LsmKeyed {
 }
 
 impl KeyedSnapshot for LsmKeyedSnapshot {
-    fn write(self: Box<Self>, pending: &mut PendingCheckpoint) -> Result<Vec<KeyedStateHandle>> {
+    fn write(self: Box<Self>, pending: &PendingCheckpoint) -> Result<Vec<KeyedStateHandle>> {
         let state = super::lsm_snapshot::snapshot_async(self.ticket, pending, &self.subtask)?;
         Ok(state.keyed_state)
     }
@@ -753,7 +753,7 @@ impl StateBackend for LsmStateBackend {
         &self,
         info: &SubtaskInfo,
         snapshot: &OperatorSnapshot,
-        pending: &mut PendingCheckpoint,
+        pending: &PendingCheckpoint,
     ) -> Result<Vec<OperatorStateHandle>> {
         let storage = HeapStorage::Filesystem {
             inline_threshold: self.inline_threshold,
