@@ -213,6 +213,45 @@ fn checkpoint_and_restore_into_any_parallelism_and_the_other_heap_backend() {
     }
 }
 
+/// The filesystem backend streams a snapshot: bytes below its inline threshold stay in
+/// `_metadata`; a snapshot that reaches it is written into a file as it is produced. Both
+/// restore.
+#[test]
+fn a_snapshot_over_the_inline_threshold_streams_into_a_file_and_restores() {
+    const THRESHOLD: u64 = 4096;
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = FsStateBackend::with_inline_threshold(THRESHOLD);
+    checkpoint_three(&backend, tmp.path()).unwrap();
+    let r = resolve_verified(StdFs::shared(), &tmp.path().join("job"), false).unwrap();
+    for st in &r.metadata.operator_states {
+        for h in &st.keyed_state {
+            match &h.state {
+                Handle::KeyGroupsFile { file, .. } => {
+                    assert!(file.size >= THRESHOLD, "{file:?}");
+                    let on_disk = std::fs::metadata(tmp.path().join("job").join(&file.path));
+                    assert_eq!(on_disk.unwrap().len(), file.size);
+                }
+                other => panic!("subtask {}: a keyed snapshot inline: {other:?}", st.label()),
+            }
+        }
+        for h in &st.operator_state {
+            match &h.data {
+                StateData::Inline(b) => assert!((b.len() as u64) < THRESHOLD),
+                StateData::File(f) => panic!("a small operator snapshot in a file: {f:?}"),
+            }
+        }
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("job/chk-1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    for p in [1, 2, 4] {
+        restore_and_check(&backend, tmp.path(), p);
+    }
+}
+
 #[test]
 fn the_memory_backend_refuses_a_snapshot_over_its_limit_naming_what_and_where() {
     let tmp = tempfile::tempdir().unwrap();

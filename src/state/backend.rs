@@ -13,6 +13,7 @@
 //! The caller (the stream layer) never matches on which backend it has.
 
 use std::fmt::Debug;
+use std::io::Write;
 
 use super::heap::{HeapKeyedBackend, HeapSnapshot, KeyGroupsSource};
 use super::key_groups::MaxParallelism;
@@ -23,7 +24,7 @@ use super::operator::{
 use crate::checkpoint::{
     CheckpointId, CheckpointStorage, FileHandle, KeyGroupRange, KeyedState, KeyedStateHandle,
     NamedOperatorState, OperatorStateHandle, OperatorSubtaskState, PendingCheckpoint,
-    RedistributionMode, StateData,
+    PrivateFileWriter, RedistributionMode, StateData,
 };
 use crate::codec::crc32c;
 use crate::error::{Error, Result};
@@ -163,36 +164,108 @@ impl HeapStorage {
         }
     }
 
-    /// Puts `bytes` where this storage keeps them: inline, or a private file `name`.
-    fn place(
+    /// Runs `write`, which streams a snapshot into the writer it is given, and puts the
+    /// bytes where this storage keeps them: inline (refused above the memory backend's
+    /// limit, as soon as the limit is passed), or the private file `name` of `pending`.
+    /// The filesystem storage holds the bytes in memory only until they reach the inline
+    /// threshold; from then on they stream into the file.
+    fn write<T>(
         self,
         info: &SubtaskInfo,
         what: &str,
         name: &str,
-        bytes: Vec<u8>,
         pending: &PendingCheckpoint,
-    ) -> Result<StateData> {
-        let size = bytes.len() as u64;
-        match self {
-            HeapStorage::JobManager { max_state_size } => {
-                if size > max_state_size {
-                    return Err(Error::InvalidArgument(format!(
-                        "the {what} snapshot of operator {:?} subtask {} is {size} bytes, over \
-                         the memory backend's limit of {max_state_size} bytes \
-                         (state.backend.memory.max-state-size); use the filesystem or lsm backend",
-                        info.operator_id, info.subtask_index
-                    )));
-                }
-                Ok(StateData::Inline(bytes))
+        write: impl FnOnce(&mut dyn Write) -> Result<T>,
+    ) -> Result<(StateData, T)> {
+        let mut sink = SnapshotSink {
+            storage: self,
+            info,
+            what,
+            name,
+            pending,
+            to: Spill::Memory(Vec::new()),
+            failure: None,
+        };
+        let written = match write(&mut sink) {
+            Ok(w) => w,
+            // The sink's own error (over the limit, the file) says more than the I/O error
+            // the snapshot writer wrapped it in.
+            Err(e) => return Err(sink.failure.take().unwrap_or(e)),
+        };
+        let data = match sink.to {
+            Spill::Memory(bytes) => StateData::Inline(bytes),
+            Spill::File(w) => StateData::File(w.finish()?),
+        };
+        Ok((data, written))
+    }
+}
+
+/// Where a heap snapshot's bytes are while it is written.
+enum Spill<'a> {
+    /// Below the inline threshold (or the memory backend): in memory.
+    Memory(Vec<u8>),
+    /// At or over the inline threshold: streaming into a private file.
+    File(PrivateFileWriter<'a>),
+}
+
+/// The writer a heap snapshot is streamed into (see [`HeapStorage::write`]).
+struct SnapshotSink<'a> {
+    storage: HeapStorage,
+    info: &'a SubtaskInfo,
+    what: &'a str,
+    name: &'a str,
+    pending: &'a PendingCheckpoint,
+    to: Spill<'a>,
+    /// The error behind the last failed write.
+    failure: Option<Error>,
+}
+
+impl SnapshotSink<'_> {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        let buffered = match &mut self.to {
+            Spill::File(w) => return w.append(data),
+            Spill::Memory(bytes) => bytes,
+        };
+        let size = (buffered.len() + data.len()) as u64;
+        match self.storage {
+            HeapStorage::JobManager { max_state_size } if size > max_state_size => {
+                Err(Error::InvalidArgument(format!(
+                    "the {} snapshot of operator {:?} subtask {} is over {max_state_size} \
+                     bytes, the memory backend's limit (state.backend.memory.max-state-size); \
+                     use the filesystem or lsm backend",
+                    self.what, self.info.operator_id, self.info.subtask_index
+                )))
             }
-            HeapStorage::Filesystem { inline_threshold } => {
-                if size < inline_threshold {
-                    Ok(StateData::Inline(bytes))
-                } else {
-                    Ok(StateData::File(pending.write_private(name, &bytes)?))
-                }
+            // Inline only while smaller than the threshold: from here on, a file.
+            HeapStorage::Filesystem { inline_threshold } if size >= inline_threshold => {
+                let mut w = self.pending.private_writer(self.name)?;
+                w.append(buffered)?;
+                w.append(data)?;
+                self.to = Spill::File(w);
+                Ok(())
+            }
+            _ => {
+                buffered.extend_from_slice(data);
+                Ok(())
             }
         }
+    }
+}
+
+impl Write for SnapshotSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.append(buf) {
+            Ok(()) => Ok(buf.len()),
+            Err(e) => {
+                let io = std::io::Error::other(e.to_string());
+                self.failure = Some(e);
+                Err(io)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -318,12 +391,12 @@ impl CheckpointedKeyedState for HeapKeyed {
 
 impl KeyedSnapshot for HeapKeyedSnapshot {
     fn write(self: Box<Self>, pending: &PendingCheckpoint) -> Result<Vec<KeyedStateHandle>> {
-        let mut bytes = Vec::new();
-        let written = self.snapshot.write_to(&mut bytes)?;
         let name = format!("{}.keyed", self.info.label());
-        let data = self
-            .storage
-            .place(&self.info, "keyed state", &name, bytes, pending)?;
+        let (data, written) =
+            self.storage
+                .write(&self.info, "keyed state", &name, pending, |out| {
+                    self.snapshot.write_to(out)
+                })?;
         let state = match data {
             StateData::Inline(bytes) => KeyedState::KeyGroupsInline {
                 bytes,
@@ -497,13 +570,13 @@ fn write_operator_state(
     snapshot: &OperatorSnapshot,
     pending: &PendingCheckpoint,
 ) -> Result<Vec<OperatorStateHandle>> {
-    let mut bytes = Vec::new();
-    let written = snapshot.write_to(&mut bytes)?;
-    if written.states.is_empty() {
+    if snapshot.is_empty() {
         return Ok(Vec::new());
     }
     let name = format!("{}.operator", info.label());
-    let data = storage.place(info, "operator state", &name, bytes, pending)?;
+    let (data, written) = storage.write(info, "operator state", &name, pending, |out| {
+        snapshot.write_to(out)
+    })?;
     Ok(vec![OperatorStateHandle {
         backend: backend.to_string(),
         data,
