@@ -118,7 +118,7 @@ fn make_checkpoints(dir: &Path) -> PathBuf {
         subtask_index: 0,
         parallelism: 1,
         max_parallelism: 128,
-        key_groups: KeyGroupRange { start: 0, end: 127 },
+        key_groups: KeyGroupRange::new(0, 127).unwrap(),
     };
     for round in 1..=2u64 {
         for i in 0..300 {
@@ -774,7 +774,7 @@ fn three_checkpoints(dir: &Path) -> (PathBuf, u64, u64) {
         subtask_index: 0,
         parallelism: 1,
         max_parallelism: 128,
-        key_groups: KeyGroupRange { start: 0, end: 127 },
+        key_groups: KeyGroupRange::new(0, 127).unwrap(),
     };
     let mut said = (0, 0);
     for round in 1..=3u64 {

@@ -157,14 +157,18 @@ pub fn demo_options() -> Options {
     }
 }
 
+/// The demo operator's number of key groups (Flink's default max parallelism).
+pub const DEMO_MAX_PARALLELISM: u32 = 128;
+
 /// The subtask whose state the demo checkpoints.
 pub fn demo_subtask() -> SubtaskId {
     SubtaskId {
         operator_id: "count".to_string(),
         subtask_index: 0,
         parallelism: 1,
-        max_parallelism: 128,
-        key_groups: KeyGroupRange { start: 0, end: 127 },
+        max_parallelism: DEMO_MAX_PARALLELISM,
+        // Every key group: 0..=127.
+        key_groups: KeyGroupRange::up_to(DEMO_MAX_PARALLELISM - 1),
     }
 }
 

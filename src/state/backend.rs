@@ -420,14 +420,14 @@ impl KeyedSnapshot for HeapKeyedSnapshot {
 /// group).
 fn check_coverage(info: &SubtaskInfo, range: KeyGroupRange, r: &RestoreFrom<'_>) -> Result<()> {
     let mut ranges: Vec<KeyGroupRange> = r.subtasks.iter().map(|s| s.key_groups).collect();
-    ranges.sort_by_key(|k| k.start);
-    let mut next = range.start;
+    ranges.sort_by_key(|k| k.start());
+    let mut next = range.start();
     for k in ranges {
-        if k.start > next {
+        if k.start() > next {
             break;
         }
-        next = next.max(k.end.saturating_add(1));
-        if next > range.end {
+        next = next.max(k.end().saturating_add(1));
+        if next > range.end() {
             return Ok(());
         }
     }
@@ -498,8 +498,7 @@ fn heap_keyed_state(
                     )));
                 }
                 for h in &st.keyed_state {
-                    let meets = h.key_groups.start <= range.end && range.start <= h.key_groups.end;
-                    if !meets {
+                    if !h.key_groups.overlaps(&range) {
                         continue;
                     }
                     let (name, bytes, offsets) = match &h.state {
@@ -685,7 +684,7 @@ impl LsmStateBackend {
                 .with_ttl_filter(filter);
         for st in r.subtasks {
             let k = st.key_groups;
-            if k.end < range.start || range.end < k.start {
+            if !k.overlaps(&range) {
                 continue;
             }
             let scratch =

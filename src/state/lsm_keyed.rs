@@ -132,7 +132,7 @@ impl LsmKeyedBackend {
     /// The keyed state of the key groups `range` of `max` in `db`, with the states the
     /// store already registers (a restored store's).
     pub fn open(db: Arc<Db>, max: MaxParallelism, range: KeyGroupRange) -> Result<Self> {
-        if range.end >= max.get() {
+        if range.end() >= max.get() {
             return Err(Error::InvalidArgument(format!(
                 "key groups {range} do not fit max parallelism {}",
                 max.get()
@@ -217,11 +217,10 @@ impl LsmKeyedBackend {
     /// name (their ids may differ). Returns the rows copied. This is how a rescale cuts an
     /// old subtask's state: its cost grows with the bytes of the key groups it moves.
     pub fn copy_key_groups_from(&mut self, from: &LsmKeyedBackend) -> Result<u64> {
-        let lo = self.range.start.max(from.range.start);
-        let hi = self.range.end.min(from.range.end);
-        if lo > hi {
+        let Some(both) = self.range.intersection(&from.range) else {
             return Ok(0);
-        }
+        };
+        let (lo, hi) = (both.start(), both.end());
         let mut ids = Vec::with_capacity(from.states.len());
         for meta in from.states.clone() {
             ids.push(self.register(&meta)?);
