@@ -289,6 +289,79 @@ fn a_damaged_snapshot_file_is_refused_naming_it() {
     assert!(backend.keyed_state(&info(0, 3), Some(from)).is_ok());
 }
 
+/// Whether the working store of subtask `label` holds a table hard-linked from the
+/// checkpoint (a link has more than one name).
+fn links_checkpoint_tables(local: &Path, label: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(local.join(format!("lsm-{label}")))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sst"))
+        .any(|p| std::fs::metadata(p).unwrap().nlink() > 1)
+}
+
+/// A rescale links the old store whose key groups lie mostly inside the new subtask's,
+/// then deletes its rows of the key groups the new subtask does not own; an old store
+/// that only partly overlaps is cut by copying its rows.
+#[test]
+fn an_lsm_rescale_links_the_old_store_it_mostly_keeps_and_trims_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = LsmStateBackend::new(tmp.path().join("local"), tidemark::lsm::Options::default());
+    checkpoint_three(&backend, &tmp.path().join("ckpt")).unwrap();
+    let r = resolve_verified(StdFs::shared(), &tmp.path().join("ckpt/job"), false).unwrap();
+    let storage = r.storage(StdFs::shared());
+    let from = RestoreFrom {
+        checkpoint_id: r.checkpoint_id,
+        storage: &storage,
+        subtasks: &r.metadata.operator_states,
+    };
+    // 3 -> 4: subtask 0 (0..=31) lies inside old subtask 0 (0..=42): linked, then trimmed.
+    // Subtask 1 (32..=63) holds 11 of old 0's 43 key groups and 21 of old 1's: copied.
+    let local = tmp.path().join("local-4");
+    let restored = LsmStateBackend::new(&local, tidemark::lsm::Options::default());
+    for (i, linked) in [(0, true), (1, false)] {
+        let info = info(i, 4);
+        let range = info.key_groups().unwrap();
+        let mut keyed = restored.keyed_state(&info, Some(from)).unwrap();
+        assert_eq!(
+            links_checkpoint_tables(&local, &info.label()),
+            linked,
+            "subtask {i} of 4"
+        );
+        {
+            let mut s = KeyedState::new(keyed.backend());
+            for k in (0..KEYS).filter(|&k| owner(k, 4) == i) {
+                s.set_current_key(&k).unwrap();
+                assert_eq!(
+                    s.value(&count()).unwrap().get().unwrap(),
+                    Some(u64::from(k * 3))
+                );
+            }
+        }
+        drop(keyed);
+        // Every row left in the store belongs to the subtask's key groups.
+        let db = tidemark::lsm::Db::open(
+            local.join(format!("lsm-{}", info.label())),
+            tidemark::lsm::Options {
+                wal: false,
+                ..tidemark::lsm::Options::default()
+            },
+        )
+        .unwrap();
+        let mut rows = 0;
+        for kv in db.iter().unwrap() {
+            let (k, _) = kv.unwrap();
+            if k[..2] == tidemark::state::lsm_keyed::REGISTRY_PREFIX {
+                continue;
+            }
+            let kg = u32::from(u16::from_be_bytes([k[0], k[1]]));
+            assert!(range.contains(kg), "subtask {i}: a row of key group {kg}");
+            rows += 1;
+        }
+        assert!(rows > 0);
+    }
+}
+
 #[test]
 fn the_lsm_backend_checkpoints_incrementally_and_restores_into_any_parallelism() {
     let tmp = tempfile::tempdir().unwrap();

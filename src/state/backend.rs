@@ -665,9 +665,13 @@ impl LsmStateBackend {
         }
     }
 
-    /// A rescale: a fresh store for `range`, filled with the rows of `range` cut out of
-    /// every old subtask's store that meets it (each restored by links into a scratch
-    /// directory, read, and removed).
+    /// A rescale. The old subtask whose key groups lie mostly inside `range` (at least
+    /// half of them; the one with the most, if several) is the base: its files are linked
+    /// into the working directory as in a same-parallelism restore, and its rows of key
+    /// groups outside `range` are deleted. The rows of `range` held by every other old
+    /// subtask that meets it are copied in (each old store restored by links into a
+    /// scratch directory, read, and removed). Without a base the store starts empty and
+    /// everything is copied. See `format-spec/state-layout.md` for what this costs.
     fn rescale(
         &self,
         info: &SubtaskInfo,
@@ -678,13 +682,23 @@ impl LsmStateBackend {
         filter: std::sync::Arc<super::lsm_keyed::TtlCompactionFilter>,
     ) -> Result<Box<dyn CheckpointedKeyedState>> {
         let fs = self.options.fs.clone();
-        let db = std::sync::Arc::new(crate::lsm::Db::open(&dir, opts)?);
+        let base = rescale_base(range, r.subtasks);
+        let db = match base {
+            Some(st) => {
+                super::lsm_snapshot::restore_store(r.storage, r.checkpoint_id, st, &dir, opts)?
+            }
+            None => crate::lsm::Db::open(&dir, opts)?,
+        };
+        let db = std::sync::Arc::new(db);
         let mut backend =
             super::lsm_keyed::LsmKeyedBackend::open(db.clone(), info.max_parallelism, range)?
                 .with_ttl_filter(filter);
+        if let Some(st) = base {
+            backend.delete_key_groups_outside(st.key_groups)?;
+        }
         for st in r.subtasks {
             let k = st.key_groups;
-            if !k.overlaps(&range) {
+            if !k.overlaps(&range) || base.is_some_and(|b| std::ptr::eq(b, st)) {
                 continue;
             }
             let scratch =
@@ -730,6 +744,25 @@ impl LsmStateBackend {
         fs.create_dir_all(&self.local_dir)?;
         Ok(dir)
     }
+}
+
+/// The old subtask a rescale into `range` restores by linking (see
+/// [`LsmStateBackend::rescale`]): the one with the most key groups inside `range`, if at
+/// least half of its key groups lie there (otherwise trimming it would delete more rows
+/// than linking it saves copying).
+fn rescale_base(
+    range: KeyGroupRange,
+    subtasks: &[OperatorSubtaskState],
+) -> Option<&OperatorSubtaskState> {
+    let inside = |st: &OperatorSubtaskState| {
+        range
+            .intersection(&st.key_groups)
+            .map_or(0, |both| both.len())
+    };
+    subtasks
+        .iter()
+        .filter(|st| 2 * inside(st) >= st.key_groups.len())
+        .max_by_key(|st| (inside(st), std::cmp::Reverse(st.subtask_index)))
 }
 
 struct LsmKeyed {
