@@ -222,7 +222,7 @@ fn checkpoints(
         snaps.push(st.snapshot_sync().unwrap());
         sync = sync.max(s0.elapsed());
     }
-    let mut pending = store
+    let pending = store
         .begin(CheckpointId(1), CheckpointKind::Incremental)
         .unwrap();
     let mut states = Vec::new();
@@ -234,7 +234,7 @@ fn checkpoints(
             parallelism,
             max_parallelism: max.get(),
             key_groups: info(i, parallelism).key_groups().unwrap(),
-            keyed_state: snap.write(&mut pending).unwrap(),
+            keyed_state: snap.write(&pending).unwrap(),
             operator_state: Vec::new(),
         });
     }

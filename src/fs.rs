@@ -908,7 +908,87 @@ pub fn write_replace(fs: &dyn FileSystem, path: &Path, data: &[u8]) -> Result<()
     fs.rename(&tmp, path)
 }
 
-/// The temporary name [`write_atomic`] uses for `path`.
+/// A file written in pieces that appears at its path whole or not at all: the bytes go to
+/// [`temp_path`]`(path)`; [`StagedWrite::persist`] fsyncs that file and renames it over
+/// `path`. The caller makes the rename durable by syncing the directory (so that many
+/// files can share one directory sync). Dropped before it is persisted, the temporary file
+/// is removed.
+#[derive(Debug)]
+pub struct StagedWrite {
+    fs: Arc<dyn FileSystem>,
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<Box<dyn WritableFile>>,
+    persisted: bool,
+}
+
+impl StagedWrite {
+    /// Starts writing `path` (its temporary file is created, or truncated).
+    pub fn create(fs: Arc<dyn FileSystem>, path: &Path) -> Result<StagedWrite> {
+        let tmp = temp_path(path);
+        let file = fs.create(&tmp)?;
+        Ok(StagedWrite {
+            fs,
+            path: path.to_path_buf(),
+            tmp,
+            file: Some(file),
+            persisted: false,
+        })
+    }
+
+    /// Appends `data`.
+    pub fn append(&mut self, data: &[u8]) -> Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.append(data),
+            None => Err(Error::io(
+                "write",
+                &self.tmp,
+                io::Error::other("the staged file was already closed"),
+            )),
+        }
+    }
+
+    /// Bytes appended so far.
+    pub fn len(&self) -> u64 {
+        self.file.as_ref().map_or(0, |f| f.len())
+    }
+
+    /// True when nothing was appended.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fsyncs the file and renames it to its path; its directory is not synced.
+    pub fn persist(mut self) -> Result<()> {
+        let Some(mut f) = self.file.take() else {
+            return Err(Error::io(
+                "fsync",
+                &self.tmp,
+                io::Error::other("the staged file was already closed"),
+            ));
+        };
+        f.sync()?;
+        drop(f);
+        self.fs.rename(&self.tmp, &self.path)?;
+        self.persisted = true;
+        Ok(())
+    }
+}
+
+impl Drop for StagedWrite {
+    fn drop(&mut self) {
+        if !self.persisted {
+            drop(self.file.take());
+            if let Err(e) = self.fs.remove_file(&self.tmp) {
+                if e.io_kind() != Some(io::ErrorKind::NotFound) {
+                    tracing::warn!("removing unfinished {}: {e}", self.tmp.display());
+                }
+            }
+        }
+    }
+}
+
+/// The temporary name [`write_atomic`] and [`StagedWrite`] use for `path`.
 pub fn temp_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".tmp");

@@ -144,8 +144,8 @@ fn make_checkpoints(dir: &Path) -> PathBuf {
         operator_id: "op".into(),
         subtask_index: 0,
         parallelism: 1,
-        max_parallelism: 129,
-        key_groups: KeyGroupRange { start: 0, end: 128 },
+        max_parallelism: 128,
+        key_groups: KeyGroupRange::new(0, 127).unwrap(),
     };
     for round in 1..=3u64 {
         for i in 0..300 {
@@ -405,7 +405,7 @@ fn inspect_and_verify_checkpoints() {
         assert_eq!(j["backends"], serde_json::json!(["lsm"]));
         assert_eq!(j["source_offsets"][0][2], 300);
         let sub = &j["subtasks"][0];
-        assert_eq!(sub["max_parallelism"], 129);
+        assert_eq!(sub["max_parallelism"], 128);
         assert_eq!(sub["parallelism"], 1);
         let lsm = &sub["keyed_state"][0];
         assert_eq!(lsm["kind"], "incremental-lsm");

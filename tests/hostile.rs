@@ -118,7 +118,7 @@ fn make_checkpoints(dir: &Path) -> PathBuf {
         subtask_index: 0,
         parallelism: 1,
         max_parallelism: 128,
-        key_groups: KeyGroupRange { start: 0, end: 127 },
+        key_groups: KeyGroupRange::new(0, 127).unwrap(),
     };
     for round in 1..=2u64 {
         for i in 0..300 {
@@ -527,7 +527,7 @@ fn a_second_owner_of_a_job_directory_is_refused_and_deletes_nothing() {
     assert_eq!(first.owner_lock_path(), Some(job.join("LOCK")));
     // A checkpoint in progress: its directory and a shared file not yet in any _metadata,
     // which a second owner would take for leftovers of a crash.
-    let mut pending = first
+    let pending = first
         .begin(CheckpointId(3), CheckpointKind::Incremental)
         .unwrap();
     let local = dir.path().join("000099.sst");
@@ -774,7 +774,7 @@ fn three_checkpoints(dir: &Path) -> (PathBuf, u64, u64) {
         subtask_index: 0,
         parallelism: 1,
         max_parallelism: 128,
-        key_groups: KeyGroupRange { start: 0, end: 127 },
+        key_groups: KeyGroupRange::new(0, 127).unwrap(),
     };
     let mut said = (0, 0);
     for round in 1..=3u64 {

@@ -61,7 +61,7 @@ fn job(root: &Path) -> CheckpointStore {
 /// Runs three subtasks of `backend`, checkpoints them as checkpoint 1, then keeps writing.
 fn checkpoint_three(backend: &dyn StateBackend, root: &Path) -> tidemark::Result<()> {
     let store = job(root);
-    let mut pending = store.begin(CheckpointId(1), CheckpointKind::Full)?;
+    let pending = store.begin(CheckpointId(1), CheckpointKind::Full)?;
     let mut states = Vec::new();
     let mut afterwards = Vec::new();
     for i in 0..3 {
@@ -92,8 +92,8 @@ fn checkpoint_three(backend: &dyn StateBackend, root: &Path) -> tidemark::Result
         }
         ops.list(&offsets(), Redistribution::SplitDistribute)?
             .add(&777)?;
-        let keyed_state = snap.write(&mut pending)?;
-        let operator_state = backend.write_operator_state(&info, &op_snap, &mut pending)?;
+        let keyed_state = snap.write(&pending)?;
+        let operator_state = backend.write_operator_state(&info, &op_snap, &pending)?;
         states.push(OperatorSubtaskState {
             operator_id: OP.into(),
             subtask_index: i,
@@ -213,6 +213,45 @@ fn checkpoint_and_restore_into_any_parallelism_and_the_other_heap_backend() {
     }
 }
 
+/// The filesystem backend streams a snapshot: bytes below its inline threshold stay in
+/// `_metadata`; a snapshot that reaches it is written into a file as it is produced. Both
+/// restore.
+#[test]
+fn a_snapshot_over_the_inline_threshold_streams_into_a_file_and_restores() {
+    const THRESHOLD: u64 = 4096;
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = FsStateBackend::with_inline_threshold(THRESHOLD);
+    checkpoint_three(&backend, tmp.path()).unwrap();
+    let r = resolve_verified(StdFs::shared(), &tmp.path().join("job"), false).unwrap();
+    for st in &r.metadata.operator_states {
+        for h in &st.keyed_state {
+            match &h.state {
+                Handle::KeyGroupsFile { file, .. } => {
+                    assert!(file.size >= THRESHOLD, "{file:?}");
+                    let on_disk = std::fs::metadata(tmp.path().join("job").join(&file.path));
+                    assert_eq!(on_disk.unwrap().len(), file.size);
+                }
+                other => panic!("subtask {}: a keyed snapshot inline: {other:?}", st.label()),
+            }
+        }
+        for h in &st.operator_state {
+            match &h.data {
+                StateData::Inline(b) => assert!((b.len() as u64) < THRESHOLD),
+                StateData::File(f) => panic!("a small operator snapshot in a file: {f:?}"),
+            }
+        }
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("job/chk-1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    for p in [1, 2, 4] {
+        restore_and_check(&backend, tmp.path(), p);
+    }
+}
+
 #[test]
 fn the_memory_backend_refuses_a_snapshot_over_its_limit_naming_what_and_where() {
     let tmp = tempfile::tempdir().unwrap();
@@ -248,6 +287,79 @@ fn a_damaged_snapshot_file_is_refused_naming_it() {
     assert!(e.to_string().contains("counter_1.keyed"), "{e}");
     // Subtasks whose key groups do not meet the damaged file's restore without it.
     assert!(backend.keyed_state(&info(0, 3), Some(from)).is_ok());
+}
+
+/// Whether the working store of subtask `label` holds a table hard-linked from the
+/// checkpoint (a link has more than one name).
+fn links_checkpoint_tables(local: &Path, label: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(local.join(format!("lsm-{label}")))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sst"))
+        .any(|p| std::fs::metadata(p).unwrap().nlink() > 1)
+}
+
+/// A rescale links the old store whose key groups lie mostly inside the new subtask's,
+/// then deletes its rows of the key groups the new subtask does not own; an old store
+/// that only partly overlaps is cut by copying its rows.
+#[test]
+fn an_lsm_rescale_links_the_old_store_it_mostly_keeps_and_trims_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = LsmStateBackend::new(tmp.path().join("local"), tidemark::lsm::Options::default());
+    checkpoint_three(&backend, &tmp.path().join("ckpt")).unwrap();
+    let r = resolve_verified(StdFs::shared(), &tmp.path().join("ckpt/job"), false).unwrap();
+    let storage = r.storage(StdFs::shared());
+    let from = RestoreFrom {
+        checkpoint_id: r.checkpoint_id,
+        storage: &storage,
+        subtasks: &r.metadata.operator_states,
+    };
+    // 3 -> 4: subtask 0 (0..=31) lies inside old subtask 0 (0..=42): linked, then trimmed.
+    // Subtask 1 (32..=63) holds 11 of old 0's 43 key groups and 21 of old 1's: copied.
+    let local = tmp.path().join("local-4");
+    let restored = LsmStateBackend::new(&local, tidemark::lsm::Options::default());
+    for (i, linked) in [(0, true), (1, false)] {
+        let info = info(i, 4);
+        let range = info.key_groups().unwrap();
+        let mut keyed = restored.keyed_state(&info, Some(from)).unwrap();
+        assert_eq!(
+            links_checkpoint_tables(&local, &info.label()),
+            linked,
+            "subtask {i} of 4"
+        );
+        {
+            let mut s = KeyedState::new(keyed.backend());
+            for k in (0..KEYS).filter(|&k| owner(k, 4) == i) {
+                s.set_current_key(&k).unwrap();
+                assert_eq!(
+                    s.value(&count()).unwrap().get().unwrap(),
+                    Some(u64::from(k * 3))
+                );
+            }
+        }
+        drop(keyed);
+        // Every row left in the store belongs to the subtask's key groups.
+        let db = tidemark::lsm::Db::open(
+            local.join(format!("lsm-{}", info.label())),
+            tidemark::lsm::Options {
+                wal: false,
+                ..tidemark::lsm::Options::default()
+            },
+        )
+        .unwrap();
+        let mut rows = 0;
+        for kv in db.iter().unwrap() {
+            let (k, _) = kv.unwrap();
+            if k[..2] == tidemark::state::lsm_keyed::REGISTRY_PREFIX {
+                continue;
+            }
+            let kg = u32::from(u16::from_be_bytes([k[0], k[1]]));
+            assert!(range.contains(kg), "subtask {i}: a row of key group {kg}");
+            rows += 1;
+        }
+        assert!(rows > 0);
+    }
 }
 
 #[test]

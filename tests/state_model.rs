@@ -59,7 +59,7 @@ fn run(backend: &dyn StateBackend, root: &Path, ops: Vec<Op>) {
                     .iter_mut()
                     .map(|s| s.snapshot_sync().unwrap())
                     .collect();
-                let mut pending = store
+                let pending = store
                     .begin(CheckpointId(next_id), CheckpointKind::Incremental)
                     .unwrap();
                 let mut states = Vec::new();
@@ -71,7 +71,7 @@ fn run(backend: &dyn StateBackend, root: &Path, ops: Vec<Op>) {
                         parallelism: p,
                         max_parallelism: MAX,
                         key_groups: info(i, p).key_groups().unwrap(),
-                        keyed_state: snap.write(&mut pending).unwrap(),
+                        keyed_state: snap.write(&pending).unwrap(),
                         operator_state: Vec::new(),
                     });
                 }

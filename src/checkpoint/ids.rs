@@ -119,12 +119,13 @@ impl FromStr for JobId {
 }
 
 /// A contiguous, inclusive range of key groups owned by one operator subtask, as in Flink.
+///
+/// Never empty: `start <= end`, checked by [`KeyGroupRange::new`], the only way to make
+/// one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyGroupRange {
-    /// First key group of the range.
-    pub start: u32,
-    /// Last key group of the range (inclusive).
-    pub end: u32,
+    start: u32,
+    end: u32,
 }
 
 impl KeyGroupRange {
@@ -136,6 +137,45 @@ impl KeyGroupRange {
             )));
         }
         Ok(KeyGroupRange { start, end })
+    }
+
+    /// The range `0..=end`, which is never empty (every key group of an operator with
+    /// `end + 1` key groups).
+    pub fn up_to(end: u32) -> KeyGroupRange {
+        KeyGroupRange { start: 0, end }
+    }
+
+    /// First key group of the range.
+    pub fn start(&self) -> u32 {
+        self.start
+    }
+
+    /// Last key group of the range (inclusive).
+    pub fn end(&self) -> u32 {
+        self.end
+    }
+
+    /// The key groups of the range, in order.
+    pub fn iter(&self) -> std::ops::RangeInclusive<u32> {
+        self.start..=self.end
+    }
+
+    /// True when the two ranges share at least one key group.
+    pub fn overlaps(&self, other: &KeyGroupRange) -> bool {
+        self.start <= other.end && other.start <= self.end
+    }
+
+    /// True when every key group of `other` lies in this range.
+    pub fn contains_range(&self, other: &KeyGroupRange) -> bool {
+        self.start <= other.start && other.end <= self.end
+    }
+
+    /// The key groups both ranges hold, if any.
+    pub fn intersection(&self, other: &KeyGroupRange) -> Option<KeyGroupRange> {
+        self.overlaps(other).then(|| KeyGroupRange {
+            start: self.start.max(other.start),
+            end: self.end.min(other.end),
+        })
     }
 
     /// Number of key groups in the range (at least 1).
@@ -151,6 +191,14 @@ impl KeyGroupRange {
     /// True when `key_group` lies in the range.
     pub fn contains(&self, key_group: u32) -> bool {
         self.start <= key_group && key_group <= self.end
+    }
+}
+
+impl IntoIterator for KeyGroupRange {
+    type Item = u32;
+    type IntoIter = std::ops::RangeInclusive<u32>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
     }
 }
 
@@ -258,6 +306,20 @@ mod tests {
         assert!(r.contains(127) && !r.contains(128));
         assert_eq!(KeyGroupRange::new(5, 5).unwrap().len(), 1);
         assert!(KeyGroupRange::new(6, 5).is_err());
+        assert_eq!((r.start(), r.end()), (0, 127));
+        assert_eq!(r.iter().count(), 128);
+    }
+
+    #[test]
+    fn key_group_ranges_meet_contain_and_intersect() {
+        let r = |a, b| KeyGroupRange::new(a, b).unwrap();
+        assert!(r(0, 42).overlaps(&r(42, 85)));
+        assert!(!r(0, 42).overlaps(&r(43, 85)));
+        assert!(r(0, 63).contains_range(&r(0, 42)));
+        assert!(!r(0, 63).contains_range(&r(43, 85)));
+        assert_eq!(r(0, 63).intersection(&r(43, 85)), Some(r(43, 63)));
+        assert_eq!(r(0, 42).intersection(&r(43, 85)), None);
+        assert_eq!(r(3, 5).into_iter().collect::<Vec<_>>(), vec![3, 4, 5]);
     }
 
     #[test]

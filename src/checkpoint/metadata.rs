@@ -475,8 +475,8 @@ fn put_offsets(b: &mut Vec<u8>, offsets: &[u64]) {
 }
 
 fn put_range(b: &mut Vec<u8>, r: KeyGroupRange) {
-    codec::put_u32(b, r.start);
-    codec::put_u32(b, r.end);
+    codec::put_u32(b, r.start());
+    codec::put_u32(b, r.end());
 }
 
 impl Metadata {
@@ -1061,7 +1061,7 @@ fn decode_subtask(
     }
     let range_at = d.offset();
     let key_groups = decode_range(d, path, "subtask")?;
-    if key_groups.end >= max_parallelism {
+    if key_groups.end() >= max_parallelism {
         return Err(Error::corruption(
             path,
             range_at,
@@ -1127,7 +1127,7 @@ fn decode_keyed(
     let backend = get_name_in(d, path, budget, "backend")?;
     let range_at = d.offset();
     let key_groups = decode_range(d, path, "handle")?;
-    if key_groups.start < subtask_range.start || key_groups.end > subtask_range.end {
+    if !subtask_range.contains_range(&key_groups) {
         return Err(Error::corruption(
             path,
             range_at,
@@ -1290,8 +1290,8 @@ fn check_subtasks(
     let mut order: Vec<usize> = (0..states.len()).collect();
     order.sort_unstable_by(|&a, &b| {
         let (x, y) = (&states[a], &states[b]);
-        (x.operator_id.as_str(), x.key_groups.start)
-            .cmp(&(y.operator_id.as_str(), y.key_groups.start))
+        (x.operator_id.as_str(), x.key_groups.start())
+            .cmp(&(y.operator_id.as_str(), y.key_groups.start()))
     });
     for w in order.windows(2) {
         let (a, b) = (&states[w[0]], &states[w[1]]);
@@ -1314,7 +1314,7 @@ fn check_subtasks(
                 ),
             ));
         }
-        if a.key_groups.end >= b.key_groups.start {
+        if a.key_groups.end() >= b.key_groups.start() {
             return Err(Error::corruption(
                 path,
                 at,
@@ -1400,7 +1400,7 @@ mod v1 {
                     break;
                 }
                 top_index = top_index.max(s.subtask_index);
-                top_end = top_end.max(s.key_groups.end);
+                top_end = top_end.max(s.key_groups.end());
                 j += 1;
             }
             let count = u32::try_from(j - i).unwrap_or(u32::MAX);
@@ -1988,8 +1988,8 @@ pub(crate) mod tests {
         for (operator_id, subtask_index, key_groups, handles) in states {
             put_str(&mut b, operator_id);
             codec::put_varint(&mut b, u64::from(*subtask_index));
-            codec::put_u32(&mut b, key_groups.start);
-            codec::put_u32(&mut b, key_groups.end);
+            codec::put_u32(&mut b, key_groups.start());
+            codec::put_u32(&mut b, key_groups.end());
             codec::put_varint(&mut b, handles.len() as u64);
             for h in handles {
                 match h {

@@ -33,7 +33,7 @@ pub use metadata::{
     MAX_METADATA_BYTES, METADATA_FILE_NAME,
 };
 pub use path::{SHARED_DIR, TASKOWNED_DIR};
-pub use pending::{CheckpointContent, CompletedCheckpoint, PendingCheckpoint};
+pub use pending::{CheckpointContent, CompletedCheckpoint, PendingCheckpoint, PrivateFileWriter};
 pub use restore::{resolve, resolve_verified, ResolvedCheckpoint, RestoreInfo, RestoreMode};
 pub use retention::RetentionReport;
 pub use stats::{

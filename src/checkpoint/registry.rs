@@ -4,10 +4,45 @@
 //!
 //! The reference counts are never stored: the store rebuilds them from the retained
 //! `_metadata` files at open.
+//!
+//! # The lock rule
+//!
+//! The registry lives in the store's one lock (`Core::inner`), which guards bookkeeping
+//! only: **no file I/O happens while it is held** — no link, copy, fsync, write, rename,
+//! stat or delete. Every operation that touches both the registry and the disk runs in
+//! three steps: decide under the lock (and record the decision in the registry), do the
+//! I/O with the lock released, then record the outcome under the lock again. What keeps
+//! the steps from racing is the state each entry is in:
+//!
+//! - [`EntryState::Placing`]: a name reserved by one placer, which is linking or copying
+//!   the file outside the lock. No one else is given that name, and no one reuses the
+//!   entry (it is not in `by_identity` until it is placed). A placer that finds the name
+//!   taken on disk by a file the registry does not know (`exists`, or the link's
+//!   "already exists") drops its reservation and reserves the next name.
+//! - [`EntryState::Placed`]: a whole file that checkpoints may reference; reuse is a
+//!   reference count increment under the lock. `durable` tells whether `shared/` was
+//!   synced since it was placed: a checkpoint that reuses a file not yet durable syncs
+//!   `shared/` itself before its `_metadata` is written.
+//! - [`EntryState::Deleting`]: its last reference was dropped (under the lock), so it was
+//!   taken out of `by_identity` in the same step: from then on no pending checkpoint can
+//!   reuse it, and retention or abort deletes it outside the lock. Its name stays
+//!   reserved until the deletion is done and [`Registry::forget`] removes the entry, so a
+//!   new placement never lands on a name that is being deleted.
+//!
+//! Two placers of the same file in one pending checkpoint are ordered by the pending
+//! checkpoint's own bookkeeping (the second waits for the first's outcome); in two pending
+//! checkpoints each places its own copy under its own name, unless the first placement
+//! finished before the second looked (then the second reuses it).
+//!
+//! Lock order: a pending checkpoint's own lock may be held while the registry's lock is
+//! taken, never the other way round.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use super::ids::CheckpointId;
 use super::metadata::FileHandle;
+use super::path::SHARED_DIR;
+use crate::error::{Error, Result};
 
 /// Longest sanitized owner kept in a shared file's name.
 pub(super) const OWNER_NAME_MAX_BYTES: usize = 64;
@@ -26,6 +61,18 @@ pub(super) struct Identity {
     pub(super) crc32c: u32,
 }
 
+/// Where a shared file is in its life (see the module's lock rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EntryState {
+    /// Its name is reserved; the file is being linked or copied outside the lock.
+    Placing,
+    /// The file is whole; `durable` once `shared/` was synced after it was placed.
+    Placed { durable: bool },
+    /// Unreferenced: being deleted outside the lock; the name stays reserved.
+    Deleting,
+}
+
+/// One file in `shared/` that the registry knows.
 #[derive(Debug)]
 pub(super) struct SharedEntry {
     pub(super) identity: Option<Identity>,
@@ -35,14 +82,16 @@ pub(super) struct SharedEntry {
     pub(super) refs: u32,
     /// False for files of checkpoints this job does not own: never deleted, never reused.
     pub(super) owned: bool,
+    /// Where the file is in its life.
+    pub(super) state: EntryState,
 }
 
 /// The shared files referenced by retained and pending checkpoints.
 #[derive(Debug, Default)]
 pub(super) struct Registry {
-    /// Every referenced shared file, by path relative to the job directory.
+    /// Every shared file known, by path relative to the job directory.
     pub(super) shared: BTreeMap<String, SharedEntry>,
-    /// The owned file to reuse for an identity.
+    /// The owned, placed file to reuse for an identity.
     pub(super) by_identity: HashMap<Identity, String>,
 }
 
@@ -98,7 +147,7 @@ pub(super) fn identity_of(f: &FileHandle) -> Option<Identity> {
 }
 
 impl Registry {
-    /// Adds one reference from a checkpoint to the shared file `f`.
+    /// Adds one reference from a retained checkpoint found at open to the shared file `f`.
     pub(super) fn add_ref(&mut self, f: &FileHandle, owned: bool) {
         let e = self
             .shared
@@ -109,6 +158,7 @@ impl Registry {
                 crc32c: f.crc32c,
                 refs: 0,
                 owned,
+                state: EntryState::Placed { durable: true },
             });
         if e.size != f.size || e.crc32c != f.crc32c {
             tracing::warn!(
@@ -125,28 +175,132 @@ impl Registry {
         }
     }
 
+    /// Takes one more reference on the placed, owned file of `identity`, if there is one:
+    /// its path, and whether it is durable.
+    pub(super) fn reference(&mut self, identity: &Identity) -> Option<(String, bool)> {
+        let path = self.by_identity.get(identity)?;
+        let e = self.shared.get_mut(path)?;
+        let EntryState::Placed { durable } = e.state else {
+            return None;
+        };
+        e.refs = e.refs.saturating_add(1);
+        Some((path.clone(), durable))
+    }
+
+    /// Reserves a fresh name in `shared/` for `identity`, placed by checkpoint `by`: the
+    /// first name of [`shared_name`]'s sequence that the registry does not know and that
+    /// is not in `skip` (names found taken on disk). The entry starts
+    /// [`EntryState::Placing`] with the caller's one reference.
+    pub(super) fn reserve(
+        &mut self,
+        identity: &Identity,
+        by: CheckpointId,
+        skip: &BTreeSet<String>,
+    ) -> Result<String> {
+        let candidates = std::iter::once(String::new()).chain((0..NAME_ATTEMPTS_MAX).map(|k| {
+            if k == 0 {
+                format!("-c{by}")
+            } else {
+                format!("-c{by}-{k}")
+            }
+        }));
+        for suffix in candidates {
+            let path = format!(
+                "{SHARED_DIR}/{}",
+                shared_name(
+                    &identity.owner,
+                    &identity.local_name,
+                    identity.crc32c,
+                    &suffix
+                )
+            );
+            if self.shared.contains_key(&path) || skip.contains(&path) {
+                continue;
+            }
+            self.shared.insert(
+                path.clone(),
+                SharedEntry {
+                    identity: Some(identity.clone()),
+                    size: identity.size,
+                    crc32c: identity.crc32c,
+                    refs: 1,
+                    owned: true,
+                    state: EntryState::Placing,
+                },
+            );
+            return Ok(path);
+        }
+        Err(Error::InvalidArgument(format!(
+            "no free name in {SHARED_DIR}/ for {:?} of {:?}",
+            identity.local_name, identity.owner
+        )))
+    }
+
+    /// Gives back a reservation whose name was found taken on disk (nothing was placed).
+    pub(super) fn unreserve(&mut self, path: &str) {
+        if self
+            .shared
+            .get(path)
+            .is_some_and(|e| e.state == EntryState::Placing)
+        {
+            self.shared.remove(path);
+        }
+    }
+
+    /// Records that the reserved `path` now holds its whole file: from now on it can be
+    /// reused.
+    pub(super) fn placed(&mut self, path: &str) {
+        let Some(e) = self.shared.get_mut(path) else {
+            return;
+        };
+        e.state = EntryState::Placed { durable: false };
+        if let Some(id) = &e.identity {
+            self.by_identity.insert(id.clone(), path.to_string());
+        }
+    }
+
+    /// Records that `shared/` was synced after `path` was placed.
+    pub(super) fn mark_durable(&mut self, path: &str) {
+        if let Some(e) = self.shared.get_mut(path) {
+            if let EntryState::Placed { .. } = e.state {
+                e.state = EntryState::Placed { durable: true };
+            }
+        }
+    }
+
     /// Drops one reference to `path`; returns true when the file is now unreferenced and
-    /// ours to delete (its entry is then removed).
+    /// ours to delete. Its entry then turns [`EntryState::Deleting`] and leaves
+    /// `by_identity` (nobody can reuse it any more); the caller deletes the file outside
+    /// the lock and then calls [`Registry::forget`]. An unreferenced file that is not ours
+    /// is forgotten at once.
     pub(super) fn release(&mut self, path: &str) -> bool {
         let Some(e) = self.shared.get_mut(path) else {
             return false;
         };
         e.refs = e.refs.saturating_sub(1);
-        if e.refs > 0 {
+        if e.refs > 0 || e.state == EntryState::Deleting {
             return false;
         }
         let owned = e.owned;
         let identity = e.identity.clone();
-        self.shared.remove(path);
+        if owned {
+            e.state = EntryState::Deleting;
+        } else {
+            self.shared.remove(path);
+        }
         if let Some(id) = identity {
             if self.by_identity.get(&id).map(String::as_str) == Some(path) {
                 self.by_identity.remove(&id);
-                // Fall back to another live copy of the same file, newest name last.
+                // Fall back to another placed copy of the same file, newest name last.
                 let other = self
                     .shared
                     .iter()
                     .rev()
-                    .find(|(_, e)| e.owned && e.identity.as_ref() == Some(&id))
+                    .find(|(_, e)| {
+                        e.owned
+                            && matches!(e.state, EntryState::Placed { .. })
+                            && e.identity.as_ref() == Some(&id)
+                    })
                     .map(|(p, _)| p.clone());
                 if let Some(p) = other {
                     self.by_identity.insert(id, p);
@@ -154,6 +308,26 @@ impl Registry {
             }
         }
         owned
+    }
+
+    /// Removes the entry of a file whose deletion (after [`Registry::release`] returned
+    /// true) is done, successful or not: its name may be given out again.
+    pub(super) fn forget(&mut self, path: &str) {
+        if self
+            .shared
+            .get(path)
+            .is_some_and(|e| e.state == EntryState::Deleting && e.refs == 0)
+        {
+            self.shared.remove(path);
+        }
+    }
+
+    /// True when `path` is a file some retained or pending checkpoint references (or is
+    /// placing).
+    pub(super) fn is_referenced(&self, path: &str) -> bool {
+        self.shared
+            .get(path)
+            .is_some_and(|e| e.state != EntryState::Deleting)
     }
 }
 

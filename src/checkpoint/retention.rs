@@ -2,6 +2,8 @@
 //! shared files only it references are deleted so that a crash at any step leaves every
 //! retained checkpoint whole.
 
+use parking_lot::Mutex;
+
 use super::ids::CheckpointId;
 use super::path::SHARED_DIR;
 use super::storage::CheckpointStorage;
@@ -66,26 +68,53 @@ pub(super) fn describe_kind(kind: EntryKind) -> String {
     .describe()
 }
 
+/// Deletes the shared files in `paths`, which [`Registry::release`] handed out for deletion,
+/// then forgets their entries (see the registry's lock rule: the lock is not held while
+/// the files are deleted).
+///
+/// [`Registry::release`]: super::registry::Registry::release
+pub(super) fn delete_released(
+    inner: &Mutex<Inner>,
+    storage: &dyn CheckpointStorage,
+    paths: &[String],
+    errors: &mut Vec<String>,
+) {
+    if paths.is_empty() {
+        return;
+    }
+    delete_shared(storage, paths, errors);
+    let mut inner = inner.lock();
+    for p in paths {
+        inner.registry.forget(p);
+    }
+}
+
 /// Deletes checkpoint `id`: `_metadata` first (made durable, so the checkpoint stops
 /// existing before anything it references goes), then its directory, then the shared files
-/// no other checkpoint references.
+/// no other checkpoint references. Returns false when `id` is not retained (any more) or
+/// its `_metadata` could not be deleted (it then stays retained).
+///
+/// The checkpoint leaves the retained set under the lock before any I/O, so two
+/// retentions (or a retention and a shutdown) never delete the same checkpoint; its shared
+/// files are released only once its `_metadata` is gone for good.
 pub(super) fn discard(
-    inner: &mut Inner,
+    inner: &Mutex<Inner>,
     storage: &dyn CheckpointStorage,
     id: CheckpointId,
     report: &mut RetentionReport,
 ) -> bool {
+    let Some(done) = inner.lock().completed.remove(&id) else {
+        return false;
+    };
     let dir = id.dir_name();
     if let Err(e) = storage.delete_file(&metadata_rel(id)) {
         report.errors.push(format!(
             "delete {}: {e}",
             storage.display_path(&metadata_rel(id)).display()
         ));
+        inner.lock().completed.insert(id, done);
         return false;
     }
-    let Some(done) = inner.completed.remove(&id) else {
-        return false;
-    };
     report.discarded.push(id);
     crate::failpoint::hit("retention.checkpoint_removed");
     if let Err(e) = storage.sync_dir(&dir) {
@@ -102,34 +131,41 @@ pub(super) fn discard(
         return true;
     }
     let mut unreferenced = Vec::new();
-    for p in done.metadata.shared_paths() {
-        if inner.registry.release(p) {
-            unreferenced.push(p.to_string());
+    {
+        let mut inner = inner.lock();
+        for p in done.metadata.shared_paths() {
+            if inner.registry.release(p) {
+                unreferenced.push(p.to_string());
+            }
         }
     }
-    delete_shared(storage, &unreferenced, &mut report.errors);
+    delete_released(inner, storage, &unreferenced, &mut report.errors);
     report.shared_files_deleted.extend(unreferenced);
     true
 }
 
 /// Keeps the newest `num_retained` owned checkpoints and discards the others.
 pub(super) fn retain(
-    inner: &mut Inner,
+    inner: &Mutex<Inner>,
     storage: &dyn CheckpointStorage,
     num_retained: usize,
 ) -> RetentionReport {
     let mut report = RetentionReport::default();
     loop {
-        let owned: Vec<CheckpointId> = inner
-            .completed
-            .iter()
-            .filter(|(_, c)| c.owned)
-            .map(|(id, _)| *id)
-            .collect();
-        if owned.len() <= num_retained {
-            break;
-        }
-        let Some(&oldest) = owned.first() else { break };
+        let oldest = {
+            let inner = inner.lock();
+            let owned: Vec<CheckpointId> = inner
+                .completed
+                .iter()
+                .filter(|(_, c)| c.owned)
+                .map(|(id, _)| *id)
+                .collect();
+            if owned.len() <= num_retained {
+                break;
+            }
+            owned.first().copied()
+        };
+        let Some(oldest) = oldest else { break };
         if !discard(inner, storage, oldest, &mut report) {
             break;
         }

@@ -77,6 +77,31 @@ pub fn checksum_open_file(f: &mut File, path: &Path, max_bytes: u64) -> Result<F
     Ok(FileChecksum { size, crc32c: crc })
 }
 
+/// Where [`CheckpointStorage::create_staged`] writes `rel` until it is persisted.
+pub fn staging_rel(rel: &str) -> String {
+    format!("{rel}.tmp")
+}
+
+/// A file being written into a [`CheckpointStorage`] in pieces (see
+/// [`CheckpointStorage::create_staged`]).
+pub trait StagedFile: Send + fmt::Debug {
+    /// Appends `data`.
+    fn append(&mut self, data: &[u8]) -> Result<()>;
+    /// Makes the bytes durable and moves the file to its path (its directory still has to
+    /// be synced).
+    fn persist(self: Box<Self>) -> Result<()>;
+}
+
+impl StagedFile for fs::StagedWrite {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        fs::StagedWrite::append(self, data)
+    }
+
+    fn persist(self: Box<Self>) -> Result<()> {
+        fs::StagedWrite::persist(*self)
+    }
+}
+
 /// The file operations the checkpoint layer needs, relative to one job directory.
 ///
 /// Object safe, so that a remote implementation can stand in for [`LocalStorage`]. An
@@ -108,6 +133,11 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// Writes a small file so that it is either absent or whole after a crash (temp file,
     /// fsync, rename, directory fsync).
     fn write_atomic(&self, rel: &str, bytes: &[u8]) -> Result<()>;
+    /// Starts writing the file `rel` in pieces. The bytes go to [`staging_rel`]`(rel)`
+    /// until [`StagedFile::persist`] makes them durable and moves them to `rel`, whose
+    /// directory entry is durable once [`CheckpointStorage::sync_dir`] of its directory
+    /// returns. Dropped unpersisted, the staged file is removed.
+    fn create_staged(&self, rel: &str) -> Result<Box<dyn StagedFile>>;
     /// Reads a whole regular file, refusing one larger than `max_bytes` (by its reported
     /// size or by the bytes read) and, for a local storage, one whose canonical path leaves
     /// the job directory.
@@ -281,6 +311,11 @@ impl CheckpointStorage for LocalStorage {
     fn write_atomic(&self, rel: &str, bytes: &[u8]) -> Result<()> {
         let p = self.guard(rel)?;
         fs::write_atomic(self.fs.as_ref(), &p, bytes)
+    }
+
+    fn create_staged(&self, rel: &str) -> Result<Box<dyn StagedFile>> {
+        let p = self.guard(rel)?;
+        Ok(Box::new(fs::StagedWrite::create(Arc::clone(&self.fs), &p)?))
     }
 
     fn read_file(&self, rel: &str, max_bytes: u64) -> Result<Vec<u8>> {

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use super::config::{CheckpointConfig, JobTermination};
 use super::ids::{CheckpointId, CheckpointKind};
@@ -74,6 +74,13 @@ pub(super) struct Core {
     pub(super) owner: Mutex<Option<FileLock>>,
     pub(super) storage: Arc<dyn CheckpointStorage>,
     pub(super) config: CheckpointConfig,
+    /// Held shared by a commit from its last check of `closed` until its `_metadata` is
+    /// written and recorded, and exclusively by a shutdown while it closes the store: so a
+    /// checkpoint either completes before the shutdown (and the shutdown's cleanup sees
+    /// it) or not at all. Never held with `inner`'s lock taken first.
+    pub(super) lifecycle: RwLock<()>,
+    /// The bookkeeping, the shared-file registry among it. No file I/O happens while it
+    /// is held (see the registry's lock rule).
     pub(super) inner: Mutex<Inner>,
 }
 
@@ -257,12 +264,14 @@ impl CheckpointStore {
         if !report.unfinished_deleted.is_empty() {
             storage.sync_dir("")?;
         }
+        let inner = Mutex::new(inner);
         if !foreign {
-            report.retention = retain(&mut inner, storage.as_ref(), config.num_retained);
+            report.retention = retain(&inner, storage.as_ref(), config.num_retained);
+            let known: BTreeSet<String> = inner.lock().registry.shared.keys().cloned().collect();
             let mut orphans = Vec::new();
             for e in storage.list_entries(SHARED_DIR)? {
                 let rel = format!("{SHARED_DIR}/{}", e.name);
-                if e.utf8 && inner.registry.shared.contains_key(&rel) {
+                if e.utf8 && known.contains(&rel) {
                     continue;
                 }
                 if e.is_plain_file() && is_shared_name(&e.name) {
@@ -288,15 +297,17 @@ impl CheckpointStore {
             }
             report.orphans_deleted = orphans;
         }
-        report
-            .retained
-            .retain(|id| inner.completed.contains_key(id));
+        {
+            let g = inner.lock();
+            report.retained.retain(|id| g.completed.contains_key(id));
+        }
         Ok(CheckpointStore {
             core: Arc::new(Core {
                 owner: Mutex::new(owner),
                 storage,
                 config,
-                inner: Mutex::new(inner),
+                lifecycle: RwLock::new(()),
+                inner,
             }),
             report,
         })
@@ -347,9 +358,17 @@ impl CheckpointStore {
         } else {
             kind
         };
-        self.core.storage.create_dir_all(&id.dir_name())?;
-        inner.last_id = Some(id);
+        let before = inner.last_id.replace(id);
         inner.pending.insert(id);
+        drop(inner);
+        if let Err(e) = self.core.storage.create_dir_all(&id.dir_name()) {
+            let mut inner = self.core.inner.lock();
+            inner.pending.remove(&id);
+            if inner.last_id == Some(id) {
+                inner.last_id = before;
+            }
+            return Err(e);
+        }
         Ok(PendingCheckpoint::new(Arc::clone(&self.core), id, kind))
     }
 
@@ -387,7 +406,7 @@ impl CheckpointStore {
         Ok(names
             .into_iter()
             .map(|n| format!("{SHARED_DIR}/{n}"))
-            .filter(|p| !inner.registry.shared.contains_key(p))
+            .filter(|p| !inner.registry.is_referenced(p))
             .collect())
     }
 
@@ -401,14 +420,20 @@ impl CheckpointStore {
     /// never touched. Pending checkpoints can no longer commit.
     pub fn shutdown(self, how: JobTermination) -> Result<RetentionReport> {
         let storage = self.core.storage.as_ref();
-        let mut inner = self.core.inner.lock();
-        inner.closed = true;
+        {
+            // Waits for commits writing their `_metadata`; later ones see `closed`.
+            let _closing = self.core.lifecycle.write();
+            self.core.inner.lock().closed = true;
+        }
         if !self.core.config.cleanup.discards_on(how) {
             return Ok(RetentionReport::default());
         }
         // Newest first: a crash midway leaves the oldest whole ones, never a gap in the
         // middle that a restore from "latest" could fall into.
-        let ids: Vec<CheckpointId> = inner
+        let ids: Vec<CheckpointId> = self
+            .core
+            .inner
+            .lock()
             .completed
             .iter()
             .rev()
@@ -417,7 +442,7 @@ impl CheckpointStore {
             .collect();
         let mut report = RetentionReport::default();
         for id in ids {
-            discard(&mut inner, storage, id, &mut report);
+            discard(&self.core.inner, storage, id, &mut report);
         }
         match report.errors.first() {
             None => Ok(report),
@@ -613,9 +638,9 @@ mod tests {
     fn same_file_twice_in_one_checkpoint_is_placed_once() {
         let fx = Fixture::new();
         let store = fx.retaining(1);
-        let mut p = store.begin(CheckpointId(1), Full).unwrap();
-        let h1 = fx.place(&mut p, &[A]);
-        let h2 = fx.place(&mut p, &[A]);
+        let p = store.begin(CheckpointId(1), Full).unwrap();
+        let h1 = fx.place(&p, &[A]);
+        let h2 = fx.place(&p, &[A]);
         assert_eq!(h1, h2);
         assert_eq!(p.stats().files_placed, 1);
         assert_eq!(p.stats().files_referenced, 1);
@@ -630,16 +655,16 @@ mod tests {
         let fx = Fixture::new();
         let store = fx.retaining(1);
         fx.checkpoint(&store, 1, Incremental, &[A]);
-        let mut p = store.begin(CheckpointId(2), Incremental).unwrap();
-        fx.place(&mut p, &[A, B]);
+        let p = store.begin(CheckpointId(2), Incremental).unwrap();
+        fx.place(&p, &[A, B]);
         p.write_private("x", b"x").unwrap();
         assert_eq!(fx.shared_count(), 2);
         p.abort().unwrap();
         assert_eq!(fx.shared_count(), 1);
         assert_eq!(fx.chk_dirs(), vec![1]);
         // Dropping a pending checkpoint aborts it too.
-        let mut p = store.begin(CheckpointId(3), Incremental).unwrap();
-        fx.place(&mut p, &[C]);
+        let p = store.begin(CheckpointId(3), Incremental).unwrap();
+        fx.place(&p, &[C]);
         drop(p);
         assert_eq!(fx.shared_count(), 1);
         assert_eq!(fx.chk_dirs(), vec![1]);
@@ -678,7 +703,7 @@ mod tests {
     fn wrong_size_is_refused_at_placement() {
         let fx = Fixture::new();
         let store = fx.retaining(1);
-        let mut p = store.begin(CheckpointId(1), Incremental).unwrap();
+        let p = store.begin(CheckpointId(1), Incremental).unwrap();
         let path = fx.state_file(A.0, A.1);
         assert!(p.place_shared("op", &path, A.0, 999, 0).is_err());
         assert_eq!(fx.shared_count(), 0);
@@ -741,8 +766,8 @@ mod tests {
     fn pending_checkpoint_cannot_commit_after_shutdown() {
         let fx = Fixture::new();
         let store = fx.retaining(1);
-        let mut p = store.begin(CheckpointId(1), Incremental).unwrap();
-        let h = fx.place(&mut p, &[A]);
+        let p = store.begin(CheckpointId(1), Incremental).unwrap();
+        let h = fx.place(&p, &[A]);
         store.shutdown(JobTermination::Suspended).unwrap();
         assert!(matches!(p.commit(content(h)), Err(Error::Closed)));
         assert_eq!(fx.shared_count(), 0);

@@ -76,11 +76,7 @@ impl Fixture {
     }
 
     /// Places `files` (name, contents) as shared files of `pending` for owner `op_0`.
-    pub fn place(
-        &self,
-        pending: &mut PendingCheckpoint,
-        files: &[(&str, &[u8])],
-    ) -> Vec<FileHandle> {
+    pub fn place(&self, pending: &PendingCheckpoint, files: &[(&str, &[u8])]) -> Vec<FileHandle> {
         files
             .iter()
             .map(|(name, bytes)| {
@@ -100,8 +96,8 @@ impl Fixture {
         kind: CheckpointKind,
         files: &[(&str, &[u8])],
     ) -> CompletedCheckpoint {
-        let mut pending = store.begin(CheckpointId(id), kind).unwrap();
-        let mut handles = self.place(&mut pending, files);
+        let pending = store.begin(CheckpointId(id), kind).unwrap();
+        let mut handles = self.place(&pending, files);
         let private = pending
             .write_private("op_0.manifest", format!("manifest of {id}").as_bytes())
             .unwrap();
@@ -186,10 +182,10 @@ pub(crate) fn crash_checkpoint(
     files: &[(&str, &[u8])],
     crash: Crash,
 ) {
-    let mut pending = store
+    let pending = store
         .begin(CheckpointId(id), CheckpointKind::Incremental)
         .unwrap();
-    fx.place(&mut pending, files);
+    fx.place(&pending, files);
     pending.write_private("op_0.manifest", b"half").unwrap();
     if let Crash::DuringMetadataWrite = crash {
         let tmp = fx.job_dir().join(format!("chk-{id}/_metadata.tmp"));

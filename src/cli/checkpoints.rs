@@ -627,8 +627,8 @@ fn keyed_json(h: &KeyedStateHandle) -> KeyedJson {
     KeyedJson {
         kind: h.kind_name(),
         backend: h.backend.clone(),
-        key_group_start: h.key_groups.start,
-        key_group_end: h.key_groups.end,
+        key_group_start: h.key_groups.start(),
+        key_group_end: h.key_groups.end(),
         handles,
         sequence,
         key_group_offsets: h.key_group_offsets().map(<[u64]>::to_vec),
@@ -707,8 +707,8 @@ pub fn metadata_report(r: &ResolvedCheckpoint) -> (MetadataReport, Option<Error>
                 subtask_index: s.subtask_index,
                 parallelism: s.parallelism,
                 max_parallelism: s.max_parallelism,
-                key_group_start: s.key_groups.start,
-                key_group_end: s.key_groups.end,
+                key_group_start: s.key_groups.start(),
+                key_group_end: s.key_groups.end(),
                 keyed_state,
                 operator_state: s.operator_state.iter().map(operator_json).collect(),
             }

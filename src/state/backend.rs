@@ -13,6 +13,7 @@
 //! The caller (the stream layer) never matches on which backend it has.
 
 use std::fmt::Debug;
+use std::io::Write;
 
 use super::heap::{HeapKeyedBackend, HeapSnapshot, KeyGroupsSource};
 use super::key_groups::MaxParallelism;
@@ -23,7 +24,7 @@ use super::operator::{
 use crate::checkpoint::{
     CheckpointId, CheckpointStorage, FileHandle, KeyGroupRange, KeyedState, KeyedStateHandle,
     NamedOperatorState, OperatorStateHandle, OperatorSubtaskState, PendingCheckpoint,
-    RedistributionMode, StateData,
+    PrivateFileWriter, RedistributionMode, StateData,
 };
 use crate::codec::crc32c;
 use crate::error::{Error, Result};
@@ -109,7 +110,7 @@ pub trait CheckpointedKeyedState: Send {
 /// The asynchronous part of a keyed snapshot.
 pub trait KeyedSnapshot: Send {
     /// Writes the snapshot into `pending` and describes it.
-    fn write(self: Box<Self>, pending: &mut PendingCheckpoint) -> Result<Vec<KeyedStateHandle>>;
+    fn write(self: Box<Self>, pending: &PendingCheckpoint) -> Result<Vec<KeyedStateHandle>>;
 }
 
 /// One interface for every state backend.
@@ -142,7 +143,7 @@ pub trait StateBackend: Send + Sync + Debug {
         &self,
         info: &SubtaskInfo,
         snapshot: &OperatorSnapshot,
-        pending: &mut PendingCheckpoint,
+        pending: &PendingCheckpoint,
     ) -> Result<Vec<OperatorStateHandle>>;
 }
 
@@ -163,36 +164,108 @@ impl HeapStorage {
         }
     }
 
-    /// Puts `bytes` where this storage keeps them: inline, or a private file `name`.
-    fn place(
+    /// Runs `write`, which streams a snapshot into the writer it is given, and puts the
+    /// bytes where this storage keeps them: inline (refused above the memory backend's
+    /// limit, as soon as the limit is passed), or the private file `name` of `pending`.
+    /// The filesystem storage holds the bytes in memory only until they reach the inline
+    /// threshold; from then on they stream into the file.
+    fn write<T>(
         self,
         info: &SubtaskInfo,
         what: &str,
         name: &str,
-        bytes: Vec<u8>,
-        pending: &mut PendingCheckpoint,
-    ) -> Result<StateData> {
-        let size = bytes.len() as u64;
-        match self {
-            HeapStorage::JobManager { max_state_size } => {
-                if size > max_state_size {
-                    return Err(Error::InvalidArgument(format!(
-                        "the {what} snapshot of operator {:?} subtask {} is {size} bytes, over \
-                         the memory backend's limit of {max_state_size} bytes \
-                         (state.backend.memory.max-state-size); use the filesystem or lsm backend",
-                        info.operator_id, info.subtask_index
-                    )));
-                }
-                Ok(StateData::Inline(bytes))
+        pending: &PendingCheckpoint,
+        write: impl FnOnce(&mut dyn Write) -> Result<T>,
+    ) -> Result<(StateData, T)> {
+        let mut sink = SnapshotSink {
+            storage: self,
+            info,
+            what,
+            name,
+            pending,
+            to: Spill::Memory(Vec::new()),
+            failure: None,
+        };
+        let written = match write(&mut sink) {
+            Ok(w) => w,
+            // The sink's own error (over the limit, the file) says more than the I/O error
+            // the snapshot writer wrapped it in.
+            Err(e) => return Err(sink.failure.take().unwrap_or(e)),
+        };
+        let data = match sink.to {
+            Spill::Memory(bytes) => StateData::Inline(bytes),
+            Spill::File(w) => StateData::File(w.finish()?),
+        };
+        Ok((data, written))
+    }
+}
+
+/// Where a heap snapshot's bytes are while it is written.
+enum Spill<'a> {
+    /// Below the inline threshold (or the memory backend): in memory.
+    Memory(Vec<u8>),
+    /// At or over the inline threshold: streaming into a private file.
+    File(PrivateFileWriter<'a>),
+}
+
+/// The writer a heap snapshot is streamed into (see [`HeapStorage::write`]).
+struct SnapshotSink<'a> {
+    storage: HeapStorage,
+    info: &'a SubtaskInfo,
+    what: &'a str,
+    name: &'a str,
+    pending: &'a PendingCheckpoint,
+    to: Spill<'a>,
+    /// The error behind the last failed write.
+    failure: Option<Error>,
+}
+
+impl SnapshotSink<'_> {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        let buffered = match &mut self.to {
+            Spill::File(w) => return w.append(data),
+            Spill::Memory(bytes) => bytes,
+        };
+        let size = (buffered.len() + data.len()) as u64;
+        match self.storage {
+            HeapStorage::JobManager { max_state_size } if size > max_state_size => {
+                Err(Error::InvalidArgument(format!(
+                    "the {} snapshot of operator {:?} subtask {} is over {max_state_size} \
+                     bytes, the memory backend's limit (state.backend.memory.max-state-size); \
+                     use the filesystem or lsm backend",
+                    self.what, self.info.operator_id, self.info.subtask_index
+                )))
             }
-            HeapStorage::Filesystem { inline_threshold } => {
-                if size < inline_threshold {
-                    Ok(StateData::Inline(bytes))
-                } else {
-                    Ok(StateData::File(pending.write_private(name, &bytes)?))
-                }
+            // Inline only while smaller than the threshold: from here on, a file.
+            HeapStorage::Filesystem { inline_threshold } if size >= inline_threshold => {
+                let mut w = self.pending.private_writer(self.name)?;
+                w.append(buffered)?;
+                w.append(data)?;
+                self.to = Spill::File(w);
+                Ok(())
+            }
+            _ => {
+                buffered.extend_from_slice(data);
+                Ok(())
             }
         }
+    }
+}
+
+impl Write for SnapshotSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.append(buf) {
+            Ok(()) => Ok(buf.len()),
+            Err(e) => {
+                let io = std::io::Error::other(e.to_string());
+                self.failure = Some(e);
+                Err(io)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -273,7 +346,7 @@ macro_rules! heap_backend {
                 &self,
                 info: &SubtaskInfo,
                 snapshot: &OperatorSnapshot,
-                pending: &mut PendingCheckpoint,
+                pending: &PendingCheckpoint,
             ) -> Result<Vec<OperatorStateHandle>> {
                 let s: fn(&$ty) -> HeapStorage = $storage;
                 let s = s(self);
@@ -317,13 +390,13 @@ impl CheckpointedKeyedState for HeapKeyed {
 }
 
 impl KeyedSnapshot for HeapKeyedSnapshot {
-    fn write(self: Box<Self>, pending: &mut PendingCheckpoint) -> Result<Vec<KeyedStateHandle>> {
-        let mut bytes = Vec::new();
-        let written = self.snapshot.write_to(&mut bytes)?;
+    fn write(self: Box<Self>, pending: &PendingCheckpoint) -> Result<Vec<KeyedStateHandle>> {
         let name = format!("{}.keyed", self.info.label());
-        let data = self
-            .storage
-            .place(&self.info, "keyed state", &name, bytes, pending)?;
+        let (data, written) =
+            self.storage
+                .write(&self.info, "keyed state", &name, pending, |out| {
+                    self.snapshot.write_to(out)
+                })?;
         let state = match data {
             StateData::Inline(bytes) => KeyedState::KeyGroupsInline {
                 bytes,
@@ -347,14 +420,14 @@ impl KeyedSnapshot for HeapKeyedSnapshot {
 /// group).
 fn check_coverage(info: &SubtaskInfo, range: KeyGroupRange, r: &RestoreFrom<'_>) -> Result<()> {
     let mut ranges: Vec<KeyGroupRange> = r.subtasks.iter().map(|s| s.key_groups).collect();
-    ranges.sort_by_key(|k| k.start);
-    let mut next = range.start;
+    ranges.sort_by_key(|k| k.start());
+    let mut next = range.start();
     for k in ranges {
-        if k.start > next {
+        if k.start() > next {
             break;
         }
-        next = next.max(k.end.saturating_add(1));
-        if next > range.end {
+        next = next.max(k.end().saturating_add(1));
+        if next > range.end() {
             return Ok(());
         }
     }
@@ -425,8 +498,7 @@ fn heap_keyed_state(
                     )));
                 }
                 for h in &st.keyed_state {
-                    let meets = h.key_groups.start <= range.end && range.start <= h.key_groups.end;
-                    if !meets {
+                    if !h.key_groups.overlaps(&range) {
                         continue;
                     }
                     let (name, bytes, offsets) = match &h.state {
@@ -495,15 +567,15 @@ fn write_operator_state(
     backend: &str,
     info: &SubtaskInfo,
     snapshot: &OperatorSnapshot,
-    pending: &mut PendingCheckpoint,
+    pending: &PendingCheckpoint,
 ) -> Result<Vec<OperatorStateHandle>> {
-    let mut bytes = Vec::new();
-    let written = snapshot.write_to(&mut bytes)?;
-    if written.states.is_empty() {
+    if snapshot.is_empty() {
         return Ok(Vec::new());
     }
     let name = format!("{}.operator", info.label());
-    let data = storage.place(info, "operator state", &name, bytes, pending)?;
+    let (data, written) = storage.write(info, "operator state", &name, pending, |out| {
+        snapshot.write_to(out)
+    })?;
     Ok(vec![OperatorStateHandle {
         backend: backend.to_string(),
         data,
@@ -593,9 +665,13 @@ impl LsmStateBackend {
         }
     }
 
-    /// A rescale: a fresh store for `range`, filled with the rows of `range` cut out of
-    /// every old subtask's store that meets it (each restored by links into a scratch
-    /// directory, read, and removed).
+    /// A rescale. The old subtask whose key groups lie mostly inside `range` (at least
+    /// half of them; the one with the most, if several) is the base: its files are linked
+    /// into the working directory as in a same-parallelism restore, and its rows of key
+    /// groups outside `range` are deleted. The rows of `range` held by every other old
+    /// subtask that meets it are copied in (each old store restored by links into a
+    /// scratch directory, read, and removed). Without a base the store starts empty and
+    /// everything is copied. See `format-spec/state-layout.md` for what this costs.
     fn rescale(
         &self,
         info: &SubtaskInfo,
@@ -606,13 +682,23 @@ impl LsmStateBackend {
         filter: std::sync::Arc<super::lsm_keyed::TtlCompactionFilter>,
     ) -> Result<Box<dyn CheckpointedKeyedState>> {
         let fs = self.options.fs.clone();
-        let db = std::sync::Arc::new(crate::lsm::Db::open(&dir, opts)?);
+        let base = rescale_base(range, r.subtasks);
+        let db = match base {
+            Some(st) => {
+                super::lsm_snapshot::restore_store(r.storage, r.checkpoint_id, st, &dir, opts)?
+            }
+            None => crate::lsm::Db::open(&dir, opts)?,
+        };
+        let db = std::sync::Arc::new(db);
         let mut backend =
             super::lsm_keyed::LsmKeyedBackend::open(db.clone(), info.max_parallelism, range)?
                 .with_ttl_filter(filter);
+        if let Some(st) = base {
+            backend.delete_key_groups_outside(st.key_groups)?;
+        }
         for st in r.subtasks {
             let k = st.key_groups;
-            if k.end < range.start || range.end < k.start {
+            if !k.overlaps(&range) || base.is_some_and(|b| std::ptr::eq(b, st)) {
                 continue;
             }
             let scratch =
@@ -660,6 +746,25 @@ impl LsmStateBackend {
     }
 }
 
+/// The old subtask a rescale into `range` restores by linking (see
+/// [`LsmStateBackend::rescale`]): the one with the most key groups inside `range`, if at
+/// least half of its key groups lie there (otherwise trimming it would delete more rows
+/// than linking it saves copying).
+fn rescale_base(
+    range: KeyGroupRange,
+    subtasks: &[OperatorSubtaskState],
+) -> Option<&OperatorSubtaskState> {
+    let inside = |st: &OperatorSubtaskState| {
+        range
+            .intersection(&st.key_groups)
+            .map_or(0, |both| both.len())
+    };
+    subtasks
+        .iter()
+        .filter(|st| 2 * inside(st) >= st.key_groups.len())
+        .max_by_key(|st| (inside(st), std::cmp::Reverse(st.subtask_index)))
+}
+
 struct LsmKeyed {
     db: std::sync::Arc<crate::lsm::Db>,
     backend: super::lsm_keyed::LsmKeyedBackend,
@@ -685,7 +790,7 @@ impl CheckpointedKeyedState for LsmKeyed {
 }
 
 impl KeyedSnapshot for LsmKeyedSnapshot {
-    fn write(self: Box<Self>, pending: &mut PendingCheckpoint) -> Result<Vec<KeyedStateHandle>> {
+    fn write(self: Box<Self>, pending: &PendingCheckpoint) -> Result<Vec<KeyedStateHandle>> {
         let state = super::lsm_snapshot::snapshot_async(self.ticket, pending, &self.subtask)?;
         Ok(state.keyed_state)
     }
@@ -753,7 +858,7 @@ impl StateBackend for LsmStateBackend {
         &self,
         info: &SubtaskInfo,
         snapshot: &OperatorSnapshot,
-        pending: &mut PendingCheckpoint,
+        pending: &PendingCheckpoint,
     ) -> Result<Vec<OperatorStateHandle>> {
         let storage = HeapStorage::Filesystem {
             inline_threshold: self.inline_threshold,

@@ -180,10 +180,9 @@ impl HeapKeyedBackend {
         for meta in &header.states {
             ids.push(self.register(meta)?);
         }
-        let lo = header.range.start.max(self.range.start);
-        let hi = header.range.end.min(self.range.end);
-        for g in lo..=hi {
-            let i = (g - header.range.start) as usize;
+        let both = header.range.intersection(&self.range);
+        for g in both.into_iter().flatten() {
+            let i = (g - header.range.start()) as usize;
             let at = src.offsets[i];
             self.read_group(src, g, at, &ids)?;
         }
@@ -299,7 +298,7 @@ impl HeapKeyedBackend {
         let max = self.max.get();
         let group = h % max;
         let shard = (h / max) % self.shards_per_group;
-        ((group - self.range.start) as usize, shard as usize)
+        ((group - self.range.start()) as usize, shard as usize)
     }
 
     fn current(&self) -> Result<&Current> {
@@ -530,8 +529,8 @@ impl HeapSnapshot {
         header.extend_from_slice(&KEY_GROUPS_MAGIC);
         header.extend_from_slice(&KEY_GROUPS_VERSION.to_le_bytes());
         header.extend_from_slice(&self.max.get().to_le_bytes());
-        header.extend_from_slice(&self.range.start.to_le_bytes());
-        header.extend_from_slice(&self.range.end.to_le_bytes());
+        header.extend_from_slice(&self.range.start().to_le_bytes());
+        header.extend_from_slice(&self.range.end().to_le_bytes());
         put_varint(&mut header, self.states.len() as u64);
         for s in &self.states {
             for field in [s.name.as_str(), s.kind.as_str(), s.value_type.as_str()] {
@@ -718,7 +717,7 @@ fn read_header(src: &KeyGroupsSource<'_>) -> Result<Header> {
     }
     Ok(Header {
         max,
-        range: KeyGroupRange { start, end },
+        range: KeyGroupRange::new(start, end).map_err(|e| src.error(12, e.to_string()))?,
         states,
     })
 }

@@ -39,10 +39,8 @@ impl MaxParallelism {
 
     /// Every key group: `0..=max_parallelism - 1`.
     pub fn full_range(self) -> KeyGroupRange {
-        KeyGroupRange {
-            start: 0,
-            end: self.0 - 1,
-        }
+        // At least one key group: `MaxParallelism::new` refuses 0.
+        KeyGroupRange::up_to(self.0 - 1)
     }
 
     /// The key group of a key, from its serialized bytes.
@@ -76,10 +74,7 @@ impl MaxParallelism {
         let start = (i * max).div_ceil(p);
         let end = ((i + 1) * max).div_ceil(p) - 1;
         // Both fit: they are below max <= 2^15.
-        Ok(KeyGroupRange {
-            start: start as u32,
-            end: end as u32,
-        })
+        KeyGroupRange::new(start as u32, end as u32)
     }
 
     /// The subtask of `parallelism` that owns `key_group` (Flink's
@@ -183,17 +178,17 @@ mod tests {
                 let mut next = 0;
                 for i in 0..p {
                     let r = m.range_for_subtask(p, i).unwrap();
-                    assert_eq!(r.start, next, "max {max} p {p} i {i}");
-                    assert!(r.end >= r.start);
+                    assert_eq!(r.start(), next, "max {max} p {p} i {i}");
+                    assert!(r.end() >= r.start());
                     // Sizes differ by at most one.
-                    let len = r.end - r.start + 1;
+                    let len = r.len() as u32;
                     assert!(len == max / p || len == max.div_ceil(p));
                     if p <= 128 {
-                        for kg in r.start..=r.end {
+                        for kg in r {
                             assert_eq!(m.subtask_for_key_group(p, kg).unwrap(), i);
                         }
                     }
-                    next = r.end + 1;
+                    next = r.end() + 1;
                 }
                 assert_eq!(next, max, "max {max} p {p}: every key group is owned");
             }
@@ -203,7 +198,7 @@ mod tests {
         let ranges: Vec<_> = (0..3)
             .map(|i| {
                 let r = m.range_for_subtask(3, i).unwrap();
-                (r.start, r.end)
+                (r.start(), r.end())
             })
             .collect();
         assert_eq!(ranges, vec![(0, 42), (43, 85), (86, 127)]);

@@ -132,7 +132,7 @@ impl LsmKeyedBackend {
     /// The keyed state of the key groups `range` of `max` in `db`, with the states the
     /// store already registers (a restored store's).
     pub fn open(db: Arc<Db>, max: MaxParallelism, range: KeyGroupRange) -> Result<Self> {
-        if range.end >= max.get() {
+        if range.end() >= max.get() {
             return Err(Error::InvalidArgument(format!(
                 "key groups {range} do not fit max parallelism {}",
                 max.get()
@@ -217,11 +217,10 @@ impl LsmKeyedBackend {
     /// name (their ids may differ). Returns the rows copied. This is how a rescale cuts an
     /// old subtask's state: its cost grows with the bytes of the key groups it moves.
     pub fn copy_key_groups_from(&mut self, from: &LsmKeyedBackend) -> Result<u64> {
-        let lo = self.range.start.max(from.range.start);
-        let hi = self.range.end.min(from.range.end);
-        if lo > hi {
+        let Some(both) = self.range.intersection(&from.range) else {
             return Ok(0);
-        }
+        };
+        let (lo, hi) = (both.start(), both.end());
         let mut ids = Vec::with_capacity(from.states.len());
         for meta in from.states.clone() {
             ids.push(self.register(&meta)?);
@@ -248,6 +247,43 @@ impl LsmKeyedBackend {
             rows += 1;
             if batch.encoded_size() >= 1 << 20 {
                 self.db.write(std::mem::take(&mut batch))?;
+            }
+        }
+        if !batch.is_empty() {
+            self.db.write(batch)?;
+        }
+        Ok(rows)
+    }
+
+    /// Deletes every row of the key groups in `held` that lie outside this backend's
+    /// range (the registry of states is kept). Returns the rows deleted.
+    ///
+    /// This is how a rescale trims a store restored by linking an old subtask's files: the
+    /// old subtask held `held`, this one owns only part of it. Each row becomes a point
+    /// tombstone (a key, no value), written in batches; compaction reclaims the space as it
+    /// reaches them. The cost grows with the rows trimmed, not with the rows kept.
+    pub fn delete_key_groups_outside(&mut self, held: KeyGroupRange) -> Result<u64> {
+        let mut outside = Vec::new();
+        if held.start() < self.range.start() {
+            outside.push((held.start(), held.end().min(self.range.start() - 1)));
+        }
+        if held.end() > self.range.end() {
+            outside.push((held.start().max(self.range.end() + 1), held.end()));
+        }
+        let mut rows = 0u64;
+        let mut batch = WriteBatch::new();
+        for (lo, hi) in outside {
+            // Key groups are below the max parallelism (at most 2^15), so `hi + 1` fits
+            // in the 2-byte prefix and stays below the registry's prefix.
+            let start = (lo as u16).to_be_bytes();
+            let end = ((hi + 1) as u16).to_be_bytes();
+            for kv in self.db.scan(start..end)? {
+                let (k, _) = kv?;
+                batch.delete(&k);
+                rows += 1;
+                if batch.encoded_size() >= 1 << 20 {
+                    self.db.write(std::mem::take(&mut batch))?;
+                }
             }
         }
         if !batch.is_empty() {

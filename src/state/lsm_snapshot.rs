@@ -62,7 +62,7 @@ pub fn snapshot_sync(db: &Db) -> Result<LiveFilesTicket> {
 /// and describes them.
 pub fn snapshot_async(
     ticket: LiveFilesTicket,
-    pending: &mut PendingCheckpoint,
+    pending: &PendingCheckpoint,
     subtask: &SubtaskId,
 ) -> Result<OperatorSubtaskState> {
     let live = ticket.wait()?;
@@ -117,8 +117,8 @@ pub fn checkpoint_store(
     let start = Instant::now();
     let ticket = snapshot_sync(db)?;
     let sync_duration = start.elapsed();
-    let mut pending = store.begin(id, kind)?;
-    let state = snapshot_async(ticket, &mut pending, subtask)?;
+    let pending = store.begin(id, kind)?;
+    let state = snapshot_async(ticket, &pending, subtask)?;
     let completed = pending.commit(CheckpointContent {
         operator_states: vec![state],
         source_offsets,

@@ -252,6 +252,11 @@ impl OperatorStateStore {
 }
 
 impl OperatorSnapshot {
+    /// True when the snapshot holds no named state (nothing to write).
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
     /// Writes the snapshot to `out` (the asynchronous part).
     pub fn write_to(&self, out: &mut dyn Write) -> Result<OperatorStateWritten> {
         let io = |e: std::io::Error| Error::io("write an operator-state snapshot", "<stream>", e);

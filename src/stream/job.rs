@@ -20,7 +20,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
-use parking_lot::Mutex;
 
 use super::config::{write_job_config, JobConfig};
 use super::event::{Barrier, SnapshotKind};
@@ -1026,7 +1025,7 @@ impl<'a> Runner<'a> {
         let pending = store.begin(id, kind)?;
         let trigger_ms = pending.trigger_timestamp_ms();
         let kind = pending.kind();
-        pendings.insert(id, Arc::new(Mutex::new(pending)));
+        pendings.insert(id, Arc::new(pending));
         for l in &self.options.listeners {
             l.checkpoint_triggered(id, n_tasks);
         }
@@ -1167,7 +1166,7 @@ fn unwrap_pending(mut shared: SharedPending) -> Result<crate::checkpoint::Pendin
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         match Arc::try_unwrap(shared) {
-            Ok(m) => return Ok(m.into_inner()),
+            Ok(p) => return Ok(p),
             Err(back) => {
                 if Instant::now() > deadline {
                     return Err(Error::Job(

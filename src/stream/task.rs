@@ -77,8 +77,8 @@ pub(crate) enum TaskEvent {
     },
 }
 
-/// A pending checkpoint shared by the subtasks placing files into it.
-pub(crate) type SharedPending = Arc<Mutex<PendingCheckpoint>>;
+/// A pending checkpoint shared by the subtasks placing files into it (at the same time).
+pub(crate) type SharedPending = Arc<PendingCheckpoint>;
 
 /// The pending checkpoints of an attempt, by id, shared with the subtasks' asynchronous
 /// parts.
@@ -231,11 +231,11 @@ impl TaskRuntime {
                         .get(b.id)
                         .ok_or_else(|| Error::Job(format!("checkpoint {} was aborted", b.id)))?;
                     let keyed_state = match keyed {
-                        Some(k) => k.write(&mut pending.lock())?,
+                        Some(k) => k.write(&pending)?,
                         None => Vec::new(),
                     };
                     let operator_state =
-                        backend.write_operator_state(&info, &op, &mut pending.lock())?;
+                        backend.write_operator_state(&info, &op, &pending)?;
                     Ok(OperatorSubtaskState {
                         operator_id: info.operator_id.clone(),
                         subtask_index: info.subtask_index,

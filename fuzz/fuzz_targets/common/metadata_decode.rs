@@ -72,10 +72,10 @@ fn check_bytes(bytes: &[u8]) {
     }
     for s in &m.operator_states {
         assert!(s.subtask_index < s.parallelism && s.parallelism <= s.max_parallelism);
-        assert!(s.key_groups.end < s.max_parallelism);
+        assert!(s.key_groups.end() < s.max_parallelism);
         for h in &s.keyed_state {
             let r = h.key_groups;
-            assert!(s.key_groups.start <= r.start && r.end <= s.key_groups.end);
+            assert!(s.key_groups.contains_range(&r));
             let (offsets, len) = match &h.state {
                 KeyedState::IncrementalLsm(_) => continue,
                 KeyedState::KeyGroupsFile { file, offsets } => (offsets, file.size),

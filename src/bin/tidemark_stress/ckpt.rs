@@ -107,8 +107,8 @@ pub fn take(
         .iter()
         .map(|s| s.load(Ordering::SeqCst))
         .collect();
-    let mut pending = store.begin(CheckpointId(id), CheckpointKind::Incremental)?;
-    let mut state = snapshot_async(ticket, &mut pending, &subtask())?;
+    let pending = store.begin(CheckpointId(id), CheckpointKind::Incremental)?;
+    let mut state = snapshot_async(ticket, &pending, &subtask())?;
     let mut bytes = Vec::with_capacity(32 + h.threads as usize * (16 + 8 * h.keys as usize));
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&u64::from(h.threads).to_le_bytes());
