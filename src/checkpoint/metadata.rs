@@ -29,7 +29,7 @@ pub const MAGIC: [u8; 8] = *b"TDMKCKPT";
 /// so when one is given to tidemark.
 pub const FLINK_METADATA_MAGIC: [u8; 4] = 0x4960_672d_u32.to_be_bytes();
 /// The format version this code writes (and the newest it reads).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format version this code reads (see [`Metadata::decode`] for how a version 1
 /// file maps onto today's types).
 pub const OLDEST_READABLE_VERSION: u32 = 1;
@@ -153,6 +153,12 @@ const KIND_INCREMENTAL_LSM: u8 = 1;
 const KIND_KEY_GROUPS_FILE: u8 = 2;
 /// Keyed-state handle kind: key groups inline, with their offsets.
 const KIND_KEY_GROUPS_INLINE: u8 = 3;
+/// Keyed-state handle kind: a canonical savepoint file of key groups with their offsets
+/// (version 3).
+const KIND_CANONICAL_FILE: u8 = 4;
+/// The first version with savepoints in their own directory, canonical savepoints and
+/// canonical key-groups files.
+const SAVEPOINT_VERSION: u32 = 3;
 /// Operator-state data tag: a file.
 const DATA_FILE: u8 = 1;
 /// Operator-state data tag: inline bytes.
@@ -165,6 +171,10 @@ pub enum FileRole {
     Shared,
     /// Under `chk-<N>/`: belongs to checkpoint N alone and goes with its directory.
     Private,
+    /// In a self-contained savepoint's own directory, its path relative to that directory
+    /// (where `_metadata` lies): the savepoint owns it, and it moves with the directory.
+    /// Version 3 and later, only in savepoints.
+    Savepoint,
 }
 
 impl FileRole {
@@ -172,6 +182,7 @@ impl FileRole {
         match self {
             FileRole::Shared => 0,
             FileRole::Private => 1,
+            FileRole::Savepoint => 2,
         }
     }
 
@@ -179,15 +190,17 @@ impl FileRole {
         match b {
             0 => Some(FileRole::Shared),
             1 => Some(FileRole::Private),
+            2 => Some(FileRole::Savepoint),
             _ => None,
         }
     }
 
-    /// `shared` or `private`.
+    /// `shared`, `private` or `savepoint`.
     pub fn as_str(self) -> &'static str {
         match self {
             FileRole::Shared => "shared",
             FileRole::Private => "private",
+            FileRole::Savepoint => "savepoint",
         }
     }
 }
@@ -200,7 +213,8 @@ pub struct FileHandle {
     /// The file's name in the backend's working directory (e.g. `000012.sst`); a restore
     /// places the file back under this name.
     pub local_name: String,
-    /// Path relative to the job directory: `shared/…` or `chk-<N>/…`.
+    /// Path relative to the job directory (`shared/…` or `chk-<N>/…`), or, in a
+    /// savepoint, to the savepoint directory.
     pub path: String,
     /// Size in bytes.
     pub size: u64,
@@ -242,6 +256,15 @@ pub enum KeyedState {
         /// Per key group of the handle's range: where its data starts in `bytes`.
         offsets: Vec<u64>,
     },
+    /// A canonical savepoint file (`format-spec/savepoint.md`; Flink's
+    /// `KeyGroupsSavepointStateHandle`): key/value records per key group, readable by
+    /// every backend.
+    CanonicalFile {
+        /// The file.
+        file: FileHandle,
+        /// Per key group of the handle's range, in order: where its section starts.
+        offsets: Vec<u64>,
+    },
 }
 
 /// One piece of an operator subtask's keyed state.
@@ -262,7 +285,9 @@ impl KeyedStateHandle {
             KeyedState::IncrementalLsm(set) => {
                 set.tables.iter().chain(Some(&set.manifest)).collect()
             }
-            KeyedState::KeyGroupsFile { file, .. } => vec![file],
+            KeyedState::KeyGroupsFile { file, .. } | KeyedState::CanonicalFile { file, .. } => {
+                vec![file]
+            }
             KeyedState::KeyGroupsInline { .. } => Vec::new(),
         }
     }
@@ -275,21 +300,23 @@ impl KeyedStateHandle {
         }
     }
 
-    /// `incremental-lsm`, `key-groups-file` or `key-groups-inline`.
+    /// `incremental-lsm`, `key-groups-file`, `key-groups-inline` or `canonical-file`.
     pub fn kind_name(&self) -> &'static str {
         match self.state {
             KeyedState::IncrementalLsm(_) => "incremental-lsm",
             KeyedState::KeyGroupsFile { .. } => "key-groups-file",
             KeyedState::KeyGroupsInline { .. } => "key-groups-inline",
+            KeyedState::CanonicalFile { .. } => "canonical-file",
         }
     }
 
-    /// The per-key-group offsets, for the two key-groups kinds.
+    /// The per-key-group offsets, for the key-groups and canonical kinds.
     pub fn key_group_offsets(&self) -> Option<&[u64]> {
         match &self.state {
             KeyedState::IncrementalLsm(_) => None,
             KeyedState::KeyGroupsFile { offsets, .. }
-            | KeyedState::KeyGroupsInline { offsets, .. } => Some(offsets),
+            | KeyedState::KeyGroupsInline { offsets, .. }
+            | KeyedState::CanonicalFile { offsets, .. } => Some(offsets),
         }
     }
 }
@@ -545,6 +572,7 @@ impl Metadata {
                     KeyedState::IncrementalLsm(_) => b.push(KIND_INCREMENTAL_LSM),
                     KeyedState::KeyGroupsFile { .. } => b.push(KIND_KEY_GROUPS_FILE),
                     KeyedState::KeyGroupsInline { .. } => b.push(KIND_KEY_GROUPS_INLINE),
+                    KeyedState::CanonicalFile { .. } => b.push(KIND_CANONICAL_FILE),
                 }
                 put_str(&mut b, &h.backend);
                 put_range(&mut b, h.key_groups);
@@ -557,7 +585,8 @@ impl Metadata {
                             put_file(&mut b, f);
                         }
                     }
-                    KeyedState::KeyGroupsFile { file, offsets } => {
+                    KeyedState::KeyGroupsFile { file, offsets }
+                    | KeyedState::CanonicalFile { file, offsets } => {
                         put_file(&mut b, file);
                         put_offsets(&mut b, offsets);
                     }
@@ -849,9 +878,11 @@ fn decode_body(
     let job_id = JobId::new(job).map_err(|e| Error::corruption(path, at, e.to_string()))?;
     let at = d.offset();
     let kind_byte = d.u8("kind").map_err(c(path))?;
-    let kind = CheckpointKind::from_byte(kind_byte).ok_or_else(|| {
-        Error::corruption(path, at, format!("unknown checkpoint kind {kind_byte}"))
-    })?;
+    let kind = CheckpointKind::from_byte(kind_byte)
+        .filter(|k| version >= SAVEPOINT_VERSION || *k != CheckpointKind::CanonicalSavepoint)
+        .ok_or_else(|| {
+            Error::corruption(path, at, format!("unknown checkpoint kind {kind_byte}"))
+        })?;
     let trigger_timestamp_ms = d.u64("trigger timestamp").map_err(c(path))?;
     let completion_timestamp_ms = d.u64("completion timestamp").map_err(c(path))?;
 
@@ -876,6 +907,7 @@ fn decode_body(
         (states, starts)
     };
     check_subtasks(path, &operator_states, &starts, budget)?;
+    check_savepoint_rules(path, version, kind, &operator_states, &starts)?;
     drop(starts);
 
     // A source offset takes at least 10 bytes.
@@ -1117,7 +1149,7 @@ fn decode_keyed(
 ) -> Result<KeyedStateHandle> {
     let at = d.offset();
     let kind = d.u8("keyed-state handle kind").map_err(c(path))?;
-    if !(KIND_INCREMENTAL_LSM..=KIND_KEY_GROUPS_INLINE).contains(&kind) {
+    if !(KIND_INCREMENTAL_LSM..=KIND_CANONICAL_FILE).contains(&kind) {
         return Err(Error::corruption(
             path,
             at,
@@ -1159,7 +1191,7 @@ fn decode_keyed(
                 tables,
             })
         }
-        KIND_KEY_GROUPS_FILE => {
+        KIND_KEY_GROUPS_FILE | KIND_CANONICAL_FILE => {
             let file = decode_file(d, path, id, budget)?;
             let offsets = decode_offsets(
                 d,
@@ -1170,7 +1202,11 @@ fn decode_keyed(
                 Some(key_groups.len()),
                 file.size,
             )?;
-            KeyedState::KeyGroupsFile { file, offsets }
+            if kind == KIND_CANONICAL_FILE {
+                KeyedState::CanonicalFile { file, offsets }
+            } else {
+                KeyedState::KeyGroupsFile { file, offsets }
+            }
         }
         _ => {
             let bytes = get_inline(d, path, budget)?;
@@ -1274,6 +1310,65 @@ fn decode_operator_handle(
         data,
         states,
     })
+}
+
+/// The rules of savepoints (version 3): a savepoint is self-contained, so each of its files
+/// has the role `savepoint` (a path relative to the savepoint directory), and no file of a
+/// checkpoint has it; canonical key-groups files are the keyed state of canonical
+/// savepoints and of nothing else. Before version 3 neither the role nor the handle kind
+/// existed. `starts` holds each subtask's offset in the file, for errors.
+fn check_savepoint_rules(
+    path: &Path,
+    version: u32,
+    kind: CheckpointKind,
+    states: &[OperatorSubtaskState],
+    starts: &[u64],
+) -> Result<()> {
+    let self_contained = version >= SAVEPOINT_VERSION && kind.is_savepoint();
+    for (i, s) in states.iter().enumerate() {
+        let at = starts.get(i).copied().unwrap_or(0);
+        for f in s.file_handles() {
+            if (f.role == FileRole::Savepoint) != self_contained {
+                let why = if self_contained {
+                    format!(
+                        "a savepoint's files lie in its own directory (role savepoint), but {} \
+                         of subtask {} has role {}",
+                        f.path,
+                        s.label(),
+                        f.role.as_str()
+                    )
+                } else {
+                    format!(
+                        "{} of subtask {} has role savepoint, which only a version 3 savepoint \
+                         holds (this is a version {version} {})",
+                        f.path,
+                        s.label(),
+                        kind.as_str()
+                    )
+                };
+                return Err(Error::corruption(path, at, why));
+            }
+        }
+        for h in &s.keyed_state {
+            let canonical = matches!(h.state, KeyedState::CanonicalFile { .. });
+            let canonical_savepoint = kind == CheckpointKind::CanonicalSavepoint;
+            if canonical != canonical_savepoint {
+                return Err(Error::corruption(
+                    path,
+                    at,
+                    format!(
+                        "subtask {}: a {} {} keyed-state handle in a {}: canonical files are \
+                         the keyed state of canonical savepoints only",
+                        s.label(),
+                        h.backend,
+                        h.kind_name(),
+                        kind.as_str()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks across subtasks: the subtasks of one operator agree on parallelism and max

@@ -2,6 +2,8 @@
 //! retention, verification and restore targets.
 //!
 //! ```text
+//! <savepoints-dir>/savepoint-<job>-<random>/   a self-contained savepoint: `_metadata`
+//!                                             and every file it references
 //! <checkpoints-dir>/<job-id>/
 //!     shared/      files referenced by one or more checkpoints (hard-linked, incremental)
 //!     taskowned/   files owned by the running job; never deleted by checkpoint cleanup
@@ -16,23 +18,27 @@ pub mod ids;
 pub mod metadata;
 pub mod path;
 pub mod restore;
+pub mod savepoint;
 pub mod storage;
 pub mod store;
+pub mod target;
 pub mod verify;
 
-pub use ids::{CheckpointId, CheckpointKind, JobId, KeyGroupRange};
+pub use ids::{CheckpointId, CheckpointKind, JobId, KeyGroupRange, SavepointFormat};
 pub use metadata::{
     FileHandle, FileRole, KeyedState, KeyedStateHandle, LsmFileSet, Metadata, NamedOperatorState,
     OperatorStateHandle, OperatorSubtaskState, RedistributionMode, SourceOffset, StateData,
     MAX_METADATA_BYTES, METADATA_FILE_NAME,
 };
 pub use restore::{resolve, resolve_verified, ResolvedCheckpoint, RestoreInfo, RestoreMode};
+pub use savepoint::{CompletedSavepoint, PendingSavepoint};
 pub use storage::{file_checksum, CheckpointStorage, FileChecksum, LocalStorage, JOB_LOCK_FILE};
 pub use store::{
     CheckpointConfig, CheckpointContent, CheckpointStats, CheckpointStore, CheckpointSummary,
     CompletedCheckpoint, ExternalizedCleanup, JobTermination, OpenReport, PendingCheckpoint,
     RetentionReport,
 };
+pub use target::SnapshotTarget;
 pub use verify::{verify, verify_files, VerifyReport};
 
 #[cfg(test)]

@@ -1279,6 +1279,8 @@ impl PendingCheckpoint {
                                 .is_some_and(|e| e.size == f.size && e.crc32c == f.crc32c)
                     }
                     FileRole::Private => self.private.contains(&f.path),
+                    // A checkpoint of the job directory places no savepoint files.
+                    FileRole::Savepoint => false,
                 };
                 if !ok {
                     return Err(Error::InvalidArgument(format!(
