@@ -337,9 +337,16 @@ mod tests {
             CheckpointKind::Incremental,
             CheckpointKind::Full,
             CheckpointKind::Savepoint,
+            CheckpointKind::CanonicalSavepoint,
         ] {
             assert_eq!(CheckpointKind::from_byte(k.to_byte()), Some(k));
+            assert_eq!(k.is_savepoint(), k.savepoint_format().is_some());
         }
-        assert_eq!(CheckpointKind::from_byte(3), None);
+        assert_eq!(CheckpointKind::from_byte(4), None);
+        for f in [SavepointFormat::Native, SavepointFormat::Canonical] {
+            assert_eq!(f.kind().savepoint_format(), Some(f));
+            assert_eq!(f.as_str().parse::<SavepointFormat>().unwrap(), f);
+        }
+        assert!("rocksdb".parse::<SavepointFormat>().is_err());
     }
 }

@@ -1738,7 +1738,7 @@ pub(crate) mod tests {
 
     /// The worked example of `format-spec/metadata.md`, byte for byte.
     const SAMPLE_HEX: &str = concat!(
-        "54444d4b434b50540200000002000000",
+        "54444d4b434b50540300000002000000",
         "00000000046a6f6231000068e5cf8b01",
         "0000fa68e5cf8b010000030373726300",
         "010400000000030000000001066d656d",
@@ -1759,7 +1759,7 @@ pub(crate) mod tests {
         "686b2d322f77696e5f311e0000000000",
         "0000040302010200000000000000000c",
         "00000000000000000102696e01302a00",
-        "00000000000001016b01768f883866",
+        "00000000000001016b01761a782856",
     );
 
     #[test]
@@ -1782,7 +1782,7 @@ pub(crate) mod tests {
     fn sample_round_trips_and_validates() {
         let m = sample();
         let b = m.encode();
-        assert_eq!(Metadata::version_of(&b), Some(2));
+        assert_eq!(Metadata::version_of(&b), Some(3));
         assert_eq!(Metadata::decode(&b, p()).unwrap(), m);
         m.validate(p()).unwrap();
         assert_eq!(m.shared_paths().len(), 1);
@@ -1822,7 +1822,7 @@ pub(crate) mod tests {
         b[0] = b'X';
         let e = Metadata::decode(&b, p()).unwrap_err().to_string();
         assert!(e.contains("bad magic") && e.contains("offset 0"), "{e}");
-        for (v, who) in [(3u8, "newer"), (0, "unknown")] {
+        for (v, who) in [(4u8, "newer"), (0, "unknown")] {
             let mut b = sample().encode();
             b[VERSION_OFFSET] = v;
             let e = Metadata::decode(&b, p()).unwrap_err().to_string();
@@ -2036,9 +2036,9 @@ pub(crate) mod tests {
         // An unknown keyed-state kind: the byte before the backend `lsm`.
         let lsm_at = b.windows(4).position(|w| w == b"\x03lsm").unwrap();
         let mut x = b[..b.len() - CRC_BYTES].to_vec();
-        x[lsm_at - 1] = 4;
+        x[lsm_at - 1] = 5;
         let e = Metadata::decode(&reseal(x), p()).unwrap_err().to_string();
-        assert!(e.contains("unknown keyed-state handle kind 4"), "{e}");
+        assert!(e.contains("unknown keyed-state handle kind 5"), "{e}");
     }
 
     #[test]
@@ -2388,7 +2388,7 @@ pub(crate) mod tests {
         (
             any::<u64>(),
             "[A-Za-z0-9_-]{1,64}",
-            0u8..3,
+            0u8..4,
             any::<u64>(),
             any::<u64>(),
         )
@@ -2413,17 +2413,166 @@ pub(crate) mod tests {
                 )
             })
             .prop_map(
-                |((id, job, kind, t0, t1), operators, source_offsets, properties)| Metadata {
-                    checkpoint_id: CheckpointId(id),
-                    job_id: JobId::new(job).unwrap(),
-                    kind: CheckpointKind::from_byte(kind).unwrap(),
-                    trigger_timestamp_ms: t0,
-                    completion_timestamp_ms: t1,
-                    operator_states: operators.into_iter().flatten().collect(),
-                    source_offsets,
-                    properties,
+                |((id, job, kind, t0, t1), operators, source_offsets, properties)| {
+                    let mut m = Metadata {
+                        checkpoint_id: CheckpointId(id),
+                        job_id: JobId::new(job).unwrap(),
+                        kind: CheckpointKind::from_byte(kind).unwrap(),
+                        trigger_timestamp_ms: t0,
+                        completion_timestamp_ms: t1,
+                        operator_states: operators.into_iter().flatten().collect(),
+                        source_offsets,
+                        properties,
+                    };
+                    if m.kind.is_savepoint() {
+                        as_savepoint(&mut m);
+                    }
+                    m
                 },
             )
+    }
+
+    /// Makes a checkpoint's content a self-contained savepoint's of `m.kind`: every file in
+    /// the savepoint directory; in a canonical savepoint every keyed-state file a
+    /// canonical file (and no other keyed state).
+    fn as_savepoint(m: &mut Metadata) {
+        let canonical = m.kind == CheckpointKind::CanonicalSavepoint;
+        let relocate = |f: &mut FileHandle| {
+            f.role = FileRole::Savepoint;
+            f.path = f
+                .path
+                .split_once('/')
+                .map_or(f.path.clone(), |(_, rest)| rest.to_string());
+        };
+        for s in &mut m.operator_states {
+            if canonical {
+                s.keyed_state.retain_mut(|h| {
+                    match std::mem::replace(
+                        &mut h.state,
+                        KeyedState::KeyGroupsInline {
+                            bytes: Vec::new(),
+                            offsets: Vec::new(),
+                        },
+                    ) {
+                        KeyedState::KeyGroupsFile { file, offsets } => {
+                            h.state = KeyedState::CanonicalFile { file, offsets };
+                            true
+                        }
+                        _ => false,
+                    }
+                });
+            }
+            for h in &mut s.keyed_state {
+                match &mut h.state {
+                    KeyedState::IncrementalLsm(set) => {
+                        relocate(&mut set.manifest);
+                        set.tables.iter_mut().for_each(relocate);
+                    }
+                    KeyedState::KeyGroupsFile { file, .. }
+                    | KeyedState::CanonicalFile { file, .. } => relocate(file),
+                    KeyedState::KeyGroupsInline { .. } => {}
+                }
+            }
+            for h in &mut s.operator_state {
+                if let StateData::File(f) = &mut h.data {
+                    relocate(f);
+                }
+            }
+        }
+    }
+
+    /// A canonical savepoint: files in its own directory, a canonical keyed-state file and
+    /// inline operator state.
+    fn savepoint_sample() -> Metadata {
+        let mut m = sample();
+        m.kind = CheckpointKind::CanonicalSavepoint;
+        as_savepoint(&mut m);
+        m
+    }
+
+    #[test]
+    fn a_savepoint_round_trips_and_its_rules_are_checked() {
+        let m = savepoint_sample();
+        let b = m.encode();
+        assert_eq!(Metadata::decode(&b, p()).unwrap(), m);
+        let files: Vec<_> = m
+            .file_handles()
+            .map(|f| (f.role, f.path.as_str()))
+            .collect();
+        assert_eq!(files, [(FileRole::Savepoint, "win_1")]);
+
+        // A savepoint file in a checkpoint, a checkpoint file in a savepoint.
+        let mut bad = m.clone();
+        bad.kind = CheckpointKind::Full;
+        let e = Metadata::decode(&bad.encode(), p())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("role savepoint") && e.contains("win_1"), "{e}");
+        let mut bad = sample();
+        bad.kind = CheckpointKind::Savepoint;
+        let e = Metadata::decode(&bad.encode(), p())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("its own directory") && e.contains("role shared"),
+            "{e}"
+        );
+        // A canonical file in a native savepoint; native keyed state in a canonical one.
+        let mut bad = m.clone();
+        bad.kind = CheckpointKind::Savepoint;
+        let e = Metadata::decode(&bad.encode(), p())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("canonical-file") && e.contains("win_1"), "{e}");
+        let mut native = sample();
+        native.kind = CheckpointKind::Savepoint;
+        as_savepoint(&mut native);
+        Metadata::decode(&native.encode(), p()).unwrap();
+        native.kind = CheckpointKind::CanonicalSavepoint;
+        let e = Metadata::decode(&native.encode(), p())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("incremental-lsm") && e.contains("canonical savepoints only"),
+            "{e}"
+        );
+        // `_metadata` itself is no savepoint file.
+        let mut bad = m.clone();
+        for s in &mut bad.operator_states {
+            for h in &mut s.keyed_state {
+                if let KeyedState::CanonicalFile { file, .. } = &mut h.state {
+                    file.path = METADATA_FILE_NAME.into();
+                }
+            }
+        }
+        assert!(matches!(
+            Metadata::decode(&bad.encode(), p()),
+            Err(Error::UnsafePath { .. })
+        ));
+    }
+
+    #[test]
+    fn what_version_3_added_is_refused_in_older_versions() {
+        // The savepoint bytes relabelled as version 2: the canonical kind is unknown there.
+        let b = savepoint_sample().encode();
+        let mut x = b[..b.len() - CRC_BYTES].to_vec();
+        x[VERSION_OFFSET] = 2;
+        let e = Metadata::decode(&reseal(x), p()).unwrap_err().to_string();
+        assert!(e.contains("unknown checkpoint kind 3"), "{e}");
+        // A native savepoint of version 2 keeps version 2's rules: files in its job
+        // directory, and no savepoint role.
+        let mut native = sample();
+        native.kind = CheckpointKind::Savepoint;
+        let mut x = native.encode();
+        x.truncate(x.len() - CRC_BYTES);
+        x[VERSION_OFFSET] = 2;
+        assert_eq!(Metadata::decode(&reseal(x), p()).unwrap(), native);
+        as_savepoint(&mut native);
+        let mut x = native.encode();
+        x.truncate(x.len() - CRC_BYTES);
+        x[VERSION_OFFSET] = 2;
+        let e = Metadata::decode(&reseal(x), p()).unwrap_err().to_string();
+        assert!(e.contains("only a version 3 savepoint"), "{e}");
     }
 
     proptest! {
