@@ -573,8 +573,8 @@ fn restore_canonical(
     r: &RestoreFrom<'_>,
 ) -> Result<()> {
     let range = backend.key_groups();
-    check_coverage(info, range, r)?;
     check_max_parallelism(info, r)?;
+    check_coverage(info, range, r)?;
     for st in r.subtasks {
         for h in &st.keyed_state {
             if h.key_groups.end < range.start || range.end < h.key_groups.start {
