@@ -101,6 +101,13 @@ pub enum Error {
     /// The store was closed.
     #[error("store is closed")]
     Closed,
+    /// A job's attempt was cancelled (after a failure elsewhere, or on request).
+    #[error("cancelled")]
+    Cancelled,
+    /// A stream job failed: a subtask's error or panic, or a checkpointing limit; the
+    /// message names the subtask.
+    #[error("{0}")]
+    Job(String),
 }
 
 impl Error {

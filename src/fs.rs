@@ -893,6 +893,21 @@ pub fn write_atomic(fs: &dyn FileSystem, path: &Path, data: &[u8]) -> Result<()>
     fs.sync_dir(parent_dir(path))
 }
 
+/// Replaces `path` with `data` through a temporary file that is fsynced before the
+/// rename, but does not fsync the directory: after a crash the file holds the old bytes or
+/// the new ones in full, never a torn or empty file, though the last replacement (or a
+/// first creation) may be lost. For advisory files rewritten often, such as a job's
+/// checkpoint statistics, where an older version after a power loss is harmless and a
+/// directory fsync per update is not worth its cost.
+pub fn write_replace(fs: &dyn FileSystem, path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    let mut f = fs.create(&tmp)?;
+    f.append(data)?;
+    f.sync()?;
+    drop(f);
+    fs.rename(&tmp, path)
+}
+
 /// The temporary name [`write_atomic`] uses for `path`.
 pub fn temp_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();

@@ -62,5 +62,6 @@ pub mod fault;
 pub mod fs;
 pub mod lsm;
 pub mod state;
+pub mod stream;
 
 pub use error::{Error, Result};

@@ -14,30 +14,39 @@
 //! checksums and metadata; it never knows how a state backend lays out keys, and it never
 //! depends on the LSM store.
 
+pub mod config;
 pub mod ids;
 pub mod metadata;
 pub mod path;
+pub mod pending;
+mod registry;
 pub mod restore;
+pub mod retention;
 pub mod savepoint;
+pub mod stats;
 pub mod storage;
 pub mod store;
 pub mod target;
 pub mod verify;
 
+pub use config::{CheckpointConfig, ExternalizedCleanup, JobTermination};
 pub use ids::{CheckpointId, CheckpointKind, JobId, KeyGroupRange, SavepointFormat};
 pub use metadata::{
     FileHandle, FileRole, KeyedState, KeyedStateHandle, LsmFileSet, Metadata, NamedOperatorState,
     OperatorStateHandle, OperatorSubtaskState, RedistributionMode, SourceOffset, StateData,
     MAX_METADATA_BYTES, METADATA_FILE_NAME,
 };
+pub use path::{SHARED_DIR, TASKOWNED_DIR};
+pub use pending::{CheckpointContent, CompletedCheckpoint, PendingCheckpoint};
 pub use restore::{resolve, resolve_verified, ResolvedCheckpoint, RestoreInfo, RestoreMode};
+pub use retention::RetentionReport;
 pub use savepoint::{CompletedSavepoint, PendingSavepoint};
-pub use storage::{file_checksum, CheckpointStorage, FileChecksum, LocalStorage, JOB_LOCK_FILE};
-pub use store::{
-    CheckpointConfig, CheckpointContent, CheckpointStats, CheckpointStore, CheckpointSummary,
-    CompletedCheckpoint, ExternalizedCleanup, JobTermination, OpenReport, PendingCheckpoint,
-    RetentionReport,
+pub use stats::{
+    recorded_placement, CheckpointStats, CheckpointSummary, PLACED_BYTES_PROPERTY,
+    PLACED_FILES_PROPERTY,
 };
+pub use storage::{file_checksum, CheckpointStorage, FileChecksum, LocalStorage, JOB_LOCK_FILE};
+pub use store::{CheckpointStore, OpenReport};
 pub use target::SnapshotTarget;
 pub use verify::{verify, verify_files, VerifyReport};
 

@@ -13,6 +13,11 @@ use super::ids::CheckpointId;
 use super::metadata::FileRole;
 use crate::error::{Error, Result};
 
+/// The directory of shared files, relative to the job directory.
+pub const SHARED_DIR: &str = "shared";
+/// The directory of task-owned files, relative to the job directory.
+pub const TASKOWNED_DIR: &str = "taskowned";
+
 /// Why a relative storage path is lexically unsafe, or `None` when it is a sequence of
 /// normal components.
 pub fn lexical_problem(entry: &str) -> Option<String> {

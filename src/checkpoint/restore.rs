@@ -61,7 +61,7 @@ impl FromStr for RestoreMode {
     }
 }
 
-/// Where a job was restored from, for [`super::store::CheckpointConfig::restored`].
+/// Where a job was restored from, for [`super::CheckpointConfig::restored`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreInfo {
     /// The restored checkpoint's job directory.

@@ -7,198 +7,24 @@
 //! chosen so that a crash at any point leaves each retained checkpoint whole, and at worst
 //! unreferenced leftovers that the next open deletes (see `format-spec/checkpoint-layout.md`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::config::{CheckpointConfig, JobTermination};
 use super::ids::{CheckpointId, CheckpointKind};
-use super::metadata::{
-    FileHandle, FileRole, Metadata, OperatorSubtaskState, SourceOffset, MAX_METADATA_BYTES,
-    METADATA_FILE_NAME,
-};
-use super::path::lexical_problem;
-use super::restore::{RestoreInfo, RestoreMode};
+use super::metadata::{Metadata, MAX_METADATA_BYTES, METADATA_FILE_NAME};
+use super::path::{SHARED_DIR, TASKOWNED_DIR};
+use super::pending::PendingCheckpoint;
+use super::registry::{is_shared_name, Registry};
+use super::restore::RestoreMode;
+use super::retention::{delete_shared, describe_kind, discard, retain, RetentionReport};
+use super::stats::{derived_stats, summarize, CheckpointStats, CheckpointSummary};
 use super::storage::CheckpointStorage;
-use crate::codec;
 use crate::error::{Error, Result};
-use crate::fs::{DirEntryInfo, EntryKind, FileLock, Placement};
-
-/// The directory of shared files, relative to the job directory.
-pub const SHARED_DIR: &str = "shared";
-/// The directory of task-owned files, relative to the job directory.
-pub const TASKOWNED_DIR: &str = "taskowned";
-/// Longest sanitized owner kept in a shared file's name.
-const OWNER_NAME_MAX_BYTES: usize = 64;
-/// Longest sanitized stem kept in a shared file's name.
-const STEM_NAME_MAX_BYTES: usize = 128;
-/// How many alternative names are tried before a placement gives up.
-const NAME_ATTEMPTS_MAX: u32 = 1000;
-
-/// What happens to retained checkpoints when the job ends (Flink's
-/// `execution.checkpointing.externalized-checkpoint-retention`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ExternalizedCleanup {
-    /// `NO_EXTERNALIZED_CHECKPOINTS`: checkpoints are deleted whenever the job terminates
-    /// (a crash of the process deletes nothing, of course).
-    #[default]
-    NoExternalized,
-    /// `RETAIN_ON_CANCELLATION`: kept when the job is cancelled or fails; deleted when it
-    /// finishes.
-    RetainOnCancellation,
-    /// `DELETE_ON_CANCELLATION`: deleted when the job is cancelled or finishes; kept when
-    /// it fails or is suspended.
-    DeleteOnCancellation,
-}
-
-impl ExternalizedCleanup {
-    /// Flink's name of the setting value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExternalizedCleanup::NoExternalized => "NO_EXTERNALIZED_CHECKPOINTS",
-            ExternalizedCleanup::RetainOnCancellation => "RETAIN_ON_CANCELLATION",
-            ExternalizedCleanup::DeleteOnCancellation => "DELETE_ON_CANCELLATION",
-        }
-    }
-
-    /// Whether the retained checkpoints are deleted when the job ends with `how`
-    /// (Flink's `CheckpointProperties` discard flags).
-    pub fn discards_on(self, how: JobTermination) -> bool {
-        use JobTermination::*;
-        match self {
-            ExternalizedCleanup::NoExternalized => true,
-            ExternalizedCleanup::RetainOnCancellation => how == Finished,
-            ExternalizedCleanup::DeleteOnCancellation => matches!(how, Finished | Cancelled),
-        }
-    }
-}
-
-impl FromStr for ExternalizedCleanup {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_uppercase().replace('-', "_").as_str() {
-            "NO_EXTERNALIZED_CHECKPOINTS" | "NO_EXTERNALIZED" => {
-                Ok(ExternalizedCleanup::NoExternalized)
-            }
-            "RETAIN_ON_CANCELLATION" => Ok(ExternalizedCleanup::RetainOnCancellation),
-            "DELETE_ON_CANCELLATION" => Ok(ExternalizedCleanup::DeleteOnCancellation),
-            _ => Err(Error::InvalidOptions(format!(
-                "externalized-checkpoint-retention {s:?}: expected NO_EXTERNALIZED_CHECKPOINTS, \
-                 RETAIN_ON_CANCELLATION or DELETE_ON_CANCELLATION"
-            ))),
-        }
-    }
-}
-
-/// How a job ended, for [`CheckpointStore::shutdown`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobTermination {
-    /// All input was processed.
-    Finished,
-    /// The user cancelled the job.
-    Cancelled,
-    /// The job failed and will not be restarted.
-    Failed,
-    /// The job was stopped to be resumed elsewhere.
-    Suspended,
-}
-
-/// Options of a [`CheckpointStore`]. Plain values with Flink's defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckpointConfig {
-    /// Completed checkpoints to keep (default 1; keys `execution.checkpointing.num-retained`
-    /// and `state.checkpoints.num-retained`). Must be at least 1.
-    pub num_retained: usize,
-    /// What happens to retained checkpoints when the job ends (default
-    /// [`ExternalizedCleanup::NoExternalized`]).
-    pub cleanup: ExternalizedCleanup,
-    /// Set when the job was started from a checkpoint: where from, and in which mode.
-    pub restored: Option<RestoreInfo>,
-}
-
-impl Default for CheckpointConfig {
-    fn default() -> Self {
-        CheckpointConfig {
-            num_retained: 1,
-            cleanup: ExternalizedCleanup::NoExternalized,
-            restored: None,
-        }
-    }
-}
-
-impl CheckpointConfig {
-    /// Applies one `key = value` setting. Returns `Ok(false)` for a key this config does
-    /// not know (so a caller can offer it to others), and an error for a bad value.
-    pub fn set(&mut self, key: &str, value: &str) -> Result<bool> {
-        match key {
-            "execution.checkpointing.num-retained" | "state.checkpoints.num-retained" => {
-                self.num_retained = value.trim().parse().map_err(|_| {
-                    Error::InvalidOptions(format!("{key} = {value:?}: not a whole number"))
-                })?;
-            }
-            "execution.checkpointing.externalized-checkpoint-retention" => {
-                self.cleanup = value.parse()?;
-            }
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-
-    /// Checks the options once, at open.
-    pub fn validate(&self) -> Result<()> {
-        if self.num_retained == 0 {
-            return Err(Error::InvalidOptions(
-                "execution.checkpointing.num-retained must be at least 1".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// What a checkpoint wrote and what it merely referenced.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CheckpointStats {
-    /// Files written into the storage by this checkpoint (shared and private).
-    pub files_placed: u64,
-    /// Bytes of those files.
-    pub bytes_placed: u64,
-    /// Shared files reused from earlier checkpoints (or earlier in this one) without I/O.
-    pub files_referenced: u64,
-    /// Bytes of those files.
-    pub bytes_referenced: u64,
-    /// Placements done by hard link.
-    pub files_linked: u64,
-    /// Placements done by copying.
-    pub files_copied: u64,
-    /// Private files written from memory.
-    pub files_written: u64,
-}
-
-/// The parts of `_metadata` that the caller supplies at commit; the store fills in the
-/// id, job, kind and timestamps.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CheckpointContent {
-    /// Per operator subtask state, whose handles come from this pending checkpoint.
-    pub operator_states: Vec<OperatorSubtaskState>,
-    /// Source positions.
-    pub source_offsets: Vec<SourceOffset>,
-    /// Free-form properties.
-    pub properties: Vec<(String, String)>,
-}
-
-/// What retention deleted, and what it could not.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RetentionReport {
-    /// Checkpoints that were subsumed and deleted.
-    pub discarded: Vec<CheckpointId>,
-    /// Shared files deleted because no retained checkpoint referenced them any more.
-    pub shared_files_deleted: Vec<String>,
-    /// Deletions that failed; what they left behind is an unreferenced leftover that the
-    /// next open deletes.
-    pub errors: Vec<String>,
-}
+use crate::fs::{EntryKind, FileLock};
 
 /// What [`CheckpointStore::open`] found and cleaned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -220,93 +46,35 @@ pub struct OpenReport {
     pub retention: RetentionReport,
 }
 
-/// One retained checkpoint, as [`CheckpointStore::list`] shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckpointSummary {
-    /// Its id.
-    pub id: CheckpointId,
-    /// Its kind.
-    pub kind: CheckpointKind,
-    /// When it was triggered (unix ms).
-    pub trigger_timestamp_ms: u64,
-    /// When its `_metadata` was written (unix ms).
-    pub completion_timestamp_ms: u64,
-    /// Distinct files it references.
-    pub files_total: u64,
-    /// Bytes of those files plus inline state (Flink's `state_size`).
-    pub bytes_total: u64,
-    /// Files it placed itself. For checkpoints found at open this is derived: private
-    /// files plus shared files no older retained checkpoint references.
-    pub files_placed: u64,
-    /// Bytes it placed plus inline state (Flink's `checkpointed_size`).
-    pub bytes_placed: u64,
-    /// Its directory (Flink's `external_path`).
-    pub external_path: PathBuf,
-    /// False for a checkpoint this job must not delete (restored in no-claim mode).
-    pub owned: bool,
-}
-
-/// A checkpoint that was committed.
-#[derive(Debug, Clone)]
-pub struct CompletedCheckpoint {
-    /// What was written to `_metadata`.
-    pub metadata: Metadata,
-    /// What it placed and referenced.
-    pub stats: CheckpointStats,
-    /// Its directory.
-    pub external_path: PathBuf,
-    /// What retention did after it.
-    pub retention: RetentionReport,
-}
-
-/// Identity of a placed shared file: same owner, same name, same size and crc32c means the
-/// same immutable file, which can be referenced instead of placed again.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Identity {
-    owner: String,
-    local_name: String,
-    size: u64,
-    crc32c: u32,
-}
-
+/// A retained checkpoint.
 #[derive(Debug)]
-struct SharedEntry {
-    identity: Option<Identity>,
-    size: u64,
-    crc32c: u32,
-    /// Completed and pending checkpoints that reference the file (each counts once).
-    refs: u32,
-    /// False for files of checkpoints this job does not own: never deleted, never reused.
-    owned: bool,
+pub(super) struct Completed {
+    pub(super) metadata: Metadata,
+    pub(super) stats: CheckpointStats,
+    pub(super) owned: bool,
 }
 
-#[derive(Debug)]
-struct Completed {
-    metadata: Metadata,
-    stats: CheckpointStats,
-    owned: bool,
-}
-
+/// The store's state under its one lock.
 #[derive(Debug, Default)]
-struct Inner {
-    closed: bool,
-    last_id: Option<CheckpointId>,
-    completed: BTreeMap<CheckpointId, Completed>,
-    pending: BTreeSet<CheckpointId>,
-    shared: BTreeMap<String, SharedEntry>,
-    by_identity: HashMap<Identity, String>,
+pub(super) struct Inner {
+    pub(super) closed: bool,
+    pub(super) last_id: Option<CheckpointId>,
+    pub(super) completed: BTreeMap<CheckpointId, Completed>,
+    pub(super) pending: BTreeSet<CheckpointId>,
+    pub(super) registry: Registry,
     /// The next checkpoint places everything anew (first after a no-claim restore).
-    force_full_next: bool,
+    pub(super) force_full_next: bool,
 }
 
+/// What the store and its pending checkpoints share.
 #[derive(Debug)]
-struct Core {
+pub(super) struct Core {
     /// The job directory's owner lock, held as long as the store or a pending checkpoint
     /// of it lives.
-    owner: Mutex<Option<FileLock>>,
-    storage: Arc<dyn CheckpointStorage>,
-    config: CheckpointConfig,
-    inner: Mutex<Inner>,
+    pub(super) owner: Mutex<Option<FileLock>>,
+    pub(super) storage: Arc<dyn CheckpointStorage>,
+    pub(super) config: CheckpointConfig,
+    pub(super) inner: Mutex<Inner>,
 }
 
 /// The checkpoints of one job in one [`CheckpointStorage`].
@@ -316,66 +84,15 @@ pub struct CheckpointStore {
     report: OpenReport,
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
-fn metadata_rel(id: CheckpointId) -> String {
+pub(super) fn metadata_rel(id: CheckpointId) -> String {
     format!("{}/{METADATA_FILE_NAME}", id.dir_name())
-}
-
-/// Keeps `[A-Za-z0-9_.]` (and `-` when `dash` is true), maps the rest to `_`, truncates.
-fn sanitize(s: &str, dash: bool, max_bytes: usize) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|ch| {
-            if ch.is_ascii_alphanumeric() || ch == '_' || ch == '.' || (dash && ch == '-') {
-                ch
-            } else {
-                '_'
-            }
-        })
-        .take(max_bytes)
-        .collect();
-    if out.is_empty() {
-        out.push('_');
-    }
-    out
-}
-
-/// `<owner>-<stem>-<crc:08x>[.<ext>]`, plus `suffix` before the extension. The owner never
-/// contains `-`, so the owner can be read back as the part before the first `-`.
-fn shared_name(owner: &str, local_name: &str, crc32c: u32, suffix: &str) -> String {
-    let base = local_name.rsplit('/').next().unwrap_or(local_name);
-    let (stem, ext) = match base.rfind('.') {
-        Some(i) if i > 0 && i + 1 < base.len() => (&base[..i], &base[i + 1..]),
-        _ => (base, ""),
-    };
-    let stem = sanitize(stem, true, STEM_NAME_MAX_BYTES);
-    let mut name = format!("{owner}-{stem}-{crc32c:08x}{suffix}");
-    if !ext.is_empty() {
-        name.push('.');
-        name.push_str(&sanitize(ext, true, 16));
-    }
-    name
-}
-
-/// The identity of a shared file found in a `_metadata`, when its name carries an owner.
-fn identity_of(f: &FileHandle) -> Option<Identity> {
-    let name = f.path.strip_prefix("shared/")?;
-    if name.contains('/') {
-        return None;
-    }
-    let (owner, _) = name.split_once('-')?;
-    Some(Identity {
-        owner: owner.to_string(),
-        local_name: f.local_name.clone(),
-        size: f.size,
-        crc32c: f.crc32c,
-    })
 }
 
 /// Same directory, comparing canonical forms when both exist.
@@ -384,130 +101,6 @@ fn same_dir(a: &Path, b: &Path) -> bool {
         (Ok(x), Ok(y)) => x == y,
         _ => a == b,
     }
-}
-
-impl Inner {
-    /// Adds one reference from a checkpoint to the shared file `f`.
-    fn add_ref(&mut self, f: &FileHandle, owned: bool) {
-        let e = self
-            .shared
-            .entry(f.path.clone())
-            .or_insert_with(|| SharedEntry {
-                identity: identity_of(f),
-                size: f.size,
-                crc32c: f.crc32c,
-                refs: 0,
-                owned,
-            });
-        if e.size != f.size || e.crc32c != f.crc32c {
-            tracing::warn!(
-                path = %f.path,
-                "retained checkpoints disagree on the size or crc32c of a shared file"
-            );
-        }
-        e.refs = e.refs.saturating_add(1);
-        e.owned &= owned;
-        if e.owned {
-            if let Some(id) = &e.identity {
-                self.by_identity.insert(id.clone(), f.path.clone());
-            }
-        }
-    }
-
-    /// Drops one reference to `path`; returns true when the file is now unreferenced and
-    /// ours to delete (its entry is then removed).
-    fn release(&mut self, path: &str) -> bool {
-        let Some(e) = self.shared.get_mut(path) else {
-            return false;
-        };
-        e.refs = e.refs.saturating_sub(1);
-        if e.refs > 0 {
-            return false;
-        }
-        let owned = e.owned;
-        let identity = e.identity.clone();
-        self.shared.remove(path);
-        if let Some(id) = identity {
-            if self.by_identity.get(&id).map(String::as_str) == Some(path) {
-                self.by_identity.remove(&id);
-                // Fall back to another live copy of the same file, newest name last.
-                let other = self
-                    .shared
-                    .iter()
-                    .rev()
-                    .find(|(_, e)| e.owned && e.identity.as_ref() == Some(&id))
-                    .map(|(p, _)| p.clone());
-                if let Some(p) = other {
-                    self.by_identity.insert(id, p);
-                }
-            }
-        }
-        owned
-    }
-}
-
-/// Deletes the files in `paths` and makes the deletions durable; errors go to `errors`.
-fn delete_shared(storage: &dyn CheckpointStorage, paths: &[String], errors: &mut Vec<String>) {
-    if paths.is_empty() {
-        return;
-    }
-    for p in paths {
-        // Only a regular file is deleted: a link, a directory or anything else found
-        // under a referenced name is not what the store placed there.
-        match storage.entry_kind(p) {
-            Ok(Some(EntryKind::File)) | Ok(None) => {}
-            Ok(Some(kind)) => {
-                errors.push(format!(
-                    "{} is {}, not the file placed there; left alone",
-                    storage.display_path(p).display(),
-                    describe_kind(kind)
-                ));
-                continue;
-            }
-            Err(e) => {
-                errors.push(format!("stat {}: {e}", storage.display_path(p).display()));
-                continue;
-            }
-        }
-        if let Err(e) = storage.delete_file(p) {
-            errors.push(format!("delete {}: {e}", storage.display_path(p).display()));
-        }
-    }
-    if let Err(e) = storage.sync_dir(SHARED_DIR) {
-        errors.push(format!("sync {SHARED_DIR}: {e}"));
-    }
-}
-
-/// What an entry kind is, in words.
-fn describe_kind(kind: EntryKind) -> String {
-    DirEntryInfo {
-        name: String::new(),
-        utf8: true,
-        kind,
-    }
-    .describe()
-}
-
-/// True when `name` is one the store gives shared files:
-/// `<owner>-<stem>-<crc32c:08x>[-c<N>[-<k>]][.<ext>]` (see [`shared_name`]).
-fn is_shared_name(name: &str) -> bool {
-    let stem = match name.rsplit_once('.') {
-        Some((base, ext)) if !ext.is_empty() && !ext.contains('-') => base,
-        _ => name,
-    };
-    let tokens: Vec<&str> = stem.split('-').collect();
-    let hex8 = |t: &str| t.len() == 8 && t.bytes().all(|b| b.is_ascii_hexdigit());
-    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
-    let copy = |t: &str| t.strip_prefix('c').is_some_and(digits);
-    let n = tokens.len();
-    let crc_at = if n >= 5 && digits(tokens[n - 1]) && copy(tokens[n - 2]) {
-        n - 3
-    } else if n >= 4 && copy(tokens[n - 1]) {
-        n - 2
-    } else {
-        n.wrapping_sub(1)
-    };
-    crc_at >= 2 && crc_at < n && hex8(tokens[crc_at]) && !tokens[0].is_empty()
 }
 
 /// Deletes the unfinished checkpoint `id` (a directory without `_metadata`): the regular
@@ -538,136 +131,6 @@ fn delete_unfinished(
     }
     storage.delete_dir(&dir)?;
     Ok(true)
-}
-
-/// Deletes checkpoint `id`: `_metadata` first (made durable, so the checkpoint stops
-/// existing before anything it references goes), then its directory, then the shared files
-/// no other checkpoint references.
-fn discard(
-    inner: &mut Inner,
-    storage: &dyn CheckpointStorage,
-    id: CheckpointId,
-    report: &mut RetentionReport,
-) -> bool {
-    let dir = id.dir_name();
-    if let Err(e) = storage.delete_file(&metadata_rel(id)) {
-        report.errors.push(format!(
-            "delete {}: {e}",
-            storage.display_path(&metadata_rel(id)).display()
-        ));
-        return false;
-    }
-    let Some(done) = inner.completed.remove(&id) else {
-        return false;
-    };
-    report.discarded.push(id);
-    crate::failpoint::hit("retention.checkpoint_removed");
-    if let Err(e) = storage.sync_dir(&dir) {
-        // The deletion of `_metadata` may not be durable: keep its shared files (they
-        // become leftovers for the next open rather than holes in a checkpoint that could
-        // reappear after a crash).
-        report.errors.push(format!("sync {dir}: {e}"));
-        return true;
-    }
-    if let Err(e) = storage.delete_dir(&dir) {
-        report.errors.push(format!("delete {dir}: {e}"));
-    }
-    if !done.owned {
-        return true;
-    }
-    let mut unreferenced = Vec::new();
-    for p in done.metadata.shared_paths() {
-        if inner.release(p) {
-            unreferenced.push(p.to_string());
-        }
-    }
-    delete_shared(storage, &unreferenced, &mut report.errors);
-    report.shared_files_deleted.extend(unreferenced);
-    true
-}
-
-/// Keeps the newest `num_retained` owned checkpoints and discards the others.
-fn retain(
-    inner: &mut Inner,
-    storage: &dyn CheckpointStorage,
-    num_retained: usize,
-) -> RetentionReport {
-    let mut report = RetentionReport::default();
-    loop {
-        let owned: Vec<CheckpointId> = inner
-            .completed
-            .iter()
-            .filter(|(_, c)| c.owned)
-            .map(|(id, _)| *id)
-            .collect();
-        if owned.len() <= num_retained {
-            break;
-        }
-        let Some(&oldest) = owned.first() else { break };
-        if !discard(inner, storage, oldest, &mut report) {
-            break;
-        }
-    }
-    for e in &report.errors {
-        tracing::warn!("checkpoint retention: {e}");
-    }
-    report
-}
-
-/// The `_metadata` property recording how many files a checkpoint placed (the rest of its
-/// files it referenced, placed by earlier checkpoints).
-pub const PLACED_FILES_PROPERTY: &str = "tidemark.files_placed";
-/// The `_metadata` property recording the bytes of the files a checkpoint placed.
-pub const PLACED_BYTES_PROPERTY: &str = "tidemark.bytes_placed";
-
-/// The files and bytes a checkpoint placed, as its `_metadata` records them (written by
-/// every commit; `None` for a `_metadata` that does not record them).
-pub fn recorded_placement(m: &Metadata) -> Option<(u64, u64)> {
-    let get = |key: &str| {
-        m.properties
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .and_then(|(_, v)| v.parse::<u64>().ok())
-    };
-    Some((get(PLACED_FILES_PROPERTY)?, get(PLACED_BYTES_PROPERTY)?))
-}
-
-/// Stats of a checkpoint found at open: what it references that no older retained
-/// checkpoint does counts as placed by it, unless its `_metadata` records what it placed
-/// (then the rest was referenced).
-fn derived_stats(m: &Metadata, older: &BTreeSet<String>) -> CheckpointStats {
-    let mut s = derived_from_files(m, older);
-    if let Some((files, bytes)) = recorded_placement(m) {
-        let all_files = s.files_placed + s.files_referenced;
-        let all_bytes = s.bytes_placed.saturating_add(s.bytes_referenced);
-        if files <= all_files && bytes <= all_bytes {
-            s.files_placed = files;
-            s.files_referenced = all_files - files;
-            s.bytes_placed = bytes;
-            s.bytes_referenced = all_bytes - bytes;
-        }
-    }
-    s
-}
-
-/// [`derived_stats`] from the files alone.
-fn derived_from_files(m: &Metadata, older: &BTreeSet<String>) -> CheckpointStats {
-    let mut s = CheckpointStats::default();
-    let mut seen = BTreeSet::new();
-    for f in m.file_handles() {
-        if !seen.insert(f.path.as_str()) {
-            continue;
-        }
-        if f.role == FileRole::Shared && older.contains(&f.path) {
-            s.files_referenced += 1;
-            s.bytes_referenced = s.bytes_referenced.saturating_add(f.size);
-        } else {
-            s.files_placed += 1;
-            s.bytes_placed = s.bytes_placed.saturating_add(f.size);
-        }
-    }
-    s
 }
 
 impl CheckpointStore {
@@ -778,7 +241,7 @@ impl CheckpointStore {
             }
             for p in metadata.shared_paths() {
                 if let Some(f) = metadata.file_handles().find(|f| f.path == p) {
-                    inner.add_ref(&f.clone(), !foreign);
+                    inner.registry.add_ref(&f.clone(), !foreign);
                 }
             }
             report.retained.push(id);
@@ -799,7 +262,7 @@ impl CheckpointStore {
             let mut orphans = Vec::new();
             for e in storage.list_entries(SHARED_DIR)? {
                 let rel = format!("{SHARED_DIR}/{}", e.name);
-                if e.utf8 && inner.shared.contains_key(&rel) {
+                if e.utf8 && inner.registry.shared.contains_key(&rel) {
                     continue;
                 }
                 if e.is_plain_file() && is_shared_name(&e.name) {
@@ -887,18 +350,7 @@ impl CheckpointStore {
         self.core.storage.create_dir_all(&id.dir_name())?;
         inner.last_id = Some(id);
         inner.pending.insert(id);
-        Ok(PendingCheckpoint {
-            core: Arc::clone(&self.core),
-            id,
-            kind,
-            trigger_timestamp_ms: now_ms(),
-            referenced: BTreeSet::new(),
-            own: HashMap::new(),
-            private: BTreeSet::new(),
-            placed_shared: false,
-            stats: CheckpointStats::default(),
-            finished: false,
-        })
+        Ok(PendingCheckpoint::new(Arc::clone(&self.core), id, kind))
     }
 
     /// The retained checkpoints, oldest first.
@@ -935,7 +387,7 @@ impl CheckpointStore {
         Ok(names
             .into_iter()
             .map(|n| format!("{SHARED_DIR}/{n}"))
-            .filter(|p| !inner.shared.contains_key(p))
+            .filter(|p| !inner.registry.shared.contains_key(p))
             .collect())
     }
 
@@ -976,495 +428,12 @@ impl CheckpointStore {
     }
 }
 
-fn summarize(storage: &dyn CheckpointStorage, c: &Completed) -> CheckpointSummary {
-    let m = &c.metadata;
-    let mut seen = BTreeSet::new();
-    let (mut files, mut bytes) = (0u64, m.inline_bytes());
-    for f in m.file_handles() {
-        if seen.insert(f.path.as_str()) {
-            files += 1;
-            bytes = bytes.saturating_add(f.size);
-        }
-    }
-    CheckpointSummary {
-        id: m.checkpoint_id,
-        kind: m.kind,
-        trigger_timestamp_ms: m.trigger_timestamp_ms,
-        completion_timestamp_ms: m.completion_timestamp_ms,
-        files_total: files,
-        bytes_total: bytes,
-        files_placed: c.stats.files_placed,
-        bytes_placed: c.stats.bytes_placed.saturating_add(m.inline_bytes()),
-        external_path: storage.display_path(&m.checkpoint_id.dir_name()),
-        owned: c.owned,
-    }
-}
-
-/// A checkpoint being built: files are placed into it, then it is committed or aborted.
-/// Dropping it without either aborts it.
-#[derive(Debug)]
-pub struct PendingCheckpoint {
-    core: Arc<Core>,
-    id: CheckpointId,
-    kind: CheckpointKind,
-    trigger_timestamp_ms: u64,
-    /// Shared paths this checkpoint holds one reference on.
-    referenced: BTreeSet<String>,
-    /// Shared files placed or referenced by this checkpoint, by identity.
-    own: HashMap<Identity, FileHandle>,
-    /// Private paths placed or written.
-    private: BTreeSet<String>,
-    placed_shared: bool,
-    stats: CheckpointStats,
-    finished: bool,
-}
-
-impl PendingCheckpoint {
-    /// The checkpoint's id.
-    pub fn id(&self) -> CheckpointId {
-        self.id
-    }
-
-    /// The checkpoint's kind (see [`CheckpointStore::begin`]).
-    pub fn kind(&self) -> CheckpointKind {
-        self.kind
-    }
-
-    /// What was placed and referenced so far.
-    pub fn stats(&self) -> CheckpointStats {
-        self.stats
-    }
-
-    /// When the checkpoint was begun (unix ms).
-    pub fn trigger_timestamp_ms(&self) -> u64 {
-        self.trigger_timestamp_ms
-    }
-
-    /// Releases the job directory's owner lock as a crash of the process would, for tests
-    /// that simulate one by forgetting a pending checkpoint.
-    #[cfg(test)]
-    pub(crate) fn release_owner_lock_as_in_a_crash(&self) {
-        self.core.owner.lock().take();
-    }
-
-    /// Adds the immutable local file `local_path` (named `local_name` in the owner's
-    /// working directory, `size` bytes, crc32c `crc32c`) to the checkpoint's shared files.
-    ///
-    /// When a retained checkpoint, or this one, already references a file with the same
-    /// owner, name, size and crc32c, returns a handle to it without any I/O. Otherwise (and
-    /// always for a full checkpoint or savepoint) links or copies it into `shared/` under a
-    /// new name `<owner>-<stem>-<crc32c>.<ext>` and checks its size.
-    pub fn place_shared(
-        &mut self,
-        owner: &str,
-        local_path: &Path,
-        local_name: &str,
-        size: u64,
-        crc32c: u32,
-    ) -> Result<FileHandle> {
-        if let Some(reason) = lexical_problem(local_name) {
-            return Err(Error::InvalidArgument(format!(
-                "local name {local_name:?}: {reason}"
-            )));
-        }
-        let identity = Identity {
-            owner: sanitize(owner, false, OWNER_NAME_MAX_BYTES),
-            local_name: local_name.to_string(),
-            size,
-            crc32c,
-        };
-        if let Some(h) = self.own.get(&identity) {
-            self.stats.files_referenced += 1;
-            self.stats.bytes_referenced = self.stats.bytes_referenced.saturating_add(size);
-            return Ok(h.clone());
-        }
-        let storage = Arc::clone(&self.core.storage);
-        let path = {
-            let mut inner = self.core.inner.lock();
-            if inner.closed {
-                return Err(Error::Closed);
-            }
-            if self.kind.reuses_shared_files() {
-                if let Some(path) = inner.by_identity.get(&identity).cloned() {
-                    if let Some(e) = inner.shared.get_mut(&path) {
-                        if !self.referenced.contains(&path) {
-                            e.refs = e.refs.saturating_add(1);
-                            self.referenced.insert(path.clone());
-                        }
-                        let h = FileHandle {
-                            role: FileRole::Shared,
-                            local_name: local_name.to_string(),
-                            path,
-                            size,
-                            crc32c,
-                        };
-                        self.own.insert(identity, h.clone());
-                        self.stats.files_referenced += 1;
-                        self.stats.bytes_referenced =
-                            self.stats.bytes_referenced.saturating_add(size);
-                        return Ok(h);
-                    }
-                }
-            }
-            // Reserve a fresh name under the lock; the I/O happens outside it.
-            let path = self.free_name(&inner, storage.as_ref(), &identity)?;
-            inner.shared.insert(
-                path.clone(),
-                SharedEntry {
-                    identity: Some(identity.clone()),
-                    size,
-                    crc32c,
-                    refs: 1,
-                    owned: true,
-                },
-            );
-            self.referenced.insert(path.clone());
-            path
-        };
-        self.placed_shared = true;
-        match place_checked(storage.as_ref(), local_path, &path, size) {
-            Ok(placement) => {
-                let h = FileHandle {
-                    role: FileRole::Shared,
-                    local_name: local_name.to_string(),
-                    path: path.clone(),
-                    size,
-                    crc32c,
-                };
-                self.core
-                    .inner
-                    .lock()
-                    .by_identity
-                    .insert(identity.clone(), path);
-                self.own.insert(identity, h.clone());
-                self.count_placement(size, placement);
-                Ok(h)
-            }
-            Err(e) => {
-                self.referenced.remove(&path);
-                let unreferenced = self.core.inner.lock().release(&path);
-                if unreferenced {
-                    let _ = storage.delete_file(&path);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn free_name(
-        &self,
-        inner: &Inner,
-        storage: &dyn CheckpointStorage,
-        id: &Identity,
-    ) -> Result<String> {
-        let taken =
-            |p: &str| -> Result<bool> { Ok(inner.shared.contains_key(p) || storage.exists(p)?) };
-        let first = format!(
-            "{SHARED_DIR}/{}",
-            shared_name(&id.owner, &id.local_name, id.crc32c, "")
-        );
-        if !taken(&first)? {
-            return Ok(first);
-        }
-        for k in 0..NAME_ATTEMPTS_MAX {
-            let suffix = if k == 0 {
-                format!("-c{}", self.id)
-            } else {
-                format!("-c{}-{k}", self.id)
-            };
-            let p = format!(
-                "{SHARED_DIR}/{}",
-                shared_name(&id.owner, &id.local_name, id.crc32c, &suffix)
-            );
-            if !taken(&p)? {
-                return Ok(p);
-            }
-        }
-        Err(Error::InvalidArgument(format!(
-            "no free name in {SHARED_DIR}/ for {:?} of {:?}",
-            id.local_name, id.owner
-        )))
-    }
-
-    fn count_placement(&mut self, size: u64, placement: Placement) {
-        self.stats.files_placed += 1;
-        self.stats.bytes_placed = self.stats.bytes_placed.saturating_add(size);
-        match placement {
-            Placement::Linked => self.stats.files_linked += 1,
-            Placement::Copied => self.stats.files_copied += 1,
-        }
-    }
-
-    fn private_rel(&self, name: &str) -> Result<String> {
-        if let Some(reason) = lexical_problem(name) {
-            return Err(Error::InvalidArgument(format!(
-                "private file name {name:?}: {reason}"
-            )));
-        }
-        if name == METADATA_FILE_NAME || name.starts_with("_metadata") {
-            return Err(Error::InvalidArgument(format!(
-                "private file name {name:?} is reserved"
-            )));
-        }
-        let rel = format!("{}/{name}", self.id.dir_name());
-        if self.private.contains(&rel) {
-            return Err(Error::InvalidArgument(format!(
-                "private file {rel} was already placed"
-            )));
-        }
-        if let Some((parent, _)) = rel.rsplit_once('/') {
-            if parent != self.id.dir_name() {
-                self.core.storage.create_dir_all(parent)?;
-            }
-        }
-        Ok(rel)
-    }
-
-    /// Links or copies the local file `local_path` into `chk-<N>/<name>`; the handle's
-    /// size and crc32c are read from the placed file.
-    pub fn place_private(&mut self, local_path: &Path, name: &str) -> Result<FileHandle> {
-        self.check_open()?;
-        let rel = self.private_rel(name)?;
-        let storage = Arc::clone(&self.core.storage);
-        let placement = storage.place_file(local_path, &rel)?;
-        self.private.insert(rel.clone());
-        let sum = storage.checksum(&rel, u64::MAX)?;
-        self.count_placement(sum.size, placement);
-        Ok(FileHandle {
-            role: FileRole::Private,
-            local_name: name.to_string(),
-            path: rel,
-            size: sum.size,
-            crc32c: sum.crc32c,
-        })
-    }
-
-    /// Writes `bytes` durably as `chk-<N>/<name>`.
-    pub fn write_private(&mut self, name: &str, bytes: &[u8]) -> Result<FileHandle> {
-        self.check_open()?;
-        let rel = self.private_rel(name)?;
-        self.core.storage.write_atomic(&rel, bytes)?;
-        self.private.insert(rel.clone());
-        let size = bytes.len() as u64;
-        self.stats.files_placed += 1;
-        self.stats.files_written += 1;
-        self.stats.bytes_placed = self.stats.bytes_placed.saturating_add(size);
-        Ok(FileHandle {
-            role: FileRole::Private,
-            local_name: name.to_string(),
-            path: rel,
-            size,
-            crc32c: codec::crc32c(bytes),
-        })
-    }
-
-    fn check_open(&self) -> Result<()> {
-        if self.core.inner.lock().closed {
-            return Err(Error::Closed);
-        }
-        Ok(())
-    }
-
-    /// Every file handle of `content` must come from this checkpoint.
-    fn check_handles(&self, content: &CheckpointContent) -> Result<()> {
-        let inner = self.core.inner.lock();
-        for s in &content.operator_states {
-            for f in s.file_handles() {
-                let ok = match f.role {
-                    FileRole::Shared => {
-                        self.referenced.contains(&f.path)
-                            && inner
-                                .shared
-                                .get(&f.path)
-                                .is_some_and(|e| e.size == f.size && e.crc32c == f.crc32c)
-                    }
-                    FileRole::Private => self.private.contains(&f.path),
-                    // A checkpoint of the job directory places no savepoint files.
-                    FileRole::Savepoint => false,
-                };
-                if !ok {
-                    return Err(Error::InvalidArgument(format!(
-                        "checkpoint {}: handle {} ({} bytes, crc32c {:#010x}) was not placed by it",
-                        self.id, f.path, f.size, f.crc32c
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Completes the checkpoint: makes every placed file durable, writes `_metadata`
-    /// atomically (from this moment the checkpoint exists), then applies retention. On a
-    /// failure before `_metadata` is durable the checkpoint is aborted.
-    pub fn commit(mut self, content: CheckpointContent) -> Result<CompletedCheckpoint> {
-        // What this checkpoint placed, as it happened: a later reader cannot tell it from
-        // the files alone once the checkpoints it reused files from are gone.
-        let mut properties: Vec<(String, String)> = content
-            .properties
-            .iter()
-            .filter(|(k, _)| k != PLACED_FILES_PROPERTY && k != PLACED_BYTES_PROPERTY)
-            .cloned()
-            .collect();
-        properties.push((
-            PLACED_FILES_PROPERTY.to_string(),
-            self.stats.files_placed.to_string(),
-        ));
-        properties.push((
-            PLACED_BYTES_PROPERTY.to_string(),
-            self.stats.bytes_placed.to_string(),
-        ));
-        let metadata = Metadata {
-            checkpoint_id: self.id,
-            job_id: self.core.storage.job_id().clone(),
-            kind: self.kind,
-            trigger_timestamp_ms: self.trigger_timestamp_ms,
-            completion_timestamp_ms: now_ms(),
-            operator_states: content.operator_states.clone(),
-            source_offsets: content.source_offsets.clone(),
-            properties,
-        };
-        let result = self.commit_inner(&content, metadata);
-        if result.is_err() {
-            if let Err(e) = self.abort_inner() {
-                tracing::warn!("aborting checkpoint {} after a failed commit: {e}", self.id);
-            }
-        }
-        result
-    }
-
-    fn commit_inner(
-        &mut self,
-        content: &CheckpointContent,
-        metadata: Metadata,
-    ) -> Result<CompletedCheckpoint> {
-        let storage = Arc::clone(&self.core.storage);
-        let rel = metadata_rel(self.id);
-        let path = storage.display_path(&rel);
-        self.check_handles(content)?;
-        metadata.validate(&path)?;
-        let bytes = metadata.encode();
-        let dir = self.id.dir_name();
-        if self.placed_shared {
-            storage.sync_dir(SHARED_DIR)?;
-        }
-        storage.sync_dir(&dir)?;
-        crate::failpoint::hit("checkpoint.files_placed");
-        let mut inner = self.core.inner.lock();
-        if inner.closed {
-            return Err(Error::Closed);
-        }
-        storage.write_atomic(&rel, &bytes)?;
-        crate::failpoint::hit("checkpoint.metadata_written");
-        // Durable: the checkpoint exists. Nothing below may fail it.
-        self.finished = true;
-        inner.pending.remove(&self.id);
-        let kept: BTreeSet<String> = metadata
-            .shared_paths()
-            .into_iter()
-            .map(String::from)
-            .collect();
-        let mut unreferenced = Vec::new();
-        for p in std::mem::take(&mut self.referenced) {
-            if !kept.contains(&p) && inner.release(&p) {
-                unreferenced.push(p);
-            }
-        }
-        let mut retention = RetentionReport::default();
-        delete_shared(storage.as_ref(), &unreferenced, &mut retention.errors);
-        retention.shared_files_deleted.extend(unreferenced);
-        if self.kind != CheckpointKind::Incremental {
-            inner.force_full_next = false;
-        }
-        inner.completed.insert(
-            self.id,
-            Completed {
-                metadata: metadata.clone(),
-                stats: self.stats,
-                owned: true,
-            },
-        );
-        let more = retain(&mut inner, storage.as_ref(), self.core.config.num_retained);
-        retention.discarded.extend(more.discarded);
-        retention
-            .shared_files_deleted
-            .extend(more.shared_files_deleted);
-        retention.errors.extend(more.errors);
-        crate::failpoint::hit("checkpoint.completed");
-        Ok(CompletedCheckpoint {
-            metadata,
-            stats: self.stats,
-            external_path: storage.display_path(&dir),
-            retention,
-        })
-    }
-
-    /// Abandons the checkpoint: deletes `chk-<N>` and the shared files no other checkpoint
-    /// references.
-    pub fn abort(mut self) -> Result<()> {
-        self.abort_inner()
-    }
-
-    fn abort_inner(&mut self) -> Result<()> {
-        if self.finished {
-            return Ok(());
-        }
-        self.finished = true;
-        let storage = Arc::clone(&self.core.storage);
-        let mut inner = self.core.inner.lock();
-        inner.pending.remove(&self.id);
-        let dir_result = storage.delete_dir(&self.id.dir_name());
-        let mut unreferenced = Vec::new();
-        for p in std::mem::take(&mut self.referenced) {
-            if inner.release(&p) {
-                unreferenced.push(p);
-            }
-        }
-        drop(inner);
-        let mut errors = Vec::new();
-        delete_shared(storage.as_ref(), &unreferenced, &mut errors);
-        dir_result?;
-        match errors.into_iter().next() {
-            None => Ok(()),
-            Some(e) => Err(Error::InvalidArgument(format!(
-                "aborting checkpoint {}: {e}",
-                self.id
-            ))),
-        }
-    }
-}
-
-impl Drop for PendingCheckpoint {
-    fn drop(&mut self) {
-        if !self.finished {
-            if let Err(e) = self.abort_inner() {
-                tracing::warn!("aborting dropped checkpoint {}: {e}", self.id);
-            }
-        }
-    }
-}
-
-/// Places `local` at `rel` and checks the placed size against `size`.
-fn place_checked(
-    storage: &dyn CheckpointStorage,
-    local: &Path,
-    rel: &str,
-    size: u64,
-) -> Result<Placement> {
-    let placement = storage.place_file(local, rel)?;
-    let found = storage.file_size(rel)?;
-    if found != size {
-        let _ = storage.delete_file(rel);
-        return Err(Error::InvalidArgument(format!(
-            "{} is {found} bytes, but was described as {size}",
-            local.display()
-        )));
-    }
-    Ok(placement)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::config::ExternalizedCleanup;
+
+    use crate::checkpoint::pending::CompletedCheckpoint;
     use crate::checkpoint::testutil::{
         abs, content, crash_checkpoint, crash_mid_retention, Crash, Fixture,
     };
@@ -1542,30 +511,6 @@ mod tests {
         assert_eq!(fx.shared_count(), 2); // C, D
         assert!(store.orphans().unwrap().is_empty());
         fx.assert_all_verify(&store);
-    }
-
-    #[test]
-    fn shared_names_are_recognized() {
-        for ok in [
-            "op_0-000004-b2fc1dc1.sst",
-            "count_0-000188-d4b0ca41.sst",
-            "op_0-000004-b2fc1dc1-c3.sst",
-            "op_0-000004-b2fc1dc1-c3-2.sst",
-            "op_0-a-b-0badf00d",
-            &shared_name("sum_0", "000012.sst", 0xdead_beef, "-c7"),
-        ] {
-            assert!(is_shared_name(ok), "{ok}");
-        }
-        for bad in [
-            "stray.sst",
-            "000004.sst",
-            "op_0-b2fc1dc1.sst",
-            "-000004-b2fc1dc1.sst",
-            "op_0-000004-b2fc1dc.sst",
-            "op_0-000004-b2fc1dc1-x3.sst",
-        ] {
-            assert!(!is_shared_name(bad), "{bad}");
-        }
     }
 
     #[test]
@@ -1874,45 +819,5 @@ mod tests {
         assert_eq!(c2.stats.files_referenced, 1);
         assert_eq!(c2.retention.discarded, vec![CheckpointId(1)]);
         assert_eq!(fx.shared_count(), 2);
-    }
-
-    #[test]
-    fn config_accepts_flink_keys_and_rejects_zero_retained() {
-        let mut c = CheckpointConfig::default();
-        assert!(c.set("state.checkpoints.num-retained", "3").unwrap());
-        assert_eq!(c.num_retained, 3);
-        assert!(c.set("execution.checkpointing.num-retained", "2").unwrap());
-        assert_eq!(c.num_retained, 2);
-        assert!(c
-            .set(
-                "execution.checkpointing.externalized-checkpoint-retention",
-                "RETAIN_ON_CANCELLATION"
-            )
-            .unwrap());
-        assert_eq!(c.cleanup, ExternalizedCleanup::RetainOnCancellation);
-        assert!(!c.set("execution.checkpointing.interval", "1s").unwrap());
-        assert!(c.set("state.checkpoints.num-retained", "x").is_err());
-        c.num_retained = 0;
-        assert!(c.validate().is_err());
-    }
-
-    #[test]
-    fn shared_names_carry_owner_and_never_contain_a_dash_in_the_owner() {
-        assert_eq!(
-            shared_name(&sanitize("map-1/0", false, 64), "000012.sst", 0xab, ""),
-            "map_1_0-000012-000000ab.sst"
-        );
-        assert_eq!(
-            shared_name("o", "MANIFEST", 1, "-c3"),
-            "o-MANIFEST-00000001-c3"
-        );
-        let f = FileHandle {
-            role: FileRole::Shared,
-            local_name: "000012.sst".into(),
-            path: "shared/map_1_0-000012-000000ab.sst".into(),
-            size: 1,
-            crc32c: 0xab,
-        };
-        assert_eq!(identity_of(&f).unwrap().owner, "map_1_0");
     }
 }

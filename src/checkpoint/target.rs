@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::ids::{CheckpointId, CheckpointKind};
 use super::metadata::FileHandle;
-use super::store::PendingCheckpoint;
+use super::pending::PendingCheckpoint;
 use crate::error::{Error, Result};
 
 /// Writes one file's bytes as they come: `write` is called once with the file's writer.

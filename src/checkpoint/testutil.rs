@@ -9,10 +9,10 @@ use super::metadata::{
     FileHandle, OperatorStateHandle, OperatorSubtaskState, SourceOffset, StateData,
 };
 use super::storage::{CheckpointStorage, LocalStorage};
-use super::store::{
+use super::verify::verify;
+use super::{
     CheckpointConfig, CheckpointContent, CheckpointStore, CompletedCheckpoint, PendingCheckpoint,
 };
-use super::verify::verify;
 use crate::codec;
 use crate::fs::{FileSystem, StdFs};
 

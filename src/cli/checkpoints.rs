@@ -21,7 +21,7 @@ use super::store;
 use super::verify::{verify_sst_opened, Expected, VerifyReport};
 use super::CliError;
 use crate::checkpoint::metadata::{BODY_OFFSET, METADATA_FILE_NAME};
-use crate::checkpoint::store::{recorded_placement, SHARED_DIR, TASKOWNED_DIR};
+use crate::checkpoint::{recorded_placement, SHARED_DIR, TASKOWNED_DIR};
 use crate::checkpoint::{
     resolve, CheckpointId, CheckpointStorage, FileHandle, FileRole, KeyedState, KeyedStateHandle,
     LocalStorage, LsmFileSet, Metadata, OperatorStateHandle, ResolvedCheckpoint, StateData,

@@ -496,7 +496,7 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> std::result::Result<(), CliE
 }
 
 fn first_shared_sst(job: &Path) -> Option<PathBuf> {
-    let shared = job.join(crate::checkpoint::store::SHARED_DIR);
+    let shared = job.join(crate::checkpoint::SHARED_DIR);
     StdFs
         .list_dir(&shared)
         .ok()?

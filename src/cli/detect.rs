@@ -13,8 +13,8 @@ use super::CliError;
 use crate::checkpoint::metadata::{
     FLINK_METADATA_MAGIC, MAGIC as METADATA_MAGIC, METADATA_FILE_NAME,
 };
-use crate::checkpoint::store::SHARED_DIR;
 use crate::checkpoint::CheckpointId;
+use crate::checkpoint::SHARED_DIR;
 use crate::error::{Error, IoContext};
 use crate::fs::{FileSystem, StdFs};
 use crate::lsm::filename::{self, FileKind};
