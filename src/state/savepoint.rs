@@ -1022,6 +1022,48 @@ mod tests {
         assert_eq!(r.read_key_group(2, &mut |_| Ok(())).unwrap(), 0);
     }
 
+    /// The worked example of `format-spec/savepoint.md`, byte for byte: max parallelism 2,
+    /// both key groups, one value state `n` of `u8`, the key `01` (key group 1) holding 7.
+    #[test]
+    fn the_worked_example_is_the_spec() {
+        let m = MaxParallelism::new(2).unwrap();
+        assert_eq!(m.key_group_of(&[1]), 1);
+        let h = CanonicalHeader {
+            max_parallelism: m,
+            key_groups: m.full_range(),
+            backend: "memory".into(),
+            states: vec![StateMeta {
+                name: "n".into(),
+                kind: StateKind::Value,
+                value_type: "u8".into(),
+                ttl_ms: None,
+            }],
+        };
+        let mut w = CanonicalWriter::new(Vec::new(), "t", h).unwrap();
+        w.record(
+            1,
+            Record {
+                state: 0,
+                key: &[1],
+                user_key: &[],
+                value: &[7],
+            },
+        )
+        .unwrap();
+        let (bytes, written) = w.finish().unwrap();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, WORKED_EXAMPLE_HEX);
+        assert_eq!(written.offsets, vec![52, 68]);
+    }
+
+    const WORKED_EXAMPLE_HEX: &str = concat!(
+        "54444d4b534156500100000034000000020000000000000001000000066d656d",
+        "6f727901016e0576616c756502753800077275b3000000000000000000000000",
+        "5db5602b010000000100000006000000000101000107fd575a00010000000000",
+        "0000000000006d61111a34000000000000004400000000000000010000000000",
+        "00007802ad3a6a00000000000000b5e26b4b",
+    );
+
     #[test]
     fn a_writer_refuses_what_a_reader_would_refuse() {
         let h = header(vec![meta("v", StateKind::Value)]);
