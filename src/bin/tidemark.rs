@@ -10,6 +10,10 @@ use tidemark::cli::{self, CliError};
 fn main() -> ExitCode {
     // A panic is a bug; it still ends with one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
+        // A subtask's panic fails the job's attempt; the job reports it.
+        if tidemark::stream::panic_is_handled_here() {
+            return;
+        }
         let msg = info
             .payload()
             .downcast_ref::<&str>()

@@ -92,6 +92,58 @@ pub enum Command {
     /// commands to look at them.
     #[command(verbatim_doc_comment)]
     Demo(DemoArgs),
+    /// Run a built-in job with checkpoints: `run wordcount`
+    ///
+    /// The keyed word count over the lines of a file or of every file in a directory, into
+    /// an exactly-once file sink: each updated count is a line `word count` in a committed
+    /// file of --output. Configured with Flink's keys: --config FILE (flink-conf.yaml or
+    /// config.yaml), then the options below, then -D key=value. Resume with -s PATH (a
+    /// chk-N/_metadata, a chk-N directory, a savepoint or a job directory) or -s latest
+    /// (the newest job directory under --checkpoint-dir); the job id is kept. SIGINT or
+    /// SIGTERM stops the job and keeps its checkpoints.
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
+}
+
+/// Arguments of `tidemark run`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct RunArgs {
+    /// The job: wordcount
+    #[arg(value_name = "JOB", value_parser = ["wordcount"])]
+    pub job: String,
+    /// Input file or directory
+    #[arg(long, value_name = "PATH")]
+    pub input: PathBuf,
+    /// Output directory (committed files part-*)
+    #[arg(long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Checkpoint directory (state.checkpoints.dir): checkpoints go to DIR/<job-id>/chk-N
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: PathBuf,
+    /// State backend (state.backend): memory, filesystem or lsm [default: lsm]
+    #[arg(long, value_name = "NAME")]
+    pub backend: Option<String>,
+    /// Parallelism (parallelism.default) [default: 1]
+    #[arg(long, value_name = "N")]
+    pub parallelism: Option<u32>,
+    /// Checkpoint interval in ms (execution.checkpointing.interval) [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub interval_ms: Option<u64>,
+    /// Configuration file (flink-conf.yaml's `key: value` lines, or config.yaml)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A configuration setting, overriding the file
+    #[arg(short = 'D', value_name = "KEY=VALUE")]
+    pub dynamic: Vec<String>,
+    /// Resume from a checkpoint or savepoint, or `latest`
+    #[arg(short = 's', long = "from-savepoint", value_name = "PATH|latest")]
+    pub from: Option<PathBuf>,
+    /// Restore even if the checkpoint holds state of operators the job lacks
+    #[arg(long)]
+    pub allow_non_restored_state: bool,
+    /// claim or no-claim (execution.state-recovery.claim-mode) [default: no-claim]
+    #[arg(long, value_name = "MODE")]
+    pub restore_mode: Option<String>,
 }
 
 /// Arguments of `tidemark inspect`.

@@ -465,7 +465,7 @@ pub fn run(args: &CheckpointsArgs, out: &mut dyn Write) -> Result<(), CliError> 
 fn list(dir: &Path, out: &mut dyn Write, format: Format) -> Result<(), CliError> {
     let scan = scan_job(dir).map_err(|e| CliError::at(dir, e))?;
     let (report, damage) = checkpoints_report(&scan);
-    emit(out, format, &report)?;
+    emit(out, format, &super::job_stats::with_job_files(dir, &report))?;
     match damage {
         Some(e) => Err(CliError::at(dir, e)),
         None => Ok(()),

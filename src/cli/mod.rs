@@ -15,8 +15,11 @@ pub mod demo;
 pub mod detect;
 pub mod get;
 pub mod inspect;
+pub mod job_stats;
 pub mod output;
 pub mod progress;
+pub mod run;
+pub mod signals;
 pub mod store;
 pub mod verify;
 
@@ -132,6 +135,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Checkpoints(a) => checkpoints::run(a, out),
         Command::Get(a) => get::run(a, out),
         Command::Demo(a) => demo::run(a, out),
+        Command::Run(a) => run::run(a, out),
     }
 }
 

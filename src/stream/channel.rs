@@ -27,7 +27,10 @@ pub(crate) type Tx<T> = Sender<Event<T>>;
 pub(crate) type Rx<T> = Receiver<Event<T>>;
 
 /// The channels of one edge: `senders[up][down]`, `receivers[down][up]`.
-pub(crate) fn matrix<T>(up: u32, down: u32, capacity: usize) -> (Vec<Vec<Tx<T>>>, Vec<Vec<Rx<T>>>) {
+pub(crate) type Matrix<T> = (Vec<Vec<Tx<T>>>, Vec<Vec<Rx<T>>>);
+
+/// Creates the channels of one edge.
+pub(crate) fn matrix<T>(up: u32, down: u32, capacity: usize) -> Matrix<T> {
     let mut senders: Vec<Vec<Tx<T>>> = (0..up).map(|_| Vec::new()).collect();
     let mut receivers: Vec<Vec<Rx<T>>> = (0..down).map(|_| Vec::new()).collect();
     for s in senders.iter_mut() {

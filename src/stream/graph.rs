@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use super::channel::{matrix, ByKey, EdgeOut, Forward, Output, Rebalance, RoutedOut, Rx};
 use super::ops::{
-    FailurePlan, Filter, FlatMap, InjectFailures, KeyedProcess, KeyedProcessFunction, Map, Reduce,
-    Summable, TryProcess,
+    FailurePlan, Filter, FlatMap, FlatMapFn, InjectFailures, KeyedProcess, KeyedProcessFunction,
+    Map, ProcessFn, Reduce, Summable, TryProcess,
 };
 use super::sink::{FileSink, PrintOperator, PrintSink};
 use super::source::{Source, SourceTask};
@@ -388,7 +388,7 @@ impl<T: Data> DataStream<T> {
         self,
         f: impl Fn(T, &mut Output<O>) + Send + Sync + 'static,
     ) -> DataStream<O> {
-        let f: Arc<dyn Fn(T, &mut Output<O>) + Send + Sync> = Arc::new(f);
+        let f: FlatMapFn<T, O> = Arc::new(f);
         self.then("flat_map", NodeKind::Operator, move || {
             FlatMap(Arc::clone(&f))
         })
@@ -400,8 +400,7 @@ impl<T: Data> DataStream<T> {
         self,
         f: impl Fn(T, &mut TaskContext, &mut Output<O>) -> Result<()> + Send + Sync + 'static,
     ) -> DataStream<O> {
-        let f: Arc<dyn Fn(T, &mut TaskContext, &mut Output<O>) -> Result<()> + Send + Sync> =
-            Arc::new(f);
+        let f: ProcessFn<T, O> = Arc::new(f);
         self.then("process", NodeKind::Operator, move || {
             TryProcess(Arc::clone(&f))
         })

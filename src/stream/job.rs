@@ -22,8 +22,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
+use super::config::{write_job_config, JobConfig};
 use super::event::{Barrier, SnapshotKind};
 use super::graph::{AnyBox, JobGraph, NodeKind, NodeParts};
+use super::restart::{RestartDecision, RestartStrategy, RestartStrategyConfig};
+use super::stats::{
+    CheckpointStatsTracker, RestartRecord, RestoredCheckpoint, TaskParallelism, TriggeredCheckpoint,
+};
 use super::task::{
     AckMetrics, AttemptInfo, CheckpointingMode, Control, OperatorRestore, PendingRegistry,
     SharedPending, TaskEvent, TaskId, TaskRuntime,
@@ -179,6 +184,9 @@ pub struct JobOptions {
     pub channel_capacity: usize,
     /// Told about the job's progress.
     pub listeners: Vec<Arc<dyn JobListener>>,
+    /// The configuration in force, written next to the job's checkpoints
+    /// (`job-config.json`) so tools can show it.
+    pub config: Option<JobConfig>,
 }
 
 impl JobOptions {
@@ -197,7 +205,69 @@ impl JobOptions {
             restart: None,
             channel_capacity: 32,
             listeners: Vec::new(),
+            config: None,
         }
+    }
+
+    /// The options `config` describes, for job `job_id`. The `lsm` backend's working
+    /// stores go under `<state.backend.lsm.localdir>/<job-id>`, so jobs never share one.
+    pub fn from_config(config: &JobConfig, job_id: JobId) -> Result<Self> {
+        let mut backend_config = config.state_backend.clone();
+        let local = backend_config
+            .lsm_local_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("tidemark-lsm"));
+        backend_config.lsm_local_dir = Some(local.join(job_id.as_str()));
+        let backend: Arc<dyn StateBackend> =
+            Arc::from(backend_config.build(crate::lsm::Options::default())?);
+        let c = &config.checkpointing;
+        let restart_config = config.restart.clone();
+        RestartStrategy::new(restart_config.clone())?;
+        Ok(JobOptions {
+            job_id,
+            parallelism: config.parallelism.max(1),
+            max_parallelism: MaxParallelism::new(config.max_parallelism)?,
+            checkpoints_dir: c.checkpoints_dir.clone(),
+            checkpointing: CheckpointingOptions {
+                interval: c.interval,
+                mode: c.mode,
+                timeout: c.timeout,
+                min_pause: c.min_pause,
+                max_concurrent: c.max_concurrent.max(1) as usize,
+                tolerable_failed: c.tolerable_failed,
+                num_retained: c.num_retained,
+                cleanup: c.externalized,
+                incremental: config.state_backend.incremental.unwrap_or(true),
+            },
+            backend,
+            restore: config.recovery.path.clone().map(|path| RestoreSettings {
+                path,
+                mode: config.recovery.claim_mode,
+                allow_non_restored_state: config.recovery.ignore_unclaimed_state,
+            }),
+            restart: Some(Arc::new(move || {
+                match RestartStrategy::new(restart_config.clone()) {
+                    Ok(s) => Box::new(s) as Box<dyn RestartBackoff>,
+                    // Checked above; a strategy that cannot be built does not restart.
+                    Err(_) => default_restart(false),
+                }
+            })),
+            channel_capacity: 32,
+            listeners: Vec::new(),
+            config: Some(config.clone()),
+        })
+    }
+}
+
+impl RestartBackoff for RestartStrategy {
+    fn on_failure(&mut self, now: Duration) -> std::result::Result<Duration, String> {
+        match RestartStrategy::on_failure(self, now) {
+            RestartDecision::Restart { delay, .. } => Ok(delay),
+            RestartDecision::GiveUp { reason } => Err(reason),
+        }
+    }
+    fn describe(&self) -> String {
+        self.config().to_string()
     }
 }
 
@@ -236,7 +306,6 @@ pub struct JobResult {
 #[derive(Debug, Clone, Default)]
 pub struct JobControl {
     stop: Arc<AtomicBool>,
-    savepoint_requested: Arc<AtomicBool>,
 }
 
 impl JobControl {
@@ -286,6 +355,10 @@ struct Runner<'a> {
     failed: u64,
     started: Instant,
     parallelism: Vec<u32>,
+    /// Checkpoint statistics, kept in `<job-dir>/checkpoint-stats.json`.
+    stats: Option<(Arc<CheckpointStatsTracker>, PathBuf)>,
+    /// Files of the latest completed checkpoint: what a new one reuses.
+    previous_files: std::collections::HashSet<String>,
 }
 
 #[derive(Clone)]
@@ -364,6 +437,24 @@ impl<'a> Runner<'a> {
                 next_id = next_id.max(last.id.0 + 1);
             }
         }
+        let mut stats = None;
+        if let Some(s) = &store {
+            let job_dir = s.storage().root();
+            let history = options
+                .config
+                .as_ref()
+                .map(|c| c.checkpoint_history)
+                .unwrap_or(10);
+            if let Some(c) = &options.config {
+                write_job_config(fs.as_ref(), &job_dir, c)?;
+            }
+            stats = Some((Arc::new(CheckpointStatsTracker::new(history)), job_dir));
+        }
+        let previous_files = store
+            .as_ref()
+            .and_then(|s| s.latest())
+            .map(|m| m.file_handles().map(|f| f.path.clone()).collect())
+            .unwrap_or_default();
         Ok(Runner {
             graph,
             options,
@@ -376,6 +467,8 @@ impl<'a> Runner<'a> {
             failed: 0,
             started: Instant::now(),
             parallelism,
+            stats,
+            previous_files,
         })
     }
 
@@ -389,6 +482,14 @@ impl<'a> Runner<'a> {
             if let Some(r) = &self.restore_point {
                 for l in &self.options.listeners {
                     l.restored(r.metadata.checkpoint_id, &r.path);
+                }
+                if let Some((t, _)) = &self.stats {
+                    t.report_restored(RestoredCheckpoint {
+                        id: r.metadata.checkpoint_id,
+                        restore_timestamp_ms: super::now_ms(),
+                        external_path: r.path.display().to_string(),
+                        is_savepoint: false,
+                    });
                 }
             }
             let end = self.run_attempt(attempt);
@@ -413,6 +514,15 @@ impl<'a> Runner<'a> {
                             for l in &self.options.listeners {
                                 l.restarting(attempt, &cause, delay);
                             }
+                            if let Some((t, _)) = &self.stats {
+                                t.report_restart(RestartRecord {
+                                    timestamp: super::now_ms(),
+                                    cause: cause.to_string(),
+                                    attempt,
+                                    delay: Some(delay.as_millis() as u64),
+                                });
+                            }
+                            self.persist_stats();
                             std::thread::sleep(delay);
                             if let Some(s) = &self.store {
                                 if let Some(m) = s.latest() {
@@ -429,6 +539,15 @@ impl<'a> Runner<'a> {
                             }
                         }
                         Err(reason) => {
+                            if let Some((t, _)) = &self.stats {
+                                t.report_restart(RestartRecord {
+                                    timestamp: super::now_ms(),
+                                    cause: cause.to_string(),
+                                    attempt: 0,
+                                    delay: None,
+                                });
+                            }
+                            self.persist_stats();
                             if let Some(store) = self.store.take() {
                                 if let Err(e) = store.shutdown(JobTermination::Failed) {
                                     tracing::warn!("checkpoint cleanup after the failure: {e}");
@@ -442,6 +561,16 @@ impl<'a> Runner<'a> {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Writes the statistics next to the checkpoints (a failure to is logged, not fatal:
+    /// the statistics are for people, the checkpoints are the state).
+    fn persist_stats(&self) {
+        if let Some((t, dir)) = &self.stats {
+            if let Err(e) = t.write(self.fs.as_ref(), dir) {
+                tracing::warn!("writing checkpoint statistics: {e}");
             }
         }
     }
@@ -578,6 +707,7 @@ impl<'a> Runner<'a> {
                 let handle = std::thread::Builder::new()
                     .name(thread_name)
                     .spawn(move || {
+                        IN_SUBTASK.with(|f| f.set(true));
                         let r = std::panic::catch_unwind(AssertUnwindSafe(|| body.run(&mut rt)));
                         rt.join_asyncs();
                         let ev = match r {
@@ -655,7 +785,8 @@ impl<'a> Runner<'a> {
         };
         let mut in_flight: BTreeMap<CheckpointId, InFlight> = BTreeMap::new();
         let mut exhausted = 0usize;
-        let mut finished = 0usize;
+        let mut exhausted_sources = std::collections::HashSet::new();
+        let mut finished_tasks = std::collections::HashSet::new();
         let mut finishing = false;
         let mut final_id: Option<CheckpointId> = None;
         let mut finish_sent = false;
@@ -757,13 +888,16 @@ impl<'a> Runner<'a> {
                         e => Error::Job(format!("subtask {label} failed: {e}")),
                     });
                 }
-                TaskEvent::Finished { .. } => {
-                    finished += 1;
-                    if finished == n_tasks {
+                TaskEvent::Finished { task } => {
+                    if finished_tasks.insert(task) && finished_tasks.len() == n_tasks {
                         return AttemptEnd::Finished;
                     }
                 }
-                TaskEvent::SourceExhausted { .. } => exhausted += 1,
+                TaskEvent::SourceExhausted { task } => {
+                    if exhausted_sources.insert(task) {
+                        exhausted += 1;
+                    }
+                }
                 TaskEvent::Decline { id, task, error } => {
                     if in_flight.remove(&id).is_some() {
                         let msg = format!(
@@ -800,6 +934,32 @@ impl<'a> Runner<'a> {
                     };
                     for l in &self.options.listeners {
                         l.checkpoint_acknowledged(&ack);
+                    }
+                    if let Some((t, _)) = &self.stats {
+                        let new_bytes: u64 =
+                            state
+                                .file_handles()
+                                .filter(|h| !self.previous_files.contains(&h.path))
+                                .map(|h| h.size)
+                                .sum::<u64>()
+                                .saturating_add(ack.state_size.saturating_sub(
+                                    state.file_handles().map(|h| h.size).sum::<u64>(),
+                                ));
+                        t.report_acknowledged(
+                            id,
+                            &super::stats::SubtaskAck {
+                                operator_id: ack.operator_id.clone(),
+                                subtask_index: ack.subtask_index,
+                                ack_timestamp_ms: ack.ack_timestamp_ms,
+                                sync_duration_ms: ack.sync.as_millis() as u64,
+                                async_duration_ms: ack.async_.as_millis() as u64,
+                                alignment_duration_ms: ack.alignment.as_millis() as u64,
+                                start_delay_ms: 0,
+                                checkpointed_size_bytes: new_bytes,
+                                state_size_bytes: ack.state_size,
+                                processed_data_bytes: 0,
+                            },
+                        );
                     }
                     f.acks.insert(task, (*state, metrics));
                     f.offsets.extend(offsets);
@@ -862,6 +1022,23 @@ impl<'a> Runner<'a> {
         for l in &self.options.listeners {
             l.checkpoint_triggered(id, n_tasks);
         }
+        if let Some((t, _)) = &self.stats {
+            t.report_triggered(TriggeredCheckpoint {
+                id,
+                trigger_timestamp_ms: trigger_ms,
+                savepoint: None,
+                tasks: self
+                    .graph
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, _)| TaskParallelism {
+                        operator_id: self.graph.uid(i).to_string(),
+                        num_subtasks: self.parallelism[i],
+                    })
+                    .collect(),
+            });
+        }
         let barrier = Barrier {
             id,
             timestamp_ms: trigger_ms,
@@ -923,6 +1100,18 @@ impl<'a> Runner<'a> {
         for l in &self.options.listeners {
             l.checkpoint_completed(&info);
         }
+        self.previous_files = done
+            .metadata
+            .file_handles()
+            .map(|f| f.path.clone())
+            .collect();
+        if let Some((t, _)) = &self.stats {
+            t.report_completed(f.id, &info.external_path.display().to_string());
+            for d in &done.retention.discarded {
+                t.report_discarded(*d);
+            }
+        }
+        self.persist_stats();
         Ok(())
     }
 
@@ -938,6 +1127,10 @@ impl<'a> Runner<'a> {
         for l in &self.options.listeners {
             l.checkpoint_failed(id, msg);
         }
+        if let Some((t, _)) = &self.stats {
+            t.report_failed(id, super::now_ms(), msg);
+        }
+        self.persist_stats();
         for tx in controls.values() {
             let _ = tx.send(Control::Aborted(id));
         }
@@ -1015,7 +1208,8 @@ fn check_restorable(
     let ids: std::collections::HashSet<&str> = graph.operator_ids().into_iter().collect();
     for s in &m.operator_states {
         if !ids.contains(s.operator_id.as_str()) {
-            let has_state = !s.keyed_state.is_empty() || !s.operator_state.is_empty();
+            let has_state =
+                !s.keyed_state.is_empty() || s.operator_state.iter().any(|h| !h.states.is_empty());
             if has_state && !allow_non_restored {
                 return Err(Error::InvalidArgument(format!(
                     "checkpoint {} holds state of operator {:?}, which the job does not have; \
@@ -1038,6 +1232,16 @@ fn check_restorable(
         }
     }
     Ok(())
+}
+
+thread_local! {
+    static IN_SUBTASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True on a subtask's thread, where a panic is caught and handled as a failure of the
+/// job (the restart strategy decides): a process-wide panic hook can stay quiet there.
+pub fn panic_is_handled_here() -> bool {
+    IN_SUBTASK.with(|f| f.get())
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -1066,25 +1270,21 @@ pub(crate) fn random_token() -> String {
     format!("{z:016x}")
 }
 
-/// Flink's default when no strategy is configured: none without checkpointing,
-/// fixed-delay with unlimited attempts and a 1 s delay with it.
+/// Flink's default when no strategy is configured
+/// ([`RestartStrategyConfig::default_for`]): none without checkpointing, fixed-delay with
+/// unlimited attempts with it.
 fn default_restart(checkpointing: bool) -> Box<dyn RestartBackoff> {
-    struct Default(bool);
-    impl RestartBackoff for Default {
+    struct GiveUp;
+    impl RestartBackoff for GiveUp {
         fn on_failure(&mut self, _now: Duration) -> std::result::Result<Duration, String> {
-            if self.0 {
-                Ok(Duration::from_secs(1))
-            } else {
-                Err("restart-strategy none".into())
-            }
+            Err("restart-strategy none".into())
         }
         fn describe(&self) -> String {
-            if self.0 {
-                "fixed-delay, unlimited attempts, 1 s".into()
-            } else {
-                "none".into()
-            }
+            "none".into()
         }
     }
-    Box::new(Default(checkpointing))
+    match RestartStrategy::new(RestartStrategyConfig::default_for(checkpointing)) {
+        Ok(s) => Box::new(s),
+        Err(_) => Box::new(GiveUp),
+    }
 }

@@ -47,8 +47,8 @@ mod task;
 pub use channel::Output;
 pub use graph::{Data, DataStream, Either, JobGraph, Key, KeyedStream, StreamEnv};
 pub use job::{
-    execute, execute_with_control, CheckpointDone, CheckpointingOptions, JobControl, JobListener,
-    JobOptions, JobResult, RestartBackoff, RestoreSettings, SubtaskAck,
+    execute, execute_with_control, panic_is_handled_here, CheckpointDone, CheckpointingOptions,
+    JobControl, JobListener, JobOptions, JobResult, RestartBackoff, RestoreSettings, SubtaskAck,
 };
 pub use ops::{FailureKind, FailurePlan, KeyedContext, KeyedProcessFunction, Summable};
 pub mod wordcount;

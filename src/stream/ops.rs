@@ -31,7 +31,14 @@ impl<T: Clone + Send> StreamOperator<T, T> for Filter<T> {
     }
 }
 
-pub(crate) struct FlatMap<I, O>(pub Arc<dyn Fn(I, &mut Output<O>) + Send + Sync>);
+/// A function turning a record into any number.
+pub(crate) type FlatMapFn<I, O> = Arc<dyn Fn(I, &mut Output<O>) + Send + Sync>;
+
+/// A fallible function of a record with its subtask's context.
+pub(crate) type ProcessFn<I, O> =
+    Arc<dyn Fn(I, &mut TaskContext, &mut Output<O>) -> Result<()> + Send + Sync>;
+
+pub(crate) struct FlatMap<I, O>(pub FlatMapFn<I, O>);
 
 impl<I: Send, O: Clone + Send> StreamOperator<I, O> for FlatMap<I, O> {
     fn process(&mut self, rec: I, _ctx: &mut TaskContext, out: &mut Output<O>) -> Result<()> {
@@ -41,9 +48,7 @@ impl<I: Send, O: Clone + Send> StreamOperator<I, O> for FlatMap<I, O> {
 }
 
 /// A fallible function of one record, with the subtask's context.
-pub(crate) struct TryProcess<I, O>(
-    pub Arc<dyn Fn(I, &mut TaskContext, &mut Output<O>) -> Result<()> + Send + Sync>,
-);
+pub(crate) struct TryProcess<I, O>(pub ProcessFn<I, O>);
 
 impl<I: Send, O: Clone + Send> StreamOperator<I, O> for TryProcess<I, O> {
     fn process(&mut self, rec: I, ctx: &mut TaskContext, out: &mut Output<O>) -> Result<()> {

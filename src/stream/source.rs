@@ -351,12 +351,22 @@ impl<T: Send> SourceReader<T> for GeneratorReader<T> {
 #[derive(Debug, Clone)]
 pub struct FileSource {
     path: PathBuf,
+    rate: Option<u64>,
 }
 
 impl FileSource {
     /// The lines under `path` (a file or a directory).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        FileSource { path: path.into() }
+        FileSource {
+            path: path.into(),
+            rate: None,
+        }
+    }
+
+    /// At most `lines_per_second` lines per second per subtask.
+    pub fn with_rate(mut self, lines_per_second: u64) -> Self {
+        self.rate = Some(lines_per_second.max(1));
+        self
     }
 
     /// The files read, in split order.
@@ -396,6 +406,9 @@ impl Source<String> for FileSource {
             splits: Vec::new(),
             current: None,
             line: Vec::new(),
+            rate: self.rate,
+            started: Instant::now(),
+            emitted: 0,
         }))
     }
 }
@@ -409,6 +422,9 @@ struct FileReader {
     /// The open split: its index in `splits` and the reader.
     current: Option<(usize, BufReader<std::fs::File>)>,
     line: Vec<u8>,
+    rate: Option<u64>,
+    started: Instant,
+    emitted: u64,
 }
 
 impl FileReader {
@@ -451,6 +467,13 @@ impl SourceReader<String> for FileReader {
     }
 
     fn poll(&mut self) -> Result<Poll<String>> {
+        if let Some(rate) = self.rate {
+            if self.emitted as f64 >= self.started.elapsed().as_secs_f64() * rate as f64 {
+                std::thread::sleep(Duration::from_millis(1));
+                return Ok(Poll::Idle);
+            }
+            self.emitted += 1;
+        }
         loop {
             if self.current.is_none() {
                 let Some(i) = self.splits.iter().position(|s| !s.2) else {

@@ -234,6 +234,17 @@ pub enum CheckpointStatus {
     Failed,
 }
 
+impl CheckpointStatus {
+    /// Flink's name (`IN_PROGRESS`, `COMPLETED`, `FAILED`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointStatus::InProgress => "IN_PROGRESS",
+            CheckpointStatus::Completed => "COMPLETED",
+            CheckpointStatus::Failed => "FAILED",
+        }
+    }
+}
+
 /// Flink's `className` of a checkpoint entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -547,11 +558,11 @@ impl StatsSummary {
             max: self.max,
             avg: u64::try_from(self.sum.checked_div(u128::from(self.count)).unwrap_or(0))
                 .unwrap_or(u64::MAX),
-            p50: p(50.0),
-            p90: p(90.0),
-            p95: p(95.0),
-            p99: p(99.0),
-            p999: p(99.9),
+            p50: p(0.5),
+            p90: p(0.9),
+            p95: p(0.95),
+            p99: p(0.99),
+            p999: p(0.999),
         }
     }
 
@@ -564,14 +575,23 @@ impl StatsSummary {
     }
 }
 
-/// The `q`th percentile of `sorted` as Flink computes it (Apache Commons Math's default
-/// estimate: position `q (n + 1) / 100`, interpolated between neighbours); NaN when empty.
-pub fn percentile(sorted: &[u64], q: f64) -> f64 {
+/// The `quantile` (0 to 1) of `sorted` as Flink computes it: Apache Commons Math's
+/// default ("legacy") estimate, position `quantile (n + 1)` interpolated between its
+/// neighbours, with Flink's own floating-point steps (the quantile times 100, then divided
+/// by 100) so that the last digits agree too. NaN when `sorted` is empty.
+pub fn percentile(sorted: &[u64], quantile: f64) -> f64 {
     let n = sorted.len();
     let (Some(first), Some(last)) = (sorted.first(), sorted.last()) else {
         return f64::NAN;
     };
-    let pos = q * (n as f64 + 1.0) / 100.0;
+    let fraction = (quantile * 100.0) / 100.0;
+    let pos = if fraction == 0.0 {
+        0.0
+    } else if fraction == 1.0 {
+        n as f64 + 1.0
+    } else {
+        fraction * (n as f64 + 1.0)
+    };
     if pos < 1.0 {
         return *first as f64;
     }
@@ -1110,14 +1130,15 @@ mod tests {
     fn percentiles_follow_flinks_estimate() {
         // Flink 2.3's running job: state sizes of its four completed checkpoints.
         let v = [242350, 479757, 698748, 927417];
-        assert_eq!(percentile(&v, 50.0), 589252.5);
-        assert_eq!(percentile(&v, 90.0), 927417.0);
-        assert_eq!(percentile(&[5], 50.0), 5.0);
-        assert!(percentile(&[], 50.0).is_nan());
+        assert_eq!(percentile(&v, 0.5), 589252.5);
+        assert_eq!(percentile(&v, 0.9), 927417.0);
+        assert_eq!(percentile(&[5], 0.5), 5.0);
+        assert!(percentile(&[], 0.5).is_nan());
         let ten: Vec<u64> = (1..=10).collect();
-        assert_eq!(percentile(&ten, 50.0), 5.5);
-        assert_eq!(percentile(&ten, 5.0), 1.0);
-        assert_eq!(percentile(&ten, 95.0), 10.0);
+        assert_eq!(percentile(&ten, 0.5), 5.5);
+        assert_eq!(percentile(&ten, 0.05), 1.0);
+        assert_eq!(percentile(&ten, 0.95), 10.0);
+        assert_eq!(percentile(&ten, 1.0), 10.0);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Select, Sender};
 use parking_lot::Mutex;
 
 use super::channel::{Output, Rx};
+pub use super::config::CheckpointingMode;
 use super::event::{Barrier, Event};
 use crate::checkpoint::{
     CheckpointId, CheckpointStorage, OperatorSubtaskState, PendingCheckpoint, SourceOffset,
@@ -19,28 +20,6 @@ use crate::checkpoint::{
 use crate::error::{Error, Result};
 use crate::state::backend::{CheckpointedKeyedState, RestoreFrom, StateBackend, SubtaskInfo};
 use crate::state::operator::OperatorStateStore;
-
-/// How barriers are aligned (Flink's `execution.checkpointing.mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CheckpointingMode {
-    /// Aligned barriers: an input that delivered the barrier is held back until every
-    /// input has; each record is in the state of exactly one checkpoint.
-    #[default]
-    ExactlyOnce,
-    /// No alignment: records keep flowing from inputs that delivered the barrier, so a
-    /// restore may process some twice, never none.
-    AtLeastOnce,
-}
-
-impl CheckpointingMode {
-    /// Flink's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CheckpointingMode::ExactlyOnce => "EXACTLY_ONCE",
-            CheckpointingMode::AtLeastOnce => "AT_LEAST_ONCE",
-        }
-    }
-}
 
 /// A subtask of the job graph: (node, subtask index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -491,6 +470,10 @@ fn handle_control<I, O, Op: StreamOperator<I, O>>(
 ) -> Result<()> {
     match c {
         Control::Complete(id) => op.notify_complete(id, ctx),
-        Control::Aborted(_) | Control::Trigger(_) | Control::Finish => Ok(()),
+        Control::Aborted(id) => {
+            tracing::debug!("{}: checkpoint {id} aborted", ctx.info.label());
+            Ok(())
+        }
+        Control::Trigger(_) | Control::Finish => Ok(()),
     }
 }

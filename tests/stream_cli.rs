@@ -1,0 +1,148 @@
+//! `tidemark run wordcount` driven as a user drives it: killed with SIGKILL at random
+//! moments and resumed with `-s latest`, it commits exactly the output of a run that was
+//! never killed, and leaves no file in `shared/` that no retained checkpoint references.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tidemark::stream::committed_lines;
+
+fn write_input(dir: &Path, lines: usize) -> BTreeMap<String, u64> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut counts = BTreeMap::new();
+    let mut x = 99u64;
+    for f in 0..2 {
+        let mut text = String::new();
+        for _ in 0..lines {
+            for _ in 0..10 {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let r = ((x >> 33) % 1000) as f64 / 1000.0;
+                let w = format!("w{}", (r * r * 2000.0) as u64);
+                *counts.entry(w.clone()).or_insert(0) += 1;
+                text.push_str(&w);
+                text.push(' ');
+            }
+            text.push('\n');
+        }
+        std::fs::write(dir.join(format!("in-{f}.txt")), text).unwrap();
+    }
+    counts
+}
+
+fn expected(counts: &BTreeMap<String, u64>) -> Vec<String> {
+    let mut v: Vec<String> = counts
+        .iter()
+        .flat_map(|(w, n)| (1..=*n).map(move |i| format!("{w} {i}")))
+        .collect();
+    v.sort();
+    v
+}
+
+fn has_checkpoint(ck: &Path) -> bool {
+    let Ok(jobs) = std::fs::read_dir(ck) else {
+        return false;
+    };
+    jobs.flatten().any(|j| {
+        std::fs::read_dir(j.path())
+            .map(|es| es.flatten().any(|e| e.path().join("_metadata").exists()))
+            .unwrap_or(false)
+    })
+}
+
+/// Every file in a job's `shared/` is referenced by a retained checkpoint's `_metadata`.
+fn check_no_orphans(ck: &Path) {
+    for job in std::fs::read_dir(ck).unwrap().flatten() {
+        let shared = job.path().join("shared");
+        let Ok(files) = std::fs::read_dir(&shared) else {
+            continue;
+        };
+        let files: BTreeSet<String> = files
+            .flatten()
+            .map(|e| format!("shared/{}", e.file_name().to_string_lossy()))
+            .collect();
+        let mut referenced = BTreeSet::new();
+        for e in std::fs::read_dir(job.path()).unwrap().flatten() {
+            let m = e.path().join("_metadata");
+            if m.exists() {
+                let r = tidemark::checkpoint::resolve(&tidemark::fs::StdFs, &e.path()).unwrap();
+                for h in r.metadata.file_handles() {
+                    referenced.insert(h.path.clone());
+                }
+            }
+        }
+        let orphans: Vec<_> = files.difference(&referenced).collect();
+        assert!(
+            orphans.is_empty(),
+            "{}: orphans {orphans:?}",
+            job.path().display()
+        );
+    }
+}
+
+#[test]
+fn sigkill_and_resume_with_latest_commits_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let counts = write_input(&dir.path().join("in"), 40_000);
+    let (input, output, ck) = (
+        dir.path().join("in"),
+        dir.path().join("out"),
+        dir.path().join("ck"),
+    );
+    let local = format!(
+        "state.backend.lsm.localdir={}",
+        dir.path().join("local").display()
+    );
+    let run = |resume: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+        c.args([
+            "run",
+            "wordcount",
+            "--parallelism",
+            "2",
+            "--interval-ms",
+            "30",
+        ])
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .arg("--checkpoint-dir")
+        .arg(&ck)
+        .args(["--restore-mode", "claim", "-D", &local])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        if resume {
+            c.args(["-s", "latest"]);
+        }
+        c
+    };
+    let mut seed = 12345u64;
+    let mut kills = 0;
+    for _ in 0..4 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let wait = Duration::from_millis(200 + (seed >> 33) % 900);
+        let mut child = run(has_checkpoint(&ck)).spawn().unwrap();
+        std::thread::sleep(wait);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        let _ = child.wait();
+    }
+    let done = run(has_checkpoint(&ck)).output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(kills >= 1, "the job finished before any kill");
+    let got = committed_lines(&output).unwrap();
+    let want = expected(&counts);
+    assert_eq!(got.len(), want.len(), "after {kills} kills");
+    assert!(got == want, "output differs after {kills} kills");
+    check_no_orphans(&ck);
+}
