@@ -438,7 +438,7 @@ fn restore_one(backend: &dyn StateBackend, sp: &Path, i: u32, p: u32) -> tidemar
 #[test]
 fn a_truncated_or_bit_flipped_savepoint_file_is_refused_naming_it_and_nothing_is_restored() {
     let clock = clock();
-    let cases: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 3] = [
+    let cases: [(&str, Damage); 3] = [
         (
             "truncated",
             Box::new(|b: &mut Vec<u8>| b.truncate(b.len() - 100)),
@@ -567,9 +567,14 @@ fn a_canonical_snapshot_goes_only_into_a_canonical_savepoint() {
     assert!(!dir.exists(), "an unfinished savepoint leaves nothing");
 }
 
-/// Records of a random canonical file: (key group, state, key, user key, value), keys
-/// distinct within a state.
-fn records() -> impl Strategy<Value = Vec<(u8, Vec<u8>, Vec<u8>, Vec<u8>)>> {
+/// A record as the test holds it: state, key, user key, value.
+type Rec<S> = (S, Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// Damage done to a file's bytes.
+type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+
+/// Records of a random canonical file.
+fn records() -> impl Strategy<Value = Vec<Rec<u8>>> {
     proptest::collection::vec(
         (
             0u8..3,
@@ -604,7 +609,7 @@ proptest! {
                 ttl_ms: (i == 1).then_some(5000),
             })
             .collect();
-        let mut by_group: BTreeMap<u32, Vec<(u32, Vec<u8>, Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+        let mut by_group: BTreeMap<u32, Vec<Rec<u32>>> = BTreeMap::new();
         for (state, key, uk, value) in recs {
             let uk = if state == 2 { uk } else { Vec::new() };
             by_group.entry(m.key_group_of(&key)).or_default().push((u32::from(state), key, uk, value));
@@ -626,7 +631,7 @@ proptest! {
         let mut r = CanonicalReader::open("p.canonical", std::io::Cursor::new(bytes), size).unwrap();
         prop_assert_eq!(r.header(), &header);
         prop_assert_eq!(r.offsets(), &written.offsets[..]);
-        let mut got: BTreeMap<u32, Vec<(u32, Vec<u8>, Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+        let mut got: BTreeMap<u32, Vec<Rec<u32>>> = BTreeMap::new();
         r.read_all(&mut |g, rec| {
             got.entry(g).or_default().push((rec.state, rec.key.to_vec(), rec.user_key.to_vec(), rec.value.to_vec()));
             Ok(())
