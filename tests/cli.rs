@@ -401,7 +401,7 @@ fn inspect_and_verify_checkpoints() {
         let j = r.json();
         assert_eq!(j["checkpoint_id"], 3);
         assert_eq!(j["kind"], "incremental");
-        assert_eq!(j["format_version"], 2);
+        assert_eq!(j["format_version"], 3);
         assert_eq!(j["backends"], serde_json::json!(["lsm"]));
         assert_eq!(j["source_offsets"][0][2], 300);
         let sub = &j["subtasks"][0];
