@@ -15,6 +15,12 @@
 //! subtasks from two). The memory backend's checkpoints are inline in `_metadata`, which
 //! is limited to small states: it is measured with a state below its limit.
 //!
+//! Canonical savepoints (state of `TIDEMARK_BENCH_SAVEPOINT_MB` MiB, default 100; 16 in
+//! short mode) of each backend in 2 subtasks: the time to write the savepoint (synchronous
+//! part, canonical files, `_metadata`), its size, the time to restore it into the same
+//! backend with 2 subtasks, and into the `lsm` (or, from `lsm`, the `filesystem`) backend
+//! with 3.
+//!
 //! A plain harness (each step is one long operation on a large state): every figure is
 //! printed, nothing is asserted.
 
@@ -28,7 +34,7 @@ use std::time::{Duration, Instant};
 use common::{bench_root, pick, Rng};
 use tidemark::checkpoint::{
     resolve_verified, CheckpointConfig, CheckpointContent, CheckpointId, CheckpointKind,
-    CheckpointStore, JobId, LocalStorage, OperatorSubtaskState,
+    CheckpointStore, JobId, LocalStorage, OperatorSubtaskState, PendingSavepoint, SavepointFormat,
 };
 use tidemark::fs::StdFs;
 use tidemark::lsm::{Db, Options, SyncMode};
@@ -283,6 +289,94 @@ fn checkpoints(
     println!();
 }
 
+/// Restores the savepoint at `dir` with `backend` into `p` subtasks; returns the time.
+fn restore_savepoint(backend: &dyn StateBackend, dir: &Path, p: u32) -> Duration {
+    let r = resolve_verified(StdFs::shared(), dir, false).unwrap();
+    let st = r.storage(StdFs::shared());
+    let from = RestoreFrom {
+        checkpoint_id: r.checkpoint_id,
+        storage: &st,
+        subtasks: &r.metadata.operator_states,
+    };
+    let t = Instant::now();
+    let restored: Vec<_> = (0..p)
+        .map(|i| backend.keyed_state(&info(i, p), Some(from)).unwrap())
+        .collect();
+    let took = t.elapsed();
+    drop(restored);
+    took
+}
+
+/// Fills 2 subtasks of `backend` with `bytes` of state (about 130 bytes a key), takes a
+/// canonical savepoint, and restores it into `backend` (2 subtasks) and `other` (3).
+fn savepoints(backend: &dyn StateBackend, other: &dyn StateBackend, root: &Path, bytes: u64) {
+    let keys = bytes / 130;
+    let parallelism = 2;
+    let max = MaxParallelism::default();
+    let d = ValueStateDescriptor::<Value>::new("v");
+    let mut subtasks: Vec<_> = (0..parallelism)
+        .map(|i| backend.keyed_state(&info(i, parallelism), None).unwrap())
+        .collect();
+    for k in 0..keys {
+        let kb = postcard::to_stdvec(&k).unwrap();
+        let owner = max
+            .subtask_for_key_group(parallelism, max.key_group_of(&kb))
+            .unwrap();
+        let mut s = KeyedState::new(subtasks[owner as usize].backend());
+        s.set_current_key(&k).unwrap();
+        s.value(&d).unwrap().update(&value(k)).unwrap();
+    }
+    let t = Instant::now();
+    let snaps: Vec<_> = subtasks
+        .iter_mut()
+        .map(|s| s.snapshot_sync_canonical().unwrap())
+        .collect();
+    let mut pending = PendingSavepoint::begin(
+        StdFs::shared(),
+        root,
+        &JobId::new("job").unwrap(),
+        CheckpointId(1),
+        SavepointFormat::Canonical,
+    )
+    .unwrap();
+    let mut states = Vec::new();
+    for (i, snap) in snaps.into_iter().enumerate() {
+        let i = i as u32;
+        states.push(OperatorSubtaskState {
+            operator_id: "op".into(),
+            subtask_index: i,
+            parallelism,
+            max_parallelism: max.get(),
+            key_groups: info(i, parallelism).key_groups().unwrap(),
+            keyed_state: snap.write(&mut pending).unwrap(),
+            operator_state: Vec::new(),
+        });
+    }
+    let done = pending
+        .commit(CheckpointContent {
+            operator_states: states,
+            source_offsets: Vec::new(),
+            properties: Vec::new(),
+        })
+        .unwrap();
+    let write = t.elapsed();
+    drop(subtasks);
+    let size: u64 = done.metadata.file_handles().map(|f| f.size).sum();
+    let same = restore_savepoint(backend, &done.dir, parallelism);
+    let into_other = restore_savepoint(other, &done.dir, 3);
+    println!(
+        "savepoint  {:<10} {:>6} MiB in {parallelism} subtasks: write {:>8.1} ms ({:>6.0} MiB/s, {} MiB canonical), restore {:>8.1} ms, into {} x3 {:>8.1} ms",
+        backend.name(),
+        bytes >> 20,
+        write.as_secs_f64() * 1e3,
+        (bytes >> 20) as f64 / write.as_secs_f64(),
+        size >> 20,
+        same.as_secs_f64() * 1e3,
+        other.name(),
+        into_other.as_secs_f64() * 1e3
+    );
+}
+
 fn main() {
     let root = bench_root();
     println!("== operations");
@@ -308,4 +402,15 @@ fn main() {
     );
     let lsm = LsmStateBackend::new(root.path().join("lsm-local"), lsm_options());
     checkpoints(&lsm, &root.path().join("lsm"), mb << 20, 2, Some(3));
+    let sp_mb: u64 = std::env::var("TIDEMARK_BENCH_SAVEPOINT_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(pick(16, 100));
+    println!("== canonical savepoints");
+    let sp = root.path().join("savepoints");
+    let lsm_sp = LsmStateBackend::new(root.path().join("lsm-sp-local"), lsm_options());
+    let lsm_other = LsmStateBackend::new(root.path().join("lsm-sp-other"), lsm_options());
+    savepoints(&MemoryStateBackend::new(), &lsm_other, &sp, sp_mb << 20);
+    savepoints(&FsStateBackend::new(), &lsm_other, &sp, sp_mb << 20);
+    savepoints(&lsm_sp, &FsStateBackend::new(), &sp, sp_mb << 20);
 }

@@ -1,5 +1,7 @@
 //! Bit flips in every kind of file tidemark reads: the WAL, SSTs, the manifest, `CURRENT`,
-//! and a checkpoint's `_metadata`, manifest snapshot and shared tables.
+//! a checkpoint's `_metadata`, manifest snapshot and shared tables, and a canonical
+//! savepoint's `_metadata` and canonical files (restored unverified, so the format's own
+//! checks must catch every flip).
 //!
 //! For each flipped bit (every bit of small files, a seeded sample of at least 2000 bits per
 //! file type otherwise) a copy of the store is opened and read whole. The outcome must be
@@ -637,4 +639,143 @@ fn every_flip_in_a_checkpoint_manifest_snapshot_or_shared_table_is_an_error_nami
     let t = checkpoint_sweep(&c, &|p| p.starts_with("shared"), 2000);
     eprintln!("checkpoint shared tables: {t}");
     assert_clean("shared tables", &t);
+}
+
+/// A canonical savepoint of two subtasks of the filesystem backend (a value per key), and
+/// what it holds.
+struct Savepoint {
+    root: tempfile::TempDir,
+    dir: PathBuf,
+    model: BTreeMap<u32, u64>,
+}
+
+fn sp_info(index: u32, parallelism: u32) -> tidemark::state::backend::SubtaskInfo {
+    tidemark::state::backend::SubtaskInfo {
+        operator_id: "op".into(),
+        subtask_index: index,
+        parallelism,
+        max_parallelism: tidemark::state::key_groups::MaxParallelism::new(16).unwrap(),
+    }
+}
+
+fn build_savepoint() -> Savepoint {
+    use tidemark::checkpoint::{CheckpointContent, OperatorSubtaskState, PendingSavepoint};
+    use tidemark::state::backend::{FsStateBackend, StateBackend};
+    use tidemark::state::keyed::{KeyedState, ValueStateDescriptor};
+    let root = scratch();
+    let backend = FsStateBackend::new();
+    let d = ValueStateDescriptor::<u64>::new("v");
+    let mut model = BTreeMap::new();
+    let mut pending = PendingSavepoint::begin(
+        StdFs::shared(),
+        root.path(),
+        &JobId::new(JOB).unwrap(),
+        CheckpointId(4),
+        tidemark::checkpoint::SavepointFormat::Canonical,
+    )
+    .unwrap();
+    let mut states = Vec::new();
+    for i in 0..2 {
+        let info = sp_info(i, 2);
+        let mut keyed = backend.keyed_state(&info, None).unwrap();
+        let mut s = KeyedState::new(keyed.backend());
+        for k in 0..60u32 {
+            if s.set_current_key(&k).is_ok() {
+                s.value(&d).unwrap().update(&u64::from(k * 7)).unwrap();
+                model.insert(k, u64::from(k * 7));
+            }
+        }
+        states.push(OperatorSubtaskState {
+            operator_id: "op".into(),
+            subtask_index: i,
+            parallelism: 2,
+            max_parallelism: 16,
+            key_groups: info.key_groups().unwrap(),
+            keyed_state: keyed
+                .snapshot_sync_canonical()
+                .unwrap()
+                .write(&mut pending)
+                .unwrap(),
+            operator_state: Vec::new(),
+        });
+    }
+    let done = pending
+        .commit(CheckpointContent {
+            operator_states: states,
+            source_offsets: Vec::new(),
+            properties: Vec::new(),
+        })
+        .unwrap();
+    Savepoint {
+        dir: done.dir,
+        root,
+        model,
+    }
+}
+
+/// Restores the savepoint (not verified: the formats' own checks only) into one subtask of
+/// the memory backend and reads every key.
+fn restore_savepoint(sp: &Savepoint) -> tidemark::Result<BTreeMap<u32, u64>> {
+    use tidemark::state::backend::{MemoryStateBackend, RestoreFrom, StateBackend};
+    use tidemark::state::keyed::{KeyedState, ValueStateDescriptor};
+    let r = tidemark::checkpoint::resolve(&NoSyncFs, &sp.dir)?;
+    let storage = r.storage(Arc::new(NoSyncFs));
+    let from = RestoreFrom {
+        checkpoint_id: r.checkpoint_id,
+        storage: &storage,
+        subtasks: &r.metadata.operator_states,
+    };
+    let mut keyed = MemoryStateBackend::new().keyed_state(&sp_info(0, 1), Some(from))?;
+    let mut s = KeyedState::new(keyed.backend());
+    let d = ValueStateDescriptor::<u64>::new("v");
+    let mut got = BTreeMap::new();
+    for k in 0..70u32 {
+        s.set_current_key(&k)?;
+        if let Some(v) = s.value(&d)?.get()? {
+            got.insert(k, v);
+        }
+    }
+    Ok(got)
+}
+
+#[test]
+fn every_flip_in_a_canonical_savepoint_is_an_error_naming_the_file() {
+    let _serial = count_panics();
+    let sp = build_savepoint();
+    assert_eq!(restore_savepoint(&sp).unwrap(), sp.model);
+    let _ = &sp.root;
+    let mut files: Vec<PathBuf> = fs::read_dir(&sp.dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "{files:?}");
+    for path in files {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let len = fs::metadata(&path).unwrap().len() as usize;
+        let mut tally = Tally::default();
+        for bit in bits_to_flip(len, 1500, 0x5a5e) {
+            flip(&path, bit);
+            tally.flips += 1;
+            let panics_before = PANICS.load(Ordering::SeqCst);
+            let outcome = std::panic::catch_unwind(|| restore_savepoint(&sp));
+            flip(&path, bit);
+            let at = format!("{name} bit {bit}");
+            if PANICS.load(Ordering::SeqCst) != panics_before {
+                tally.bad.push(format!("{at}: panicked"));
+                continue;
+            }
+            match outcome {
+                Err(_) => tally.bad.push(format!("{at}: panicked")),
+                Ok(Err(e)) if e.to_string().contains(&name) => tally.errors += 1,
+                Ok(Err(e)) => tally
+                    .bad
+                    .push(format!("{at}: error does not name the file: {e}")),
+                Ok(Ok(got)) if got == sp.model => tally.harmless += 1,
+                Ok(Ok(_)) => tally.bad.push(format!("{at}: restored wrong data")),
+            }
+        }
+        eprintln!("savepoint {name}: {tally}");
+        assert_clean(&name, &tally);
+    }
 }

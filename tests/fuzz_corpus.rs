@@ -189,11 +189,11 @@ fn version_1_seed_still_decodes_as_an_lsm_file_set() {
     assert_eq!(set.manifest.path, "chk-2/counter_0.manifest");
     assert!(!set.tables.is_empty());
     assert!(set.tables.iter().all(|t| t.local_name.ends_with(".sst")));
-    // The same checkpoint written as version 2 reads back the same.
-    let v2 = m.encode();
-    assert_eq!(Metadata::version_of(&v2), Some(2));
+    // The same checkpoint written again (as version 3) reads back the same.
+    let v3 = m.encode();
+    assert_eq!(Metadata::version_of(&v3), Some(3));
     assert_eq!(
-        Metadata::decode(&v2, Path::new("chk-2/_metadata")).unwrap(),
+        Metadata::decode(&v3, Path::new("chk-2/_metadata")).unwrap(),
         m
     );
     // The seeds of version 2 hold every handle kind.
@@ -205,6 +205,68 @@ fn version_1_seed_still_decodes_as_an_lsm_file_set() {
         .flat_map(|s| s.keyed_state.iter().map(|h| h.kind_name()))
         .collect();
     assert_eq!(kinds.len(), 3, "{kinds:?}");
+    // The savepoint seed (version 3) is a canonical savepoint of canonical files.
+    let sp = std::fs::read(root.join("canonical-savepoint")).expect("read the savepoint seed");
+    assert_eq!(Metadata::version_of(&sp), Some(3));
+    let m = Metadata::decode(&sp, Path::new("savepoint-seedjo-0/_metadata")).unwrap();
+    assert_eq!(
+        m.kind,
+        tidemark::checkpoint::CheckpointKind::CanonicalSavepoint
+    );
+    assert_eq!(
+        sp,
+        savepoint_metadata(&typed),
+        "the seed is what its writer writes"
+    );
+    let kinds: std::collections::BTreeSet<_> = m
+        .operator_states
+        .iter()
+        .flat_map(|s| s.keyed_state.iter().map(|h| h.kind_name()))
+        .collect();
+    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["canonical-file"]);
+}
+
+/// The typed-handles seed `typed` made a canonical savepoint: its key-groups file a
+/// canonical file, every file in the savepoint directory, the other keyed state left out.
+fn savepoint_metadata(typed: &[u8]) -> Vec<u8> {
+    use tidemark::checkpoint::{CheckpointKind, FileRole, KeyedState, Metadata, StateData};
+    let mut m = Metadata::decode(typed, Path::new("chk-2/_metadata")).expect("seed decodes");
+    m.kind = CheckpointKind::CanonicalSavepoint;
+    let relocate = |f: &mut tidemark::checkpoint::FileHandle| {
+        f.role = FileRole::Savepoint;
+        f.path = f.path.rsplit('/').next().unwrap_or_default().to_string();
+    };
+    for s in &mut m.operator_states {
+        s.keyed_state
+            .retain(|h| matches!(h.state, KeyedState::KeyGroupsFile { .. }));
+        for h in &mut s.keyed_state {
+            if let KeyedState::KeyGroupsFile { file, offsets } = &h.state {
+                let (mut file, offsets) = (file.clone(), offsets.clone());
+                relocate(&mut file);
+                h.state = KeyedState::CanonicalFile { file, offsets };
+            }
+        }
+        for h in &mut s.operator_state {
+            if let StateData::File(f) = &mut h.data {
+                relocate(f);
+            }
+        }
+    }
+    m.validate(Path::new("savepoint-seedjo-0/_metadata"))
+        .expect("valid");
+    m.encode()
+}
+
+/// Writes the savepoint seeds (from the typed-handles seed):
+/// `cargo test --test fuzz_corpus -- --ignored regenerate_savepoint_seed`.
+#[test]
+#[ignore = "writes fuzz/corpus-seed; run by hand when the format changes"]
+fn regenerate_savepoint_seed() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus-seed/metadata_decode");
+    let typed = std::fs::read(root.join("typed-handles")).unwrap();
+    let sp = savepoint_metadata(&typed);
+    std::fs::write(root.join("canonical-savepoint"), &sp).unwrap();
+    std::fs::write(root.join("canonical-savepoint-body"), &sp[12..sp.len() - 4]).unwrap();
 }
 
 #[test]

@@ -215,8 +215,62 @@ pub enum CheckpointKind {
     Incremental,
     /// Places every file anew; references nothing placed by an earlier checkpoint.
     Full,
-    /// A user-triggered snapshot (placed in full, like [`CheckpointKind::Full`]).
+    /// A user-triggered snapshot in the backends' own formats (Flink's *native* savepoint):
+    /// placed in full, and (in `_metadata` version 3) self-contained in its own directory.
     Savepoint,
+    /// A user-triggered snapshot in the backend-independent canonical format
+    /// (`format-spec/savepoint.md`; Flink's *canonical* savepoint): restores into any
+    /// backend. Self-contained in its own directory. `_metadata` version 3 and later.
+    CanonicalSavepoint,
+}
+
+/// The format of a savepoint's keyed state (Flink's `SavepointFormatType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SavepointFormat {
+    /// Each backend's own snapshot format: fast to take and restore, restores only into
+    /// the backend that wrote it.
+    Native,
+    /// The canonical format: key/value records per key group and state, restorable into
+    /// any backend with any parallelism (Flink's default).
+    #[default]
+    Canonical,
+}
+
+impl SavepointFormat {
+    /// The checkpoint kind of a savepoint in this format.
+    pub fn kind(self) -> CheckpointKind {
+        match self {
+            SavepointFormat::Native => CheckpointKind::Savepoint,
+            SavepointFormat::Canonical => CheckpointKind::CanonicalSavepoint,
+        }
+    }
+
+    /// Flink's name: `native` or `canonical`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SavepointFormat::Native => "native",
+            SavepointFormat::Canonical => "canonical",
+        }
+    }
+}
+
+impl fmt::Display for SavepointFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SavepointFormat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "native" => Ok(SavepointFormat::Native),
+            "canonical" => Ok(SavepointFormat::Canonical),
+            _ => Err(Error::InvalidOptions(format!(
+                "savepoint format {s:?}: expected native or canonical"
+            ))),
+        }
+    }
 }
 
 impl CheckpointKind {
@@ -226,6 +280,7 @@ impl CheckpointKind {
             CheckpointKind::Incremental => 0,
             CheckpointKind::Full => 1,
             CheckpointKind::Savepoint => 2,
+            CheckpointKind::CanonicalSavepoint => 3,
         }
     }
 
@@ -235,6 +290,7 @@ impl CheckpointKind {
             0 => Some(CheckpointKind::Incremental),
             1 => Some(CheckpointKind::Full),
             2 => Some(CheckpointKind::Savepoint),
+            3 => Some(CheckpointKind::CanonicalSavepoint),
             _ => None,
         }
     }
@@ -244,12 +300,27 @@ impl CheckpointKind {
         self == CheckpointKind::Incremental
     }
 
-    /// Lowercase name (`incremental`, `full`, `savepoint`).
+    /// The savepoint format, when this is a savepoint.
+    pub fn savepoint_format(self) -> Option<SavepointFormat> {
+        match self {
+            CheckpointKind::Savepoint => Some(SavepointFormat::Native),
+            CheckpointKind::CanonicalSavepoint => Some(SavepointFormat::Canonical),
+            CheckpointKind::Incremental | CheckpointKind::Full => None,
+        }
+    }
+
+    /// True for both savepoint kinds.
+    pub fn is_savepoint(self) -> bool {
+        self.savepoint_format().is_some()
+    }
+
+    /// Lowercase name (`incremental`, `full`, `savepoint`, `canonical-savepoint`).
     pub fn as_str(self) -> &'static str {
         match self {
             CheckpointKind::Incremental => "incremental",
             CheckpointKind::Full => "full",
             CheckpointKind::Savepoint => "savepoint",
+            CheckpointKind::CanonicalSavepoint => "canonical-savepoint",
         }
     }
 }
@@ -328,9 +399,16 @@ mod tests {
             CheckpointKind::Incremental,
             CheckpointKind::Full,
             CheckpointKind::Savepoint,
+            CheckpointKind::CanonicalSavepoint,
         ] {
             assert_eq!(CheckpointKind::from_byte(k.to_byte()), Some(k));
+            assert_eq!(k.is_savepoint(), k.savepoint_format().is_some());
         }
-        assert_eq!(CheckpointKind::from_byte(3), None);
+        assert_eq!(CheckpointKind::from_byte(4), None);
+        for f in [SavepointFormat::Native, SavepointFormat::Canonical] {
+            assert_eq!(f.kind().savepoint_format(), Some(f));
+            assert_eq!(f.as_str().parse::<SavepointFormat>().unwrap(), f);
+        }
+        assert!("rocksdb".parse::<SavepointFormat>().is_err());
     }
 }

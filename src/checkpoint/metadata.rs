@@ -29,7 +29,7 @@ pub const MAGIC: [u8; 8] = *b"TDMKCKPT";
 /// so when one is given to tidemark.
 pub const FLINK_METADATA_MAGIC: [u8; 4] = 0x4960_672d_u32.to_be_bytes();
 /// The format version this code writes (and the newest it reads).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format version this code reads (see [`Metadata::decode`] for how a version 1
 /// file maps onto today's types).
 pub const OLDEST_READABLE_VERSION: u32 = 1;
@@ -153,6 +153,12 @@ const KIND_INCREMENTAL_LSM: u8 = 1;
 const KIND_KEY_GROUPS_FILE: u8 = 2;
 /// Keyed-state handle kind: key groups inline, with their offsets.
 const KIND_KEY_GROUPS_INLINE: u8 = 3;
+/// Keyed-state handle kind: a canonical savepoint file of key groups with their offsets
+/// (version 3).
+const KIND_CANONICAL_FILE: u8 = 4;
+/// The first version with savepoints in their own directory, canonical savepoints and
+/// canonical key-groups files.
+const SAVEPOINT_VERSION: u32 = 3;
 /// Operator-state data tag: a file.
 const DATA_FILE: u8 = 1;
 /// Operator-state data tag: inline bytes.
@@ -165,6 +171,10 @@ pub enum FileRole {
     Shared,
     /// Under `chk-<N>/`: belongs to checkpoint N alone and goes with its directory.
     Private,
+    /// In a self-contained savepoint's own directory, its path relative to that directory
+    /// (where `_metadata` lies): the savepoint owns it, and it moves with the directory.
+    /// Version 3 and later, only in savepoints.
+    Savepoint,
 }
 
 impl FileRole {
@@ -172,6 +182,7 @@ impl FileRole {
         match self {
             FileRole::Shared => 0,
             FileRole::Private => 1,
+            FileRole::Savepoint => 2,
         }
     }
 
@@ -179,15 +190,17 @@ impl FileRole {
         match b {
             0 => Some(FileRole::Shared),
             1 => Some(FileRole::Private),
+            2 => Some(FileRole::Savepoint),
             _ => None,
         }
     }
 
-    /// `shared` or `private`.
+    /// `shared`, `private` or `savepoint`.
     pub fn as_str(self) -> &'static str {
         match self {
             FileRole::Shared => "shared",
             FileRole::Private => "private",
+            FileRole::Savepoint => "savepoint",
         }
     }
 }
@@ -200,7 +213,8 @@ pub struct FileHandle {
     /// The file's name in the backend's working directory (e.g. `000012.sst`); a restore
     /// places the file back under this name.
     pub local_name: String,
-    /// Path relative to the job directory: `shared/…` or `chk-<N>/…`.
+    /// Path relative to the job directory (`shared/…` or `chk-<N>/…`), or, in a
+    /// savepoint, to the savepoint directory.
     pub path: String,
     /// Size in bytes.
     pub size: u64,
@@ -242,6 +256,15 @@ pub enum KeyedState {
         /// Per key group of the handle's range: where its data starts in `bytes`.
         offsets: Vec<u64>,
     },
+    /// A canonical savepoint file (`format-spec/savepoint.md`; Flink's
+    /// `KeyGroupsSavepointStateHandle`): key/value records per key group, readable by
+    /// every backend.
+    CanonicalFile {
+        /// The file.
+        file: FileHandle,
+        /// Per key group of the handle's range, in order: where its section starts.
+        offsets: Vec<u64>,
+    },
 }
 
 /// One piece of an operator subtask's keyed state.
@@ -262,7 +285,9 @@ impl KeyedStateHandle {
             KeyedState::IncrementalLsm(set) => {
                 set.tables.iter().chain(Some(&set.manifest)).collect()
             }
-            KeyedState::KeyGroupsFile { file, .. } => vec![file],
+            KeyedState::KeyGroupsFile { file, .. } | KeyedState::CanonicalFile { file, .. } => {
+                vec![file]
+            }
             KeyedState::KeyGroupsInline { .. } => Vec::new(),
         }
     }
@@ -275,21 +300,23 @@ impl KeyedStateHandle {
         }
     }
 
-    /// `incremental-lsm`, `key-groups-file` or `key-groups-inline`.
+    /// `incremental-lsm`, `key-groups-file`, `key-groups-inline` or `canonical-file`.
     pub fn kind_name(&self) -> &'static str {
         match self.state {
             KeyedState::IncrementalLsm(_) => "incremental-lsm",
             KeyedState::KeyGroupsFile { .. } => "key-groups-file",
             KeyedState::KeyGroupsInline { .. } => "key-groups-inline",
+            KeyedState::CanonicalFile { .. } => "canonical-file",
         }
     }
 
-    /// The per-key-group offsets, for the two key-groups kinds.
+    /// The per-key-group offsets, for the key-groups and canonical kinds.
     pub fn key_group_offsets(&self) -> Option<&[u64]> {
         match &self.state {
             KeyedState::IncrementalLsm(_) => None,
             KeyedState::KeyGroupsFile { offsets, .. }
-            | KeyedState::KeyGroupsInline { offsets, .. } => Some(offsets),
+            | KeyedState::KeyGroupsInline { offsets, .. }
+            | KeyedState::CanonicalFile { offsets, .. } => Some(offsets),
         }
     }
 }
@@ -545,6 +572,7 @@ impl Metadata {
                     KeyedState::IncrementalLsm(_) => b.push(KIND_INCREMENTAL_LSM),
                     KeyedState::KeyGroupsFile { .. } => b.push(KIND_KEY_GROUPS_FILE),
                     KeyedState::KeyGroupsInline { .. } => b.push(KIND_KEY_GROUPS_INLINE),
+                    KeyedState::CanonicalFile { .. } => b.push(KIND_CANONICAL_FILE),
                 }
                 put_str(&mut b, &h.backend);
                 put_range(&mut b, h.key_groups);
@@ -557,7 +585,8 @@ impl Metadata {
                             put_file(&mut b, f);
                         }
                     }
-                    KeyedState::KeyGroupsFile { file, offsets } => {
+                    KeyedState::KeyGroupsFile { file, offsets }
+                    | KeyedState::CanonicalFile { file, offsets } => {
                         put_file(&mut b, file);
                         put_offsets(&mut b, offsets);
                     }
@@ -849,9 +878,11 @@ fn decode_body(
     let job_id = JobId::new(job).map_err(|e| Error::corruption(path, at, e.to_string()))?;
     let at = d.offset();
     let kind_byte = d.u8("kind").map_err(c(path))?;
-    let kind = CheckpointKind::from_byte(kind_byte).ok_or_else(|| {
-        Error::corruption(path, at, format!("unknown checkpoint kind {kind_byte}"))
-    })?;
+    let kind = CheckpointKind::from_byte(kind_byte)
+        .filter(|k| version >= SAVEPOINT_VERSION || *k != CheckpointKind::CanonicalSavepoint)
+        .ok_or_else(|| {
+            Error::corruption(path, at, format!("unknown checkpoint kind {kind_byte}"))
+        })?;
     let trigger_timestamp_ms = d.u64("trigger timestamp").map_err(c(path))?;
     let completion_timestamp_ms = d.u64("completion timestamp").map_err(c(path))?;
 
@@ -876,6 +907,7 @@ fn decode_body(
         (states, starts)
     };
     check_subtasks(path, &operator_states, &starts, budget)?;
+    check_savepoint_rules(path, version, kind, &operator_states, &starts)?;
     drop(starts);
 
     // A source offset takes at least 10 bytes.
@@ -1117,7 +1149,7 @@ fn decode_keyed(
 ) -> Result<KeyedStateHandle> {
     let at = d.offset();
     let kind = d.u8("keyed-state handle kind").map_err(c(path))?;
-    if !(KIND_INCREMENTAL_LSM..=KIND_KEY_GROUPS_INLINE).contains(&kind) {
+    if !(KIND_INCREMENTAL_LSM..=KIND_CANONICAL_FILE).contains(&kind) {
         return Err(Error::corruption(
             path,
             at,
@@ -1159,7 +1191,7 @@ fn decode_keyed(
                 tables,
             })
         }
-        KIND_KEY_GROUPS_FILE => {
+        KIND_KEY_GROUPS_FILE | KIND_CANONICAL_FILE => {
             let file = decode_file(d, path, id, budget)?;
             let offsets = decode_offsets(
                 d,
@@ -1170,7 +1202,11 @@ fn decode_keyed(
                 Some(key_groups.len()),
                 file.size,
             )?;
-            KeyedState::KeyGroupsFile { file, offsets }
+            if kind == KIND_CANONICAL_FILE {
+                KeyedState::CanonicalFile { file, offsets }
+            } else {
+                KeyedState::KeyGroupsFile { file, offsets }
+            }
         }
         _ => {
             let bytes = get_inline(d, path, budget)?;
@@ -1274,6 +1310,65 @@ fn decode_operator_handle(
         data,
         states,
     })
+}
+
+/// The rules of savepoints (version 3): a savepoint is self-contained, so each of its files
+/// has the role `savepoint` (a path relative to the savepoint directory), and no file of a
+/// checkpoint has it; canonical key-groups files are the keyed state of canonical
+/// savepoints and of nothing else. Before version 3 neither the role nor the handle kind
+/// existed. `starts` holds each subtask's offset in the file, for errors.
+fn check_savepoint_rules(
+    path: &Path,
+    version: u32,
+    kind: CheckpointKind,
+    states: &[OperatorSubtaskState],
+    starts: &[u64],
+) -> Result<()> {
+    let self_contained = version >= SAVEPOINT_VERSION && kind.is_savepoint();
+    for (i, s) in states.iter().enumerate() {
+        let at = starts.get(i).copied().unwrap_or(0);
+        for f in s.file_handles() {
+            if (f.role == FileRole::Savepoint) != self_contained {
+                let why = if self_contained {
+                    format!(
+                        "a savepoint's files lie in its own directory (role savepoint), but {} \
+                         of subtask {} has role {}",
+                        f.path,
+                        s.label(),
+                        f.role.as_str()
+                    )
+                } else {
+                    format!(
+                        "{} of subtask {} has role savepoint, which only a version 3 savepoint \
+                         holds (this is a version {version} {})",
+                        f.path,
+                        s.label(),
+                        kind.as_str()
+                    )
+                };
+                return Err(Error::corruption(path, at, why));
+            }
+        }
+        for h in &s.keyed_state {
+            let canonical = matches!(h.state, KeyedState::CanonicalFile { .. });
+            let canonical_savepoint = kind == CheckpointKind::CanonicalSavepoint;
+            if canonical != canonical_savepoint {
+                return Err(Error::corruption(
+                    path,
+                    at,
+                    format!(
+                        "subtask {}: a {} {} keyed-state handle in a {}: canonical files are \
+                         the keyed state of canonical savepoints only",
+                        s.label(),
+                        h.backend,
+                        h.kind_name(),
+                        kind.as_str()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks across subtasks: the subtasks of one operator agree on parallelism and max
@@ -1643,7 +1738,7 @@ pub(crate) mod tests {
 
     /// The worked example of `format-spec/metadata.md`, byte for byte.
     const SAMPLE_HEX: &str = concat!(
-        "54444d4b434b50540200000002000000",
+        "54444d4b434b50540300000002000000",
         "00000000046a6f6231000068e5cf8b01",
         "0000fa68e5cf8b010000030373726300",
         "010400000000030000000001066d656d",
@@ -1664,7 +1759,7 @@ pub(crate) mod tests {
         "686b2d322f77696e5f311e0000000000",
         "0000040302010200000000000000000c",
         "00000000000000000102696e01302a00",
-        "00000000000001016b01768f883866",
+        "00000000000001016b01761a782856",
     );
 
     #[test]
@@ -1687,7 +1782,7 @@ pub(crate) mod tests {
     fn sample_round_trips_and_validates() {
         let m = sample();
         let b = m.encode();
-        assert_eq!(Metadata::version_of(&b), Some(2));
+        assert_eq!(Metadata::version_of(&b), Some(3));
         assert_eq!(Metadata::decode(&b, p()).unwrap(), m);
         m.validate(p()).unwrap();
         assert_eq!(m.shared_paths().len(), 1);
@@ -1727,7 +1822,7 @@ pub(crate) mod tests {
         b[0] = b'X';
         let e = Metadata::decode(&b, p()).unwrap_err().to_string();
         assert!(e.contains("bad magic") && e.contains("offset 0"), "{e}");
-        for (v, who) in [(3u8, "newer"), (0, "unknown")] {
+        for (v, who) in [(4u8, "newer"), (0, "unknown")] {
             let mut b = sample().encode();
             b[VERSION_OFFSET] = v;
             let e = Metadata::decode(&b, p()).unwrap_err().to_string();
@@ -1941,9 +2036,9 @@ pub(crate) mod tests {
         // An unknown keyed-state kind: the byte before the backend `lsm`.
         let lsm_at = b.windows(4).position(|w| w == b"\x03lsm").unwrap();
         let mut x = b[..b.len() - CRC_BYTES].to_vec();
-        x[lsm_at - 1] = 4;
+        x[lsm_at - 1] = 5;
         let e = Metadata::decode(&reseal(x), p()).unwrap_err().to_string();
-        assert!(e.contains("unknown keyed-state handle kind 4"), "{e}");
+        assert!(e.contains("unknown keyed-state handle kind 5"), "{e}");
     }
 
     #[test]
@@ -2293,7 +2388,7 @@ pub(crate) mod tests {
         (
             any::<u64>(),
             "[A-Za-z0-9_-]{1,64}",
-            0u8..3,
+            0u8..4,
             any::<u64>(),
             any::<u64>(),
         )
@@ -2318,17 +2413,166 @@ pub(crate) mod tests {
                 )
             })
             .prop_map(
-                |((id, job, kind, t0, t1), operators, source_offsets, properties)| Metadata {
-                    checkpoint_id: CheckpointId(id),
-                    job_id: JobId::new(job).unwrap(),
-                    kind: CheckpointKind::from_byte(kind).unwrap(),
-                    trigger_timestamp_ms: t0,
-                    completion_timestamp_ms: t1,
-                    operator_states: operators.into_iter().flatten().collect(),
-                    source_offsets,
-                    properties,
+                |((id, job, kind, t0, t1), operators, source_offsets, properties)| {
+                    let mut m = Metadata {
+                        checkpoint_id: CheckpointId(id),
+                        job_id: JobId::new(job).unwrap(),
+                        kind: CheckpointKind::from_byte(kind).unwrap(),
+                        trigger_timestamp_ms: t0,
+                        completion_timestamp_ms: t1,
+                        operator_states: operators.into_iter().flatten().collect(),
+                        source_offsets,
+                        properties,
+                    };
+                    if m.kind.is_savepoint() {
+                        as_savepoint(&mut m);
+                    }
+                    m
                 },
             )
+    }
+
+    /// Makes a checkpoint's content a self-contained savepoint's of `m.kind`: every file in
+    /// the savepoint directory; in a canonical savepoint every keyed-state file a
+    /// canonical file (and no other keyed state).
+    fn as_savepoint(m: &mut Metadata) {
+        let canonical = m.kind == CheckpointKind::CanonicalSavepoint;
+        let relocate = |f: &mut FileHandle| {
+            f.role = FileRole::Savepoint;
+            f.path = f
+                .path
+                .split_once('/')
+                .map_or(f.path.clone(), |(_, rest)| rest.to_string());
+        };
+        for s in &mut m.operator_states {
+            if canonical {
+                s.keyed_state.retain_mut(|h| {
+                    match std::mem::replace(
+                        &mut h.state,
+                        KeyedState::KeyGroupsInline {
+                            bytes: Vec::new(),
+                            offsets: Vec::new(),
+                        },
+                    ) {
+                        KeyedState::KeyGroupsFile { file, offsets } => {
+                            h.state = KeyedState::CanonicalFile { file, offsets };
+                            true
+                        }
+                        _ => false,
+                    }
+                });
+            }
+            for h in &mut s.keyed_state {
+                match &mut h.state {
+                    KeyedState::IncrementalLsm(set) => {
+                        relocate(&mut set.manifest);
+                        set.tables.iter_mut().for_each(relocate);
+                    }
+                    KeyedState::KeyGroupsFile { file, .. }
+                    | KeyedState::CanonicalFile { file, .. } => relocate(file),
+                    KeyedState::KeyGroupsInline { .. } => {}
+                }
+            }
+            for h in &mut s.operator_state {
+                if let StateData::File(f) = &mut h.data {
+                    relocate(f);
+                }
+            }
+        }
+    }
+
+    /// A canonical savepoint: files in its own directory, a canonical keyed-state file and
+    /// inline operator state.
+    fn savepoint_sample() -> Metadata {
+        let mut m = sample();
+        m.kind = CheckpointKind::CanonicalSavepoint;
+        as_savepoint(&mut m);
+        m
+    }
+
+    #[test]
+    fn a_savepoint_round_trips_and_its_rules_are_checked() {
+        let m = savepoint_sample();
+        let b = m.encode();
+        assert_eq!(Metadata::decode(&b, p()).unwrap(), m);
+        let files: Vec<_> = m
+            .file_handles()
+            .map(|f| (f.role, f.path.as_str()))
+            .collect();
+        assert_eq!(files, [(FileRole::Savepoint, "win_1")]);
+
+        // A savepoint file in a checkpoint, a checkpoint file in a savepoint.
+        let mut bad = m.clone();
+        bad.kind = CheckpointKind::Full;
+        let e = Metadata::decode(&bad.encode(), p())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("role savepoint") && e.contains("win_1"), "{e}");
+        let mut bad = sample();
+        bad.kind = CheckpointKind::Savepoint;
+        let e = Metadata::decode(&bad.encode(), p())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("its own directory") && e.contains("role shared"),
+            "{e}"
+        );
+        // A canonical file in a native savepoint; native keyed state in a canonical one.
+        let mut bad = m.clone();
+        bad.kind = CheckpointKind::Savepoint;
+        let e = Metadata::decode(&bad.encode(), p())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("canonical-file") && e.contains("win_1"), "{e}");
+        let mut native = sample();
+        native.kind = CheckpointKind::Savepoint;
+        as_savepoint(&mut native);
+        Metadata::decode(&native.encode(), p()).unwrap();
+        native.kind = CheckpointKind::CanonicalSavepoint;
+        let e = Metadata::decode(&native.encode(), p())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("incremental-lsm") && e.contains("canonical savepoints only"),
+            "{e}"
+        );
+        // `_metadata` itself is no savepoint file.
+        let mut bad = m.clone();
+        for s in &mut bad.operator_states {
+            for h in &mut s.keyed_state {
+                if let KeyedState::CanonicalFile { file, .. } = &mut h.state {
+                    file.path = METADATA_FILE_NAME.into();
+                }
+            }
+        }
+        assert!(matches!(
+            Metadata::decode(&bad.encode(), p()),
+            Err(Error::UnsafePath { .. })
+        ));
+    }
+
+    #[test]
+    fn what_version_3_added_is_refused_in_older_versions() {
+        // The savepoint bytes relabelled as version 2: the canonical kind is unknown there.
+        let b = savepoint_sample().encode();
+        let mut x = b[..b.len() - CRC_BYTES].to_vec();
+        x[VERSION_OFFSET] = 2;
+        let e = Metadata::decode(&reseal(x), p()).unwrap_err().to_string();
+        assert!(e.contains("unknown checkpoint kind 3"), "{e}");
+        // A native savepoint of version 2 keeps version 2's rules: files in its job
+        // directory, and no savepoint role.
+        let mut native = sample();
+        native.kind = CheckpointKind::Savepoint;
+        let mut x = native.encode();
+        x.truncate(x.len() - CRC_BYTES);
+        x[VERSION_OFFSET] = 2;
+        assert_eq!(Metadata::decode(&reseal(x), p()).unwrap(), native);
+        as_savepoint(&mut native);
+        let mut x = native.encode();
+        x.truncate(x.len() - CRC_BYTES);
+        x[VERSION_OFFSET] = 2;
+        let e = Metadata::decode(&reseal(x), p()).unwrap_err().to_string();
+        assert!(e.contains("only a version 3 savepoint"), "{e}");
     }
 
     proptest! {

@@ -2,6 +2,8 @@
 //! retention, verification and restore targets.
 //!
 //! ```text
+//! <savepoints-dir>/savepoint-<job>-<random>/   a self-contained savepoint: `_metadata`
+//!                                             and every file it references
 //! <checkpoints-dir>/<job-id>/
 //!     shared/      files referenced by one or more checkpoints (hard-linked, incremental)
 //!     taskowned/   files owned by the running job; never deleted by checkpoint cleanup
@@ -20,13 +22,15 @@ pub mod pending;
 mod registry;
 pub mod restore;
 pub mod retention;
+pub mod savepoint;
 pub mod stats;
 pub mod storage;
 pub mod store;
+pub mod target;
 pub mod verify;
 
 pub use config::{CheckpointConfig, ExternalizedCleanup, JobTermination};
-pub use ids::{CheckpointId, CheckpointKind, JobId, KeyGroupRange};
+pub use ids::{CheckpointId, CheckpointKind, JobId, KeyGroupRange, SavepointFormat};
 pub use metadata::{
     FileHandle, FileRole, KeyedState, KeyedStateHandle, LsmFileSet, Metadata, NamedOperatorState,
     OperatorStateHandle, OperatorSubtaskState, RedistributionMode, SourceOffset, StateData,
@@ -36,12 +40,14 @@ pub use path::{SHARED_DIR, TASKOWNED_DIR};
 pub use pending::{CheckpointContent, CompletedCheckpoint, PendingCheckpoint, PrivateFileWriter};
 pub use restore::{resolve, resolve_verified, ResolvedCheckpoint, RestoreInfo, RestoreMode};
 pub use retention::RetentionReport;
+pub use savepoint::{CompletedSavepoint, PendingSavepoint};
 pub use stats::{
     recorded_placement, CheckpointStats, CheckpointSummary, PLACED_BYTES_PROPERTY,
     PLACED_FILES_PROPERTY,
 };
 pub use storage::{file_checksum, CheckpointStorage, FileChecksum, LocalStorage, JOB_LOCK_FILE};
 pub use store::{CheckpointStore, OpenReport};
+pub use target::{PrivateWrite, SnapshotTarget};
 pub use verify::{verify, verify_files, VerifyReport};
 
 #[cfg(test)]

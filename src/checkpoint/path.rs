@@ -45,7 +45,8 @@ pub fn lexical_problem(entry: &str) -> Option<String> {
 }
 
 /// Why `entry` may not be the path of a `role` file of checkpoint `id`, or `None` when it
-/// may: lexically safe, and under `shared/` (shared) or `chk-<id>/` (private).
+/// may: lexically safe, and under `shared/` (shared) or `chk-<id>/` (private); a savepoint
+/// file anywhere in its savepoint directory but `_metadata` itself.
 pub fn handle_path_problem(entry: &str, role: FileRole, id: CheckpointId) -> Option<String> {
     if let Some(p) = lexical_problem(entry) {
         return Some(p);
@@ -53,6 +54,10 @@ pub fn handle_path_problem(entry: &str, role: FileRole, id: CheckpointId) -> Opt
     let expected = match role {
         FileRole::Shared => "shared/".to_string(),
         FileRole::Private => format!("{}/", id.dir_name()),
+        FileRole::Savepoint => {
+            let reserved = entry.split('/').next() == Some(super::METADATA_FILE_NAME);
+            return reserved.then(|| "a savepoint file may not be named _metadata".to_string());
+        }
     };
     let Some((first, rest)) = entry.split_once('/') else {
         return Some(format!(
@@ -63,6 +68,7 @@ pub fn handle_path_problem(entry: &str, role: FileRole, id: CheckpointId) -> Opt
     let first_ok = match role {
         FileRole::Shared => first == "shared",
         FileRole::Private => first == id.dir_name(),
+        FileRole::Savepoint => true,
     };
     if !first_ok || rest.is_empty() {
         return Some(format!(

@@ -498,6 +498,8 @@ impl PendingCheckpoint {
                                 .is_some_and(|e| e.size == f.size && e.crc32c == f.crc32c)
                     }
                     FileRole::Private => book.private.contains(&f.path),
+                    // A checkpoint of the job directory places no savepoint files.
+                    FileRole::Savepoint => false,
                 };
                 if !ok {
                     return Err(Error::InvalidArgument(format!(
@@ -740,6 +742,20 @@ impl PrivateFileWriter<'_> {
         book.stats.files_written += 1;
         book.stats.bytes_placed = book.stats.bytes_placed.saturating_add(self.size);
         Ok(handle)
+    }
+}
+
+impl super::target::PrivateWrite for PrivateFileWriter<'_> {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        PrivateFileWriter::append(self, data)
+    }
+
+    fn written(&self) -> u64 {
+        self.size
+    }
+
+    fn finish(self: Box<Self>) -> Result<FileHandle> {
+        PrivateFileWriter::finish(*self)
     }
 }
 

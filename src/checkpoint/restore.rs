@@ -1,7 +1,9 @@
 //! Finding a checkpoint to restore from, and the restore modes.
 //!
-//! A restore target may be given as `chk-<N>/_metadata`, as a `chk-<N>` directory, or as a
-//! job directory (meaning its latest completed checkpoint). Nothing here modifies the
+//! A restore target may be given as `chk-<N>/_metadata`, as a `chk-<N>` directory, as a
+//! job directory (meaning its latest completed checkpoint), or as a savepoint: its
+//! directory or its `_metadata` (a savepoint is self-contained, so its directory is the
+//! root its paths start from). Nothing here modifies the
 //! target: what the new job may do with it is its [`RestoreMode`].
 
 use std::fmt;
@@ -10,7 +12,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use super::ids::CheckpointId;
-use super::metadata::{FileHandle, Metadata, BODY_OFFSET, METADATA_FILE_NAME};
+use super::metadata::{FileHandle, FileRole, Metadata, BODY_OFFSET, METADATA_FILE_NAME};
 use super::path::{check_handle_path, lexical_problem};
 use super::storage::{CheckpointStorage, LocalStorage};
 use super::verify::{verify, VerifyReport};
@@ -70,10 +72,11 @@ pub struct RestoreInfo {
     pub mode: RestoreMode,
 }
 
-/// A completed checkpoint found by [`resolve`].
+/// A completed checkpoint (or savepoint) found by [`resolve`].
 #[derive(Debug, Clone)]
 pub struct ResolvedCheckpoint {
-    /// The job directory the checkpoint's relative paths start from.
+    /// The directory the checkpoint's relative paths start from: its job directory, or a
+    /// savepoint's own directory.
     pub job_dir: PathBuf,
     /// The checkpoint's id.
     pub checkpoint_id: CheckpointId,
@@ -84,7 +87,7 @@ pub struct ResolvedCheckpoint {
 }
 
 impl ResolvedCheckpoint {
-    /// A storage reading the checkpoint's job directory.
+    /// A storage reading the checkpoint's job directory (a savepoint's own directory).
     pub fn storage(&self, fs: Arc<dyn FileSystem>) -> LocalStorage {
         LocalStorage::at_job_dir(fs, self.job_dir.clone(), self.metadata.job_id.clone())
     }
@@ -186,9 +189,33 @@ fn load(fs: &dyn FileSystem, chk_dir: &Path, id: CheckpointId) -> Result<Resolve
     })
 }
 
+/// Reads the `_metadata` of the savepoint directory `dir`: it must describe a savepoint
+/// (only a savepoint's `_metadata` lies outside a `chk-<N>` directory).
+fn load_savepoint(fs: &dyn FileSystem, dir: &Path) -> Result<ResolvedCheckpoint> {
+    let metadata_path = dir.join(METADATA_FILE_NAME);
+    let metadata = Metadata::read_inside(fs, dir, &metadata_path)?;
+    if !metadata.kind.is_savepoint() {
+        return Err(not_found(
+            &metadata_path,
+            format!(
+                "describes {} checkpoint {}, which lies in a chk-<N> directory of its job \
+                 directory; only a savepoint's _metadata lies in a directory of its own",
+                metadata.kind, metadata.checkpoint_id
+            ),
+        ));
+    }
+    Ok(ResolvedCheckpoint {
+        job_dir: dir.to_path_buf(),
+        checkpoint_id: metadata.checkpoint_id,
+        metadata_path,
+        metadata,
+    })
+}
+
 /// Finds the checkpoint `path` names: a `chk-<N>/_metadata` file, a `chk-<N>` directory,
-/// or a job directory (its latest completed checkpoint). Anything else is
-/// [`Error::CheckpointNotFound`] naming the path; a damaged `_metadata` is a corruption.
+/// a job directory (its latest completed checkpoint), or a savepoint (its directory or its
+/// `_metadata`). Anything else is [`Error::CheckpointNotFound`] naming the path; a damaged
+/// `_metadata` is a corruption.
 pub fn resolve(fs: &dyn FileSystem, path: &Path) -> Result<ResolvedCheckpoint> {
     if !fs.exists(path) {
         return Err(not_found(path, "does not exist"));
@@ -197,20 +224,21 @@ pub fn resolve(fs: &dyn FileSystem, path: &Path) -> Result<ResolvedCheckpoint> {
         if path.file_name().and_then(|n| n.to_str()) != Some(METADATA_FILE_NAME) {
             return Err(not_found(
                 path,
-                "expected a chk-<N>/_metadata file, a chk-<N> directory or a job directory",
+                "expected a chk-<N>/_metadata file, a chk-<N> directory, a job directory or \
+                 a savepoint",
             ));
         }
         let chk_dir = parent_dir(path);
-        let id = dir_checkpoint_id(chk_dir).ok_or_else(|| {
-            not_found(
-                path,
-                "a _metadata file must lie in a directory named chk-<N>",
-            )
-        })?;
-        return load(fs, chk_dir, id);
+        return match dir_checkpoint_id(chk_dir) {
+            Some(id) => load(fs, chk_dir, id),
+            None => load_savepoint(fs, chk_dir),
+        };
     }
     if let Some(id) = dir_checkpoint_id(path) {
         return load(fs, path, id);
+    }
+    if fs.exists(&path.join(METADATA_FILE_NAME)) {
+        return load_savepoint(fs, path);
     }
     let mut ids: Vec<CheckpointId> = fs
         .list_dir(path)?
@@ -241,6 +269,15 @@ pub fn resolve_verified(
     Ok(resolved)
 }
 
+/// Where the `_metadata` holding `handle` lies relative to its storage: `chk-<N>/_metadata`,
+/// or a savepoint's own `_metadata`.
+pub fn metadata_rel(id: CheckpointId, handle: &FileHandle) -> String {
+    match handle.role {
+        FileRole::Savepoint => METADATA_FILE_NAME.to_string(),
+        FileRole::Shared | FileRole::Private => format!("{}/{METADATA_FILE_NAME}", id.dir_name()),
+    }
+}
+
 /// Places the checkpoint file `handle` of checkpoint `id` into the working directory
 /// `dst_dir` under its local name (link, or copy), after checking both paths for safety;
 /// checks the placed size. Returns the local path and how it was placed.
@@ -250,7 +287,7 @@ pub fn restore_file(
     handle: &FileHandle,
     dst_dir: &Path,
 ) -> Result<(PathBuf, Placement)> {
-    let metadata_path = storage.display_path(&format!("{}/{METADATA_FILE_NAME}", id.dir_name()));
+    let metadata_path = storage.display_path(&metadata_rel(id, handle));
     check_handle_path(&metadata_path, &handle.path, handle.role, id)?;
     if let Some(reason) = lexical_problem(&handle.local_name) {
         return Err(Error::UnsafePath {

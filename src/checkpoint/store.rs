@@ -340,8 +340,15 @@ impl CheckpointStore {
 
     /// Starts checkpoint `id` (strictly greater than every id seen before) and creates its
     /// directory. The kind becomes [`CheckpointKind::Full`] when an incremental checkpoint
-    /// is asked for first after a no-claim restore.
+    /// is asked for first after a no-claim restore. A savepoint is no checkpoint of the job
+    /// directory: it is written by [`super::PendingSavepoint`] into a directory of its own.
     pub fn begin(&self, id: CheckpointId, kind: CheckpointKind) -> Result<PendingCheckpoint> {
+        if kind.is_savepoint() {
+            return Err(Error::InvalidArgument(format!(
+                "{kind} {id}: a savepoint is self-contained in a directory of its own; begin it \
+                 with PendingSavepoint::begin"
+            )));
+        }
         let mut inner = self.core.inner.lock();
         if inner.closed {
             return Err(Error::Closed);

@@ -621,7 +621,9 @@ fn keyed_json(h: &KeyedStateHandle) -> KeyedJson {
             h.file_handles().into_iter().map(file_json).collect(),
             Some(set.sequence),
         ),
-        KeyedState::KeyGroupsFile { file, .. } => (vec![file_json(file)], None),
+        KeyedState::KeyGroupsFile { file, .. } | KeyedState::CanonicalFile { file, .. } => {
+            (vec![file_json(file)], None)
+        }
         KeyedState::KeyGroupsInline { bytes, .. } => (vec![inline_json(bytes)], None),
     };
     KeyedJson {

@@ -21,6 +21,7 @@ use crate::lsm::filename::{self, FileKind};
 use crate::lsm::sst::footer::{FOOTER_LEN, MAGIC_OFFSET as FOOTER_MAGIC_OFFSET, TABLE_MAGIC};
 use crate::lsm::wal::{LogKind, HEADER_RECORD_LEN, HEADER_SIZE, LOG_MAGIC};
 use crate::state::lsm_snapshot::MANIFEST_SUFFIX;
+use crate::state::savepoint::CANONICAL_MAGIC;
 
 /// Offset of the kind byte in a log file: fragment header, magic, version u32.
 const LOG_KIND_OFFSET: usize = HEADER_SIZE + LOG_MAGIC.len() + 4;
@@ -43,6 +44,9 @@ pub enum Kind {
     /// An LSM store's manifest snapshot, private to a checkpoint (`chk-N/<owner>.manifest`:
     /// one version edit, checked by the size and crc32c `_metadata` records).
     ManifestSnapshot,
+    /// A canonical savepoint file (`<operator>_<index>.canonical` of a savepoint,
+    /// `format-spec/savepoint.md`).
+    CanonicalSavepoint,
     /// A store's working directory (holds `CURRENT`).
     StoreDir,
     /// One checkpoint directory (`chk-N`, holds `_metadata`).
@@ -61,6 +65,7 @@ impl Kind {
             Kind::Current => "CURRENT",
             Kind::Metadata => "checkpoint _metadata",
             Kind::ManifestSnapshot => "LSM manifest snapshot of a checkpoint",
+            Kind::CanonicalSavepoint => "canonical savepoint file",
             Kind::StoreDir => "store directory",
             Kind::CheckpointDir => "checkpoint directory",
             Kind::JobDir => "checkpoint job directory",
@@ -177,6 +182,9 @@ fn detect_file(path: &Path, len: u64) -> Result<Kind, CliError> {
                 ),
             )),
         };
+    }
+    if head.starts_with(&CANONICAL_MAGIC) {
+        return Ok(Kind::CanonicalSavepoint);
     }
     if head.starts_with(&METADATA_MAGIC) || head.starts_with(&FLINK_METADATA_MAGIC) {
         // A Flink `_metadata` goes to the `_metadata` reader, which names it as Flink's.

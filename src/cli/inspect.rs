@@ -58,6 +58,226 @@ pub fn run(args: &InspectArgs, out: &mut dyn Write) -> Result<(), CliError> {
             super::checkpoints::inspect(path, out, format)
         }
         Kind::ManifestSnapshot => super::checkpoints::inspect_manifest_snapshot(path, out, format),
+        Kind::CanonicalSavepoint => {
+            let r = canonical_report(path, args.entries).map_err(|e| CliError::at(path, e))?;
+            emit(out, format, &r)
+        }
+    }
+}
+
+/// `text`, cut after `max` characters (marked with `...`).
+fn cut_text(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
+/// A state of a canonical savepoint file.
+#[derive(Debug, Clone, Serialize)]
+pub struct CanonicalStateJson {
+    /// Its name.
+    pub name: String,
+    /// Its kind (`value`, `list`, `map`, `reducing`, `aggregating`).
+    pub kind: &'static str,
+    /// The type of its values.
+    pub value_type: String,
+    /// Its time to live in milliseconds, when it has one.
+    pub ttl_ms: Option<u64>,
+    /// Its records in the file.
+    pub records: u64,
+}
+
+/// One key group's section of a canonical savepoint file.
+#[derive(Debug, Clone, Serialize)]
+pub struct CanonicalGroupJson {
+    /// The key group.
+    pub key_group: u32,
+    /// Where its section starts.
+    pub offset: u64,
+    /// Its bytes.
+    pub bytes: u64,
+    /// Its records.
+    pub records: u64,
+}
+
+/// One record of a canonical savepoint file (with `--entries`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CanonicalRecordJson {
+    /// Its key group.
+    pub key_group: u32,
+    /// Its state's name.
+    pub state: String,
+    /// The serialized key, escaped.
+    pub key: String,
+    /// A map state's user key, escaped (empty for the other kinds).
+    pub user_key: String,
+    /// The value, escaped (cut in text output).
+    pub value: String,
+    /// The value's length in bytes.
+    pub value_bytes: usize,
+}
+
+/// What `inspect` says of a canonical savepoint file: every section and record read and
+/// checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct CanonicalReport {
+    /// `canonical-savepoint`.
+    pub format: &'static str,
+    /// The file.
+    pub path: String,
+    /// The format version.
+    pub version: u32,
+    /// The backend that wrote it.
+    pub backend: String,
+    /// The operator's max parallelism.
+    pub max_parallelism: u32,
+    /// First key group.
+    pub key_group_start: u32,
+    /// Last key group.
+    pub key_group_end: u32,
+    /// The file's size.
+    pub size_bytes: u64,
+    /// The header's size.
+    pub header_bytes: u64,
+    /// The records.
+    pub records: u64,
+    /// The states.
+    pub states: Vec<CanonicalStateJson>,
+    /// The key groups that hold records.
+    pub key_groups: Vec<CanonicalGroupJson>,
+    /// The records (with `--entries`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entries: Option<Vec<CanonicalRecordJson>>,
+}
+
+/// Reads and checks the canonical savepoint file at `path` whole (with its records when
+/// `entries`).
+pub fn canonical_report(path: &Path, entries: bool) -> crate::Result<CanonicalReport> {
+    use crate::state::savepoint::{CanonicalReader, CANONICAL_VERSION};
+    let f = crate::fs::open_regular(path)?;
+    let size = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+    let src = std::io::BufReader::with_capacity(1 << 16, f);
+    let mut r = CanonicalReader::open(path.display().to_string(), src, size)?;
+    let header = r.header().clone();
+    let mut per_state = vec![0u64; header.states.len()];
+    let mut groups = Vec::new();
+    let mut listed = entries.then(Vec::new);
+    let range = header.key_groups;
+    let offsets = r.offsets().to_vec();
+    let footer_at = size - (offsets.len() as u64 * 8 + 12 + 12);
+    let mut total = 0u64;
+    for g in range.start()..=range.end() {
+        let i = (g - range.start()) as usize;
+        let n = r.read_key_group(g, &mut |rec| {
+            per_state[rec.state as usize] += 1;
+            if let Some(list) = listed.as_mut() {
+                list.push(CanonicalRecordJson {
+                    key_group: g,
+                    state: header.states[rec.state as usize].name.clone(),
+                    key: escape_bytes(rec.key),
+                    user_key: escape_bytes(rec.user_key),
+                    value: escape_bytes(rec.value),
+                    value_bytes: rec.value.len(),
+                });
+            }
+            Ok(())
+        })?;
+        total += n;
+        if n > 0 {
+            let end = offsets.get(i + 1).copied().unwrap_or(footer_at);
+            groups.push(CanonicalGroupJson {
+                key_group: g,
+                offset: offsets[i],
+                bytes: end - offsets[i],
+                records: n,
+            });
+        }
+    }
+    if total != r.records() {
+        return Err(Error::corruption(
+            path,
+            footer_at,
+            format!("{total} records, the footer records {}", r.records()),
+        ));
+    }
+    Ok(CanonicalReport {
+        format: "canonical-savepoint",
+        path: path.display().to_string(),
+        version: CANONICAL_VERSION,
+        backend: header.backend.clone(),
+        max_parallelism: header.max_parallelism.get(),
+        key_group_start: range.start(),
+        key_group_end: range.end(),
+        size_bytes: size,
+        header_bytes: r.header_bytes(),
+        records: total,
+        states: header
+            .states
+            .iter()
+            .zip(per_state)
+            .map(|(s, records)| CanonicalStateJson {
+                name: s.name.clone(),
+                kind: s.kind.as_str(),
+                value_type: s.value_type.clone(),
+                ttl_ms: s.ttl_ms,
+                records,
+            })
+            .collect(),
+        key_groups: groups,
+        entries: listed,
+    })
+}
+
+impl Render for CanonicalReport {
+    fn render_text(&self, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(out, "canonical savepoint {}", self.path)?;
+        writeln!(out, "  version         {}", self.version)?;
+        writeln!(out, "  written by      the {} backend", self.backend)?;
+        writeln!(out, "  max parallelism {}", self.max_parallelism)?;
+        writeln!(
+            out,
+            "  key groups      {}..={} ({} holding records)",
+            self.key_group_start,
+            self.key_group_end,
+            self.key_groups.len()
+        )?;
+        writeln!(
+            out,
+            "  size            {} (header {})",
+            human_bytes(self.size_bytes),
+            human_bytes(self.header_bytes)
+        )?;
+        writeln!(out, "  records         {}", self.records)?;
+        writeln!(out, "  checksums       ok")?;
+        writeln!(out, "  states ({}):", self.states.len())?;
+        for s in &self.states {
+            let ttl = s
+                .ttl_ms
+                .map(|t| format!(", ttl {t} ms"))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "    {:<20} {:<12} {} ({} records{ttl})",
+                s.name, s.kind, s.value_type, s.records
+            )?;
+        }
+        if let Some(entries) = &self.entries {
+            writeln!(out, "  records:")?;
+            for e in entries {
+                writeln!(
+                    out,
+                    "    [{}] {} key={} user_key={} value={} ({} bytes)",
+                    e.key_group,
+                    e.state,
+                    e.key,
+                    e.user_key,
+                    cut_text(&e.value, TEXT_VALUE_MAX_BYTES),
+                    e.value_bytes
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -157,6 +157,20 @@ pub fn verify_path(path: &Path, kind: Kind) -> Result<VerifyReport, CliError> {
             super::checkpoints::verify_checkpoint(&mut r, path, kind)?
         }
         Kind::ManifestSnapshot => super::checkpoints::verify_manifest_snapshot(&mut r, path),
+        Kind::CanonicalSavepoint => {
+            let res = super::inspect::canonical_report(path, false)
+                .map(|c| {
+                    format!(
+                        "{} records of {} states in key groups {}..={}",
+                        c.records,
+                        c.states.len(),
+                        c.key_group_start,
+                        c.key_group_end
+                    )
+                })
+                .map_err(|e| e.to_string());
+            r.file(path, "canonical-savepoint", None, None, res);
+        }
     }
     Ok(r)
 }

@@ -11,20 +11,29 @@
 //! | [`FsStateBackend`] (`filesystem`) | heap | a file per subtask in `chk-N/`; inline below a threshold (default 20 KiB) | `FsStateBackend`; `hashmap` + `filesystem` storage |
 //!
 //! The caller (the stream layer) never matches on which backend it has.
+//!
+//! Savepoints: [`CheckpointedKeyedState::snapshot_sync_for`] takes the synchronous part a
+//! checkpoint or savepoint kind needs: the backend's own snapshot (checkpoints, native
+//! savepoints) or a canonical one ([`CheckpointedKeyedState::snapshot_sync_canonical`],
+//! `format-spec/savepoint.md`), which every backend restores, with any parallelism. Its
+//! asynchronous part writes into any [`SnapshotTarget`]: a checkpoint of the job
+//! directory, or a self-contained savepoint ([`crate::checkpoint::PendingSavepoint`]).
 
 use std::fmt::Debug;
 use std::io::Write;
+use std::sync::Arc;
 
 use super::heap::{HeapKeyedBackend, HeapSnapshot, KeyGroupsSource};
 use super::key_groups::MaxParallelism;
-use super::keyed::KeyedStateBackend;
+use super::keyed::{KeyedStateBackend, SystemClock, TtlClock};
 use super::operator::{
     OperatorSnapshot, OperatorStateSource, OperatorStateStore, Redistribution, WrittenState,
 };
+use crate::checkpoint::target::check_format;
 use crate::checkpoint::{
-    CheckpointId, CheckpointStorage, FileHandle, KeyGroupRange, KeyedState, KeyedStateHandle,
-    NamedOperatorState, OperatorStateHandle, OperatorSubtaskState, PendingCheckpoint,
-    PrivateFileWriter, RedistributionMode, StateData,
+    CheckpointId, CheckpointKind, CheckpointStorage, FileHandle, KeyGroupRange, KeyedState,
+    KeyedStateHandle, NamedOperatorState, OperatorStateHandle, OperatorSubtaskState, PrivateWrite,
+    RedistributionMode, SnapshotTarget, StateData,
 };
 use crate::codec::crc32c;
 use crate::error::{Error, Result};
@@ -103,14 +112,32 @@ pub trait CheckpointedKeyedState: Send {
     /// The state itself.
     fn backend(&mut self) -> &mut dyn KeyedStateBackend;
 
-    /// The synchronous part of a snapshot: copies no state.
+    /// The synchronous part of a snapshot in the backend's own format (checkpoints and
+    /// native savepoints): copies no state.
     fn snapshot_sync(&mut self) -> Result<Box<dyn KeyedSnapshot>>;
+
+    /// The synchronous part of a snapshot in the canonical savepoint format
+    /// (`format-spec/savepoint.md`), which every backend restores with any parallelism:
+    /// copies no state either. Its asynchronous part writes into a canonical savepoint.
+    fn snapshot_sync_canonical(&mut self) -> Result<Box<dyn KeyedSnapshot>>;
+
+    /// The synchronous part of a snapshot for a checkpoint or savepoint of `kind`:
+    /// canonical for a canonical savepoint, the backend's own otherwise.
+    fn snapshot_sync_for(&mut self, kind: CheckpointKind) -> Result<Box<dyn KeyedSnapshot>> {
+        match kind {
+            CheckpointKind::CanonicalSavepoint => self.snapshot_sync_canonical(),
+            CheckpointKind::Incremental | CheckpointKind::Full | CheckpointKind::Savepoint => {
+                self.snapshot_sync()
+            }
+        }
+    }
 }
 
 /// The asynchronous part of a keyed snapshot.
 pub trait KeyedSnapshot: Send {
-    /// Writes the snapshot into `pending` and describes it.
-    fn write(self: Box<Self>, pending: &PendingCheckpoint) -> Result<Vec<KeyedStateHandle>>;
+    /// Writes the snapshot into `target` (a checkpoint or a savepoint) and describes it.
+    /// Several subtasks write into one target at once.
+    fn write(self: Box<Self>, target: &dyn SnapshotTarget) -> Result<Vec<KeyedStateHandle>>;
 }
 
 /// One interface for every state backend.
@@ -138,12 +165,13 @@ pub trait StateBackend: Send + Sync + Debug {
         }
     }
 
-    /// Writes `snapshot` (the subtask's operator state) into `pending`.
+    /// Writes `snapshot` (the subtask's operator state) into `target` (a checkpoint or a
+    /// savepoint: operator state has one format, which every backend reads).
     fn write_operator_state(
         &self,
         info: &SubtaskInfo,
         snapshot: &OperatorSnapshot,
-        pending: &PendingCheckpoint,
+        target: &dyn SnapshotTarget,
     ) -> Result<Vec<OperatorStateHandle>>;
 }
 
@@ -174,7 +202,7 @@ impl HeapStorage {
         info: &SubtaskInfo,
         what: &str,
         name: &str,
-        pending: &PendingCheckpoint,
+        pending: &dyn SnapshotTarget,
         write: impl FnOnce(&mut dyn Write) -> Result<T>,
     ) -> Result<(StateData, T)> {
         let mut sink = SnapshotSink {
@@ -205,7 +233,7 @@ enum Spill<'a> {
     /// Below the inline threshold (or the memory backend): in memory.
     Memory(Vec<u8>),
     /// At or over the inline threshold: streaming into a private file.
-    File(PrivateFileWriter<'a>),
+    File(Box<dyn PrivateWrite + 'a>),
 }
 
 /// The writer a heap snapshot is streamed into (see [`HeapStorage::write`]).
@@ -214,7 +242,7 @@ struct SnapshotSink<'a> {
     info: &'a SubtaskInfo,
     what: &'a str,
     name: &'a str,
-    pending: &'a PendingCheckpoint,
+    pending: &'a dyn SnapshotTarget,
     to: Spill<'a>,
     /// The error behind the last failed write.
     failure: Option<Error>,
@@ -269,25 +297,56 @@ impl Write for SnapshotSink<'_> {
     }
 }
 
+/// The clock a backend measures state time to live with (Flink's `TtlTimeProvider`): the
+/// system clock unless a test injects one.
+#[derive(Clone)]
+pub struct BackendClock(Arc<dyn TtlClock>);
+
+impl BackendClock {
+    /// The clock.
+    pub fn get(&self) -> &Arc<dyn TtlClock> {
+        &self.0
+    }
+}
+
+impl Default for BackendClock {
+    fn default() -> Self {
+        BackendClock(Arc::new(SystemClock))
+    }
+}
+
+impl Debug for BackendClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackendClock")
+    }
+}
+
 /// Flink's `MemoryStateBackend`: heap state, snapshots inline in `_metadata`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct MemoryStateBackend {
     max_state_size: u64,
+    clock: BackendClock,
 }
 
 impl MemoryStateBackend {
     /// With the default limit (5 MiB per subtask snapshot).
     pub fn new() -> Self {
-        MemoryStateBackend {
-            max_state_size: DEFAULT_MAX_STATE_SIZE,
-        }
+        Self::with_max_state_size(DEFAULT_MAX_STATE_SIZE)
     }
 
     /// With a limit of `bytes` per subtask snapshot.
     pub fn with_max_state_size(bytes: u64) -> Self {
         MemoryStateBackend {
             max_state_size: bytes,
+            clock: BackendClock::default(),
         }
+    }
+
+    /// Snapshots leave out the values expired by `clock` (tests inject one; the system
+    /// clock by default).
+    pub fn with_ttl_clock(mut self, clock: Arc<dyn TtlClock>) -> Self {
+        self.clock = BackendClock(clock);
+        self
     }
 }
 
@@ -298,24 +357,31 @@ impl Default for MemoryStateBackend {
 }
 
 /// Flink's `FsStateBackend`: heap state, snapshots in a file per subtask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct FsStateBackend {
     inline_threshold: u64,
+    clock: BackendClock,
 }
 
 impl FsStateBackend {
     /// With the default inline threshold (20 KiB).
     pub fn new() -> Self {
-        FsStateBackend {
-            inline_threshold: DEFAULT_INLINE_THRESHOLD,
-        }
+        Self::with_inline_threshold(DEFAULT_INLINE_THRESHOLD)
     }
 
     /// Snapshots smaller than `bytes` go inline into `_metadata`.
     pub fn with_inline_threshold(bytes: u64) -> Self {
         FsStateBackend {
             inline_threshold: bytes,
+            clock: BackendClock::default(),
         }
+    }
+
+    /// Snapshots leave out the values expired by `clock` (tests inject one; the system
+    /// clock by default).
+    pub fn with_ttl_clock(mut self, clock: Arc<dyn TtlClock>) -> Self {
+        self.clock = BackendClock(clock);
+        self
     }
 }
 
@@ -339,14 +405,14 @@ macro_rules! heap_backend {
                 restore: Option<RestoreFrom<'_>>,
             ) -> Result<Box<dyn CheckpointedKeyedState>> {
                 let s: fn(&$ty) -> HeapStorage = $storage;
-                heap_keyed_state(s(self), info, restore)
+                heap_keyed_state(s(self), &self.clock, info, restore)
             }
 
             fn write_operator_state(
                 &self,
                 info: &SubtaskInfo,
                 snapshot: &OperatorSnapshot,
-                pending: &PendingCheckpoint,
+                pending: &dyn SnapshotTarget,
             ) -> Result<Vec<OperatorStateHandle>> {
                 let s: fn(&$ty) -> HeapStorage = $storage;
                 let s = s(self);
@@ -365,12 +431,21 @@ heap_backend!(FsStateBackend, |b| HeapStorage::Filesystem {
 
 struct HeapKeyed {
     storage: HeapStorage,
+    clock: BackendClock,
     info: SubtaskInfo,
     backend: HeapKeyedBackend,
 }
 
 struct HeapKeyedSnapshot {
     storage: HeapStorage,
+    info: SubtaskInfo,
+    snapshot: HeapSnapshot,
+}
+
+/// A heap backend's canonical snapshot: the same frozen view, written in the canonical
+/// format.
+struct HeapCanonicalSnapshot {
+    backend: &'static str,
     info: SubtaskInfo,
     snapshot: HeapSnapshot,
 }
@@ -384,13 +459,74 @@ impl CheckpointedKeyedState for HeapKeyed {
         Ok(Box::new(HeapKeyedSnapshot {
             storage: self.storage,
             info: self.info.clone(),
-            snapshot: self.backend.snapshot(),
+            snapshot: self.backend.snapshot_at(self.clock.get().as_ref()),
+        }))
+    }
+
+    fn snapshot_sync_canonical(&mut self) -> Result<Box<dyn KeyedSnapshot>> {
+        Ok(Box::new(HeapCanonicalSnapshot {
+            backend: self.storage.name(),
+            info: self.info.clone(),
+            snapshot: self.backend.snapshot_at(self.clock.get().as_ref()),
         }))
     }
 }
 
+impl KeyedSnapshot for HeapCanonicalSnapshot {
+    fn write(self: Box<Self>, target: &dyn SnapshotTarget) -> Result<Vec<KeyedStateHandle>> {
+        write_canonical(
+            target,
+            &self.info.label(),
+            self.backend,
+            &mut |out, name| Ok(self.snapshot.write_canonical(out, name, self.backend)?.1),
+        )
+    }
+}
+
+/// Writes a canonical snapshot into `target` as the file `<operator>_<index>.canonical`
+/// through `write` (given the file's writer and name) and describes it.
+fn write_canonical(
+    target: &dyn SnapshotTarget,
+    label: &str,
+    backend: &str,
+    write: &mut dyn FnMut(
+        &mut dyn std::io::Write,
+        &str,
+    ) -> Result<super::savepoint::CanonicalWritten>,
+) -> Result<Vec<KeyedStateHandle>> {
+    check_format(target, true)?;
+    let name = format!("{label}.canonical");
+    let mut written = None;
+    let file = target.write_private_streamed(&name, &mut |out| {
+        written = Some(write(out, &name)?);
+        Ok(())
+    })?;
+    let written = written.ok_or_else(|| {
+        Error::InvalidArgument(format!("the canonical snapshot {name} was not written"))
+    })?;
+    if written.bytes != file.size || written.crc32c != file.crc32c {
+        return Err(Error::corruption(
+            &file.path,
+            0,
+            format!(
+                "{} bytes with crc32c {:08x} were written, the file holds {} with {:08x}",
+                written.bytes, written.crc32c, file.size, file.crc32c
+            ),
+        ));
+    }
+    Ok(vec![KeyedStateHandle {
+        backend: backend.to_string(),
+        key_groups: written.key_groups,
+        state: KeyedState::CanonicalFile {
+            file,
+            offsets: written.offsets,
+        },
+    }])
+}
+
 impl KeyedSnapshot for HeapKeyedSnapshot {
-    fn write(self: Box<Self>, pending: &PendingCheckpoint) -> Result<Vec<KeyedStateHandle>> {
+    fn write(self: Box<Self>, pending: &dyn SnapshotTarget) -> Result<Vec<KeyedStateHandle>> {
+        check_format(pending, false)?;
         let name = format!("{}.keyed", self.info.label());
         let (data, written) =
             self.storage
@@ -474,14 +610,134 @@ fn read_checked(storage: &dyn CheckpointStorage, f: &FileHandle) -> Result<Vec<u
     Ok(bytes)
 }
 
+/// True when `r` holds canonical savepoint state.
+fn is_canonical(r: &RestoreFrom<'_>) -> bool {
+    r.subtasks
+        .iter()
+        .flat_map(|s| &s.keyed_state)
+        .any(|h| matches!(h.state, KeyedState::CanonicalFile { .. }))
+}
+
+/// Checks that every old subtask of `r` has the max parallelism of `info`.
+fn check_max_parallelism(info: &SubtaskInfo, r: &RestoreFrom<'_>) -> Result<()> {
+    for st in r.subtasks {
+        if st.max_parallelism != info.max_parallelism.get() {
+            return Err(Error::InvalidArgument(format!(
+                "operator {:?} was checkpointed with max parallelism {} and is restored with \
+                 {}: key groups cannot be mapped (pipeline.max-parallelism must not change)",
+                info.operator_id,
+                st.max_parallelism,
+                info.max_parallelism.get()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Buffer of a canonical savepoint file being read.
+const CANONICAL_READ_BUFFER_BYTES: usize = 256 << 10;
+
+/// Restores into `backend` (fresh, owning the key groups of `info`) what every canonical
+/// savepoint file of `r` holds of its key groups: each file that meets them is opened
+/// (header and footer checked against `_metadata`), and only the sections of those key
+/// groups are read. Any other kind of keyed state beside canonical state is an error.
+fn restore_canonical(
+    backend: &mut dyn KeyedStateBackend,
+    info: &SubtaskInfo,
+    r: &RestoreFrom<'_>,
+) -> Result<()> {
+    let range = backend.key_groups();
+    check_max_parallelism(info, r)?;
+    check_coverage(info, range, r)?;
+    for st in r.subtasks {
+        for h in &st.keyed_state {
+            if h.key_groups.end() < range.start() || range.end() < h.key_groups.start() {
+                continue;
+            }
+            let KeyedState::CanonicalFile { file, offsets } = &h.state else {
+                return Err(Error::InvalidArgument(format!(
+                    "subtask {} holds {} state of backend {:?} beside canonical savepoint state",
+                    st.label(),
+                    h.kind_name(),
+                    h.backend
+                )));
+            };
+            let name = r.storage.display_path(&file.path).display().to_string();
+            match r.storage.open_read(&file.path)? {
+                Some(f) => {
+                    let size = f.metadata().map_err(|e| Error::io("stat", &name, e))?.len();
+                    check_size(&name, size, file.size)?;
+                    let src = std::io::BufReader::with_capacity(CANONICAL_READ_BUFFER_BYTES, f);
+                    let reader = super::savepoint::CanonicalReader::open(&name, src, size)?;
+                    restore_canonical_file(backend, h, offsets, reader)?;
+                }
+                None => {
+                    let bytes = read_checked(r.storage, file)?;
+                    let size = bytes.len() as u64;
+                    let src = std::io::Cursor::new(bytes);
+                    let reader = super::savepoint::CanonicalReader::open(&name, src, size)?;
+                    restore_canonical_file(backend, h, offsets, reader)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A file of `size` bytes that `_metadata` records as `recorded` bytes: truncated or grown.
+fn check_size(name: &str, size: u64, recorded: u64) -> Result<()> {
+    if size != recorded {
+        return Err(Error::corruption(
+            name,
+            size.min(recorded),
+            format!("file is {size} bytes, _metadata records {recorded} (truncated or replaced)"),
+        ));
+    }
+    Ok(())
+}
+
+fn restore_canonical_file<R: std::io::Read + std::io::Seek>(
+    backend: &mut dyn KeyedStateBackend,
+    h: &KeyedStateHandle,
+    offsets: &[u64],
+    mut reader: super::savepoint::CanonicalReader<R>,
+) -> Result<()> {
+    let holds = reader.header().key_groups;
+    if holds != h.key_groups {
+        return Err(Error::corruption(
+            reader.name(),
+            0,
+            format!(
+                "the file holds key groups {holds}, _metadata records {}",
+                h.key_groups
+            ),
+        ));
+    }
+    if reader.offsets() != offsets {
+        return Err(Error::corruption(
+            reader.name(),
+            0,
+            "the key-group offsets of its footer differ from those _metadata records",
+        ));
+    }
+    super::savepoint::restore_into(backend, &mut reader)?;
+    Ok(())
+}
+
 fn heap_keyed_state(
     storage: HeapStorage,
+    clock: &BackendClock,
     info: &SubtaskInfo,
     restore: Option<RestoreFrom<'_>>,
 ) -> Result<Box<dyn CheckpointedKeyedState>> {
     let range = info.key_groups()?;
     let backend = match restore {
         None => HeapKeyedBackend::new(info.max_parallelism, range),
+        Some(r) if is_canonical(&r) => {
+            let mut b = HeapKeyedBackend::new(info.max_parallelism, range);
+            restore_canonical(&mut b, info, &r)?;
+            b
+        }
         Some(r) => {
             check_coverage(info, range, &r)?;
             // The bytes of every handle that holds key groups of `range`.
@@ -512,7 +768,7 @@ fn heap_keyed_state(
                             read_checked(r.storage, file)?,
                             offsets.clone(),
                         ),
-                        KeyedState::IncrementalLsm(_) => {
+                        KeyedState::IncrementalLsm(_) | KeyedState::CanonicalFile { .. } => {
                             return Err(Error::InvalidArgument(format!(
                                 "subtask {} holds an incremental LSM file set (backend {:?}): \
                                  the {} backend restores key-groups snapshots; take a canonical \
@@ -550,6 +806,7 @@ fn heap_keyed_state(
     };
     Ok(Box::new(HeapKeyed {
         storage,
+        clock: clock.clone(),
         info: info.clone(),
         backend,
     }))
@@ -567,7 +824,7 @@ fn write_operator_state(
     backend: &str,
     info: &SubtaskInfo,
     snapshot: &OperatorSnapshot,
-    pending: &PendingCheckpoint,
+    pending: &dyn SnapshotTarget,
 ) -> Result<Vec<OperatorStateHandle>> {
     if snapshot.is_empty() {
         return Ok(Vec::new());
@@ -649,6 +906,7 @@ pub struct LsmStateBackend {
     local_dir: std::path::PathBuf,
     options: crate::lsm::Options,
     inline_threshold: u64,
+    clock: BackendClock,
 }
 
 impl LsmStateBackend {
@@ -662,6 +920,48 @@ impl LsmStateBackend {
                 ..options
             },
             inline_threshold: DEFAULT_INLINE_THRESHOLD,
+            clock: BackendClock::default(),
+        }
+    }
+
+    /// Compaction and canonical snapshots leave out the values expired by `clock` (tests
+    /// inject one; the system clock by default).
+    pub fn with_ttl_clock(mut self, clock: Arc<dyn TtlClock>) -> Self {
+        self.clock = BackendClock(clock);
+        self
+    }
+
+    /// A store for `info`'s key groups in `dir`, filled from the canonical savepoint
+    /// files of `r`; on a failure the directory is removed (nothing half restored stays).
+    fn restore_canonical(
+        &self,
+        info: &SubtaskInfo,
+        range: KeyGroupRange,
+        r: &RestoreFrom<'_>,
+        dir: std::path::PathBuf,
+        opts: crate::lsm::Options,
+        filter: Arc<super::lsm_keyed::TtlCompactionFilter>,
+    ) -> Result<Box<dyn CheckpointedKeyedState>> {
+        let db = Arc::new(crate::lsm::Db::open(&dir, opts)?);
+        let restored =
+            super::lsm_keyed::LsmKeyedBackend::open(db.clone(), info.max_parallelism, range)
+                .map(|b| b.with_ttl_filter(filter))
+                .and_then(|mut b| restore_canonical(&mut b, info, r).map(|()| b));
+        match restored {
+            Ok(backend) => Ok(Box::new(LsmKeyed {
+                db,
+                backend,
+                subtask: info.lsm_subtask(range),
+                clock: self.clock.clone(),
+            })),
+            Err(e) => {
+                drop(db);
+                let fs = self.options.fs.clone();
+                if let Err(rm) = fs.remove_dir_all(&dir) {
+                    tracing::warn!("removing {} after a failed restore: {rm}", dir.display());
+                }
+                Err(e)
+            }
         }
     }
 
@@ -730,6 +1030,7 @@ impl LsmStateBackend {
             db,
             backend,
             subtask: info.lsm_subtask(range),
+            clock: self.clock.clone(),
         }))
     }
 
@@ -769,6 +1070,21 @@ struct LsmKeyed {
     db: std::sync::Arc<crate::lsm::Db>,
     backend: super::lsm_keyed::LsmKeyedBackend,
     subtask: super::lsm_snapshot::SubtaskId,
+    clock: BackendClock,
+}
+
+struct LsmCanonicalKeyedSnapshot {
+    label: String,
+    snapshot: super::lsm_keyed::LsmCanonicalSnapshot,
+}
+
+impl KeyedSnapshot for LsmCanonicalKeyedSnapshot {
+    fn write(self: Box<Self>, target: &dyn SnapshotTarget) -> Result<Vec<KeyedStateHandle>> {
+        let backend = super::lsm_snapshot::LSM_BACKEND;
+        write_canonical(target, &self.label, backend, &mut |out, name| {
+            Ok(self.snapshot.write_canonical(out, name, backend)?.1)
+        })
+    }
 }
 
 struct LsmKeyedSnapshot {
@@ -787,10 +1103,21 @@ impl CheckpointedKeyedState for LsmKeyed {
             subtask: self.subtask.clone(),
         }))
     }
+
+    fn snapshot_sync_canonical(&mut self) -> Result<Box<dyn KeyedSnapshot>> {
+        Ok(Box::new(LsmCanonicalKeyedSnapshot {
+            label: format!(
+                "{}_{}",
+                self.subtask.operator_id, self.subtask.subtask_index
+            ),
+            snapshot: self.backend.canonical_snapshot(self.clock.get().as_ref()),
+        }))
+    }
 }
 
 impl KeyedSnapshot for LsmKeyedSnapshot {
-    fn write(self: Box<Self>, pending: &PendingCheckpoint) -> Result<Vec<KeyedStateHandle>> {
+    fn write(self: Box<Self>, pending: &dyn SnapshotTarget) -> Result<Vec<KeyedStateHandle>> {
+        check_format(pending, false)?;
         let state = super::lsm_snapshot::snapshot_async(self.ticket, pending, &self.subtask)?;
         Ok(state.keyed_state)
     }
@@ -808,26 +1135,19 @@ impl StateBackend for LsmStateBackend {
     ) -> Result<Box<dyn CheckpointedKeyedState>> {
         let range = info.key_groups()?;
         let dir = self.working_dir(info)?;
-        let filter = super::lsm_keyed::TtlCompactionFilter::new();
+        let filter = super::lsm_keyed::TtlCompactionFilter::with_clock(self.clock.get().clone());
         let opts = crate::lsm::Options {
             compaction_filter: Some(filter.clone()),
             ..self.options.clone()
         };
         let db = match restore {
             None => crate::lsm::Db::open(&dir, opts)?,
+            Some(r) if is_canonical(&r) => {
+                return self.restore_canonical(info, range, &r, dir, opts, filter)
+            }
             Some(r) => {
                 check_coverage(info, range, &r)?;
-                for st in r.subtasks {
-                    if st.max_parallelism != info.max_parallelism.get() {
-                        return Err(Error::InvalidArgument(format!(
-                            "operator {:?} was checkpointed with max parallelism {} and is \
-                             restored with {}: key groups cannot be mapped",
-                            info.operator_id,
-                            st.max_parallelism,
-                            info.max_parallelism.get()
-                        )));
-                    }
-                }
+                check_max_parallelism(info, &r)?;
                 // The same key groups: link the old file set (time grows with the number of
                 // files, not their bytes). Otherwise (a rescale) cut: copy the rows of this
                 // subtask's key groups out of every old store that holds some.
@@ -851,6 +1171,7 @@ impl StateBackend for LsmStateBackend {
             db,
             backend,
             subtask: info.lsm_subtask(range),
+            clock: self.clock.clone(),
         }))
     }
 
@@ -858,7 +1179,7 @@ impl StateBackend for LsmStateBackend {
         &self,
         info: &SubtaskInfo,
         snapshot: &OperatorSnapshot,
-        pending: &PendingCheckpoint,
+        pending: &dyn SnapshotTarget,
     ) -> Result<Vec<OperatorStateHandle>> {
         let storage = HeapStorage::Filesystem {
             inline_threshold: self.inline_threshold,

@@ -22,6 +22,7 @@ use super::keyed::{
     expired, live_list, split_stamp, KeyedStateBackend, StateId, StateKind, StateMeta, SystemClock,
     TtlClock,
 };
+use super::savepoint::{CanonicalHeader, CanonicalWriter, CanonicalWritten, Record};
 use crate::checkpoint::KeyGroupRange;
 use crate::codec::{crc32c, put_length_prefixed, put_varint, Decoder};
 use crate::error::{Error, Result};
@@ -593,6 +594,69 @@ impl HeapSnapshot {
             offsets,
             bytes: pos,
         })
+    }
+}
+
+impl HeapSnapshot {
+    /// Serializes the snapshot into `out` in the canonical savepoint format
+    /// (`format-spec/savepoint.md`), named `name` in errors and recording `backend` as its
+    /// writer: entries of each key group in the order of their bytes, values expired at
+    /// the moment of the snapshot left out.
+    pub fn write_canonical<W: Write>(
+        &self,
+        out: W,
+        name: &str,
+        backend: &str,
+    ) -> Result<(W, CanonicalWritten)> {
+        let header = CanonicalHeader {
+            max_parallelism: self.max,
+            key_groups: self.range,
+            backend: backend.to_string(),
+            states: self.states.clone(),
+        };
+        let mut w = CanonicalWriter::new(out, name, header)?;
+        for (i, shards) in self.groups.iter().enumerate() {
+            let group = self.range.start() + i as u32;
+            let mut entries: Vec<(&[u8], Cow<'_, Slot>)> = shards
+                .iter()
+                .flat_map(|s| s.iter())
+                .filter_map(|(k, v)| {
+                    let state = u32::from_be_bytes([k[0], k[1], k[2], k[3]]) as usize;
+                    let meta = self.states.get(state)?;
+                    live(v, meta, self.now_ms).map(|v| (&k[..], v))
+                })
+                .collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (k, slot) in entries {
+                let (state, key) = k.split_at(4);
+                let state = u32::from_be_bytes([state[0], state[1], state[2], state[3]]);
+                match slot.as_ref() {
+                    Slot::Value(v) => w.record(
+                        group,
+                        Record {
+                            state,
+                            key,
+                            user_key: &[],
+                            value: v,
+                        },
+                    )?,
+                    Slot::Map(m) => {
+                        for (mk, mv) in m {
+                            w.record(
+                                group,
+                                Record {
+                                    state,
+                                    key,
+                                    user_key: mk,
+                                    value: mv,
+                                },
+                            )?;
+                        }
+                    }
+                }
+            }
+        }
+        w.finish()
     }
 }
 

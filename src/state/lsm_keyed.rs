@@ -22,10 +22,11 @@ use super::keyed::{
     expired, live_list, split_stamp, KeyedStateBackend, StateId, StateKind, StateMeta, SystemClock,
     TtlClock,
 };
+use super::savepoint::{CanonicalHeader, CanonicalWriter, CanonicalWritten, Record};
 use crate::checkpoint::KeyGroupRange;
 use crate::codec::{put_length_prefixed, put_varint, Decoder};
 use crate::error::{Error, Result};
-use crate::lsm::{CompactionFilter, Db, FilterDecision, WriteBatch};
+use crate::lsm::{CompactionFilter, Db, FilterDecision, Snapshot, WriteBatch};
 
 /// Prefix of the rows that register states: above every key group (at most 2^15 - 1).
 pub const REGISTRY_PREFIX: [u8; 2] = [0xff, 0xff];
@@ -292,6 +293,20 @@ impl LsmKeyedBackend {
         Ok(rows)
     }
 
+    /// The synchronous part of a canonical snapshot: a consistent view of the store (no
+    /// copy of state) and of the states registered now, with the time `clock` says, by
+    /// which [`LsmCanonicalSnapshot::write_canonical`] leaves expired values out.
+    pub fn canonical_snapshot(&self, clock: &dyn TtlClock) -> LsmCanonicalSnapshot {
+        LsmCanonicalSnapshot {
+            snapshot: self.db.snapshot(),
+            path: self.db.path().to_path_buf(),
+            max: self.max,
+            range: self.range,
+            states: self.states.clone(),
+            now_ms: clock.now_ms(),
+        }
+    }
+
     /// The store.
     pub fn db(&self) -> &Arc<Db> {
         &self.db
@@ -318,6 +333,95 @@ impl LsmKeyedBackend {
         self.row.extend_from_slice(key);
         self.row.extend_from_slice(user_key);
         Ok(())
+    }
+}
+
+/// A consistent view of an LSM keyed backend, to be written in the canonical savepoint
+/// format; taken by [`LsmKeyedBackend::canonical_snapshot`].
+pub struct LsmCanonicalSnapshot {
+    snapshot: Snapshot,
+    path: std::path::PathBuf,
+    max: MaxParallelism,
+    range: KeyGroupRange,
+    states: Vec<StateMeta>,
+    now_ms: u64,
+}
+
+impl std::fmt::Debug for LsmCanonicalSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LsmCanonicalSnapshot")
+            .field("path", &self.path)
+            .field("range", &self.range)
+            .finish()
+    }
+}
+
+impl LsmCanonicalSnapshot {
+    /// Writes the view into `out` in the canonical savepoint format
+    /// (`format-spec/savepoint.md`), named `name` in errors and recording `backend` as its
+    /// writer: the rows in key order (key group first), what had expired at the moment of
+    /// the snapshot left out (a list keeps its live elements).
+    pub fn write_canonical<W: std::io::Write>(
+        &self,
+        out: W,
+        name: &str,
+        backend: &str,
+    ) -> Result<(W, CanonicalWritten)> {
+        let header = CanonicalHeader {
+            max_parallelism: self.max,
+            key_groups: self.range,
+            backend: backend.to_string(),
+            states: self.states.clone(),
+        };
+        let mut w = CanonicalWriter::new(out, name, header)?;
+        let start = (self.range.start() as u16).to_be_bytes();
+        let end = (self.range.end() + 1).to_be_bytes();
+        // Key groups are below 2^15: the end fits in the row's two bytes.
+        let end = [end[2], end[3]];
+        for kv in self.snapshot.scan(start..end)? {
+            let (k, v) = kv?;
+            let bad = |why: &str| Error::corruption(&self.path, 0, format!("a state row {why}"));
+            let (Some(g), Some(id)) = (k.get(..2), k.get(2..6)) else {
+                return Err(bad("shorter than its prefix"));
+            };
+            let group = u32::from(u16::from_be_bytes([g[0], g[1]]));
+            let state = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
+            let meta = self
+                .states
+                .get(state as usize)
+                .ok_or_else(|| bad(&format!("of unregistered state id {state}")))?;
+            let rest = &k[6..];
+            let (len, n) =
+                crate::codec::get_varint(rest).ok_or_else(|| bad("with a damaged key length"))?;
+            let key = usize::try_from(len)
+                .ok()
+                .and_then(|len| rest.get(n..n.checked_add(len)?))
+                .ok_or_else(|| bad("with a key past its end"))?;
+            let user_key = &rest[n + key.len()..];
+            let value: std::borrow::Cow<'_, [u8]> = match meta.ttl_ms {
+                None => std::borrow::Cow::Borrowed(&v),
+                Some(ttl) if meta.kind == StateKind::List => {
+                    match live_list(&v, ttl, self.now_ms) {
+                        None => continue,
+                        Some(live) => live,
+                    }
+                }
+                Some(ttl) => match split_stamp(&v) {
+                    Some((ts, _)) if expired(ts, ttl, self.now_ms) => continue,
+                    _ => std::borrow::Cow::Borrowed(&v),
+                },
+            };
+            w.record(
+                group,
+                Record {
+                    state,
+                    key,
+                    user_key,
+                    value: &value,
+                },
+            )?;
+        }
+        w.finish()
     }
 }
 

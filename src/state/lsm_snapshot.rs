@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::{
     restore::restore_file, CheckpointContent, CheckpointId, CheckpointKind, CheckpointStorage,
     CheckpointStore, CompletedCheckpoint, FileHandle, KeyGroupRange, KeyedState, KeyedStateHandle,
-    LsmFileSet, OperatorSubtaskState, PendingCheckpoint, SourceOffset,
+    LsmFileSet, OperatorSubtaskState, SnapshotTarget, SourceOffset,
 };
 use crate::codec::crc32c;
 use crate::error::{Error, Result};
@@ -62,7 +62,7 @@ pub fn snapshot_sync(db: &Db) -> Result<LiveFilesTicket> {
 /// and describes them.
 pub fn snapshot_async(
     ticket: LiveFilesTicket,
-    pending: &PendingCheckpoint,
+    pending: &dyn SnapshotTarget,
     subtask: &SubtaskId,
 ) -> Result<OperatorSubtaskState> {
     let live = ticket.wait()?;
@@ -262,13 +262,10 @@ pub fn restore_store(
     dir: &Path,
     opts: Options,
 ) -> Result<Db> {
-    let metadata_path = storage.display_path(&format!("{}/_metadata", id.dir_name()));
-    let layout = lsm_layout(
-        storage,
-        &metadata_path,
-        &state.label(),
-        lsm_file_set(state)?,
-    )?;
+    let set = lsm_file_set(state)?;
+    let metadata_path =
+        storage.display_path(&crate::checkpoint::restore::metadata_rel(id, &set.manifest));
+    let layout = lsm_layout(storage, &metadata_path, &state.label(), set)?;
     let fs = opts.fs.clone();
     fs.create_dir_all(dir)?;
     if !fs.list_dir(dir)?.is_empty() {

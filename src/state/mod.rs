@@ -12,3 +12,4 @@ pub mod keyed;
 pub mod lsm_keyed;
 pub mod lsm_snapshot;
 pub mod operator;
+pub mod savepoint;

@@ -231,11 +231,11 @@ impl TaskRuntime {
                         .get(b.id)
                         .ok_or_else(|| Error::Job(format!("checkpoint {} was aborted", b.id)))?;
                     let keyed_state = match keyed {
-                        Some(k) => k.write(&pending)?,
+                        Some(k) => k.write(pending.as_ref())?,
                         None => Vec::new(),
                     };
                     let operator_state =
-                        backend.write_operator_state(&info, &op, &pending)?;
+                        backend.write_operator_state(&info, &op, pending.as_ref())?;
                     Ok(OperatorSubtaskState {
                         operator_id: info.operator_id.clone(),
                         subtask_index: info.subtask_index,

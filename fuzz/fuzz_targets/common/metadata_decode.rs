@@ -1,27 +1,28 @@
 // Fuzz check `metadata_decode`: a checkpoint's `_metadata` from hostile bytes.
 //
-// On every input, decoded three times: as a whole `_metadata` file, and as the body of a
-// version 2 and of a version 1 one (magic, version and a correct crc32c added, so the
-// fuzzer gets past the checksum):
+// On every input, decoded four times: as a whole `_metadata` file, and as the body of a
+// version 3, a version 2 and a version 1 one (magic, version and a correct crc32c added, so
+// the fuzzer gets past the checksum):
 // - decoding never panics, and an error names the file;
 // - every file path of a decoded `_metadata` stays inside the job directory (relative,
-//   only normal components) and lies under `shared/` or its own `chk-<N>/`;
+//   only normal components) and lies under `shared/` or its own `chk-<N>/`, or, a savepoint
+//   file, in a version 3 savepoint (and then every file of it is one);
 // - every keyed-state handle lies in its subtask's key groups, with one offset per key
 //   group, non-decreasing and inside its data; every partition offset too;
-// - a decoded `_metadata` encodes back (as version 2) to bytes that decode equal.
+// - a decoded `_metadata` encodes back (as version 3) to bytes that decode equal.
 
 use std::path::{Component, Path};
 
 use tidemark::checkpoint::metadata::{FORMAT_VERSION, MAGIC, OLDEST_READABLE_VERSION};
 use tidemark::checkpoint::path::handle_path_problem;
-use tidemark::checkpoint::{KeyedState, Metadata, StateData};
+use tidemark::checkpoint::{FileRole, KeyedState, Metadata, StateData};
 
 const METADATA_PATH: &str = "/jobs/fuzz/chk-7/_metadata";
 
 /// Checks one fuzz input (see the file's first comment).
 pub fn check(data: &[u8]) {
     check_bytes(data);
-    for version in [FORMAT_VERSION, OLDEST_READABLE_VERSION] {
+    for version in [FORMAT_VERSION, 2, OLDEST_READABLE_VERSION] {
         let mut file = Vec::with_capacity(data.len() + 16);
         file.extend_from_slice(&MAGIC);
         file.extend_from_slice(&version.to_le_bytes());
@@ -57,7 +58,16 @@ fn check_bytes(bytes: &[u8]) {
             return;
         }
     };
+    let version = Metadata::version_of(bytes).unwrap_or(0);
+    let self_contained = version >= 3 && m.kind.is_savepoint();
     for h in m.file_handles() {
+        assert_eq!(
+            h.role == FileRole::Savepoint,
+            self_contained,
+            "a {} file in a version {version} {}",
+            h.role.as_str(),
+            m.kind
+        );
         assert!(
             confined(&h.path),
             "decoded path {:?} leaves the job directory",
@@ -78,7 +88,8 @@ fn check_bytes(bytes: &[u8]) {
             assert!(s.key_groups.contains_range(&r));
             let (offsets, len) = match &h.state {
                 KeyedState::IncrementalLsm(_) => continue,
-                KeyedState::KeyGroupsFile { file, offsets } => (offsets, file.size),
+                KeyedState::KeyGroupsFile { file, offsets }
+                | KeyedState::CanonicalFile { file, offsets } => (offsets, file.size),
                 KeyedState::KeyGroupsInline { bytes, offsets } => (offsets, bytes.len() as u64),
             };
             assert_eq!(offsets.len() as u64, r.len(), "one offset per key group");
