@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use super::ids::CheckpointId;
 use super::metadata::{FileHandle, Metadata, BODY_OFFSET, METADATA_FILE_NAME};
-use super::path::{check_handle_path, lexical_problem};
+use super::path::{check_handle_path, checkpoint_dirs, lexical_problem, metadata_rel};
 use super::storage::{CheckpointStorage, LocalStorage};
 use super::verify::{verify, VerifyReport};
 use crate::error::{Error, Result};
@@ -212,16 +212,15 @@ pub fn resolve(fs: &dyn FileSystem, path: &Path) -> Result<ResolvedCheckpoint> {
     if let Some(id) = dir_checkpoint_id(path) {
         return load(fs, path, id);
     }
-    let mut ids: Vec<CheckpointId> = fs
-        .list_dir(path)?
-        .iter()
-        .filter_map(|n| CheckpointId::from_dir_name(n))
-        .collect();
+    // Entries named `chk-<N>` that are not plain directories are tried too: `load` refuses
+    // them by name rather than passing over them silently.
+    let dirs = checkpoint_dirs(fs.list_entries(path)?);
+    let mut ids = dirs.ids;
+    ids.extend(dirs.odd.iter().map(|(id, _)| *id));
     ids.sort();
     for id in ids.into_iter().rev() {
-        let chk_dir = path.join(id.dir_name());
-        if fs.exists(&chk_dir.join(METADATA_FILE_NAME)) {
-            return load(fs, &chk_dir, id);
+        if fs.exists(&path.join(metadata_rel(id))) {
+            return load(fs, &path.join(id.dir_name()), id);
         }
     }
     Err(not_found(
@@ -250,7 +249,7 @@ pub fn restore_file(
     handle: &FileHandle,
     dst_dir: &Path,
 ) -> Result<(PathBuf, Placement)> {
-    let metadata_path = storage.display_path(&format!("{}/{METADATA_FILE_NAME}", id.dir_name()));
+    let metadata_path = storage.display_path(&metadata_rel(id));
     check_handle_path(&metadata_path, &handle.path, handle.role, id)?;
     if let Some(reason) = lexical_problem(&handle.local_name) {
         return Err(Error::UnsafePath {
