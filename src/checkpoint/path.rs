@@ -10,13 +10,49 @@ use std::io;
 use std::path::Path;
 
 use super::ids::CheckpointId;
-use super::metadata::FileRole;
+use super::metadata::{FileRole, METADATA_FILE_NAME};
 use crate::error::{Error, Result};
+use crate::fs::DirEntryInfo;
 
 /// The directory of shared files, relative to the job directory.
 pub const SHARED_DIR: &str = "shared";
 /// The directory of task-owned files, relative to the job directory.
 pub const TASKOWNED_DIR: &str = "taskowned";
+
+/// `chk-<N>/_metadata`: where checkpoint `id`'s `_metadata` lies, relative to the job
+/// directory (the one place this path is built).
+pub fn metadata_rel(id: CheckpointId) -> String {
+    format!("{}/{METADATA_FILE_NAME}", id.dir_name())
+}
+
+/// What a job directory's listing holds where checkpoints live.
+#[derive(Debug, Default)]
+pub struct CheckpointDirs {
+    /// The `chk-<N>` directories, by id, oldest first.
+    pub ids: Vec<CheckpointId>,
+    /// Entries named `chk-<N>` that are not plain directories (a file, a link...): not
+    /// checkpoints, but their ids are taken.
+    pub odd: Vec<(CheckpointId, DirEntryInfo)>,
+}
+
+/// Sorts a job directory's `entries` (as [`crate::fs::FileSystem::list_entries`] gives
+/// them) into its checkpoint directories and the odd entries named like them; every other
+/// entry is passed over (the one scan of a job directory for checkpoints).
+pub fn checkpoint_dirs(entries: Vec<DirEntryInfo>) -> CheckpointDirs {
+    let mut out = CheckpointDirs::default();
+    for e in entries {
+        let Some(id) = CheckpointId::from_dir_name(&e.name).filter(|_| e.utf8) else {
+            continue;
+        };
+        if e.is_plain_dir() {
+            out.ids.push(id);
+        } else {
+            out.odd.push((id, e));
+        }
+    }
+    out.ids.sort();
+    out
+}
 
 /// Why a relative storage path is lexically unsafe, or `None` when it is a sequence of
 /// normal components.

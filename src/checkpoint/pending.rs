@@ -18,12 +18,13 @@ use super::ids::{CheckpointId, CheckpointKind};
 use super::metadata::{
     FileHandle, FileRole, Metadata, OperatorSubtaskState, SourceOffset, METADATA_FILE_NAME,
 };
+use super::path::metadata_rel;
 use super::path::{lexical_problem, SHARED_DIR};
 use super::registry::{sanitize, Identity, OWNER_NAME_MAX_BYTES};
 use super::retention::{delete_released, retain, RetentionReport};
 use super::stats::{CheckpointStats, PLACED_BYTES_PROPERTY, PLACED_FILES_PROPERTY};
 use super::storage::{staging_rel, CheckpointStorage, StagedFile};
-use super::store::{metadata_rel, now_ms, Completed, Core};
+use super::store::{now_ms, Completed, Core};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::fs::Placement;

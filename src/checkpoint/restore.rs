@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::ids::CheckpointId;
 use super::metadata::{FileHandle, FileRole, Metadata, BODY_OFFSET, METADATA_FILE_NAME};
-use super::path::{check_handle_path, lexical_problem};
+use super::path::{check_handle_path, checkpoint_dirs, lexical_problem};
 use super::storage::{CheckpointStorage, LocalStorage};
 use super::verify::{verify, VerifyReport};
 use crate::error::{Error, Result};
@@ -240,16 +240,15 @@ pub fn resolve(fs: &dyn FileSystem, path: &Path) -> Result<ResolvedCheckpoint> {
     if fs.exists(&path.join(METADATA_FILE_NAME)) {
         return load_savepoint(fs, path);
     }
-    let mut ids: Vec<CheckpointId> = fs
-        .list_dir(path)?
-        .iter()
-        .filter_map(|n| CheckpointId::from_dir_name(n))
-        .collect();
+    // Entries named `chk-<N>` that are not plain directories are tried too: `load` refuses
+    // them by name rather than passing over them silently.
+    let dirs = checkpoint_dirs(fs.list_entries(path)?);
+    let mut ids = dirs.ids;
+    ids.extend(dirs.odd.iter().map(|(id, _)| *id));
     ids.sort();
     for id in ids.into_iter().rev() {
-        let chk_dir = path.join(id.dir_name());
-        if fs.exists(&chk_dir.join(METADATA_FILE_NAME)) {
-            return load(fs, &chk_dir, id);
+        if fs.exists(&path.join(super::path::metadata_rel(id))) {
+            return load(fs, &path.join(id.dir_name()), id);
         }
     }
     Err(not_found(
@@ -271,10 +270,10 @@ pub fn resolve_verified(
 
 /// Where the `_metadata` holding `handle` lies relative to its storage: `chk-<N>/_metadata`,
 /// or a savepoint's own `_metadata`.
-pub fn metadata_rel(id: CheckpointId, handle: &FileHandle) -> String {
+pub fn handle_metadata_rel(id: CheckpointId, handle: &FileHandle) -> String {
     match handle.role {
         FileRole::Savepoint => METADATA_FILE_NAME.to_string(),
-        FileRole::Shared | FileRole::Private => format!("{}/{METADATA_FILE_NAME}", id.dir_name()),
+        FileRole::Shared | FileRole::Private => super::path::metadata_rel(id),
     }
 }
 
@@ -287,7 +286,7 @@ pub fn restore_file(
     handle: &FileHandle,
     dst_dir: &Path,
 ) -> Result<(PathBuf, Placement)> {
-    let metadata_path = storage.display_path(&metadata_rel(id, handle));
+    let metadata_path = storage.display_path(&handle_metadata_rel(id, handle));
     check_handle_path(&metadata_path, &handle.path, handle.role, id)?;
     if let Some(reason) = lexical_problem(&handle.local_name) {
         return Err(Error::UnsafePath {

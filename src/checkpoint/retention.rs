@@ -5,9 +5,10 @@
 use parking_lot::Mutex;
 
 use super::ids::CheckpointId;
+use super::path::metadata_rel;
 use super::path::SHARED_DIR;
 use super::storage::CheckpointStorage;
-use super::store::{metadata_rel, Inner};
+use super::store::Inner;
 use crate::fs::{DirEntryInfo, EntryKind};
 
 /// What retention deleted, and what it could not.

@@ -15,8 +15,8 @@ use parking_lot::{Mutex, RwLock};
 
 use super::config::{CheckpointConfig, JobTermination};
 use super::ids::{CheckpointId, CheckpointKind};
-use super::metadata::{Metadata, MAX_METADATA_BYTES, METADATA_FILE_NAME};
-use super::path::{SHARED_DIR, TASKOWNED_DIR};
+use super::metadata::{Metadata, MAX_METADATA_BYTES};
+use super::path::{checkpoint_dirs, metadata_rel, CheckpointDirs, SHARED_DIR, TASKOWNED_DIR};
 use super::pending::PendingCheckpoint;
 use super::registry::{is_shared_name, Registry};
 use super::restore::RestoreMode;
@@ -96,10 +96,6 @@ pub(super) fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
-}
-
-pub(super) fn metadata_rel(id: CheckpointId) -> String {
-    format!("{}/{METADATA_FILE_NAME}", id.dir_name())
 }
 
 /// Same directory, comparing canonical forms when both exist.
@@ -200,24 +196,16 @@ impl CheckpointStore {
             force_full_next,
             ..Inner::default()
         };
-        let mut ids: Vec<CheckpointId> = Vec::new();
-        for e in storage.list_entries("")? {
-            let Some(id) = CheckpointId::from_dir_name(&e.name).filter(|_| e.utf8) else {
-                continue;
-            };
-            if e.is_plain_dir() {
-                ids.push(id);
-            } else {
-                // Ids keep increasing past it, but it is not read and not deleted.
-                inner.last_id = inner.last_id.max(Some(id));
-                report.odd_entries.push(format!(
-                    "{}: {}, not a checkpoint directory; left alone",
-                    storage.display_path(&e.name).display(),
-                    e.describe()
-                ));
-            }
+        let CheckpointDirs { ids, odd } = checkpoint_dirs(storage.list_entries("")?);
+        for (id, e) in odd {
+            // Ids keep increasing past it, but it is not read and not deleted.
+            inner.last_id = inner.last_id.max(Some(id));
+            report.odd_entries.push(format!(
+                "{}: {}, not a checkpoint directory; left alone",
+                storage.display_path(&e.name).display(),
+                e.describe()
+            ));
         }
-        ids.sort();
         let mut older_shared = BTreeSet::new();
         for id in ids {
             inner.last_id = inner.last_id.max(Some(id));

@@ -21,6 +21,7 @@ use super::store;
 use super::verify::{verify_sst_opened, Expected, VerifyReport};
 use super::CliError;
 use crate::checkpoint::metadata::{BODY_OFFSET, METADATA_FILE_NAME};
+use crate::checkpoint::path::{checkpoint_dirs, metadata_rel, CheckpointDirs};
 use crate::checkpoint::{recorded_placement, SHARED_DIR, TASKOWNED_DIR};
 use crate::checkpoint::{
     resolve, CheckpointId, CheckpointStorage, FileHandle, FileRole, KeyedState, KeyedStateHandle,
@@ -68,26 +69,20 @@ fn entries_or_empty(dir: &Path) -> Result<Vec<DirEntryInfo>, Error> {
 
 /// Reads a job directory: every `chk-<N>` and its `_metadata`, and `shared/`.
 pub fn scan_job(job_dir: &Path) -> Result<JobScan, Error> {
-    let mut odd_entries = Vec::new();
-    let mut ids: Vec<CheckpointId> = Vec::new();
-    for e in StdFs.list_entries(job_dir)? {
-        let Some(id) = CheckpointId::from_dir_name(&e.name).filter(|_| e.utf8) else {
-            continue;
-        };
-        if e.is_plain_dir() {
-            ids.push(id);
-        } else {
-            odd_entries.push(format!(
+    let CheckpointDirs { ids, odd } = checkpoint_dirs(StdFs.list_entries(job_dir)?);
+    let mut odd_entries: Vec<String> = odd
+        .into_iter()
+        .map(|(_, e)| {
+            format!(
                 "{}: {}, not a checkpoint directory",
                 job_dir.join(&e.name).display(),
                 e.describe()
-            ));
-        }
-    }
-    ids.sort();
+            )
+        })
+        .collect();
     let mut checkpoints = Vec::with_capacity(ids.len());
     for id in ids {
-        let mpath = job_dir.join(id.dir_name()).join(METADATA_FILE_NAME);
+        let mpath = job_dir.join(metadata_rel(id));
         let state = if !mpath.exists() {
             ChkState::Incomplete
         } else {

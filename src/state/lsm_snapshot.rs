@@ -263,8 +263,10 @@ pub fn restore_store(
     opts: Options,
 ) -> Result<Db> {
     let set = lsm_file_set(state)?;
-    let metadata_path =
-        storage.display_path(&crate::checkpoint::restore::metadata_rel(id, &set.manifest));
+    let metadata_path = storage.display_path(&crate::checkpoint::restore::handle_metadata_rel(
+        id,
+        &set.manifest,
+    ));
     let layout = lsm_layout(storage, &metadata_path, &state.label(), set)?;
     let fs = opts.fs.clone();
     fs.create_dir_all(dir)?;

@@ -13,11 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use tidemark::checkpoint::path::checkpoint_dirs;
 use tidemark::checkpoint::{
     resolve, CheckpointConfig, CheckpointContent, CheckpointId, CheckpointKind, CheckpointStore,
     FileRole, JobId, KeyGroupRange, LocalStorage, OperatorStateHandle, SourceOffset, StateData,
 };
-use tidemark::fs::StdFs;
+use tidemark::fs::{FileSystem as _, StdFs};
 use tidemark::lsm::{Db, Options};
 use tidemark::state::lsm_snapshot::{restore_store, snapshot_async, snapshot_sync, SubtaskId};
 
@@ -73,12 +74,9 @@ pub fn open(dir: &Path, retained: usize) -> tidemark::Result<(CheckpointStore, u
     let job = job_dir(dir);
     let mut next = 1;
     if job.exists() {
-        let io = |e| tidemark::Error::io("list", &job, e);
-        for e in std::fs::read_dir(&job).map_err(io)? {
-            let name = e.map_err(io)?.file_name();
-            if let Some(id) = CheckpointId::from_dir_name(&name.to_string_lossy()) {
-                next = next.max(id.0 + 1);
-            }
+        let dirs = checkpoint_dirs(StdFs.list_entries(&job)?);
+        for id in dirs.ids.iter().chain(dirs.odd.iter().map(|(id, _)| id)) {
+            next = next.max(id.0 + 1);
         }
     }
     let storage = LocalStorage::new(StdFs::shared(), dir, JobId::new(JOB)?);
