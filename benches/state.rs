@@ -331,7 +331,7 @@ fn savepoints(backend: &dyn StateBackend, other: &dyn StateBackend, root: &Path,
         .iter_mut()
         .map(|s| s.snapshot_sync_canonical().unwrap())
         .collect();
-    let mut pending = PendingSavepoint::begin(
+    let pending = PendingSavepoint::begin(
         StdFs::shared(),
         root,
         &JobId::new("job").unwrap(),
@@ -348,7 +348,7 @@ fn savepoints(backend: &dyn StateBackend, other: &dyn StateBackend, root: &Path,
             parallelism,
             max_parallelism: max.get(),
             key_groups: info(i, parallelism).key_groups().unwrap(),
-            keyed_state: snap.write(&mut pending).unwrap(),
+            keyed_state: snap.write(&pending).unwrap(),
             operator_state: Vec::new(),
         });
     }

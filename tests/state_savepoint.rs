@@ -186,7 +186,7 @@ fn savepoint_three(
             .unwrap();
     }
     set(clock, T2);
-    let mut pending =
+    let pending =
         PendingSavepoint::begin(StdFs::shared(), savepoints, &job(), CheckpointId(7), format)
             .unwrap();
     let mut states = Vec::new();
@@ -213,9 +213,9 @@ fn savepoint_three(
             parallelism: 3,
             max_parallelism: 128,
             key_groups: info.key_groups().unwrap(),
-            keyed_state: snap.write(&mut pending).unwrap(),
+            keyed_state: snap.write(&pending).unwrap(),
             operator_state: backend
-                .write_operator_state(&info, &op_snap, &mut pending)
+                .write_operator_state(&info, &op_snap, &pending)
                 .unwrap(),
         });
     }
@@ -548,7 +548,7 @@ fn a_canonical_snapshot_goes_only_into_a_canonical_savepoint() {
     let tmp = tempfile::tempdir().unwrap();
     let backend = MemoryStateBackend::new();
     let mut keyed = backend.keyed_state(&info(0, 1), None).unwrap();
-    let mut native = PendingSavepoint::begin(
+    let native = PendingSavepoint::begin(
         StdFs::shared(),
         tmp.path(),
         &job(),
@@ -559,7 +559,7 @@ fn a_canonical_snapshot_goes_only_into_a_canonical_savepoint() {
     let e = keyed
         .snapshot_sync_canonical()
         .unwrap()
-        .write(&mut native)
+        .write(&native)
         .unwrap_err();
     assert!(e.to_string().contains("canonical"), "{e}");
     let dir = native.dir().to_path_buf();

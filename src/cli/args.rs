@@ -4,7 +4,7 @@
 //! clap derives the parser, `--help` and `--version` from the types below, so the help
 //! cannot disagree with what is parsed: a command's doc comment is its help, a field's doc
 //! comment is its option's help. Adding a command means adding a variant to [`Command`]
-//! with its args struct, and one arm in [`super::run`].
+//! with its args struct, and one arm in [`super::run()`].
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -117,7 +117,7 @@ pub struct RunArgs {
     /// Output directory (committed files part-*)
     #[arg(long, value_name = "DIR")]
     pub output: PathBuf,
-    /// Checkpoint directory (state.checkpoints.dir): checkpoints go to DIR/<job-id>/chk-N
+    /// Checkpoint directory (state.checkpoints.dir): checkpoints go to DIR/JOB-ID/chk-N
     #[arg(long, value_name = "DIR")]
     pub checkpoint_dir: PathBuf,
     /// State backend (state.backend): memory, filesystem or lsm [default: lsm]

@@ -1,5 +1,5 @@
 //! The `tidemark` command line: inspection, verification, reads from checkpoints, and the
-//! demo. The binary (`src/bin/tidemark.rs`) only parses, calls [`run`] and maps the result
+//! demo. The binary (`src/bin/tidemark.rs`) only parses, calls [`run()`] and maps the result
 //! to an exit status; everything else lives here so that tests can call it.
 //!
 //! One module per command; [`output`] decides text vs JSON for all of them, [`detect`]

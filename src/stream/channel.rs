@@ -187,7 +187,7 @@ impl<O, E: Send, R: Route<O, E>> EdgeOut<O> for RoutedOut<O, E, R> {
     }
 }
 
-/// Everything a subtask emits: one [`EdgeOut`] per outgoing edge (a record goes to each).
+/// Everything a subtask emits: one output per outgoing edge (a record goes to each).
 pub struct Output<O> {
     edges: Vec<Box<dyn EdgeOut<O>>>,
     cancel: Arc<AtomicBool>,
