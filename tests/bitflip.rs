@@ -666,7 +666,7 @@ fn build_savepoint() -> Savepoint {
     let backend = FsStateBackend::new();
     let d = ValueStateDescriptor::<u64>::new("v");
     let mut model = BTreeMap::new();
-    let mut pending = PendingSavepoint::begin(
+    let pending = PendingSavepoint::begin(
         StdFs::shared(),
         root.path(),
         &JobId::new(JOB).unwrap(),
@@ -694,7 +694,7 @@ fn build_savepoint() -> Savepoint {
             keyed_state: keyed
                 .snapshot_sync_canonical()
                 .unwrap()
-                .write(&mut pending)
+                .write(&pending)
                 .unwrap(),
             operator_state: Vec::new(),
         });

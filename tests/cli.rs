@@ -650,7 +650,7 @@ fn canonical_savepoint(root: &Path, keys: u32) -> PathBuf {
                 .unwrap();
         }
     }
-    let mut pending = PendingSavepoint::begin(
+    let pending = PendingSavepoint::begin(
         StdFs::shared(),
         root,
         &JobId::new("clijob").unwrap(),
@@ -661,7 +661,7 @@ fn canonical_savepoint(root: &Path, keys: u32) -> PathBuf {
     let keyed_state = keyed
         .snapshot_sync_canonical()
         .unwrap()
-        .write(&mut pending)
+        .write(&pending)
         .unwrap();
     let done = pending
         .commit(CheckpointContent {
