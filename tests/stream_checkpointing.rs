@@ -421,3 +421,93 @@ fn a_job_that_gives_up_keeps_its_checkpoints_for_a_resume() {
     stream::execute(&build(None), &resumed).unwrap();
     assert!(stream::committed_lines(&out).unwrap() == expected(&counts));
 }
+
+struct SavepointAfter {
+    id: u64,
+    control: JobControl,
+    dir: std::path::PathBuf,
+    done: std::sync::Mutex<Option<tidemark::stream::SavepointHandle>>,
+}
+impl JobListener for SavepointAfter {
+    fn checkpoint_completed(&self, c: &CheckpointDone) {
+        let mut d = self.done.lock().unwrap();
+        if c.id.0 >= self.id && d.is_none() {
+            *d = Some(self.control.stop_with_savepoint(
+                self.dir.clone(),
+                tidemark::checkpoint::SavepointFormat::Canonical,
+            ));
+        }
+    }
+}
+
+#[test]
+fn stop_with_a_canonical_savepoint_then_resume_with_another_backend_and_parallelism() {
+    let dir = tempfile::tempdir().unwrap();
+    let counts = write_words(&dir.path().join("in"), 200_000);
+    let out = dir.path().join("out");
+    let build = || {
+        let env = StreamEnv::new();
+        wordcount::build(
+            &env,
+            FileSource::new(dir.path().join("in")),
+            FileSink::new(&out),
+            None,
+        );
+        env.build().unwrap()
+    };
+    let control = JobControl::new();
+    let savepoints = dir.path().join("savepoints");
+    let listener = Arc::new(SavepointAfter {
+        id: 2,
+        control: control.clone(),
+        dir: savepoints.clone(),
+        done: std::sync::Mutex::new(None),
+    });
+    let mut options = JobOptions::local(dir.path().join("checkpoints"));
+    options.parallelism = 2;
+    options.backend = Arc::new(tidemark::state::backend::LsmStateBackend::new(
+        dir.path().join("local"),
+        tidemark::lsm::Options::default(),
+    ));
+    options.checkpointing.interval = Some(Duration::from_millis(5));
+    options.listeners.push(listener.clone());
+    stream::execute_with_control(&build(), &options, &control).unwrap();
+    let handle = listener
+        .done
+        .lock()
+        .unwrap()
+        .take()
+        .expect("no savepoint asked for");
+    let sp = handle
+        .wait(Duration::from_secs(60))
+        .expect("savepoint timed out")
+        .expect("savepoint failed");
+    assert!(sp.join("_metadata").exists());
+    assert!(
+        sp.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("savepoint-"),
+        "{}",
+        sp.display()
+    );
+    let partial = stream::committed_lines(&out).unwrap().len();
+    assert!(
+        partial < expected(&counts).len(),
+        "the job was not stopped early"
+    );
+    // The savepoint is self-contained: move it, then resume from it with the
+    // filesystem backend and parallelism 3.
+    let moved = dir.path().join("moved-savepoint");
+    std::fs::rename(&sp, &moved).unwrap();
+    let mut resumed = JobOptions::local(dir.path().join("checkpoints2"));
+    resumed.parallelism = 3;
+    resumed.checkpointing.interval = Some(Duration::from_millis(5));
+    resumed.restore = Some(RestoreSettings {
+        path: moved,
+        mode: RestoreMode::NoClaim,
+        allow_non_restored_state: false,
+    });
+    stream::execute(&build(), &resumed).unwrap();
+    assert!(stream::committed_lines(&out).unwrap() == expected(&counts));
+}

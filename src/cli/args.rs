@@ -144,6 +144,10 @@ pub struct RunArgs {
     /// claim or no-claim (execution.state-recovery.claim-mode) [default: no-claim]
     #[arg(long, value_name = "MODE")]
     pub restore_mode: Option<String>,
+    /// On SIGINT/SIGTERM take a canonical savepoint (into state.savepoints.dir, default
+    /// CHECKPOINT_DIR/savepoints) before stopping
+    #[arg(long)]
+    pub savepoint_on_stop: bool,
 }
 
 /// Arguments of `tidemark inspect`.

@@ -289,7 +289,7 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> std::result::Result<(), CliE
     );
     let graph = env.build().map_err(at)?;
     let control = JobControl::new();
-    super::signals::stop_on_signal(&control);
+    super::signals::stop_on_signal(&control, None);
     let stopper = {
         let control = control.clone();
         let seconds = args.seconds;
@@ -363,6 +363,7 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> std::result::Result<(), CliE
             from: Some(metadata),
             allow_non_restored_state: false,
             restore_mode: None,
+            savepoint_on_stop: false,
         },
         out,
     )?;

@@ -25,7 +25,15 @@ pub fn run(a: &RunArgs, out: &mut dyn Write) -> std::result::Result<(), CliError
     writeln!(out, "Job has been submitted with JobID {job_id}")?;
     out.flush()?;
     let control = JobControl::new();
-    super::signals::stop_on_signal(&control);
+    let savepoint = a.savepoint_on_stop.then(|| {
+        let dir = config
+            .checkpointing
+            .savepoints_dir
+            .clone()
+            .unwrap_or_else(|| a.checkpoint_dir.join("savepoints"));
+        (dir, crate::checkpoint::SavepointFormat::Canonical)
+    });
+    super::signals::stop_on_signal(&control, savepoint);
     let (tx, rx) = mpsc::channel::<String>();
     let mut options = JobOptions::from_config(&config, job_id.clone()).map_err(at)?;
     options.listeners.push(Arc::new(Lines(Mutex::new(tx))));

@@ -1,7 +1,7 @@
 //! What flows between subtasks: batches of records, checkpoint barriers and the end of
 //! input, as Flink's stream elements.
 
-use crate::checkpoint::CheckpointId;
+use crate::checkpoint::{CheckpointId, CheckpointKind};
 
 /// A checkpoint barrier: sources put it into their output when the coordinator triggers a
 /// checkpoint; every operator snapshots its state when the barrier has arrived on all its
@@ -12,17 +12,9 @@ pub struct Barrier {
     pub id: CheckpointId,
     /// When the coordinator triggered it (unix ms).
     pub timestamp_ms: u64,
-    /// A checkpoint or a savepoint.
-    pub kind: SnapshotKind,
-}
-
-/// What a barrier asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SnapshotKind {
-    /// A periodic checkpoint.
-    Checkpoint,
-    /// A savepoint: a checkpoint a person asked for, kept until that person deletes it.
-    Savepoint,
+    /// A checkpoint (incremental or full) or a savepoint (native or canonical): what each
+    /// backend's synchronous part takes.
+    pub kind: CheckpointKind,
 }
 
 /// One element of a channel between two subtasks.

@@ -22,20 +22,20 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 
 use super::config::{write_job_config, JobConfig};
-use super::event::{Barrier, SnapshotKind};
+use super::event::Barrier;
 use super::graph::{AnyBox, JobGraph, NodeKind, NodeParts};
 use super::restart::{RestartDecision, RestartStrategy, RestartStrategyConfig};
 use super::stats::{
     CheckpointStatsTracker, RestartRecord, RestoredCheckpoint, TaskParallelism, TriggeredCheckpoint,
 };
 use super::task::{
-    AckMetrics, AttemptInfo, CheckpointingMode, Control, OperatorRestore, PendingRegistry,
+    AckMetrics, AttemptInfo, CheckpointingMode, Control, OperatorRestore, Pending, PendingRegistry,
     SharedPending, TaskEvent, TaskId, TaskRuntime,
 };
 use crate::checkpoint::{
     resolve_verified, CheckpointConfig, CheckpointContent, CheckpointId, CheckpointKind,
     CheckpointStorage, CheckpointStore, ExternalizedCleanup, JobId, JobTermination, LocalStorage,
-    Metadata, OperatorSubtaskState, RestoreMode, SourceOffset,
+    Metadata, OperatorSubtaskState, PendingSavepoint, RestoreMode, SavepointFormat, SourceOffset,
 };
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, StdFs};
@@ -113,6 +113,8 @@ pub trait JobListener: Send + Sync {
     fn checkpoint_completed(&self, _c: &CheckpointDone) {}
     /// A checkpoint failed or was aborted.
     fn checkpoint_failed(&self, _id: CheckpointId, _message: &str) {}
+    /// A savepoint completed in `dir`.
+    fn savepoint_completed(&self, _id: CheckpointId, _dir: &std::path::Path) {}
     /// The job failed and restarts after `delay` (attempt `attempt`).
     fn restarting(&self, _attempt: u32, _cause: &Error, _delay: Duration) {}
 }
@@ -301,10 +303,38 @@ pub struct JobResult {
     pub termination: JobTermination,
 }
 
-/// Stops a running job from another thread.
+/// A savepoint asked for through [`JobControl`].
+#[derive(Debug)]
+pub(crate) struct SavepointRequest {
+    dir: PathBuf,
+    format: SavepointFormat,
+    stop_after: bool,
+    reply: std::sync::mpsc::Sender<Result<PathBuf>>,
+}
+
+/// Waits for a savepoint asked for through [`JobControl`].
+#[derive(Debug)]
+pub struct SavepointHandle(std::sync::mpsc::Receiver<Result<PathBuf>>);
+
+impl SavepointHandle {
+    /// The savepoint's directory once its `_metadata` is durable, or why it failed (also
+    /// when the job ended first); `None` when `timeout` passed first.
+    pub fn wait(&self, timeout: Duration) -> Option<Result<PathBuf>> {
+        match self.0.recv_timeout(timeout) {
+            Ok(r) => Some(r),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Some(Err(Error::Job(
+                "the job ended before the savepoint completed".into(),
+            ))),
+        }
+    }
+}
+
+/// Stops a running job, or asks it for a savepoint, from another thread.
 #[derive(Debug, Clone, Default)]
 pub struct JobControl {
     stop: Arc<AtomicBool>,
+    savepoints: Arc<parking_lot::Mutex<Vec<SavepointRequest>>>,
 }
 
 impl JobControl {
@@ -323,6 +353,46 @@ impl JobControl {
     /// True once [`JobControl::stop`] was called.
     pub fn is_stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Asks for a savepoint in `format` under `savepoints_dir`
+    /// (`savepoint-<job>-<random>/`); the job goes on.
+    pub fn trigger_savepoint(
+        &self,
+        savepoints_dir: impl Into<PathBuf>,
+        format: SavepointFormat,
+    ) -> SavepointHandle {
+        self.request(savepoints_dir.into(), format, false)
+    }
+
+    /// Asks for a savepoint, then stops the job once it is complete (Flink's
+    /// stop-with-savepoint). A savepoint that fails leaves the job running.
+    pub fn stop_with_savepoint(
+        &self,
+        savepoints_dir: impl Into<PathBuf>,
+        format: SavepointFormat,
+    ) -> SavepointHandle {
+        self.request(savepoints_dir.into(), format, true)
+    }
+
+    fn request(&self, dir: PathBuf, format: SavepointFormat, stop_after: bool) -> SavepointHandle {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.savepoints.lock().push(SavepointRequest {
+            dir,
+            format,
+            stop_after,
+            reply: tx,
+        });
+        SavepointHandle(rx)
+    }
+
+    fn take_savepoint_request(&self) -> Option<SavepointRequest> {
+        let mut q = self.savepoints.lock();
+        if q.is_empty() {
+            None
+        } else {
+            Some(q.remove(0))
+        }
     }
 }
 
@@ -804,6 +874,20 @@ impl<'a> Runner<'a> {
             if self.control.is_stopped() {
                 return AttemptEnd::Stopped;
             }
+            // Savepoints asked for, one at a time, between checkpoints.
+            if !finishing && in_flight.is_empty() {
+                if let Some(r) = self.control.take_savepoint_request() {
+                    let reply = r.reply.clone();
+                    match self.trigger(pendings, controls, sources, n_tasks, Some(r)) {
+                        Ok(f) => {
+                            in_flight.insert(f.id, f);
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+            }
             // Time-outs.
             let now = Instant::now();
             let timed_out: Vec<CheckpointId> = in_flight
@@ -812,11 +896,16 @@ impl<'a> Runner<'a> {
                 .map(|(id, _)| *id)
                 .collect();
             for id in timed_out {
-                in_flight.remove(&id);
                 let msg = format!(
                     "checkpoint {id} expired before completing ({:?})",
                     opts.timeout
                 );
+                if let Some(r) = in_flight.remove(&id).and_then(|f| f.savepoint) {
+                    // A savepoint's failure is its requester's news, not a checkpoint's.
+                    let _ = r.reply.send(Err(Error::Job(msg.clone())));
+                    self.fail_checkpoint(pendings, controls, id, &msg);
+                    continue;
+                }
                 self.fail_checkpoint(pendings, controls, id, &msg);
                 failures_in_row += 1;
                 if final_id == Some(id) {
@@ -842,7 +931,7 @@ impl<'a> Runner<'a> {
                     }
                     finish_sent = true;
                 } else if final_id.is_none() && in_flight.is_empty() {
-                    match self.trigger(pendings, controls, sources, n_tasks) {
+                    match self.trigger(pendings, controls, sources, n_tasks, None) {
                         Ok(f) => {
                             final_id = Some(f.id);
                             in_flight.insert(f.id, f);
@@ -862,7 +951,7 @@ impl<'a> Runner<'a> {
                     && paused
                 {
                     last_trigger = Instant::now();
-                    match self.trigger(pendings, controls, sources, n_tasks) {
+                    match self.trigger(pendings, controls, sources, n_tasks, None) {
                         Ok(f) => {
                             in_flight.insert(f.id, f);
                         }
@@ -906,13 +995,17 @@ impl<'a> Runner<'a> {
                     }
                 }
                 TaskEvent::Decline { id, task, error } => {
-                    if in_flight.remove(&id).is_some() {
+                    if let Some(f) = in_flight.remove(&id) {
                         let msg = format!(
                             "subtask {}_{} declined checkpoint {id}: {error}",
                             self.graph.uid(task.node),
                             task.subtask
                         );
                         self.fail_checkpoint(pendings, controls, id, &msg);
+                        if let Some(r) = f.savepoint {
+                            let _ = r.reply.send(Err(Error::Job(msg)));
+                            continue;
+                        }
                         failures_in_row += 1;
                         if final_id == Some(id) {
                             final_id = None;
@@ -976,7 +1069,16 @@ impl<'a> Runner<'a> {
                     let Some(f) = in_flight.remove(&id) else {
                         continue;
                     };
+                    let stop_after = f.savepoint.as_ref().is_some_and(|r| r.stop_after);
                     match self.complete(pendings, f) {
+                        Ok(()) if stop_after => {
+                            // The sinks commit what the savepoint covers now if they can;
+                            // a restore from the savepoint commits whatever they could not.
+                            for tx in controls.values() {
+                                let _ = tx.send(Control::Complete(id));
+                            }
+                            return AttemptEnd::Stopped;
+                        }
                         Ok(()) => {
                             failures_in_row = 0;
                             last_completion = Some(Instant::now());
@@ -1010,21 +1112,35 @@ impl<'a> Runner<'a> {
         controls: &HashMap<TaskId, Sender<Control>>,
         sources: &[TaskId],
         n_tasks: usize,
+        savepoint: Option<SavepointRequest>,
     ) -> Result<InFlight> {
-        let store = self
-            .store
-            .as_ref()
-            .ok_or_else(|| Error::Job("no checkpoint store".into()))?;
         let id = CheckpointId(self.next_id);
-        self.next_id += 1;
-        let kind = if self.options.checkpointing.incremental {
-            CheckpointKind::Incremental
-        } else {
-            CheckpointKind::Full
+        let pending = match &savepoint {
+            None => {
+                let store = self
+                    .store
+                    .as_ref()
+                    .ok_or_else(|| Error::Job("no checkpoint store".into()))?;
+                let kind = if self.options.checkpointing.incremental {
+                    CheckpointKind::Incremental
+                } else {
+                    CheckpointKind::Full
+                };
+                Pending::Checkpoint(store.begin(id, kind)?)
+            }
+            Some(r) => Pending::Savepoint(PendingSavepoint::begin(
+                Arc::clone(&self.fs),
+                &r.dir,
+                &self.options.job_id,
+                id,
+                r.format,
+            )?),
         };
-        let pending = store.begin(id, kind)?;
-        let trigger_ms = pending.trigger_timestamp_ms();
-        let kind = pending.kind();
+        self.next_id += 1;
+        let (trigger_ms, kind) = match &pending {
+            Pending::Checkpoint(p) => (p.trigger_timestamp_ms(), p.kind()),
+            Pending::Savepoint(_) => (super::now_ms(), pending.target().kind()),
+        };
         pendings.insert(id, Arc::new(pending));
         for l in &self.options.listeners {
             l.checkpoint_triggered(id, n_tasks);
@@ -1033,7 +1149,10 @@ impl<'a> Runner<'a> {
             t.report_triggered(TriggeredCheckpoint {
                 id,
                 trigger_timestamp_ms: trigger_ms,
-                savepoint: None,
+                savepoint: savepoint.as_ref().map(|r| match r.format {
+                    SavepointFormat::Canonical => super::stats::SavepointFormat::Canonical,
+                    SavepointFormat::Native => super::stats::SavepointFormat::Native,
+                }),
                 tasks: self
                     .graph
                     .nodes
@@ -1049,7 +1168,7 @@ impl<'a> Runner<'a> {
         let barrier = Barrier {
             id,
             timestamp_ms: trigger_ms,
-            kind: SnapshotKind::Checkpoint,
+            kind,
         };
         for s in sources {
             let _ = controls[s].send(Control::Trigger(barrier));
@@ -1062,6 +1181,7 @@ impl<'a> Runner<'a> {
             expected: n_tasks,
             acks: HashMap::new(),
             offsets: Vec::new(),
+            savepoint,
         })
     }
 
@@ -1071,6 +1191,7 @@ impl<'a> Runner<'a> {
             .remove(f.id)
             .ok_or_else(|| Error::Job(format!("checkpoint {} is not pending", f.id)))?;
         let pending = unwrap_pending(shared)?;
+        let savepoint = f.savepoint;
         let mut operator_states: Vec<OperatorSubtaskState> =
             f.acks.into_values().map(|(s, _)| s).collect();
         operator_states.sort_by(|a, b| {
@@ -1080,11 +1201,37 @@ impl<'a> Runner<'a> {
         let mut source_offsets: Vec<SourceOffset> = f.offsets;
         source_offsets.sort_by(|a, b| (&a.source, &a.split).cmp(&(&b.source, &b.split)));
         let subtasks = operator_states.len();
-        let done = pending.commit(CheckpointContent {
+        let content = CheckpointContent {
             operator_states,
             source_offsets,
             properties: vec![("job-id".into(), self.options.job_id.as_str().into())],
-        })?;
+        };
+        let done = match pending {
+            Pending::Checkpoint(p) => p.commit(content)?,
+            Pending::Savepoint(p) => {
+                let result = p.commit(content);
+                if let Some((t, _)) = &self.stats {
+                    match &result {
+                        Ok(c) => {
+                            t.report_completed(f.id, &c.dir.display().to_string());
+                        }
+                        Err(e) => {
+                            t.report_failed(f.id, super::now_ms(), &e.to_string());
+                        }
+                    }
+                }
+                self.persist_stats();
+                let reply = result.as_ref().map(|c| c.dir.clone()).map_err(Clone::clone);
+                if let Some(r) = savepoint {
+                    let _ = r.reply.send(reply);
+                }
+                let c = result?;
+                for l in &self.options.listeners {
+                    l.savepoint_completed(f.id, &c.dir);
+                }
+                return Ok(());
+            }
+        };
         self.completed += 1;
         let info = CheckpointDone {
             id: f.id,
@@ -1151,7 +1298,11 @@ impl<'a> Runner<'a> {
         };
         match unwrap_pending(shared) {
             Ok(p) => {
-                if let Err(e) = p.abort() {
+                let r = match p {
+                    Pending::Checkpoint(p) => p.abort(),
+                    Pending::Savepoint(p) => p.abort(),
+                };
+                if let Err(e) = r {
                     tracing::warn!("aborting checkpoint {id} ({why}): {e}");
                 }
             }
@@ -1162,7 +1313,7 @@ impl<'a> Runner<'a> {
 
 /// The pending checkpoint itself, once every snapshot thread has let go of it (they do
 /// right after acknowledging or declining; a thread still writing is waited for).
-fn unwrap_pending(mut shared: SharedPending) -> Result<crate::checkpoint::PendingCheckpoint> {
+fn unwrap_pending(mut shared: SharedPending) -> Result<Pending> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         match Arc::try_unwrap(shared) {
@@ -1188,6 +1339,8 @@ struct InFlight {
     expected: usize,
     acks: HashMap<TaskId, (OperatorSubtaskState, AckMetrics)>,
     offsets: Vec<SourceOffset>,
+    /// Set for a savepoint: where, and who waits for it.
+    savepoint: Option<SavepointRequest>,
 }
 
 fn state_bytes(s: &OperatorSubtaskState) -> u64 {

@@ -48,7 +48,8 @@ pub use channel::Output;
 pub use graph::{Data, DataStream, Either, JobGraph, Key, KeyedStream, StreamEnv};
 pub use job::{
     execute, execute_with_control, panic_is_handled_here, CheckpointDone, CheckpointingOptions,
-    JobControl, JobListener, JobOptions, JobResult, RestartBackoff, RestoreSettings, SubtaskAck,
+    JobControl, JobListener, JobOptions, JobResult, RestartBackoff, RestoreSettings,
+    SavepointHandle, SubtaskAck,
 };
 pub use ops::{FailureKind, FailurePlan, KeyedContext, KeyedProcessFunction, Summable};
 pub mod wordcount;

@@ -15,7 +15,8 @@ use super::channel::{Output, Rx};
 pub use super::config::CheckpointingMode;
 use super::event::{Barrier, Event};
 use crate::checkpoint::{
-    CheckpointId, CheckpointStorage, OperatorSubtaskState, PendingCheckpoint, SourceOffset,
+    CheckpointId, CheckpointStorage, OperatorSubtaskState, PendingCheckpoint, PendingSavepoint,
+    SnapshotTarget, SourceOffset,
 };
 use crate::error::{Error, Result};
 use crate::state::backend::{CheckpointedKeyedState, RestoreFrom, StateBackend, SubtaskInfo};
@@ -77,8 +78,25 @@ pub(crate) enum TaskEvent {
     },
 }
 
-/// A pending checkpoint shared by the subtasks placing files into it (at the same time).
-pub(crate) type SharedPending = Arc<PendingCheckpoint>;
+/// A checkpoint or a savepoint being taken.
+pub(crate) enum Pending {
+    Checkpoint(PendingCheckpoint),
+    Savepoint(PendingSavepoint),
+}
+
+impl Pending {
+    /// Where the subtasks' snapshots go.
+    pub(crate) fn target(&self) -> &dyn SnapshotTarget {
+        match self {
+            Pending::Checkpoint(p) => p,
+            Pending::Savepoint(p) => p,
+        }
+    }
+}
+
+/// A pending checkpoint or savepoint shared by the subtasks placing files into it (at the
+/// same time).
+pub(crate) type SharedPending = Arc<Pending>;
 
 /// The pending checkpoints of an attempt, by id, shared with the subtasks' asynchronous
 /// parts.
@@ -212,7 +230,7 @@ impl TaskRuntime {
     ) -> Result<()> {
         let sync_start = Instant::now();
         let keyed = match ctx.keyed.as_mut() {
-            Some(k) => Some(k.snapshot_sync()?),
+            Some(k) => Some(k.snapshot_sync_for(b.kind)?),
             None => None,
         };
         let op = ctx.operator_state.snapshot();
@@ -231,11 +249,11 @@ impl TaskRuntime {
                         .get(b.id)
                         .ok_or_else(|| Error::Job(format!("checkpoint {} was aborted", b.id)))?;
                     let keyed_state = match keyed {
-                        Some(k) => k.write(pending.as_ref())?,
+                        Some(k) => k.write(pending.target())?,
                         None => Vec::new(),
                     };
                     let operator_state =
-                        backend.write_operator_state(&info, &op, pending.as_ref())?;
+                        backend.write_operator_state(&info, &op, pending.target())?;
                     Ok(OperatorSubtaskState {
                         operator_id: info.operator_id.clone(),
                         subtask_index: info.subtask_index,
