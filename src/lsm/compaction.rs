@@ -84,6 +84,11 @@ fn pick_level(inner: &DbInner, v: &Version) -> Option<(usize, f64)> {
     best
 }
 
+/// True when some level is due for an automatic compaction.
+pub(crate) fn needs_compaction(inner: &DbInner, v: &Version) -> bool {
+    pick_level(inner, v).is_some()
+}
+
 fn key_span(files: &[Arc<FileMeta>]) -> Option<(Vec<u8>, Vec<u8>)> {
     let lo = files.iter().map(|f| user_key(&f.smallest)).min()?;
     let hi = files.iter().map(|f| user_key(&f.largest)).max()?;

@@ -751,6 +751,26 @@ impl Db {
         self.inner.bg_error.lock().clone()
     }
 
+    /// Waits until no immutable memtable waits for its flush and no level needs an
+    /// automatic compaction (the active memtable is left as it is: [`Db::flush`] first to
+    /// include it). Returns the background error if one stops the work.
+    pub fn wait_for_compactions(&self) -> Result<()> {
+        let inner = &self.inner;
+        let mut st = inner.state.lock();
+        loop {
+            inner.check_bg_error()?;
+            let busy = !st.imms.is_empty()
+                || st.manual.is_some()
+                || (inner.opts.compaction
+                    && super::compaction::needs_compaction(inner, &st.vs.current()));
+            if !busy {
+                return Ok(());
+            }
+            inner.bg_cv.notify_all();
+            inner.bg_cv.wait_for(&mut st, Duration::from_millis(100));
+        }
+    }
+
     /// Compacts every level down to the last level holding data (a manual full
     /// compaction) and waits for it.
     pub fn compact_range(&self) -> Result<()> {
