@@ -3,8 +3,17 @@
 //! the pinned file sets that checkpoints are built from.
 //!
 //! Locks, from outermost to innermost: the writer queue (`writers`), the store state
-//! (`state`), the WAL (`wal`). Readers take none of them: they load the current
+//! (`state`), the log (`log`). Readers take none of them: they load the current
 //! [`SuperVersion`] from an `ArcSwap` and the visible sequence number from an atomic.
+//!
+//! Writes. A write takes its sequence numbers and appends its WAL record in one short
+//! critical section under `log`, so the log's record order is the sequence order; it
+//! inserts into the (concurrent) memtable outside any lock, and then makes its numbers
+//! visible in sequence order: each write waits for the writes numbered before it to be
+//! visible, so a reader at sequence `s` sees every write up to `s` whole and nothing after.
+//! Writes that are not fsynced (`SyncMode::None`, `Periodic`, or no WAL) go this way
+//! straight from their own thread. Writes that are fsynced queue up in `writers`: the thread
+//! at the head commits the queued batches as one group with one fsync (group commit).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ops::{Bound, RangeBounds};
@@ -73,6 +82,18 @@ struct Slot {
     force_switch: bool,
 }
 
+/// What a write changes under the `log` lock: it takes sequence numbers and appends its
+/// record in one critical section.
+struct LogState {
+    /// The WAL (None when the store runs without one).
+    wal: Option<LogWriter>,
+    /// The memtable the writes logged in `wal` go to (the state's active memtable).
+    mem: Arc<MemTable>,
+    /// The last sequence number handed out: at or above the last visible one
+    /// (`DbInner::last_seq`), above it while writes insert into the memtable.
+    last_allocated: u64,
+}
+
 pub(crate) struct DbInner {
     pub(crate) dir: PathBuf,
     pub(crate) opts: Options,
@@ -85,9 +106,10 @@ pub(crate) struct DbInner {
     sv: ArcSwap<SuperVersion>,
     /// The largest sequence number visible to readers.
     last_seq: AtomicU64,
+    /// Writes waiting for a group commit (fsynced writes only).
     writers: Mutex<VecDeque<Arc<Slot>>>,
     writers_cv: Condvar,
-    wal: Mutex<Option<LogWriter>>,
+    log: Mutex<LogState>,
     /// With [`SyncMode::Periodic`]: logs retired at a memtable switch whose tail is not yet
     /// fsynced. The sync thread fsyncs them at its next tick, with the current log, so a
     /// power cut loses at most the writes of the last interval in either.
@@ -467,7 +489,7 @@ impl Db {
             cache,
             state: Mutex::new(State {
                 vs,
-                mem,
+                mem: mem.clone(),
                 imms: Vec::new(),
                 manual: None,
             }),
@@ -476,7 +498,11 @@ impl Db {
             last_seq: AtomicU64::new(last_seq.0),
             writers: Mutex::new(VecDeque::new()),
             writers_cv: Condvar::new(),
-            wal: Mutex::new(wal),
+            log: Mutex::new(LogState {
+                wal,
+                mem,
+                last_allocated: last_seq.0,
+            }),
             retired_wals: Mutex::new(Vec::new()),
             snapshots: Mutex::new(BTreeMap::new()),
             counters,
@@ -824,7 +850,7 @@ impl Db {
                 result = self.flush();
             } else {
                 result = self.inner.sync_retired_wals().map(|_| ());
-                if let Some(w) = self.inner.wal.lock().as_mut() {
+                if let Some(w) = self.inner.log.lock().wal.as_mut() {
                     result = result.and(w.sync());
                 }
             }
@@ -1237,9 +1263,102 @@ impl DbInner {
         }));
     }
 
-    /// Queues a write (or, with `None`, a memtable switch) and waits for it to commit;
-    /// the thread at the head of the queue commits the queued writes as one group.
+    /// True when writes are fsynced before they are acknowledged, and so commit in groups.
+    fn group_commit(&self) -> bool {
+        self.opts.wal && matches!(self.opts.sync, SyncMode::PerWrite | SyncMode::GroupCommit)
+    }
+
+    /// Commits a write (or, with `None`, switches the memtable for a flush).
     fn write_impl(&self, batch: Option<WriteBatch>) -> Result<SwitchOutcome> {
+        if self.group_commit() {
+            return self.write_queued(batch);
+        }
+        self.check_bg_error()?;
+        match batch {
+            Some(b) => self.write_direct(b).map(|()| None),
+            None => self.switch_for_flush().map(Some),
+        }
+    }
+
+    /// A write that needs no fsync, from the writer's own thread: numbers and log record
+    /// under the `log` lock, the memtable insert outside it.
+    fn write_direct(&self, mut batch: WriteBatch) -> Result<()> {
+        if !self.has_room() {
+            drop(self.wait_for_room(false)?);
+        }
+        let n = batch.len() as u64;
+        let (mem, prev) = {
+            let mut log = self.log.lock();
+            let prev = log.last_allocated;
+            let last = prev + n;
+            if last > SeqNo::MAX.0 {
+                return Err(Error::InvalidArgument("sequence numbers exhausted".into()));
+            }
+            batch.encode_with_seq(SeqNo(prev + 1));
+            if let Some(w) = log.wal.as_mut() {
+                let before = w.len();
+                if let Err(e) = w.add_record(batch.encoded()).and_then(|()| w.flush()) {
+                    // A failed append leaves the log in an unknown state: never write to
+                    // it again. No number was handed out.
+                    drop(log);
+                    self.set_bg_error(e.clone());
+                    return Err(e);
+                }
+                Counters::add(&self.counters.wal_bytes_written, w.len() - before);
+            }
+            log.last_allocated = last;
+            (log.mem.clone(), prev)
+        };
+        mem.add_batch(&batch, SeqNo(prev + 1));
+        self.publish_in_order(prev, prev + n);
+        Counters::add(&self.counters.user_bytes_written, batch.encoded_size() as u64);
+        Counters::add(&self.counters.writes, 1);
+        Counters::add(&self.counters.write_groups, 1);
+        Ok(())
+    }
+
+    /// Whether a write may go ahead without looking at the store state: the memtable has
+    /// room and level 0 is below the slowdown trigger (the answer may be stale by a switch
+    /// or a compaction, which only makes a write take the slow path once more or fill the
+    /// memtable by one write more). A store under a shared memory budget always checks
+    /// the state, which keeps the budget's charge current.
+    fn has_room(&self) -> bool {
+        if self.opts.memory_budget.is_some() {
+            return false;
+        }
+        let sv = self.sv.load();
+        sv.mem.approximate_size() < self.opts.memtable_size_bytes
+            && (!self.opts.compaction
+                || sv.version.num_files(0) < self.opts.l0_slowdown_writes_trigger)
+    }
+
+    /// Makes the writes numbered `prev + 1 ..= last` visible, once every write numbered
+    /// before them is. The writes before are inserting into the memtable meanwhile (a few
+    /// hundred nanoseconds), so this spins briefly, then yields the processor to them.
+    fn publish_in_order(&self, prev: u64, last: u64) {
+        self.wait_visible(prev);
+        // Numbers are handed out once and published once, in order: nobody else can
+        // move `last_seq` from `prev`.
+        let was = self.last_seq.swap(last, Ordering::AcqRel);
+        assert_eq!(was, prev, "sequence numbers published out of order");
+    }
+
+    /// Waits until every write numbered up to `seq` is visible.
+    fn wait_visible(&self, seq: u64) {
+        let mut spins = 0u32;
+        while self.last_seq.load(Ordering::Acquire) < seq {
+            if spins < 100 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// Queues a fsynced write (or, with `None`, a memtable switch) and waits for it to
+    /// commit; the thread at the head of the queue commits the queued writes as one group.
+    fn write_queued(&self, batch: Option<WriteBatch>) -> Result<SwitchOutcome> {
         self.check_bg_error()?;
         let force_switch = batch.is_none();
         let slot = Arc::new(Slot {
@@ -1292,6 +1411,8 @@ impl DbInner {
     /// Makes room and switches the memtable so the current one gets flushed.
     fn switch_for_flush(&self) -> Result<Switched> {
         let mut st = self.wait_for_room(true)?;
+        // Read before the emptiness check: a write numbered at or below `seq` counted its
+        // entries in the memtable before it became visible.
         let seq = self.visible_seq();
         if st.mem.is_empty() {
             return Ok(match st.imms.last() {
@@ -1299,7 +1420,7 @@ impl DbInner {
                 None => (seq, None, Some(st.vs.current())),
             });
         }
-        let imm = self.switch_memtable(&mut st)?;
+        let (imm, seq) = self.switch_memtable(&mut st)?;
         Ok((seq, Some(imm), None))
     }
 
@@ -1354,45 +1475,63 @@ impl DbInner {
         }
     }
 
-    /// Makes the active memtable immutable and starts a new one with a new WAL.
-    fn switch_memtable(&self, st: &mut State) -> Result<Arc<Imm>> {
+    /// Makes the active memtable immutable and starts a new one with a new WAL. Returns
+    /// the immutable memtable and the last sequence number it holds; every write numbered
+    /// up to it is in it and visible when this returns.
+    fn switch_memtable(&self, st: &mut State) -> Result<(Arc<Imm>, SeqNo)> {
         let wal_number = if self.opts.wal {
-            let n = st.vs.new_file_number();
-            let r: Result<()> = (|| {
-                let w = create_wal(self.fs.as_ref(), &self.dir, n, self.opts.sync)?;
-                self.fs.sync_dir(&self.dir)?;
-                crate::failpoint::hit("switch.wal_created");
-                let mut wal = self.wal.lock();
-                if let Some(old) = wal.as_mut() {
-                    match self.opts.sync {
-                        // Every acknowledged write in the old log is already fsynced; this
-                        // fsync only covers the log's tail and is cheap.
-                        SyncMode::PerWrite | SyncMode::GroupCommit => {
-                            old.sync()?;
-                            Counters::add(&self.counters.wal_syncs, 1);
-                        }
-                        // An fsync of a memtable's worth of log here would stall every
-                        // writer (and a checkpoint's synchronous part). None promises
-                        // nothing on power loss, and the flush makes the data durable;
-                        // Periodic's sync thread fsyncs the old log at its next tick.
-                        SyncMode::Periodic(_) | SyncMode::None => old.flush()?,
-                    }
-                }
-                if let (Some(old), SyncMode::Periodic(_)) = (wal.take(), self.opts.sync) {
-                    self.retired_wals.lock().push(old);
-                }
-                *wal = Some(w);
-                Ok(())
-            })();
-            if let Err(e) = r {
-                self.set_bg_error(e.clone());
-                return Err(e);
-            }
-            n
+            st.vs.new_file_number()
         } else {
             FileNumber(0)
         };
-        let old = std::mem::replace(&mut st.mem, Arc::new(MemTable::new(wal_number)));
+        let new_mem = Arc::new(MemTable::new(wal_number));
+        let r: Result<u64> = (|| {
+            let w = if self.opts.wal {
+                let w = create_wal(self.fs.as_ref(), &self.dir, wal_number, self.opts.sync)?;
+                self.fs.sync_dir(&self.dir)?;
+                crate::failpoint::hit("switch.wal_created");
+                Some(w)
+            } else {
+                None
+            };
+            let mut log = self.log.lock();
+            if let Some(old) = log.wal.as_mut() {
+                match self.opts.sync {
+                    // Every acknowledged write in the old log is already fsynced; this
+                    // fsync only covers the log's tail and is cheap.
+                    SyncMode::PerWrite | SyncMode::GroupCommit => {
+                        old.sync()?;
+                        Counters::add(&self.counters.wal_syncs, 1);
+                    }
+                    // An fsync of a memtable's worth of log here would stall every
+                    // writer (and a checkpoint's synchronous part). None promises
+                    // nothing on power loss, and the flush makes the data durable;
+                    // Periodic's sync thread fsyncs the old log at its next tick.
+                    SyncMode::Periodic(_) | SyncMode::None => old.flush()?,
+                }
+            }
+            if let (Some(old), SyncMode::Periodic(_)) = (log.wal.take(), self.opts.sync) {
+                self.retired_wals.lock().push(old);
+            }
+            log.wal = w;
+            let old_mem = std::mem::replace(&mut log.mem, new_mem.clone());
+            assert!(
+                Arc::ptr_eq(&old_mem, &st.mem),
+                "the log and the state name different active memtables"
+            );
+            Ok(log.last_allocated)
+        })();
+        let last = match r {
+            Ok(last) => last,
+            Err(e) => {
+                self.set_bg_error(e.clone());
+                return Err(e);
+            }
+        };
+        // Writes numbered for the old memtable finish their inserts before it is handed
+        // to the flush (they hold no lock, so waiting under the state lock is safe).
+        self.wait_visible(last);
+        let old = std::mem::replace(&mut st.mem, new_mem);
         let imm = Arc::new(Imm {
             mem: old,
             flushed: OnceLock::new(),
@@ -1400,16 +1539,16 @@ impl DbInner {
         st.imms.push(imm.clone());
         self.install_super_version(st);
         self.bg_cv.notify_all();
-        Ok(imm)
+        Ok((imm, SeqNo(last)))
     }
 
-    /// Logs and applies a group of batches. Runs only on the leader.
+    /// Logs and applies a group of batches, with one fsync. Runs only on the leader.
     fn commit_group(&self, group: &[Arc<Slot>]) -> Result<()> {
-        let st = self.wait_for_room(false)?;
-        let mem = st.mem.clone();
-        drop(st);
+        drop(self.wait_for_room(false)?);
         let mut batches: Vec<(WriteBatch, SeqNo)> = Vec::with_capacity(group.len());
-        let mut seq = self.visible_seq().0;
+        let mut log = self.log.lock();
+        let prev = log.last_allocated;
+        let mut seq = prev;
         let mut user_bytes = 0u64;
         for s in group {
             let Some(mut b) = s.batch.lock().take() else {
@@ -1424,35 +1563,31 @@ impl DbInner {
             user_bytes += b.encoded_size() as u64;
             batches.push((b, first));
         }
-        if self.opts.wal {
-            let mut wal = self.wal.lock();
-            let r: Result<()> = (|| {
-                let w = wal.as_mut().ok_or(Error::Closed)?;
-                let before = w.len();
-                for (b, _) in &batches {
-                    w.add_record(b.encoded())?;
-                }
-                match self.opts.sync {
-                    SyncMode::PerWrite | SyncMode::GroupCommit => {
-                        w.sync()?;
-                        Counters::add(&self.counters.wal_syncs, 1);
-                    }
-                    SyncMode::Periodic(_) | SyncMode::None => w.flush()?,
-                }
-                Counters::add(&self.counters.wal_bytes_written, w.len() - before);
-                Ok(())
-            })();
-            if let Err(e) = r {
-                // A failed append or fsync leaves the log in an unknown state: never
-                // write to it again.
-                self.set_bg_error(e.clone());
-                return Err(e);
+        let r: Result<()> = (|| {
+            let w = log.wal.as_mut().ok_or(Error::Closed)?;
+            let before = w.len();
+            for (b, _) in &batches {
+                w.add_record(b.encoded())?;
             }
+            w.sync()?;
+            Counters::add(&self.counters.wal_syncs, 1);
+            Counters::add(&self.counters.wal_bytes_written, w.len() - before);
+            Ok(())
+        })();
+        if let Err(e) = r {
+            // A failed append or fsync leaves the log in an unknown state: never write to
+            // it again. No number was handed out.
+            drop(log);
+            self.set_bg_error(e.clone());
+            return Err(e);
         }
+        log.last_allocated = seq;
+        let mem = log.mem.clone();
+        drop(log);
         for (b, first) in &batches {
             mem.add_batch(b, *first);
         }
-        self.last_seq.store(seq, Ordering::Release);
+        self.publish_in_order(prev, seq);
         Counters::add(&self.counters.user_bytes_written, user_bytes);
         Counters::add(&self.counters.writes, batches.len() as u64);
         Counters::add(&self.counters.write_groups, 1);
@@ -1476,7 +1611,7 @@ impl DbInner {
             }
             let r = MutexGuard::unlocked(&mut st, || -> Result<u64> {
                 let mut fsyncs = self.sync_retired_wals()?;
-                if let Some(w) = self.wal.lock().as_mut() {
+                if let Some(w) = self.log.lock().wal.as_mut() {
                     let now = (w.path().to_path_buf(), w.len());
                     if synced.as_ref() != Some(&now) {
                         w.sync()?;
