@@ -47,6 +47,10 @@ use crate::fs::{FileLock, FileSystem};
 /// fdatasync rarely has to commit a new file size (the log reader ends at a zero tail).
 const WAL_PRESIZE_STEP_BYTES: u64 = 1 << 20;
 
+/// Spins of a writer waiting for the writes numbered before it to become visible, before
+/// it sleeps (a spin is a `pause`: some tens of cycles).
+const SPINS_BEFORE_SLEEP: u32 = 2000;
+
 /// Largest number of bytes of batches one group commit gathers.
 const MAX_GROUP_BYTES: usize = 1 << 20;
 
@@ -92,6 +96,23 @@ struct LogState {
     /// The last sequence number handed out: at or above the last visible one
     /// (`DbInner::last_seq`), above it while writes insert into the memtable.
     last_allocated: u64,
+    /// Tallies of the write path, kept here rather than in shared atomics: every write
+    /// holds this lock anyway, and a counter on a cache line of its own would move
+    /// between the writers' cores on every write.
+    tally: WriteTally,
+}
+
+/// What [`Db::stats`] reports of the write path.
+#[derive(Debug, Default, Clone, Copy)]
+struct WriteTally {
+    /// Batches committed.
+    writes: u64,
+    /// Groups committed (an unsynced write is a group of its own).
+    groups: u64,
+    /// Bytes of the batches (keys, values and their framing).
+    user_bytes: u64,
+    /// Bytes appended to WALs.
+    wal_bytes: u64,
 }
 
 pub(crate) struct DbInner {
@@ -110,6 +131,10 @@ pub(crate) struct DbInner {
     writers: Mutex<VecDeque<Arc<Slot>>>,
     writers_cv: Condvar,
     log: Mutex<LogState>,
+    /// Writers sleeping in `wait_visible`, and where they sleep.
+    publish_waiters: AtomicUsize,
+    publish_lock: Mutex<()>,
+    publish_cv: Condvar,
     /// With [`SyncMode::Periodic`]: logs retired at a memtable switch whose tail is not yet
     /// fsynced. The sync thread fsyncs them at its next tick, with the current log, so a
     /// power cut loses at most the writes of the last interval in either.
@@ -502,7 +527,11 @@ impl Db {
                 wal,
                 mem,
                 last_allocated: last_seq.0,
+                tally: WriteTally::default(),
             }),
+            publish_waiters: AtomicUsize::new(0),
+            publish_lock: Mutex::new(()),
+            publish_cv: Condvar::new(),
             retired_wals: Mutex::new(Vec::new()),
             snapshots: Mutex::new(BTreeMap::new()),
             counters,
@@ -748,6 +777,11 @@ impl Db {
             ..DbStats::default()
         };
         s.fill_counters(&self.inner.counters);
+        let tally = self.inner.log.lock().tally;
+        s.writes = tally.writes;
+        s.write_groups = tally.groups;
+        s.user_bytes_written = tally.user_bytes;
+        s.wal_bytes_written = tally.wal_bytes;
         if let Some(c) = &self.inner.cache {
             let cs = c.stats();
             s.cache_hits = cs.hits;
@@ -1202,7 +1236,7 @@ impl DbInner {
     }
 
     fn get_at(&self, key: &[u8], seq: SeqNo) -> Result<Option<Vec<u8>>> {
-        Counters::add(&self.counters.gets, 1);
+        self.counters.gets.add(1);
         let sv = self.sv.load();
         match sv.mem.get(key, seq) {
             MemLookup::Found(v) => return Ok(Some(v)),
@@ -1218,8 +1252,8 @@ impl DbInner {
         }
         let mut counts = FilterCounts::default();
         let r = sv.version.get(key, seq, &mut counts);
-        Counters::add(&self.counters.bloom_checked, counts.checked);
-        Counters::add(&self.counters.bloom_useful, counts.useful);
+        self.counters.bloom_checked.add(counts.checked);
+        self.counters.bloom_useful.add(counts.useful);
         Ok(match r? {
             VersionLookup::Found(v) => Some(v),
             VersionLookup::Deleted | VersionLookup::NotFound => None,
@@ -1304,16 +1338,16 @@ impl DbInner {
                     self.set_bg_error(e.clone());
                     return Err(e);
                 }
-                Counters::add(&self.counters.wal_bytes_written, w.len() - before);
+                log.tally.wal_bytes += w.len() - before;
             }
             log.last_allocated = last;
+            log.tally.writes += 1;
+            log.tally.groups += 1;
+            log.tally.user_bytes += batch.encoded_size() as u64;
             (log.mem.clone(), prev)
         };
         mem.add_batch(&batch, SeqNo(prev + 1));
         self.publish_in_order(prev, prev + n);
-        Counters::add(&self.counters.user_bytes_written, batch.encoded_size() as u64);
-        Counters::add(&self.counters.writes, 1);
-        Counters::add(&self.counters.write_groups, 1);
         Ok(())
     }
 
@@ -1339,21 +1373,34 @@ impl DbInner {
         self.wait_visible(prev);
         // Numbers are handed out once and published once, in order: nobody else can
         // move `last_seq` from `prev`.
-        let was = self.last_seq.swap(last, Ordering::AcqRel);
+        let was = self.last_seq.swap(last, Ordering::SeqCst);
         assert_eq!(was, prev, "sequence numbers published out of order");
+        if self.publish_waiters.load(Ordering::SeqCst) > 0 {
+            let _g = self.publish_lock.lock();
+            self.publish_cv.notify_all();
+        }
     }
 
-    /// Waits until every write numbered up to `seq` is visible.
+    /// Waits until every write numbered up to `seq` is visible: spins while the writes
+    /// before insert (about a microsecond), then sleeps on `publish_cv` (a writer before
+    /// may have lost its processor, and spinning would keep it from getting one back).
     fn wait_visible(&self, seq: u64) {
-        let mut spins = 0u32;
-        while self.last_seq.load(Ordering::Acquire) < seq {
-            if spins < 100 {
-                std::hint::spin_loop();
-                spins += 1;
-            } else {
-                std::thread::yield_now();
+        for _ in 0..SPINS_BEFORE_SLEEP {
+            if self.last_seq.load(Ordering::Acquire) >= seq {
+                return;
             }
+            std::hint::spin_loop();
         }
+        self.publish_waiters.fetch_add(1, Ordering::SeqCst);
+        let mut g = self.publish_lock.lock();
+        // The publisher reads `publish_waiters` after it moves `last_seq` (both SeqCst), and
+        // notifies under `publish_lock`, which this thread holds from the check to the wait:
+        // no wake-up is lost. The timeout only bounds the damage of a mistake.
+        while self.last_seq.load(Ordering::SeqCst) < seq {
+            self.publish_cv.wait_for(&mut g, Duration::from_millis(10));
+        }
+        drop(g);
+        self.publish_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Queues a fsynced write (or, with `None`, a memtable switch) and waits for it to
@@ -1563,7 +1610,7 @@ impl DbInner {
             user_bytes += b.encoded_size() as u64;
             batches.push((b, first));
         }
-        let r: Result<()> = (|| {
+        let r: Result<u64> = (|| {
             let w = log.wal.as_mut().ok_or(Error::Closed)?;
             let before = w.len();
             for (b, _) in &batches {
@@ -1571,26 +1618,29 @@ impl DbInner {
             }
             w.sync()?;
             Counters::add(&self.counters.wal_syncs, 1);
-            Counters::add(&self.counters.wal_bytes_written, w.len() - before);
-            Ok(())
+            Ok(w.len() - before)
         })();
-        if let Err(e) = r {
-            // A failed append or fsync leaves the log in an unknown state: never write to
-            // it again. No number was handed out.
-            drop(log);
-            self.set_bg_error(e.clone());
-            return Err(e);
-        }
+        let wal_bytes = match r {
+            Ok(n) => n,
+            Err(e) => {
+                // A failed append or fsync leaves the log in an unknown state: never
+                // write to it again. No number was handed out.
+                drop(log);
+                self.set_bg_error(e.clone());
+                return Err(e);
+            }
+        };
         log.last_allocated = seq;
+        log.tally.writes += batches.len() as u64;
+        log.tally.groups += 1;
+        log.tally.user_bytes += user_bytes;
+        log.tally.wal_bytes += wal_bytes;
         let mem = log.mem.clone();
         drop(log);
         for (b, first) in &batches {
             mem.add_batch(b, *first);
         }
         self.publish_in_order(prev, seq);
-        Counters::add(&self.counters.user_bytes_written, user_bytes);
-        Counters::add(&self.counters.writes, batches.len() as u64);
-        Counters::add(&self.counters.write_groups, 1);
         Ok(())
     }
 
