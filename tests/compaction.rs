@@ -368,7 +368,11 @@ fn non_overlapping_files_move_down_without_being_rewritten() {
     drop(db);
 
     let db = Db::open(dir.path(), opts()).unwrap();
-    assert_eq!(level_of_each_file(&db), files, "the moves are in the manifest");
+    assert_eq!(
+        level_of_each_file(&db),
+        files,
+        "the moves are in the manifest"
+    );
     for i in (0..2000u32).step_by(37) {
         assert_eq!(db.get(format!("key{i:06}")).unwrap(), Some(value(i, 0)));
     }
@@ -422,10 +426,16 @@ fn full_compaction_writes_the_live_data_once() {
     let after = db.stats();
     let written = after.compaction_bytes_written - before.compaction_bytes_written;
     let live = after.total_table_bytes();
-    assert_eq!(written, live, "a full compaction writes the live tables once");
+    assert_eq!(
+        written, live,
+        "a full compaction writes the live tables once"
+    );
     assert_eq!(after.levels.iter().filter(|l| l.files > 0).count(), 1);
     // Already one run: a second full compaction has nothing to do.
     db.compact_range().unwrap();
-    assert_eq!(db.stats().compaction_bytes_written, after.compaction_bytes_written);
+    assert_eq!(
+        db.stats().compaction_bytes_written,
+        after.compaction_bytes_written
+    );
     assert_eq!(db.iter().unwrap().count(), 4000);
 }

@@ -365,7 +365,10 @@ fn unsynced_writers_in_parallel_publish_whole_batches_in_order() {
     assert_eq!(scan_all(&db).len() as u32, 2 * THREADS * PER_THREAD);
     for t in 0..THREADS {
         let k = format!("b{t}-{:05}", PER_THREAD - 1);
-        assert_eq!(db.get(k).unwrap(), Some(format!("{}", PER_THREAD - 1).into_bytes()));
+        assert_eq!(
+            db.get(k).unwrap(),
+            Some(format!("{}", PER_THREAD - 1).into_bytes())
+        );
     }
 }
 

@@ -330,9 +330,15 @@ impl MemTable {
         }
         let at = w.arena.alloc(total);
         drop(w);
-        self.tally.size_bytes.fetch_add(total, AtomicOrdering::Relaxed);
-        self.tally.entries.fetch_add(entries, AtomicOrdering::Relaxed);
-        self.tally.max_seq.fetch_max(max_seq.0, AtomicOrdering::Relaxed);
+        self.tally
+            .size_bytes
+            .fetch_add(total, AtomicOrdering::Relaxed);
+        self.tally
+            .entries
+            .fetch_add(entries, AtomicOrdering::Relaxed);
+        self.tally
+            .max_seq
+            .fetch_max(max_seq.0, AtomicOrdering::Relaxed);
         (at, start_rng)
     }
 
@@ -796,7 +802,8 @@ mod tests {
                 s.spawn(move || {
                     for i in 0..PER_THREAD {
                         // Interleaved key ranges, so the threads race for the same links.
-                        let k = ((i * 4 + t).wrapping_mul(0x9e37_79b9_7f4a_7c15) % 7919).to_be_bytes();
+                        let k =
+                            ((i * 4 + t).wrapping_mul(0x9e37_79b9_7f4a_7c15) % 7919).to_be_bytes();
                         let seq = SeqNo(t * PER_THREAD + i + 1);
                         if i % 3 == 0 {
                             let mut b = WriteBatch::new();
@@ -828,7 +835,10 @@ mod tests {
         for seq in 1..=4 * PER_THREAD {
             let (t, i) = ((seq - 1) / PER_THREAD, (seq - 1) % PER_THREAD);
             let k = ((i * 4 + t).wrapping_mul(0x9e37_79b9_7f4a_7c15) % 7919).to_be_bytes();
-            assert!(matches!(m.get(&k, SeqNo(u64::MAX >> 8)), MemLookup::Found(_)));
+            assert!(matches!(
+                m.get(&k, SeqNo(u64::MAX >> 8)),
+                MemLookup::Found(_)
+            ));
         }
     }
 
