@@ -8,9 +8,11 @@
 //!
 //! Writes. A write takes its sequence numbers and appends its WAL record in one short
 //! critical section under `log`, so the log's record order is the sequence order; it
-//! inserts into the (concurrent) memtable outside any lock, and then makes its numbers
-//! visible in sequence order: each write waits for the writes numbered before it to be
-//! visible, so a reader at sequence `s` sees every write up to `s` whole and nothing after.
+//! inserts into the (concurrent) memtable outside any lock, and then its numbers become
+//! visible in sequence order (`LogState::pending`): the visible number moves past a write
+//! only once it and every write numbered before it are in the memtable, so a reader at
+//! sequence `s` sees every write up to `s` whole and nothing after. A write returns once
+//! its numbers are visible.
 //! Writes that are not fsynced (`SyncMode::None`, `Periodic`, or no WAL) go this way
 //! straight from their own thread. Writes that are fsynced queue up in `writers`: the thread
 //! at the head commits the queued batches as one group with one fsync (group commit).
@@ -96,6 +98,9 @@ struct LogState {
     /// The last sequence number handed out: at or above the last visible one
     /// (`DbInner::last_seq`), above it while writes insert into the memtable.
     last_allocated: u64,
+    /// The writes numbered but not yet visible, in number order: the last number of each
+    /// and whether its memtable insert is done. The front's numbers follow `last_seq`.
+    pending: VecDeque<(u64, bool)>,
     /// Tallies of the write path, kept here rather than in shared atomics: every write
     /// holds this lock anyway, and a counter on a cache line of its own would move
     /// between the writers' cores on every write.
@@ -527,6 +532,7 @@ impl Db {
                 wal,
                 mem,
                 last_allocated: last_seq.0,
+                pending: VecDeque::new(),
                 tally: WriteTally::default(),
             }),
             publish_waiters: AtomicUsize::new(0),
@@ -1341,13 +1347,14 @@ impl DbInner {
                 log.tally.wal_bytes += w.len() - before;
             }
             log.last_allocated = last;
+            log.pending.push_back((last, false));
             log.tally.writes += 1;
             log.tally.groups += 1;
             log.tally.user_bytes += batch.encoded_size() as u64;
             (log.mem.clone(), prev)
         };
         mem.add_batch(&batch, SeqNo(prev + 1));
-        self.publish_in_order(prev, prev + n);
+        self.complete(prev + n);
         Ok(())
     }
 
@@ -1366,19 +1373,32 @@ impl DbInner {
                 || sv.version.num_files(0) < self.opts.l0_slowdown_writes_trigger)
     }
 
-    /// Makes the writes numbered `prev + 1 ..= last` visible, once every write numbered
-    /// before them is. The writes before are inserting into the memtable meanwhile (a few
-    /// hundred nanoseconds), so this spins briefly, then yields the processor to them.
-    fn publish_in_order(&self, prev: u64, last: u64) {
-        self.wait_visible(prev);
-        // Numbers are handed out once and published once, in order: nobody else can
-        // move `last_seq` from `prev`.
-        let was = self.last_seq.swap(last, Ordering::SeqCst);
-        assert_eq!(was, prev, "sequence numbers published out of order");
-        if self.publish_waiters.load(Ordering::SeqCst) > 0 {
+    /// Records that the write whose numbers end at `last` is in the memtable, makes every
+    /// write whose numbers and all before them are in visible (whichever thread finishes
+    /// first publishes for the others, so no writer waits for another to be scheduled
+    /// just to publish), and returns once `last` is visible.
+    fn complete(&self, last: u64) {
+        let published = {
+            let mut log = self.log.lock();
+            let Some(entry) = log.pending.iter_mut().find(|p| p.0 == last) else {
+                panic!("write numbered up to {last} completed but was never pending");
+            };
+            entry.1 = true;
+            let mut visible = None;
+            while let Some(&(l, true)) = log.pending.front() {
+                log.pending.pop_front();
+                visible = Some(l);
+            }
+            if let Some(v) = visible {
+                self.last_seq.store(v, Ordering::SeqCst);
+            }
+            visible.is_some()
+        };
+        if published && self.publish_waiters.load(Ordering::SeqCst) > 0 {
             let _g = self.publish_lock.lock();
             self.publish_cv.notify_all();
         }
+        self.wait_visible(last);
     }
 
     /// Waits until every write numbered up to `seq` is visible: spins while the writes
@@ -1631,6 +1651,7 @@ impl DbInner {
             }
         };
         log.last_allocated = seq;
+        log.pending.push_back((seq, false));
         log.tally.writes += batches.len() as u64;
         log.tally.groups += 1;
         log.tally.user_bytes += user_bytes;
@@ -1640,7 +1661,7 @@ impl DbInner {
         for (b, first) in &batches {
             mem.add_batch(b, *first);
         }
-        self.publish_in_order(prev, seq);
+        self.complete(seq);
         Ok(())
     }
 
