@@ -2,11 +2,15 @@
 //! at-least-once, checkpoint time-outs and the tolerable-failure limit, and a rescale
 //! through a stop and a resume.
 
+#[path = "common/stream.rs"]
+mod stream_common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use stream_common::{expected_lines, NoRestart, QuickRestart};
 use tidemark::checkpoint::{resolve, CheckpointId, ExternalizedCleanup, RestoreMode};
 use tidemark::fs::StdFs;
 use tidemark::state::backend::{restore_operator_state, FsStateBackend, RestoreFrom, SubtaskInfo};
@@ -34,26 +38,6 @@ impl JobListener for StopAfter {
         if c.id.0 >= self.id {
             self.control.stop();
         }
-    }
-}
-
-struct NoRestart;
-impl RestartBackoff for NoRestart {
-    fn on_failure(&mut self, _now: Duration) -> Result<Duration, String> {
-        Err("restart-strategy none".into())
-    }
-    fn describe(&self) -> String {
-        "none".into()
-    }
-}
-
-struct QuickRestart;
-impl RestartBackoff for QuickRestart {
-    fn on_failure(&mut self, _now: Duration) -> Result<Duration, String> {
-        Ok(Duration::from_millis(5))
-    }
-    fn describe(&self) -> String {
-        "fixed-delay 5 ms".into()
     }
 }
 
@@ -257,15 +241,6 @@ fn write_words(dir: &Path, lines: usize) -> BTreeMap<String, u64> {
     counts
 }
 
-fn expected(counts: &BTreeMap<String, u64>) -> Vec<String> {
-    let mut v: Vec<String> = counts
-        .iter()
-        .flat_map(|(w, n)| (1..=*n).map(move |i| format!("{w} {i}")))
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn at_least_once_may_duplicate_but_never_loses() {
     let dir = tempfile::tempdir().unwrap();
@@ -294,7 +269,7 @@ fn at_least_once_may_duplicate_but_never_loses() {
     stream::execute(&graph, &options).unwrap();
     let got: std::collections::BTreeSet<String> =
         stream::committed_lines(&out).unwrap().into_iter().collect();
-    for line in expected(&counts) {
+    for line in expected_lines(&counts) {
         assert!(got.contains(&line), "lost {line:?}");
     }
     assert!(plan.fired() >= 2);
@@ -327,7 +302,7 @@ fn rescale_through_a_stop_and_a_resume() {
     let first = stream::execute_with_control(&build(), &options, &control).unwrap();
     let partial = stream::committed_lines(&out).unwrap().len();
     assert!(
-        partial < expected(&counts).len(),
+        partial < expected_lines(&counts).len(),
         "the first run was not stopped early: {first:?}"
     );
     let job_dir = dir.path().join("checkpoints").join(first.job_id.as_str());
@@ -340,7 +315,7 @@ fn rescale_through_a_stop_and_a_resume() {
         allow_non_restored_state: false,
     });
     stream::execute(&build(), &resumed).unwrap();
-    assert!(stream::committed_lines(&out).unwrap() == expected(&counts));
+    assert!(stream::committed_lines(&out).unwrap() == expected_lines(&counts));
 }
 
 #[test]
@@ -419,7 +394,7 @@ fn a_job_that_gives_up_keeps_its_checkpoints_for_a_resume() {
         allow_non_restored_state: true,
     });
     stream::execute(&build(None), &resumed).unwrap();
-    assert!(stream::committed_lines(&out).unwrap() == expected(&counts));
+    assert!(stream::committed_lines(&out).unwrap() == expected_lines(&counts));
 }
 
 struct SavepointAfter {
@@ -493,7 +468,7 @@ fn stop_with_a_canonical_savepoint_then_resume_with_another_backend_and_parallel
     );
     let partial = stream::committed_lines(&out).unwrap().len();
     assert!(
-        partial < expected(&counts).len(),
+        partial < expected_lines(&counts).len(),
         "the job was not stopped early"
     );
     // The savepoint is self-contained: move it, then resume from it with the
@@ -509,5 +484,5 @@ fn stop_with_a_canonical_savepoint_then_resume_with_another_backend_and_parallel
         allow_non_restored_state: false,
     });
     stream::execute(&build(), &resumed).unwrap();
-    assert!(stream::committed_lines(&out).unwrap() == expected(&counts));
+    assert!(stream::committed_lines(&out).unwrap() == expected_lines(&counts));
 }

@@ -2,11 +2,15 @@
 //! moments and resumed with `-s latest`, it commits exactly the output of a run that was
 //! never killed, and leaves no file in `shared/` that no retained checkpoint references.
 
+#[path = "common/stream.rs"]
+mod stream_common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use stream_common::expected_lines;
 use tidemark::stream::committed_lines;
 
 fn write_input(dir: &Path, lines: usize) -> BTreeMap<String, u64> {
@@ -31,15 +35,6 @@ fn write_input(dir: &Path, lines: usize) -> BTreeMap<String, u64> {
         std::fs::write(dir.join(format!("in-{f}.txt")), text).unwrap();
     }
     counts
-}
-
-fn expected(counts: &BTreeMap<String, u64>) -> Vec<String> {
-    let mut v: Vec<String> = counts
-        .iter()
-        .flat_map(|(w, n)| (1..=*n).map(move |i| format!("{w} {i}")))
-        .collect();
-    v.sort();
-    v
 }
 
 fn has_checkpoint(ck: &Path) -> bool {
@@ -141,7 +136,7 @@ fn sigkill_and_resume_with_latest_commits_exactly_once() {
     );
     assert!(kills >= 1, "the job finished before any kill");
     let got = committed_lines(&output).unwrap();
-    let want = expected(&counts);
+    let want = expected_lines(&counts);
     assert_eq!(got.len(), want.len(), "after {kills} kills");
     assert!(got == want, "output differs after {kills} kills");
     check_no_orphans(&ck);
@@ -178,7 +173,7 @@ fn run_reads_a_flink_config_file_and_dynamic_properties() {
         stdout.contains("Job has been submitted with JobID "),
         "{stdout}"
     );
-    assert!(committed_lines(&dir.path().join("out")).unwrap() == expected(&counts));
+    assert!(committed_lines(&dir.path().join("out")).unwrap() == expected_lines(&counts));
     let job = std::fs::read_dir(dir.path().join("ck"))
         .unwrap()
         .next()

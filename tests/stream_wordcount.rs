@@ -2,11 +2,15 @@
 //! at random records (errors and panics) and in the middle of checkpoints, restarted by a
 //! fixed-delay strategy, produce exactly the committed output of a run without failures.
 
+#[path = "common/stream.rs"]
+mod stream_common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use stream_common::{expected_lines, QuickRestart};
 use tidemark::state::backend::{FsStateBackend, LsmStateBackend, MemoryStateBackend, StateBackend};
 use tidemark::stream::{
     self, wordcount, FailureKind, FailurePlan, FileSink, FileSource, JobOptions, RestartBackoff,
@@ -37,25 +41,6 @@ fn write_input(dir: &Path, files: usize, lines: usize, seed: u64) -> BTreeMap<St
         std::fs::write(dir.join(format!("part-{f}.txt")), text).unwrap();
     }
     counts
-}
-
-fn expected_lines(counts: &BTreeMap<String, u64>) -> Vec<String> {
-    let mut v: Vec<String> = counts
-        .iter()
-        .flat_map(|(w, n)| (1..=*n).map(move |i| format!("{w} {i}")))
-        .collect();
-    v.sort();
-    v
-}
-
-struct QuickRestart;
-impl RestartBackoff for QuickRestart {
-    fn on_failure(&mut self, _now: Duration) -> Result<Duration, String> {
-        Ok(Duration::from_millis(5))
-    }
-    fn describe(&self) -> String {
-        "fixed-delay 5 ms".into()
-    }
 }
 
 fn backend(name: &str, dir: &Path) -> Arc<dyn StateBackend> {

@@ -305,21 +305,7 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> std::result::Result<(), CliE
             control.stop();
         })
     };
-    let job = {
-        let control = control.clone();
-        std::thread::Builder::new()
-            .name("job".into())
-            .spawn(move || stream::execute_with_control(&graph, &options, &control))
-            .map_err(|e| at(Error::Job(format!("cannot start the job: {e}"))))?
-    };
-    for line in rx {
-        writeln!(out, "{line}")?;
-        out.flush()?;
-    }
-    let result = job
-        .join()
-        .map_err(|_| at(Error::Job("the job's thread panicked".into())))?
-        .map_err(at)?;
+    let result = super::run::execute_printing(graph, options, &control, rx, out, &at)?;
     let _ = stopper.join();
     writeln!(
         out,

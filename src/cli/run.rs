@@ -14,8 +14,8 @@ use crate::error::{Error, Result};
 use crate::fs::StdFs;
 use crate::stream::config::{JobConfig, JobConfigBuilder};
 use crate::stream::{
-    self, wordcount, CheckpointDone, FileSink, FileSource, JobControl, JobListener, JobOptions,
-    StreamEnv,
+    self, wordcount, CheckpointDone, FileSink, FileSource, JobControl, JobGraph, JobListener,
+    JobOptions, JobResult, StreamEnv,
 };
 
 /// Runs `tidemark run`.
@@ -45,21 +45,7 @@ pub fn run(a: &RunArgs, out: &mut dyn Write) -> std::result::Result<(), CliError
         None,
     );
     let graph = env.build().map_err(at)?;
-    let job = std::thread::Builder::new()
-        .name("job".into())
-        .spawn({
-            let control = control.clone();
-            move || stream::execute_with_control(&graph, &options, &control)
-        })
-        .map_err(|e| at(Error::Job(format!("cannot start the job: {e}"))))?;
-    for line in rx {
-        writeln!(out, "{line}")?;
-        out.flush()?;
-    }
-    let result = job
-        .join()
-        .map_err(|_| at(Error::Job("the job's thread panicked".into())))?
-        .map_err(at)?;
+    let result = execute_printing(graph, options, &control, rx, out, &at)?;
     writeln!(
         out,
         "Job {} {:?} after {} attempt{}: {} checkpoints completed, {} failed",
@@ -82,6 +68,32 @@ pub fn run(a: &RunArgs, out: &mut dyn Write) -> std::result::Result<(), CliError
         None => writeln!(out, "Output committed in {}", a.output.display())?,
     }
     Ok(())
+}
+
+/// Runs the job on its own thread and prints the lines its listeners send (through `rx`)
+/// as they come, until it ends.
+pub(crate) fn execute_printing(
+    graph: JobGraph,
+    options: JobOptions,
+    control: &JobControl,
+    rx: mpsc::Receiver<String>,
+    out: &mut dyn Write,
+    at: &dyn Fn(Error) -> CliError,
+) -> std::result::Result<JobResult, CliError> {
+    let job = std::thread::Builder::new()
+        .name("job".into())
+        .spawn({
+            let control = control.clone();
+            move || stream::execute_with_control(&graph, &options, &control)
+        })
+        .map_err(|e| at(Error::Job(format!("cannot start the job: {e}"))))?;
+    for line in rx {
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+    job.join()
+        .map_err(|_| at(Error::Job("the job's thread panicked".into())))?
+        .map_err(at)
 }
 
 /// The configuration in force: the file, then the command line's options and `-D`
