@@ -10,9 +10,9 @@
 //! `_metadata`, from a `JobListener`), median and max. The committed output is checked: one
 //! line per word read.
 //!
-//! Recovery: a keyed job builds about `MB` megabytes of value state (1 KiB per key), a
-//! checkpoint that holds all of it completes, and then a failure is injected; the job
-//! restarts with no delay from that checkpoint. Reported: from the failure (the
+//! Recovery: a keyed job builds about `MB` megabytes of value state (1 KiB of random bytes
+//! per key), a checkpoint that holds all of it completes, and then a failure is injected;
+//! the job restarts with no delay from that checkpoint. Reported: from the failure (the
 //! listener's `restarting`) to the restore (`restored`), and to the first record the keyed
 //! operator has processed after the restore (seen by a `process` operator behind it in an
 //! attempt after the first).
@@ -300,6 +300,18 @@ impl JobListener for RecoveryEvents {
     }
 }
 
+/// Key `k`'s value: 1 KiB of random bytes, incompressible, so that the state on disk has
+/// its nominal size.
+fn payload(k: u64) -> Vec<u8> {
+    let mut rng = common::Rng::new(k);
+    let mut v = Vec::with_capacity(VALUE_BYTES);
+    while v.len() < VALUE_BYTES {
+        v.extend_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    v.truncate(VALUE_BYTES);
+    v
+}
+
 struct Recovery {
     keys: u64,
     state_bytes: u64,
@@ -326,13 +338,15 @@ fn recovery_run(backend_name: &str, mb: u64, parallelism: u32) -> Recovery {
     let stopper = control.clone();
     env.source(GeneratorSource::new(None, move |i| (i % keys, i < keys)).with_splits(2))
         .uid("records")
-        .process(move |rec: (u64, bool), ctx: &mut TaskContext, out: &mut Output<(u64, bool)>| {
-            if ctx.attempt().number == 0 && !rec.1 && e1.ready.load(Ordering::SeqCst) {
-                return Err(tidemark::Error::Job("injected failure".into()));
-            }
-            out.collect(rec);
-            Ok(())
-        })
+        .process(
+            move |rec: (u64, bool), ctx: &mut TaskContext, out: &mut Output<(u64, bool)>| {
+                if ctx.attempt().number == 0 && !rec.1 && e1.ready.load(Ordering::SeqCst) {
+                    return Err(tidemark::Error::Job("injected failure".into()));
+                }
+                out.collect(rec);
+                Ok(())
+            },
+        )
         .uid("failure")
         .key_by(|(k, _): &(u64, bool)| *k)
         .process(
@@ -341,7 +355,7 @@ fn recovery_run(backend_name: &str, mb: u64, parallelism: u32) -> Recovery {
                   out: &mut Output<bool>| {
                 let d = ValueStateDescriptor::<Vec<u8>>::new("payload");
                 if write {
-                    let v = vec![(k % 251) as u8; VALUE_BYTES];
+                    let v = payload(k);
                     ctx.state().value(&d)?.update(&v)?;
                     e2.written.fetch_add(1, Ordering::SeqCst);
                     Ok(())
@@ -353,17 +367,19 @@ fn recovery_run(backend_name: &str, mb: u64, parallelism: u32) -> Recovery {
             },
         )
         .uid("payloads")
-        .process(move |found: bool, ctx: &mut TaskContext, _out: &mut Output<()>| {
-            if ctx.attempt().number > 0 {
-                let mut first = e3.first_record_at.lock();
-                if first.is_none() {
-                    *first = Some(Instant::now());
-                    e3.first_record_found_state.store(found, Ordering::SeqCst);
-                    stopper.stop();
+        .process(
+            move |found: bool, ctx: &mut TaskContext, _out: &mut Output<()>| {
+                if ctx.attempt().number > 0 {
+                    let mut first = e3.first_record_at.lock();
+                    if first.is_none() {
+                        *first = Some(Instant::now());
+                        e3.first_record_found_state.store(found, Ordering::SeqCst);
+                        stopper.stop();
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .uid("first-record");
     let graph = env.build().expect("recovery graph");
     let mut options = JobOptions::local(root.path().join("checkpoints"));
