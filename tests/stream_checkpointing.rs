@@ -10,16 +10,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stream_common::{expected_lines, NoRestart, QuickRestart};
+use stream_common::{expected_lines, wordcount_graph, NoRestart, QuickRestart};
 use tidemark::checkpoint::{resolve, CheckpointId, ExternalizedCleanup, RestoreMode};
 use tidemark::fs::StdFs;
 use tidemark::state::backend::{restore_operator_state, FsStateBackend, RestoreFrom, SubtaskInfo};
 use tidemark::state::keyed::ListStateDescriptor;
 use tidemark::state::operator::Redistribution;
 use tidemark::stream::{
-    self, wordcount, CheckpointDone, CheckpointingMode, Either, FailureKind, FailurePlan, FileSink,
-    FileSource, GeneratorSource, JobControl, JobListener, JobOptions, RestartBackoff,
-    RestoreSettings, StreamEnv,
+    self, CheckpointDone, CheckpointingMode, Either, FailureKind, FailurePlan, FileSource,
+    GeneratorSource, JobControl, JobListener, JobOptions, RestartBackoff, RestoreSettings,
+    StreamEnv,
 };
 
 fn spin(d: Duration) {
@@ -250,15 +250,8 @@ fn at_least_once_may_duplicate_but_never_loses() {
             .at_record(10_000, FailureKind::Error)
             .at_record(30_000, FailureKind::Panic),
     );
-    let env = StreamEnv::new();
     let out = dir.path().join("out");
-    wordcount::build(
-        &env,
-        FileSource::new(dir.path().join("in")),
-        FileSink::new(&out),
-        Some(Arc::clone(&plan)),
-    );
-    let graph = env.build().unwrap();
+    let graph = wordcount_graph(&dir.path().join("in"), &out, Some(Arc::clone(&plan)));
     let mut options = JobOptions::local(dir.path().join("checkpoints"));
     options.parallelism = 2;
     options.checkpointing.interval = Some(Duration::from_millis(5));
@@ -280,16 +273,7 @@ fn rescale_through_a_stop_and_a_resume() {
     let dir = tempfile::tempdir().unwrap();
     let counts = write_words(&dir.path().join("in"), 200_000);
     let out = dir.path().join("out");
-    let build = || {
-        let env = StreamEnv::new();
-        wordcount::build(
-            &env,
-            FileSource::new(dir.path().join("in")),
-            FileSink::new(&out),
-            None,
-        );
-        env.build().unwrap()
-    };
+    let build = || wordcount_graph(&dir.path().join("in"), &out, None);
     let control = JobControl::new();
     let mut options = JobOptions::local(dir.path().join("checkpoints"));
     options.parallelism = 2;
@@ -323,13 +307,7 @@ fn restore_refuses_state_of_an_operator_the_job_lacks() {
     let dir = tempfile::tempdir().unwrap();
     write_words(&dir.path().join("in"), 20_000);
     let control = JobControl::new();
-    let env = StreamEnv::new();
-    wordcount::build(
-        &env,
-        FileSource::new(dir.path().join("in")),
-        FileSink::new(dir.path().join("out")),
-        None,
-    );
+    let graph = wordcount_graph(&dir.path().join("in"), &dir.path().join("out"), None);
     let mut options = JobOptions::local(dir.path().join("checkpoints"));
     options.backend = Arc::new(FsStateBackend::new());
     options.checkpointing.interval = Some(Duration::from_millis(5));
@@ -338,7 +316,7 @@ fn restore_refuses_state_of_an_operator_the_job_lacks() {
         id: 2,
         control: control.clone(),
     }));
-    let first = stream::execute_with_control(&env.build().unwrap(), &options, &control).unwrap();
+    let first = stream::execute_with_control(&graph, &options, &control).unwrap();
     // Another job without the "counts" operator.
     let env = StreamEnv::new();
     env.source(FileSource::new(dir.path().join("in")))
@@ -365,16 +343,8 @@ fn a_job_that_gives_up_keeps_its_checkpoints_for_a_resume() {
     let counts = write_words(&dir.path().join("in"), 60_000);
     let out = dir.path().join("out");
     let plan = Arc::new(FailurePlan::new().at_record(250_000, FailureKind::Error));
-    let build = |plan: Option<Arc<FailurePlan>>| {
-        let env = StreamEnv::new();
-        wordcount::build(
-            &env,
-            FileSource::new(dir.path().join("in")),
-            FileSink::new(&out),
-            plan,
-        );
-        env.build().unwrap()
-    };
+    let build =
+        |plan: Option<Arc<FailurePlan>>| wordcount_graph(&dir.path().join("in"), &out, plan);
     let mut options = JobOptions::local(dir.path().join("checkpoints"));
     options.checkpointing.interval = Some(Duration::from_millis(5));
     options.restart = Some(Arc::new(|| Box::new(NoRestart) as Box<dyn RestartBackoff>));
@@ -420,16 +390,7 @@ fn stop_with_a_canonical_savepoint_then_resume_with_another_backend_and_parallel
     let dir = tempfile::tempdir().unwrap();
     let counts = write_words(&dir.path().join("in"), 200_000);
     let out = dir.path().join("out");
-    let build = || {
-        let env = StreamEnv::new();
-        wordcount::build(
-            &env,
-            FileSource::new(dir.path().join("in")),
-            FileSink::new(&out),
-            None,
-        );
-        env.build().unwrap()
-    };
+    let build = || wordcount_graph(&dir.path().join("in"), &out, None);
     let control = JobControl::new();
     let savepoints = dir.path().join("savepoints");
     let listener = Arc::new(SavepointAfter {

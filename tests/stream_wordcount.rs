@@ -10,12 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use stream_common::{expected_lines, QuickRestart};
+use stream_common::{expected_lines, wordcount_graph, QuickRestart};
 use tidemark::state::backend::{FsStateBackend, LsmStateBackend, MemoryStateBackend, StateBackend};
-use tidemark::stream::{
-    self, wordcount, FailureKind, FailurePlan, FileSink, FileSource, JobOptions, RestartBackoff,
-    StreamEnv,
-};
+use tidemark::stream::{self, FailureKind, FailurePlan, JobOptions, RestartBackoff};
 
 /// A small deterministic text: `lines` lines of words drawn from a skewed vocabulary.
 fn write_input(dir: &Path, files: usize, lines: usize, seed: u64) -> BTreeMap<String, u64> {
@@ -66,14 +63,11 @@ fn run(backend_name: &str, parallelism: u32, failures: bool) {
             .at_record(55_000, FailureKind::Error)
             .at_snapshot(11, FailureKind::Panic),
     );
-    let env = StreamEnv::new();
-    wordcount::build(
-        &env,
-        FileSource::new(dir.path().join("in")),
-        FileSink::new(&out),
+    let graph = wordcount_graph(
+        &dir.path().join("in"),
+        &out,
         failures.then(|| Arc::clone(&plan)),
     );
-    let graph = env.build().unwrap();
     let mut options = JobOptions::local(dir.path().join("checkpoints"));
     options.parallelism = parallelism;
     options.backend = backend(backend_name, dir.path());

@@ -41,3 +41,19 @@ impl RestartBackoff for NoRestart {
         "none".into()
     }
 }
+
+/// The word count over `input` into `output`, with `failures` injected when given.
+pub fn wordcount_graph(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    failures: Option<std::sync::Arc<tidemark::stream::FailurePlan>>,
+) -> tidemark::stream::JobGraph {
+    let env = tidemark::stream::StreamEnv::new();
+    tidemark::stream::wordcount::build(
+        &env,
+        tidemark::stream::FileSource::new(input),
+        tidemark::stream::FileSink::new(output),
+        failures,
+    );
+    env.build().unwrap()
+}
