@@ -375,6 +375,22 @@ fn the_lsm_backend_checkpoints_incrementally_and_restores_into_any_parallelism()
             .all(|h| matches!(h.state, Handle::IncrementalLsm(_))));
         assert!(!st.operator_state.is_empty());
     }
+    // The same with a row cache of a few rows: changed rows reach the store by eviction
+    // and at the snapshot, never after it.
+    let small = LsmStateBackend::new(
+        tmp.path().join("local-small-cache"),
+        tidemark::lsm::Options::default(),
+    )
+    .with_row_cache(4096);
+    checkpoint_three(&small, &tmp.path().join("ckpt-small-cache")).unwrap();
+    for p in [3, 2] {
+        let restored = LsmStateBackend::new(
+            tmp.path().join(format!("local-small-cache-{p}")),
+            tidemark::lsm::Options::default(),
+        )
+        .with_row_cache(4096);
+        restore_and_check(&restored, &tmp.path().join("ckpt-small-cache"), p);
+    }
     // The same parallelism links the files; another cuts the old stores' key groups.
     for p in [3, 1, 2, 4] {
         let restored = LsmStateBackend::new(

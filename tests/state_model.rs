@@ -146,4 +146,22 @@ proptest! {
         );
         run(&backend, tmp.path(), ops);
     }
+
+    /// A row cache of a few rows: changed rows leave it (and reach the store) between
+    /// every two operations, snapshots and restores included.
+    #[test]
+    fn lsm_backend_with_a_tiny_row_cache_matches_the_model(
+        ops in proptest::collection::vec(op(200, 8), 1..200)
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let backend = LsmStateBackend::new(
+            tmp.path().join("local"),
+            tidemark::lsm::Options {
+                memtable_size_bytes: 16 << 10,
+                ..tidemark::lsm::Options::default()
+            },
+        )
+        .with_row_cache(600);
+        run(&backend, tmp.path(), ops);
+    }
 }

@@ -907,6 +907,7 @@ pub struct LsmStateBackend {
     options: crate::lsm::Options,
     inline_threshold: u64,
     clock: BackendClock,
+    row_cache: usize,
 }
 
 impl LsmStateBackend {
@@ -921,7 +922,16 @@ impl LsmStateBackend {
             },
             inline_threshold: DEFAULT_INLINE_THRESHOLD,
             clock: BackendClock::default(),
+            row_cache: super::row_cache::DEFAULT_ROW_CACHE_BYTES,
         }
+    }
+
+    /// Each keyed backend keeps a write-back cache of about `bytes` of its rows (see
+    /// [`super::row_cache`]; default [`super::row_cache::DEFAULT_ROW_CACHE_BYTES`]; 0
+    /// turns it off).
+    pub fn with_row_cache(mut self, bytes: usize) -> Self {
+        self.row_cache = bytes;
+        self
     }
 
     /// Compaction and canonical snapshots leave out the values expired by `clock` (tests
@@ -945,7 +955,7 @@ impl LsmStateBackend {
         let db = Arc::new(crate::lsm::Db::open(&dir, opts)?);
         let restored =
             super::lsm_keyed::LsmKeyedBackend::open(db.clone(), info.max_parallelism, range)
-                .map(|b| b.with_ttl_filter(filter))
+                .map(|b| b.with_ttl_filter(filter).with_row_cache(self.row_cache))
                 .and_then(|mut b| restore_canonical(&mut b, info, r).map(|()| b));
         match restored {
             Ok(backend) => Ok(Box::new(LsmKeyed {
@@ -992,7 +1002,8 @@ impl LsmStateBackend {
         let db = std::sync::Arc::new(db);
         let mut backend =
             super::lsm_keyed::LsmKeyedBackend::open(db.clone(), info.max_parallelism, range)?
-                .with_ttl_filter(filter);
+                .with_ttl_filter(filter)
+                .with_row_cache(self.row_cache);
         if let Some(st) = base {
             backend.delete_key_groups_outside(st.key_groups)?;
         }
@@ -1021,7 +1032,8 @@ impl LsmStateBackend {
                 std::sync::Arc::new(old_db),
                 info.max_parallelism,
                 k,
-            )?;
+            )?
+            .with_row_cache(0);
             backend.copy_key_groups_from(&old)?;
             drop(old);
             fs.remove_dir_all(&scratch)?;
@@ -1098,6 +1110,7 @@ impl CheckpointedKeyedState for LsmKeyed {
     }
 
     fn snapshot_sync(&mut self) -> Result<Box<dyn KeyedSnapshot>> {
+        self.backend.flush_row_cache()?;
         Ok(Box::new(LsmKeyedSnapshot {
             ticket: super::lsm_snapshot::snapshot_sync(&self.db)?,
             subtask: self.subtask.clone(),
@@ -1110,7 +1123,7 @@ impl CheckpointedKeyedState for LsmKeyed {
                 "{}_{}",
                 self.subtask.operator_id, self.subtask.subtask_index
             ),
-            snapshot: self.backend.canonical_snapshot(self.clock.get().as_ref()),
+            snapshot: self.backend.canonical_snapshot(self.clock.get().as_ref())?,
         }))
     }
 }
@@ -1166,7 +1179,8 @@ impl StateBackend for LsmStateBackend {
         let db = std::sync::Arc::new(db);
         let backend =
             super::lsm_keyed::LsmKeyedBackend::open(db.clone(), info.max_parallelism, range)?
-                .with_ttl_filter(filter);
+                .with_ttl_filter(filter)
+                .with_row_cache(self.row_cache);
         Ok(Box::new(LsmKeyed {
             db,
             backend,

@@ -75,6 +75,10 @@ pub struct StateBackendConfig {
     /// `state.backend.rocksdb.memory.write-buffer-ratio`: the budget's share for memtables.
     /// Default 0.5 (Flink's).
     pub write_buffer_ratio: f64,
+    /// `state.backend.lsm.row-cache.size`: the `lsm` backend's write-back cache of rows per
+    /// subtask (see [`crate::state::row_cache`]), outside the managed memory; 0 turns it
+    /// off. Default 1 MiB.
+    pub lsm_row_cache_size: u64,
 }
 
 /// The default managed memory of the `lsm` backend: 256 MiB.
@@ -93,6 +97,7 @@ impl Default for StateBackendConfig {
             managed_memory: true,
             managed_memory_size: DEFAULT_MANAGED_MEMORY_SIZE,
             write_buffer_ratio: crate::lsm::budget::DEFAULT_WRITE_BUFFER_RATIO,
+            lsm_row_cache_size: crate::state::row_cache::DEFAULT_ROW_CACHE_BYTES as u64,
         }
     }
 }
@@ -201,6 +206,9 @@ impl StateBackendConfig {
             "state.backend.lsm.memory.managed" | "state.backend.rocksdb.memory.managed" => {
                 self.managed_memory = parse_bool(key, v)?;
             }
+            "state.backend.lsm.row-cache.size" => {
+                self.lsm_row_cache_size = parse_memory_size(key, v)?;
+            }
             "taskmanager.memory.managed.size" => {
                 self.managed_memory_size = parse_memory_size(key, v)?;
             }
@@ -271,7 +279,12 @@ impl StateBackendConfig {
                     .lsm_local_dir
                     .clone()
                     .unwrap_or_else(|| std::env::temp_dir().join("tidemark-lsm"));
-                Box::new(LsmStateBackend::new(dir, lsm_options))
+                let cache = usize::try_from(self.lsm_row_cache_size).map_err(|_| {
+                    Error::InvalidOptions(
+                        "state.backend.lsm.row-cache.size does not fit in memory".into(),
+                    )
+                })?;
+                Box::new(LsmStateBackend::new(dir, lsm_options).with_row_cache(cache))
             }
         })
     }

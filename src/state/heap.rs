@@ -53,7 +53,9 @@ impl Slot {
 }
 
 /// Entries of one shard, by state id (4 bytes, big-endian) followed by the key's bytes.
-type Shard = HashMap<Box<[u8]>, Slot>;
+/// Hashed with foldhash, seeded at random per map (hashbrown's default hasher; std's
+/// SipHash cost a fifth of a keyed update).
+type Shard = HashMap<Box<[u8]>, Slot, foldhash::fast::RandomState>;
 
 /// The key of an entry in a shard.
 fn slot_key(out: &mut Vec<u8>, state: StateId, key: &[u8]) {
@@ -99,7 +101,7 @@ impl HeapKeyedBackend {
             groups: (0..groups)
                 .map(|_| {
                     (0..shards_per_group)
-                        .map(|_| Arc::new(Shard::new()))
+                        .map(|_| Arc::new(Shard::default()))
                         .collect()
                 })
                 .collect(),
@@ -339,9 +341,17 @@ impl HeapKeyedBackend {
     fn slot(&self, state: StateId) -> Result<Option<&Slot>> {
         self.check_state(state)?;
         let c = self.current()?;
+        let shard = &self.groups[c.group][c.shard];
+        // The entry's key on the stack when it is short (no allocation per read).
+        let mut short = [0u8; 64];
+        if let Some(buf) = short.get_mut(..4 + c.key.len()) {
+            buf[..4].copy_from_slice(&state.0.to_be_bytes());
+            buf[4..].copy_from_slice(&c.key);
+            return Ok(shard.get(&*buf));
+        }
         let mut k = Vec::with_capacity(4 + c.key.len());
         slot_key(&mut k, state, &c.key);
-        Ok(self.groups[c.group][c.shard].get(k.as_slice()))
+        Ok(shard.get(k.as_slice()))
     }
 }
 

@@ -12,6 +12,7 @@
 //! per entry. The states' names, kinds and types are rows of their own, under the prefix
 //! `ff ff` (above every key group), so a restored store knows its states.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use super::keyed::{
     expired, live_list, split_stamp, KeyedStateBackend, StateId, StateKind, StateMeta, SystemClock,
     TtlClock,
 };
+use super::row_cache::{Cached, RowCache, DEFAULT_ROW_CACHE_BYTES};
 use super::savepoint::{CanonicalHeader, CanonicalWriter, CanonicalWritten, Record};
 use crate::checkpoint::KeyGroupRange;
 use crate::codec::{put_length_prefixed, put_varint, Decoder};
@@ -111,6 +113,9 @@ pub struct LsmKeyedBackend {
     current: Option<Vec<u8>>,
     current_group: u16,
     row: Vec<u8>,
+    cache: RefCell<RowCache>,
+    /// Why the backend refuses calls: a write of evicted rows failed.
+    failed: RefCell<Option<String>>,
 }
 
 fn registry_key(name: &str) -> Vec<u8> {
@@ -149,6 +154,8 @@ impl LsmKeyedBackend {
             current: None,
             current_group: 0,
             row: Vec::new(),
+            cache: RefCell::new(RowCache::new(DEFAULT_ROW_CACHE_BYTES)),
+            failed: RefCell::new(None),
         };
         let mut found: Vec<(StateId, StateMeta)> = Vec::new();
         for kv in b.db.prefix(REGISTRY_PREFIX)? {
@@ -222,6 +229,9 @@ impl LsmKeyedBackend {
             return Ok(0);
         };
         let (lo, hi) = (both.start(), both.end());
+        from.flush_row_cache()?;
+        self.flush_row_cache()?;
+        self.cache.get_mut().clear();
         let mut ids = Vec::with_capacity(from.states.len());
         for meta in from.states.clone() {
             ids.push(self.register(&meta)?);
@@ -271,6 +281,8 @@ impl LsmKeyedBackend {
         if held.end() > self.range.end() {
             outside.push((held.start().max(self.range.end() + 1), held.end()));
         }
+        self.flush_row_cache()?;
+        self.cache.get_mut().clear();
         let mut rows = 0u64;
         let mut batch = WriteBatch::new();
         for (lo, hi) in outside {
@@ -296,20 +308,41 @@ impl LsmKeyedBackend {
     /// The synchronous part of a canonical snapshot: a consistent view of the store (no
     /// copy of state) and of the states registered now, with the time `clock` says, by
     /// which [`LsmCanonicalSnapshot::write_canonical`] leaves expired values out.
-    pub fn canonical_snapshot(&self, clock: &dyn TtlClock) -> LsmCanonicalSnapshot {
-        LsmCanonicalSnapshot {
+    pub fn canonical_snapshot(&self, clock: &dyn TtlClock) -> Result<LsmCanonicalSnapshot> {
+        self.flush_row_cache()?;
+        Ok(LsmCanonicalSnapshot {
             snapshot: self.db.snapshot(),
             path: self.db.path().to_path_buf(),
             max: self.max,
             range: self.range,
             states: self.states.clone(),
             now_ms: clock.now_ms(),
-        }
+        })
+    }
+
+    /// Keeps up to about `bytes` of the rows read or written last in memory (see
+    /// [`super::row_cache`]; default [`DEFAULT_ROW_CACHE_BYTES`]; 0 turns it off). Rows of
+    /// states with a time to live are never cached: compaction may drop them.
+    pub fn with_row_cache(self, bytes: usize) -> Self {
+        self.cache.replace(RowCache::new(bytes));
+        self
+    }
+
+    /// Reads answered by the row cache, and reads that went to the store.
+    pub fn row_cache_hits_and_misses(&self) -> (u64, u64) {
+        self.cache.borrow().hits_and_misses()
     }
 
     /// The store.
     pub fn db(&self) -> &Arc<Db> {
         &self.db
+    }
+
+    /// Whether rows of `state` may be cached: not when compaction may drop them.
+    fn cacheable(&self, state: StateId) -> bool {
+        self.states
+            .get(state.0 as usize)
+            .is_some_and(|m| m.ttl_ms.is_none())
     }
 
     fn meta(&self, state: StateId) -> Result<&StateMeta> {
@@ -333,6 +366,101 @@ impl LsmKeyedBackend {
         self.row.extend_from_slice(key);
         self.row.extend_from_slice(user_key);
         Ok(())
+    }
+
+    /// Writes `value` (`None`: a delete) under the row in `self.row`: into the row cache
+    /// (the store gets it later), or into the store for a state the cache does not keep.
+    fn write_row(&mut self, state: StateId, value: Option<&[u8]>) -> Result<()> {
+        if !self.cacheable(state) || self.cache.get_mut().budget() == 0 {
+            self.check_healthy()?;
+            return match value {
+                Some(v) => self.db.put(&self.row, v),
+                None => self.db.delete(&self.row),
+            };
+        }
+        self.cache.get_mut().set(&self.row, value, true);
+        let mut cache = self.cache.borrow_mut();
+        self.write_evicted(&mut cache)
+    }
+
+    fn check_healthy(&self) -> Result<()> {
+        match &*self.failed.borrow() {
+            Some(why) => Err(Error::io(
+                "use keyed state",
+                self.db.path(),
+                std::io::Error::other(format!("unusable after a failed write: {why}")),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the changed rows the cache evicted into the store. If that fails the rows
+    /// are gone from both, so the backend refuses every later call (the task fails and
+    /// restores from its last checkpoint).
+    fn write_evicted(&self, cache: &mut RowCache) -> Result<()> {
+        self.check_healthy()?;
+        if cache.dirty_rows() == 0 {
+            return Ok(());
+        }
+        let rows = cache.take_evicted();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::new();
+        for (k, v) in &rows {
+            match v {
+                Some(v) => {
+                    batch.put(k, v);
+                }
+                None => {
+                    batch.delete(k);
+                }
+            }
+        }
+        self.write_or_fail(batch)
+    }
+
+    fn write_or_fail(&self, batch: WriteBatch) -> Result<()> {
+        self.db.write(batch).inspect_err(|e| {
+            *self.failed.borrow_mut() = Some(format!("writing rows from its row cache: {e}"));
+        })
+    }
+
+    /// Writes every row changed in the row cache into the store, so that the store holds
+    /// the whole state (before a snapshot, a savepoint or a scan). The rows stay cached.
+    pub fn flush_row_cache(&self) -> Result<()> {
+        self.check_healthy()?;
+        let mut cache = self.cache.borrow_mut();
+        if cache.dirty_rows() == 0 {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::new();
+        for (k, v) in cache.changed_rows() {
+            match v {
+                Some(v) => {
+                    batch.put(k, v);
+                }
+                None => {
+                    batch.delete(k);
+                }
+            }
+        }
+        self.write_or_fail(batch)?;
+        cache.mark_clean();
+        Ok(())
+    }
+}
+
+impl Drop for LsmKeyedBackend {
+    /// Writes the rows changed in the row cache into the store (the store stays usable
+    /// after the backend).
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_row_cache() {
+            tracing::warn!(
+                "keyed state in {}: rows of the row cache not written: {e}",
+                self.db.path().display()
+            );
+        }
     }
 }
 
@@ -494,17 +622,31 @@ impl KeyedStateBackend for LsmKeyedBackend {
         put_varint(&mut row, key.len() as u64);
         row.extend_from_slice(key);
         row.extend_from_slice(user_key);
-        self.db.get(&row)
+        if !self.cacheable(state) {
+            return self.db.get(&row);
+        }
+        let mut cache = self.cache.borrow_mut();
+        let found = match cache.get(&row) {
+            Cached::Value(v) => Some(v),
+            Cached::Absent => None,
+            Cached::Unknown => {
+                let v = self.db.get(&row)?;
+                cache.set(&row, v.as_deref(), false);
+                v
+            }
+        };
+        self.write_evicted(&mut cache)?;
+        Ok(found)
     }
 
     fn put(&mut self, state: StateId, user_key: &[u8], value: &[u8]) -> Result<()> {
         self.set_row(state, user_key)?;
-        self.db.put(&self.row, value)
+        self.write_row(state, Some(value))
     }
 
     fn remove(&mut self, state: StateId, user_key: &[u8]) -> Result<()> {
         self.set_row(state, user_key)?;
-        self.db.delete(&self.row)
+        self.write_row(state, None)
     }
 
     fn entries(&self, state: StateId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -520,6 +662,7 @@ impl KeyedStateBackend for LsmKeyedBackend {
         prefix.extend_from_slice(&state.0.to_be_bytes());
         put_varint(&mut prefix, key.len() as u64);
         prefix.extend_from_slice(key);
+        self.flush_row_cache()?;
         let mut out = Vec::new();
         for kv in self.db.prefix(&prefix)? {
             let (k, v) = kv?;
@@ -531,18 +674,25 @@ impl KeyedStateBackend for LsmKeyedBackend {
     fn clear(&mut self, state: StateId) -> Result<()> {
         if self.meta(state)?.kind != StateKind::Map {
             self.set_row(state, &[])?;
-            return self.db.delete(&self.row);
+            return self.write_row(state, None);
         }
         let user_keys: Vec<Vec<u8>> = self.entries(state)?.into_iter().map(|(k, _)| k).collect();
         if user_keys.is_empty() {
             return Ok(());
         }
         let mut batch = WriteBatch::new();
+        let mut rows = Vec::with_capacity(user_keys.len());
         for uk in &user_keys {
             self.set_row(state, uk)?;
             batch.delete(&self.row);
+            rows.push(self.row.clone());
         }
-        self.db.write(batch)
+        self.write_or_fail(batch)?;
+        let cache = self.cache.get_mut();
+        for row in rows {
+            cache.set(&row, None, false);
+        }
+        Ok(())
     }
 }
 
@@ -565,6 +715,9 @@ mod tests {
             .unwrap()
             .update(&7)
             .unwrap();
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = db.iter().unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(rows.len(), 1, "the value waits in the row cache: {rows:?}");
+        b.flush_row_cache().unwrap();
         let rows: Vec<(Vec<u8>, Vec<u8>)> = db.iter().unwrap().map(|r| r.unwrap()).collect();
         assert_eq!(
             rows[0],

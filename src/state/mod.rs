@@ -12,4 +12,5 @@ pub mod keyed;
 pub mod lsm_keyed;
 pub mod lsm_snapshot;
 pub mod operator;
+pub mod row_cache;
 pub mod savepoint;

@@ -1289,6 +1289,10 @@ fn state_backend_settings(s: &StateBackendConfig) -> Vec<(&'static str, String)>
         "state.backend.lsm.memory.write-buffer-ratio",
         s.write_buffer_ratio.to_string(),
     ));
+    v.push((
+        "state.backend.lsm.row-cache.size",
+        format_memory_size(s.lsm_row_cache_size),
+    ));
     v
 }
 
