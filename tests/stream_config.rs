@@ -423,6 +423,7 @@ fn settings_rebuild_the_same_config() {
         "state.backend: filesystem\nstate.backend.memory.max-state-size: 7 mb\n".into(),
         "state.backend.type: hashmap\nstate.checkpoint-storage: jobmanager\ntaskmanager.memory.managed.size: 100mb\n".into(),
         "state.backend: rocksdb\nstate.backend.rocksdb.localdir: /tmp/x\nstate.backend.rocksdb.memory.write-buffer-ratio: 0.25\nstate.backend.rocksdb.memory.managed: false\n".into(),
+        "state.backend: lsm\nstate.backend.lsm.row-cache.size: 0\ntaskmanager.network.memory.buffers-per-channel: 16\n".into(),
         "restart-strategy.type: failure-rate\nrestart-strategy.failure-rate.max-failures-per-interval: 4\nrestart-strategy.failure-rate.failure-rate-interval: 90 s\nrestart-strategy.failure-rate.delay: 250\n".into(),
         "restart-strategy.type: exponential-delay\nrestart-strategy.exponential-delay.backoff-multiplier: 2.5\nrestart-strategy.exponential-delay.jitter-factor: 0\nrestart-strategy.exponential-delay.max-backoff: 2 h\n".into(),
         "execution.checkpointing.interval: 1500\nexecution.checkpointing.externalized-checkpoint-retention: delete_on_cancellation\nweb.checkpoints.history: 50\nexecution.checkpointing.tolerable-failed-checkpoints: 3\nexecution.checkpointing.max-concurrent-checkpoints: 2\n".into(),
@@ -1279,4 +1280,30 @@ fn checkpoints_command_shows_the_configuration_and_statistics() {
         .as_str()
         .unwrap()
         .contains("checkpoint-stats.json"));
+}
+
+#[test]
+fn buffers_per_channel_and_the_row_cache_are_read_and_checked() {
+    let (c, _) = build(
+        "taskmanager.network.memory.buffers-per-channel: 16\nstate.backend.lsm.row-cache.size: 2 mb\n",
+    );
+    assert_eq!(c.buffers_per_channel, 16);
+    assert_eq!(c.state_backend.lsm_row_cache_size, 2 << 20);
+    let options =
+        tidemark::stream::JobOptions::from_config(&c, tidemark::checkpoint::JobId::random())
+            .unwrap();
+    assert_eq!(options.channel_capacity, 16);
+    let (d, _) = build("");
+    assert_eq!(d.buffers_per_channel, 4);
+    assert_eq!(d.state_backend.lsm_row_cache_size, 1 << 20);
+    for bad in [
+        "taskmanager.network.memory.buffers-per-channel: 0\n",
+        "taskmanager.network.memory.buffers-per-channel: many\n",
+        "taskmanager.network.memory.buffers-per-channel: 70000\n",
+        "state.backend.lsm.row-cache.size: lots\n",
+    ] {
+        let key = bad.split(':').next().unwrap();
+        let e = build_err(bad);
+        assert!(e.contains(key), "{bad}: {e}");
+    }
 }

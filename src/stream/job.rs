@@ -181,7 +181,8 @@ pub struct JobOptions {
     /// Makes the restart strategy for the run; `None`: Flink's default rule (no restart
     /// without checkpointing, fixed-delay with unlimited attempts with it).
     pub restart: Option<Arc<dyn Fn() -> Box<dyn RestartBackoff> + Send + Sync>>,
-    /// Batches buffered per channel (backpressure beyond it).
+    /// Batches (of up to 256 records) buffered per channel: backpressure beyond it
+    /// (`taskmanager.network.memory.buffers-per-channel`, default 4).
     pub channel_capacity: usize,
     /// Told about the job's progress.
     pub listeners: Vec<Arc<dyn JobListener>>,
@@ -204,7 +205,7 @@ impl JobOptions {
             backend: Arc::new(crate::state::backend::FsStateBackend::new()),
             restore: None,
             restart: None,
-            channel_capacity: 32,
+            channel_capacity: super::config::DEFAULT_BUFFERS_PER_CHANNEL,
             listeners: Vec::new(),
             config: None,
         }
@@ -253,7 +254,7 @@ impl JobOptions {
                     Err(_) => default_restart(false),
                 }
             })),
-            channel_capacity: 32,
+            channel_capacity: config.buffers_per_channel,
             listeners: Vec::new(),
             config: Some(config.clone()),
         })
