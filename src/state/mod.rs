@@ -13,3 +13,4 @@ pub mod lsm_keyed;
 pub mod lsm_snapshot;
 pub mod operator;
 pub mod savepoint;
+pub mod view;
