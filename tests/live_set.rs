@@ -14,8 +14,8 @@ fn options() -> Options {
     }
 }
 
-/// A store with tables over two levels (one key deleted, one rewritten since the last
-/// compaction), and its live set.
+/// A store with tables over two levels (`key0007` deleted before the last compaction,
+/// `key0008` deleted and `key0001` rewritten after it), and its live set.
 fn store_with_tables(dir: &Path) -> (Db, LiveSet) {
     let db = Db::open(dir, options()).unwrap();
     for round in 0..3 {
@@ -28,6 +28,7 @@ fn store_with_tables(dir: &Path) -> (Db, LiveSet) {
     }
     db.compact_range().unwrap();
     db.put("key0001", "newest").unwrap();
+    db.delete("key0008").unwrap();
     let live = db.live_files().unwrap();
     (db, LiveSet::of(&live))
 }
@@ -68,8 +69,12 @@ fn encode_decode_restore_reopen_and_read_back() {
     assert_eq!(found.tables_searched, 1);
     let found = back.lookup(b"key0399", open_in(&src)).unwrap();
     assert_eq!(found.value.as_deref(), Some(&b"v2-399"[..]));
-    let found = back.lookup(b"key0007", open_in(&src)).unwrap();
+    let found = back.lookup(b"key0008", open_in(&src)).unwrap();
     assert!(found.deleted && found.value.is_none());
+    assert_eq!(found.table.map(|t| t.level), Some(0));
+    // Compaction into the last level dropped the tombstone: nothing left of the key.
+    let found = back.lookup(b"key0007", open_in(&src)).unwrap();
+    assert!(!found.deleted && found.value.is_none());
     let found = back.lookup(b"nothing", open_in(&src)).unwrap();
     assert_eq!(
         (found.value, found.deleted, found.table),
@@ -91,7 +96,8 @@ fn encode_decode_restore_reopen_and_read_back() {
     assert_eq!(placed, tables.len());
     assert_eq!(restored.get("key0001").unwrap(), Some(b"newest".to_vec()));
     assert_eq!(restored.get("key0007").unwrap(), None);
-    assert_eq!(restored.iter().unwrap().count(), 399);
+    assert_eq!(restored.get("key0008").unwrap(), None);
+    assert_eq!(restored.iter().unwrap().count(), 398);
     restored.put("key0002", "own").unwrap();
     restored.close().unwrap();
     let reopened = Db::open(&restored_dir, options()).unwrap();
