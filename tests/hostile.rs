@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use store_checkpoint::checkpoint_db;
 use tidemark::checkpoint::{
     resolve, resolve_verified, CheckpointConfig, CheckpointId, CheckpointKind, CheckpointStore,
-    JobId, KeyGroupRange, LocalStorage, SourceOffset,
+    JobId, KeyGroupRange, LocalStorage, SnapshotTarget, SourceOffset,
 };
 use tidemark::fs::{FileSystem, StdFs};
 use tidemark::lsm::{Db, Options};
