@@ -16,6 +16,8 @@
 //! exactly the original data minus that last write.
 
 mod common;
+#[path = "common/store_checkpoint.rs"]
+mod store_checkpoint;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 
+use store_checkpoint::checkpoint_db;
 use tidemark::checkpoint::{
     resolve_verified, CheckpointConfig, CheckpointId, CheckpointKind, CheckpointStore, JobId,
     KeyGroupRange, LocalStorage,
@@ -31,7 +34,7 @@ use tidemark::checkpoint::{
 use tidemark::fs::{FileLock, FileSystem, StdFs, WritableFile};
 use tidemark::lsm::wal::{LogKind, LogRead, LogReader};
 use tidemark::lsm::{Db, Options, SyncMode, WriteBatch};
-use tidemark::state::lsm_snapshot::{checkpoint_store, restore_store, SubtaskId};
+use tidemark::state::lsm_snapshot::{restore_store, SubtaskId};
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -522,7 +525,7 @@ fn build_checkpoint() -> Checkpoint {
     for i in (1..80).step_by(7) {
         db.delete(key(i)).unwrap();
     }
-    checkpoint_store(
+    checkpoint_db(
         &store,
         CheckpointId(1),
         CheckpointKind::Incremental,

@@ -2,18 +2,23 @@
 //! restore from every kind of path, damaged checkpoints, and SIGKILL during checkpointing
 //! and cleanup.
 
+#[path = "common/store_checkpoint.rs"]
+mod store_checkpoint;
+
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use store_checkpoint::checkpoint_db;
+use tidemark::checkpoint::CompletedCheckpoint;
 use tidemark::checkpoint::{
     resolve, resolve_verified, CheckpointConfig, CheckpointId, CheckpointKind, CheckpointStore,
     JobId, KeyGroupRange, LocalStorage, RestoreMode, SourceOffset,
 };
 use tidemark::fs::StdFs;
 use tidemark::lsm::{Db, Options, SyncMode};
-use tidemark::state::lsm_snapshot::{checkpoint_store, restore_store, StoreCheckpoint, SubtaskId};
+use tidemark::state::lsm_snapshot::{restore_store, SubtaskId};
 use tidemark::Error;
 
 fn opts() -> Options {
@@ -73,8 +78,8 @@ fn offsets(n: u64) -> Vec<SourceOffset> {
 
 /// Shared paths and the private manifest size of a completed checkpoint.
 /// Takes incremental checkpoint `id` of `db`, recording the source at `offset`.
-fn take(store: &CheckpointStore, db: &Db, id: u64, offset: u64) -> StoreCheckpoint {
-    checkpoint_store(
+fn take(store: &CheckpointStore, db: &Db, id: u64, offset: u64) -> CompletedCheckpoint {
+    checkpoint_db(
         store,
         CheckpointId(id),
         CheckpointKind::Incremental,
@@ -113,8 +118,8 @@ fn incremental_checkpoint_links_only_new_ssts() {
         db.put(key(i), value(i, 0)).unwrap();
     }
     let c1 = take(&store, &db, 1, 5000);
-    let (shared1, bytes1, _) = handles(&c1.completed);
-    let s1 = c1.completed.stats;
+    let (shared1, bytes1, _) = handles(&c1);
+    let s1 = c1.stats;
     assert!(shared1.len() > 3);
     assert_eq!(s1.files_referenced, 0);
     assert_eq!(
@@ -130,11 +135,11 @@ fn incremental_checkpoint_links_only_new_ssts() {
         db.put(key(i), value(i, 1)).unwrap();
     }
     let c2 = take(&store, &db, 2, 5050);
-    let (shared2, bytes2, manifest2) = handles(&c2.completed);
+    let (shared2, bytes2, manifest2) = handles(&c2);
     let new: Vec<_> = shared2.difference(&shared1).collect();
     assert_eq!(new.len(), 1, "one flush, one new SST: {new:?}");
     assert!(shared1.is_subset(&shared2));
-    let s2 = c2.completed.stats;
+    let s2 = c2.stats;
     assert_eq!(s2.files_placed, 2, "the new SST and the manifest snapshot");
     assert_eq!(s2.files_referenced as usize, shared1.len());
     assert_eq!(s2.bytes_referenced, bytes1);
@@ -290,8 +295,8 @@ fn no_claim_restore_takes_a_full_first_checkpoint_and_never_touches_the_old_one(
         db.put(format!("x{id}"), b"1").unwrap();
         let c = take(&store, &db, id, id);
         if id == 1 {
-            assert_eq!(c.completed.metadata.kind, CheckpointKind::Full);
-            assert_eq!(c.completed.stats.files_referenced, 0);
+            assert_eq!(c.metadata.kind, CheckpointKind::Full);
+            assert_eq!(c.stats.files_referenced, 0);
         }
     }
     let after: Vec<_> = fs::read_dir(old_job.join("shared"))

@@ -6,19 +6,22 @@
 //! `TIDEMARK_CRASH_ITERATIONS` sets the number of kills (default 12).
 
 mod common;
+#[path = "common/store_checkpoint.rs"]
+mod store_checkpoint;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use store_checkpoint::checkpoint_db;
 use tidemark::checkpoint::{
     resolve, CheckpointConfig, CheckpointId, CheckpointKind, CheckpointStore, JobId, KeyGroupRange,
     LocalStorage, RestoreMode, SourceOffset,
 };
 use tidemark::fs::StdFs;
 use tidemark::lsm::{Db, Options, SyncMode};
-use tidemark::state::lsm_snapshot::{checkpoint_store, restore_store, SubtaskId};
+use tidemark::state::lsm_snapshot::{restore_store, SubtaskId};
 
 const CHILD_ENV: &str = "TIDEMARK_CKPT_CRASH_DIR";
 const KEYS: u64 = 4000;
@@ -127,7 +130,7 @@ fn checkpoint_crash_child() {
             split: "0".into(),
             offset: n,
         }];
-        checkpoint_store(
+        checkpoint_db(
             &store,
             CheckpointId(id),
             CheckpointKind::Incremental,

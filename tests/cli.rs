@@ -2,19 +2,22 @@
 //! library: what each command prints (JSON parsed back and checked), and how each fails.
 
 mod common;
+#[path = "common/store_checkpoint.rs"]
+mod store_checkpoint;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
 use serde_json::Value;
+use store_checkpoint::checkpoint_db;
 use tidemark::checkpoint::{
     CheckpointConfig, CheckpointId, CheckpointKind, CheckpointStore, JobId, KeyGroupRange,
     LocalStorage, SourceOffset,
 };
 use tidemark::fs::StdFs;
 use tidemark::lsm::{Db, Options, WriteBatch};
-use tidemark::state::lsm_snapshot::{checkpoint_store, SubtaskId};
+use tidemark::state::lsm_snapshot::SubtaskId;
 
 struct Run {
     code: i32,
@@ -164,7 +167,7 @@ fn make_checkpoints(dir: &Path) -> PathBuf {
             split: "0".into(),
             offset: round * 100,
         }];
-        checkpoint_store(
+        checkpoint_db(
             &store,
             CheckpointId(round),
             CheckpointKind::Incremental,

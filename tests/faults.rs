@@ -3,6 +3,9 @@
 //! (or the next write) reports an error naming the file, the store turns read-only with
 //! that error, and a reopen once the fault is lifted finds every acknowledged write.
 
+#[path = "common/store_checkpoint.rs"]
+mod store_checkpoint;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -317,22 +320,22 @@ mod checkpoint {
     //! Faults while a checkpoint places its files and writes `_metadata`, and while
     //! retention deletes old checkpoints.
 
+    use super::store_checkpoint::checkpoint_db;
     use super::*;
     use std::path::Path;
+    use tidemark::checkpoint::CompletedCheckpoint;
     use tidemark::checkpoint::{
         resolve_verified, CheckpointConfig, CheckpointId, CheckpointKind, CheckpointStore, JobId,
         KeyGroupRange, LocalStorage,
     };
     use tidemark::fs::StdFs;
-    use tidemark::state::lsm_snapshot::{
-        checkpoint_store, restore_store, StoreCheckpoint, SubtaskId,
-    };
+    use tidemark::state::lsm_snapshot::{restore_store, SubtaskId};
 
     const JOB: &str = "faultjob";
 
     /// Takes incremental checkpoint `id` of `db`.
-    fn take(store: &CheckpointStore, db: &Db, id: u64) -> tidemark::Result<StoreCheckpoint> {
-        checkpoint_store(
+    fn take(store: &CheckpointStore, db: &Db, id: u64) -> tidemark::Result<CompletedCheckpoint> {
+        checkpoint_db(
             store,
             CheckpointId(id),
             CheckpointKind::Incremental,
@@ -450,7 +453,7 @@ mod checkpoint {
             db.compact_range().unwrap();
             write_round(&db, 2);
             fs.add_rule(FaultRule::always(FaultOp::Remove, error).on_path(JOB));
-            let done = take(&store, &db, 2).unwrap().completed;
+            let done = take(&store, &db, 2).unwrap();
             assert!(fs.injected() > 0);
             assert!(!done.retention.errors.is_empty(), "{:?}", done.retention);
             assert!(

@@ -2,6 +2,9 @@
 //! kept crash reproducers (`fuzz/regressions/<target>/`) through the same check functions
 //! the cargo-fuzz targets run, so that what fuzzing once found stays fixed on stable.
 
+#[path = "common/store_checkpoint.rs"]
+mod store_checkpoint;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -363,11 +366,12 @@ fn regenerate_seed_corpora() {
     // A checkpoint of a store: its _metadata, whole and without magic, version and crc (the
     // target's second reading adds them).
     {
+        use store_checkpoint::checkpoint_db;
         use tidemark::checkpoint::{
             CheckpointConfig, CheckpointId, CheckpointKind, CheckpointStore, JobId, KeyGroupRange,
             LocalStorage, SourceOffset,
         };
-        use tidemark::state::lsm_snapshot::{checkpoint_store, SubtaskId};
+        use tidemark::state::lsm_snapshot::SubtaskId;
         let root = tempfile::tempdir().unwrap();
         let storage = LocalStorage::new(
             tidemark::fs::StdFs::shared(),
@@ -392,7 +396,7 @@ fn regenerate_seed_corpora() {
                 split: "0".into(),
                 offset: id * 100,
             }];
-            let c = checkpoint_store(
+            let c = checkpoint_db(
                 &store,
                 CheckpointId(id),
                 CheckpointKind::Incremental,

@@ -4,19 +4,23 @@
 //! deadline, in a clear error or a reported entry, with nothing outside the job directory
 //! read, linked or deleted.
 
+#[path = "common/store_checkpoint.rs"]
+mod store_checkpoint;
+
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use store_checkpoint::checkpoint_db;
 use tidemark::checkpoint::{
     resolve, resolve_verified, CheckpointConfig, CheckpointId, CheckpointKind, CheckpointStore,
-    JobId, KeyGroupRange, LocalStorage, SourceOffset,
+    JobId, KeyGroupRange, LocalStorage, SnapshotTarget, SourceOffset,
 };
 use tidemark::fs::{FileSystem, StdFs};
 use tidemark::lsm::{Db, Options};
-use tidemark::state::lsm_snapshot::{checkpoint_store, SubtaskId};
+use tidemark::state::lsm_snapshot::SubtaskId;
 use tidemark::Error;
 
 /// How long any single command or call may take before the test calls it a hang.
@@ -131,7 +135,7 @@ fn make_checkpoints(dir: &Path) -> PathBuf {
             split: "0".into(),
             offset: round * 100,
         }];
-        checkpoint_store(
+        checkpoint_db(
             &store,
             CheckpointId(round),
             CheckpointKind::Incremental,
@@ -782,7 +786,7 @@ fn three_checkpoints(dir: &Path) -> (PathBuf, u64, u64) {
             db.put(format!("key{round}-{i:04}"), vec![b'x'; 50])
                 .unwrap();
         }
-        let c = checkpoint_store(
+        let c = checkpoint_db(
             &store,
             CheckpointId(round),
             CheckpointKind::Incremental,
@@ -791,7 +795,7 @@ fn three_checkpoints(dir: &Path) -> (PathBuf, u64, u64) {
             Vec::new(),
         )
         .unwrap();
-        let st = c.completed.stats;
+        let st = c.stats;
         if round == 2 {
             said = (st.files_placed, st.files_placed + st.files_referenced);
         }

@@ -3,6 +3,9 @@
 //! and the JSON files of a job directory checked against real Flink 2.3 responses
 //! (`tests/data/flink-2.3/`).
 
+#[path = "common/store_checkpoint.rs"]
+mod store_checkpoint;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use store_checkpoint::checkpoint_db;
 use tidemark::checkpoint::{
     CheckpointConfig, CheckpointId, CheckpointKind, CheckpointStore, ExternalizedCleanup, JobId,
     KeyGroupRange, LocalStorage, RestoreMode,
@@ -17,7 +21,7 @@ use tidemark::checkpoint::{
 use tidemark::fs::StdFs;
 use tidemark::lsm::{Db, Options};
 use tidemark::state::config::BackendKind;
-use tidemark::state::lsm_snapshot::{checkpoint_store, SubtaskId};
+use tidemark::state::lsm_snapshot::SubtaskId;
 use tidemark::stream::config::{
     read_job_config, write_job_config, CheckpointingMode, JobConfig, JobConfigBuilder, Origin,
     JOB_CONFIG_FILE_NAME,
@@ -1186,7 +1190,7 @@ fn job_dir_with_a_checkpoint(root: &Path) -> PathBuf {
         max_parallelism: 128,
         key_groups: KeyGroupRange::new(0, 127).unwrap(),
     };
-    checkpoint_store(
+    checkpoint_db(
         &store,
         CheckpointId(1),
         CheckpointKind::Incremental,

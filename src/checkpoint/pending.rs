@@ -25,6 +25,7 @@ use super::retention::{delete_released, retain, RetentionReport};
 use super::stats::{CheckpointStats, PLACED_BYTES_PROPERTY, PLACED_FILES_PROPERTY};
 use super::storage::{staging_rel, CheckpointStorage, StagedFile};
 use super::store::{now_ms, Completed, Core};
+use super::target::{check_local_name, PrivateWrite, SnapshotTarget};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::fs::Placement;
@@ -226,66 +227,6 @@ impl PendingCheckpoint {
         self.core.owner.lock().take();
     }
 
-    /// Adds the immutable local file `local_path` (named `local_name` in the owner's
-    /// working directory, `size` bytes, crc32c `crc32c`) to the checkpoint's shared files.
-    ///
-    /// When a retained checkpoint, or this one, already references a file with the same
-    /// owner, name, size and crc32c, returns a handle to it without any I/O. Otherwise (and
-    /// always for a full checkpoint or savepoint) links or copies it into `shared/` under a
-    /// new name `<owner>-<stem>-<crc32c>.<ext>` and checks its size.
-    ///
-    /// Threads placing the same file into this checkpoint at once get the same handle: one
-    /// places it, the others wait for it and count it as referenced.
-    pub fn place_shared(
-        &self,
-        owner: &str,
-        local_path: &Path,
-        local_name: &str,
-        size: u64,
-        crc32c: u32,
-    ) -> Result<FileHandle> {
-        if let Some(reason) = lexical_problem(local_name) {
-            return Err(Error::InvalidArgument(format!(
-                "local name {local_name:?}: {reason}"
-            )));
-        }
-        let identity = Identity {
-            owner: sanitize(owner, false, OWNER_NAME_MAX_BYTES),
-            local_name: local_name.to_string(),
-            size,
-            crc32c,
-        };
-        let mut guard = loop {
-            let mut book = self.book.lock();
-            match book.own.get(&identity) {
-                Some(Slot::Placed(h)) => {
-                    let h = h.clone();
-                    book.count_reference(size);
-                    return Ok(h);
-                }
-                Some(Slot::Placing(flight)) => {
-                    let flight = Arc::clone(flight);
-                    drop(book);
-                    flight.wait();
-                }
-                None => {
-                    let flight = Arc::new(Flight::default());
-                    book.own
-                        .insert(identity.clone(), Slot::Placing(Arc::clone(&flight)));
-                    break FlightGuard {
-                        book: &self.book,
-                        identity: identity.clone(),
-                        flight,
-                        placed: None,
-                    };
-                }
-            }
-        };
-        let h = self.place_shared_once(&identity, local_path)?;
-        guard.placed = Some(h.clone());
-        Ok(h)
-    }
-
     /// Places (or reuses) the file of `identity`, which no other thread of this checkpoint
     /// is placing.
     fn place_shared_once(&self, identity: &Identity, local_path: &Path) -> Result<FileHandle> {
@@ -420,39 +361,6 @@ impl PendingCheckpoint {
 
     fn unreserve(&self, rel: &str) {
         self.book.lock().private.remove(rel);
-    }
-
-    /// Links or copies the local file `local_path` into `chk-<N>/<name>`; the handle's
-    /// size and crc32c are read from the placed file.
-    pub fn place_private(&self, local_path: &Path, name: &str) -> Result<FileHandle> {
-        let rel = self.reserve_private(name)?;
-        let storage = self.core.storage.as_ref();
-        let placed = storage
-            .place_file(local_path, &rel)
-            .and_then(|placement| Ok((placement, storage.checksum(&rel, u64::MAX)?)));
-        let (placement, sum) = match placed {
-            Ok(x) => x,
-            Err(e) => {
-                let _ = storage.delete_file(&rel);
-                self.unreserve(&rel);
-                return Err(e);
-            }
-        };
-        self.book.lock().count_placement(sum.size, placement);
-        Ok(FileHandle {
-            role: FileRole::Private,
-            local_name: name.to_string(),
-            path: rel,
-            size: sum.size,
-            crc32c: sum.crc32c,
-        })
-    }
-
-    /// Writes `bytes` durably as `chk-<N>/<name>`.
-    pub fn write_private(&self, name: &str, bytes: &[u8]) -> Result<FileHandle> {
-        let mut w = self.private_writer(name)?;
-        w.append(bytes)?;
-        w.finish()
     }
 
     /// Starts writing the private file `chk-<N>/<name>` as a stream: the writer computes
@@ -746,7 +654,7 @@ impl PrivateFileWriter<'_> {
     }
 }
 
-impl super::target::PrivateWrite for PrivateFileWriter<'_> {
+impl PrivateWrite for PrivateFileWriter<'_> {
     fn append(&mut self, data: &[u8]) -> Result<()> {
         PrivateFileWriter::append(self, data)
     }
@@ -778,6 +686,102 @@ impl Drop for PrivateFileWriter<'_> {
             self.file = None;
             self.pending.unreserve(&self.rel);
         }
+    }
+}
+
+impl SnapshotTarget for PendingCheckpoint {
+    fn id(&self) -> CheckpointId {
+        self.id
+    }
+
+    fn kind(&self) -> CheckpointKind {
+        self.kind
+    }
+
+    fn private_writer(&self, name: &str) -> Result<Box<dyn PrivateWrite + '_>> {
+        Ok(Box::new(PendingCheckpoint::private_writer(self, name)?))
+    }
+
+    /// Links or copies the local file `local_path` into `chk-<N>/<name>`; the handle's
+    /// size and crc32c are read from the placed file.
+    fn place_private(&self, local_path: &Path, name: &str) -> Result<FileHandle> {
+        let rel = self.reserve_private(name)?;
+        let storage = self.core.storage.as_ref();
+        let placed = storage
+            .place_file(local_path, &rel)
+            .and_then(|placement| Ok((placement, storage.checksum(&rel, u64::MAX)?)));
+        let (placement, sum) = match placed {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = storage.delete_file(&rel);
+                self.unreserve(&rel);
+                return Err(e);
+            }
+        };
+        self.book.lock().count_placement(sum.size, placement);
+        Ok(FileHandle {
+            role: FileRole::Private,
+            local_name: name.to_string(),
+            path: rel,
+            size: sum.size,
+            crc32c: sum.crc32c,
+        })
+    }
+
+    /// Adds the immutable local file `local_path` (named `local_name` in the owner's
+    /// working directory, `size` bytes, crc32c `crc32c`) to the checkpoint's shared files.
+    ///
+    /// When a retained checkpoint, or this one, already references a file with the same
+    /// owner, name, size and crc32c, returns a handle to it without any I/O. Otherwise (and
+    /// always for a full checkpoint or savepoint) links or copies it into `shared/` under a
+    /// new name `<owner>-<stem>-<crc32c>.<ext>` and checks its size.
+    ///
+    /// Threads placing the same file into this checkpoint at once get the same handle: one
+    /// places it, the others wait for it and count it as referenced.
+    fn place_shared(
+        &self,
+        owner: &str,
+        local_path: &Path,
+        local_name: &str,
+        size: u64,
+        crc32c: u32,
+    ) -> Result<FileHandle> {
+        check_local_name(local_name)?;
+        let identity = Identity {
+            owner: sanitize(owner, false, OWNER_NAME_MAX_BYTES),
+            local_name: local_name.to_string(),
+            size,
+            crc32c,
+        };
+        let mut guard = loop {
+            let mut book = self.book.lock();
+            match book.own.get(&identity) {
+                Some(Slot::Placed(h)) => {
+                    let h = h.clone();
+                    book.count_reference(size);
+                    return Ok(h);
+                }
+                Some(Slot::Placing(flight)) => {
+                    let flight = Arc::clone(flight);
+                    drop(book);
+                    flight.wait();
+                }
+                None => {
+                    let flight = Arc::new(Flight::default());
+                    book.own
+                        .insert(identity.clone(), Slot::Placing(Arc::clone(&flight)));
+                    break FlightGuard {
+                        book: &self.book,
+                        identity: identity.clone(),
+                        flight,
+                        placed: None,
+                    };
+                }
+            }
+        };
+        let h = self.place_shared_once(&identity, local_path)?;
+        guard.placed = Some(h.clone());
+        Ok(h)
     }
 }
 

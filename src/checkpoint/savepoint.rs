@@ -24,7 +24,7 @@ use super::metadata::{FileHandle, FileRole, Metadata, METADATA_FILE_NAME};
 use super::path::lexical_problem;
 use super::pending::CheckpointContent;
 use super::storage::{CheckpointStorage, LocalStorage};
-use super::target::{PrivateWrite, SnapshotTarget};
+use super::target::{check_local_name, PrivateWrite, SnapshotTarget};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::fs::{parent_dir, temp_path, FileSystem, WritableFile};
@@ -311,12 +311,6 @@ impl SnapshotTarget for PendingSavepoint {
         self.format.kind()
     }
 
-    fn write_private(&self, name: &str, bytes: &[u8]) -> Result<FileHandle> {
-        let path = self.new_file(name)?;
-        self.storage.write_atomic(&path, bytes)?;
-        Ok(self.handle(name, path, bytes.len() as u64, codec::crc32c(bytes)))
-    }
-
     /// Streams the file into a temporary file; `finish` fsyncs it, renames it into place
     /// and syncs its directory.
     fn private_writer(&self, name: &str) -> Result<Box<dyn PrivateWrite + '_>> {
@@ -353,11 +347,7 @@ impl SnapshotTarget for PendingSavepoint {
         size: u64,
         crc32c: u32,
     ) -> Result<FileHandle> {
-        if let Some(reason) = lexical_problem(local_name) {
-            return Err(Error::InvalidArgument(format!(
-                "local name {local_name:?}: {reason}"
-            )));
-        }
+        check_local_name(local_name)?;
         let name = format!("{}-{}", sanitize(owner), sanitize(local_name));
         let path = self.new_file(&name)?;
         self.storage.place_file(local_path, &path)?;

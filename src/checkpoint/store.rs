@@ -454,6 +454,7 @@ mod tests {
     use crate::checkpoint::config::ExternalizedCleanup;
 
     use crate::checkpoint::pending::CompletedCheckpoint;
+    use crate::checkpoint::target::SnapshotTarget;
     use crate::checkpoint::testutil::{
         abs, content, crash_checkpoint, crash_mid_retention, Crash, Fixture,
     };

@@ -1,5 +1,5 @@
 //! Where the asynchronous part of a snapshot puts its files: a [`SnapshotTarget`] is either
-//! a checkpoint of the job directory ([`PendingCheckpoint`]) or a self-contained savepoint
+//! a checkpoint of the job directory ([`super::PendingCheckpoint`]) or a self-contained savepoint
 //! ([`super::savepoint::PendingSavepoint`]). A state backend writes through this trait and
 //! never knows which one it has; the target decides paths, roles and durability.
 
@@ -8,7 +8,6 @@ use std::path::Path;
 
 use super::ids::{CheckpointId, CheckpointKind};
 use super::metadata::FileHandle;
-use super::pending::PendingCheckpoint;
 use crate::error::{Error, Result};
 
 /// Writes one file's bytes as they come: `write` is called once with the file's writer.
@@ -50,7 +49,11 @@ pub trait SnapshotTarget: Send + Sync {
     fn kind(&self) -> CheckpointKind;
 
     /// Writes `bytes` durably as a file `name` owned by this snapshot alone.
-    fn write_private(&self, name: &str, bytes: &[u8]) -> Result<FileHandle>;
+    fn write_private(&self, name: &str, bytes: &[u8]) -> Result<FileHandle> {
+        let mut w = self.private_writer(name)?;
+        w.append(bytes)?;
+        w.finish()
+    }
 
     /// Starts a file `name` owned by this snapshot alone, written as a stream.
     fn private_writer(&self, name: &str) -> Result<Box<dyn PrivateWrite + '_>>;
@@ -81,36 +84,14 @@ pub trait SnapshotTarget: Send + Sync {
     ) -> Result<FileHandle>;
 }
 
-impl SnapshotTarget for PendingCheckpoint {
-    fn id(&self) -> CheckpointId {
-        PendingCheckpoint::id(self)
-    }
-
-    fn kind(&self) -> CheckpointKind {
-        PendingCheckpoint::kind(self)
-    }
-
-    fn write_private(&self, name: &str, bytes: &[u8]) -> Result<FileHandle> {
-        PendingCheckpoint::write_private(self, name, bytes)
-    }
-
-    fn private_writer(&self, name: &str) -> Result<Box<dyn PrivateWrite + '_>> {
-        Ok(Box::new(PendingCheckpoint::private_writer(self, name)?))
-    }
-
-    fn place_private(&self, local_path: &Path, name: &str) -> Result<FileHandle> {
-        PendingCheckpoint::place_private(self, local_path, name)
-    }
-
-    fn place_shared(
-        &self,
-        owner: &str,
-        local_path: &Path,
-        local_name: &str,
-        size: u64,
-        crc32c: u32,
-    ) -> Result<FileHandle> {
-        PendingCheckpoint::place_shared(self, owner, local_path, local_name, size, crc32c)
+/// Refuses the local name of a file to place ([`SnapshotTarget::place_shared`]) that is
+/// not a lexically safe relative path (see [`super::path::lexical_problem`]).
+pub(crate) fn check_local_name(local_name: &str) -> Result<()> {
+    match super::path::lexical_problem(local_name) {
+        Some(reason) => Err(Error::InvalidArgument(format!(
+            "local name {local_name:?}: {reason}"
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -9,6 +9,7 @@ use super::metadata::{
     FileHandle, OperatorStateHandle, OperatorSubtaskState, SourceOffset, StateData,
 };
 use super::storage::{CheckpointStorage, LocalStorage};
+use super::target::SnapshotTarget;
 use super::verify::verify;
 use super::{
     CheckpointConfig, CheckpointContent, CheckpointStore, CompletedCheckpoint, PendingCheckpoint,

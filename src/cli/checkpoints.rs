@@ -29,8 +29,10 @@ use crate::checkpoint::{
 };
 use crate::error::{Error, IoContext};
 use crate::fs::{DirEntryInfo, FileSystem, StdFs};
-use crate::lsm::manifest::{VersionEdit, MAX_MANIFEST_BYTES};
-use crate::state::lsm_snapshot::read_manifest_snapshot;
+use crate::lsm::live_set::MAX_LIVE_SET_BYTES;
+use crate::lsm::LiveSet;
+use crate::state::lsm_snapshot::lsm_layout;
+use crate::state::view::{keyed_contents, store_described_by, KeyedContents};
 
 /// One `chk-<N>` directory of a job directory.
 #[derive(Debug)]
@@ -683,17 +685,16 @@ pub fn metadata_report(r: &ResolvedCheckpoint) -> (MetadataReport, Option<Error>
                 .iter()
                 .map(|h| {
                     let mut j = keyed_json(h);
-                    if let KeyedState::IncrementalLsm(set) = &h.state {
-                        match read_manifest_snapshot(&storage, set) {
-                            Ok(edit) => {
-                                let replayed = store::replay([&edit]);
-                                j.lsm_levels = Some(levels_json(&replayed));
-                                j.lsm_last_sequence = edit.last_sequence.map(|s| s.0);
-                            }
-                            Err(e) => {
-                                j.lsm_error = Some(e.to_string());
-                                first_error.get_or_insert(e);
-                            }
+                    match keyed_contents(&storage, h) {
+                        Ok(KeyedContents::Store(set)) => {
+                            let replayed = store::replay([set.as_version_edit()]);
+                            j.lsm_levels = Some(levels_json(&replayed));
+                            j.lsm_last_sequence = set.sequence();
+                        }
+                        Ok(KeyedContents::KeyGroups) => {}
+                        Err(e) => {
+                            j.lsm_error = Some(e.to_string());
+                            first_error.get_or_insert(e);
                         }
                     }
                     j
@@ -964,28 +965,23 @@ impl Render for ManifestSnapshotReport {
 /// against its checkpoint's `_metadata` when that names it.
 fn manifest_snapshot_report(path: &Path) -> Result<ManifestSnapshotReport, Error> {
     let mut f = crate::fs::open_regular(path)?;
-    let bytes = crate::fs::read_capped(&mut f, path, MAX_MANIFEST_BYTES)?;
+    let bytes = crate::fs::read_capped(&mut f, path, MAX_LIVE_SET_BYTES)?;
     let crc32c = crate::codec::crc32c(&bytes);
     let mut checked_against = None;
     let mut subtask = None;
     if let (Some(chk_dir), Some(name)) = (path.parent(), path.file_name()) {
         if let Ok(r) = resolve(&StdFs, chk_dir) {
             let rel = format!("{}/{}", r.checkpoint_id.dir_name(), name.to_string_lossy());
-            let named = r.metadata.operator_states.iter().find_map(|s| {
-                s.lsm_file_sets()
-                    .find(|(_, set)| set.manifest.path == rel)
-                    .map(|(_, set)| (s, set))
-            });
-            if let Some((s, set)) = named {
+            if let Some((s, h)) = store_described_by(&r.metadata, &rel) {
                 // The same checks a restore makes: size and crc32c from `_metadata`.
-                read_manifest_snapshot(&storage_of(&r), set)?;
+                keyed_contents(&storage_of(&r), h)?;
                 checked_against = Some(r.metadata_path.display().to_string());
                 subtask = Some(s.label());
             }
         }
     }
-    let edit = VersionEdit::decode(&bytes, path, 0)?;
-    let replayed = store::replay([&edit]);
+    let set = LiveSet::decode(&bytes, path)?;
+    let replayed = store::replay([set.as_version_edit()]);
     Ok(ManifestSnapshotReport {
         format: "lsm-manifest-snapshot",
         path: path.display().to_string(),
@@ -993,7 +989,7 @@ fn manifest_snapshot_report(path: &Path) -> Result<ManifestSnapshotReport, Error
         crc32c,
         checked_against,
         subtask,
-        last_sequence: edit.last_sequence.map(|s| s.0),
+        last_sequence: set.sequence(),
         levels: levels_json(&replayed),
     })
 }
@@ -1110,8 +1106,6 @@ pub fn verify_checkpoint(r: &mut VerifyReport, path: &Path, _kind: Kind) -> Resu
     Ok(())
 }
 
-pub use crate::state::lsm_snapshot::{lsm_layout, LsmLayout};
-
 fn verify_lsm_set(
     r: &mut VerifyReport,
     storage: &LocalStorage,
@@ -1123,7 +1117,7 @@ fn verify_lsm_set(
         Err(e) => r.problem(e.to_string()),
         Ok(layout) => {
             let pb = progress::bar(layout.tables.len() as u64, "tables");
-            for (f, h) in &layout.tables {
+            for (t, h) in &layout.tables {
                 let p = storage.display_path(&h.path);
                 pb.set_message(h.path.clone());
                 // Only a regular file inside the job directory is opened; anything else
@@ -1133,8 +1127,8 @@ fn verify_lsm_set(
                     // offset.
                     let mut scratch = VerifyReport::new(&p, Kind::Sst);
                     let expected = Expected {
-                        size_bytes: f.size,
-                        crc32c: f.file_crc32c,
+                        size_bytes: t.size,
+                        crc32c: t.crc32c,
                     };
                     verify_sst_opened(&mut scratch, &p, Ok(file), Some(expected));
                     for problem in scratch.problems {
@@ -1156,7 +1150,7 @@ fn verify_lsm_set(
                 detail: format!(
                     "{} tables, consistent at sequence {}",
                     layout.tables.len(),
-                    layout.edit.last_sequence.map_or(0, |s| s.0)
+                    layout.live_set.sequence().unwrap_or(0)
                 ),
             });
         }

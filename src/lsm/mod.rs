@@ -2,7 +2,8 @@
 //!
 //! This layer knows nothing of checkpoints, jobs or state types. What it offers the layers
 //! above is a key-value store ([`Db`]) and, for checkpoints, "the set of live immutable
-//! files plus the sequence number they are consistent at" ([`Db::live_files`]).
+//! files plus the sequence number they are consistent at" ([`Db::live_files`]), described,
+//! encoded and opened again from a copy by [`LiveSet`].
 
 pub mod batch;
 pub mod budget;
@@ -10,6 +11,7 @@ mod compaction;
 pub mod db;
 pub mod filename;
 pub mod iter;
+pub mod live_set;
 pub mod manifest;
 pub mod memtable;
 pub mod options;
@@ -23,6 +25,7 @@ pub mod wal;
 pub use batch::WriteBatch;
 pub use budget::MemoryBudget;
 pub use db::{Db, DbIterator, LiveFile, LiveFiles, LiveFilesTicket, Snapshot};
+pub use live_set::{LiveSet, LiveSetLookup, LiveSetTable};
 pub use options::{CompactionFilter, Compression, FilterDecision, Options, SyncMode, WalRecovery};
 pub use stats::DbStats;
 pub use types::{FileNumber, SeqNo, ValueKind};

@@ -22,7 +22,7 @@ use super::keyed::{
     expired, live_list, split_stamp, KeyedStateBackend, StateId, StateKind, StateMeta, SystemClock,
     TtlClock,
 };
-use super::savepoint::{CanonicalHeader, CanonicalWriter, CanonicalWritten, Record};
+use super::savepoint::{CanonicalWriter, CanonicalWritten, Record};
 use crate::checkpoint::KeyGroupRange;
 use crate::codec::{crc32c, put_length_prefixed, put_varint, Decoder};
 use crate::error::{Error, Result};
@@ -618,13 +618,8 @@ impl HeapSnapshot {
         name: &str,
         backend: &str,
     ) -> Result<(W, CanonicalWritten)> {
-        let header = CanonicalHeader {
-            max_parallelism: self.max,
-            key_groups: self.range,
-            backend: backend.to_string(),
-            states: self.states.clone(),
-        };
-        let mut w = CanonicalWriter::new(out, name, header)?;
+        let mut w =
+            CanonicalWriter::for_snapshot(out, name, self.max, self.range, backend, &self.states)?;
         for (i, shards) in self.groups.iter().enumerate() {
             let group = self.range.start() + i as u32;
             let mut entries: Vec<(&[u8], Cow<'_, Slot>)> = shards

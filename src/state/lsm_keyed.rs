@@ -24,7 +24,7 @@ use super::keyed::{
     TtlClock,
 };
 use super::row_cache::{Cached, RowCache, DEFAULT_ROW_CACHE_BYTES};
-use super::savepoint::{CanonicalHeader, CanonicalWriter, CanonicalWritten, Record};
+use super::savepoint::{CanonicalWriter, CanonicalWritten, Record};
 use crate::checkpoint::KeyGroupRange;
 use crate::codec::{put_length_prefixed, put_varint, Decoder};
 use crate::error::{Error, Result};
@@ -495,13 +495,8 @@ impl LsmCanonicalSnapshot {
         name: &str,
         backend: &str,
     ) -> Result<(W, CanonicalWritten)> {
-        let header = CanonicalHeader {
-            max_parallelism: self.max,
-            key_groups: self.range,
-            backend: backend.to_string(),
-            states: self.states.clone(),
-        };
-        let mut w = CanonicalWriter::new(out, name, header)?;
+        let mut w =
+            CanonicalWriter::for_snapshot(out, name, self.max, self.range, backend, &self.states)?;
         let start = (self.range.start() as u16).to_be_bytes();
         let end = (self.range.end() + 1).to_be_bytes();
         // Key groups are below 2^15: the end fits in the row's two bytes.

@@ -9,19 +9,16 @@
 //! manifest there, so its cost grows with the number of files, not their bytes.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use crate::checkpoint::{
-    restore::restore_file, CheckpointContent, CheckpointId, CheckpointKind, CheckpointStorage,
-    CheckpointStore, CompletedCheckpoint, FileHandle, KeyGroupRange, KeyedState, KeyedStateHandle,
-    LsmFileSet, OperatorSubtaskState, SnapshotTarget, SourceOffset,
+    restore::{handle_metadata_rel, restore_file},
+    CheckpointId, CheckpointStorage, FileHandle, KeyGroupRange, KeyedState, KeyedStateHandle,
+    LsmFileSet, OperatorSubtaskState, SnapshotTarget,
 };
 use crate::codec::crc32c;
 use crate::error::{Error, Result};
-use crate::lsm::filename::table_file_name;
-use crate::lsm::manifest::{NewFile, VersionEdit, MAX_MANIFEST_BYTES};
-use crate::lsm::types::compare_internal_keys;
-use crate::lsm::{Db, LiveFilesTicket, Options};
+use crate::lsm::live_set::MAX_LIVE_SET_BYTES;
+use crate::lsm::{Db, LiveFilesTicket, LiveSet, LiveSetTable, Options};
 
 /// The backend name recorded in the keyed-state handles of `_metadata`.
 pub const LSM_BACKEND: &str = "lsm";
@@ -58,8 +55,9 @@ pub fn snapshot_sync(db: &Db) -> Result<LiveFilesTicket> {
     db.begin_live_files()
 }
 
-/// The asynchronous part: waits for the flush, places the store's files into `pending`,
-/// and describes them.
+/// The asynchronous part: waits for the flush, places the store's files into `pending`
+/// (a checkpoint or a native savepoint), writes the description of the file set
+/// ([`LiveSet`]) as a private file, and returns the subtask's state for `_metadata`.
 pub fn snapshot_async(
     ticket: LiveFilesTicket,
     pending: &dyn SnapshotTarget,
@@ -71,8 +69,7 @@ pub fn snapshot_async(
     for f in live.files() {
         tables.push(pending.place_shared(&owner, &f.path, &f.name, f.size, f.crc32c)?);
     }
-    let mut bytes = Vec::new();
-    live.manifest.encode(&mut bytes);
+    let bytes = LiveSet::of(&live).encode();
     let manifest = pending.write_private(&format!("{owner}{MANIFEST_SUFFIX}"), &bytes)?;
     Ok(OperatorSubtaskState {
         operator_id: subtask.operator_id.clone(),
@@ -90,44 +87,6 @@ pub fn snapshot_async(
             }),
         }],
         operator_state: Vec::new(),
-    })
-}
-
-/// What [`checkpoint_store`] did and how long each part took.
-#[derive(Debug)]
-pub struct StoreCheckpoint {
-    /// The completed checkpoint.
-    pub completed: CompletedCheckpoint,
-    /// Time writers were held up (the synchronous part).
-    pub sync_duration: Duration,
-    /// Time from start to durable `_metadata`.
-    pub total_duration: Duration,
-}
-
-/// Takes one complete checkpoint `id` of a single store: synchronous part, asynchronous
-/// part, `_metadata`. A failure aborts the pending checkpoint (nothing is left behind).
-pub fn checkpoint_store(
-    store: &CheckpointStore,
-    id: CheckpointId,
-    kind: CheckpointKind,
-    db: &Db,
-    subtask: &SubtaskId,
-    source_offsets: Vec<SourceOffset>,
-) -> Result<StoreCheckpoint> {
-    let start = Instant::now();
-    let ticket = snapshot_sync(db)?;
-    let sync_duration = start.elapsed();
-    let pending = store.begin(id, kind)?;
-    let state = snapshot_async(ticket, &pending, subtask)?;
-    let completed = pending.commit(CheckpointContent {
-        operator_states: vec![state],
-        source_offsets,
-        properties: Vec::new(),
-    })?;
-    Ok(StoreCheckpoint {
-        completed,
-        sync_duration,
-        total_duration: start.elapsed(),
     })
 }
 
@@ -150,15 +109,12 @@ pub fn lsm_file_set(state: &OperatorSubtaskState) -> Result<&LsmFileSet> {
     }
 }
 
-/// Reads and decodes the manifest snapshot of an LSM file set, checking its size and crc
-/// against the handle.
-pub fn read_manifest_snapshot(
-    storage: &dyn CheckpointStorage,
-    set: &LsmFileSet,
-) -> Result<VersionEdit> {
+/// Reads the description of the file set of `set` (its manifest snapshot), checking its
+/// size and crc32c against the handle.
+pub fn read_live_set(storage: &dyn CheckpointStorage, set: &LsmFileSet) -> Result<LiveSet> {
     let h = &set.manifest;
     let path = storage.display_path(&h.path);
-    let bytes = storage.read_file(&h.path, MAX_MANIFEST_BYTES)?;
+    let bytes = storage.read_file(&h.path, MAX_LIVE_SET_BYTES)?;
     if bytes.len() as u64 != h.size || crc32c(&bytes) != h.crc32c {
         return Err(Error::corruption(
             &path,
@@ -172,18 +128,18 @@ pub fn read_manifest_snapshot(
             ),
         ));
     }
-    VersionEdit::decode(&bytes, &path, 0)
+    LiveSet::decode(&bytes, &path)
 }
 
 /// The tables of an LSM subtask state, as its manifest snapshot lays them out, each with
 /// the checkpoint file that holds it.
 #[derive(Debug, Clone)]
 pub struct LsmLayout {
-    /// The manifest snapshot.
-    pub edit: VersionEdit,
-    /// Level by level (L0 newest first, deeper levels in key order): the table's record in
+    /// The file set the manifest snapshot describes.
+    pub live_set: LiveSet,
+    /// In search order (level 0 newest first, deeper levels in key order): each table of
     /// the manifest snapshot, and the checkpoint file holding it.
-    pub tables: Vec<(NewFile, FileHandle)>,
+    pub tables: Vec<(LiveSetTable, FileHandle)>,
 }
 
 /// Reads the manifest snapshot of `set` and pairs every table it lists with the file of
@@ -196,8 +152,8 @@ pub fn lsm_layout(
     label: &str,
     set: &LsmFileSet,
 ) -> Result<LsmLayout> {
-    let edit = read_manifest_snapshot(storage, set)?;
-    let snapshot_seq = edit.last_sequence.map_or(0, |s| s.0);
+    let live_set = read_live_set(storage, set)?;
+    let snapshot_seq = live_set.sequence().unwrap_or(0);
     // 0: a set read from a version 1 `_metadata`, which did not record it.
     if set.sequence != 0 && snapshot_seq != set.sequence {
         return Err(Error::corruption(
@@ -210,25 +166,13 @@ pub fn lsm_layout(
             ),
         ));
     }
-    let mut files: Vec<&NewFile> = edit.new_files.iter().collect();
-    files.sort_by(|a, b| {
-        a.level.cmp(&b.level).then_with(|| {
-            if a.level == 0 {
-                b.largest_seq
-                    .cmp(&a.largest_seq)
-                    .then(b.number.cmp(&a.number))
-            } else {
-                compare_internal_keys(&a.smallest, &b.smallest)
-            }
-        })
-    });
-    let mut tables = Vec::with_capacity(files.len());
-    for f in files {
-        let name = table_file_name(f.number);
+    let mut tables = Vec::new();
+    for t in live_set.tables() {
+        let name = &t.name;
         let h = set
             .tables
             .iter()
-            .find(|h| h.local_name == name)
+            .find(|h| &h.local_name == name)
             .ok_or_else(|| {
                 Error::corruption(
                     metadata_path,
@@ -238,19 +182,19 @@ pub fn lsm_layout(
                     ),
                 )
             })?;
-        if h.size != f.size || h.crc32c != f.file_crc32c {
+        if h.size != t.size || h.crc32c != t.crc32c {
             return Err(Error::corruption(
                 storage.display_path(&h.path),
                 0,
                 format!(
                     "{name}: _metadata records {} bytes crc32c {:08x}, the manifest snapshot {} bytes crc32c {:08x}",
-                    h.size, h.crc32c, f.size, f.file_crc32c
+                    h.size, h.crc32c, t.size, t.crc32c
                 ),
             ));
         }
-        tables.push((f.clone(), h.clone()));
+        tables.push((t, h.clone()));
     }
-    Ok(LsmLayout { edit, tables })
+    Ok(LsmLayout { live_set, tables })
 }
 
 /// Restores the store of one subtask from checkpoint `id` into the empty directory `dir`
@@ -263,23 +207,20 @@ pub fn restore_store(
     opts: Options,
 ) -> Result<Db> {
     let set = lsm_file_set(state)?;
-    let metadata_path = storage.display_path(&crate::checkpoint::restore::handle_metadata_rel(
-        id,
-        &set.manifest,
-    ));
+    let metadata_path = storage.display_path(&handle_metadata_rel(id, &set.manifest));
     let layout = lsm_layout(storage, &metadata_path, &state.label(), set)?;
-    let fs = opts.fs.clone();
-    fs.create_dir_all(dir)?;
-    if !fs.list_dir(dir)?.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "restore target {} is not empty",
-            dir.display()
-        )));
-    }
-    for (_, h) in &layout.tables {
-        restore_file(storage, id, h, dir)?;
-    }
-    fs.sync_dir(dir)?;
-    Db::restore_manifest(fs.as_ref(), dir, &layout.edit)?;
-    Db::open(dir, opts)
+    layout.live_set.restore(dir, opts, |t, _| {
+        let (_, h) = layout
+            .tables
+            .iter()
+            .find(|(lt, _)| lt.number == t.number)
+            .ok_or_else(|| {
+                Error::corruption(
+                    &metadata_path,
+                    0,
+                    format!("no checkpoint file holds {}", t.name),
+                )
+            })?;
+        restore_file(storage, id, h, dir).map(|_| ())
+    })
 }

@@ -14,3 +14,4 @@ pub mod lsm_snapshot;
 pub mod operator;
 pub mod row_cache;
 pub mod savepoint;
+pub mod view;

@@ -300,6 +300,26 @@ impl<W: Write> CanonicalWriter<W> {
         Ok(w)
     }
 
+    /// Starts the file of a backend's snapshot on `out` (named `name` in errors): the
+    /// header records `states`, the key groups `key_groups` of `max_parallelism`, and
+    /// `backend` as the writer.
+    pub fn for_snapshot(
+        out: W,
+        name: &str,
+        max_parallelism: MaxParallelism,
+        key_groups: KeyGroupRange,
+        backend: &str,
+        states: &[StateMeta],
+    ) -> Result<Self> {
+        let header = CanonicalHeader {
+            max_parallelism,
+            key_groups,
+            backend: backend.to_string(),
+            states: states.to_vec(),
+        };
+        CanonicalWriter::new(out, name, header)
+    }
+
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
         self.out
             .write_all(bytes)

@@ -39,12 +39,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tidemark::checkpoint::{
-    resolve, resolve_verified, CheckpointConfig, CheckpointId, CheckpointKind, CheckpointStore,
-    ExternalizedCleanup, JobId, JobTermination, KeyGroupRange, LocalStorage, ResolvedCheckpoint,
+    resolve, resolve_verified, CheckpointConfig, CheckpointContent, CheckpointId, CheckpointKind,
+    CheckpointStore, ExternalizedCleanup, JobId, JobTermination, KeyGroupRange, LocalStorage,
+    ResolvedCheckpoint,
 };
 use tidemark::fs::StdFs;
 use tidemark::lsm::{Db, Options, SyncMode};
-use tidemark::state::lsm_snapshot::{checkpoint_store, restore_store, SubtaskId};
+use tidemark::state::lsm_snapshot::{restore_store, snapshot_async, snapshot_sync, SubtaskId};
 
 include!("support.rs");
 
@@ -235,19 +236,22 @@ fn setup(inp: &mut Input) -> Setup {
         if i == 3 {
             db.delete(b"k1-0").unwrap();
         }
-        let c = checkpoint_store(
-            &store,
-            CheckpointId(i),
-            CheckpointKind::Incremental,
-            &db,
-            &subtask,
-            vec![],
-        )
-        .expect("checkpoint");
+        let ticket = snapshot_sync(&db).expect("snapshot");
+        let pending = store
+            .begin(CheckpointId(i), CheckpointKind::Incremental)
+            .expect("begin");
+        let state = snapshot_async(ticket, &pending, &subtask).expect("snapshot");
+        let c = pending
+            .commit(CheckpointContent {
+                operator_states: vec![state],
+                source_offsets: vec![],
+                properties: vec![],
+            })
+            .expect("checkpoint");
         let mut refs = Vec::new();
         let meta = format!("chk-{i}/_metadata");
         refs.push((meta.clone(), std::fs::read(job_dir.join(&meta)).unwrap()));
-        for h in c.completed.metadata.file_handles() {
+        for h in c.metadata.file_handles() {
             refs.push((
                 h.path.clone(),
                 std::fs::read(job_dir.join(&h.path)).unwrap(),

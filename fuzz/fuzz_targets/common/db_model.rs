@@ -3,7 +3,7 @@
 // and to a `BTreeMap` model side by side. Every read must agree with the model: gets,
 // range and prefix scans, snapshots (against a copy of the model taken with them), after
 // reopens, and in a store restored from a pinned file set (`live_files` +
-// `restore_manifest`) or from an incremental checkpoint (`checkpoint_store`,
+// `restore_manifest`) or from an incremental checkpoint (`snapshot_sync`/`snapshot_async`,
 // `resolve_verified`, `restore_store`).
 //
 // The input is decoded by hand (one byte per decision) rather than with `arbitrary`, so the
@@ -219,8 +219,9 @@ pub fn check(data: &[u8]) {
                         resolve_verified, CheckpointConfig, CheckpointId, CheckpointKind,
                         CheckpointStore, JobId, KeyGroupRange, LocalStorage,
                     };
+                    use tidemark::checkpoint::CheckpointContent;
                     use tidemark::state::lsm_snapshot::{
-                        checkpoint_store, restore_store, SubtaskId,
+                        restore_store, snapshot_async, snapshot_sync, SubtaskId,
                     };
                     let storage = LocalStorage::new(
                         StdFs::shared(),
@@ -240,7 +241,15 @@ pub fn check(data: &[u8]) {
                         key_groups: KeyGroupRange::new(0, 127).unwrap(),
                     };
                     let id = CheckpointId(u64::from(restores));
-                    checkpoint_store(&store, id, CheckpointKind::Incremental, d, &subtask, vec![])
+                    let ticket = snapshot_sync(d).expect("snapshot");
+                    let pending = store.begin(id, CheckpointKind::Incremental).expect("begin");
+                    let state = snapshot_async(ticket, &pending, &subtask).expect("snapshot");
+                    pending
+                        .commit(CheckpointContent {
+                            operator_states: vec![state],
+                            source_offsets: vec![],
+                            properties: vec![],
+                        })
                         .expect("checkpoint");
                     let chk = root.path().join("model").join(format!("chk-{restores}"));
                     let r = resolve_verified(StdFs::shared(), &chk, false).expect("resolve");

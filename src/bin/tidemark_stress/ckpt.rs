@@ -16,7 +16,8 @@ use parking_lot::Mutex;
 use tidemark::checkpoint::path::checkpoint_dirs;
 use tidemark::checkpoint::{
     resolve, CheckpointConfig, CheckpointContent, CheckpointId, CheckpointKind, CheckpointStore,
-    FileRole, JobId, KeyGroupRange, LocalStorage, OperatorStateHandle, SourceOffset, StateData,
+    FileRole, JobId, KeyGroupRange, LocalStorage, OperatorStateHandle, SnapshotTarget as _,
+    SourceOffset, StateData,
 };
 use tidemark::fs::{FileSystem as _, StdFs};
 use tidemark::lsm::{Db, Options};
