@@ -378,7 +378,11 @@ impl LsmKeyedBackend {
                 None => self.db.delete(&self.row),
             };
         }
-        self.cache.get_mut().set(&self.row, value, true);
+        let cache = self.cache.get_mut();
+        cache.set(&self.row, value, true);
+        if cache.over_changed_limit() {
+            return self.flush_row_cache();
+        }
         let mut cache = self.cache.borrow_mut();
         self.write_evicted(&mut cache)
     }

@@ -19,7 +19,9 @@
 //! key order); a hit in the old generation moves the row into the young one. A row
 //! untouched for about a generation leaves, so the cache keeps the recently used rows in
 //! about its budget (an approximation of least-recently-used eviction, with no list to
-//! maintain). Sizes count the key, the value and [`ROW_OVERHEAD`] bytes per row.
+//! maintain). Sizes count the key, the value and [`ROW_OVERHEAD`] bytes per row. The
+//! changed rows are bounded apart (see [`BYTES_PER_CHANGED_ROW`]): beyond the bound they are
+//! all written, so that the synchronous part of a checkpoint never writes many.
 
 use std::collections::HashMap;
 
@@ -29,6 +31,11 @@ pub const ROW_OVERHEAD: usize = 64;
 
 /// The default budget of one keyed backend's row cache: 1 MiB.
 pub const DEFAULT_ROW_CACHE_BYTES: usize = 1 << 20;
+
+/// Budget bytes per changed row the cache may hold: a cache of `b` bytes holds at most
+/// `b / 256` changed rows (4,096 for the default), so that writing them all, which the
+/// synchronous part of a checkpoint does, stays short.
+pub const BYTES_PER_CHANGED_ROW: usize = 256;
 
 #[derive(Debug)]
 struct Row {
@@ -97,6 +104,12 @@ impl RowCache {
     /// Rows changed in the cache that the store does not have yet (evicted ones included).
     pub fn dirty_rows(&self) -> usize {
         self.dirty + self.evicted.len()
+    }
+
+    /// True when the cache holds more changed rows than its budget allows (see
+    /// [`BYTES_PER_CHANGED_ROW`]): time to write them all.
+    pub fn over_changed_limit(&self) -> bool {
+        self.dirty_rows() > (self.budget / BYTES_PER_CHANGED_ROW).max(1)
     }
 
     /// Reads answered by the cache, and reads that had to ask the store.
@@ -316,6 +329,24 @@ mod tests {
         assert_eq!(c.dirty_rows(), 1);
         c.set(b"k", Some(b"v2"), false);
         assert_eq!(c.changed_rows(), vec![(&b"k"[..], Some(&b"v2"[..]))]);
+    }
+
+    #[test]
+    fn changed_rows_are_bounded_apart() {
+        let mut c = RowCache::new(64 * BYTES_PER_CHANGED_ROW);
+        for i in 0..64u32 {
+            c.set(&i.to_be_bytes(), Some(b"v"), true);
+            assert!(!c.over_changed_limit(), "{i}");
+        }
+        c.set(b"one more", Some(b"v"), true);
+        assert!(c.over_changed_limit());
+        c.mark_clean();
+        assert!(!c.over_changed_limit());
+        assert_eq!(
+            c.get(b"one more"),
+            Cached::Value(b"v".to_vec()),
+            "still cached"
+        );
     }
 
     #[test]
