@@ -119,6 +119,17 @@ fn cases() -> u32 {
         .unwrap_or(12)
 }
 
+/// An lsm backend under `root` whose stores flush often (16 KiB memtables).
+fn small_lsm(root: &std::path::Path) -> LsmStateBackend {
+    LsmStateBackend::new(
+        root.join("local"),
+        tidemark::lsm::Options {
+            memtable_size_bytes: 16 << 10,
+            ..tidemark::lsm::Options::default()
+        },
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
@@ -137,14 +148,7 @@ proptest! {
     #[test]
     fn lsm_backend_matches_the_model(ops in proptest::collection::vec(op(200, 8), 1..200)) {
         let tmp = tempfile::tempdir().unwrap();
-        let backend = LsmStateBackend::new(
-            tmp.path().join("local"),
-            tidemark::lsm::Options {
-                memtable_size_bytes: 16 << 10,
-                ..tidemark::lsm::Options::default()
-            },
-        );
-        run(&backend, tmp.path(), ops);
+        run(&small_lsm(tmp.path()), tmp.path(), ops);
     }
 
     /// A row cache of a few rows: changed rows leave it (and reach the store) between
@@ -154,14 +158,6 @@ proptest! {
         ops in proptest::collection::vec(op(200, 8), 1..200)
     ) {
         let tmp = tempfile::tempdir().unwrap();
-        let backend = LsmStateBackend::new(
-            tmp.path().join("local"),
-            tidemark::lsm::Options {
-                memtable_size_bytes: 16 << 10,
-                ..tidemark::lsm::Options::default()
-            },
-        )
-        .with_row_cache(600);
-        run(&backend, tmp.path(), ops);
+        run(&small_lsm(tmp.path()).with_row_cache(600), tmp.path(), ops);
     }
 }
