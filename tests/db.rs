@@ -310,6 +310,68 @@ fn group_commit_from_many_threads_keeps_every_write() {
     assert_eq!(scan_all(&db).len(), 800);
 }
 
+/// Unsynced writers insert in parallel; a reader's snapshot still sees whole batches and,
+/// for each writer, a prefix of its writes (numbers become visible in order), across
+/// memtable switches, flushes and compactions; every write survives a reopen.
+#[test]
+fn unsynced_writers_in_parallel_publish_whole_batches_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    const THREADS: u32 = 4;
+    const PER_THREAD: u32 = 3000;
+    {
+        let db = Db::open(dir.path(), small_opts()).unwrap();
+        let writing = std::sync::atomic::AtomicU32::new(THREADS);
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (db, writing) = (&db, &writing);
+                s.spawn(move || {
+                    for i in 0..PER_THREAD {
+                        let mut b = WriteBatch::new();
+                        b.put(format!("a{t}-{i:05}"), format!("{i}"));
+                        b.put(format!("b{t}-{i:05}"), format!("{i}"));
+                        db.write(b).unwrap();
+                    }
+                    writing.fetch_sub(1, std::sync::atomic::Ordering::Release);
+                });
+            }
+            s.spawn(|| {
+                let mut checks = 0;
+                while writing.load(std::sync::atomic::Ordering::Acquire) > 0 || checks == 0 {
+                    checks += 1;
+                    let snap = db.snapshot();
+                    for t in 0..THREADS {
+                        // The newest visible write of thread t, then every earlier one.
+                        let a: Vec<_> = snap
+                            .prefix(format!("a{t}-"))
+                            .unwrap()
+                            .map(|kv| kv.unwrap().0)
+                            .collect();
+                        let b_count = snap.prefix(format!("b{t}-")).unwrap().count();
+                        assert_eq!(a.len(), b_count, "a batch seen in part (thread {t})");
+                        if let Some(last) = a.last() {
+                            let want = format!("a{t}-{:05}", a.len() - 1).into_bytes();
+                            assert_eq!(last, &want, "thread {t}'s writes seen with a gap");
+                        }
+                    }
+                }
+            });
+        });
+        let s = db.stats();
+        assert_eq!(s.writes, u64::from(THREADS * PER_THREAD));
+        assert!(s.flushes > 0, "the test should cross memtable switches");
+        assert_eq!(scan_all(&db).len() as u32, 2 * THREADS * PER_THREAD);
+    }
+    let db = Db::open(dir.path(), small_opts()).unwrap();
+    assert_eq!(scan_all(&db).len() as u32, 2 * THREADS * PER_THREAD);
+    for t in 0..THREADS {
+        let k = format!("b{t}-{:05}", PER_THREAD - 1);
+        assert_eq!(
+            db.get(k).unwrap(),
+            Some(format!("{}", PER_THREAD - 1).into_bytes())
+        );
+    }
+}
+
 #[test]
 fn live_files_pin_a_consistent_set() {
     let dir = tempfile::tempdir().unwrap();
