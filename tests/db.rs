@@ -372,6 +372,84 @@ fn unsynced_writers_in_parallel_publish_whole_batches_in_order() {
     }
 }
 
+/// Unsynced writers read their own writes back at once, and a reader sees every key's value
+/// only grow, while memtables switch because they fill up and because of concurrent
+/// flushes and pinned file sets: a write must be visible to a `get` from the moment it is
+/// acknowledged, whichever memtable it went to.
+#[test]
+fn unsynced_writes_are_read_back_across_concurrent_memtable_switches() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const WRITERS: u32 = 8;
+    const KEYS: u32 = 16;
+    const PER_WRITER: u32 = 2500;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), small_opts()).unwrap();
+    let writing = AtomicU32::new(WRITERS);
+    let key = |t: u32, k: u32| format!("w{t}-{k:02}");
+    let value = |i: u32| format!("{i:08}").into_bytes();
+    std::thread::scope(|s| {
+        for t in 0..WRITERS {
+            let (db, writing) = (&db, &writing);
+            s.spawn(move || {
+                // Counts the writer out even when it fails, so the others stop.
+                struct Done<'a>(&'a AtomicU32);
+                impl Drop for Done<'_> {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::Release);
+                    }
+                }
+                let _done = Done(writing);
+                for i in 0..PER_WRITER {
+                    let k = key(t, i % KEYS);
+                    db.put(&k, value(i)).unwrap();
+                    assert_eq!(
+                        db.get(&k).unwrap(),
+                        Some(value(i)),
+                        "{k}: an acknowledged write was not read back"
+                    );
+                }
+            });
+        }
+        // Flushes and pinned file sets switch the memtable while the writers write.
+        s.spawn(|| {
+            let mut n = 0u32;
+            while writing.load(Ordering::Acquire) > 0 {
+                n += 1;
+                if n % 2 == 0 {
+                    db.flush().unwrap();
+                } else {
+                    db.begin_live_files().unwrap().wait().unwrap();
+                }
+            }
+        });
+        // Every key's value only grows (each writer writes its keys in increasing order).
+        s.spawn(|| {
+            let mut seen = vec![None::<Vec<u8>>; (WRITERS * KEYS) as usize];
+            while writing.load(Ordering::Acquire) > 0 {
+                for t in 0..WRITERS {
+                    for k in 0..KEYS {
+                        let v = db.get(key(t, k)).unwrap();
+                        let last = &mut seen[(t * KEYS + k) as usize];
+                        assert!(v >= *last, "{}: read {v:?} after {last:?}", key(t, k));
+                        *last = v;
+                    }
+                }
+            }
+        });
+    });
+    let s = db.stats();
+    assert!(
+        s.flushes > 10,
+        "the test should cross many memtable switches"
+    );
+    for t in 0..WRITERS {
+        for k in 0..KEYS {
+            let last = (PER_WRITER - 1 - k) / KEYS * KEYS + k;
+            assert_eq!(db.get(key(t, k)).unwrap(), Some(value(last)));
+        }
+    }
+}
+
 #[test]
 fn live_files_pin_a_consistent_set() {
     let dir = tempfile::tempdir().unwrap();

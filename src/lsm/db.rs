@@ -12,7 +12,8 @@
 //! visible in sequence order (`LogState::pending`): the visible number moves past a write
 //! only once it and every write numbered before it are in the memtable, so a reader at
 //! sequence `s` sees every write up to `s` whole and nothing after. A write returns once
-//! its numbers are visible.
+//! its numbers are visible. A memtable switch installs the readers' view holding the new
+//! memtable before it releases `log`, so every visible write is in the current view.
 //! Writes that are not fsynced (`SyncMode::None`, `Periodic`, or no WAL) go this way
 //! straight from their own thread. Writes that are fsynced queue up in `writers`: the thread
 //! at the head commits the queued batches as one group with one fsync (group commit).
@@ -1545,6 +1546,15 @@ impl DbInner {
     /// Makes the active memtable immutable and starts a new one with a new WAL. Returns
     /// the immutable memtable and the last sequence number it holds; every write numbered
     /// up to it is in it and visible when this returns.
+    ///
+    /// Readers must find the new memtable from the moment a write into it can become
+    /// visible: that is as soon as the `log` lock is released (a write numbered after the
+    /// switch becomes visible once the writes before it finish, and nothing else holds it
+    /// back). So the read view that holds it, with the old memtable among the immutable
+    /// ones, is installed before the `log` lock is released. The old memtable may still
+    /// receive the inserts of writes numbered before the switch; readers skip them until
+    /// they are visible, and the flush takes it only after they are (the state lock is
+    /// held until then).
     fn switch_memtable(&self, st: &mut State) -> Result<(Arc<Imm>, SeqNo)> {
         let wal_number = if self.opts.wal {
             st.vs.new_file_number()
@@ -1552,7 +1562,7 @@ impl DbInner {
             FileNumber(0)
         };
         let new_mem = Arc::new(MemTable::new(wal_number));
-        let r: Result<u64> = (|| {
+        let r: Result<(u64, Arc<Imm>)> = (|| {
             let w = if self.opts.wal {
                 let w = create_wal(self.fs.as_ref(), &self.dir, wal_number, self.opts.sync)?;
                 self.fs.sync_dir(&self.dir)?;
@@ -1586,10 +1596,18 @@ impl DbInner {
                 Arc::ptr_eq(&old_mem, &st.mem),
                 "the log and the state name different active memtables"
             );
-            Ok(log.last_allocated)
+            // Still under `log`: no write into the new memtable is numbered yet.
+            let old = std::mem::replace(&mut st.mem, new_mem);
+            let imm = Arc::new(Imm {
+                mem: old,
+                flushed: OnceLock::new(),
+            });
+            st.imms.push(imm.clone());
+            self.install_super_version(st);
+            Ok((log.last_allocated, imm))
         })();
-        let last = match r {
-            Ok(last) => last,
+        let (last, imm) = match r {
+            Ok(r) => r,
             Err(e) => {
                 self.set_bg_error(e.clone());
                 return Err(e);
@@ -1598,13 +1616,6 @@ impl DbInner {
         // Writes numbered for the old memtable finish their inserts before it is handed
         // to the flush (they hold no lock, so waiting under the state lock is safe).
         self.wait_visible(last);
-        let old = std::mem::replace(&mut st.mem, new_mem);
-        let imm = Arc::new(Imm {
-            mem: old,
-            flushed: OnceLock::new(),
-        });
-        st.imms.push(imm.clone());
-        self.install_super_version(st);
         self.bg_cv.notify_all();
         Ok((imm, SeqNo(last)))
     }
