@@ -13,7 +13,8 @@
 //! only once it and every write numbered before it are in the memtable, so a reader at
 //! sequence `s` sees every write up to `s` whole and nothing after. A write returns once
 //! its numbers are visible. A memtable switch installs the readers' view holding the new
-//! memtable before it releases `log`, so every visible write is in the current view.
+//! memtable before it releases `log`, so every visible write is in the current view; a
+//! read loads the view first and the visible number after it.
 //! Writes that are not fsynced (`SyncMode::None`, `Periodic`, or no WAL) go this way
 //! straight from their own thread. Writes that are fsynced queue up in `writers`: the thread
 //! at the head commits the queued batches as one group with one fsync (group commit).
@@ -708,7 +709,7 @@ impl Db {
 
     /// The newest value of `key`.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
-        self.inner.get_at(key.as_ref(), self.inner.visible_seq())
+        self.inner.get_at(key.as_ref(), None)
     }
 
     /// A consistent view of the store as it is now.
@@ -728,13 +729,12 @@ impl Db {
 
     /// Scans the keys in `range` in order.
     pub fn scan<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Result<DbIterator> {
-        self.inner.iter_at(range, self.inner.visible_seq())
+        self.inner.iter_at(range, None)
     }
 
     /// Scans the keys that start with `prefix` in order.
     pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Result<DbIterator> {
-        self.inner
-            .prefix_at(prefix.as_ref(), self.inner.visible_seq())
+        self.inner.prefix_at(prefix.as_ref(), None)
     }
 
     /// Scans every key in order.
@@ -927,17 +927,17 @@ impl Snapshot {
 
     /// The value of `key` as of the snapshot.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
-        self.inner.get_at(key.as_ref(), self.seq)
+        self.inner.get_at(key.as_ref(), Some(self.seq))
     }
 
     /// Scans `range` as of the snapshot.
     pub fn scan<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Result<DbIterator> {
-        self.inner.iter_at(range, self.seq)
+        self.inner.iter_at(range, Some(self.seq))
     }
 
     /// Scans the keys starting with `prefix` as of the snapshot.
     pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Result<DbIterator> {
-        self.inner.prefix_at(prefix.as_ref(), self.seq)
+        self.inner.prefix_at(prefix.as_ref(), Some(self.seq))
     }
 
     /// Scans every key as of the snapshot.
@@ -1242,9 +1242,26 @@ impl DbInner {
             .map_or(visible, |&s| SeqNo(s).min(visible))
     }
 
-    fn get_at(&self, key: &[u8], seq: SeqNo) -> Result<Option<Vec<u8>>> {
+    /// The sequence number a read of the view `_sv` runs at: a snapshot's, or (`None`)
+    /// the visible one, read after the view was loaded.
+    ///
+    /// In that order, every write visible when the view was loaded is in it (a memtable
+    /// switch installs the view holding the new memtable before a write into it can
+    /// become visible), and the read shows the store as of some moment during the call:
+    /// writes that become visible later in memtables the view lacks are all numbered
+    /// after every write in the view's memtables. The other order could pair a number
+    /// with a newer view whose compaction dropped the versions visible at that number
+    /// (compactions keep only what the visible number and live snapshots can see). It
+    /// takes the view so that it cannot be called before one is loaded.
+    fn read_seq(&self, _sv: &SuperVersion, seq: Option<SeqNo>) -> SeqNo {
+        seq.unwrap_or_else(|| self.visible_seq())
+    }
+
+    /// Reads `key` at `seq` (`None`: the newest visible state).
+    fn get_at(&self, key: &[u8], seq: Option<SeqNo>) -> Result<Option<Vec<u8>>> {
         self.counters.gets.add(1);
         let sv = self.sv.load();
+        let seq = self.read_seq(&sv, seq);
         match sv.mem.get(key, seq) {
             MemLookup::Found(v) => return Ok(Some(v)),
             MemLookup::Deleted => return Ok(None),
@@ -1267,12 +1284,14 @@ impl DbInner {
         })
     }
 
+    /// Scans `range` at `seq` (`None`: the newest visible state).
     fn iter_at<K: AsRef<[u8]>>(
         &self,
         range: impl RangeBounds<K>,
-        seq: SeqNo,
+        seq: Option<SeqNo>,
     ) -> Result<DbIterator> {
         let sv = self.sv.load_full();
+        let seq = self.read_seq(&sv, seq);
         let mut children: Vec<BoxedIter> =
             Vec::with_capacity(2 + sv.imms.len() + sv.version.levels.len());
         children.push(Box::new(sv.mem.iter()));
@@ -1289,7 +1308,7 @@ impl DbInner {
         })
     }
 
-    fn prefix_at(&self, prefix: &[u8], seq: SeqNo) -> Result<DbIterator> {
+    fn prefix_at(&self, prefix: &[u8], seq: Option<SeqNo>) -> Result<DbIterator> {
         match prefix_successor(prefix) {
             Some(end) => self.iter_at(prefix.to_vec()..end, seq),
             None => self.iter_at(prefix.to_vec().., seq),
