@@ -383,7 +383,13 @@ fn unsynced_writes_are_read_back_across_concurrent_memtable_switches() {
     const KEYS: u32 = 16;
     const PER_WRITER: u32 = 2500;
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path(), small_opts()).unwrap();
+    // Room for many immutable memtables: writers seldom wait for a flush, so memtables
+    // switch at the writers' pace.
+    let opts = Options {
+        max_immutable_memtables: 16,
+        ..small_opts()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
     let writing = AtomicU32::new(WRITERS);
     let key = |t: u32, k: u32| format!("w{t}-{k:02}");
     let value = |i: u32| format!("{i:08}").into_bytes();
