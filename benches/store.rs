@@ -2,13 +2,20 @@
 //! same keys, values, data sets and options of equal strength (see `common`).
 //!
 //! Groups (each with one entry per engine, throughput in operations):
-//! - `fillseq`, `fillrandom`: a fresh store per iteration, N writes, WAL without fsync;
-//! - `overwrite`: N random overwrites of a store preloaded with N keys;
+//! - `fillseq`, `fillrandom`: a fresh store per iteration, N writes, WAL without fsync,
+//!   timed up to the end of the flush and compactions they leave behind;
+//! - `overwrite`: N random overwrites of a store preloaded with N keys, timed the same way;
+//! - `update-zipf-1t`, `-2t`, `-4t`: unsynced updates of zipfian-chosen keys of a loaded
+//!   store from 1, 2 and 4 threads;
+//! - `ycsb-a-2t`, `ycsb-b-2t`: YCSB workloads A (50% reads, 50% updates) and B (95% reads)
+//!   over zipfian-chosen keys from 2 threads;
 //! - `synced-1t`, `synced-4t`: fdatasynced writes (group commit where the engine has it)
 //!   from 1 and 4 threads;
 //! - `readrandom-hit`, `readrandom-miss`, `seekrandom-100`: over a compacted store larger
 //!   than the block cache;
-//! - `machine`: the disk's own limits (append + fdatasync, sequential write bandwidth).
+//! - `machine`: the disk's own limits (append + fdatasync, sequential write bandwidth);
+//! - `writeamp` (printed, not a criterion group): bytes written per logical byte by a
+//!   random load and its compactions, then the time and bytes of a full compaction.
 //!
 //! `TIDEMARK_BENCH_SHORT=1` runs small data sets with few samples.
 
@@ -20,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    bench_root, engines, key, load, open, pick, shuffled, value, Durability, Rng, Tuning,
+    bench_root, engines, key, load, open, pick, shuffled, value, Durability, Rng, Tuning, Zipfian,
 };
 use criterion::{Criterion, SamplingMode, Throughput};
 
@@ -28,15 +35,15 @@ use criterion::{Criterion, SamplingMode, Throughput};
 fn write_tuning() -> Tuning {
     Tuning {
         memtable_bytes: pick(1 << 20, 32 << 20),
-        cache_bytes: pick(256 << 10, 8 << 20),
+        cache_bytes: pick(1 << 20, 64 << 20),
     }
 }
 
-/// Sizes of the read workloads: the block cache is far smaller than the store.
+/// Sizes of the read workloads: the block cache is smaller than the store.
 fn read_tuning() -> Tuning {
     Tuning {
         memtable_bytes: pick(1 << 20, 32 << 20),
-        cache_bytes: pick(256 << 10, 8 << 20),
+        cache_bytes: pick(1 << 20, 64 << 20),
     }
 }
 
@@ -72,6 +79,7 @@ fn fill(c: &mut Criterion, root: &Path, name: &str, random: bool) {
                         let k = if random { rng.below(n) } else { s };
                         db.put(&key(k), &value(k, 0));
                     }
+                    db.settle();
                     total += start.elapsed();
                     common::print_diagnostics(name, db.as_ref());
                     drop(db);
@@ -93,6 +101,7 @@ fn overwrite(c: &mut Criterion, root: &Path) {
         let dir = root.join(format!("overwrite-{engine}"));
         let db = open(engine, &dir, Durability::Buffered, write_tuning());
         load(db.as_ref(), 0..n, 0);
+        db.settle();
         let run = AtomicU64::new(1);
         g.bench_function(engine, |b| {
             b.iter_custom(|iters| {
@@ -105,6 +114,7 @@ fn overwrite(c: &mut Criterion, root: &Path) {
                         let k = rng.below(n);
                         db.put(&key(k), &value(k, version));
                     }
+                    db.settle();
                     total += start.elapsed();
                     common::print_diagnostics("overwrite", db.as_ref());
                 }
@@ -155,6 +165,125 @@ fn synced(c: &mut Criterion, root: &Path, threads: u64) {
         let _ = fs::remove_dir_all(&dir);
     }
     g.finish();
+}
+
+/// Zipfian skew of the concurrent workloads (YCSB's default).
+const ZIPF_THETA: f64 = 0.99;
+
+/// `threads` threads each run `ops / threads` operations on a loaded store of `n` keys:
+/// a get of a zipfian-chosen key with probability `read_percent`%, else an unsynced update
+/// of one. `update-zipf-*` is the update-only case, `ycsb-a-2t` and `ycsb-b-2t` YCSB's
+/// workloads A and B. Only the operations are timed; between iterations the store settles
+/// (untimed), so each starts from a store without a backlog.
+fn concurrent(c: &mut Criterion, root: &Path, name: &str, threads: u64, read_percent: u64) {
+    let n: u64 = pick(20_000, 1_000_000);
+    let ops: u64 = pick(40_000, 1_000_000);
+    let zipf = Zipfian::new(n, ZIPF_THETA, 0);
+    let mut g = c.benchmark_group(name);
+    one_iteration_per_sample(&mut g);
+    g.throughput(Throughput::Elements(ops));
+    for engine in engines() {
+        let dir = root.join(format!("{name}-{engine}"));
+        let db = open(engine, &dir, Durability::Buffered, write_tuning());
+        load(db.as_ref(), shuffled(n, 3), 0);
+        db.settle();
+        let run = AtomicU64::new(1);
+        g.bench_function(engine, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let version = run.fetch_add(1, Ordering::Relaxed);
+                    let db = db.as_ref();
+                    let zipf = &zipf;
+                    let start = Instant::now();
+                    let found: u64 = std::thread::scope(|s| {
+                        let handles: Vec<_> = (0..threads)
+                            .map(|t| {
+                                s.spawn(move || {
+                                    let mut keys = zipf.reseeded(version * 64 + t);
+                                    let mut coin = Rng::new(version * 64 + t + 32);
+                                    let mut found = 0u64;
+                                    for _ in 0..ops / threads {
+                                        let k = keys.next();
+                                        if coin.below(100) < read_percent {
+                                            found += db.get(&key(k)) as u64;
+                                        } else {
+                                            db.put(&key(k), &value(k, version));
+                                        }
+                                    }
+                                    found
+                                })
+                            })
+                            .collect();
+                        handles
+                            .into_iter()
+                            .map(|h| h.join().expect("worker thread"))
+                            .sum()
+                    });
+                    total += start.elapsed();
+                    std::hint::black_box(found);
+                    common::print_diagnostics(name, db);
+                    db.settle();
+                }
+                total
+            })
+        });
+        drop(db);
+        let _ = fs::remove_dir_all(&dir);
+    }
+    g.finish();
+}
+
+/// Write amplification and full compaction, per engine (printed): a fresh store gets `n`
+/// single-key writes of random keys (`n` distinct keys in random order, so every write
+/// is new data), then settles; the bytes the process wrote meanwhile (WAL and tables,
+/// `/proc/self/io`) are divided by the logical bytes (keys and values). Then a full
+/// compaction (`Engine::compact`) is timed and its bytes counted the same way.
+fn writeamp(root: &Path) {
+    let n: u64 = pick(200_000, 8_000_000);
+    let logical = n * (common::KEY_LEN + common::VALUE_LEN) as u64;
+    let order = shuffled(n, 11);
+    for engine in engines() {
+        let dir = root.join(format!("writeamp-{engine}"));
+        let db = open(engine, &dir, Durability::Buffered, write_tuning());
+        let before = common::process_write_bytes();
+        let tables_before = db.table_bytes_written();
+        let start = Instant::now();
+        for &k in &order {
+            db.put(&key(k), &value(k, 0));
+        }
+        db.settle();
+        let load_secs = start.elapsed().as_secs_f64();
+        let after = common::process_write_bytes();
+        let tables_after = db.table_bytes_written();
+        let start = Instant::now();
+        db.compact();
+        let compact_secs = start.elapsed().as_secs_f64();
+        let after_compact = common::process_write_bytes();
+        let tables_compact = db.table_bytes_written();
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let per_logical = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2}", (b - a) as f64 / logical as f64),
+            _ => "n/a".into(),
+        };
+        let delta_mib = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.0} MiB", mib(b - a)),
+            _ => "n/a".into(),
+        };
+        eprintln!(
+            "writeamp {engine}: {n} random writes ({:.0} MiB logical) + settle in {load_secs:.1} s              ({:.0} ops/s): process bytes written per logical byte {} (tables only: {});              full compaction {compact_secs:.2} s, process bytes {} (tables only: {});              {:.0} MiB on disk after",
+            mib(logical),
+            n as f64 / load_secs,
+            per_logical(before, after),
+            per_logical(tables_before, tables_after),
+            delta_mib(after, after_compact),
+            delta_mib(tables_after, tables_compact),
+            mib(common::dir_bytes(&dir)),
+        );
+        common::print_diagnostics("writeamp", db.as_ref());
+        drop(db);
+        let _ = fs::remove_dir_all(&dir);
+    }
 }
 
 /// Opens one compacted read store per engine: keys `2i` for `i < n` (odd keys are misses
@@ -376,6 +505,21 @@ fn main() {
     }
     if wants("synced-4t") {
         synced(&mut c, root.path(), 4);
+    }
+    for threads in [1, 2, 4] {
+        let name = format!("update-zipf-{threads}t");
+        if wants(&name) {
+            concurrent(&mut c, root.path(), &name, threads, 0);
+        }
+    }
+    if wants("ycsb-a-2t") {
+        concurrent(&mut c, root.path(), "ycsb-a-2t", 2, 50);
+    }
+    if wants("ycsb-b-2t") {
+        concurrent(&mut c, root.path(), "ycsb-b-2t", 2, 95);
+    }
+    if wants("writeamp") {
+        writeamp(root.path());
     }
     reads(&mut c, root.path());
     c.final_summary();

@@ -308,3 +308,134 @@ fn compaction_filter_respects_snapshots_opened_meanwhile_and_reaches_the_whole_l
         "the filter met every file of the last level"
     );
 }
+
+fn level_of_each_file(db: &Db) -> Vec<(usize, tidemark::lsm::FileNumber)> {
+    let mut files: Vec<_> = db
+        .live_files()
+        .unwrap()
+        .files()
+        .into_iter()
+        .map(|f| (f.level, f.number))
+        .collect();
+    files.sort_by_key(|&(_, n)| n);
+    files
+}
+
+/// Level-0 files that overlap nothing below (nor each other) move down as they are: the
+/// same file numbers one level lower, no byte written by compaction; reopened, the store
+/// holds the same files and every value.
+#[test]
+fn non_overlapping_files_move_down_without_being_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    // Memtables large enough that only the explicit flushes make tables.
+    let opts = || Options {
+        l0_compaction_trigger: 2,
+        memtable_size_bytes: 1 << 20,
+        target_file_size_bytes: 1 << 20,
+        max_bytes_for_level_base: 64 << 20,
+        ..opts()
+    };
+    let db = Db::open(dir.path(), opts()).unwrap();
+    // Two flushes of disjoint key ranges (ascending keys, as a sequential load writes).
+    for part in 0..2u32 {
+        for i in part * 500..(part + 1) * 500 {
+            db.put(format!("key{i:06}"), value(i, 0)).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    db.wait_for_compactions().unwrap();
+    let s = db.stats();
+    assert!(s.trivial_moves >= 1, "{s:?}");
+    assert_eq!(s.compaction_bytes_written, 0, "a move writes no table");
+    assert_eq!(s.levels[0].files, 0);
+    let files = level_of_each_file(&db);
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files.iter().all(|&(level, _)| level == 1), "{files:?}");
+    // A third range: moved again, beside the others.
+    for i in 1000..1500u32 {
+        db.put(format!("key{i:06}"), value(i, 0)).unwrap();
+    }
+    db.flush().unwrap();
+    for i in 1500..2000u32 {
+        db.put(format!("key{i:06}"), value(i, 0)).unwrap();
+    }
+    db.flush().unwrap();
+    db.wait_for_compactions().unwrap();
+    assert_eq!(db.stats().compaction_bytes_written, 0);
+    let files = level_of_each_file(&db);
+    assert_eq!(files.len(), 4, "{files:?}");
+    assert!(files.iter().all(|&(level, _)| level == 1), "{files:?}");
+    drop(db);
+
+    let db = Db::open(dir.path(), opts()).unwrap();
+    assert_eq!(
+        level_of_each_file(&db),
+        files,
+        "the moves are in the manifest"
+    );
+    for i in (0..2000u32).step_by(37) {
+        assert_eq!(db.get(format!("key{i:06}")).unwrap(), Some(value(i, 0)));
+    }
+    assert_eq!(db.iter().unwrap().count(), 2000);
+}
+
+/// Overlapping level-0 files are merged, not moved.
+#[test]
+fn overlapping_files_are_merged_not_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        memtable_size_bytes: 1 << 20,
+        ..opts()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    for round in 0..2u32 {
+        for i in 0..500u32 {
+            db.put(format!("key{i:06}"), value(i, round)).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    db.wait_for_compactions().unwrap();
+    let s = db.stats();
+    assert_eq!(s.trivial_moves, 0, "{s:?}");
+    assert!(s.compaction_bytes_written > 0);
+    for i in (0..500u32).step_by(7) {
+        assert_eq!(db.get(format!("key{i:06}")).unwrap(), Some(value(i, 1)));
+    }
+}
+
+/// A full compaction merges every level in one pass: it writes each live byte once, and
+/// leaves one sorted run.
+#[test]
+fn full_compaction_writes_the_live_data_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    for round in 0..4u32 {
+        for i in 0..4000u32 {
+            let k = (i * 7919 + round) % 4000;
+            db.put(format!("key{k:06}"), value(k, round)).unwrap();
+        }
+    }
+    db.flush().unwrap();
+    db.wait_for_compactions().unwrap();
+    let before = db.stats();
+    assert!(
+        before.levels.iter().filter(|l| l.files > 0).count() > 1,
+        "the test wants data on more than one level: {before:?}"
+    );
+    db.compact_range().unwrap();
+    let after = db.stats();
+    let written = after.compaction_bytes_written - before.compaction_bytes_written;
+    let live = after.total_table_bytes();
+    assert_eq!(
+        written, live,
+        "a full compaction writes the live tables once"
+    );
+    assert_eq!(after.levels.iter().filter(|l| l.files > 0).count(), 1);
+    // Already one run: a second full compaction has nothing to do.
+    db.compact_range().unwrap();
+    assert_eq!(
+        db.stats().compaction_bytes_written,
+        after.compaction_bytes_written
+    );
+    assert_eq!(db.iter().unwrap().count(), 4000);
+}

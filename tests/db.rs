@@ -310,6 +310,152 @@ fn group_commit_from_many_threads_keeps_every_write() {
     assert_eq!(scan_all(&db).len(), 800);
 }
 
+/// Unsynced writers insert in parallel; a reader's snapshot still sees whole batches and,
+/// for each writer, a prefix of its writes (numbers become visible in order), across
+/// memtable switches, flushes and compactions; every write survives a reopen.
+#[test]
+fn unsynced_writers_in_parallel_publish_whole_batches_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    const THREADS: u32 = 4;
+    const PER_THREAD: u32 = 3000;
+    {
+        let db = Db::open(dir.path(), small_opts()).unwrap();
+        let writing = std::sync::atomic::AtomicU32::new(THREADS);
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (db, writing) = (&db, &writing);
+                s.spawn(move || {
+                    for i in 0..PER_THREAD {
+                        let mut b = WriteBatch::new();
+                        b.put(format!("a{t}-{i:05}"), format!("{i}"));
+                        b.put(format!("b{t}-{i:05}"), format!("{i}"));
+                        db.write(b).unwrap();
+                    }
+                    writing.fetch_sub(1, std::sync::atomic::Ordering::Release);
+                });
+            }
+            s.spawn(|| {
+                let mut checks = 0;
+                while writing.load(std::sync::atomic::Ordering::Acquire) > 0 || checks == 0 {
+                    checks += 1;
+                    let snap = db.snapshot();
+                    for t in 0..THREADS {
+                        // The newest visible write of thread t, then every earlier one.
+                        let a: Vec<_> = snap
+                            .prefix(format!("a{t}-"))
+                            .unwrap()
+                            .map(|kv| kv.unwrap().0)
+                            .collect();
+                        let b_count = snap.prefix(format!("b{t}-")).unwrap().count();
+                        assert_eq!(a.len(), b_count, "a batch seen in part (thread {t})");
+                        if let Some(last) = a.last() {
+                            let want = format!("a{t}-{:05}", a.len() - 1).into_bytes();
+                            assert_eq!(last, &want, "thread {t}'s writes seen with a gap");
+                        }
+                    }
+                }
+            });
+        });
+        let s = db.stats();
+        assert_eq!(s.writes, u64::from(THREADS * PER_THREAD));
+        assert!(s.flushes > 0, "the test should cross memtable switches");
+        assert_eq!(scan_all(&db).len() as u32, 2 * THREADS * PER_THREAD);
+    }
+    let db = Db::open(dir.path(), small_opts()).unwrap();
+    assert_eq!(scan_all(&db).len() as u32, 2 * THREADS * PER_THREAD);
+    for t in 0..THREADS {
+        let k = format!("b{t}-{:05}", PER_THREAD - 1);
+        assert_eq!(
+            db.get(k).unwrap(),
+            Some(format!("{}", PER_THREAD - 1).into_bytes())
+        );
+    }
+}
+
+/// Unsynced writers read their own writes back at once, and a reader sees every key's value
+/// only grow, while memtables switch because they fill up and because of concurrent
+/// flushes and pinned file sets: a write must be visible to a `get` from the moment it is
+/// acknowledged, whichever memtable it went to.
+#[test]
+fn unsynced_writes_are_read_back_across_concurrent_memtable_switches() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const WRITERS: u32 = 8;
+    const KEYS: u32 = 16;
+    const PER_WRITER: u32 = 2500;
+    let dir = tempfile::tempdir().unwrap();
+    // Room for many immutable memtables: writers seldom wait for a flush, so memtables
+    // switch at the writers' pace.
+    let opts = Options {
+        max_immutable_memtables: 16,
+        ..small_opts()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    let writing = AtomicU32::new(WRITERS);
+    let key = |t: u32, k: u32| format!("w{t}-{k:02}");
+    let value = |i: u32| format!("{i:08}").into_bytes();
+    std::thread::scope(|s| {
+        for t in 0..WRITERS {
+            let (db, writing) = (&db, &writing);
+            s.spawn(move || {
+                // Counts the writer out even when it fails, so the others stop.
+                struct Done<'a>(&'a AtomicU32);
+                impl Drop for Done<'_> {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::Release);
+                    }
+                }
+                let _done = Done(writing);
+                for i in 0..PER_WRITER {
+                    let k = key(t, i % KEYS);
+                    db.put(&k, value(i)).unwrap();
+                    assert_eq!(
+                        db.get(&k).unwrap(),
+                        Some(value(i)),
+                        "{k}: an acknowledged write was not read back"
+                    );
+                }
+            });
+        }
+        // Flushes and pinned file sets switch the memtable while the writers write.
+        s.spawn(|| {
+            let mut n = 0u32;
+            while writing.load(Ordering::Acquire) > 0 {
+                n += 1;
+                if n % 2 == 0 {
+                    db.flush().unwrap();
+                } else {
+                    db.begin_live_files().unwrap().wait().unwrap();
+                }
+            }
+        });
+        // Every key's value only grows (each writer writes its keys in increasing order).
+        s.spawn(|| {
+            let mut seen = vec![None::<Vec<u8>>; (WRITERS * KEYS) as usize];
+            while writing.load(Ordering::Acquire) > 0 {
+                for t in 0..WRITERS {
+                    for k in 0..KEYS {
+                        let v = db.get(key(t, k)).unwrap();
+                        let last = &mut seen[(t * KEYS + k) as usize];
+                        assert!(v >= *last, "{}: read {v:?} after {last:?}", key(t, k));
+                        *last = v;
+                    }
+                }
+            }
+        });
+    });
+    let s = db.stats();
+    assert!(
+        s.flushes > 10,
+        "the test should cross many memtable switches"
+    );
+    for t in 0..WRITERS {
+        for k in 0..KEYS {
+            let last = (PER_WRITER - 1 - k) / KEYS * KEYS + k;
+            assert_eq!(db.get(key(t, k)).unwrap(), Some(value(last)));
+        }
+    }
+}
+
 #[test]
 fn live_files_pin_a_consistent_set() {
     let dir = tempfile::tempdir().unwrap();

@@ -146,6 +146,13 @@ pub trait Engine: Send + Sync {
     fn scan(&self, start: &[u8], n: usize) -> usize;
     /// Flushes the memtable and compacts everything (major compaction).
     fn compact(&self);
+    /// Flushes the memtable and waits until no flush or compaction is pending or running,
+    /// so that the work a write load left behind is counted with it.
+    fn settle(&self);
+    /// Bytes the engine wrote to tables (flushes and compactions) so far, if it counts them.
+    fn table_bytes_written(&self) -> Option<u64> {
+        None
+    }
     /// Engine statistics worth printing after a run (stalls, fsyncs, write amplification),
     /// if the engine offers them.
     fn diagnostics(&self) -> Option<String> {
@@ -245,6 +252,16 @@ impl Engine for TidemarkEngine {
         self.db.flush().expect("tidemark flush");
         self.db.compact_range().expect("tidemark compact_range");
     }
+    fn settle(&self) {
+        self.db.flush().expect("tidemark flush");
+        self.db
+            .wait_for_compactions()
+            .expect("tidemark wait for compactions");
+    }
+    fn table_bytes_written(&self) -> Option<u64> {
+        let s = self.db.stats();
+        Some(s.flush_bytes_written + s.compaction_bytes_written)
+    }
     fn diagnostics(&self) -> Option<String> {
         let s = self.db.stats();
         let files: Vec<usize> = s.levels.iter().map(|l| l.files).collect();
@@ -278,7 +295,7 @@ impl FjallEngine {
     pub fn open(dir: &Path, durability: Durability, t: Tuning) -> Self {
         use fjall::config::{
             BlockSizePolicy, BloomConstructionPolicy, CompressionPolicy, FilterPolicy,
-            FilterPolicyEntry,
+            FilterPolicyEntry, PinningPolicy,
         };
         let db = fjall::Database::builder(dir)
             .cache_size(t.cache_bytes as u64)
@@ -296,6 +313,10 @@ impl FjallEngine {
                     .filter_policy(FilterPolicy::all(FilterPolicyEntry::Bloom(
                         BloomConstructionPolicy::BitsPerKey(BLOOM_BITS as f32),
                     )))
+                    // tidemark keeps every table's index and filter in memory (outside
+                    // the block cache); so does fjall here, on every level.
+                    .filter_block_pinning_policy(PinningPolicy::all(true))
+                    .index_block_pinning_policy(PinningPolicy::all(true))
             })
             .expect("open fjall keyspace");
         FjallEngine { db, ks, durability }
@@ -345,6 +366,22 @@ impl Engine for FjallEngine {
             .expect("fjall rotate memtable");
         self.ks.major_compact().expect("fjall major compaction");
     }
+    fn settle(&self) {
+        self.ks
+            .rotate_memtable_and_wait()
+            .expect("fjall rotate memtable");
+        // fjall offers no wait for its compactions: poll until nothing is queued or
+        // running for a few checks in a row (a compaction may schedule the next one).
+        let mut idle = 0;
+        while idle < 5 {
+            if self.db.outstanding_flushes() == 0 && self.db.active_compactions() == 0 {
+                idle += 1;
+            } else {
+                idle = 0;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// RocksDB through the `rocksdb` crate.
@@ -353,10 +390,18 @@ pub mod rocks {
     use super::*;
 
     /// RocksDB's options for a benchmark.
-    pub fn options(t: Tuning) -> rocksdb::Options {
+    pub fn options(t: Tuning, durability: Durability) -> rocksdb::Options {
         let mut o = rocksdb::Options::default();
         o.create_if_missing(true);
         o.set_write_buffer_size(t.memtable_bytes);
+        // As many memtables as tidemark may hold: the active one and the immutable ones.
+        let buffers = 1 + tidemark::lsm::Options::default().max_immutable_memtables;
+        o.set_max_write_buffer_number(buffers as i32);
+        if durability == Durability::Synced {
+            // Reused log files are already allocated, so an fdatasync need not commit a
+            // new file size (tidemark presizes its logs for the same reason).
+            o.set_recycle_log_file_num(4);
+        }
         o.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let mut bb = rocksdb::BlockBasedOptions::default();
         bb.set_block_size(BLOCK_BYTES);
@@ -376,7 +421,7 @@ pub mod rocks {
     impl RocksEngine {
         /// Opens a database in `dir`.
         pub fn open(dir: &Path, durability: Durability, t: Tuning) -> Self {
-            let db = rocksdb::DB::open(&options(t), dir).expect("open rocksdb");
+            let db = rocksdb::DB::open(&options(t, durability), dir).expect("open rocksdb");
             let mut wo = rocksdb::WriteOptions::default();
             wo.set_sync(durability == Durability::Synced);
             RocksEngine { db, wo }
@@ -416,6 +461,26 @@ pub mod rocks {
             self.db.flush().expect("rocksdb flush");
             self.db.compact_range::<&[u8], &[u8]>(None, None);
         }
+        fn settle(&self) {
+            self.db.flush().expect("rocksdb flush");
+            let busy = |p: &str| {
+                self.db
+                    .property_int_value(p)
+                    .expect("rocksdb property")
+                    .unwrap_or(0)
+                    > 0
+            };
+            loop {
+                let pending = busy("rocksdb.mem-table-flush-pending")
+                    || busy("rocksdb.num-running-flushes")
+                    || busy("rocksdb.compaction-pending")
+                    || busy("rocksdb.num-running-compactions");
+                if !pending {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 }
 
@@ -431,6 +496,74 @@ pub fn load(e: &dyn Engine, keys: impl IntoIterator<Item = u64>, version: u64) {
     }
     if !batch.is_empty() {
         e.put_batch(&batch);
+    }
+}
+
+/// Bytes this process has caused to be written to storage so far (`write_bytes` of
+/// `/proc/self/io`: page-cache pages dirtied by `write` or through a mapping), or None
+/// where the kernel does not report it.
+pub fn process_write_bytes() -> Option<u64> {
+    let io = fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// YCSB's scrambled zipfian key chooser: item ranks drawn with P(rank i) proportional to
+/// 1 / (i + 1)^theta (Gray et al., "Quickly generating billion-record synthetic
+/// databases"), then hashed (FNV-1a) onto `0..n` so the hot keys are spread over the key
+/// space instead of clustered at its start.
+#[derive(Debug, Clone)]
+pub struct Zipfian {
+    n: u64,
+    theta: f64,
+    alpha: f64,
+    zeta_n: f64,
+    eta: f64,
+    rng: Rng,
+}
+
+impl Zipfian {
+    /// A chooser over `0..n` with skew `theta` (YCSB's default is 0.99), seeded.
+    pub fn new(n: u64, theta: f64, seed: u64) -> Zipfian {
+        let zeta = |m: u64| (1..=m).map(|i| 1.0 / (i as f64).powf(theta)).sum::<f64>();
+        let zeta_n = zeta(n);
+        let zeta_2 = zeta(2);
+        Zipfian {
+            n,
+            theta,
+            alpha: 1.0 / (1.0 - theta),
+            zeta_n,
+            eta: (1.0 - (2.0 / n as f64).powf(1.0 - theta)) / (1.0 - zeta_2 / zeta_n),
+            rng: Rng::new(seed),
+        }
+    }
+
+    /// The same distribution with another seed (the zeta sum is not recomputed).
+    pub fn reseeded(&self, seed: u64) -> Zipfian {
+        Zipfian {
+            rng: Rng::new(seed),
+            ..self.clone()
+        }
+    }
+
+    /// The next key number in `0..n`.
+    pub fn next(&mut self) -> u64 {
+        let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let uz = u * self.zeta_n;
+        let rank = if uz < 1.0 {
+            0
+        } else if uz < 1.0 + 0.5f64.powf(self.theta) {
+            1
+        } else {
+            ((self.n as f64) * (self.eta * u - self.eta + 1.0).powf(self.alpha)) as u64
+        };
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in rank.min(self.n - 1).to_le_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h % self.n
     }
 }
 

@@ -6,7 +6,14 @@
 //! A compaction of level `n` merges some of its files with the overlapping files of level
 //! `n + 1` and writes the result to `n + 1`, cut into files of about
 //! `target_file_size_bytes` (always at a user-key boundary, so the files of a level stay
-//! disjoint). A file that overlaps nothing below is moved, not rewritten (a trivial move).
+//! disjoint). Files that overlap nothing in the next level (nor each other) are moved, not
+//! rewritten: a trivial move is a manifest edit only, as in LevelDB and RocksDB, allowed
+//! while the moved files overlap at most `MAX_GRANDPARENT_OVERLAP_FILES` target-sized
+//! files' worth of the level below the next (so a later compaction of them stays small).
+//!
+//! A manual full compaction merges every file of every level in one pass into one level
+//! (the deepest holding data, or deeper while the data exceeds that level's target), so
+//! each live byte is written once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,27 +41,54 @@ pub struct ManualCompaction {
     pub done: Option<Result<()>>,
 }
 
+/// A trivial move is allowed while the moved files overlap at most this many target-sized
+/// files' worth of bytes two levels down (LevelDB's `kMaxGrandParentOverlapBytes`).
+const MAX_GRANDPARENT_OVERLAP_FILES: u64 = 10;
+
 /// What one compaction will do.
 struct Plan {
-    level: usize,
-    inputs: Vec<Arc<FileMeta>>,
-    /// Overlapping files of `level + 1`.
-    next: Vec<Arc<FileMeta>>,
-    /// Rewrite even when the files could be moved (to drop tombstones and old versions).
-    force_rewrite: bool,
+    /// Input files by level, shallowest level first.
+    inputs: Vec<(usize, Vec<Arc<FileMeta>>)>,
+    out_level: usize,
+    /// Move the inputs (all on one level above `out_level`) instead of rewriting them.
+    trivial_move: bool,
+    /// The round-robin pointer to record: (level, largest key compacted there).
+    pointer: Option<(usize, Vec<u8>)>,
 }
 
 impl Plan {
-    fn output_level(&self) -> usize {
-        self.level + 1
-    }
     fn all_inputs(&self) -> impl Iterator<Item = &Arc<FileMeta>> {
-        self.inputs.iter().chain(self.next.iter())
+        self.inputs.iter().flat_map(|(_, files)| files.iter())
     }
-    /// Files that overlap nothing in the next level (and, in L0, each other) can move.
-    fn is_trivial_move(&self) -> bool {
-        !self.force_rewrite && self.next.is_empty() && (self.inputs.len() == 1 || self.level > 0)
+}
+
+/// True when `files` of `level` can move to `level + 1` as they are: they are disjoint
+/// (always below level 0), none overlaps a file of `level + 1`, and each overlaps little
+/// of `level + 2`.
+fn can_move(inner: &DbInner, v: &Version, level: usize, files: &[Arc<FileMeta>]) -> bool {
+    if level == 0 && !disjoint(files) {
+        return false;
     }
+    let limit = inner
+        .opts
+        .target_file_size_bytes
+        .saturating_mul(MAX_GRANDPARENT_OVERLAP_FILES);
+    files.iter().all(|f| {
+        let (lo, hi) = f.user_range();
+        let grandparent_bytes: u64 = v
+            .overlapping(level + 2, lo, hi)
+            .iter()
+            .map(|g| g.size)
+            .sum();
+        v.overlapping(level + 1, lo, hi).is_empty() && grandparent_bytes <= limit
+    })
+}
+
+/// True when no two of `files` share a user key.
+fn disjoint(files: &[Arc<FileMeta>]) -> bool {
+    let mut ranges: Vec<(&[u8], &[u8])> = files.iter().map(|f| f.user_range()).collect();
+    ranges.sort();
+    ranges.windows(2).all(|w| w[0].1 < w[1].0)
 }
 
 /// Target size of level `level` (>= 1).
@@ -84,6 +118,11 @@ fn pick_level(inner: &DbInner, v: &Version) -> Option<(usize, f64)> {
     best
 }
 
+/// True when some level is due for an automatic compaction.
+pub(crate) fn needs_compaction(inner: &DbInner, v: &Version) -> bool {
+    pick_level(inner, v).is_some()
+}
+
 fn key_span(files: &[Arc<FileMeta>]) -> Option<(Vec<u8>, Vec<u8>)> {
     let lo = files.iter().map(|f| user_key(&f.smallest)).min()?;
     let hi = files.iter().map(|f| user_key(&f.largest)).max()?;
@@ -91,7 +130,7 @@ fn key_span(files: &[Arc<FileMeta>]) -> Option<(Vec<u8>, Vec<u8>)> {
 }
 
 /// Chooses the inputs of an automatic compaction of `level`.
-fn plan_for_level(st: &State, level: usize) -> Option<Plan> {
+fn plan_for_level(inner: &DbInner, st: &State, level: usize) -> Option<Plan> {
     let v = st.vs.current();
     let inputs: Vec<Arc<FileMeta>> = if level == 0 {
         // Every L0 file: they may overlap each other, and merging them all keeps L0 short.
@@ -114,13 +153,34 @@ fn plan_for_level(st: &State, level: usize) -> Option<Plan> {
     if inputs.is_empty() {
         return None;
     }
+    let pointer = (level > 0)
+        .then(|| {
+            inputs
+                .iter()
+                .map(|f| &f.largest)
+                .max_by(|a, b| compare_internal_keys(a, b))
+                .map(|k| (level, k.clone()))
+        })
+        .flatten();
+    if can_move(inner, &v, level, &inputs) {
+        return Some(Plan {
+            inputs: vec![(level, inputs)],
+            out_level: level + 1,
+            trivial_move: true,
+            pointer,
+        });
+    }
     let (lo, hi) = key_span(&inputs)?;
     let next = v.overlapping(level + 1, &lo, &hi);
+    let mut levels = vec![(level, inputs)];
+    if !next.is_empty() {
+        levels.push((level + 1, next));
+    }
     Some(Plan {
-        level,
-        inputs,
-        next,
-        force_rewrite: false,
+        inputs: levels,
+        out_level: level + 1,
+        trivial_move: false,
+        pointer,
     })
 }
 
@@ -141,7 +201,7 @@ fn compact_once(inner: &DbInner, st: &mut MutexGuard<'_, State>) -> Result<bool>
     let Some((level, _score)) = pick_level(inner, &v) else {
         return Ok(false);
     };
-    let Some(plan) = plan_for_level(st, level) else {
+    let Some(plan) = plan_for_level(inner, st, level) else {
         return Ok(false);
     };
     run_plan(inner, st, plan)?;
@@ -149,27 +209,22 @@ fn compact_once(inner: &DbInner, st: &mut MutexGuard<'_, State>) -> Result<bool>
 }
 
 fn run_plan(inner: &DbInner, st: &mut MutexGuard<'_, State>, plan: Plan) -> Result<()> {
-    let out_level = plan.output_level();
+    let out_level = plan.out_level;
     let mut edit = VersionEdit::default();
-    for f in &plan.inputs {
-        edit.deleted_files.push((plan.level as u32, f.number));
-    }
-    for f in &plan.next {
-        edit.deleted_files.push((out_level as u32, f.number));
-    }
-    if let Some(last) = plan
-        .inputs
-        .iter()
-        .map(|f| &f.largest)
-        .max_by(|a, b| compare_internal_keys(a, b))
-    {
-        if plan.level > 0 {
-            edit.compact_pointers
-                .push((plan.level as u32, last.clone()));
+    for (level, files) in &plan.inputs {
+        for f in files {
+            edit.deleted_files.push((*level as u32, f.number));
         }
     }
-    if plan.is_trivial_move() {
-        for f in &plan.inputs {
+    if let Some((level, key)) = &plan.pointer {
+        edit.compact_pointers.push((*level as u32, key.clone()));
+    }
+    if plan.trivial_move {
+        assert!(
+            plan.inputs.len() == 1 && plan.inputs[0].0 < out_level,
+            "a trivial move takes the files of one level above its output level"
+        );
+        for f in plan.all_inputs() {
             edit.new_files.push(f.to_new_file(out_level as u32));
         }
         st.vs.log_and_apply(edit)?;
@@ -191,15 +246,15 @@ fn run_plan(inner: &DbInner, st: &mut MutexGuard<'_, State>, plan: Plan) -> Resu
     let filtering = filter.is_some();
     let bytes_read: u64 = plan.all_inputs().map(|f| f.size).sum();
     let mut children: Vec<BoxedIter> = Vec::new();
-    if plan.level == 0 {
-        for f in &plan.inputs {
-            children.push(Box::new(LevelIter::new(vec![f.clone()])));
+    for (level, files) in &plan.inputs {
+        if *level == 0 {
+            // Level-0 files may overlap: each is its own sorted run.
+            for f in files {
+                children.push(Box::new(LevelIter::new(vec![f.clone()])));
+            }
+        } else {
+            children.push(Box::new(LevelIter::new(files.clone())));
         }
-    } else {
-        children.push(Box::new(LevelIter::new(plan.inputs.clone())));
-    }
-    if !plan.next.is_empty() {
-        children.push(Box::new(LevelIter::new(plan.next.clone())));
     }
     let mut merged = MergingIter::new(children);
     // File numbers need the state lock: reserve enough for the worst case up front.
@@ -450,41 +505,37 @@ pub(crate) fn compaction_loop(inner: Arc<DbInner>) {
     }
 }
 
-/// Compacts every level into the one below, down to the last level, rewriting the last
-/// step so that tombstones and shadowed versions no snapshot needs are dropped.
+/// Merges every file of every level in one pass into one level, dropping tombstones and
+/// shadowed versions no snapshot needs: the deepest level holding data, or deeper while
+/// the data exceeds that level's target size (so no automatic compaction has to push it
+/// down again). Data already in one level (and no compaction filter that must meet every
+/// value) is left as it is.
 fn full_compaction(inner: &DbInner, st: &mut MutexGuard<'_, State>) -> Result<()> {
-    let last = st.vs.num_levels() - 1;
-    let mut rewrote_last = false;
-    for level in 0..last {
-        let v = st.vs.current();
-        let inputs = v.levels[level].clone();
-        let Some((lo, hi)) = key_span(&inputs) else {
-            continue;
-        };
-        let next = v.overlapping(level + 1, &lo, &hi);
-        let plan = Plan {
-            level,
-            inputs,
-            next,
-            force_rewrite: level + 1 == last,
-        };
-        rewrote_last = level + 1 == last && plan.next.len() == v.levels[last].len();
-        run_plan(inner, st, plan)?;
-    }
-    // With a compaction filter, the whole last level is rewritten unless the step above
-    // already took all of it, so that the filter meets every value (RocksDB's default for
-    // a manual compaction with a filter).
     let v = st.vs.current();
-    if !rewrote_last && inner.opts.compaction_filter.is_some() && !v.levels[last].is_empty() {
-        let plan = Plan {
-            level: last - 1,
-            inputs: Vec::new(),
-            next: v.levels[last].clone(),
-            force_rewrite: true,
-        };
-        run_plan(inner, st, plan)?;
+    let last = v.levels.len() - 1;
+    let Some(deepest) = (0..=last).rev().find(|&l| !v.levels[l].is_empty()) else {
+        return Ok(());
+    };
+    let total: u64 = (0..=last).map(|l| v.level_bytes(l)).sum();
+    let mut out_level = deepest.max(1);
+    while out_level < last && total > max_bytes_for_level(inner, out_level) {
+        out_level += 1;
     }
-    Ok(())
+    let inputs: Vec<(usize, Vec<Arc<FileMeta>>)> = (0..=last)
+        .filter(|&l| !v.levels[l].is_empty())
+        .map(|l| (l, v.levels[l].clone()))
+        .collect();
+    let one_run = inputs.len() == 1 && inputs[0].0 == out_level;
+    if one_run && inner.opts.compaction_filter.is_none() {
+        return Ok(());
+    }
+    let plan = Plan {
+        inputs,
+        out_level,
+        trivial_move: false,
+        pointer: None,
+    };
+    run_plan(inner, st, plan)
 }
 
 /// Asks the compaction thread for a full compaction and waits for it.

@@ -3,8 +3,21 @@
 //! the pinned file sets that checkpoints are built from.
 //!
 //! Locks, from outermost to innermost: the writer queue (`writers`), the store state
-//! (`state`), the WAL (`wal`). Readers take none of them: they load the current
+//! (`state`), the log (`log`). Readers take none of them: they load the current
 //! [`SuperVersion`] from an `ArcSwap` and the visible sequence number from an atomic.
+//!
+//! Writes. A write takes its sequence numbers and appends its WAL record in one short
+//! critical section under `log`, so the log's record order is the sequence order; it
+//! inserts into the (concurrent) memtable outside any lock, and then its numbers become
+//! visible in sequence order (`LogState::pending`): the visible number moves past a write
+//! only once it and every write numbered before it are in the memtable, so a reader at
+//! sequence `s` sees every write up to `s` whole and nothing after. A write returns once
+//! its numbers are visible. A memtable switch installs the readers' view holding the new
+//! memtable before it releases `log`, so every visible write is in the current view; a
+//! read loads the view first and the visible number after it.
+//! Writes that are not fsynced (`SyncMode::None`, `Periodic`, or no WAL) go this way
+//! straight from their own thread. Writes that are fsynced queue up in `writers`: the thread
+//! at the head commits the queued batches as one group with one fsync (group commit).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ops::{Bound, RangeBounds};
@@ -37,6 +50,10 @@ use crate::fs::{FileLock, FileSystem};
 /// WAL files are extended with zeros this far ahead of the writes, so a synced write's
 /// fdatasync rarely has to commit a new file size (the log reader ends at a zero tail).
 const WAL_PRESIZE_STEP_BYTES: u64 = 1 << 20;
+
+/// Spins of a writer waiting for the writes numbered before it to become visible, before
+/// it sleeps (a spin is a `pause`: some tens of cycles).
+const SPINS_BEFORE_SLEEP: u32 = 2000;
 
 /// Largest number of bytes of batches one group commit gathers.
 const MAX_GROUP_BYTES: usize = 1 << 20;
@@ -73,6 +90,38 @@ struct Slot {
     force_switch: bool,
 }
 
+/// What a write changes under the `log` lock: it takes sequence numbers and appends its
+/// record in one critical section.
+struct LogState {
+    /// The WAL (None when the store runs without one).
+    wal: Option<LogWriter>,
+    /// The memtable the writes logged in `wal` go to (the state's active memtable).
+    mem: Arc<MemTable>,
+    /// The last sequence number handed out: at or above the last visible one
+    /// (`DbInner::last_seq`), above it while writes insert into the memtable.
+    last_allocated: u64,
+    /// The writes numbered but not yet visible, in number order: the last number of each
+    /// and whether its memtable insert is done. The front's numbers follow `last_seq`.
+    pending: VecDeque<(u64, bool)>,
+    /// Tallies of the write path, kept here rather than in shared atomics: every write
+    /// holds this lock anyway, and a counter on a cache line of its own would move
+    /// between the writers' cores on every write.
+    tally: WriteTally,
+}
+
+/// What [`Db::stats`] reports of the write path.
+#[derive(Debug, Default, Clone, Copy)]
+struct WriteTally {
+    /// Batches committed.
+    writes: u64,
+    /// Groups committed (an unsynced write is a group of its own).
+    groups: u64,
+    /// Bytes of the batches (keys, values and their framing).
+    user_bytes: u64,
+    /// Bytes appended to WALs.
+    wal_bytes: u64,
+}
+
 pub(crate) struct DbInner {
     pub(crate) dir: PathBuf,
     pub(crate) opts: Options,
@@ -85,9 +134,14 @@ pub(crate) struct DbInner {
     sv: ArcSwap<SuperVersion>,
     /// The largest sequence number visible to readers.
     last_seq: AtomicU64,
+    /// Writes waiting for a group commit (fsynced writes only).
     writers: Mutex<VecDeque<Arc<Slot>>>,
     writers_cv: Condvar,
-    wal: Mutex<Option<LogWriter>>,
+    log: Mutex<LogState>,
+    /// Writers sleeping in `wait_visible`, and where they sleep.
+    publish_waiters: AtomicUsize,
+    publish_lock: Mutex<()>,
+    publish_cv: Condvar,
     /// With [`SyncMode::Periodic`]: logs retired at a memtable switch whose tail is not yet
     /// fsynced. The sync thread fsyncs them at its next tick, with the current log, so a
     /// power cut loses at most the writes of the last interval in either.
@@ -467,7 +521,7 @@ impl Db {
             cache,
             state: Mutex::new(State {
                 vs,
-                mem,
+                mem: mem.clone(),
                 imms: Vec::new(),
                 manual: None,
             }),
@@ -476,7 +530,16 @@ impl Db {
             last_seq: AtomicU64::new(last_seq.0),
             writers: Mutex::new(VecDeque::new()),
             writers_cv: Condvar::new(),
-            wal: Mutex::new(wal),
+            log: Mutex::new(LogState {
+                wal,
+                mem,
+                last_allocated: last_seq.0,
+                pending: VecDeque::new(),
+                tally: WriteTally::default(),
+            }),
+            publish_waiters: AtomicUsize::new(0),
+            publish_lock: Mutex::new(()),
+            publish_cv: Condvar::new(),
             retired_wals: Mutex::new(Vec::new()),
             snapshots: Mutex::new(BTreeMap::new()),
             counters,
@@ -646,7 +709,7 @@ impl Db {
 
     /// The newest value of `key`.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
-        self.inner.get_at(key.as_ref(), self.inner.visible_seq())
+        self.inner.get_at(key.as_ref(), None)
     }
 
     /// A consistent view of the store as it is now.
@@ -666,13 +729,12 @@ impl Db {
 
     /// Scans the keys in `range` in order.
     pub fn scan<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Result<DbIterator> {
-        self.inner.iter_at(range, self.inner.visible_seq())
+        self.inner.iter_at(range, None)
     }
 
     /// Scans the keys that start with `prefix` in order.
     pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Result<DbIterator> {
-        self.inner
-            .prefix_at(prefix.as_ref(), self.inner.visible_seq())
+        self.inner.prefix_at(prefix.as_ref(), None)
     }
 
     /// Scans every key in order.
@@ -722,6 +784,11 @@ impl Db {
             ..DbStats::default()
         };
         s.fill_counters(&self.inner.counters);
+        let tally = self.inner.log.lock().tally;
+        s.writes = tally.writes;
+        s.write_groups = tally.groups;
+        s.user_bytes_written = tally.user_bytes;
+        s.wal_bytes_written = tally.wal_bytes;
         if let Some(c) = &self.inner.cache {
             let cs = c.stats();
             s.cache_hits = cs.hits;
@@ -749,6 +816,26 @@ impl Db {
     /// The background error that made the store read-only, if any.
     pub fn background_error(&self) -> Option<Error> {
         self.inner.bg_error.lock().clone()
+    }
+
+    /// Waits until no immutable memtable waits for its flush and no level needs an
+    /// automatic compaction (the active memtable is left as it is: [`Db::flush`] first to
+    /// include it). Returns the background error if one stops the work.
+    pub fn wait_for_compactions(&self) -> Result<()> {
+        let inner = &self.inner;
+        let mut st = inner.state.lock();
+        loop {
+            inner.check_bg_error()?;
+            let busy = !st.imms.is_empty()
+                || st.manual.is_some()
+                || (inner.opts.compaction
+                    && super::compaction::needs_compaction(inner, &st.vs.current()));
+            if !busy {
+                return Ok(());
+            }
+            inner.bg_cv.notify_all();
+            inner.bg_cv.wait_for(&mut st, Duration::from_millis(100));
+        }
     }
 
     /// Compacts every level down to the last level holding data (a manual full
@@ -804,7 +891,7 @@ impl Db {
                 result = self.flush();
             } else {
                 result = self.inner.sync_retired_wals().map(|_| ());
-                if let Some(w) = self.inner.wal.lock().as_mut() {
+                if let Some(w) = self.inner.log.lock().wal.as_mut() {
                     result = result.and(w.sync());
                 }
             }
@@ -840,17 +927,17 @@ impl Snapshot {
 
     /// The value of `key` as of the snapshot.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
-        self.inner.get_at(key.as_ref(), self.seq)
+        self.inner.get_at(key.as_ref(), Some(self.seq))
     }
 
     /// Scans `range` as of the snapshot.
     pub fn scan<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Result<DbIterator> {
-        self.inner.iter_at(range, self.seq)
+        self.inner.iter_at(range, Some(self.seq))
     }
 
     /// Scans the keys starting with `prefix` as of the snapshot.
     pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Result<DbIterator> {
-        self.inner.prefix_at(prefix.as_ref(), self.seq)
+        self.inner.prefix_at(prefix.as_ref(), Some(self.seq))
     }
 
     /// Scans every key as of the snapshot.
@@ -1155,9 +1242,26 @@ impl DbInner {
             .map_or(visible, |&s| SeqNo(s).min(visible))
     }
 
-    fn get_at(&self, key: &[u8], seq: SeqNo) -> Result<Option<Vec<u8>>> {
-        Counters::add(&self.counters.gets, 1);
+    /// The sequence number a read of the view `_sv` runs at: a snapshot's, or (`None`)
+    /// the visible one, read after the view was loaded.
+    ///
+    /// In that order, every write visible when the view was loaded is in it (a memtable
+    /// switch installs the view holding the new memtable before a write into it can
+    /// become visible), and the read shows the store as of some moment during the call:
+    /// writes that become visible later in memtables the view lacks are all numbered
+    /// after every write in the view's memtables. The other order could pair a number
+    /// with a newer view whose compaction dropped the versions visible at that number
+    /// (compactions keep only what the visible number and live snapshots can see). It
+    /// takes the view so that it cannot be called before one is loaded.
+    fn read_seq(&self, _sv: &SuperVersion, seq: Option<SeqNo>) -> SeqNo {
+        seq.unwrap_or_else(|| self.visible_seq())
+    }
+
+    /// Reads `key` at `seq` (`None`: the newest visible state).
+    fn get_at(&self, key: &[u8], seq: Option<SeqNo>) -> Result<Option<Vec<u8>>> {
+        self.counters.gets.add(1);
         let sv = self.sv.load();
+        let seq = self.read_seq(&sv, seq);
         match sv.mem.get(key, seq) {
             MemLookup::Found(v) => return Ok(Some(v)),
             MemLookup::Deleted => return Ok(None),
@@ -1172,20 +1276,22 @@ impl DbInner {
         }
         let mut counts = FilterCounts::default();
         let r = sv.version.get(key, seq, &mut counts);
-        Counters::add(&self.counters.bloom_checked, counts.checked);
-        Counters::add(&self.counters.bloom_useful, counts.useful);
+        self.counters.bloom_checked.add(counts.checked);
+        self.counters.bloom_useful.add(counts.useful);
         Ok(match r? {
             VersionLookup::Found(v) => Some(v),
             VersionLookup::Deleted | VersionLookup::NotFound => None,
         })
     }
 
+    /// Scans `range` at `seq` (`None`: the newest visible state).
     fn iter_at<K: AsRef<[u8]>>(
         &self,
         range: impl RangeBounds<K>,
-        seq: SeqNo,
+        seq: Option<SeqNo>,
     ) -> Result<DbIterator> {
         let sv = self.sv.load_full();
+        let seq = self.read_seq(&sv, seq);
         let mut children: Vec<BoxedIter> =
             Vec::with_capacity(2 + sv.imms.len() + sv.version.levels.len());
         children.push(Box::new(sv.mem.iter()));
@@ -1202,7 +1308,7 @@ impl DbInner {
         })
     }
 
-    fn prefix_at(&self, prefix: &[u8], seq: SeqNo) -> Result<DbIterator> {
+    fn prefix_at(&self, prefix: &[u8], seq: Option<SeqNo>) -> Result<DbIterator> {
         match prefix_successor(prefix) {
             Some(end) => self.iter_at(prefix.to_vec()..end, seq),
             None => self.iter_at(prefix.to_vec().., seq),
@@ -1217,9 +1323,129 @@ impl DbInner {
         }));
     }
 
-    /// Queues a write (or, with `None`, a memtable switch) and waits for it to commit;
-    /// the thread at the head of the queue commits the queued writes as one group.
+    /// True when writes are fsynced before they are acknowledged, and so commit in groups.
+    fn group_commit(&self) -> bool {
+        self.opts.wal && matches!(self.opts.sync, SyncMode::PerWrite | SyncMode::GroupCommit)
+    }
+
+    /// Commits a write (or, with `None`, switches the memtable for a flush).
     fn write_impl(&self, batch: Option<WriteBatch>) -> Result<SwitchOutcome> {
+        if self.group_commit() {
+            return self.write_queued(batch);
+        }
+        self.check_bg_error()?;
+        match batch {
+            Some(b) => self.write_direct(b).map(|()| None),
+            None => self.switch_for_flush().map(Some),
+        }
+    }
+
+    /// A write that needs no fsync, from the writer's own thread: numbers and log record
+    /// under the `log` lock, the memtable insert outside it.
+    fn write_direct(&self, mut batch: WriteBatch) -> Result<()> {
+        if !self.has_room() {
+            drop(self.wait_for_room(false)?);
+        }
+        let n = batch.len() as u64;
+        let (mem, prev) = {
+            let mut log = self.log.lock();
+            let prev = log.last_allocated;
+            let last = prev + n;
+            if last > SeqNo::MAX.0 {
+                return Err(Error::InvalidArgument("sequence numbers exhausted".into()));
+            }
+            batch.encode_with_seq(SeqNo(prev + 1));
+            if let Some(w) = log.wal.as_mut() {
+                let before = w.len();
+                if let Err(e) = w.add_record(batch.encoded()).and_then(|()| w.flush()) {
+                    // A failed append leaves the log in an unknown state: never write to
+                    // it again. No number was handed out.
+                    drop(log);
+                    self.set_bg_error(e.clone());
+                    return Err(e);
+                }
+                log.tally.wal_bytes += w.len() - before;
+            }
+            log.last_allocated = last;
+            log.pending.push_back((last, false));
+            log.tally.writes += 1;
+            log.tally.groups += 1;
+            log.tally.user_bytes += batch.encoded_size() as u64;
+            (log.mem.clone(), prev)
+        };
+        mem.add_batch(&batch, SeqNo(prev + 1));
+        self.complete(prev + n);
+        Ok(())
+    }
+
+    /// Whether a write may go ahead without looking at the store state: the memtable has
+    /// room and level 0 is below the slowdown trigger (the answer may be stale by a switch
+    /// or a compaction, which only makes a write take the slow path once more or fill the
+    /// memtable by one write more). A store under a shared memory budget always checks
+    /// the state, which keeps the budget's charge current.
+    fn has_room(&self) -> bool {
+        if self.opts.memory_budget.is_some() {
+            return false;
+        }
+        let sv = self.sv.load();
+        sv.mem.approximate_size() < self.opts.memtable_size_bytes
+            && (!self.opts.compaction
+                || sv.version.num_files(0) < self.opts.l0_slowdown_writes_trigger)
+    }
+
+    /// Records that the write whose numbers end at `last` is in the memtable, makes every
+    /// write whose numbers and all before them are in visible (whichever thread finishes
+    /// first publishes for the others, so no writer waits for another to be scheduled
+    /// just to publish), and returns once `last` is visible.
+    fn complete(&self, last: u64) {
+        let published = {
+            let mut log = self.log.lock();
+            let Some(entry) = log.pending.iter_mut().find(|p| p.0 == last) else {
+                panic!("write numbered up to {last} completed but was never pending");
+            };
+            entry.1 = true;
+            let mut visible = None;
+            while let Some(&(l, true)) = log.pending.front() {
+                log.pending.pop_front();
+                visible = Some(l);
+            }
+            if let Some(v) = visible {
+                self.last_seq.store(v, Ordering::SeqCst);
+            }
+            visible.is_some()
+        };
+        if published && self.publish_waiters.load(Ordering::SeqCst) > 0 {
+            let _g = self.publish_lock.lock();
+            self.publish_cv.notify_all();
+        }
+        self.wait_visible(last);
+    }
+
+    /// Waits until every write numbered up to `seq` is visible: spins while the writes
+    /// before insert (about a microsecond), then sleeps on `publish_cv` (a writer before
+    /// may have lost its processor, and spinning would keep it from getting one back).
+    fn wait_visible(&self, seq: u64) {
+        for _ in 0..SPINS_BEFORE_SLEEP {
+            if self.last_seq.load(Ordering::Acquire) >= seq {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        self.publish_waiters.fetch_add(1, Ordering::SeqCst);
+        let mut g = self.publish_lock.lock();
+        // The publisher reads `publish_waiters` after it moves `last_seq` (both SeqCst), and
+        // notifies under `publish_lock`, which this thread holds from the check to the wait:
+        // no wake-up is lost. The timeout only bounds the damage of a mistake.
+        while self.last_seq.load(Ordering::SeqCst) < seq {
+            self.publish_cv.wait_for(&mut g, Duration::from_millis(10));
+        }
+        drop(g);
+        self.publish_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Queues a fsynced write (or, with `None`, a memtable switch) and waits for it to
+    /// commit; the thread at the head of the queue commits the queued writes as one group.
+    fn write_queued(&self, batch: Option<WriteBatch>) -> Result<SwitchOutcome> {
         self.check_bg_error()?;
         let force_switch = batch.is_none();
         let slot = Arc::new(Slot {
@@ -1272,6 +1498,8 @@ impl DbInner {
     /// Makes room and switches the memtable so the current one gets flushed.
     fn switch_for_flush(&self) -> Result<Switched> {
         let mut st = self.wait_for_room(true)?;
+        // Read before the emptiness check: a write numbered at or below `seq` counted its
+        // entries in the memtable before it became visible.
         let seq = self.visible_seq();
         if st.mem.is_empty() {
             return Ok(match st.imms.last() {
@@ -1279,7 +1507,7 @@ impl DbInner {
                 None => (seq, None, Some(st.vs.current())),
             });
         }
-        let imm = self.switch_memtable(&mut st)?;
+        let (imm, seq) = self.switch_memtable(&mut st)?;
         Ok((seq, Some(imm), None))
     }
 
@@ -1334,62 +1562,90 @@ impl DbInner {
         }
     }
 
-    /// Makes the active memtable immutable and starts a new one with a new WAL.
-    fn switch_memtable(&self, st: &mut State) -> Result<Arc<Imm>> {
+    /// Makes the active memtable immutable and starts a new one with a new WAL. Returns
+    /// the immutable memtable and the last sequence number it holds; every write numbered
+    /// up to it is in it and visible when this returns.
+    ///
+    /// Readers must find the new memtable from the moment a write into it can become
+    /// visible: that is as soon as the `log` lock is released (a write numbered after the
+    /// switch becomes visible once the writes before it finish, and nothing else holds it
+    /// back). So the read view that holds it, with the old memtable among the immutable
+    /// ones, is installed before the `log` lock is released. The old memtable may still
+    /// receive the inserts of writes numbered before the switch; readers skip them until
+    /// they are visible, and the flush takes it only after they are (the state lock is
+    /// held until then).
+    fn switch_memtable(&self, st: &mut State) -> Result<(Arc<Imm>, SeqNo)> {
         let wal_number = if self.opts.wal {
-            let n = st.vs.new_file_number();
-            let r: Result<()> = (|| {
-                let w = create_wal(self.fs.as_ref(), &self.dir, n, self.opts.sync)?;
-                self.fs.sync_dir(&self.dir)?;
-                crate::failpoint::hit("switch.wal_created");
-                let mut wal = self.wal.lock();
-                if let Some(old) = wal.as_mut() {
-                    match self.opts.sync {
-                        // Every acknowledged write in the old log is already fsynced; this
-                        // fsync only covers the log's tail and is cheap.
-                        SyncMode::PerWrite | SyncMode::GroupCommit => {
-                            old.sync()?;
-                            Counters::add(&self.counters.wal_syncs, 1);
-                        }
-                        // An fsync of a memtable's worth of log here would stall every
-                        // writer (and a checkpoint's synchronous part). None promises
-                        // nothing on power loss, and the flush makes the data durable;
-                        // Periodic's sync thread fsyncs the old log at its next tick.
-                        SyncMode::Periodic(_) | SyncMode::None => old.flush()?,
-                    }
-                }
-                if let (Some(old), SyncMode::Periodic(_)) = (wal.take(), self.opts.sync) {
-                    self.retired_wals.lock().push(old);
-                }
-                *wal = Some(w);
-                Ok(())
-            })();
-            if let Err(e) = r {
-                self.set_bg_error(e.clone());
-                return Err(e);
-            }
-            n
+            st.vs.new_file_number()
         } else {
             FileNumber(0)
         };
-        let old = std::mem::replace(&mut st.mem, Arc::new(MemTable::new(wal_number)));
-        let imm = Arc::new(Imm {
-            mem: old,
-            flushed: OnceLock::new(),
-        });
-        st.imms.push(imm.clone());
-        self.install_super_version(st);
+        let new_mem = Arc::new(MemTable::new(wal_number));
+        let r: Result<(u64, Arc<Imm>)> = (|| {
+            let w = if self.opts.wal {
+                let w = create_wal(self.fs.as_ref(), &self.dir, wal_number, self.opts.sync)?;
+                self.fs.sync_dir(&self.dir)?;
+                crate::failpoint::hit("switch.wal_created");
+                Some(w)
+            } else {
+                None
+            };
+            let mut log = self.log.lock();
+            if let Some(old) = log.wal.as_mut() {
+                match self.opts.sync {
+                    // Every acknowledged write in the old log is already fsynced; this
+                    // fsync only covers the log's tail and is cheap.
+                    SyncMode::PerWrite | SyncMode::GroupCommit => {
+                        old.sync()?;
+                        Counters::add(&self.counters.wal_syncs, 1);
+                    }
+                    // An fsync of a memtable's worth of log here would stall every
+                    // writer (and a checkpoint's synchronous part). None promises
+                    // nothing on power loss, and the flush makes the data durable;
+                    // Periodic's sync thread fsyncs the old log at its next tick.
+                    SyncMode::Periodic(_) | SyncMode::None => old.flush()?,
+                }
+            }
+            if let (Some(old), SyncMode::Periodic(_)) = (log.wal.take(), self.opts.sync) {
+                self.retired_wals.lock().push(old);
+            }
+            log.wal = w;
+            let old_mem = std::mem::replace(&mut log.mem, new_mem.clone());
+            assert!(
+                Arc::ptr_eq(&old_mem, &st.mem),
+                "the log and the state name different active memtables"
+            );
+            // Still under `log`: no write into the new memtable is numbered yet.
+            let old = std::mem::replace(&mut st.mem, new_mem);
+            let imm = Arc::new(Imm {
+                mem: old,
+                flushed: OnceLock::new(),
+            });
+            st.imms.push(imm.clone());
+            self.install_super_version(st);
+            Ok((log.last_allocated, imm))
+        })();
+        let (last, imm) = match r {
+            Ok(r) => r,
+            Err(e) => {
+                self.set_bg_error(e.clone());
+                return Err(e);
+            }
+        };
+        // Writes numbered for the old memtable finish their inserts before it is handed
+        // to the flush (they hold no lock, so waiting under the state lock is safe).
+        self.wait_visible(last);
         self.bg_cv.notify_all();
-        Ok(imm)
+        Ok((imm, SeqNo(last)))
     }
 
-    /// Logs and applies a group of batches. Runs only on the leader.
+    /// Logs and applies a group of batches, with one fsync. Runs only on the leader.
     fn commit_group(&self, group: &[Arc<Slot>]) -> Result<()> {
-        let st = self.wait_for_room(false)?;
-        let mem = st.mem.clone();
-        drop(st);
+        drop(self.wait_for_room(false)?);
         let mut batches: Vec<(WriteBatch, SeqNo)> = Vec::with_capacity(group.len());
-        let mut seq = self.visible_seq().0;
+        let mut log = self.log.lock();
+        let prev = log.last_allocated;
+        let mut seq = prev;
         let mut user_bytes = 0u64;
         for s in group {
             let Some(mut b) = s.batch.lock().take() else {
@@ -1404,38 +1660,38 @@ impl DbInner {
             user_bytes += b.encoded_size() as u64;
             batches.push((b, first));
         }
-        if self.opts.wal {
-            let mut wal = self.wal.lock();
-            let r: Result<()> = (|| {
-                let w = wal.as_mut().ok_or(Error::Closed)?;
-                let before = w.len();
-                for (b, _) in &batches {
-                    w.add_record(b.encoded())?;
-                }
-                match self.opts.sync {
-                    SyncMode::PerWrite | SyncMode::GroupCommit => {
-                        w.sync()?;
-                        Counters::add(&self.counters.wal_syncs, 1);
-                    }
-                    SyncMode::Periodic(_) | SyncMode::None => w.flush()?,
-                }
-                Counters::add(&self.counters.wal_bytes_written, w.len() - before);
-                Ok(())
-            })();
-            if let Err(e) = r {
+        let r: Result<u64> = (|| {
+            let w = log.wal.as_mut().ok_or(Error::Closed)?;
+            let before = w.len();
+            for (b, _) in &batches {
+                w.add_record(b.encoded())?;
+            }
+            w.sync()?;
+            Counters::add(&self.counters.wal_syncs, 1);
+            Ok(w.len() - before)
+        })();
+        let wal_bytes = match r {
+            Ok(n) => n,
+            Err(e) => {
                 // A failed append or fsync leaves the log in an unknown state: never
-                // write to it again.
+                // write to it again. No number was handed out.
+                drop(log);
                 self.set_bg_error(e.clone());
                 return Err(e);
             }
-        }
+        };
+        log.last_allocated = seq;
+        log.pending.push_back((seq, false));
+        log.tally.writes += batches.len() as u64;
+        log.tally.groups += 1;
+        log.tally.user_bytes += user_bytes;
+        log.tally.wal_bytes += wal_bytes;
+        let mem = log.mem.clone();
+        drop(log);
         for (b, first) in &batches {
             mem.add_batch(b, *first);
         }
-        self.last_seq.store(seq, Ordering::Release);
-        Counters::add(&self.counters.user_bytes_written, user_bytes);
-        Counters::add(&self.counters.writes, batches.len() as u64);
-        Counters::add(&self.counters.write_groups, 1);
+        self.complete(seq);
         Ok(())
     }
 
@@ -1456,7 +1712,7 @@ impl DbInner {
             }
             let r = MutexGuard::unlocked(&mut st, || -> Result<u64> {
                 let mut fsyncs = self.sync_retired_wals()?;
-                if let Some(w) = self.wal.lock().as_mut() {
+                if let Some(w) = self.log.lock().wal.as_mut() {
                     let now = (w.path().to_path_buf(), w.len());
                     if synced.as_ref() != Some(&now) {
                         w.sync()?;

@@ -5,10 +5,11 @@
 //! region instead of chasing a second pointer to the key. Nodes are never freed or moved
 //! while the memtable lives; the whole arena is dropped with it once it is flushed.
 //!
-//! Concurrency (LevelDB's rule): one writer at a time (inserts take the `writer` lock,
-//! which the group-commit leader holds uncontended), any number of readers without a lock.
-//! A node is fully written before it is published with a release store into its
-//! predecessors' `next` pointers; readers follow pointers with acquire loads.
+//! Concurrency: any number of writers and readers at once. A writer takes the `writer`
+//! lock only to reserve arena space (a pointer bump); it builds its nodes outside the lock
+//! and links each with a compare-and-swap per level, bottom up (RocksDB's concurrent
+//! insert). A node is fully written before it is published by the release half of that
+//! swap; readers follow pointers with acquire loads and take no lock.
 
 use std::alloc::{handle_alloc_error, Layout};
 use std::cmp::Ordering;
@@ -99,7 +100,7 @@ impl Arena {
     }
 }
 
-/// What only the writer touches.
+/// What writers reserve space from, under the `writer` lock.
 struct Writer {
     arena: Arena,
     rng: u64,
@@ -119,20 +120,28 @@ pub enum MemLookup {
 /// A sorted in-memory table of writes, tied to the WAL that holds the same writes.
 pub struct MemTable {
     head: NodePtr,
+    /// Read by every search; kept off the cache line every insert writes.
     max_height: AtomicUsize,
+    /// The WAL file that records this memtable's writes (0 when the WAL is off).
+    wal_number: FileNumber,
+    tally: Tally,
+}
+
+/// What every insert writes, on a cache line of its own.
+#[repr(align(64))]
+struct Tally {
     writer: Mutex<Writer>,
     size_bytes: AtomicUsize,
     entries: AtomicU64,
-    /// The WAL file that records this memtable's writes (0 when the WAL is off).
-    wal_number: FileNumber,
     /// Largest sequence number inserted.
     max_seq: AtomicU64,
 }
 
 // SAFETY: the raw node pointers point into the arena owned by the memtable (inside its
-// `writer` mutex), which lives as long as the memtable; nodes are published with release
-// stores and read with acquire loads, mutation is serialized by the `writer` mutex, and a
-// published node's key and value never change.
+// `writer` mutex), which lives as long as the memtable; arena space is handed out under
+// the `writer` mutex, so no two writers build in the same bytes; nodes are published with
+// compare-and-swaps that release and read with acquire loads, and a published node's key
+// and value never change.
 unsafe impl Send for MemTable {}
 // SAFETY: as above.
 unsafe impl Sync for MemTable {}
@@ -224,6 +233,21 @@ fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// A tower height for a new node: `h` with probability about `(1 - 1/B) / B^(h-1)`.
+fn random_height(rng: &mut u64) -> usize {
+    let mut h = 1;
+    while h < MAX_HEIGHT {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        if *rng % BRANCHING != 0 {
+            break;
+        }
+        h += 1;
+    }
+    h
+}
+
 impl MemTable {
     /// An empty memtable whose writes are logged in WAL `wal_number`.
     pub fn new(wal_number: FileNumber) -> Self {
@@ -237,14 +261,16 @@ impl MemTable {
         MemTable {
             head,
             max_height: AtomicUsize::new(1),
-            writer: Mutex::new(Writer {
-                arena,
-                rng: 0x2545_f491_4f6c_dd1d ^ wal_number.0,
-            }),
-            size_bytes: AtomicUsize::new(0),
-            entries: AtomicU64::new(0),
             wal_number,
-            max_seq: AtomicU64::new(0),
+            tally: Tally {
+                writer: Mutex::new(Writer {
+                    arena,
+                    rng: 0x2545_f491_4f6c_dd1d ^ wal_number.0,
+                }),
+                size_bytes: AtomicUsize::new(0),
+                entries: AtomicU64::new(0),
+                max_seq: AtomicU64::new(0),
+            },
         }
     }
 
@@ -253,50 +279,181 @@ impl MemTable {
         self.wal_number
     }
 
-    /// Inserts one version of a key.
+    /// Inserts one version of a key. Any number of threads may insert at once.
     pub fn add(&self, seq: SeqNo, kind: ValueKind, user_key: &[u8], value: &[u8]) {
-        let mut w = self.writer.lock();
-        let charge = self.insert(&mut w, seq, kind, user_key, value);
-        drop(w);
-        self.account(1, charge, seq);
+        let sizes = std::iter::once((user_key.len(), value.len()));
+        let (mut at, mut rng) = self.reserve(sizes, 1, seq);
+        // SAFETY: `at` is the reservation made for exactly this entry and `rng`.
+        unsafe { self.place(&mut at, &mut rng, seq, kind, user_key, value) };
     }
 
-    /// Inserts every operation of `batch`, numbered from `first_seq`.
+    /// Inserts every operation of `batch`, numbered from `first_seq`. Any number of threads
+    /// may insert at once.
     pub fn add_batch(&self, batch: &WriteBatch, first_seq: SeqNo) {
-        let mut w = self.writer.lock();
-        let mut charge = 0;
-        let mut n = 0;
-        let mut last = first_seq;
+        let n = batch.len() as u64;
+        if n == 0 {
+            return;
+        }
+        let sizes = batch
+            .iter(first_seq)
+            .map(|op| (op.key.len(), op.value.len()));
+        let (mut at, mut rng) = self.reserve(sizes, n, SeqNo(first_seq.0 + n - 1));
         for op in batch.iter(first_seq) {
-            charge += self.insert(&mut w, op.seq, op.kind, op.key, op.value);
-            n += 1;
-            last = op.seq;
+            // SAFETY: the reservation was sized for these entries in this order, with the
+            // heights `rng` yields again.
+            unsafe { self.place(&mut at, &mut rng, op.seq, op.kind, op.key, op.value) };
         }
+    }
+
+    /// Bytes of a node: header, `height` pointers, internal key, value; rounded up to the
+    /// arena's alignment.
+    fn node_bytes(height: usize, user_key_len: usize, value_len: usize) -> usize {
+        (NODE_HEADER_BYTES + height * PTR_BYTES + user_key_len + TRAILER_LEN + value_len)
+            .next_multiple_of(8)
+    }
+
+    /// Reserves arena space for entries of the given (key, value) lengths, under the
+    /// `writer` lock (a bump of the arena and of the height generator, nothing more), and
+    /// accounts for them. Returns where the first node goes and the generator state that
+    /// yields the heights the reservation was sized with.
+    fn reserve(
+        &self,
+        sizes: impl Iterator<Item = (usize, usize)>,
+        entries: u64,
+        max_seq: SeqNo,
+    ) -> (NodePtr, u64) {
+        let mut w = self.tally.writer.lock();
+        let start_rng = w.rng;
+        let mut total = 0;
+        for (k, v) in sizes {
+            total += Self::node_bytes(random_height(&mut w.rng), k, v);
+        }
+        let at = w.arena.alloc(total);
         drop(w);
-        self.account(n, charge, last);
+        self.tally
+            .size_bytes
+            .fetch_add(total, AtomicOrdering::Relaxed);
+        self.tally
+            .entries
+            .fetch_add(entries, AtomicOrdering::Relaxed);
+        self.tally
+            .max_seq
+            .fetch_max(max_seq.0, AtomicOrdering::Relaxed);
+        (at, start_rng)
     }
 
-    fn random_height(w: &mut Writer) -> usize {
-        let mut h = 1;
-        while h < MAX_HEIGHT {
-            w.rng ^= w.rng << 13;
-            w.rng ^= w.rng >> 7;
-            w.rng ^= w.rng << 17;
-            if w.rng % BRANCHING != 0 {
-                break;
-            }
-            h += 1;
+    /// Builds a node at `*at` and links it into the list; advances `*at` past it.
+    ///
+    /// SAFETY: `*at` lies in a reservation of [`MemTable::reserve`] with room for this
+    /// node at the height `rng` yields next, and no other thread writes there.
+    unsafe fn place(
+        &self,
+        at: &mut NodePtr,
+        rng: &mut u64,
+        seq: SeqNo,
+        kind: ValueKind,
+        user_key: &[u8],
+        value: &[u8],
+    ) {
+        let height = random_height(rng);
+        let key_len = user_key.len() + TRAILER_LEN;
+        let node = *at;
+        // SAFETY: the caller reserved `node_bytes` here; nothing else can see the node
+        // until it is linked below.
+        unsafe {
+            *at = node.add(Self::node_bytes(height, user_key.len(), value.len()));
+            let h = node as *mut u32;
+            *h = key_len as u32;
+            *h.add(1) = value.len() as u32;
+            *h.add(2) = height as u32;
+            let k = node.add(NODE_HEADER_BYTES + height * PTR_BYTES);
+            ptr::copy_nonoverlapping(user_key.as_ptr(), k, user_key.len());
+            let trailer = pack_trailer(seq, kind).to_le_bytes();
+            ptr::copy_nonoverlapping(trailer.as_ptr(), k.add(user_key.len()), TRAILER_LEN);
+            ptr::copy_nonoverlapping(value.as_ptr(), k.add(key_len), value.len());
         }
-        h
+        self.link(node, height);
     }
 
-    /// The first node whose key is `>= key`, and (when `prev` is given) the last node
-    /// before it on every level.
-    fn find_greater_or_equal(
+    /// The last node before `key` and the first node at or after it on `level`, searching
+    /// from `before` (the head or a node of height > `level` whose key is `< key`).
+    fn find_splice_for_level(
         &self,
         key: &[u8],
-        mut prev: Option<&mut [NodePtr; MAX_HEIGHT]>,
-    ) -> NodePtr {
+        mut before: NodePtr,
+        level: usize,
+    ) -> (NodePtr, NodePtr) {
+        loop {
+            // SAFETY: `before` is the head or a published node of height > `level`.
+            let n = unsafe { next(before, level) }.load(AtomicOrdering::Acquire);
+            // SAFETY: a non-null next pointer is a published node.
+            if !n.is_null() && compare_internal_keys(unsafe { node_key(n) }, key) == Ordering::Less
+            {
+                before = n;
+                continue;
+            }
+            return (before, n);
+        }
+    }
+
+    /// Links a built node of `height` levels, bottom up, with a compare-and-swap per level
+    /// (RocksDB's concurrent insert): a node is published on level 0 before any level
+    /// above, so a reader that reaches it on some level finds it on every level below.
+    /// A node whose internal key is already present (the same write twice) stays unlinked.
+    fn link(&self, node: NodePtr, height: usize) {
+        // SAFETY: the key was written before the node is linked.
+        let key = unsafe { node_key(node) };
+        let mut max = self.max_height.load(AtomicOrdering::Relaxed);
+        while height > max {
+            match self.max_height.compare_exchange_weak(
+                max,
+                height,
+                AtomicOrdering::Relaxed,
+                AtomicOrdering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => max = now,
+            }
+        }
+        let mut prev = [self.head; MAX_HEIGHT];
+        let mut succ = [ptr::null_mut(); MAX_HEIGHT];
+        let mut x = self.head;
+        for level in (0..self.max_height.load(AtomicOrdering::Relaxed)).rev() {
+            (x, succ[level]) = self.find_splice_for_level(key, x, level);
+            prev[level] = x;
+        }
+        for level in 0..height {
+            loop {
+                if level == 0 && !succ[0].is_null() {
+                    // SAFETY: a published node.
+                    if unsafe { node_key(succ[0]) } == key {
+                        return;
+                    }
+                }
+                // SAFETY: `prev[level]` is the head or a node of height > `level`; `node`
+                // has `height` levels. Its own pointer is set before it is published.
+                let linked = unsafe {
+                    next(node, level).store(succ[level], AtomicOrdering::Relaxed);
+                    next(prev[level], level)
+                        .compare_exchange(
+                            succ[level],
+                            node,
+                            AtomicOrdering::AcqRel,
+                            AtomicOrdering::Acquire,
+                        )
+                        .is_ok()
+                };
+                if linked {
+                    break;
+                }
+                // Another insert changed this link: search again from the node before.
+                (prev[level], succ[level]) = self.find_splice_for_level(key, prev[level], level);
+            }
+        }
+    }
+
+    /// The first node whose key is `>= key` (null: none).
+    fn find_greater_or_equal(&self, key: &[u8]) -> NodePtr {
         let mut x = self.head;
         let mut level = self.max_height.load(AtomicOrdering::Relaxed) - 1;
         loop {
@@ -308,9 +465,6 @@ impl MemTable {
                 x = n;
                 continue;
             }
-            if let Some(p) = prev.as_deref_mut() {
-                p[level] = x;
-            }
             if level == 0 {
                 return n;
             }
@@ -318,68 +472,10 @@ impl MemTable {
         }
     }
 
-    /// Inserts without updating the size counters; returns the bytes to charge.
-    fn insert(
-        &self,
-        w: &mut Writer,
-        seq: SeqNo,
-        kind: ValueKind,
-        user_key: &[u8],
-        value: &[u8],
-    ) -> usize {
-        let key_len = user_key.len() + TRAILER_LEN;
-        let height = Self::random_height(w);
-        let bytes = NODE_HEADER_BYTES + height * PTR_BYTES + key_len + value.len();
-        let node = w.arena.alloc(bytes);
-        // SAFETY: `node` has `bytes` of fresh memory laid out as the accessors expect;
-        // nothing else can see it until it is linked below.
-        unsafe {
-            let h = node as *mut u32;
-            *h = key_len as u32;
-            *h.add(1) = value.len() as u32;
-            *h.add(2) = height as u32;
-            let k = node.add(NODE_HEADER_BYTES + height * PTR_BYTES);
-            ptr::copy_nonoverlapping(user_key.as_ptr(), k, user_key.len());
-            let trailer = pack_trailer(seq, kind).to_le_bytes();
-            ptr::copy_nonoverlapping(trailer.as_ptr(), k.add(user_key.len()), TRAILER_LEN);
-            ptr::copy_nonoverlapping(value.as_ptr(), k.add(key_len), value.len());
-        }
-        // SAFETY: the key was just written.
-        let key = unsafe { node_key(node) };
-        let mut prev = [self.head; MAX_HEIGHT];
-        let found = self.find_greater_or_equal(key, Some(&mut prev));
-        // SAFETY: a non-null result is a published node.
-        if !found.is_null() && unsafe { node_key(found) } == key {
-            // The same write twice (the same sequence number): keep the first.
-            return 0;
-        }
-        let max = self.max_height.load(AtomicOrdering::Relaxed);
-        if height > max {
-            // prev[max..height] are already the head.
-            self.max_height.store(height, AtomicOrdering::Relaxed);
-        }
-        for (level, p) in prev.iter().enumerate().take(height) {
-            // SAFETY: `p` is the head or a node of height > `level`; `node` has `height`
-            // levels. The node's own pointer is set before it is published.
-            unsafe {
-                let succ = next(*p, level).load(AtomicOrdering::Relaxed);
-                next(node, level).store(succ, AtomicOrdering::Relaxed);
-                next(*p, level).store(node, AtomicOrdering::Release);
-            }
-        }
-        bytes
-    }
-
-    fn account(&self, entries: u64, bytes: usize, max_seq: SeqNo) {
-        self.size_bytes.fetch_add(bytes, AtomicOrdering::Relaxed);
-        self.entries.fetch_add(entries, AtomicOrdering::Relaxed);
-        self.max_seq.fetch_max(max_seq.0, AtomicOrdering::Relaxed);
-    }
-
     /// The newest version of `user_key` with a sequence number `<= seq`.
     pub fn get(&self, user_key: &[u8], seq: SeqNo) -> MemLookup {
         let target = LookupKey::new(user_key, seq);
-        let n = self.find_greater_or_equal(target.internal_key(), None);
+        let n = self.find_greater_or_equal(target.internal_key());
         if n.is_null() {
             return MemLookup::NotFound;
         }
@@ -396,12 +492,12 @@ impl MemTable {
 
     /// Bytes charged so far (nodes: keys, values, towers and headers).
     pub fn approximate_size(&self) -> usize {
-        self.size_bytes.load(AtomicOrdering::Relaxed)
+        self.tally.size_bytes.load(AtomicOrdering::Relaxed)
     }
 
     /// Number of entries.
     pub fn len(&self) -> u64 {
-        self.entries.load(AtomicOrdering::Relaxed)
+        self.tally.entries.load(AtomicOrdering::Relaxed)
     }
 
     /// True when nothing was inserted.
@@ -411,7 +507,7 @@ impl MemTable {
 
     /// Largest sequence number inserted (0 when empty).
     pub fn max_seq(&self) -> SeqNo {
-        SeqNo(self.max_seq.load(AtomicOrdering::Relaxed))
+        SeqNo(self.tally.max_seq.load(AtomicOrdering::Relaxed))
     }
 
     /// An iterator over the memtable that keeps it alive.
@@ -571,7 +667,7 @@ impl InternalIterator for MemTableIter {
         prefetch_successor(self.node);
     }
     fn seek(&mut self, target: &[u8]) {
-        self.node = self.mem.find_greater_or_equal(target, None);
+        self.node = self.mem.find_greater_or_equal(target);
     }
     fn next(&mut self) {
         if !self.node.is_null() {
@@ -694,6 +790,56 @@ mod tests {
         drop(m);
         it.next();
         assert_eq!(it.value(), b"2");
+    }
+
+    #[test]
+    fn concurrent_writers_lose_no_entry_and_keep_the_order() {
+        let m = Arc::new(MemTable::new(FileNumber(1)));
+        const PER_THREAD: u64 = 5000;
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let m = &m;
+                s.spawn(move || {
+                    for i in 0..PER_THREAD {
+                        // Interleaved key ranges, so the threads race for the same links.
+                        let k =
+                            ((i * 4 + t).wrapping_mul(0x9e37_79b9_7f4a_7c15) % 7919).to_be_bytes();
+                        let seq = SeqNo(t * PER_THREAD + i + 1);
+                        if i % 3 == 0 {
+                            let mut b = WriteBatch::new();
+                            b.put(k, seq.0.to_le_bytes());
+                            m.add_batch(&b, seq);
+                        } else {
+                            m.add(seq, ValueKind::Put, &k, &seq.0.to_le_bytes());
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(m.len(), 4 * PER_THREAD);
+        let mut it = m.iter();
+        it.seek_to_first();
+        let mut seen = std::collections::HashSet::new();
+        let mut prev: Option<Vec<u8>> = None;
+        while it.valid() {
+            if let Some(p) = &prev {
+                assert_eq!(compare_internal_keys(p, it.key()), Ordering::Less);
+            }
+            let seq = u64::from_le_bytes(it.value().try_into().unwrap());
+            assert!(seen.insert(seq), "sequence {seq} twice");
+            prev = Some(it.key().to_vec());
+            it.next();
+        }
+        assert_eq!(seen.len() as u64, 4 * PER_THREAD);
+        // Every level's chain is sorted too: a lookup of each entry finds it.
+        for seq in 1..=4 * PER_THREAD {
+            let (t, i) = ((seq - 1) / PER_THREAD, (seq - 1) % PER_THREAD);
+            let k = ((i * 4 + t).wrapping_mul(0x9e37_79b9_7f4a_7c15) % 7919).to_be_bytes();
+            assert!(matches!(
+                m.get(&k, SeqNo(u64::MAX >> 8)),
+                MemLookup::Found(_)
+            ));
+        }
     }
 
     #[test]

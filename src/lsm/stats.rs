@@ -3,19 +3,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Live counters, updated by the write path, reads, flushes and compactions.
+/// Live counters, updated by reads, flushes, compactions and stalls. (The write path's
+/// own tallies live beside the log, under its lock: see `lsm::db`.)
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Bytes of keys and values written by the user.
-    pub user_bytes_written: AtomicU64,
-    /// Write batches accepted.
-    pub writes: AtomicU64,
-    /// Bytes appended to WALs.
-    pub wal_bytes_written: AtomicU64,
     /// fsyncs of WALs.
     pub wal_syncs: AtomicU64,
-    /// Write groups committed (a group shares one WAL append and fsync).
-    pub write_groups: AtomicU64,
     /// Bytes written by memtable flushes.
     pub flush_bytes_written: AtomicU64,
     /// Memtables flushed.
@@ -41,11 +34,11 @@ pub struct Counters {
     /// Total microseconds writers spent delayed or stopped.
     pub stall_micros: AtomicU64,
     /// Bloom filters consulted by point lookups.
-    pub bloom_checked: AtomicU64,
+    pub bloom_checked: StripedCounter,
     /// Point lookups a bloom filter answered without reading the table.
-    pub bloom_useful: AtomicU64,
+    pub bloom_useful: StripedCounter,
     /// Point lookups.
-    pub gets: AtomicU64,
+    pub gets: StripedCounter,
 }
 
 impl Counters {
@@ -53,6 +46,42 @@ impl Counters {
     #[inline]
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A counter that many threads add to at once (the read path's): each thread adds to one
+/// of `STRIPES` cells, each on a cache line of its own, so two readers on two cores do
+/// not pass one line back and forth on every lookup; a read of the counter sums the cells.
+#[derive(Debug, Default)]
+pub struct StripedCounter {
+    cells: [PaddedU64; STRIPES],
+}
+
+/// Cells of a [`StripedCounter`].
+const STRIPES: usize = 8;
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct PaddedU64(AtomicU64);
+
+impl StripedCounter {
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        thread_local! {
+            static STRIPE: usize = {
+                static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES
+            };
+        }
+        let i = STRIPE.with(|s| *s);
+        // i < STRIPES by construction.
+        self.cells[i].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The sum of every cell.
+    pub fn get(&self) -> u64 {
+        self.cells.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -141,11 +170,7 @@ impl DbStats {
 
     pub(crate) fn fill_counters(&mut self, c: &Counters) {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        self.user_bytes_written = g(&c.user_bytes_written);
-        self.writes = g(&c.writes);
-        self.wal_bytes_written = g(&c.wal_bytes_written);
         self.wal_syncs = g(&c.wal_syncs);
-        self.write_groups = g(&c.write_groups);
         self.flush_bytes_written = g(&c.flush_bytes_written);
         self.flushes = g(&c.flushes);
         self.compaction_bytes_read = g(&c.compaction_bytes_read);
@@ -158,8 +183,8 @@ impl DbStats {
         self.slowdowns = g(&c.slowdowns);
         self.stops = g(&c.stops);
         self.stall_micros = g(&c.stall_micros);
-        self.bloom_checked = g(&c.bloom_checked);
-        self.bloom_useful = g(&c.bloom_useful);
-        self.gets = g(&c.gets);
+        self.bloom_checked = c.bloom_checked.get();
+        self.bloom_useful = c.bloom_useful.get();
+        self.gets = c.gets.get();
     }
 }

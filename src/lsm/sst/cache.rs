@@ -79,6 +79,10 @@ struct Shard {
     free: Vec<usize>,
     hand: usize,
     used_bytes: usize,
+    /// Lookups of this shard that found / missed their block (counted under the shard's
+    /// lock, which a lookup holds anyway, rather than in atomics shared by every reader).
+    hits: u64,
+    misses: u64,
 }
 
 impl Shard {
@@ -151,8 +155,6 @@ struct Core {
     shards: Vec<Mutex<Shard>>,
     shard_capacity_bytes: usize,
     capacity_bytes: usize,
-    hits: AtomicU64,
-    misses: AtomicU64,
     inserts: AtomicU64,
     evictions: AtomicU64,
     next_store: AtomicU64,
@@ -177,8 +179,6 @@ impl BlockCache {
                     .collect(),
                 shard_capacity_bytes: capacity_bytes / NUM_SHARDS,
                 capacity_bytes,
-                hits: AtomicU64::new(0),
-                misses: AtomicU64::new(0),
                 inserts: AtomicU64::new(0),
                 evictions: AtomicU64::new(0),
                 next_store: AtomicU64::new(1),
@@ -209,13 +209,13 @@ impl BlockCache {
     /// The cached block at `offset` of table `file`, marking it most recently used.
     pub fn get(&self, file: FileNumber, offset: u64) -> Option<Arc<[u8]>> {
         let key = (self.store, file, offset);
-        let found = self.shard(&key).lock().touch(key);
-        let counter = if found.is_some() {
-            &self.core.hits
+        let mut shard = self.shard(&key).lock();
+        let found = shard.touch(key);
+        if found.is_some() {
+            shard.hits += 1;
         } else {
-            &self.core.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+            shard.misses += 1;
+        }
         found
     }
 
@@ -261,10 +261,16 @@ impl BlockCache {
     /// Current counters.
     pub fn stats(&self) -> CacheStats {
         let c = &self.core;
-        let bytes_used = c.shards.iter().map(|s| s.lock().used_bytes as u64).sum();
+        let (mut bytes_used, mut hits, mut misses) = (0, 0, 0);
+        for shard in &c.shards {
+            let s = shard.lock();
+            bytes_used += s.used_bytes as u64;
+            hits += s.hits;
+            misses += s.misses;
+        }
         CacheStats {
-            hits: c.hits.load(Ordering::Relaxed),
-            misses: c.misses.load(Ordering::Relaxed),
+            hits,
+            misses,
             inserts: c.inserts.load(Ordering::Relaxed),
             evictions: c.evictions.load(Ordering::Relaxed),
             bytes_used,
