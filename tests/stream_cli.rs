@@ -100,6 +100,10 @@ fn sigkill_and_resume_with_latest_commits_exactly_once() {
             "2",
             "--interval-ms",
             "30",
+            // 20,000 lines a second per subtask: the 80,000 lines take about 2 s, so the
+            // kills land while the job runs however fast the machine is.
+            "--rate",
+            "20000",
         ])
         .arg("--input")
         .arg(&input)

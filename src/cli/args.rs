@@ -148,6 +148,10 @@ pub struct RunArgs {
     /// CHECKPOINT_DIR/savepoints) before stopping
     #[arg(long)]
     pub savepoint_on_stop: bool,
+    /// Read at most N lines per second per source subtask (a throttle, for trying out
+    /// checkpoints, kills and resumes on a small input) [default: no limit]
+    #[arg(long, value_name = "N")]
+    pub rate: Option<u64>,
 }
 
 /// Arguments of `tidemark inspect`.

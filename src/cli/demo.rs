@@ -350,6 +350,7 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> std::result::Result<(), CliE
             allow_non_restored_state: false,
             restore_mode: None,
             savepoint_on_stop: false,
+            rate: None,
         },
         out,
     )?;

@@ -38,12 +38,11 @@ pub fn run(a: &RunArgs, out: &mut dyn Write) -> std::result::Result<(), CliError
     let mut options = JobOptions::from_config(&config, job_id.clone()).map_err(at)?;
     options.listeners.push(Arc::new(Lines(Mutex::new(tx))));
     let env = StreamEnv::new();
-    wordcount::build(
-        &env,
-        FileSource::new(&a.input),
-        FileSink::new(&a.output),
-        None,
-    );
+    let source = match a.rate {
+        Some(r) => FileSource::new(&a.input).with_rate(r),
+        None => FileSource::new(&a.input),
+    };
+    wordcount::build(&env, source, FileSink::new(&a.output), None);
     let graph = env.build().map_err(at)?;
     let result = execute_printing(graph, options, &control, rx, out, &at)?;
     writeln!(
