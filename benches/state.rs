@@ -21,6 +21,9 @@
 //! backend with 2 subtasks, and into the `lsm` (or, from `lsm`, the `filesystem`) backend
 //! with 3.
 //!
+//! `TIDEMARK_BENCH_STATE_PARTS` (`operations,checkpoints,savepoints`) and
+//! `TIDEMARK_BENCH_STATE_BACKENDS` (`memory,filesystem,lsm`) pick what runs (default: all).
+//!
 //! A plain harness (each step is one long operation on a large state): every figure is
 //! printed, nothing is asserted.
 
@@ -377,40 +380,69 @@ fn savepoints(backend: &dyn StateBackend, other: &dyn StateBackend, root: &Path,
     );
 }
 
+/// True when `what` is listed in the environment variable `name` (a comma-separated
+/// list; unset or empty: everything).
+fn selected(name: &str, what: &str) -> bool {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v.split(',').any(|p| p.trim() == what),
+        _ => true,
+    }
+}
+
 fn main() {
     let root = bench_root();
-    println!("== operations");
-    operations(&root.path().join("ops"));
+    let part = |p: &str| selected("TIDEMARK_BENCH_STATE_PARTS", p);
+    let backend = |b: &str| selected("TIDEMARK_BENCH_STATE_BACKENDS", b);
+    if part("operations") {
+        println!("== operations");
+        operations(&root.path().join("ops"));
+    }
     let mb: u64 = std::env::var("TIDEMARK_BENCH_STATE_MB")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(pick(64, 1024));
-    println!("== checkpoints");
-    checkpoints(
-        &MemoryStateBackend::new(),
-        &root.path().join("mem"),
-        4 << 20,
-        1,
-        None,
-    );
-    checkpoints(
-        &FsStateBackend::new(),
-        &root.path().join("fs"),
-        mb << 20,
-        2,
-        Some(3),
-    );
-    let lsm = LsmStateBackend::new(root.path().join("lsm-local"), lsm_options());
-    checkpoints(&lsm, &root.path().join("lsm"), mb << 20, 2, Some(3));
+    if part("checkpoints") {
+        println!("== checkpoints");
+        if backend("memory") {
+            checkpoints(
+                &MemoryStateBackend::new(),
+                &root.path().join("mem"),
+                4 << 20,
+                1,
+                None,
+            );
+        }
+        if backend("filesystem") {
+            checkpoints(
+                &FsStateBackend::new(),
+                &root.path().join("fs"),
+                mb << 20,
+                2,
+                Some(3),
+            );
+        }
+        if backend("lsm") {
+            let lsm = LsmStateBackend::new(root.path().join("lsm-local"), lsm_options());
+            checkpoints(&lsm, &root.path().join("lsm"), mb << 20, 2, Some(3));
+        }
+    }
     let sp_mb: u64 = std::env::var("TIDEMARK_BENCH_SAVEPOINT_MB")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(pick(16, 100));
-    println!("== canonical savepoints");
-    let sp = root.path().join("savepoints");
-    let lsm_sp = LsmStateBackend::new(root.path().join("lsm-sp-local"), lsm_options());
-    let lsm_other = LsmStateBackend::new(root.path().join("lsm-sp-other"), lsm_options());
-    savepoints(&MemoryStateBackend::new(), &lsm_other, &sp, sp_mb << 20);
-    savepoints(&FsStateBackend::new(), &lsm_other, &sp, sp_mb << 20);
-    savepoints(&lsm_sp, &FsStateBackend::new(), &sp, sp_mb << 20);
+    if part("savepoints") {
+        println!("== canonical savepoints");
+        let sp = root.path().join("savepoints");
+        let lsm_sp = LsmStateBackend::new(root.path().join("lsm-sp-local"), lsm_options());
+        let lsm_other = LsmStateBackend::new(root.path().join("lsm-sp-other"), lsm_options());
+        if backend("memory") {
+            savepoints(&MemoryStateBackend::new(), &lsm_other, &sp, sp_mb << 20);
+        }
+        if backend("filesystem") {
+            savepoints(&FsStateBackend::new(), &lsm_other, &sp, sp_mb << 20);
+        }
+        if backend("lsm") {
+            savepoints(&lsm_sp, &FsStateBackend::new(), &sp, sp_mb << 20);
+        }
+    }
 }
