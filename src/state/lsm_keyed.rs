@@ -628,11 +628,10 @@ impl KeyedStateBackend for LsmKeyedBackend {
         let found = match cache.get(&row) {
             Cached::Value(v) => Some(v),
             Cached::Absent => None,
-            Cached::Unknown => {
-                let v = self.db.get(&row)?;
-                cache.set(&row, v.as_deref(), false);
-                v
-            }
+            // Not admitted on a read: under random reads of a large state the cache
+            // would only churn. A row enters by a write (a read-modify-write reads it
+            // from the store once, then finds it here until it is evicted).
+            Cached::Unknown => self.db.get(&row)?,
         };
         self.write_evicted(&mut cache)?;
         Ok(found)

@@ -7,13 +7,13 @@
 //! miss per level), which flushes and compaction then carry. The keyed backend is the only
 //! writer of its store, and the store's contents matter only at a checkpoint (the working
 //! store keeps no log: a failure restores from the last checkpoint), so the backend keeps
-//! the rows it used last here, with their values (or their absence), answers reads from
+//! the rows it wrote last here, with their values (or their absence), answers reads from
 //! them, and writes a changed row to the store only when the row leaves the cache or a
 //! checkpoint, a savepoint or a scan needs the store to be current. A row updated a
 //! thousand times between two checkpoints costs the store one write. Kafka Streams keeps
 //! the same kind of cache in front of RocksDB.
 //!
-//! The cache holds two generations of rows: a write or a read goes into the young one;
+//! The cache holds two generations of rows: a write goes into the young one;
 //! when the young one has used half of the budget, it becomes the old one and the
 //! previous old one is evicted (its changed rows are handed to the backend to write, in
 //! key order); a hit in the old generation moves the row into the young one. A row
@@ -33,9 +33,9 @@ pub const ROW_OVERHEAD: usize = 64;
 pub const DEFAULT_ROW_CACHE_BYTES: usize = 1 << 20;
 
 /// Budget bytes per changed row the cache may hold: a cache of `b` bytes holds at most
-/// `b / 256` changed rows (4,096 for the default), so that writing them all, which the
-/// synchronous part of a checkpoint does, stays short.
-pub const BYTES_PER_CHANGED_ROW: usize = 256;
+/// `b / 1024` changed rows (1,024 for the default), so that writing them all, which the
+/// synchronous part of a checkpoint does, stays within a few milliseconds.
+pub const BYTES_PER_CHANGED_ROW: usize = 1024;
 
 #[derive(Debug)]
 struct Row {
