@@ -111,7 +111,10 @@ fn sigkill_and_resume_with_latest_commits_exactly_once() {
         .arg(&output)
         .arg("--checkpoint-dir")
         .arg(&ck)
+        // No restarts: a resume that cannot checkpoint fails the test instead of
+        // restarting for ever.
         .args(["--restore-mode", "claim", "-D", &local])
+        .args(["-D", "restart-strategy.type=none"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
         if resume {
@@ -120,6 +123,34 @@ fn sigkill_and_resume_with_latest_commits_exactly_once() {
         c
     };
     let mut seed = 12345u64;
+    // A checkpoint a kill left unfinished, newer than every retained one (its directory
+    // is deleted when the job opens its store; its id is never reused).
+    let mut first = run(false).spawn().unwrap();
+    while !has_checkpoint(&ck) {
+        assert!(first.try_wait().unwrap().is_none(), "the job ended early");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    first.kill().unwrap();
+    let _ = first.wait();
+    let job = std::fs::read_dir(&ck)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let newest = std::fs::read_dir(&job)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("chk-")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap();
+    std::fs::create_dir(job.join(format!("chk-{}", newest + 3))).unwrap();
     let mut kills = 0;
     let mut finished = false;
     for _ in 0..4 {

@@ -377,6 +377,13 @@ impl CheckpointStore {
             .collect()
     }
 
+    /// The id the next checkpoint must have at least: one past every checkpoint id this
+    /// store has seen (retained, begun, and the unfinished or odd `chk-N` entries it found
+    /// when it opened, whose ids are never reused).
+    pub fn next_id(&self) -> CheckpointId {
+        CheckpointId(self.core.inner.lock().last_id.map_or(1, |id| id.0 + 1))
+    }
+
     /// The newest retained checkpoint's metadata.
     pub fn latest(&self) -> Option<Metadata> {
         let inner = self.core.inner.lock();
@@ -559,6 +566,7 @@ mod tests {
         let r = store.open_report();
         assert_eq!(r.retained, vec![CheckpointId(1), CheckpointId(2)]);
         assert_eq!(r.unfinished_deleted, vec![CheckpointId(3)]);
+        assert_eq!(store.next_id(), CheckpointId(4), "3 is never reused");
         assert_eq!(r.orphans_deleted.len(), 2, "{:?}", r.orphans_deleted); // D and op_9
         assert_eq!(r.odd_entries.len(), 1, "{:?}", r.odd_entries);
         assert!(

@@ -503,9 +503,10 @@ impl<'a> Runner<'a> {
             .map(|r| r.metadata.checkpoint_id.0 + 1)
             .unwrap_or(1);
         if let Some(s) = &store {
-            if let Some(last) = s.list().last() {
-                next_id = next_id.max(last.id.0 + 1);
-            }
+            // Past every id the store has seen: a checkpoint a kill left unfinished (its
+            // directory deleted when the store opened) keeps its id, which is never
+            // reused; starting below it would fail every trigger.
+            next_id = next_id.max(s.next_id().0);
         }
         let mut stats = None;
         if let Some(s) = &store {
