@@ -181,6 +181,32 @@ fn operations(root: &Path) {
     }
 }
 
+/// The asynchronous parts of `snaps` (subtask `i` of `parallelism` each) written into
+/// `target`, as the subtask states of operator `op`.
+fn subtask_states(
+    snaps: Vec<Box<dyn tidemark::state::backend::KeyedSnapshot>>,
+    target: &dyn tidemark::checkpoint::SnapshotTarget,
+    parallelism: u32,
+    max: MaxParallelism,
+) -> Vec<OperatorSubtaskState> {
+    snaps
+        .into_iter()
+        .enumerate()
+        .map(|(i, snap)| {
+            let i = i as u32;
+            OperatorSubtaskState {
+                operator_id: "op".into(),
+                subtask_index: i,
+                parallelism,
+                max_parallelism: max.get(),
+                key_groups: info(i, parallelism).key_groups().unwrap(),
+                keyed_state: snap.write(target).unwrap(),
+                operator_state: Vec::new(),
+            }
+        })
+        .collect()
+}
+
 fn info(index: u32, parallelism: u32) -> SubtaskInfo {
     SubtaskInfo {
         operator_id: "op".into(),
@@ -234,19 +260,7 @@ fn checkpoints(
     let pending = store
         .begin(CheckpointId(1), CheckpointKind::Incremental)
         .unwrap();
-    let mut states = Vec::new();
-    for (i, snap) in snaps.into_iter().enumerate() {
-        let i = i as u32;
-        states.push(OperatorSubtaskState {
-            operator_id: "op".into(),
-            subtask_index: i,
-            parallelism,
-            max_parallelism: max.get(),
-            key_groups: info(i, parallelism).key_groups().unwrap(),
-            keyed_state: snap.write(&pending).unwrap(),
-            operator_state: Vec::new(),
-        });
-    }
+    let states = subtask_states(snaps, &pending, parallelism, max);
     pending
         .commit(CheckpointContent {
             operator_states: states,
@@ -342,19 +356,7 @@ fn savepoints(backend: &dyn StateBackend, other: &dyn StateBackend, root: &Path,
         SavepointFormat::Canonical,
     )
     .unwrap();
-    let mut states = Vec::new();
-    for (i, snap) in snaps.into_iter().enumerate() {
-        let i = i as u32;
-        states.push(OperatorSubtaskState {
-            operator_id: "op".into(),
-            subtask_index: i,
-            parallelism,
-            max_parallelism: max.get(),
-            key_groups: info(i, parallelism).key_groups().unwrap(),
-            keyed_state: snap.write(&pending).unwrap(),
-            operator_state: Vec::new(),
-        });
-    }
+    let states = subtask_states(snaps, &pending, parallelism, max);
     let done = pending
         .commit(CheckpointContent {
             operator_states: states,

@@ -526,6 +526,22 @@ pub struct KeyGroupsWritten {
 }
 
 impl HeapSnapshot {
+    /// The entries of one key group's `shards` that are live at the snapshot's time, in
+    /// key order (so equal states give equal bytes).
+    fn live_entries<'s>(&'s self, shards: &'s [Arc<Shard>]) -> Vec<(&'s [u8], Cow<'s, Slot>)> {
+        let mut entries: Vec<(&[u8], Cow<'_, Slot>)> = shards
+            .iter()
+            .flat_map(|s| s.iter())
+            .filter_map(|(k, v)| {
+                let state = u32::from_be_bytes([k[0], k[1], k[2], k[3]]) as usize;
+                let meta = self.states.get(state)?;
+                live(v, meta, self.now_ms).map(|v| (&k[..], v))
+            })
+            .collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        entries
+    }
+
     /// The key groups of the snapshot.
     pub fn key_groups(&self) -> KeyGroupRange {
         self.range
@@ -556,16 +572,7 @@ impl HeapSnapshot {
         let mut offsets = Vec::with_capacity(self.groups.len());
         let mut body = Vec::new();
         for shards in &self.groups {
-            let mut entries: Vec<(&[u8], Cow<'_, Slot>)> = shards
-                .iter()
-                .flat_map(|s| s.iter())
-                .filter_map(|(k, v)| {
-                    let state = u32::from_be_bytes([k[0], k[1], k[2], k[3]]) as usize;
-                    let meta = self.states.get(state)?;
-                    live(v, meta, self.now_ms).map(|v| (&k[..], v))
-                })
-                .collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let entries = self.live_entries(shards);
             body.clear();
             put_varint(&mut body, entries.len() as u64);
             for (k, slot) in entries {
@@ -622,16 +629,7 @@ impl HeapSnapshot {
             CanonicalWriter::for_snapshot(out, name, self.max, self.range, backend, &self.states)?;
         for (i, shards) in self.groups.iter().enumerate() {
             let group = self.range.start() + i as u32;
-            let mut entries: Vec<(&[u8], Cow<'_, Slot>)> = shards
-                .iter()
-                .flat_map(|s| s.iter())
-                .filter_map(|(k, v)| {
-                    let state = u32::from_be_bytes([k[0], k[1], k[2], k[3]]) as usize;
-                    let meta = self.states.get(state)?;
-                    live(v, meta, self.now_ms).map(|v| (&k[..], v))
-                })
-                .collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let entries = self.live_entries(shards);
             for (k, slot) in entries {
                 let (state, key) = k.split_at(4);
                 let state = u32::from_be_bytes([state[0], state[1], state[2], state[3]]);

@@ -320,17 +320,13 @@ impl LsmKeyedBackend {
         })
     }
 
-    /// Keeps up to about `bytes` of the rows read or written last in memory (see
-    /// [`super::row_cache`]; default [`DEFAULT_ROW_CACHE_BYTES`]; 0 turns it off). Rows of
-    /// states with a time to live are never cached: compaction may drop them.
+    /// Keeps up to about `bytes` of the rows written last in memory, writing them into
+    /// the store later (see [`super::row_cache`]; default [`DEFAULT_ROW_CACHE_BYTES`]; 0
+    /// turns it off). Rows of states with a time to live are never cached: compaction may
+    /// drop them.
     pub fn with_row_cache(self, bytes: usize) -> Self {
         self.cache.replace(RowCache::new(bytes));
         self
-    }
-
-    /// Reads answered by the row cache, and reads that went to the store.
-    pub fn row_cache_hits_and_misses(&self) -> (u64, u64) {
-        self.cache.borrow().hits_and_misses()
     }
 
     /// The store.
@@ -338,11 +334,14 @@ impl LsmKeyedBackend {
         &self.db
     }
 
-    /// Whether rows of `state` may be cached: not when compaction may drop them.
+    /// Whether rows of `state` go through the row cache: not when it is off, nor when
+    /// compaction may drop them.
     fn cacheable(&self, state: StateId) -> bool {
-        self.states
-            .get(state.0 as usize)
-            .is_some_and(|m| m.ttl_ms.is_none())
+        self.cache.borrow().budget() > 0
+            && self
+                .states
+                .get(state.0 as usize)
+                .is_some_and(|m| m.ttl_ms.is_none())
     }
 
     fn meta(&self, state: StateId) -> Result<&StateMeta> {
@@ -371,7 +370,7 @@ impl LsmKeyedBackend {
     /// Writes `value` (`None`: a delete) under the row in `self.row`: into the row cache
     /// (the store gets it later), or into the store for a state the cache does not keep.
     fn write_row(&mut self, state: StateId, value: Option<&[u8]>) -> Result<()> {
-        if !self.cacheable(state) || self.cache.get_mut().budget() == 0 {
+        if !self.cacheable(state) {
             self.check_healthy()?;
             return match value {
                 Some(v) => self.db.put(&self.row, v),
@@ -403,28 +402,26 @@ impl LsmKeyedBackend {
     /// restores from its last checkpoint).
     fn write_evicted(&self, cache: &mut RowCache) -> Result<()> {
         self.check_healthy()?;
-        if cache.dirty_rows() == 0 {
-            return Ok(());
-        }
         let rows = cache.take_evicted();
         if rows.is_empty() {
             return Ok(());
         }
-        let mut batch = WriteBatch::new();
-        for (k, v) in &rows {
-            match v {
-                Some(v) => {
-                    batch.put(k, v);
-                }
-                None => {
-                    batch.delete(k);
-                }
-            }
-        }
-        self.write_or_fail(batch)
+        self.write_or_fail(rows.iter().map(|(k, v)| (&k[..], v.as_deref())))
     }
 
-    fn write_or_fail(&self, batch: WriteBatch) -> Result<()> {
+    /// Writes `rows` (a value, or `None` for a delete) into the store as one batch; a
+    /// failure makes the backend refuse every later call.
+    fn write_or_fail<'a>(
+        &self,
+        rows: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        for (k, v) in rows {
+            match v {
+                Some(v) => batch.put(k, v),
+                None => batch.delete(k),
+            };
+        }
         self.db.write(batch).inspect_err(|e| {
             *self.failed.borrow_mut() = Some(format!("writing rows from its row cache: {e}"));
         })
@@ -438,18 +435,7 @@ impl LsmKeyedBackend {
         if cache.dirty_rows() == 0 {
             return Ok(());
         }
-        let mut batch = WriteBatch::new();
-        for (k, v) in cache.changed_rows() {
-            match v {
-                Some(v) => {
-                    batch.put(k, v);
-                }
-                None => {
-                    batch.delete(k);
-                }
-            }
-        }
-        self.write_or_fail(batch)?;
+        self.write_or_fail(cache.changed_rows())?;
         cache.mark_clean();
         Ok(())
     }
@@ -678,14 +664,12 @@ impl KeyedStateBackend for LsmKeyedBackend {
         if user_keys.is_empty() {
             return Ok(());
         }
-        let mut batch = WriteBatch::new();
         let mut rows = Vec::with_capacity(user_keys.len());
         for uk in &user_keys {
             self.set_row(state, uk)?;
-            batch.delete(&self.row);
             rows.push(self.row.clone());
         }
-        self.write_or_fail(batch)?;
+        self.write_or_fail(rows.iter().map(|r| (&r[..], None)))?;
         let cache = self.cache.get_mut();
         for row in rows {
             cache.set(&row, None, false);
