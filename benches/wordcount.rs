@@ -28,6 +28,7 @@
 //! | `TIDEMARK_WC_BACKENDS` | memory,filesystem,lsm | backends of the throughput runs |
 //! | `TIDEMARK_WC_PARALLELISM` | 1,2 | parallelisms of the throughput runs |
 //! | `TIDEMARK_WC_RUNS` | 1 | repetitions of each throughput run |
+//! | `TIDEMARK_WC_CHAINING` | 1 | 0 runs every operator in threads of its own (`pipeline.operator-chaining.enabled: false`) |
 //! | `TIDEMARK_WC_RECOVERY_MB` | 100 | state sizes of the recovery runs (MB); empty or 0 skips |
 //! | `TIDEMARK_WC_RECOVERY_BACKENDS` | filesystem,lsm | backends of the recovery runs |
 //! | `TIDEMARK_WC_DIR` | a temp dir | where the text is kept (for the Flink side) |
@@ -229,6 +230,7 @@ fn wordcount_run(text: &Path, words: u64, backend_name: &str, parallelism: u32) 
     let graph = env.build().expect("word count graph");
     let mut options = JobOptions::local(root.path().join("checkpoints"));
     options.parallelism = parallelism;
+    options.chaining = env_u64("TIDEMARK_WC_CHAINING", 1) != 0;
     options.backend = backend(backend_name, root.path());
     options.checkpointing.interval = Some(Duration::from_secs(1));
     options.restart = Some(Arc::new(|| Box::new(NoRestart) as Box<dyn RestartBackoff>));

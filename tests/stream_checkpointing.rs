@@ -176,7 +176,9 @@ fn slow_job(records: u64) -> tidemark::stream::JobGraph {
             spin(Duration::from_micros(20));
             x
         })
-        .uid("slow");
+        .uid("slow")
+        // In its own thread: the barrier waits behind the records buffered before it.
+        .disable_chaining();
     env.build().unwrap()
 }
 

@@ -1297,7 +1297,21 @@ fn buffers_per_channel_and_the_row_cache_are_read_and_checked() {
         tidemark::stream::JobOptions::from_config(&c, tidemark::checkpoint::JobId::random())
             .unwrap();
     assert_eq!(options.channel_capacity, 16);
+    assert!(options.chaining);
+    for (text, on) in [
+        ("pipeline.operator-chaining.enabled: false\n", false),
+        ("pipeline.operator-chaining: false\n", false),
+        ("pipeline.operator-chaining.enabled: true\n", true),
+    ] {
+        let (c, _) = build(text);
+        assert_eq!(c.operator_chaining, on, "{text}");
+        let options =
+            tidemark::stream::JobOptions::from_config(&c, tidemark::checkpoint::JobId::random())
+                .unwrap();
+        assert_eq!(options.chaining, on, "{text}");
+    }
     let (d, _) = build("");
+    assert!(d.operator_chaining);
     assert_eq!(d.buffers_per_channel, 4);
     assert_eq!(d.state_backend.lsm_row_cache_size, 1 << 20);
     for bad in [
@@ -1305,6 +1319,7 @@ fn buffers_per_channel_and_the_row_cache_are_read_and_checked() {
         "taskmanager.network.memory.buffers-per-channel: many\n",
         "taskmanager.network.memory.buffers-per-channel: 70000\n",
         "state.backend.lsm.row-cache.size: lots\n",
+        "pipeline.operator-chaining.enabled: sometimes\n",
     ] {
         let key = bad.split(':').next().unwrap();
         let e = build_err(bad);

@@ -14,6 +14,7 @@ use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender};
 use serde::Serialize;
 
 use super::event::{Barrier, Event};
+use super::task::Control;
 use crate::error::{Error, Result};
 use crate::state::key_groups::MaxParallelism;
 
@@ -55,13 +56,33 @@ pub(crate) fn send<T>(tx: &Tx<T>, mut ev: Event<T>, cancel: &AtomicBool) -> Resu
                 ev = back;
             }
             Err(SendTimeoutError::Disconnected(_)) => {
-                return Err(if cancel.load(Ordering::Relaxed) {
-                    Error::Cancelled
-                } else {
-                    Error::Job("a downstream subtask stopped reading".into())
-                });
+                return Err(peer_gone(cancel, || {
+                    "a downstream subtask stopped reading".into()
+                }));
             }
         }
+    }
+}
+
+/// How long a subtask whose peer vanished waits for the attempt to be cancelled.
+const PEER_GONE_WAIT: Duration = Duration::from_secs(2);
+
+/// The error of a subtask whose upstream or downstream peer vanished without ending. A
+/// peer vanishes when it fails, and reports its own failure, which cancels the attempt:
+/// this subtask then ends as cancelled, so the job's failure names the real cause, not
+/// its echo. Only a peer that vanished without a word (`what`) is reported here.
+pub(crate) fn peer_gone(cancel: &AtomicBool, what: impl FnOnce() -> String) -> Error {
+    let deadline = std::time::Instant::now() + PEER_GONE_WAIT;
+    while std::time::Instant::now() < deadline {
+        if cancel.load(Ordering::Relaxed) {
+            return Error::Cancelled;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if cancel.load(Ordering::Relaxed) {
+        Error::Cancelled
+    } else {
+        Error::Job(what())
     }
 }
 
@@ -123,6 +144,17 @@ pub(crate) trait EdgeOut<O>: Send {
     fn barrier(&mut self, b: Barrier, cancel: &AtomicBool) -> Result<()>;
     /// Flushes, then tells every downstream subtask that this one has finished.
     fn end(&mut self, cancel: &AtomicBool) -> Result<()>;
+    /// Opens what runs behind this output in the sender's thread (a chained operator):
+    /// restores its state. Called once, before the first record.
+    fn open(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// A message of the coordinator, passed on to what runs behind this output in the
+    /// sender's thread (a chained operator). Channels to other subtasks ignore it: their
+    /// subtasks get their own.
+    fn control(&mut self, _c: Control) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// An [`EdgeOut`] over per-target channels and a route.
@@ -260,6 +292,23 @@ impl<O: Clone> Output<O> {
         self.take_error()?;
         for e in &mut self.edges {
             e.end(&self.cancel)?;
+        }
+        Ok(())
+    }
+
+    /// Opens the operators chained behind this output.
+    pub(crate) fn open(&mut self) -> Result<()> {
+        for e in &mut self.edges {
+            e.open()?;
+        }
+        Ok(())
+    }
+
+    /// Passes a message of the coordinator to the operators chained behind this output.
+    pub(crate) fn control(&mut self, c: Control) -> Result<()> {
+        self.take_error()?;
+        for e in &mut self.edges {
+            e.control(c)?;
         }
         Ok(())
     }

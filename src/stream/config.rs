@@ -516,6 +516,10 @@ pub struct JobConfig {
     /// shorter checkpoints, more smooth out bursts. Default 4 (Flink's is 2 buffers of
     /// 32 KiB, plus 8 floating ones per input).
     pub buffers_per_channel: usize,
+    /// `pipeline.operator-chaining.enabled` (older `pipeline.operator-chaining`): operators
+    /// joined by a forward edge at the same parallelism run in one thread, calling each
+    /// other, with no channel in between (Flink's operator chaining). Default true.
+    pub operator_chaining: bool,
 }
 
 impl Default for JobConfig {
@@ -529,6 +533,7 @@ impl Default for JobConfig {
             recovery: RecoveryConfig::default(),
             checkpoint_history: DEFAULT_CHECKPOINT_HISTORY,
             buffers_per_channel: DEFAULT_BUFFERS_PER_CHANNEL,
+            operator_chaining: true,
         }
     }
 }
@@ -587,6 +592,10 @@ const KEYS: &[(&str, &[&str])] = &[
     ),
     ("web.checkpoints.history", &[]),
     ("taskmanager.network.memory.buffers-per-channel", &[]),
+    (
+        "pipeline.operator-chaining.enabled",
+        &["pipeline.operator-chaining"],
+    ),
 ];
 
 /// The current name of `key` when this module reads it.
@@ -928,6 +937,9 @@ impl JobConfigBuilder {
                 .filter(|n| *n <= MAX_BUFFERS_PER_CHANNEL)
                 .ok_or_else(|| g.bad(format_args!("must be at most {MAX_BUFFERS_PER_CHANNEL}")))?;
         }
+        if let Some(g) = get("pipeline.operator-chaining.enabled") {
+            c.operator_chaining = g.bool()?;
+        }
         for w in &warnings {
             tracing::warn!("job configuration: {w}");
         }
@@ -1206,6 +1218,10 @@ impl JobConfig {
         put(
             "taskmanager.network.memory.buffers-per-channel",
             self.buffers_per_channel.to_string(),
+        );
+        put(
+            "pipeline.operator-chaining.enabled",
+            self.operator_chaining.to_string(),
         );
         for (k, v) in state_backend_settings(&self.state_backend) {
             put(k, v);

@@ -20,7 +20,7 @@ use super::ops::{
 };
 use super::sink::{FileSink, PrintOperator, PrintSink};
 use super::source::{Source, SourceTask};
-use super::task::{OperatorTask, StreamOperator, TaskBody, TaskContext};
+use super::task::{ChainedTask, OperatorTask, StreamOperator, TaskBody, TaskContext, TaskRuntime};
 use crate::error::{Error, Result};
 use crate::state::key_groups::MaxParallelism;
 use crate::state::keyed::ValueStateDescriptor;
@@ -52,6 +52,30 @@ pub(crate) struct NodeParts {
 
 pub(crate) type NodeFactory = Arc<dyn Fn(NodeParts) -> Result<Box<dyn TaskBody>> + Send + Sync>;
 
+/// What a node's chained factory gets for one subtask that runs in its upstream
+/// subtask's thread.
+pub(crate) struct ChainParts {
+    pub outputs: Vec<AnyBox>,
+    pub cancel: Arc<AtomicBool>,
+    pub runtime: TaskRuntime,
+}
+
+/// Makes one subtask of a node as an output edge of its upstream subtask (a
+/// `Box<dyn EdgeOut<I>>` boxed as `Any`): the node chained to the one before it.
+pub(crate) type ChainFactory = Arc<dyn Fn(ChainParts) -> Result<AnyBox> + Send + Sync>;
+
+/// Whether an operator joins the chain of the one before it and lets the next join its
+/// own (Flink's chaining strategies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chaining {
+    /// Chained wherever the edges allow (the default).
+    Always,
+    /// Starts a new chain: never chained to the operator before it.
+    Head,
+    /// Neither chained to the operator before it nor to the one after.
+    Never,
+}
+
 /// What a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NodeKind {
@@ -67,12 +91,19 @@ pub(crate) struct NodeSpec {
     pub kind: NodeKind,
     pub keyed: bool,
     pub factory: NodeFactory,
+    /// How the node runs chained to its upstream operator; `None` when it cannot (sources,
+    /// keyed operators, whose input is partitioned by key).
+    pub chained: Option<ChainFactory>,
+    pub chaining: Chaining,
 }
 
 pub(crate) struct EdgeSpec {
     pub from: usize,
     pub to: usize,
     pub make: EdgeMaker,
+    /// Records keep their subtask index when both sides have the same parallelism (no
+    /// key partitioning, no rebalance): the edge may be a chain.
+    pub forward: bool,
 }
 
 #[derive(Default)]
@@ -238,12 +269,17 @@ impl StreamEnv {
         StreamEnv::default()
     }
 
-    fn add_node(&self, spec: NodeSpec, inputs: Vec<(usize, EdgeMaker)>) -> usize {
+    fn add_node(&self, spec: NodeSpec, inputs: Vec<(usize, EdgeMaker, bool)>) -> usize {
         let mut g = self.g.borrow_mut();
         let id = g.nodes.len();
         g.nodes.push(spec);
-        for (from, make) in inputs {
-            g.edges.push(EdgeSpec { from, to: id, make });
+        for (from, make, forward) in inputs {
+            g.edges.push(EdgeSpec {
+                from,
+                to: id,
+                make,
+                forward,
+            });
         }
         id
     }
@@ -267,6 +303,8 @@ impl StreamEnv {
                 kind: super::graph::NodeKind::Source,
                 keyed: false,
                 factory,
+                chained: None,
+                chaining: Chaining::Always,
             },
             Vec::new(),
         );
@@ -337,12 +375,33 @@ impl<T: Data> DataStream<T> {
         self
     }
 
+    /// Runs the operator that produced this stream in threads of its own: neither chained
+    /// to the operator before it nor to the one after (Flink's `disableChaining`).
+    pub fn disable_chaining(self) -> Self {
+        self.set_chaining(Chaining::Never, "disable_chaining")
+    }
+
+    /// Starts a new chain at the operator that produced this stream: it is not chained to
+    /// the operator before it, the ones after may chain to it (Flink's `startNewChain`).
+    pub fn start_new_chain(self) -> Self {
+        self.set_chaining(Chaining::Head, "start_new_chain")
+    }
+
+    fn set_chaining(self, chaining: Chaining, what: &str) -> Self {
+        if let Some(h) = self.only_head(what) {
+            self.env.g.borrow_mut().nodes[h].chaining = chaining;
+        }
+        self
+    }
+
     fn then<O: Data, Op: StreamOperator<T, O> + 'static>(
         self,
         name: &str,
         kind: NodeKind,
         make: impl Fn() -> Op + Send + Sync + 'static,
     ) -> DataStream<O> {
+        let make = Arc::new(make);
+        let make_chained = Arc::clone(&make);
         let factory: NodeFactory = Arc::new(move |parts: NodeParts| {
             let inputs = take_inputs::<T>(parts.inputs)?;
             let outs = take_outputs::<O>(parts.outputs)?;
@@ -352,7 +411,20 @@ impl<T: Data> DataStream<T> {
                 out: Output::new(outs, parts.cancel),
             }) as Box<dyn TaskBody>)
         });
-        let inputs = self.heads.iter().map(|h| (*h, plain_edge::<T>())).collect();
+        let chained: ChainFactory = Arc::new(move |parts: ChainParts| {
+            let outs = take_outputs::<O>(parts.outputs)?;
+            let task: Box<dyn EdgeOut<T>> = Box::new(ChainedTask::new(
+                make_chained(),
+                Output::new(outs, parts.cancel),
+                parts.runtime,
+            ));
+            Ok(Box::new(task) as AnyBox)
+        });
+        let inputs = self
+            .heads
+            .iter()
+            .map(|h| (*h, plain_edge::<T>(), true))
+            .collect();
         let id = self.env.add_node(
             NodeSpec {
                 uid: None,
@@ -361,6 +433,8 @@ impl<T: Data> DataStream<T> {
                 kind,
                 keyed: false,
                 factory,
+                chained: Some(chained),
+                chaining: Chaining::Always,
             },
             inputs,
         );
@@ -489,7 +563,7 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
         let inputs = self
             .heads
             .iter()
-            .map(|h| (*h, keyed_edge::<K, T>(Arc::clone(&self.key))))
+            .map(|h| (*h, keyed_edge::<K, T>(Arc::clone(&self.key)), false))
             .collect();
         let id = self.env.add_node(
             NodeSpec {
@@ -499,6 +573,8 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
                 kind: NodeKind::Operator,
                 keyed: true,
                 factory,
+                chained: None,
+                chaining: Chaining::Always,
             },
             inputs,
         );
@@ -569,5 +645,34 @@ impl JobGraph {
 
     pub(crate) fn uid(&self, node: usize) -> &str {
         self.nodes[node].uid.as_deref().unwrap_or("")
+    }
+
+    /// For each node, the node it runs chained to (in that node's subtasks' threads), or
+    /// `None` when it heads a chain of its own. A node joins its upstream's chain when it
+    /// has that one input, forward, at the same parallelism, and neither side refuses
+    /// (`disable_chaining`, `start_new_chain`, or `enabled` false:
+    /// `pipeline.operator-chaining.enabled`).
+    pub(crate) fn chained_to(&self, parallelism: &[u32], enabled: bool) -> Vec<Option<usize>> {
+        let mut inputs = vec![0usize; self.nodes.len()];
+        for e in &self.edges {
+            inputs[e.to] += 1;
+        }
+        let mut up = vec![None; self.nodes.len()];
+        if !enabled {
+            return up;
+        }
+        for e in &self.edges {
+            let (from, to) = (&self.nodes[e.from], &self.nodes[e.to]);
+            if e.forward
+                && inputs[e.to] == 1
+                && parallelism[e.from] == parallelism[e.to]
+                && to.chained.is_some()
+                && to.chaining == Chaining::Always
+                && from.chaining != Chaining::Never
+            {
+                up[e.to] = Some(e.from);
+            }
+        }
+        up
     }
 }

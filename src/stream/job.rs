@@ -23,7 +23,7 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 
 use super::config::{write_job_config, JobConfig};
 use super::event::Barrier;
-use super::graph::{AnyBox, JobGraph, NodeKind, NodeParts};
+use super::graph::{AnyBox, ChainParts, JobGraph, NodeKind, NodeParts};
 use super::restart::{RestartDecision, RestartStrategy, RestartStrategyConfig};
 use super::stats::{
     CheckpointStatsTracker, RestartRecord, RestoredCheckpoint, TaskParallelism, TriggeredCheckpoint,
@@ -184,6 +184,9 @@ pub struct JobOptions {
     /// Batches (of up to 256 records) buffered per channel: backpressure beyond it
     /// (`taskmanager.network.memory.buffers-per-channel`, default 4).
     pub channel_capacity: usize,
+    /// Chains operators joined by a forward edge at the same parallelism into one thread
+    /// (`pipeline.operator-chaining.enabled`, default true).
+    pub chaining: bool,
     /// Told about the job's progress.
     pub listeners: Vec<Arc<dyn JobListener>>,
     /// The configuration in force, written next to the job's checkpoints
@@ -206,6 +209,7 @@ impl JobOptions {
             restore: None,
             restart: None,
             channel_capacity: super::config::DEFAULT_BUFFERS_PER_CHANNEL,
+            chaining: true,
             listeners: Vec::new(),
             config: None,
         }
@@ -255,6 +259,7 @@ impl JobOptions {
                 }
             })),
             channel_capacity: config.buffers_per_channel,
+            chaining: config.operator_chaining,
             listeners: Vec::new(),
             config: Some(config.clone()),
         })
@@ -686,7 +691,9 @@ impl<'a> Runner<'a> {
         let pendings = PendingRegistry::default();
         let token = format!("{}-{number}", random_token());
         let attempt = AttemptInfo { number, token };
-        // The channels of every edge.
+        // Which operators run chained to the one before them, in its threads.
+        let chained_to = graph.chained_to(&self.parallelism, opts.chaining);
+        // The channels of every edge between chains.
         let mut outs: Vec<Vec<Vec<AnyBox>>> = self
             .parallelism
             .iter()
@@ -698,6 +705,9 @@ impl<'a> Runner<'a> {
             .map(|p| (0..*p).map(|_| Vec::new()).collect())
             .collect();
         for e in &graph.edges {
+            if chained_to[e.to] == Some(e.from) {
+                continue;
+            }
             let (o, i) = (e.make)(
                 self.parallelism[e.from],
                 self.parallelism[e.to],
@@ -738,10 +748,63 @@ impl<'a> Runner<'a> {
             }
         };
         let checkpointing = self.store.is_some();
+        let runtime = |node: usize, subtask: u32, control: Receiver<Control>| {
+            let uid = graph.uid(node).to_string();
+            TaskRuntime {
+                id: TaskId { node, subtask },
+                info: SubtaskInfo {
+                    operator_id: uid.clone(),
+                    subtask_index: subtask,
+                    parallelism: self.parallelism[node],
+                    max_parallelism: opts.max_parallelism,
+                },
+                keyed: graph.nodes[node].keyed,
+                cancel: Arc::clone(&cancel),
+                control,
+                events: ev_tx.clone(),
+                backend: Arc::clone(&opts.backend),
+                restore: restores.get(&uid).cloned(),
+                pendings: pendings.clone(),
+                mode: opts.checkpointing.mode,
+                attempt: attempt.clone(),
+                checkpointing,
+                asyncs: Vec::new(),
+            }
+        };
+        let mut spawn_error = None;
+        // Chained operators become output edges of their upstream subtasks, the last of
+        // a chain first (a node's inputs come before it in the graph).
+        let mut chained_tasks = 0usize;
+        for node in (0..graph.nodes.len()).rev() {
+            let (Some(up), Some(make)) = (chained_to[node], graph.nodes[node].chained.as_ref())
+            else {
+                continue;
+            };
+            for subtask in 0..self.parallelism[node] {
+                // The coordinator's messages reach a chained subtask through its chain's
+                // head: its own control channel stays empty.
+                let (_, control) = crossbeam_channel::bounded(0);
+                let parts = ChainParts {
+                    outputs: std::mem::take(&mut outs[node][subtask as usize]),
+                    cancel: Arc::clone(&cancel),
+                    runtime: runtime(node, subtask, control),
+                };
+                match make(parts) {
+                    Ok(edge) => outs[up][subtask as usize].push(edge),
+                    Err(e) => spawn_error = Some(e),
+                }
+                chained_tasks += 1;
+            }
+        }
         let mut tasks: Vec<(TaskId, Sender<Control>, JoinHandle<()>)> = Vec::new();
         let mut sources = Vec::new();
-        let mut spawn_error = None;
         for (node, spec) in graph.nodes.iter().enumerate() {
+            if spawn_error.is_some() {
+                break;
+            }
+            if chained_to[node].is_some() {
+                continue;
+            }
             let p = self.parallelism[node];
             for subtask in (0..p).rev() {
                 let parts = NodeParts {
@@ -759,28 +822,8 @@ impl<'a> Runner<'a> {
                     }
                 };
                 let (ctl_tx, ctl_rx) = unbounded();
-                let id = TaskId { node, subtask };
-                let uid = graph.uid(node).to_string();
-                let mut rt = TaskRuntime {
-                    id,
-                    info: SubtaskInfo {
-                        operator_id: uid.clone(),
-                        subtask_index: subtask,
-                        parallelism: p,
-                        max_parallelism: opts.max_parallelism,
-                    },
-                    keyed: spec.keyed,
-                    cancel: Arc::clone(&cancel),
-                    control: ctl_rx,
-                    events: ev_tx.clone(),
-                    backend: Arc::clone(&opts.backend),
-                    restore: restores.get(&uid).cloned(),
-                    pendings: pendings.clone(),
-                    mode: opts.checkpointing.mode,
-                    attempt: attempt.clone(),
-                    checkpointing,
-                    asyncs: Vec::new(),
-                };
+                let mut rt = runtime(node, subtask, ctl_rx);
+                let id = rt.id;
                 let label = rt.info.label();
                 let thread_name = label.clone();
                 let handle = std::thread::Builder::new()
@@ -814,16 +857,16 @@ impl<'a> Runner<'a> {
                     sources.push(id);
                 }
             }
-            if spawn_error.is_some() {
-                break;
-            }
         }
+        // The edges of chains whose head never started (and their snapshot threads).
+        drop(outs);
         drop(ev_tx);
         let controls: HashMap<TaskId, Sender<Control>> =
             tasks.iter().map(|(id, tx, _)| (*id, tx.clone())).collect();
+        let n_tasks = tasks.len() + chained_tasks;
         let end = match spawn_error {
             Some(e) => AttemptEnd::Failed(e),
-            None => self.coordinate(&ev_rx, &controls, &sources, &pendings, tasks.len()),
+            None => self.coordinate(&ev_rx, &controls, &sources, &pendings, n_tasks),
         };
         // Stop whatever still runs, and wait for it (and its snapshot threads).
         cancel.store(true, Ordering::SeqCst);

@@ -69,6 +69,7 @@ impl<T: Clone + Send> TaskBody for SourceTask<T> {
         } = *self;
         let mut ctx: TaskContext = rt.open_context()?;
         reader.open(&mut ctx.operator_state, ctx.restored.is_some())?;
+        out.open()?;
         let mut exhausted = false;
         loop {
             if rt.cancelled() {
@@ -92,8 +93,11 @@ impl<T: Clone + Send> TaskBody for SourceTask<T> {
                         rt.snapshot(&mut ctx, b, Duration::ZERO, offsets)?;
                         out.barrier(b)?;
                     }
-                    Control::Complete(id) => reader.notify_complete(id)?,
-                    Control::Aborted(_) => {}
+                    Control::Complete(id) => {
+                        reader.notify_complete(id)?;
+                        out.control(c)?;
+                    }
+                    Control::Aborted(_) => out.control(c)?,
                     Control::Finish => {
                         out.end()?;
                         rt.join_asyncs();
@@ -152,8 +156,11 @@ fn handle_now<T: Clone>(
             rt.snapshot(ctx, b, Duration::ZERO, offsets)?;
             out.barrier(b)
         }
-        Control::Complete(id) => reader.notify_complete(id),
-        Control::Aborted(_) => Ok(()),
+        Control::Complete(id) => {
+            reader.notify_complete(id)?;
+            out.control(c)
+        }
+        Control::Aborted(_) => out.control(c),
         // Finish comes only after the source reported itself exhausted.
         Control::Finish => Err(Error::Job(
             "finish sent to a source that is not done".into(),

@@ -3,6 +3,7 @@
 //! another, then an acknowledgement to the coordinator).
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select, Sender};
 use parking_lot::Mutex;
 
-use super::channel::{Output, Rx};
+use super::channel::{peer_gone, EdgeOut, Output, Rx};
 pub use super::config::CheckpointingMode;
 use super::event::{Barrier, Event};
 use crate::checkpoint::{
@@ -354,6 +355,7 @@ impl<I: Send, O: Clone + Send, Op: StreamOperator<I, O>> TaskBody for OperatorTa
         } = *self;
         let mut ctx = rt.open_context()?;
         op.open(&mut ctx)?;
+        out.open()?;
         let n = inputs.len();
         let mut ended = vec![false; n];
         let mut align: Option<Alignment> = None;
@@ -387,7 +389,7 @@ impl<I: Send, O: Clone + Send, Op: StreamOperator<I, O>> TaskBody for OperatorTa
                 };
                 if oper.index() == ctrl {
                     match oper.recv(&control) {
-                        Ok(c) => handle_control(c, &mut op, &mut ctx)?,
+                        Ok(c) => handle_control(c, &mut op, &mut ctx, &mut out)?,
                         Err(_) => return Err(Error::Cancelled),
                     }
                     continue;
@@ -432,14 +434,12 @@ impl<I: Send, O: Clone + Send, Op: StreamOperator<I, O>> TaskBody for OperatorTa
                         continue 'outer;
                     }
                     Err(_) => {
-                        return Err(if rt.cancelled() {
-                            Error::Cancelled
-                        } else {
-                            Error::Job(format!(
+                        return Err(peer_gone(&rt.cancel, || {
+                            format!(
                                 "an upstream subtask of {} vanished without ending",
                                 rt.info.label()
-                            ))
-                        });
+                            )
+                        }));
                     }
                 }
             }
@@ -449,7 +449,7 @@ impl<I: Send, O: Clone + Send, Op: StreamOperator<I, O>> TaskBody for OperatorTa
         // Notifications the coordinator sent before the end of input reached this
         // subtask (the final checkpoint's completion above all) are handled before it ends.
         while let Ok(c) = rt.control.try_recv() {
-            handle_control(c, &mut op, &mut ctx)?;
+            handle_control(c, &mut op, &mut ctx, &mut out)?;
         }
         rt.join_asyncs();
         Ok(())
@@ -481,17 +481,111 @@ fn try_complete<I, O: Clone, Op: StreamOperator<I, O>>(
     Ok(true)
 }
 
-fn handle_control<I, O, Op: StreamOperator<I, O>>(
+/// A message of the coordinator for this subtask, then for the operators chained behind
+/// it.
+fn handle_control<I, O: Clone, Op: StreamOperator<I, O>>(
     c: Control,
     op: &mut Op,
     ctx: &mut TaskContext,
+    out: &mut Output<O>,
 ) -> Result<()> {
     match c {
-        Control::Complete(id) => op.notify_complete(id, ctx),
+        Control::Complete(id) => op.notify_complete(id, ctx)?,
         Control::Aborted(id) => {
             tracing::debug!("{}: checkpoint {id} aborted", ctx.info.label());
-            Ok(())
         }
-        Control::Trigger(_) | Control::Finish => Ok(()),
+        Control::Trigger(_) | Control::Finish => return Ok(()),
+    }
+    out.control(c)
+}
+
+/// An operator chained to the one before it (Flink's operator chaining): it runs in its
+/// upstream subtask's thread, which calls it for each record as an output edge, with no
+/// channel and no batch in between. It keeps its own state, snapshots and
+/// acknowledgements (its own [`TaskRuntime`]), so checkpoints, restores and rescaling see
+/// it as a subtask like any other; the coordinator's messages reach it through the head
+/// of its chain.
+pub(crate) struct ChainedTask<I, O, Op> {
+    op: Op,
+    out: Output<O>,
+    rt: TaskRuntime,
+    ctx: Option<TaskContext>,
+    _i: PhantomData<fn(I)>,
+}
+
+impl<I, O, Op> ChainedTask<I, O, Op> {
+    pub(crate) fn new(op: Op, out: Output<O>, rt: TaskRuntime) -> Self {
+        ChainedTask {
+            op,
+            out,
+            rt,
+            ctx: None,
+            _i: PhantomData,
+        }
+    }
+}
+
+fn not_open(rt: &TaskRuntime) -> Error {
+    Error::Job(format!(
+        "chained subtask {} used before it was opened",
+        rt.info.label()
+    ))
+}
+
+impl<I: Send, O: Clone + Send, Op: StreamOperator<I, O>> EdgeOut<I> for ChainedTask<I, O, Op> {
+    fn open(&mut self) -> Result<()> {
+        let mut ctx = self.rt.open_context()?;
+        self.op.open(&mut ctx)?;
+        self.ctx = Some(ctx);
+        self.out.open()
+    }
+
+    fn push(&mut self, rec: I, _cancel: &AtomicBool) -> Result<()> {
+        let Some(ctx) = self.ctx.as_mut() else {
+            return Err(not_open(&self.rt));
+        };
+        self.op.process(rec, ctx, &mut self.out)
+    }
+
+    fn flush(&mut self, _cancel: &AtomicBool) -> Result<()> {
+        self.out.flush()
+    }
+
+    fn barrier(&mut self, b: Barrier, _cancel: &AtomicBool) -> Result<()> {
+        let Some(ctx) = self.ctx.as_mut() else {
+            return Err(not_open(&self.rt));
+        };
+        self.out.take_error()?;
+        self.op.prepare_snapshot(b.id, ctx)?;
+        self.rt.snapshot(ctx, b, Duration::ZERO, Vec::new())?;
+        self.out.barrier(b)
+    }
+
+    fn end(&mut self, _cancel: &AtomicBool) -> Result<()> {
+        let Some(ctx) = self.ctx.as_mut() else {
+            return Err(not_open(&self.rt));
+        };
+        self.op.end_input(ctx, &mut self.out)?;
+        self.out.end()?;
+        self.rt.join_asyncs();
+        let _ = self
+            .rt
+            .events
+            .send(TaskEvent::Finished { task: self.rt.id });
+        Ok(())
+    }
+
+    fn control(&mut self, c: Control) -> Result<()> {
+        let Some(ctx) = self.ctx.as_mut() else {
+            return Err(not_open(&self.rt));
+        };
+        handle_control(c, &mut self.op, ctx, &mut self.out)
+    }
+}
+
+impl<I, O, Op> Drop for ChainedTask<I, O, Op> {
+    fn drop(&mut self) {
+        // Its snapshot threads end before the chain's thread does, as a subtask's do.
+        self.rt.join_asyncs();
     }
 }
