@@ -36,6 +36,10 @@
 
 mod common;
 
+/// The command line's allocator, so that the bench measures what `tidemark run` runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -7,6 +7,11 @@ use std::process::ExitCode;
 
 use tidemark::cli::{self, CliError};
 
+/// mimalloc: records allocated by one subtask's thread are freed by another's, which
+/// glibc's allocator serves slowly.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // A panic is a bug; it still ends with one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
