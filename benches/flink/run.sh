@@ -30,6 +30,13 @@
 #   RECOVERY          [1]         0: no kill and restart
 #   RECOVERY_PARALLELISM [1]
 #   KILL_AFTER_CHECKPOINTS [5]
+#   STATE_RECOVERY_MB [100 1024]  recovery at these sizes of keyed state (StateRecovery.java:
+#                                  1 KiB of value state per key, a failure once a checkpoint
+#                                  holds every key, a restart in the same MiniCluster;
+#                                  reported: failure -> first record after the restore);
+#                                  empty skips
+#   STATE_RECOVERY_PARALLELISM [2]
+#   STATE_RECOVERY_JAVA_OPTS [-Xmx8g]  the hashmap backend keeps the state on the heap
 #   JAVA_OPTS         []          extra JVM options (e.g. -Xmx4g)
 set -euo pipefail
 
@@ -48,6 +55,9 @@ RECOVERY="${RECOVERY:-1}"
 RECOVERY_PARALLELISM="${RECOVERY_PARALLELISM:-1}"
 KILL_AFTER_CHECKPOINTS="${KILL_AFTER_CHECKPOINTS:-5}"
 JAVA_OPTS="${JAVA_OPTS:-}"
+STATE_RECOVERY_MB="${STATE_RECOVERY_MB-100 1024}"
+STATE_RECOVERY_PARALLELISM="${STATE_RECOVERY_PARALLELISM:-2}"
+STATE_RECOVERY_JAVA_OPTS="${STATE_RECOVERY_JAVA_OPTS:--Xmx8g}"
 mkdir -p "$WORK"
 
 command -v java >/dev/null || { echo "java not found (Java 17 is needed)" >&2; exit 1; }
@@ -65,7 +75,7 @@ PYFLINK="$("$VENV/bin/python" -c 'import os, pyflink; print(os.path.dirname(pyfl
 CP="$(ls "$PYFLINK"/lib/*.jar | tr '\n' ':')"
 CLASSES="$WORK/classes"
 mkdir -p "$CLASSES"
-javac -nowarn -cp "$CP" -d "$CLASSES" "$HERE/WordCount.java"
+javac -nowarn -cp "$CP" -d "$CLASSES" "$HERE/WordCount.java" "$HERE/StateRecovery.java"
 CP="$CLASSES:$CP"
 echo "Flink $FLINK_VERSION ($PYFLINK/lib), $(java -version 2>&1 | head -1)"
 
@@ -191,6 +201,37 @@ flink_recovery() {
     done
 }
 
+flink_state_recovery() {
+    echo "== Flink $FLINK_VERSION: restart in the same MiniCluster after a failure (parallelism $STATE_RECOVERY_PARALLELISM)"
+    printf '%-8s %8s %9s %14s %12s %14s %12s\n' backend MB keys "ckpt bytes" "build s" "ckpt median" "failure->1st rec"
+    for mb in $STATE_RECOVERY_MB; do
+        for b in $BACKENDS; do
+            local run="$WORK/state-recovery-$b-$mb"
+            rm -rf "$run"
+            mkdir -p "$run"
+            # shellcheck disable=SC2086
+            java $STATE_RECOVERY_JAVA_OPTS -Dlog.file="$run/flink.log" -Dlog4j.configurationFile="file://$LOG4J" \
+                -cp "$CP" StateRecovery "$b" "$STATE_RECOVERY_PARALLELISM" "$mb" "$run/checkpoints" >"$run/stdout" 2>"$run/stderr" || {
+                echo "Flink state recovery failed ($b, $mb MB): see $run/stderr and $run/flink.log" >&2
+                tail -20 "$run/stderr" >&2
+                exit 1
+            }
+            if [ "$(field FOUND_STATE "$run/stdout")" != true ]; then
+                echo "Flink ($b, $mb MB): the first record after the restore did not find its state" >&2
+                exit 1
+            fi
+            local failed first bytes
+            failed="$(field FAILED_MS "$run/stdout")"
+            first="$(field FIRST_RECORD_MS "$run/stdout")"
+            bytes="$(sed -n 's/.*Completed checkpoint [0-9]* for job [0-9a-f]* (\([0-9]*\) bytes.*/\1/p' "$run/flink.log" | tail -1)"
+            read -r _ med _ <<<"$(checkpoint_stats "$run/flink.log")"
+            printf '%-8s %8s %9s %14s %12.1f %11s ms %13s ms\n' "$b" "$mb" "$(field KEYS "$run/stdout")" "$bytes" \
+                "$(awk -v m="$(field BUILD_MS "$run/stdout")" 'BEGIN {print m/1000}')" "$med" "$((first - failed))"
+            rm -rf "$run/checkpoints"
+        done
+    done
+}
+
 for round in $(seq 1 "$ROUNDS"); do
     echo "=== round $round of $ROUNDS"
     if [ "$WITH_TIDEMARK" = 1 ]; then
@@ -200,4 +241,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 if [ "$RECOVERY" = 1 ]; then
     flink_recovery
+fi
+if [ -n "$STATE_RECOVERY_MB" ]; then
+    flink_state_recovery
 fi
