@@ -1313,7 +1313,7 @@ fn buffers_per_channel_and_the_row_cache_are_read_and_checked() {
     let (d, _) = build("");
     assert!(d.operator_chaining);
     assert_eq!(d.buffers_per_channel, 4);
-    assert_eq!(d.state_backend.lsm_row_cache_size, 1 << 20);
+    assert_eq!(d.state_backend.lsm_row_cache_size, 16 << 20);
     for bad in [
         "taskmanager.network.memory.buffers-per-channel: 0\n",
         "taskmanager.network.memory.buffers-per-channel: many\n",

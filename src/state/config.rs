@@ -77,7 +77,7 @@ pub struct StateBackendConfig {
     pub write_buffer_ratio: f64,
     /// `state.backend.lsm.row-cache.size`: the `lsm` backend's write-back cache of rows per
     /// subtask (see [`crate::state::row_cache`]), outside the managed memory; 0 turns it
-    /// off. Default 1 MiB.
+    /// off. Default 16 MiB.
     pub lsm_row_cache_size: u64,
 }
 
