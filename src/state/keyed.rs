@@ -305,6 +305,37 @@ fn encode<T: Serialize + ?Sized>(what: &str, v: &T) -> Result<Vec<u8>> {
         .map_err(|e| Error::InvalidArgument(format!("cannot serialize {what}: {e}")))
 }
 
+thread_local! {
+    /// The serialization buffer of [`with_encoded`], one per thread (a subtask's thread
+    /// serializes a key and a value per record).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Calls `f` with `v` serialized, in a buffer reused across calls (no allocation per
+/// record); a nested call gets a buffer of its own.
+fn with_encoded<T: Serialize + ?Sized, R>(
+    what: &str,
+    v: &T,
+    f: impl FnOnce(&[u8]) -> Result<R>,
+) -> Result<R> {
+    let mut buf = SCRATCH
+        .with(|s| s.try_borrow_mut().map(|mut b| std::mem::take(&mut *b)))
+        .unwrap_or_default();
+    buf.clear();
+    let buf = postcard::to_extend(v, buf)
+        .map_err(|e| Error::InvalidArgument(format!("cannot serialize {what}: {e}")))?;
+    let out = f(&buf);
+    // Kept for the next call unless it grew large (a one-off big value).
+    if buf.capacity() <= 64 << 10 {
+        SCRATCH.with(|s| {
+            if let Ok(mut b) = s.try_borrow_mut() {
+                *b = buf;
+            }
+        });
+    }
+    out
+}
+
 fn decode<T: DeserializeOwned>(state: &str, bytes: &[u8]) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|e| {
         Error::InvalidArgument(format!(
@@ -564,6 +595,10 @@ impl Cell<'_> {
         let Some(raw) = self.backend.get(self.id, user_key)? else {
             return Ok(None);
         };
+        if self.ttl.is_none() {
+            // No stamp: the stored bytes are the payload.
+            return Ok(Some(raw));
+        }
         let (out, renew, gone) = match self.unstamp(&raw)? {
             None => (None, false, true),
             Some((p, renew)) => {
@@ -585,6 +620,9 @@ impl Cell<'_> {
     }
 
     fn write(&mut self, user_key: &[u8], payload: &[u8]) -> Result<()> {
+        if self.ttl.is_none() {
+            return self.backend.put(self.id, user_key, payload);
+        }
         let b = self.stamp(payload);
         self.backend.put(self.id, user_key, &b)
     }
@@ -696,8 +734,7 @@ impl<'a> KeyedState<'a> {
     /// Sets the current key (serialized with postcard; its key group follows from those
     /// bytes).
     pub fn set_current_key<K: Serialize + ?Sized>(&mut self, key: &K) -> Result<()> {
-        let bytes = encode("the key", key)?;
-        self.backend.set_current_key(&bytes)
+        with_encoded("the key", key, |bytes| self.backend.set_current_key(bytes))
     }
 
     fn cell<'s>(
@@ -793,8 +830,8 @@ impl<T: Serialize + DeserializeOwned> ValueState<'_, T> {
 
     /// Sets the current key's value.
     pub fn update(&mut self, v: &T) -> Result<()> {
-        let b = encode(self.cell.name, v)?;
-        self.cell.write(&[], &b)
+        let cell = &mut self.cell;
+        with_encoded(cell.name, v, |b| cell.write(&[], b))
     }
 
     /// Removes the current key's value.
