@@ -16,8 +16,8 @@ use super::channel::{peer_gone, EdgeOut, Output, Rx};
 pub use super::config::CheckpointingMode;
 use super::event::{Barrier, Event};
 use crate::checkpoint::{
-    CheckpointId, CheckpointStorage, OperatorSubtaskState, PendingCheckpoint, PendingSavepoint,
-    SnapshotTarget, SourceOffset,
+    CheckpointId, CheckpointKind, CheckpointStorage, FileHandle, OperatorSubtaskState,
+    PendingCheckpoint, PendingSavepoint, PrivateWrite, SnapshotTarget, SourceOffset,
 };
 use crate::error::{Error, Result};
 use crate::state::backend::{CheckpointedKeyedState, RestoreFrom, StateBackend, SubtaskInfo};
@@ -98,6 +98,86 @@ impl Pending {
 /// A pending checkpoint or savepoint shared by the subtasks placing files into it (at the
 /// same time).
 pub(crate) type SharedPending = Arc<Pending>;
+
+/// A snapshot target that refuses every write once its attempt is cancelled, so that the
+/// asynchronous part of a snapshot (seconds of writing for a large heap state) stops at
+/// its next write instead of holding up the restart, which aborts the checkpoint only
+/// once no snapshot thread writes into it.
+struct Abortable<'a> {
+    inner: &'a dyn SnapshotTarget,
+    cancel: &'a AtomicBool,
+}
+
+impl Abortable<'_> {
+    fn check(&self) -> Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Job(format!(
+                "{} {} was abandoned: its attempt ended",
+                self.inner.kind().as_str(),
+                self.inner.id()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// [`Abortable`]'s writer: checks before every append.
+struct AbortableWrite<'a> {
+    inner: Box<dyn PrivateWrite + 'a>,
+    target: &'a Abortable<'a>,
+}
+
+impl PrivateWrite for AbortableWrite<'_> {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.target.check()?;
+        self.inner.append(data)
+    }
+
+    fn written(&self) -> u64 {
+        self.inner.written()
+    }
+
+    fn finish(self: Box<Self>) -> Result<FileHandle> {
+        self.target.check()?;
+        self.inner.finish()
+    }
+}
+
+impl SnapshotTarget for Abortable<'_> {
+    fn id(&self) -> CheckpointId {
+        self.inner.id()
+    }
+
+    fn kind(&self) -> CheckpointKind {
+        self.inner.kind()
+    }
+
+    fn private_writer(&self, name: &str) -> Result<Box<dyn PrivateWrite + '_>> {
+        self.check()?;
+        Ok(Box::new(AbortableWrite {
+            inner: self.inner.private_writer(name)?,
+            target: self,
+        }))
+    }
+
+    fn place_private(&self, local_path: &std::path::Path, name: &str) -> Result<FileHandle> {
+        self.check()?;
+        self.inner.place_private(local_path, name)
+    }
+
+    fn place_shared(
+        &self,
+        owner: &str,
+        local_path: &std::path::Path,
+        local_name: &str,
+        size: u64,
+        crc32c: u32,
+    ) -> Result<FileHandle> {
+        self.check()?;
+        self.inner
+            .place_shared(owner, local_path, local_name, size, crc32c)
+    }
+}
 
 /// The pending checkpoints of an attempt, by id, shared with the subtasks' asynchronous
 /// parts.
@@ -240,6 +320,7 @@ impl TaskRuntime {
         let info = self.info.clone();
         let pendings = self.pendings.clone();
         let events = self.events.clone();
+        let cancel = Arc::clone(&self.cancel);
         let task = self.id;
         let handle = std::thread::Builder::new()
             .name(format!("{}-async", info.label()))
@@ -249,12 +330,15 @@ impl TaskRuntime {
                     let pending = pendings
                         .get(b.id)
                         .ok_or_else(|| Error::Job(format!("checkpoint {} was aborted", b.id)))?;
+                    let target = Abortable {
+                        inner: pending.target(),
+                        cancel: &cancel,
+                    };
                     let keyed_state = match keyed {
-                        Some(k) => k.write(pending.target())?,
+                        Some(k) => k.write(&target)?,
                         None => Vec::new(),
                     };
-                    let operator_state =
-                        backend.write_operator_state(&info, &op, pending.target())?;
+                    let operator_state = backend.write_operator_state(&info, &op, &target)?;
                     Ok(OperatorSubtaskState {
                         operator_id: info.operator_id.clone(),
                         subtask_index: info.subtask_index,
@@ -587,5 +671,69 @@ impl<I, O, Op> Drop for ChainedTask<I, O, Op> {
     fn drop(&mut self) {
         // Its snapshot threads end before the chain's thread does, as a subtask's do.
         self.rt.join_asyncs();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{CheckpointConfig, CheckpointStore, JobId, LocalStorage};
+    use crate::fs::StdFs;
+
+    #[test]
+    fn an_abandoned_snapshot_stops_at_its_next_write_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(
+            StdFs::shared(),
+            dir.path(),
+            JobId::new("00000000000000000000000000000001").unwrap(),
+        );
+        let store = CheckpointStore::open(Arc::new(storage), CheckpointConfig::default()).unwrap();
+        let pending = store
+            .begin(CheckpointId(1), CheckpointKind::Incremental)
+            .unwrap();
+        let cancel = AtomicBool::new(false);
+        let target = Abortable {
+            inner: &pending,
+            cancel: &cancel,
+        };
+        // Before the cancel: writes go through.
+        let done = target.write_private("a", b"whole").unwrap();
+        assert_eq!(done.size, 5);
+        let mut w = target.private_writer("b").unwrap();
+        w.append(b"first part").unwrap();
+        cancel.store(true, Ordering::SeqCst);
+        let e = w.append(b"second part").unwrap_err();
+        assert!(e.to_string().contains("abandoned"), "{e}");
+        drop(w);
+        assert!(target.private_writer("c").is_err());
+        assert!(target.write_private("d", b"x").is_err());
+        let local = dir.path().join("local.sst");
+        std::fs::write(&local, b"table").unwrap();
+        assert!(target
+            .place_shared("op", &local, "local.sst", 5, crate::codec::crc32c(b"table"))
+            .is_err());
+        assert!(target.place_private(&local, "e").is_err());
+        pending.abort().unwrap();
+        let job_dir = dir.path().join("00000000000000000000000000000001");
+        let left: Vec<_> = walk(&job_dir)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("chk-1"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                out.push(p.clone());
+                if p.is_dir() {
+                    out.extend(walk(&p));
+                }
+            }
+        }
+        out
     }
 }
