@@ -20,7 +20,6 @@
 //   BUILD_MS=<ms>           from submission to the failure
 
 import java.util.Map;
-import java.util.HashMap;
 import java.util.SplittableRandom;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
@@ -141,13 +140,7 @@ public class StateRecovery {
         final long k = keys;
         System.out.println("KEYS=" + keys);
 
-        Map<String, String> conf = new HashMap<>();
-        conf.put("state.backend.type", backend);
-        conf.put("execution.checkpointing.incremental", backend.equals("rocksdb") ? "true" : "false");
-        conf.put("execution.checkpointing.interval", "1 s");
-        conf.put("execution.checkpointing.mode", "EXACTLY_ONCE");
-        conf.put("execution.checkpointing.storage", "filesystem");
-        conf.put("execution.checkpointing.dir", "file://" + checkpoints);
+        Map<String, String> conf = WordCount.checkpointing(backend, checkpoints);
         conf.put("restart-strategy.type", "fixed-delay");
         conf.put("restart-strategy.fixed-delay.attempts", "1");
         conf.put("restart-strategy.fixed-delay.delay", "0 ms");

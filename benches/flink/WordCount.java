@@ -83,6 +83,22 @@ public class WordCount {
         }
     }
 
+    /**
+     * The backend (hashmap with full checkpoints, or rocksdb with incremental ones) and
+     * exactly-once checkpoints every second into a local directory: the settings both
+     * harness jobs share.
+     */
+    static Map<String, String> checkpointing(String backend, String checkpoints) {
+        Map<String, String> conf = new HashMap<>();
+        conf.put("state.backend.type", backend);
+        conf.put("execution.checkpointing.incremental", backend.equals("rocksdb") ? "true" : "false");
+        conf.put("execution.checkpointing.interval", "1 s");
+        conf.put("execution.checkpointing.mode", "EXACTLY_ONCE");
+        conf.put("execution.checkpointing.storage", "filesystem");
+        conf.put("execution.checkpointing.dir", "file://" + checkpoints);
+        return conf;
+    }
+
     public static void main(String[] args) throws Exception {
         if (args.length < 5) {
             System.err.println(
@@ -97,13 +113,7 @@ public class WordCount {
         String restore = args.length > 5 ? args[5] : null;
         System.out.println("JVM_START_MS=" + ManagementFactory.getRuntimeMXBean().getStartTime());
 
-        Map<String, String> conf = new HashMap<>();
-        conf.put("state.backend.type", backend);
-        conf.put("execution.checkpointing.incremental", backend.equals("rocksdb") ? "true" : "false");
-        conf.put("execution.checkpointing.interval", "1 s");
-        conf.put("execution.checkpointing.mode", "EXACTLY_ONCE");
-        conf.put("execution.checkpointing.storage", "filesystem");
-        conf.put("execution.checkpointing.dir", "file://" + checkpoints);
+        Map<String, String> conf = checkpointing(backend, checkpoints);
         conf.put("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION");
         conf.put("restart-strategy.type", "none");
         if (restore != null) {
