@@ -442,7 +442,7 @@ fn machine(c: &mut Criterion, root: &Path) {
 }
 
 /// One engine configuration of the `memory` workload.
-const MEMORY_VARIANTS: &[&str] = &["tidemark", "fjall"];
+const MEMORY_VARIANTS: &[&str] = &["tidemark", "tidemark-mapped", "tidemark-budget128", "fjall"];
 
 /// The env var that makes this binary a `memory` child: its value names the variant.
 const MEMORY_CHILD_ENV: &str = "TIDEMARK_BENCH_MEMORY_CHILD";
@@ -474,10 +474,33 @@ fn memory_tuning() -> Tuning {
     }
 }
 
-/// Opens the store of a `memory` variant.
+/// Opens the store of a `memory` variant: `tidemark` (default options: positioned table
+/// reads), `tidemark-mapped` (tables read through memory mappings), `tidemark-budget128`
+/// (one strict 128 MiB [`tidemark::lsm::MemoryBudget`]: 64 MiB for memtables, which
+/// writers wait for flushes to stay within, in 32 MiB memtables; 64 MiB of block cache that
+/// the tables' index and filter blocks are charged to) and `fjall`.
 fn memory_engine(variant: &str, dir: &Path) -> Box<dyn common::Engine> {
+    use tidemark::lsm::{Db, MemoryBudget, TableReads};
+    let tidemark = |o: tidemark::lsm::Options| -> Box<dyn common::Engine> {
+        Box::new(common::TidemarkEngine {
+            db: Db::open(dir, o).expect("open tidemark"),
+        })
+    };
+    let base = common::tidemark_options(Durability::Buffered, memory_tuning());
     match variant {
         "tidemark" | "fjall" => open(variant, dir, Durability::Buffered, memory_tuning()),
+        "tidemark-mapped" => tidemark(tidemark::lsm::Options {
+            table_reads: TableReads::Mapped,
+            ..base
+        }),
+        "tidemark-budget128" => tidemark(tidemark::lsm::Options {
+            memory_budget: Some(
+                MemoryBudget::new_strict(pick(8 << 20, 128 << 20)).expect("budget"),
+            ),
+            // Two memtables fill the budget's half for memtables.
+            memtable_size_bytes: pick(2 << 20, 32 << 20),
+            ..base
+        }),
         other => panic!("unknown memory variant {other}"),
     }
 }
