@@ -17,6 +17,10 @@
 //! - `writeamp` (printed, not a criterion group): bytes written per logical byte by a
 //!   random load and its compactions, then the time and bytes of a full compaction.
 //!
+//! - `memory` (printed, not a criterion group): each engine in a fresh child process
+//!   loads N keys (default 8M) in random order, settles and reads at random; the peak
+//!   resident memory (VmHWM) and its anonymous and file-backed parts are compared.
+//!
 //! `TIDEMARK_BENCH_SHORT=1` runs small data sets with few samples.
 
 mod common;
@@ -437,6 +441,208 @@ fn machine(c: &mut Criterion, root: &Path) {
     g.finish();
 }
 
+/// One engine configuration of the `memory` workload.
+const MEMORY_VARIANTS: &[&str] = &["tidemark", "tidemark-mapped", "tidemark-budget128", "fjall"];
+
+/// The env var that makes this binary a `memory` child: its value names the variant.
+const MEMORY_CHILD_ENV: &str = "TIDEMARK_BENCH_MEMORY_CHILD";
+
+/// Resident memory of this process from `/proc/self/status`, in KiB:
+/// (VmHWM, VmRSS, RssAnon, RssFile).
+fn proc_status_kib() -> (u64, u64, u64, u64) {
+    let s = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (
+        field("VmHWM:"),
+        field("VmRSS:"),
+        field("RssAnon:"),
+        field("RssFile:"),
+    )
+}
+
+/// The memory workload's tuning: a 64 MiB memtable and a 64 MiB block cache for every
+/// engine (the outside harness's sizes).
+fn memory_tuning() -> Tuning {
+    Tuning {
+        memtable_bytes: pick(4 << 20, 64 << 20),
+        cache_bytes: pick(4 << 20, 64 << 20),
+    }
+}
+
+/// Opens the store of a `memory` variant: `tidemark` (default options: positioned table
+/// reads), `tidemark-mapped` (tables read through memory mappings), `tidemark-budget128`
+/// (one strict 128 MiB [`tidemark::lsm::MemoryBudget`]: 64 MiB for memtables, which
+/// writers wait for flushes to stay within, in 32 MiB memtables; 64 MiB of block cache that
+/// the tables' index and filter blocks are charged to) and `fjall`.
+fn memory_engine(variant: &str, dir: &Path) -> Box<dyn common::Engine> {
+    use tidemark::lsm::{Db, MemoryBudget, TableReads};
+    let tidemark = |o: tidemark::lsm::Options| -> Box<dyn common::Engine> {
+        Box::new(common::TidemarkEngine {
+            db: Db::open(dir, o).expect("open tidemark"),
+        })
+    };
+    let base = common::tidemark_options(Durability::Buffered, memory_tuning());
+    match variant {
+        "tidemark" | "fjall" => open(variant, dir, Durability::Buffered, memory_tuning()),
+        "tidemark-mapped" => tidemark(tidemark::lsm::Options {
+            table_reads: TableReads::Mapped,
+            ..base
+        }),
+        "tidemark-budget128" => tidemark(tidemark::lsm::Options {
+            memory_budget: Some(
+                MemoryBudget::new_strict(pick(8 << 20, 128 << 20)).expect("budget"),
+            ),
+            // Two memtables fill the budget's half for memtables.
+            memtable_size_bytes: pick(2 << 20, 32 << 20),
+            ..base
+        }),
+        other => panic!("unknown memory variant {other}"),
+    }
+}
+
+/// The child side of the `memory` workload: loads `n` keys in random order, settles,
+/// reads `reads` random keys (every one present), and prints one `memory-result` line.
+/// A sampler thread records the largest RssAnon and RssFile seen (every 20 ms).
+fn memory_child(variant: &str) {
+    let n: u64 = std::env::var("TIDEMARK_BENCH_MEMORY_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .expect("TIDEMARK_BENCH_MEMORY_N");
+    let reads: u64 = std::env::var("TIDEMARK_BENCH_MEMORY_READS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = std::path::PathBuf::from(
+        std::env::var_os("TIDEMARK_BENCH_MEMORY_DIR").expect("TIDEMARK_BENCH_MEMORY_DIR"),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let (mut anon, mut file) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                let (_, _, a, f) = proc_status_kib();
+                anon = anon.max(a);
+                file = file.max(f);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (anon, file)
+        })
+    };
+    let db = memory_engine(variant, &dir);
+    let start = Instant::now();
+    load(db.as_ref(), shuffled(n, 17), 0);
+    db.settle();
+    let load_secs = start.elapsed().as_secs_f64();
+    let (hwm_load, ..) = proc_status_kib();
+    let mut rng = Rng::new(23);
+    let start = Instant::now();
+    let mut found = 0u64;
+    for _ in 0..reads {
+        found += db.get(&key(rng.below(n))) as u64;
+    }
+    let read_secs = start.elapsed().as_secs_f64();
+    assert_eq!(found, reads, "{variant}: every key read must be found");
+    let (hwm, rss, anon, file) = proc_status_kib();
+    stop.store(true, Ordering::Relaxed);
+    let (peak_anon, peak_file) = sampler.join().expect("sampler");
+    common::print_diagnostics("memory", db.as_ref());
+    drop(db);
+    println!(
+        "memory-result {variant} {n} {load_secs:.3} {:.0} {hwm_load} {hwm} {rss} {anon} {file} {peak_anon} {peak_file}",
+        reads as f64 / read_secs
+    );
+}
+
+/// The `memory` workload: for each variant and each key count, a fresh child process
+/// (this binary with [`MEMORY_CHILD_ENV`] set) loads the keys, settles, reads at random
+/// and reports its peak resident memory; the parent prints a table with each variant's
+/// ratio to the first.
+///
+/// `TIDEMARK_BENCH_MEMORY_KEYS` (default `8000000`, comma-separated for several),
+/// `TIDEMARK_BENCH_MEMORY_VARIANTS` (default every variant) and
+/// `TIDEMARK_BENCH_MEMORY_READS` (default 1,000,000) change what runs.
+fn memory(root: &Path) {
+    let sizes: Vec<u64> = std::env::var("TIDEMARK_BENCH_MEMORY_KEYS")
+        .unwrap_or_else(|_| pick("100000", "8000000").to_string())
+        .split(',')
+        .map(|s| s.trim().parse().expect("TIDEMARK_BENCH_MEMORY_KEYS"))
+        .collect();
+    let variants: Vec<String> = std::env::var("TIDEMARK_BENCH_MEMORY_VARIANTS")
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+        .unwrap_or_else(|_| MEMORY_VARIANTS.iter().map(|s| s.to_string()).collect());
+    let reads = std::env::var("TIDEMARK_BENCH_MEMORY_READS")
+        .unwrap_or_else(|_| pick("100000", "1000000").to_string());
+    let exe = std::env::current_exe().expect("current exe");
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    for &n in &sizes {
+        let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
+        for variant in &variants {
+            let dir = root.join(format!("memory-{variant}-{n}"));
+            let out = std::process::Command::new(&exe)
+                .env(MEMORY_CHILD_ENV, variant)
+                .env("TIDEMARK_BENCH_MEMORY_N", n.to_string())
+                .env("TIDEMARK_BENCH_MEMORY_READS", &reads)
+                .env("TIDEMARK_BENCH_MEMORY_DIR", &dir)
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .expect("run memory child");
+            let _ = fs::remove_dir_all(&dir);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let line = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("memory-result "))
+                .unwrap_or_else(|| panic!("{variant}: child failed ({}): {stdout}", out.status));
+            let figures: Vec<f64> = line
+                .split_whitespace()
+                .skip(2)
+                .map(|x| x.parse().expect("memory figure"))
+                .collect();
+            rows.push((variant.clone(), figures));
+        }
+        eprintln!(
+            "\nmemory, {n} keys of 16+100 bytes loaded in random order, {reads} random reads; \
+             64 MiB memtable, 64 MiB block cache; MiB"
+        );
+        eprintln!(
+            "{:<22} {:>8} {:>10} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>10} {:>8}",
+            "variant",
+            "load s",
+            "reads/s",
+            "HWM load",
+            "VmHWM",
+            "RssAnon",
+            "RssFile",
+            "max anon",
+            "max file",
+            "HWM ratio",
+            "reads x"
+        );
+        let base = rows.first().map(|r| r.1.clone()).unwrap_or_default();
+        for (variant, f) in &rows {
+            eprintln!(
+                "{:<22} {:>8.1} {:>10.0} {:>9.0} {:>9.0} {:>8.0} {:>8.0} {:>9.0} {:>9.0} {:>10.2} {:>8.2}",
+                variant,
+                f[0],
+                f[1],
+                mib(f[2] as u64),
+                mib(f[3] as u64),
+                mib(f[5] as u64),
+                mib(f[6] as u64),
+                mib(f[7] as u64),
+                mib(f[8] as u64),
+                f[3] / base[3],
+                f[1] / base[1],
+            );
+        }
+    }
+}
+
 /// True when the command line's filter (if any), taken as a substring of `group/engine`,
 /// could select a benchmark of group `g`.
 fn wants(g: &str) -> bool {
@@ -485,6 +691,9 @@ fn wants(g: &str) -> bool {
 }
 
 fn main() {
+    if let Ok(variant) = std::env::var(MEMORY_CHILD_ENV) {
+        return memory_child(&variant);
+    }
     let root = bench_root();
     eprintln!("benchmark stores under {}", root.path().display());
     let mut c = Criterion::default().configure_from_args();
@@ -522,5 +731,8 @@ fn main() {
         writeamp(root.path());
     }
     reads(&mut c, root.path());
+    if wants("memory") {
+        memory(root.path());
+    }
     c.final_summary();
 }

@@ -645,6 +645,47 @@ fn unsynced_log_across_many_presize_steps_replays_after_a_crash() {
 /// write-buffer limit (each store flushes its own memtable when a write finds them over
 /// it), far below their own memtable sizes; they read through one cache, whose blocks
 /// never mix their files (both use the same file numbers).
+/// A strict budget: writers wait for their store's pending flush instead of holding more
+/// memtables, so the stores' memtables stay close to the limit.
+#[test]
+fn a_strict_memory_budget_keeps_memtables_within_its_limit() {
+    let budget = tidemark::lsm::MemoryBudget::new_strict(8 << 20).unwrap();
+    assert!(budget.is_strict());
+    let tmp = tempfile::tempdir().unwrap();
+    let open = |name: &str| {
+        Db::open(
+            tmp.path().join(name),
+            Options {
+                sync: tidemark::lsm::SyncMode::None,
+                memtable_size_bytes: 64 << 20,
+                memory_budget: Some(budget.clone()),
+                ..Options::default()
+            },
+        )
+        .unwrap()
+    };
+    let (a, b) = (open("a"), open("b"));
+    let value = vec![b'v'; 1000];
+    let mut peak = 0;
+    for i in 0..12_000u32 {
+        let k = format!("key-{:06}", i % 6000);
+        a.put(&k, [&value[..], b"a"].concat()).unwrap();
+        b.put(&k, [&value[..], b"b"].concat()).unwrap();
+        peak = peak.max(budget.memtable_bytes());
+    }
+    let limit = budget.write_buffer_bytes();
+    assert!(
+        peak < limit + limit / 4,
+        "memtables peaked at {peak} bytes for a limit of {limit}"
+    );
+    assert!(a.stats().flushes >= 3 && b.stats().flushes >= 3);
+    for i in (0..6000u32).step_by(7) {
+        let k = format!("key-{i:06}");
+        assert_eq!(a.get(&k).unwrap().unwrap().last(), Some(&b'a'));
+        assert_eq!(b.get(&k).unwrap().unwrap().last(), Some(&b'b'));
+    }
+}
+
 #[test]
 fn stores_sharing_a_memory_budget_stay_within_it_and_never_mix_blocks() {
     let budget = tidemark::lsm::MemoryBudget::new(8 << 20).unwrap();

@@ -189,10 +189,15 @@ pub fn open(name: &str, dir: &Path, durability: Durability, t: Tuning) -> Box<dy
     }
 }
 
-/// tidemark's options for a benchmark.
+/// tidemark's options for a benchmark. `TIDEMARK_BENCH_TABLE_READS=mapped` reads tables
+/// through memory mappings instead of positioned reads (the default).
 pub fn tidemark_options(durability: Durability, t: Tuning) -> tidemark::lsm::Options {
-    use tidemark::lsm::{Compression, Options, SyncMode};
+    use tidemark::lsm::{Compression, Options, SyncMode, TableReads};
     Options {
+        table_reads: match std::env::var("TIDEMARK_BENCH_TABLE_READS").as_deref() {
+            Ok("mapped") => TableReads::Mapped,
+            _ => TableReads::Positioned,
+        },
         sync: match durability {
             Durability::Buffered => SyncMode::None,
             Durability::Synced => SyncMode::GroupCommit,

@@ -509,7 +509,7 @@ pub fn sst_report(path: &Path, entries: bool) -> crate::Result<SstReport> {
     let table = store::open_table(path)?;
     let p = table.properties();
     let blocks: Vec<BlockJson> = table
-        .data_blocks()
+        .data_blocks()?
         .iter()
         .map(|b| BlockJson {
             offset: b.offset,

@@ -29,6 +29,7 @@ pub struct MemoryBudget {
     write_buffer_bytes: usize,
     cache: Arc<BlockCache>,
     memtables: AtomicUsize,
+    strict: bool,
 }
 
 impl MemoryBudget {
@@ -41,6 +42,19 @@ impl MemoryBudget {
     /// `total_bytes`, of which `ratio` (in `(0, 1)`) for memtables and the rest for the
     /// block cache.
     pub fn with_write_buffer_ratio(total_bytes: usize, ratio: f64) -> Result<Arc<MemoryBudget>> {
+        MemoryBudget::build(total_bytes, ratio, false)
+    }
+
+    /// [`MemoryBudget::new`], kept strictly: a store whose write finds the memtables over
+    /// the limit while its own previous memtable is still being flushed waits for that
+    /// flush instead of switching to yet another memtable (RocksDB's write buffer manager
+    /// with `allow_stall`). The memtables then stay within the limit plus one small
+    /// memtable per store, at the cost of writers waiting for flushes.
+    pub fn new_strict(total_bytes: usize) -> Result<Arc<MemoryBudget>> {
+        MemoryBudget::build(total_bytes, DEFAULT_WRITE_BUFFER_RATIO, true)
+    }
+
+    fn build(total_bytes: usize, ratio: f64, strict: bool) -> Result<Arc<MemoryBudget>> {
         if !(ratio > 0.0 && ratio < 1.0) {
             return Err(Error::InvalidOptions(format!(
                 "write buffer ratio {ratio} is not between 0 and 1"
@@ -57,6 +71,7 @@ impl MemoryBudget {
             write_buffer_bytes,
             cache: BlockCache::new(total_bytes - write_buffer_bytes),
             memtables: AtomicUsize::new(0),
+            strict,
         }))
     }
 
@@ -78,6 +93,12 @@ impl MemoryBudget {
     /// The shared block cache (each store reads through a view of its own).
     pub fn cache(&self) -> &Arc<BlockCache> {
         &self.cache
+    }
+
+    /// True when writers wait for flushes rather than go over the limit
+    /// ([`MemoryBudget::new_strict`]).
+    pub fn is_strict(&self) -> bool {
+        self.strict
     }
 
     /// True when the stores' memtables together are over the limit.

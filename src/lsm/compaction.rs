@@ -250,10 +250,10 @@ fn run_plan(inner: &DbInner, st: &mut MutexGuard<'_, State>, plan: Plan) -> Resu
         if *level == 0 {
             // Level-0 files may overlap: each is its own sorted run.
             for f in files {
-                children.push(Box::new(LevelIter::new(vec![f.clone()])));
+                children.push(Box::new(LevelIter::sequential(vec![f.clone()])));
             }
         } else {
-            children.push(Box::new(LevelIter::new(files.clone())));
+            children.push(Box::new(LevelIter::sequential(files.clone())));
         }
     }
     let mut merged = MergingIter::new(children);

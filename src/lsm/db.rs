@@ -400,6 +400,7 @@ impl Db {
             fs: fs.clone(),
             cache: cache.clone(),
             verify_checksums: opts.verify_checksums,
+            table_reads: opts.table_reads,
         });
         let mut names = fs.list_dir(&dir)?;
         let current = dir.join(filename::CURRENT);
@@ -794,7 +795,16 @@ impl Db {
             s.cache_hits = cs.hits;
             s.cache_misses = cs.misses;
             s.cache_bytes = cs.bytes_used;
+            s.cache_bytes_reserved = cs.bytes_reserved;
         }
+        s.table_memory_bytes = sv
+            .version
+            .levels
+            .iter()
+            .flatten()
+            .filter_map(|f| f.opened_table())
+            .map(|t| t.memory_bytes() as u64)
+            .sum();
         s.memtable_bytes = (sv.mem.approximate_size()
             + sv.imms.iter().map(|m| m.approximate_size()).sum::<usize>())
             as u64;
@@ -1545,7 +1555,17 @@ impl DbInner {
             if !mem_full && !force {
                 return Ok(st);
             }
+            // A strict budget over its limit: wait for this store's pending flush rather
+            // than hold one more memtable.
+            let budget_wait = budget_full
+                && !st.imms.is_empty()
+                && self
+                    .opts
+                    .memory_budget
+                    .as_ref()
+                    .is_some_and(|b| b.is_strict());
             if st.imms.len() >= self.opts.max_immutable_memtables
+                || budget_wait
                 || (compaction && l0 >= self.opts.l0_stop_writes_trigger)
             {
                 Counters::add(&self.counters.stops, 1);

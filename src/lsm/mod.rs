@@ -26,6 +26,8 @@ pub use batch::WriteBatch;
 pub use budget::MemoryBudget;
 pub use db::{Db, DbIterator, LiveFile, LiveFiles, LiveFilesTicket, Snapshot};
 pub use live_set::{LiveSet, LiveSetLookup, LiveSetTable};
-pub use options::{CompactionFilter, Compression, FilterDecision, Options, SyncMode, WalRecovery};
+pub use options::{
+    CompactionFilter, Compression, FilterDecision, Options, SyncMode, TableReads, WalRecovery,
+};
 pub use stats::DbStats;
 pub use types::{FileNumber, SeqNo, ValueKind};

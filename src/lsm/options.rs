@@ -32,6 +32,25 @@ pub enum Compression {
     Lz4,
 }
 
+/// How the data blocks of tables are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TableReads {
+    /// Each block is read with a positioned read (`pread`) into the block cache, raw
+    /// blocks as well as compressed ones; compactions read their inputs sequentially
+    /// through a readahead buffer of their own and leave the cache alone. The process's
+    /// resident memory is bounded by the memtables, the block cache and the tables' index
+    /// and filter blocks, whatever the size of the store: the operating system's page
+    /// cache (not counted as the process's) keeps recently read table pages.
+    #[default]
+    Positioned,
+    /// Each table is memory-mapped whole and raw blocks are read in place (only
+    /// decompressed blocks go to the block cache). Reads of blocks in the page cache cost
+    /// no system call, but every mapped page read stays resident in the process (as
+    /// file-backed memory) until the kernel reclaims it, so the resident set grows with
+    /// the store.
+    Mapped,
+}
+
 /// What to do when the WAL is damaged at open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WalRecovery {
@@ -79,6 +98,8 @@ pub struct Options {
     pub bloom_bits_per_key: u32,
     /// Bytes of decompressed blocks kept in the block cache (0 disables it). Default: 64 MiB.
     pub block_cache_bytes: usize,
+    /// How table data blocks are read. Default: [`TableReads::Positioned`].
+    pub table_reads: TableReads,
     /// Verify the crc32c of every block read. Default: true.
     pub verify_checksums: bool,
     /// Run compactions in the background. Default: true.
@@ -152,6 +173,7 @@ impl Default for Options {
             flush_compression_thread: true,
             bloom_bits_per_key: 10,
             block_cache_bytes: 64 << 20,
+            table_reads: TableReads::Positioned,
             verify_checksums: true,
             compaction: true,
             num_levels: 7,

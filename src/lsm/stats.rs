@@ -145,6 +145,13 @@ pub struct DbStats {
     pub cache_misses: u64,
     /// Bytes held by the block cache.
     pub cache_bytes: u64,
+    /// Bytes charged to the block cache for memory held outside it (the index and filter
+    /// blocks of open tables; with a shared [`crate::lsm::MemoryBudget`], of every store's
+    /// tables). Blocks use the cache's capacity less these.
+    pub cache_bytes_reserved: u64,
+    /// Bytes of index and filter blocks held in memory by the open tables of the current
+    /// version (charged to the block cache when there is one).
+    pub table_memory_bytes: u64,
     /// Bytes in the active and immutable memtables.
     pub memtable_bytes: u64,
     /// Immutable memtables waiting for flush.

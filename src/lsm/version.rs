@@ -15,6 +15,7 @@ use super::iter::BoxedIter;
 use super::manifest::NewFile;
 use super::sst::{BlockCache, LookupResult, Table};
 use super::types::{compare_internal_keys, user_key, FileNumber, InternalIterator, SeqNo};
+use super::TableReads;
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
 
@@ -29,6 +30,8 @@ pub struct TableContext {
     pub cache: Option<Arc<BlockCache>>,
     /// Verify block checksums on every read.
     pub verify_checksums: bool,
+    /// How tables read their data blocks.
+    pub table_reads: TableReads,
 }
 
 /// One live SST file.
@@ -101,12 +104,13 @@ impl FileMeta {
         if let Some(t) = self.table.get() {
             return Ok(t.clone());
         }
-        let t = Table::open(
+        let t = Table::open_with(
             self.ctx.fs.as_ref(),
             &self.path(),
             self.number,
             self.ctx.cache.clone(),
             self.ctx.verify_checksums,
+            self.ctx.table_reads,
         )?;
         if t.file_size() != self.size {
             return Err(Error::corruption(
@@ -120,6 +124,11 @@ impl FileMeta {
             ));
         }
         Ok(self.table.get_or_init(|| t).clone())
+    }
+
+    /// The table, if it was opened already.
+    pub fn opened_table(&self) -> Option<&Arc<Table>> {
+        self.table.get()
     }
 
     /// Marks the file for deletion once no version lists it.
@@ -141,7 +150,7 @@ impl Drop for FileMeta {
         if let Some(c) = &self.ctx.cache {
             c.erase_file(self.number);
         }
-        // Release the mapping before unlinking.
+        // Close the table (its file or mapping) before unlinking.
         drop(self.table.take());
         let path = self.path();
         match self.ctx.fs.remove_file(&path) {
@@ -324,6 +333,8 @@ pub struct LevelIter {
     index: usize,
     cur: Option<Box<dyn InternalIterator + Send>>,
     error: Option<Error>,
+    /// Read each table with [`Table::sequential_iter`] (a compaction's input).
+    sequential: bool,
 }
 
 impl LevelIter {
@@ -334,6 +345,16 @@ impl LevelIter {
             files,
             cur: None,
             error: None,
+            sequential: false,
+        }
+    }
+
+    /// Iterates `files` (sorted, disjoint) once from the start, as a compaction does:
+    /// each table through a readahead buffer, past the block cache.
+    pub fn sequential(files: Vec<Arc<FileMeta>>) -> LevelIter {
+        LevelIter {
+            sequential: true,
+            ..LevelIter::new(files)
         }
     }
 
@@ -342,6 +363,7 @@ impl LevelIter {
         self.cur = None;
         if let Some(f) = self.files.get(i) {
             match f.table() {
+                Ok(t) if self.sequential => self.cur = Some(Box::new(t.sequential_iter())),
                 Ok(t) => self.cur = Some(Box::new(t.iter())),
                 Err(e) => self.error = Some(e),
             }

@@ -84,6 +84,7 @@ fn check_recover(data: &[u8]) {
         fs: StdFs::shared(),
         cache: None,
         verify_checksums: true,
+        table_reads: tidemark::lsm::TableReads::Positioned,
     });
     let Ok(vs) = VersionSet::recover(ctx, 7, &edits, Path::new(MANIFEST_NAME)) else {
         return;

@@ -218,9 +218,21 @@ pub struct StoredBlock {
 
 /// Locates the block `handle` points at within `file`, checks its trailer's type byte and,
 /// when `verify_crc`, its checksum.
-#[deny(clippy::indexing_slicing)]
 pub fn check_block(
     file: &[u8],
+    handle: BlockHandle,
+    verify_crc: bool,
+) -> Result<StoredBlock, DecodeError> {
+    check_block_in(file, 0, handle, verify_crc)
+}
+
+/// [`check_block`] within `buf`, the bytes of the file from offset `base` on (a block read
+/// on its own, a readahead buffer, a table's metadata region). The returned range is
+/// relative to `buf`; error offsets are the file's.
+#[deny(clippy::indexing_slicing)]
+pub fn check_block_in(
+    buf: &[u8],
+    base: u64,
     handle: BlockHandle,
     verify_crc: bool,
 ) -> Result<StoredBlock, DecodeError> {
@@ -228,22 +240,22 @@ pub fn check_block(
         offset: handle.offset,
         reason,
     };
+    let buf_end = base + buf.len() as u64;
     let end_with_trailer = handle
         .end_with_trailer()
-        .filter(|&e| e <= file.len() as u64)
+        .filter(|&e| e <= buf_end && handle.offset >= base)
         .ok_or_else(|| {
             err(format!(
-                "block of {} bytes (+{BLOCK_TRAILER_LEN} trailer) extends past the end of the {}-byte file",
+                "block of {} bytes (+{BLOCK_TRAILER_LEN} trailer) extends past the end of the {buf_end}-byte file",
                 handle.size,
-                file.len()
             ))
         })?;
-    // All three fit in usize: they are at most file.len().
-    let start = handle.offset as usize;
-    let end = (handle.offset + handle.size) as usize;
-    let trailer_end = end_with_trailer as usize;
-    let stored = file.get(start..end).unwrap_or_default();
-    let trailer = file.get(end..trailer_end).unwrap_or_default();
+    // All three fit in usize: they are at most buf.len().
+    let start = (handle.offset - base) as usize;
+    let end = (handle.offset + handle.size - base) as usize;
+    let trailer_end = (end_with_trailer - base) as usize;
+    let stored = buf.get(start..end).unwrap_or_default();
+    let trailer = buf.get(end..trailer_end).unwrap_or_default();
     let block_type = *trailer
         .first()
         .ok_or_else(|| err("block trailer is missing".into()))?;
@@ -266,6 +278,23 @@ pub fn check_block(
         end,
         block_type,
     })
+}
+
+/// The decoded bytes of the block `handle` points at within `buf` (the file's bytes from
+/// `base` on): checked as [`check_block_in`] does, then decompressed or copied out.
+pub fn decode_block_in(
+    buf: &[u8],
+    base: u64,
+    handle: BlockHandle,
+    verify_crc: bool,
+) -> Result<Arc<[u8]>, DecodeError> {
+    let s = check_block_in(buf, base, handle, verify_crc)?;
+    let stored = buf.get(s.start..s.end).unwrap_or_default();
+    if s.block_type == BLOCK_TYPE_LZ4 {
+        decompress_lz4(stored, handle.offset)
+    } else {
+        Ok(Arc::from(stored))
+    }
 }
 
 /// The bytes of a decoded block: a range of the table's mapping (raw blocks are read in

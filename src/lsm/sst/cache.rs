@@ -2,14 +2,16 @@
 //! (store, file number, block offset) and charged by bytes. Several stores can share one
 //! cache's capacity ([`BlockCache::for_new_store`]): each sees its own file numbers.
 //!
-//! Only blocks that had to be decompressed are cached: a raw block is read in place from
-//! the table's memory mapping, where the operating system's page cache already keeps it.
+//! Tables read with positioned reads cache every block they read; mapped tables cache
+//! only blocks that had to be decompressed (a raw block is read in place from the
+//! mapping). The index and filter blocks of open tables are charged to the same budget
+//! ([`BlockCache::reserve`]): blocks use what the reservations leave.
 //! Each shard has its own lock, held only for a map lookup or update, never while a block
 //! is read or decompressed.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -35,6 +37,9 @@ pub struct CacheStats {
     pub bytes_used: u64,
     /// The cache's capacity in bytes.
     pub capacity_bytes: u64,
+    /// Bytes reserved for memory held outside the cache under its budget (the index and
+    /// filter blocks of open tables): blocks may use only the capacity left over.
+    pub bytes_reserved: u64,
 }
 
 /// (store, file number, block offset).
@@ -158,6 +163,8 @@ struct Core {
     inserts: AtomicU64,
     evictions: AtomicU64,
     next_store: AtomicU64,
+    /// Bytes reserved by [`BlockCache::reserve`].
+    reserved: AtomicUsize,
 }
 
 /// A thread-safe, sharded LRU of decompressed blocks: one store's view of a cache whose
@@ -182,6 +189,7 @@ impl BlockCache {
                 inserts: AtomicU64::new(0),
                 evictions: AtomicU64::new(0),
                 next_store: AtomicU64::new(1),
+                reserved: AtomicUsize::new(0),
             }),
             store: 0,
         })
@@ -219,18 +227,26 @@ impl BlockCache {
         found
     }
 
+    /// What one shard may hold now: its share of the capacity less its share of the
+    /// reservations.
+    fn shard_limit(&self) -> usize {
+        let reserved = self.core.reserved.load(Ordering::Relaxed) / NUM_SHARDS;
+        self.core.shard_capacity_bytes.saturating_sub(reserved)
+    }
+
     /// Caches `block` as the block at `offset` of table `file`, evicting the least
     /// recently used blocks of its shard to make room.
     pub fn insert(&self, file: FileNumber, offset: u64, block: Arc<[u8]>) {
         let charge = block.len();
-        if charge > self.core.shard_capacity_bytes {
+        let limit = self.shard_limit();
+        if charge > limit {
             return;
         }
         let key = (self.store, file, offset);
         let mut shard = self.shard(&key).lock();
         shard.remove(&key);
         let mut evicted = 0;
-        while shard.used_bytes + charge > self.core.shard_capacity_bytes {
+        while shard.used_bytes + charge > limit {
             if !shard.evict_one() {
                 break;
             }
@@ -240,6 +256,39 @@ impl BlockCache {
         drop(shard);
         self.core.inserts.fetch_add(1, Ordering::Relaxed);
         self.core.evictions.fetch_add(evicted, Ordering::Relaxed);
+    }
+
+    /// Charges `bytes` of memory held elsewhere (a table's index and filter) to the cache's
+    /// budget: blocks are evicted until they fit in what is left. A reservation larger
+    /// than the capacity leaves no room for blocks; it is never refused, since the memory
+    /// it stands for is already held.
+    pub fn reserve(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.core.reserved.fetch_add(bytes, Ordering::Relaxed);
+        let limit = self.shard_limit();
+        let mut evicted = 0;
+        for s in &self.core.shards {
+            let mut shard = s.lock();
+            while shard.used_bytes > limit && shard.evict_one() {
+                evicted += 1;
+            }
+        }
+        self.core.evictions.fetch_add(evicted, Ordering::Relaxed);
+    }
+
+    /// Returns `bytes` reserved by [`BlockCache::reserve`] (a table was closed).
+    pub fn release(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let _ = self
+            .core
+            .reserved
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(r.saturating_sub(bytes))
+            });
     }
 
     /// Drops every block of this store's table `file` (called when the file is deleted).
@@ -275,6 +324,7 @@ impl BlockCache {
             evictions: c.evictions.load(Ordering::Relaxed),
             bytes_used,
             capacity_bytes: c.capacity_bytes as u64,
+            bytes_reserved: c.reserved.load(Ordering::Relaxed) as u64,
         }
     }
 }
@@ -349,8 +399,40 @@ mod tests {
         assert_eq!(&*b.get(FileNumber(5), 0).unwrap(), &[2u8; 10][..]);
         assert_eq!(a.stats().bytes_used, 20);
         b.erase_file(FileNumber(5));
+        b.reserve(7);
+        assert_eq!(a.stats().bytes_reserved, 7);
+        b.release(7);
+        assert_eq!(a.stats().bytes_reserved, 0);
         assert!(b.get(FileNumber(5), 0).is_none());
         assert!(a.get(FileNumber(5), 0).is_some());
+    }
+
+    #[test]
+    fn reservations_shrink_the_room_for_blocks_and_are_released() {
+        let c = BlockCache::new(16 * 1000);
+        for off in 0..2000u64 {
+            c.insert(FileNumber(1), off, block(100, 1));
+        }
+        assert!(c.stats().bytes_used > 12_000, "{:?}", c.stats());
+        c.reserve(8000);
+        let s = c.stats();
+        assert_eq!(s.bytes_reserved, 8000);
+        assert!(s.bytes_used <= 8000, "{s:?}");
+        for off in 2000..4000u64 {
+            c.insert(FileNumber(1), off, block(100, 1));
+            assert!(c.stats().bytes_used <= 8000);
+        }
+        c.release(8000);
+        assert_eq!(c.stats().bytes_reserved, 0);
+        for off in 4000..6000u64 {
+            c.insert(FileNumber(1), off, block(100, 1));
+        }
+        assert!(c.stats().bytes_used > 12_000, "{:?}", c.stats());
+        // Reserving more than the capacity leaves no room, and is still counted.
+        c.reserve(1 << 20);
+        assert_eq!(c.stats().bytes_used, 0);
+        c.insert(FileNumber(1), 0, block(1, 1));
+        assert!(c.get(FileNumber(1), 0).is_none());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Sorted string tables (SSTs): immutable, block-based files of internal keys.
 //!
 //! A table is written once by a [`TableBuilder`] (a flush or a compaction output) and
-//! then only read, through a memory mapping, by [`Table`]. This module owns the table
+//! then only read, by [`Table`] (with positioned reads into the block cache, or through a
+//! memory mapping: [`crate::lsm::TableReads`]). This module owns the table
 //! format, documented byte by byte in `format-spec/sst.md`; it never modifies, renames or
 //! deletes a table file (the store's version set decides a file's life).
 //!

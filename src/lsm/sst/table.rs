@@ -1,12 +1,13 @@
-//! Reads a table: memory-maps the file, validates its footer, filter, properties and
-//! index at open, and serves point lookups and iteration from then on without locks
-//! (except the block cache's, once per decompressed block).
+//! Reads a table: validates its footer, filter, properties and index at open (reading only
+//! the metadata region after the data blocks), and serves point lookups and iteration
+//! from then on without locks (except the block cache's, once per block). Data blocks are
+//! read with positioned reads into the block cache, or in place from a memory mapping of
+//! the file ([`TableReads`]).
 //!
 //! A table is immutable once opened; nothing here writes to it. Every error names the file
 //! and the byte offset where the damage was found.
 
 use std::cmp::Ordering;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use crate::lsm::types::{
     compare_internal_keys, parse_internal_key, FileNumber, InternalIterator, LookupKey, SeqNo,
     ValueKind,
 };
-use crate::lsm::Compression;
+use crate::lsm::{Compression, TableReads};
 
 /// What a table records about itself (its properties block), plus the file's size and,
 /// when known, its crc32c.
@@ -206,13 +207,89 @@ pub struct BlockInfo {
     pub last_key: Vec<u8>,
 }
 
-impl BlockInfo {
-    fn handle(&self) -> BlockHandle {
-        BlockHandle {
-            offset: self.offset,
-            size: self.stored_size,
-        }
+/// The index of a table, packed: every index key in one buffer and every block's offset
+/// in one array, so that a table costs three heap allocations however many blocks it has.
+/// The blocks tile the data region (checked at open), so a block's stored size is the
+/// distance to the next block's offset less the trailer.
+#[derive(Debug)]
+struct PackedIndex {
+    /// `offsets[i]`: where data block `i` starts; `offsets[n]`: the end of the data region.
+    offsets: Box<[u64]>,
+    /// `key_ends[i]`: where the index key of block `i` ends in `keys` (it starts where the
+    /// previous one ends).
+    key_ends: Box<[u32]>,
+    /// The index keys, back to back.
+    keys: Box<[u8]>,
+}
+
+impl PackedIndex {
+    /// Number of data blocks.
+    fn len(&self) -> usize {
+        self.key_ends.len()
     }
+
+    /// The index key of block `i` (empty when out of range).
+    fn key(&self, i: usize) -> &[u8] {
+        let start = match i.checked_sub(1) {
+            Some(p) => self.key_ends.get(p).copied().unwrap_or(0),
+            None => 0,
+        } as usize;
+        let end = self.key_ends.get(i).copied().unwrap_or(0) as usize;
+        self.keys.get(start..end).unwrap_or_default()
+    }
+
+    /// Where block `i` lies, `None` when out of range.
+    fn handle(&self, i: usize) -> Option<BlockHandle> {
+        let offset = *self.offsets.get(i)?;
+        let next = *self.offsets.get(i + 1)?;
+        Some(BlockHandle {
+            offset,
+            size: next.checked_sub(offset + BLOCK_TRAILER_LEN as u64)?,
+        })
+    }
+
+    /// The end of the data region.
+    fn data_end(&self) -> u64 {
+        self.offsets.last().copied().unwrap_or(0)
+    }
+
+    /// Index of the first block whose index key is `>= target` (`len()` if none).
+    fn find(&self, target: &[u8]) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if compare_internal_keys(self.key(mid), target) == Ordering::Less {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// Heap bytes held.
+    fn heap_bytes(&self) -> usize {
+        self.offsets.len() * 8 + self.key_ends.len() * 4 + self.keys.len()
+    }
+}
+
+/// Where a table's bytes come from.
+#[derive(Debug)]
+enum Source {
+    /// Positioned reads of the open file.
+    File(std::fs::File),
+    /// A read-only mapping of the whole file.
+    Mapped(Arc<Mmap>),
+}
+
+/// Bytes a compaction's table iterator reads ahead at once.
+pub const COMPACTION_READAHEAD_BYTES: usize = 256 << 10;
+
+/// A compaction's window onto a table: the file's bytes from `start` on.
+#[derive(Debug, Default)]
+struct Readahead {
+    buf: Vec<u8>,
+    start: u64,
 }
 
 /// An open, immutable table.
@@ -220,23 +297,72 @@ impl BlockInfo {
 pub struct Table {
     path: PathBuf,
     file_number: FileNumber,
-    map: Arc<Mmap>,
+    source: Source,
+    file_size: u64,
     props: TableProperties,
-    blocks: Vec<BlockInfo>,
-    /// The filter block's stored bytes within the mapping (validated at open).
-    filter: Option<Range<usize>>,
+    index: PackedIndex,
+    /// The filter block's stored bytes (validated at open).
+    filter: Option<Box<[u8]>>,
     cache: Option<Arc<BlockCache>>,
     verify_checksums: bool,
-    /// One flag per data block, set once its crc was checked: the file is immutable and
-    /// lives in the store's own directory, so a block is checked once, not on every read
-    /// (`verify` still checks every block every time).
+    /// Mapped tables only: one flag per data block, set once its crc was checked: the
+    /// file is immutable and lives in the store's own directory, so a mapped block is
+    /// checked once, not on every read (`verify` still checks every block every time).
+    /// A block read with a positioned read is checked whenever it is read from the file.
     verified: Box<[AtomicBool]>,
+    /// Bytes of index and filter charged to the block cache (released on drop).
+    reserved: usize,
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        if let Some(c) = &self.cache {
+            c.release(self.reserved);
+        }
+    }
+}
+
+/// Reads `buf.len()` bytes at `offset` of `source`; a read past the end of the file is a
+/// corruption naming `path` and `offset`, any other failure an I/O error saying where.
+fn read_exact_at(source: &Source, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
+    let len = buf.len();
+    let short = || {
+        Error::corruption(
+            path,
+            offset,
+            format!("short read: {len} bytes at offset {offset} run past the end of the file"),
+        )
+    };
+    match source {
+        Source::File(f) => {
+            use std::os::unix::fs::FileExt;
+            match f.read_exact_at(buf, offset) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(short()),
+                Err(e) => Err(Error::io(
+                    "read",
+                    path,
+                    std::io::Error::new(e.kind(), format!("{len} bytes at offset {offset}: {e}")),
+                )),
+            }
+        }
+        Source::Mapped(map) => {
+            let start = usize::try_from(offset).map_err(|_| short())?;
+            let bytes = start
+                .checked_add(buf.len())
+                .and_then(|end| map.get(start..end))
+                .ok_or_else(short)?;
+            buf.copy_from_slice(bytes);
+            Ok(())
+        }
+    }
 }
 
 impl Table {
-    /// Memory-maps the table at `path` and validates its footer, index, filter and
-    /// properties (the crc of each, always). With `verify_checksums` false, the crc of a
-    /// data block is not checked when it is read. Every error names `path` and an offset.
+    /// Opens the table at `path` for positioned reads ([`TableReads::Positioned`]) and
+    /// validates its footer, index, filter and properties (the crc of each, always). With
+    /// `verify_checksums` false, the crc of a data block is not checked when it is read.
+    /// Every error names `path` and an offset.
     pub fn open(
         fs: &dyn FileSystem,
         path: &Path,
@@ -244,8 +370,27 @@ impl Table {
         cache: Option<Arc<BlockCache>>,
         verify_checksums: bool,
     ) -> Result<Arc<Table>> {
+        Table::open_with(
+            fs,
+            path,
+            file_number,
+            cache,
+            verify_checksums,
+            TableReads::Positioned,
+        )
+    }
+
+    /// [`Table::open`], reading data blocks as `reads` says.
+    pub fn open_with(
+        fs: &dyn FileSystem,
+        path: &Path,
+        file_number: FileNumber,
+        cache: Option<Arc<BlockCache>>,
+        verify_checksums: bool,
+        reads: TableReads,
+    ) -> Result<Arc<Table>> {
         let file = fs.open(path)?;
-        Table::from_file(file, path, file_number, cache, verify_checksums)
+        Table::from_file_with(file, path, file_number, cache, verify_checksums, reads)
     }
 
     /// Like [`Table::open`], for a table already opened for reading from `path` (by a
@@ -257,6 +402,28 @@ impl Table {
         cache: Option<Arc<BlockCache>>,
         verify_checksums: bool,
     ) -> Result<Arc<Table>> {
+        Table::from_file_with(
+            file,
+            path,
+            file_number,
+            cache,
+            verify_checksums,
+            TableReads::Positioned,
+        )
+    }
+
+    /// [`Table::from_file`], reading data blocks as `reads` says. Open reads the footer and
+    /// then the metadata region after the data blocks (filter, properties, index), never
+    /// the data blocks themselves. Index and filter stay in memory, charged to `cache`'s
+    /// budget ([`BlockCache::reserve`]) for as long as the table is open.
+    pub fn from_file_with(
+        file: std::fs::File,
+        path: &Path,
+        file_number: FileNumber,
+        cache: Option<Arc<BlockCache>>,
+        verify_checksums: bool,
+        reads: TableReads,
+    ) -> Result<Arc<Table>> {
         let len = file.metadata().ctx("stat", path)?.len();
         if len < (FOOTER_LEN + BLOCK_TRAILER_LEN) as u64 {
             return Err(Error::corruption(
@@ -267,31 +434,59 @@ impl Table {
                 ),
             ));
         }
-        // SAFETY: the mapping is read-only and tables are immutable: nothing in tidemark
-        // writes to or truncates a table file after TableBuilder::finish, and files are
-        // replaced only by creating new ones. Every byte read through the mapping is
-        // validated before use, so its contents are never trusted, only its length.
-        let map = unsafe { Mmap::map(&file) }.ctx("mmap", path)?;
-        if map.len() as u64 != len {
-            return Err(Error::corruption(
-                path,
-                0,
-                format!("file changed size while opening ({len} -> {})", map.len()),
-            ));
+        let source = match reads {
+            TableReads::Positioned => Source::File(file),
+            TableReads::Mapped => {
+                // SAFETY: the mapping is read-only and tables are immutable: nothing in
+                // tidemark writes to or truncates a table file after TableBuilder::finish,
+                // and files are replaced only by creating new ones. Every byte read through
+                // the mapping is validated before use, so its contents are never trusted,
+                // only its length.
+                let map = unsafe { Mmap::map(&file) }.ctx("mmap", path)?;
+                if map.len() as u64 != len {
+                    return Err(Error::corruption(
+                        path,
+                        0,
+                        format!("file changed size while opening ({len} -> {})", map.len()),
+                    ));
+                }
+                Source::Mapped(Arc::new(map))
+            }
+        };
+        let footer_at = len - FOOTER_LEN as u64;
+        let mut footer_bytes = [0u8; FOOTER_LEN];
+        read_exact_at(&source, path, &mut footer_bytes, footer_at)?;
+        let footer = Footer::decode(&footer_bytes, footer_at).map_err(|e| e.into_error(path))?;
+        let data_end = check_layout(&footer, footer_at).map_err(|e| e.into_error(path))?;
+        let meta_len = usize::try_from(footer_at - data_end).map_err(|_| {
+            Error::corruption(path, data_end, "metadata region does not fit in memory")
+        })?;
+        let mut meta = vec![0u8; meta_len];
+        read_exact_at(&source, path, &mut meta, data_end)?;
+        let (mut props, index, filter) =
+            validate_meta(&meta, data_end, &footer).map_err(|e| e.into_error(path))?;
+        drop(meta);
+        props.file_size = len;
+        let verified = match source {
+            Source::Mapped(_) => (0..index.len()).map(|_| AtomicBool::new(false)).collect(),
+            Source::File(_) => Box::default(),
+        };
+        let reserved = index.heap_bytes() + filter.as_ref().map_or(0, |f| f.len());
+        if let Some(c) = &cache {
+            c.reserve(reserved);
         }
-        let map = Arc::new(map);
-        let (props, blocks, filter) = validate(&map).map_err(|e| e.into_error(path))?;
-        let verified = blocks.iter().map(|_| AtomicBool::new(false)).collect();
         Ok(Arc::new(Table {
             verified,
             path: path.to_path_buf(),
             file_number,
-            map,
+            source,
+            file_size: len,
             props,
-            blocks,
+            index,
             filter,
             cache,
             verify_checksums,
+            reserved,
         }))
     }
 
@@ -307,7 +502,7 @@ impl Table {
 
     /// The file's length in bytes.
     pub fn file_size(&self) -> u64 {
-        self.map.len() as u64
+        self.file_size
     }
 
     /// The table's properties.
@@ -315,18 +510,60 @@ impl Table {
         &self.props
     }
 
-    /// The data blocks, in key order.
-    pub fn data_blocks(&self) -> &[BlockInfo] {
-        &self.blocks
+    /// Bytes of memory the open table holds for its index and filter (charged to its
+    /// block cache's budget, if it has a cache).
+    pub fn memory_bytes(&self) -> usize {
+        self.reserved
+    }
+
+    /// How the table reads its data blocks.
+    pub fn reads(&self) -> TableReads {
+        match self.source {
+            Source::File(_) => TableReads::Positioned,
+            Source::Mapped(_) => TableReads::Mapped,
+        }
+    }
+
+    /// Number of data blocks.
+    pub fn num_data_blocks(&self) -> usize {
+        self.index.len()
+    }
+
+    /// The data blocks, in key order. Reads each block's trailer type byte to say whether
+    /// it is compressed (meant for inspection, not for the read path).
+    pub fn data_blocks(&self) -> Result<Vec<BlockInfo>> {
+        (0..self.index.len())
+            .map(|i| {
+                let h = self.handle(i)?;
+                let mut t = [0u8; 1];
+                read_exact_at(&self.source, &self.path, &mut t, h.offset + h.size)?;
+                let compressed = match t[0] {
+                    block::BLOCK_TYPE_RAW => false,
+                    BLOCK_TYPE_LZ4 => true,
+                    other => {
+                        return Err(Error::corruption(
+                            &self.path,
+                            h.offset,
+                            format!("data block has unknown type {other}"),
+                        ))
+                    }
+                };
+                Ok(BlockInfo {
+                    offset: h.offset,
+                    stored_size: h.size,
+                    compressed,
+                    last_key: self.index.key(i).to_vec(),
+                })
+            })
+            .collect()
     }
 
     /// False when `user_key` is certainly not in the table (the bloom filter's answer);
     /// true when it may be, or when the table has no filter.
     pub fn may_contain(&self, user_key: &[u8]) -> bool {
-        let Some(range) = &self.filter else {
+        let Some(bytes) = &self.filter else {
             return true;
         };
-        let bytes = self.map.get(range.clone()).unwrap_or_default();
         // Validated at open; a failure here cannot happen, and "maybe" is always safe.
         BloomFilter::parse(bytes).map_or(true, |f| f.may_contain(user_key))
     }
@@ -345,11 +582,11 @@ impl Table {
     pub fn get_entry(&self, user_key: &[u8], seq: SeqNo) -> Result<Option<(SeqNo, LookupResult)>> {
         let target = LookupKey::new(user_key, seq);
         let target = target.internal_key();
-        let mut i = self.find_block(target);
+        let mut i = self.index.find(target);
         // The first key >= target is in block i, or else it is the first key of block
         // i + 1 (block i's index key lies between the two blocks).
-        while i < self.blocks.len() {
-            let mut it = self.block_iter(i)?;
+        while i < self.index.len() {
+            let mut it = self.block_iter(i, None)?;
             it.seek(target);
             if let Some(e) = it.error() {
                 return Err(e.clone().into_error(&self.path));
@@ -371,14 +608,27 @@ impl Table {
         Ok(None)
     }
 
-    /// An iterator over every entry, in internal key order.
+    /// An iterator over every entry, in internal key order, reading through the block
+    /// cache.
     pub fn iter(self: &Arc<Self>) -> TableIter {
         TableIter {
             table: Arc::clone(self),
             block_index: 0,
             block: None,
             status: None,
+            readahead: None,
         }
+    }
+
+    /// An iterator for a compaction, which reads every block once in order: a positioned
+    /// table is read through a readahead buffer of [`COMPACTION_READAHEAD_BYTES`] and
+    /// leaves the block cache alone; a mapped table is read as [`Table::iter`] does.
+    pub fn sequential_iter(self: &Arc<Self>) -> TableIter {
+        let mut it = self.iter();
+        if matches!(self.source, Source::File(_)) {
+            it.readahead = Some(Readahead::default());
+        }
+        it
     }
 
     /// Reads every data block, checking its crc (whatever `verify_checksums` was at open),
@@ -387,8 +637,11 @@ impl Table {
     pub fn verify(&self) -> Result<u32> {
         let mut prev: Option<Vec<u8>> = None;
         let mut count: u64 = 0;
-        for (i, info) in self.blocks.iter().enumerate() {
-            let block = self.load_block(info, true, false, None)?;
+        let mut ra = Readahead::default();
+        for i in 0..self.index.len() {
+            let block = self.load_sequential(i, &mut ra, true)?;
+            let offset = self.handle(i)?.offset;
+            let last_key = self.index.key(i);
             let mut it = block.iter();
             it.seek_to_first();
             let first_count = count;
@@ -397,10 +650,10 @@ impl Table {
                 let in_order = prev
                     .as_deref()
                     .is_none_or(|p| compare_internal_keys(p, key) == Ordering::Less);
-                if !in_order || compare_internal_keys(key, &info.last_key) == Ordering::Greater {
+                if !in_order || compare_internal_keys(key, last_key) == Ordering::Greater {
                     return Err(Error::corruption(
                         &self.path,
-                        info.offset,
+                        offset,
                         format!("data block {i}: keys out of order or beyond its index key"),
                     ));
                 }
@@ -414,7 +667,7 @@ impl Table {
             if count == first_count {
                 return Err(Error::corruption(
                     &self.path,
-                    info.offset,
+                    offset,
                     format!("data block {i} is empty"),
                 ));
             }
@@ -436,164 +689,223 @@ impl Table {
                 "the last entry differs from the declared largest key",
             ));
         }
-        Ok(codec::crc32c(&self.map))
+        self.file_crc32c()
     }
 
-    /// Index of the first block whose index key is `>= target` (`blocks.len()` if none).
-    fn find_block(&self, target: &[u8]) -> usize {
-        self.blocks
-            .partition_point(|b| compare_internal_keys(&b.last_key, target) == Ordering::Less)
+    /// The crc32c of the whole file, read again.
+    fn file_crc32c(&self) -> Result<u32> {
+        match &self.source {
+            Source::Mapped(map) => Ok(codec::crc32c(map)),
+            Source::File(_) => {
+                let mut crc = 0;
+                let mut buf = vec![0u8; COMPACTION_READAHEAD_BYTES];
+                let mut at = 0u64;
+                while at < self.file_size {
+                    let n = (self.file_size - at).min(buf.len() as u64) as usize;
+                    let chunk = buf.get_mut(..n).unwrap_or_default();
+                    read_exact_at(&self.source, &self.path, chunk, at)?;
+                    crc = codec::crc32c_extend(crc, chunk);
+                    at += n as u64;
+                }
+                Ok(crc)
+            }
+        }
     }
 
-    fn block_iter(&self, i: usize) -> Result<BlockIter> {
-        let info = self
-            .blocks
-            .get(i)
-            .ok_or_else(|| Error::corruption(&self.path, 0, format!("no data block {i}")))?;
-        Ok(self
-            .load_block(info, self.verify_checksums, true, Some(i))?
-            .iter())
+    fn handle(&self, i: usize) -> Result<BlockHandle> {
+        self.index
+            .handle(i)
+            .ok_or_else(|| Error::corruption(&self.path, 0, format!("no data block {i}")))
     }
 
-    /// Reads data block `info`: in place when raw, else from the cache or decompressed
-    /// (and then cached, when `use_cache`). `index` names the block for the checked-once
-    /// flags; without it the crc is checked whenever `verify_crc` is set.
-    fn load_block(
-        &self,
-        info: &BlockInfo,
-        verify_crc: bool,
-        use_cache: bool,
-        index: Option<usize>,
-    ) -> Result<Block> {
-        let cache = self.cache.as_ref().filter(|_| use_cache);
-        if info.compressed {
+    /// An iterator over block `i`, read through the cache, or through `ra` when given.
+    fn block_iter(&self, i: usize, ra: Option<&mut Readahead>) -> Result<BlockIter> {
+        let block = match ra {
+            Some(ra) => self.load_sequential(i, ra, self.verify_checksums)?,
+            None => match &self.source {
+                Source::File(_) => self.load_positioned(i)?,
+                Source::Mapped(map) => self.load_mapped(map, i)?,
+            },
+        };
+        Ok(block.iter())
+    }
+
+    /// Reads block `i` from the cache, or with one positioned read of the block and its
+    /// trailer, checked (when `verify_checksums`) and then cached, raw or decompressed.
+    fn load_positioned(&self, i: usize) -> Result<Block> {
+        let h = self.handle(i)?;
+        let cache = self.cache.as_ref();
+        // A cached block was checked when it was read.
+        if let Some(b) = cache.and_then(|c| c.get(self.file_number, h.offset)) {
+            return Block::new(BlockData::Owned(b), h.offset).map_err(|e| e.into_error(&self.path));
+        }
+        let n = usize::try_from(h.size)
+            .ok()
+            .and_then(|s| s.checked_add(BLOCK_TRAILER_LEN))
+            .ok_or_else(|| Error::corruption(&self.path, h.offset, "block size overflows"))?;
+        let mut buf = vec![0u8; n];
+        read_exact_at(&self.source, &self.path, &mut buf, h.offset)?;
+        let data = block::decode_block_in(&buf, h.offset, h, self.verify_checksums)
+            .map_err(|e| e.into_error(&self.path))?;
+        drop(buf);
+        if let Some(c) = cache {
+            c.insert(self.file_number, h.offset, Arc::clone(&data));
+        }
+        Block::new(BlockData::Owned(data), h.offset).map_err(|e| e.into_error(&self.path))
+    }
+
+    /// Reads block `i` through `ra`, refilling it from the block's offset when the block
+    /// is not all in it; the block is checked when `verify_crc` and never cached.
+    fn load_sequential(&self, i: usize, ra: &mut Readahead, verify_crc: bool) -> Result<Block> {
+        let h = self.handle(i)?;
+        let end = h
+            .end_with_trailer()
+            .ok_or_else(|| Error::corruption(&self.path, h.offset, "block size overflows"))?;
+        let in_buf = h.offset >= ra.start && end <= ra.start + ra.buf.len() as u64;
+        if !in_buf {
+            let want = (self.index.data_end().saturating_sub(h.offset))
+                .min(COMPACTION_READAHEAD_BYTES as u64)
+                .max(end - h.offset);
+            let want = usize::try_from(want).map_err(|_| {
+                Error::corruption(&self.path, h.offset, "block does not fit in memory")
+            })?;
+            ra.buf.resize(want, 0);
+            ra.start = h.offset;
+            if let Err(e) = read_exact_at(&self.source, &self.path, &mut ra.buf, h.offset) {
+                ra.buf.clear();
+                return Err(e);
+            }
+        }
+        let data = block::decode_block_in(&ra.buf, ra.start, h, verify_crc)
+            .map_err(|e| e.into_error(&self.path))?;
+        Block::new(BlockData::Owned(data), h.offset).map_err(|e| e.into_error(&self.path))
+    }
+
+    /// Reads block `i` of a mapped table: in place when raw, else from the cache or
+    /// decompressed (and then cached). Its crc is checked on its first read only.
+    fn load_mapped(&self, map: &Arc<Mmap>, i: usize) -> Result<Block> {
+        let h = self.handle(i)?;
+        let cache = self.cache.as_ref();
+        let type_at = usize::try_from(h.offset + h.size).unwrap_or(usize::MAX);
+        if map.get(type_at) == Some(&BLOCK_TYPE_LZ4) {
             // A cached block was checked when it was inserted.
-            if let Some(b) = cache.and_then(|c| c.get(self.file_number, info.offset)) {
-                return Block::new(BlockData::Owned(b), info.offset)
+            if let Some(b) = cache.and_then(|c| c.get(self.file_number, h.offset)) {
+                return Block::new(BlockData::Owned(b), h.offset)
                     .map_err(|e| e.into_error(&self.path));
             }
         }
-        let flag = index.and_then(|i| self.verified.get(i));
-        let check = verify_crc && !flag.is_some_and(|f| f.load(AtomicOrdering::Relaxed));
-        let stored = block::check_block(&self.map, info.handle(), check)
-            .map_err(|e| e.into_error(&self.path))?;
+        let flag = self.verified.get(i);
+        let check = self.verify_checksums && !flag.is_some_and(|f| f.load(AtomicOrdering::Relaxed));
+        let stored = block::check_block(map, h, check).map_err(|e| e.into_error(&self.path))?;
         if check {
             if let Some(f) = flag {
                 f.store(true, AtomicOrdering::Relaxed);
             }
         }
         let data = if stored.block_type == BLOCK_TYPE_LZ4 {
-            let bytes = self.map.get(stored.start..stored.end).unwrap_or_default();
-            let b =
-                block::decompress_lz4(bytes, info.offset).map_err(|e| e.into_error(&self.path))?;
+            let bytes = map.get(stored.start..stored.end).unwrap_or_default();
+            let b = block::decompress_lz4(bytes, h.offset).map_err(|e| e.into_error(&self.path))?;
             if let Some(c) = cache {
-                c.insert(self.file_number, info.offset, Arc::clone(&b));
+                c.insert(self.file_number, h.offset, Arc::clone(&b));
             }
             BlockData::Owned(b)
         } else {
             BlockData::Mapped {
-                map: Arc::clone(&self.map),
+                map: Arc::clone(map),
                 start: stored.start,
                 end: stored.end,
             }
         };
-        Block::new(data, info.offset).map_err(|e| e.into_error(&self.path))
+        Block::new(data, h.offset).map_err(|e| e.into_error(&self.path))
     }
 }
 
-type Validated = (TableProperties, Vec<BlockInfo>, Option<Range<usize>>);
-
-/// Checks everything a table must satisfy before it is served: footer, block layout,
-/// filter, properties, index, and their agreement with each other.
-#[deny(clippy::indexing_slicing)]
-fn validate(map: &[u8]) -> Result<Validated, DecodeError> {
-    let len = map.len();
-    let footer_at = len.checked_sub(FOOTER_LEN).ok_or_else(|| DecodeError {
-        offset: 0,
-        reason: format!("file of {len} bytes is shorter than the footer"),
-    })?;
-    let footer_bytes = map.get(footer_at..).unwrap_or_default();
-    let footer = Footer::decode(footer_bytes, footer_at as u64)?;
+/// Checks that the footer's handles tile the end of the file (data blocks | filter? |
+/// properties | index | footer, no gaps) and returns where the data blocks end.
+fn check_layout(footer: &Footer, footer_at: u64) -> Result<u64, DecodeError> {
     let at = |offset: u64, reason: String| DecodeError { offset, reason };
-
-    // Layout: data blocks | filter? | properties | index | footer, with no gaps.
     let props_end = footer
         .properties
         .end_with_trailer()
-        .ok_or_else(|| at(footer_at as u64, "properties handle overflows".into()))?;
+        .ok_or_else(|| at(footer_at, "properties handle overflows".into()))?;
     let index_end = footer
         .index
         .end_with_trailer()
-        .ok_or_else(|| at(footer_at as u64, "index handle overflows".into()))?;
-    if index_end != footer_at as u64 || props_end != footer.index.offset {
+        .ok_or_else(|| at(footer_at, "index handle overflows".into()))?;
+    if index_end != footer_at || props_end != footer.index.offset {
         return Err(at(
-            footer_at as u64,
+            footer_at,
             format!(
                 "footer handles do not tile the file: properties {:?}, index {:?}, footer at {footer_at}",
                 footer.properties, footer.index
             ),
         ));
     }
-    let data_end = if footer.has_filter() {
+    if footer.has_filter() {
         let filter_end = footer
             .filter
             .end_with_trailer()
-            .ok_or_else(|| at(footer_at as u64, "filter handle overflows".into()))?;
+            .ok_or_else(|| at(footer_at, "filter handle overflows".into()))?;
         if filter_end != footer.properties.offset {
             return Err(at(
-                footer_at as u64,
+                footer_at,
                 format!(
                     "filter block {:?} does not end where the properties begin ({})",
                     footer.filter, footer.properties.offset
                 ),
             ));
         }
-        footer.filter.offset
+        Ok(footer.filter.offset)
     } else {
-        footer.properties.offset
-    };
+        Ok(footer.properties.offset)
+    }
+}
 
+type Validated = (TableProperties, PackedIndex, Option<Box<[u8]>>);
+
+/// Checks the metadata region `meta` (the file's bytes from `data_end` up to the footer):
+/// filter, properties, index, and their agreement with each other and the footer.
+#[deny(clippy::indexing_slicing)]
+fn validate_meta(meta: &[u8], data_end: u64, footer: &Footer) -> Result<Validated, DecodeError> {
+    let at = |offset: u64, reason: String| DecodeError { offset, reason };
     // Metadata blocks: the crc is always checked here, whatever verify_checksums says.
     let read_meta = |h: BlockHandle, what: &str| -> Result<&[u8], DecodeError> {
-        let s = block::check_block(map, h, true).map_err(|e| DecodeError {
+        let s = block::check_block_in(meta, data_end, h, true).map_err(|e| DecodeError {
             offset: e.offset,
             reason: format!("{what} block: {}", e.reason),
         })?;
         if s.block_type != block::BLOCK_TYPE_RAW {
             return Err(at(h.offset, format!("{what} block must be stored raw")));
         }
-        Ok(map.get(s.start..s.end).unwrap_or_default())
+        Ok(meta.get(s.start..s.end).unwrap_or_default())
     };
 
     let filter = if footer.has_filter() {
         let bytes = read_meta(footer.filter, "filter")?;
         BloomFilter::parse(bytes).map_err(|r| at(footer.filter.offset, r))?;
-        let start = footer.filter.offset as usize;
-        Some(start..start + bytes.len())
+        Some(Box::from(bytes))
     } else {
         None
     };
 
-    let mut props = TableProperties::decode(
+    let props = TableProperties::decode(
         read_meta(footer.properties, "properties")?,
         footer.properties.offset,
     )?;
-    props.file_size = len as u64;
     let index_bytes = read_meta(footer.index, "index")?;
-    let blocks = decode_index(map, index_bytes, footer.index.offset, data_end)?;
-    check_properties(&props, &footer, &blocks, data_end)?;
-    Ok((props, blocks, filter))
+    let index = decode_index(index_bytes, footer.index.offset, data_end)?;
+    check_properties(&props, footer, &index, data_end)?;
+    Ok((props, index, filter))
 }
 
-/// Decodes the index block into one [`BlockInfo`] per data block, checking that the
-/// blocks tile `[0, data_end)` in order and that the index keys strictly increase.
+/// Decodes the index block into a [`PackedIndex`], checking that the blocks tile
+/// `[0, data_end)` in order and that the index keys strictly increase.
 #[deny(clippy::indexing_slicing)]
 fn decode_index(
-    map: &[u8],
     index: &[u8],
     index_offset: u64,
     data_end: u64,
-) -> Result<Vec<BlockInfo>, DecodeError> {
+) -> Result<PackedIndex, DecodeError> {
     let at = |reason: String| DecodeError {
         offset: index_offset,
         reason: format!("index block: {reason}"),
@@ -601,18 +913,21 @@ fn decode_index(
     let data = BlockData::Owned(Arc::from(index));
     let mut it = Block::new(data, index_offset)?.iter();
     it.seek_to_first();
-    let mut blocks: Vec<BlockInfo> = Vec::new();
+    let mut offsets: Vec<u64> = Vec::new();
+    let mut key_ends: Vec<u32> = Vec::new();
+    let mut keys: Vec<u8> = Vec::new();
+    let mut prev_key: Option<std::ops::Range<usize>> = None;
     let mut expected_offset = 0u64;
     while it.valid() {
+        let n = key_ends.len();
         let mut d = Decoder::new(it.value(), index_offset);
         let h = BlockHandle::decode_varint(&mut d)?;
         if !d.is_empty() {
-            return Err(at(format!("entry {} has trailing bytes", blocks.len())));
+            return Err(at(format!("entry {n} has trailing bytes")));
         }
         if h.offset != expected_offset {
             return Err(at(format!(
-                "data block {} starts at {}, expected {expected_offset}",
-                blocks.len(),
+                "data block {n} starts at {}, expected {expected_offset}",
                 h.offset
             )));
         }
@@ -621,45 +936,32 @@ fn decode_index(
             .filter(|&e| e <= data_end)
             .ok_or_else(|| {
                 at(format!(
-                    "data block {} ({:?}) runs past the data region end {data_end}",
-                    blocks.len(),
-                    h
+                    "data block {n} ({h:?}) runs past the data region end {data_end}"
                 ))
             })?;
-        if let Some(prev) = blocks.last() {
-            if compare_internal_keys(&prev.last_key, it.key()) != Ordering::Less {
+        if let Some(p) = &prev_key {
+            let prev = keys.get(p.clone()).unwrap_or_default();
+            if compare_internal_keys(prev, it.key()) != Ordering::Less {
                 return Err(at(format!(
-                    "keys of entries {} and {} are out of order",
-                    blocks.len() - 1,
-                    blocks.len()
+                    "keys of entries {} and {n} are out of order",
+                    n - 1
                 )));
             }
         }
-        // The trailer's type byte sits right after the stored bytes; end <= data_end <= len.
-        let type_at = (h.offset + h.size) as usize;
-        let compressed = match map.get(type_at) {
-            Some(&block::BLOCK_TYPE_RAW) => false,
-            Some(&BLOCK_TYPE_LZ4) => true,
-            other => {
-                return Err(DecodeError {
-                    offset: h.offset,
-                    reason: format!("data block has unknown type {other:?}"),
-                })
-            }
-        };
-        blocks.push(BlockInfo {
-            offset: h.offset,
-            stored_size: h.size,
-            compressed,
-            last_key: it.key().to_vec(),
-        });
+        let start = keys.len();
+        keys.extend_from_slice(it.key());
+        let key_end =
+            u32::try_from(keys.len()).map_err(|_| at("index keys exceed 4 GiB".into()))?;
+        prev_key = Some(start..keys.len());
+        offsets.push(h.offset);
+        key_ends.push(key_end);
         expected_offset = end;
         it.next();
     }
     if let Some(e) = it.error() {
         return Err(e.clone());
     }
-    if blocks.is_empty() {
+    if key_ends.is_empty() {
         return Err(at("no data blocks".into()));
     }
     if expected_offset != data_end {
@@ -667,14 +969,19 @@ fn decode_index(
             "data blocks end at {expected_offset}, the data region at {data_end}"
         )));
     }
-    Ok(blocks)
+    offsets.push(data_end);
+    Ok(PackedIndex {
+        offsets: offsets.into_boxed_slice(),
+        key_ends: key_ends.into_boxed_slice(),
+        keys: keys.into_boxed_slice(),
+    })
 }
 
 /// Cross-checks the properties against the footer and the index.
 fn check_properties(
     p: &TableProperties,
     footer: &Footer,
-    blocks: &[BlockInfo],
+    index: &PackedIndex,
     data_end: u64,
 ) -> Result<(), DecodeError> {
     let trailer = BLOCK_TRAILER_LEN as u64;
@@ -688,11 +995,11 @@ fn check_properties(
             "format version {} in the properties",
             p.format_version
         ))
-    } else if p.num_data_blocks != blocks.len() as u64 {
+    } else if p.num_data_blocks != index.len() as u64 {
         Some(format!(
             "{} data blocks declared, the index has {}",
             p.num_data_blocks,
-            blocks.len()
+            index.len()
         ))
     } else if p.data_bytes != data_end {
         Some(format!(
@@ -715,9 +1022,8 @@ fn check_properties(
         Some("smallest sequence exceeds largest".into())
     } else if compare_internal_keys(&p.smallest_key, &p.largest_key) == Ordering::Greater {
         Some("smallest key exceeds largest key".into())
-    } else if blocks
-        .last()
-        .is_some_and(|b| compare_internal_keys(&p.largest_key, &b.last_key) == Ordering::Greater)
+    } else if index.len() > 0
+        && compare_internal_keys(&p.largest_key, index.key(index.len() - 1)) == Ordering::Greater
     {
         Some("largest key is beyond the last index key".into())
     } else {
@@ -739,6 +1045,8 @@ pub struct TableIter {
     block_index: usize,
     block: Option<BlockIter>,
     status: Option<Error>,
+    /// A compaction's readahead buffer ([`Table::sequential_iter`]).
+    readahead: Option<Readahead>,
 }
 
 impl TableIter {
@@ -755,11 +1063,11 @@ impl TableIter {
     /// Loads block `i` (not positioned); clears the iterator past the last block.
     fn load(&mut self, i: usize) -> bool {
         self.block_index = i;
-        if i >= self.table.blocks.len() {
+        if i >= self.table.index.len() {
             self.block = None;
             return false;
         }
-        match self.table.block_iter(i) {
+        match self.table.block_iter(i, self.readahead.as_mut()) {
             Ok(it) => {
                 self.block = Some(it);
                 true
@@ -809,7 +1117,7 @@ impl InternalIterator for TableIter {
 
     fn seek(&mut self, target: &[u8]) {
         self.status = None;
-        let i = self.table.find_block(target);
+        let i = self.table.index.find(target);
         if self.load(i) {
             if let Some(b) = &mut self.block {
                 b.seek(target);
@@ -851,6 +1159,7 @@ mod tests {
     use crate::lsm::sst::builder::{TableBuilder, TableOptions};
     use crate::lsm::types::make_internal_key;
     use proptest::prelude::*;
+    use std::ops::Range;
 
     type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -939,10 +1248,10 @@ mod tests {
                 read_back.file_crc32c = built.file_crc32c;
                 assert_eq!(read_back, built);
                 assert_eq!(t.file_size(), built.file_size);
-                assert_eq!(t.data_blocks().len() as u64, built.num_data_blocks);
+                assert_eq!(t.num_data_blocks() as u64, built.num_data_blocks);
                 assert_eq!(built.smallest_key, entries[0].0);
                 assert_eq!(built.largest_key, entries[entries.len() - 1].0);
-                let any_compressed = t.data_blocks().iter().any(|b| b.compressed);
+                let any_compressed = t.data_blocks().unwrap().iter().any(|b| b.compressed);
                 assert_eq!(any_compressed, compression == Compression::Lz4);
                 if block_size == 64 {
                     assert!(built.num_data_blocks > 500);
@@ -1141,7 +1450,7 @@ mod tests {
     fn corrupt_data_block_is_reported_at_get_iteration_and_verify() {
         for compression in [Compression::None, Compression::Lz4] {
             let r = small_table(compression);
-            let first = open(&r.path).unwrap().data_blocks()[0].clone();
+            let first = open(&r.path).unwrap().data_blocks().unwrap()[0].clone();
             let first_key = parse_internal_key(&r.entries[0].0).unwrap();
             let range = first.offset as usize..(first.offset + first.stored_size) as usize + 5;
             flip_each_byte(&r, range, |path| {
@@ -1295,7 +1604,7 @@ mod tests {
         }
         println!("{p:#?}");
         let t = open(&path).unwrap();
-        println!("{:#?}", t.data_blocks());
+        println!("{:#?}", t.data_blocks().unwrap());
         let at = bytes.len() - FOOTER_LEN;
         println!("{:#?}", Footer::decode(&bytes[at..], at as u64).unwrap());
     }
