@@ -641,16 +641,12 @@ fn unsynced_log_across_many_presize_steps_replays_after_a_crash() {
     assert_eq!(db.get("after").unwrap(), Some(b"big".to_vec()));
 }
 
-/// Two stores sharing one memory budget: their memtables together stay near the budget's
-/// write-buffer limit (each store flushes its own memtable when a write finds them over
-/// it), far below their own memtable sizes; they read through one cache, whose blocks
-/// never mix their files (both use the same file numbers).
-/// A strict budget: writers wait for their store's pending flush instead of holding more
-/// memtables, so the stores' memtables stay close to the limit.
-#[test]
-fn a_strict_memory_budget_keeps_memtables_within_its_limit() {
-    let budget = tidemark::lsm::MemoryBudget::new_strict(8 << 20).unwrap();
-    assert!(budget.is_strict());
+/// Two stores with 64 MiB memtables sharing `budget`, each given 12,000 puts of 1 KB over
+/// 6,000 keys (values ending in `a` and `b`): the stores, their directory, and the most
+/// memtable bytes the budget held along the way.
+fn two_stores_filled(
+    budget: &std::sync::Arc<tidemark::lsm::MemoryBudget>,
+) -> (tempfile::TempDir, Db, Db, usize) {
     let tmp = tempfile::tempdir().unwrap();
     let open = |name: &str| {
         Db::open(
@@ -673,6 +669,16 @@ fn a_strict_memory_budget_keeps_memtables_within_its_limit() {
         b.put(&k, [&value[..], b"b"].concat()).unwrap();
         peak = peak.max(budget.memtable_bytes());
     }
+    (tmp, a, b, peak)
+}
+
+/// A strict budget: writers wait for their store's pending flush instead of holding more
+/// memtables, so the stores' memtables stay close to the limit.
+#[test]
+fn a_strict_memory_budget_keeps_memtables_within_its_limit() {
+    let budget = tidemark::lsm::MemoryBudget::new_strict(8 << 20).unwrap();
+    assert!(budget.is_strict());
+    let (_tmp, a, b, peak) = two_stores_filled(&budget);
     let limit = budget.write_buffer_bytes();
     assert!(
         peak < limit + limit / 4,
@@ -686,31 +692,14 @@ fn a_strict_memory_budget_keeps_memtables_within_its_limit() {
     }
 }
 
+/// Two stores sharing one memory budget: their memtables together stay near the budget's
+/// write-buffer limit (each store flushes its own memtable when a write finds them over
+/// it), far below their own memtable sizes; they read through one cache, whose blocks
+/// never mix their files (both use the same file numbers).
 #[test]
 fn stores_sharing_a_memory_budget_stay_within_it_and_never_mix_blocks() {
     let budget = tidemark::lsm::MemoryBudget::new(8 << 20).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let open = |name: &str| {
-        Db::open(
-            tmp.path().join(name),
-            Options {
-                sync: tidemark::lsm::SyncMode::None,
-                memtable_size_bytes: 64 << 20,
-                memory_budget: Some(budget.clone()),
-                ..Options::default()
-            },
-        )
-        .unwrap()
-    };
-    let (a, b) = (open("a"), open("b"));
-    let value = vec![b'v'; 1000];
-    let mut peak = 0;
-    for i in 0..12_000u32 {
-        let k = format!("key-{:06}", i % 6000);
-        a.put(&k, [&value[..], b"a"].concat()).unwrap();
-        b.put(&k, [&value[..], b"b"].concat()).unwrap();
-        peak = peak.max(budget.memtable_bytes());
-    }
+    let (_tmp, a, b, peak) = two_stores_filled(&budget);
     let limit = budget.write_buffer_bytes();
     assert!(
         peak < 2 * limit,

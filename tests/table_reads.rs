@@ -139,22 +139,28 @@ fn assert_corruption_at(e: &Error, path: &Path, offset: u64) {
     assert!(s.contains(&offset.to_string()), "{s}");
 }
 
+/// A store over `path` (one table in `dir`) after a byte inside its first data block was
+/// flipped, reading tables as `reads`, without compaction.
+fn open_with_a_flipped_byte(dir: &Path, path: &Path, reads: TableReads) -> Db {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[20] ^= 0x40;
+    fs::write(path, &bytes).unwrap();
+    Db::open(
+        dir,
+        Options {
+            compaction: false,
+            ..options(reads)
+        },
+    )
+    .unwrap()
+}
+
 #[test]
 fn a_damaged_block_read_with_a_positioned_read_names_file_and_offset() {
     let dir = tempfile::tempdir().unwrap();
     let path = one_table(dir.path(), 400);
     // The first data block starts at offset 0; damage a byte inside it.
-    let mut bytes = fs::read(&path).unwrap();
-    bytes[20] ^= 0x40;
-    fs::write(&path, &bytes).unwrap();
-    let db = Db::open(
-        dir.path(),
-        Options {
-            compaction: false,
-            ..options(TableReads::Positioned)
-        },
-    )
-    .unwrap();
+    let db = open_with_a_flipped_byte(dir.path(), &path, TableReads::Positioned);
     let e = db.get(key(0)).unwrap_err();
     assert_corruption_at(&e, &path, 0);
     assert!(e.to_string().contains("checksum"), "{e}");
@@ -283,17 +289,7 @@ fn a_budget_charges_every_stores_tables_to_its_one_cache() {
 fn mapped_tables_are_still_served_and_verified() {
     let dir = tempfile::tempdir().unwrap();
     let path = one_table(dir.path(), 500);
-    let mut bytes = fs::read(&path).unwrap();
-    bytes[20] ^= 0x40;
-    fs::write(&path, &bytes).unwrap();
-    let db = Db::open(
-        dir.path(),
-        Options {
-            compaction: false,
-            ..options(TableReads::Mapped)
-        },
-    )
-    .unwrap();
+    let db = open_with_a_flipped_byte(dir.path(), &path, TableReads::Mapped);
     assert_corruption_at(&db.get(key(0)).unwrap_err(), &path, 0);
     assert_eq!(db.get(key(499)).unwrap(), Some(value(499, 0)));
 }
