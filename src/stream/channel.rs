@@ -73,16 +73,14 @@ const PEER_GONE_WAIT: Duration = Duration::from_secs(2);
 /// its echo. Only a peer that vanished without a word (`what`) is reported here.
 pub(crate) fn peer_gone(cancel: &AtomicBool, what: impl FnOnce() -> String) -> Error {
     let deadline = std::time::Instant::now() + PEER_GONE_WAIT;
-    while std::time::Instant::now() < deadline {
+    loop {
         if cancel.load(Ordering::Relaxed) {
             return Error::Cancelled;
         }
+        if std::time::Instant::now() >= deadline {
+            return Error::Job(what());
+        }
         std::thread::sleep(Duration::from_millis(2));
-    }
-    if cancel.load(Ordering::Relaxed) {
-        Error::Cancelled
-    } else {
-        Error::Job(what())
     }
 }
 
