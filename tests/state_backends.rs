@@ -465,3 +465,93 @@ fn a_handle_whose_key_groups_differ_from_its_snapshot_is_refused() {
     let e = backend.keyed_state(&info(0, 1), Some(from)).err().unwrap();
     assert!(e.to_string().contains("0..=42"), "{e}");
 }
+
+/// Checkpoints one subtask of the filesystem backend holding `keys` values of `size`
+/// bytes as checkpoint `id` of `root`; `from` restores it first.
+fn checkpoint_big(
+    root: &Path,
+    id: u64,
+    keys: u32,
+    size: usize,
+    from: Option<RestoreFrom<'_>>,
+) -> tidemark::Result<()> {
+    let backend = FsStateBackend::with_inline_threshold(0);
+    let store = job(root);
+    let pending = store.begin(CheckpointId(id), CheckpointKind::Full)?;
+    let mut keyed = backend.keyed_state(&info(0, 1), from)?;
+    if from.is_none() {
+        let mut s = KeyedState::new(keyed.backend());
+        let d = ValueStateDescriptor::<Vec<u8>>::new("big");
+        for k in 0..keys {
+            s.set_current_key(&k)?;
+            s.value(&d)?.update(&vec![k as u8; size])?;
+        }
+    }
+    // Nothing used since the restore: the snapshot holds the state as restored.
+    let keyed_state = keyed.snapshot_sync()?.write(&pending)?;
+    pending.commit(CheckpointContent {
+        operator_states: vec![OperatorSubtaskState {
+            operator_id: OP.into(),
+            subtask_index: 0,
+            parallelism: 1,
+            max_parallelism: 128,
+            key_groups: info(0, 1).key_groups()?,
+            keyed_state,
+            operator_state: Vec::new(),
+        }],
+        source_offsets: Vec::new(),
+        properties: Vec::new(),
+    })?;
+    Ok(())
+}
+
+#[test]
+fn large_heap_state_restores_a_key_group_at_a_time_and_damage_shows_when_read() {
+    use tidemark::state::backend::LAZY_RESTORE_MIN_BYTES;
+    let tmp = tempfile::tempdir().unwrap();
+    let (keys, size) = (6000u32, 4096usize);
+    assert!(u64::from(keys) * size as u64 > LAZY_RESTORE_MIN_BYTES);
+    checkpoint_big(tmp.path(), 1, keys, size, None).unwrap();
+    let restore = |check: &dyn Fn(RestoreFrom<'_>)| {
+        let r = tidemark::checkpoint::resolve(StdFs::shared().as_ref(), &tmp.path().join("job"))
+            .unwrap();
+        let storage = r.storage(StdFs::shared());
+        check(RestoreFrom {
+            checkpoint_id: r.checkpoint_id,
+            storage: &storage,
+            subtasks: &r.metadata.operator_states,
+        });
+    };
+    // Checkpoint 2 taken by a restored subtask before it used any key, then every key of
+    // it read back.
+    restore(&|from| checkpoint_big(tmp.path(), 2, keys, size, Some(from)).unwrap());
+    restore(&|from| {
+        assert_eq!(from.checkpoint_id, CheckpointId(2));
+        let backend = FsStateBackend::with_inline_threshold(0);
+        let mut keyed = backend.keyed_state(&info(0, 1), Some(from)).unwrap();
+        let mut s = KeyedState::new(keyed.backend());
+        let d = ValueStateDescriptor::<Vec<u8>>::new("big");
+        for k in 0..keys {
+            s.set_current_key(&k).unwrap();
+            assert_eq!(
+                s.value(&d).unwrap().get().unwrap(),
+                Some(vec![k as u8; size])
+            );
+        }
+    });
+    // A flipped byte: the restore starts, the key group fails when it is read.
+    let file = tmp.path().join("job/chk-2/counter_0.keyed");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&file, &bytes).unwrap();
+    restore(&|from| {
+        let backend = FsStateBackend::with_inline_threshold(0);
+        let mut keyed = backend.keyed_state(&info(0, 1), Some(from)).unwrap();
+        let mut s = KeyedState::new(keyed.backend());
+        let e = (0..keys)
+            .find_map(|k| s.set_current_key(&k).err())
+            .expect("the damaged key group fails");
+        assert!(e.to_string().contains("counter_0.keyed"), "{e}");
+    });
+}

@@ -230,7 +230,12 @@ proptest! {
     /// Random operations on keys spread over the subtasks, interleaved with snapshots and
     /// restores into a random parallelism (from the last snapshot), against a model.
     #[test]
-    fn heap_backend_matches_the_model(ops in proptest::collection::vec(op(300, 256), 1..300)) {
+    fn heap_backend_matches_the_model(
+        ops in proptest::collection::vec(op(300, 256), 1..300),
+        lazy in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut restores = 0;
         let m = MaxParallelism::new(MAX).unwrap();
         let d = Descs::default();
         let p = 2u32;
@@ -250,12 +255,26 @@ proptest! {
                 }
                 Op::Restore(new_p) => {
                     if let Some((w, snap_model)) = &last {
+                        restores += 1;
                         let sources: Vec<KeyGroupsSource<'_>> = w
                             .iter()
                             .map(|(bytes, kw)| KeyGroupsSource { name: "s", data: bytes, offsets: &kw.offsets })
                             .collect();
                         subtasks = (0..new_p)
-                            .map(|i| HeapKeyedBackend::restore(m, m.range_for_subtask(new_p, i).unwrap(), &sources))
+                            .map(|i| {
+                                let range = m.range_for_subtask(new_p, i).unwrap();
+                                if lazy {
+                                    // Read in place, a key group at a time.
+                                    let inputs = w
+                                        .iter()
+                                        .enumerate()
+                                        .map(|(j, x)| input_file(dir.path(), &format!("{restores}-{i}-{j}"), x))
+                                        .collect();
+                                    HeapKeyedBackend::restore_inputs(m, range, inputs, true)
+                                } else {
+                                    HeapKeyedBackend::restore(m, range, &sources)
+                                }
+                            })
                             .collect::<tidemark::Result<_>>()
                             .unwrap();
                         model = snap_model.clone();
@@ -306,4 +325,144 @@ fn an_entry_of_no_registered_state_is_an_error() {
     };
     let e = HeapKeyedBackend::restore(m, m.full_range(), &[src]).unwrap_err();
     assert!(e.to_string().contains("crafted"), "{e}");
+}
+
+/// `written` as a file of `dir`, to restore from in place.
+fn input_file(
+    dir: &std::path::Path,
+    name: &str,
+    (bytes, w): &Written,
+) -> tidemark::state::heap::KeyGroupsInput {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    tidemark::state::heap::KeyGroupsInput {
+        name: path.display().to_string(),
+        data: tidemark::state::heap::KeyGroupsData::File {
+            file: std::fs::File::open(&path).unwrap(),
+            size: bytes.len() as u64,
+        },
+        offsets: w.offsets.clone(),
+        key_groups: w.range,
+    }
+}
+
+fn counts(keys: u32) -> HeapKeyedBackend {
+    let mut b = full(128);
+    for k in 0..keys {
+        set_count(&mut b, k, u64::from(k) * 3);
+    }
+    b
+}
+
+#[test]
+fn a_lazy_restore_reads_key_groups_as_they_are_used_and_snapshots_the_rest_as_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = 5000u32;
+    let original = write(&counts(keys).snapshot());
+    let m = MaxParallelism::new(128).unwrap();
+    let mut r = HeapKeyedBackend::restore_inputs(
+        m,
+        m.full_range(),
+        vec![input_file(dir.path(), "a.keyed", &original)],
+        true,
+    )
+    .unwrap();
+    // A snapshot before any key group is used holds the state as restored.
+    let untouched = r.snapshot();
+    // Change every other key while that snapshot is not yet written.
+    for k in (0..keys).step_by(2) {
+        assert_eq!(get_count(&mut r, k), Some(u64::from(k) * 3));
+        set_count(&mut r, k, 7);
+    }
+    assert_eq!(
+        write(&untouched).0,
+        original.0,
+        "the snapshot saw later writes"
+    );
+    let half = r.snapshot();
+    for k in 0..keys {
+        let want = if k % 2 == 0 { 7 } else { u64::from(k) * 3 };
+        assert_eq!(get_count(&mut r, k), Some(want), "key {k}");
+    }
+    // Every key group is installed now: the byte count is the state's.
+    assert_eq!(r.approximate_bytes(), snap_bytes_of(&r));
+    let (bytes, w) = write(&half);
+    let again = HeapKeyedBackend::restore(
+        m,
+        m.full_range(),
+        &[KeyGroupsSource {
+            name: "half",
+            data: &bytes,
+            offsets: &w.offsets,
+        }],
+    );
+    let mut again = again.unwrap();
+    for k in 0..keys {
+        let want = if k % 2 == 0 { 7 } else { u64::from(k) * 3 };
+        assert_eq!(get_count(&mut again, k), Some(want), "key {k}");
+    }
+}
+
+#[test]
+fn a_damaged_key_group_fails_a_lazy_restore_when_it_is_read_naming_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut bytes, w) = write(&counts(3000).snapshot());
+    let m = MaxParallelism::new(128).unwrap();
+    let key = 17u32;
+    let g = m.key_group_of(&postcard::to_stdvec(&key).unwrap()) as usize;
+    // A byte inside key group g's body.
+    let at = w.offsets[g] as usize + 8 + 3;
+    bytes[at] ^= 0x40;
+    let input = input_file(dir.path(), "damaged.keyed", &(bytes, w.clone()));
+    let name = input.name.clone();
+    let mut r = HeapKeyedBackend::restore_inputs(m, m.full_range(), vec![input], true).unwrap();
+    let snap = r.snapshot();
+    let mut s = KeyedState::new(&mut r);
+    let e = s.set_current_key(&key).unwrap_err().to_string();
+    assert!(e.contains(&name), "{e}");
+    assert!(e.contains(&format!("key group {g}")), "{e}");
+    assert!(e.contains(&format!("{}", w.offsets[g])), "{e}");
+    // Once a key group failed, every key fails: the state is not whole.
+    let other = (0..3000u32)
+        .find(|k| m.key_group_of(&postcard::to_stdvec(k).unwrap()) as usize != g)
+        .unwrap();
+    assert!(s.set_current_key(&other).is_err());
+    // A snapshot that holds the damaged key group cannot be written.
+    let e = snap.write_to(&mut Vec::new()).unwrap_err().to_string();
+    assert!(e.contains(&name), "{e}");
+    // Read whole before returning, the same damage fails the restore itself.
+    let input = input_file(dir.path(), "damaged2.keyed", &{
+        let (mut b, w) = write(&counts(3000).snapshot());
+        b[at] ^= 0x40;
+        (b, w)
+    });
+    let e = HeapKeyedBackend::restore_inputs(m, m.full_range(), vec![input], false).unwrap_err();
+    assert!(e.to_string().contains("damaged2.keyed"), "{e}");
+}
+
+#[test]
+fn a_lazy_restore_checks_headers_and_recorded_key_groups_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MaxParallelism::new(128).unwrap();
+    let (mut bytes, w) = write(&counts(100).snapshot());
+    // The recorded key groups differ from the snapshot's.
+    let mut input = input_file(dir.path(), "a.keyed", &(bytes.clone(), w.clone()));
+    input.key_groups = tidemark::checkpoint::KeyGroupRange::new(0, 63).unwrap();
+    let e = HeapKeyedBackend::restore_inputs(m, m.full_range(), vec![input], true).unwrap_err();
+    assert!(e.to_string().contains("_metadata records 0..=63"), "{e}");
+    // A damaged header.
+    bytes[5] ^= 1;
+    let input = input_file(dir.path(), "b.keyed", &(bytes, w.clone()));
+    let e = HeapKeyedBackend::restore_inputs(m, m.full_range(), vec![input], true).unwrap_err();
+    assert!(e.to_string().contains("b.keyed"), "{e}");
+    // A file shorter than recorded: the key groups past its end fail when read.
+    let (bytes, w) = write(&counts(100).snapshot());
+    let short = (bytes[..bytes.len() / 2].to_vec(), w.clone());
+    let mut input = input_file(dir.path(), "c.keyed", &short);
+    if let tidemark::state::heap::KeyGroupsData::File { size, .. } = &mut input.data {
+        *size = bytes.len() as u64;
+    }
+    let mut r = HeapKeyedBackend::restore_inputs(m, m.full_range(), vec![input], false);
+    let e = r.as_mut().map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("c.keyed") && e.contains("past the end"), "{e}");
 }

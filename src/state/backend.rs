@@ -23,7 +23,7 @@ use std::fmt::Debug;
 use std::io::Write;
 use std::sync::Arc;
 
-use super::heap::{HeapKeyedBackend, HeapSnapshot, KeyGroupsSource};
+use super::heap::{HeapKeyedBackend, HeapSnapshot, KeyGroupsData, KeyGroupsInput};
 use super::key_groups::MaxParallelism;
 use super::keyed::{KeyedStateBackend, SystemClock, TtlClock};
 use super::operator::{
@@ -49,6 +49,12 @@ pub const DEFAULT_INLINE_THRESHOLD: u64 = 20 << 10;
 /// The largest snapshot file a heap backend reads back (a hostile size is refused before
 /// anything is allocated).
 pub const MAX_SNAPSHOT_FILE_BYTES: u64 = 64 << 30;
+
+/// Keyed state of a heap backend's subtask from this size up is restored a key group at a
+/// time ([`HeapKeyedBackend::restore_inputs`] with `lazy`): records flow once the first
+/// key groups they need are read, and the rest loads on a thread of its own. Smaller
+/// state is read whole, its file's crc32c checked, before the subtask starts.
+pub const LAZY_RESTORE_MIN_BYTES: u64 = 16 << 20;
 
 /// Which operator subtask a backend serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -740,9 +746,25 @@ fn heap_keyed_state(
         }
         Some(r) => {
             check_coverage(info, range, &r)?;
-            // The bytes of every handle that holds key groups of `range`.
-            let mut loaded: Vec<(String, Vec<u8>, Vec<u64>)> = Vec::new();
-            for st in r.subtasks {
+            // Every handle that holds key groups of `range`; read a key group at a time
+            // when the state is large, so records flow before all of it is in memory.
+            let handles: Vec<_> = r
+                .subtasks
+                .iter()
+                .flat_map(|st| st.keyed_state.iter().map(move |h| (st, h)))
+                .filter(|(_, h)| h.key_groups.overlaps(&range))
+                .collect();
+            let bytes: u64 = handles
+                .iter()
+                .map(|(_, h)| match &h.state {
+                    KeyedState::KeyGroupsInline { bytes, .. } => bytes.len() as u64,
+                    KeyedState::KeyGroupsFile { file, .. } => file.size,
+                    _ => 0,
+                })
+                .sum();
+            let lazy = bytes >= LAZY_RESTORE_MIN_BYTES;
+            let mut inputs = Vec::with_capacity(handles.len());
+            for (st, h) in handles {
                 if st.max_parallelism != info.max_parallelism.get() {
                     return Err(Error::InvalidArgument(format!(
                         "operator {:?} was checkpointed with max parallelism {} and is restored \
@@ -753,55 +775,49 @@ fn heap_keyed_state(
                         info.max_parallelism.get()
                     )));
                 }
-                for h in &st.keyed_state {
-                    if !h.key_groups.overlaps(&range) {
-                        continue;
+                let (name, data, offsets) = match &h.state {
+                    KeyedState::KeyGroupsInline { bytes, offsets } => (
+                        format!("inline keyed state of {} in _metadata", st.label()),
+                        KeyGroupsData::Bytes(Arc::from(bytes.as_slice())),
+                        offsets.clone(),
+                    ),
+                    KeyedState::KeyGroupsFile { file, offsets } => {
+                        let name = r.storage.display_path(&file.path).display().to_string();
+                        let opened = if lazy {
+                            r.storage.open_read(&file.path)?
+                        } else {
+                            None
+                        };
+                        let data = match opened {
+                            Some(f) => {
+                                let size =
+                                    f.metadata().map_err(|e| Error::io("stat", &name, e))?.len();
+                                check_size(&name, size, file.size)?;
+                                KeyGroupsData::File { file: f, size }
+                            }
+                            None => KeyGroupsData::Bytes(Arc::from(read_checked(r.storage, file)?)),
+                        };
+                        (name, data, offsets.clone())
                     }
-                    let (name, bytes, offsets) = match &h.state {
-                        KeyedState::KeyGroupsInline { bytes, offsets } => (
-                            format!("inline keyed state of {} in _metadata", st.label()),
-                            bytes.clone(),
-                            offsets.clone(),
-                        ),
-                        KeyedState::KeyGroupsFile { file, offsets } => (
-                            r.storage.display_path(&file.path).display().to_string(),
-                            read_checked(r.storage, file)?,
-                            offsets.clone(),
-                        ),
-                        KeyedState::IncrementalLsm(_) | KeyedState::CanonicalFile { .. } => {
-                            return Err(Error::InvalidArgument(format!(
-                                "subtask {} holds an incremental LSM file set (backend {:?}): \
-                                 the {} backend restores key-groups snapshots; take a canonical \
-                                 savepoint to switch backends",
-                                st.label(),
-                                h.backend,
-                                storage.name()
-                            )))
-                        }
-                    };
-                    let holds = super::heap::snapshot_key_groups(&name, &bytes)?;
-                    if holds != h.key_groups {
-                        return Err(Error::corruption(
-                            &name,
-                            0,
-                            format!(
-                                "the snapshot holds key groups {holds}, _metadata records {}",
-                                h.key_groups
-                            ),
-                        ));
+                    KeyedState::IncrementalLsm(_) | KeyedState::CanonicalFile { .. } => {
+                        return Err(Error::InvalidArgument(format!(
+                            "subtask {} holds an incremental LSM file set (backend {:?}): \
+                             the {} backend restores key-groups snapshots; take a canonical \
+                             savepoint to switch backends",
+                            st.label(),
+                            h.backend,
+                            storage.name()
+                        )))
                     }
-                    loaded.push((name, bytes, offsets));
-                }
-            }
-            let sources: Vec<KeyGroupsSource<'_>> = loaded
-                .iter()
-                .map(|(name, data, offsets)| KeyGroupsSource {
+                };
+                inputs.push(KeyGroupsInput {
                     name,
                     data,
                     offsets,
-                })
-                .collect();
-            HeapKeyedBackend::restore(info.max_parallelism, range, &sources)?
+                    key_groups: h.key_groups,
+                });
+            }
+            HeapKeyedBackend::restore_inputs(info.max_parallelism, range, inputs, lazy)?
         }
     };
     Ok(Box::new(HeapKeyed {

@@ -27,6 +27,9 @@ use crate::checkpoint::KeyGroupRange;
 use crate::codec::{crc32c, put_length_prefixed, put_varint, Decoder};
 use crate::error::{Error, Result};
 
+mod lazy;
+pub use lazy::KeyGroupsData;
+
 /// Magic of a key-groups snapshot: `TMKS` in ASCII.
 pub const KEY_GROUPS_MAGIC: [u8; 4] = *b"TMKS";
 /// Version of the key-groups snapshot format.
@@ -85,6 +88,8 @@ pub struct HeapKeyedBackend {
     current: Option<Current>,
     scratch: Vec<u8>,
     bytes: usize,
+    /// Key groups of a restore not yet installed.
+    lazy: Option<lazy::Lazy>,
 }
 
 impl HeapKeyedBackend {
@@ -108,6 +113,7 @@ impl HeapKeyedBackend {
             current: None,
             scratch: Vec::new(),
             bytes: 0,
+            lazy: None,
         }
     }
 
@@ -136,6 +142,7 @@ impl HeapKeyedBackend {
             range: self.range,
             states: self.states.clone(),
             groups: self.groups.clone(),
+            restored: self.lazy.as_ref().map(|l| l.frozen()),
             now_ms: clock.now_ms(),
         }
     }
@@ -158,8 +165,28 @@ impl HeapKeyedBackend {
 
     fn restore_one(&mut self, src: &KeyGroupsSource<'_>) -> Result<()> {
         let header = read_header(src)?;
+        let ids = self.register_header(src.name, &header, src.offsets.len())?;
+        let both = header.range.intersection(&self.range);
+        for g in both.into_iter().flatten() {
+            let i = (g - header.range.start()) as usize;
+            let at = src.offsets[i];
+            self.read_group(src, g, at, &ids)?;
+        }
+        Ok(())
+    }
+
+    /// Checks a snapshot's `header` (of `name`, restored with `offsets` offsets) against
+    /// this backend and registers its states: the backend's ids of the snapshot's state
+    /// indexes.
+    fn register_header(
+        &mut self,
+        name: &str,
+        header: &Header,
+        offsets: usize,
+    ) -> Result<Vec<StateId>> {
         if header.max != self.max {
-            return Err(src.error(
+            return Err(Error::corruption(
+                name,
                 0,
                 format!(
                     "written with max parallelism {}, restored with {}: key groups cannot be mapped",
@@ -168,26 +195,88 @@ impl HeapKeyedBackend {
                 ),
             ));
         }
-        if src.offsets.len() as u64 != header.range.len() {
-            return Err(src.error(
+        if offsets as u64 != header.range.len() {
+            return Err(Error::corruption(
+                name,
                 0,
                 format!(
-                    "{} offsets for the {} key groups {}",
-                    src.offsets.len(),
+                    "{offsets} offsets for the {} key groups {}",
                     header.range.len(),
                     header.range
                 ),
             ));
         }
-        let mut ids = Vec::with_capacity(header.states.len());
-        for meta in &header.states {
-            ids.push(self.register(meta)?);
+        header.states.iter().map(|m| self.register(m)).collect()
+    }
+
+    /// A backend owning `range` of `max`, restored from the key-groups snapshots `inputs`
+    /// (each with the offsets its writer returned and the key groups `_metadata` records
+    /// for it). Only the headers are read here, each checked (crc32c, max parallelism,
+    /// key groups, offsets). With `lazy`, a key group is read (its block's crc32c and every
+    /// key's key group checked) when a key of it is first set, and meanwhile by a thread of
+    /// its own, so records flow before the whole state is in memory; a key group that
+    /// fails to load fails every later use of the backend, naming the file and offset.
+    /// Without, every key group is read before this returns.
+    ///
+    /// [`HeapKeyedBackend::approximate_bytes`] counts a key group once it is installed.
+    pub fn restore_inputs(
+        max: MaxParallelism,
+        range: KeyGroupRange,
+        inputs: Vec<KeyGroupsInput>,
+        lazy: bool,
+    ) -> Result<HeapKeyedBackend> {
+        let mut b = HeapKeyedBackend::new(max, range);
+        let mut sources = Vec::with_capacity(inputs.len());
+        let mut plan: Vec<Vec<(usize, u64)>> = vec![Vec::new(); b.groups.len()];
+        for input in inputs {
+            let header = input.header()?;
+            if header.range != input.key_groups {
+                return Err(Error::corruption(
+                    &input.name,
+                    0,
+                    format!(
+                        "the snapshot holds key groups {}, _metadata records {}",
+                        header.range, input.key_groups
+                    ),
+                ));
+            }
+            let ids = b.register_header(&input.name, &header, input.offsets.len())?;
+            let both = header.range.intersection(&range);
+            for g in both.into_iter().flatten() {
+                let at = input.offsets[(g - header.range.start()) as usize];
+                plan[(g - range.start()) as usize].push((sources.len(), at));
+            }
+            sources.push(lazy::Source {
+                name: input.name,
+                data: input.data,
+                ids,
+            });
         }
-        let both = header.range.intersection(&self.range);
-        for g in both.into_iter().flatten() {
-            let i = (g - header.range.start()) as usize;
-            let at = src.offsets[i];
-            self.read_group(src, g, at, &ids)?;
+        b.lazy = lazy::Lazy::start(b.layout(), b.states.clone(), sources, plan, lazy);
+        if !lazy {
+            for gi in 0..b.groups.len() {
+                b.install(gi)?;
+            }
+        }
+        Ok(b)
+    }
+
+    /// Installs key group index `gi` if a restore has not yet: read and decoded here, or
+    /// taken from the restore's loader.
+    fn install(&mut self, gi: usize) -> Result<()> {
+        let Some(l) = &mut self.lazy else {
+            return Ok(());
+        };
+        if let Some(e) = l.failure() {
+            return Err(e);
+        }
+        if l.is_pending(gi) {
+            let (shards, added) = l.take(gi)?;
+            self.groups[gi] = shards;
+            self.bytes = self.bytes.wrapping_add_signed(added);
+        }
+        if l.is_done() {
+            self.lazy = None;
         }
         Ok(())
     }
@@ -199,109 +288,34 @@ impl HeapKeyedBackend {
         at: u64,
         ids: &[StateId],
     ) -> Result<()> {
-        let data = src.data;
-        let start = usize::try_from(at)
-            .ok()
-            .filter(|&s| s <= data.len())
-            .ok_or_else(|| src.error(at, format!("key group {group} starts past the end")))?;
-        let mut d = Decoder::new(&data[start..], at);
-        let len = d
-            .u64("key group length")
-            .map_err(|e| e.into_error(src.name))?;
-        let body_at = d.offset();
-        let body = usize::try_from(len)
-            .ok()
-            .and_then(|n| d.bytes(n, "key group body").ok())
-            .ok_or_else(|| {
-                src.error(
-                    at,
-                    format!("key group {group} of {len} bytes runs past the end"),
-                )
-            })?;
-        let crc = d
-            .u32("key group crc32c")
-            .map_err(|e| e.into_error(src.name))?;
-        if crc32c(body) != crc {
-            return Err(src.error(at, format!("key group {group}: crc32c mismatch")));
-        }
-        let mut d = Decoder::new(body, body_at);
-        let err = |e: crate::codec::DecodeError| e.into_error(src.name);
-        let count = d
-            .varint_bounded("entry count", body.len() as u64)
-            .map_err(err)?;
-        if count > 0 && ids.is_empty() {
-            return Err(src.error(
-                body_at,
-                format!("key group {group} holds entries of no state"),
-            ));
-        }
-        for _ in 0..count {
-            let at = d.offset();
-            let state = d
-                .varint_bounded("state index", ids.len().saturating_sub(1) as u64)
-                .map_err(err)?;
-            let key = d.length_prefixed("key").map_err(err)?;
-            if self.max.key_group_of(key) != group {
-                return Err(src.error(
-                    at,
-                    format!(
-                        "a key of key group {} in key group {group}",
-                        self.max.key_group_of(key)
-                    ),
-                ));
-            }
-            let slot = match d.u8("entry kind").map_err(err)? {
-                0 => Slot::Value(d.length_prefixed("value").map_err(err)?.to_vec()),
-                1 => {
-                    let n = d
-                        .varint_bounded("map entries", d.remaining() as u64)
-                        .map_err(err)?;
-                    let mut m = BTreeMap::new();
-                    for _ in 0..n {
-                        let k = d.length_prefixed("map key").map_err(err)?;
-                        let v = d.length_prefixed("map value").map_err(err)?;
-                        m.insert(Box::from(k), Box::from(v));
-                    }
-                    Slot::Map(m)
-                }
-                k => return Err(src.error(at, format!("unknown entry kind {k}"))),
-            };
-            let id = ids[state];
-            let want_map = self.states[id.0 as usize].kind == StateKind::Map;
-            if matches!(slot, Slot::Map(_)) != want_map {
-                return Err(src.error(
-                    at,
-                    format!(
-                        "an entry of state {:?} is not laid out as a {} state",
-                        self.states[id.0 as usize].name,
-                        self.states[id.0 as usize].kind.as_str()
-                    ),
-                ));
-            }
-            let h = murmur3_32(key, 0);
-            let (g, s) = self.locate(h);
-            slot_key(&mut self.scratch, id, key);
-            self.bytes += self.scratch.len() + slot.heap_bytes();
-            let shard = Arc::make_mut(&mut self.groups[g][s]);
-            if let Some(old) = shard.insert(self.scratch.as_slice().into(), slot) {
-                self.bytes -= self.scratch.len() + old.heap_bytes();
-            }
-        }
-        if !d.is_empty() {
-            return Err(src.error(
-                d.offset(),
-                format!("bytes after the last entry of key group {group}"),
-            ));
-        }
+        let (body, body_at) = block_in(src.name, src.data, group, at)?;
+        let layout = self.layout();
+        let gi = (group - self.range.start()) as usize;
+        let added = layout.decode_body(
+            &self.states,
+            src.name,
+            body,
+            body_at,
+            group,
+            ids,
+            &mut self.groups[gi],
+        )?;
+        self.bytes = self.bytes.wrapping_add_signed(added);
         Ok(())
+    }
+
+    /// How key groups map to shards in this backend.
+    fn layout(&self) -> GroupLayout {
+        GroupLayout {
+            max: self.max,
+            first_group: self.range.start(),
+            shards_per_group: self.shards_per_group,
+        }
     }
 
     /// The group index and shard of a key with hash `h`.
     fn locate(&self, h: u32) -> (usize, usize) {
-        let max = self.max.get();
-        let group = h % max;
-        let shard = (h / max) % self.shards_per_group;
-        ((group - self.range.start()) as usize, shard as usize)
+        self.layout().locate(h)
     }
 
     fn current(&self) -> Result<&Current> {
@@ -374,6 +388,9 @@ impl KeyedStateBackend for HeapKeyedBackend {
             )));
         }
         let (group, shard) = self.locate(h);
+        if self.lazy.is_some() {
+            self.install(group)?;
+        }
         match &mut self.current {
             Some(c) => {
                 c.key.clear();
@@ -511,6 +528,8 @@ pub struct HeapSnapshot {
     range: KeyGroupRange,
     states: Vec<StateMeta>,
     groups: Vec<Vec<Arc<Shard>>>,
+    /// Key groups of a restore not installed when the snapshot was taken.
+    restored: Option<lazy::Frozen>,
     now_ms: u64,
 }
 
@@ -542,6 +561,15 @@ impl HeapSnapshot {
         entries
     }
 
+    /// Key group index `i` as restored, when the snapshot was taken before a restore
+    /// installed it; `None` when the snapshot holds it.
+    fn restored(&self, i: usize) -> Result<Option<Vec<Arc<Shard>>>> {
+        match &self.restored {
+            Some(r) => r.restored(i),
+            None => Ok(None),
+        }
+    }
+
     /// The key groups of the snapshot.
     pub fn key_groups(&self) -> KeyGroupRange {
         self.range
@@ -571,8 +599,9 @@ impl HeapSnapshot {
         let mut pos = header.len() as u64;
         let mut offsets = Vec::with_capacity(self.groups.len());
         let mut body = Vec::new();
-        for shards in &self.groups {
-            let entries = self.live_entries(shards);
+        for (i, shards) in self.groups.iter().enumerate() {
+            let restored = self.restored(i)?;
+            let entries = self.live_entries(restored.as_deref().unwrap_or(shards));
             body.clear();
             put_varint(&mut body, entries.len() as u64);
             for (k, slot) in entries {
@@ -629,7 +658,8 @@ impl HeapSnapshot {
             CanonicalWriter::for_snapshot(out, name, self.max, self.range, backend, &self.states)?;
         for (i, shards) in self.groups.iter().enumerate() {
             let group = self.range.start() + i as u32;
-            let entries = self.live_entries(shards);
+            let restored = self.restored(i)?;
+            let entries = self.live_entries(restored.as_deref().unwrap_or(shards));
             for (k, slot) in entries {
                 let (state, key) = k.split_at(4);
                 let state = u32::from_be_bytes([state[0], state[1], state[2], state[3]]);
@@ -705,6 +735,200 @@ pub struct KeyGroupsSource<'a> {
 impl KeyGroupsSource<'_> {
     fn error(&self, offset: u64, reason: impl Into<String>) -> Error {
         Error::corruption(self.name, offset, reason)
+    }
+}
+
+/// How the key groups of one backend map to its shards: what decoding a key group's
+/// block needs to know of the backend it goes into.
+#[derive(Debug, Clone, Copy)]
+struct GroupLayout {
+    max: MaxParallelism,
+    first_group: u32,
+    shards_per_group: u32,
+}
+
+impl GroupLayout {
+    /// The group index (from the backend's first key group) and shard of a key with hash
+    /// `h`.
+    fn locate(&self, h: u32) -> (usize, usize) {
+        let max = self.max.get();
+        let group = h % max;
+        let shard = (h / max) % self.shards_per_group;
+        ((group - self.first_group) as usize, shard as usize)
+    }
+
+    /// Decodes the checked `body` of key group `group`'s block (at `body_at` of `name`)
+    /// into `shards`, the key group's shards, mapping the snapshot's state indexes through
+    /// `ids` into `states`. Returns the change of the entries' byte count.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_body(
+        &self,
+        states: &[StateMeta],
+        name: &str,
+        body: &[u8],
+        body_at: u64,
+        group: u32,
+        ids: &[StateId],
+        shards: &mut [Arc<Shard>],
+    ) -> Result<isize> {
+        let corrupt = |at: u64, reason: String| Error::corruption(name, at, reason);
+        let mut d = Decoder::new(body, body_at);
+        let err = |e: crate::codec::DecodeError| e.into_error(name);
+        let count = d
+            .varint_bounded("entry count", body.len() as u64)
+            .map_err(err)?;
+        if count > 0 && ids.is_empty() {
+            return Err(corrupt(
+                body_at,
+                format!("key group {group} holds entries of no state"),
+            ));
+        }
+        if shards.iter().all(|s| s.is_empty()) {
+            // A fresh key group: room for its entries at once, not by doubling.
+            let each = count / shards.len().max(1) + count / (8 * shards.len().max(1)) + 1;
+            for s in shards.iter_mut() {
+                Arc::make_mut(s).reserve(each);
+            }
+        }
+        let mut added = 0isize;
+        let mut scratch = Vec::new();
+        for _ in 0..count {
+            let at = d.offset();
+            let state = d
+                .varint_bounded("state index", ids.len().saturating_sub(1) as u64)
+                .map_err(err)?;
+            let key = d.length_prefixed("key").map_err(err)?;
+            if self.max.key_group_of(key) != group {
+                return Err(corrupt(
+                    at,
+                    format!(
+                        "a key of key group {} in key group {group}",
+                        self.max.key_group_of(key)
+                    ),
+                ));
+            }
+            let slot = match d.u8("entry kind").map_err(err)? {
+                0 => Slot::Value(d.length_prefixed("value").map_err(err)?.to_vec()),
+                1 => {
+                    let n = d
+                        .varint_bounded("map entries", d.remaining() as u64)
+                        .map_err(err)?;
+                    let mut m = BTreeMap::new();
+                    for _ in 0..n {
+                        let k = d.length_prefixed("map key").map_err(err)?;
+                        let v = d.length_prefixed("map value").map_err(err)?;
+                        m.insert(Box::from(k), Box::from(v));
+                    }
+                    Slot::Map(m)
+                }
+                k => return Err(corrupt(at, format!("unknown entry kind {k}"))),
+            };
+            let id = ids[state];
+            let meta = &states[id.0 as usize];
+            if matches!(slot, Slot::Map(_)) != (meta.kind == StateKind::Map) {
+                return Err(corrupt(
+                    at,
+                    format!(
+                        "an entry of state {:?} is not laid out as a {} state",
+                        meta.name,
+                        meta.kind.as_str()
+                    ),
+                ));
+            }
+            let (_, s) = self.locate(murmur3_32(key, 0));
+            slot_key(&mut scratch, id, key);
+            added += (scratch.len() + slot.heap_bytes()) as isize;
+            let shard = Arc::make_mut(&mut shards[s]);
+            if let Some(old) = shard.insert(scratch.as_slice().into(), slot) {
+                added -= (scratch.len() + old.heap_bytes()) as isize;
+            }
+        }
+        if !d.is_empty() {
+            return Err(corrupt(
+                d.offset(),
+                format!("bytes after the last entry of key group {group}"),
+            ));
+        }
+        Ok(added)
+    }
+}
+
+/// The body of key group `group`'s block at `at` of the in-memory snapshot `data` (named
+/// `name` in errors), its crc32c checked, and where the body starts.
+fn block_in<'d>(name: &str, data: &'d [u8], group: u32, at: u64) -> Result<(&'d [u8], u64)> {
+    let start = usize::try_from(at)
+        .ok()
+        .filter(|&s| s <= data.len())
+        .ok_or_else(|| {
+            Error::corruption(name, at, format!("key group {group} starts past the end"))
+        })?;
+    let mut d = Decoder::new(&data[start..], at);
+    let len = d.u64("key group length").map_err(|e| e.into_error(name))?;
+    let body_at = d.offset();
+    let body = usize::try_from(len)
+        .ok()
+        .and_then(|n| d.bytes(n, "key group body").ok())
+        .ok_or_else(|| {
+            Error::corruption(
+                name,
+                at,
+                format!("key group {group} of {len} bytes runs past the end"),
+            )
+        })?;
+    let crc = d.u32("key group crc32c").map_err(|e| e.into_error(name))?;
+    if crc32c(body) != crc {
+        return Err(Error::corruption(
+            name,
+            at,
+            format!("key group {group}: crc32c mismatch"),
+        ));
+    }
+    Ok((body, body_at))
+}
+
+/// A key-groups snapshot to restore from ([`HeapKeyedBackend::restore_inputs`]): owned,
+/// read in place when it is a local file.
+#[derive(Debug)]
+pub struct KeyGroupsInput {
+    /// Where the bytes come from, for errors.
+    pub name: String,
+    /// The snapshot's bytes.
+    pub data: KeyGroupsData,
+    /// One offset per key group of the snapshot's range, as its writer returned them.
+    pub offsets: Vec<u64>,
+    /// The key groups `_metadata` records for the snapshot.
+    pub key_groups: KeyGroupRange,
+}
+
+impl KeyGroupsInput {
+    /// The snapshot's header, read and checked: the bytes before its first key group.
+    fn header(&self) -> Result<Header> {
+        let end = match self.offsets.first() {
+            Some(&first) if first <= lazy::MAX_HEADER_BYTES => first,
+            Some(&first) => {
+                return Err(Error::corruption(
+                    &self.name,
+                    0,
+                    format!(
+                        "the first key group starts at {first}: a header over {} bytes",
+                        lazy::MAX_HEADER_BYTES
+                    ),
+                ))
+            }
+            None => {
+                return Err(Error::corruption(
+                    &self.name,
+                    0,
+                    "no key-group offsets recorded for the snapshot",
+                ))
+            }
+        };
+        let bytes = self.data.read(&self.name, 0, end)?;
+        read_header(&KeyGroupsSource {
+            name: &self.name,
+            data: &bytes,
+            offsets: &self.offsets,
+        })
     }
 }
 
