@@ -27,7 +27,9 @@ use crate::checkpoint::KeyGroupRange;
 use crate::codec::{crc32c, put_length_prefixed, put_varint, Decoder};
 use crate::error::{Error, Result};
 
+mod bytes;
 mod lazy;
+use bytes::Bytes;
 pub use lazy::KeyGroupsData;
 
 /// Magic of a key-groups snapshot: `TMKS` in ASCII.
@@ -42,7 +44,7 @@ const MAX_SHARDS_PER_GROUP: u32 = 64;
 /// One entry: a value (value, list and folding states) or a map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Slot {
-    Value(Vec<u8>),
+    Value(Bytes),
     Map(BTreeMap<Box<[u8]>, Box<[u8]>>),
 }
 
@@ -58,7 +60,7 @@ impl Slot {
 /// Entries of one shard, by state id (4 bytes, big-endian) followed by the key's bytes.
 /// Hashed with foldhash, seeded at random per map (hashbrown's default hasher; std's
 /// SipHash cost a fifth of a keyed update).
-type Shard = HashMap<Box<[u8]>, Slot, foldhash::fast::RandomState>;
+type Shard = HashMap<Bytes, Slot, foldhash::fast::RandomState>;
 
 /// The key of an entry in a shard.
 fn slot_key(out: &mut Vec<u8>, state: StateId, key: &[u8]) {
@@ -81,7 +83,7 @@ pub struct HeapKeyedBackend {
     max: MaxParallelism,
     range: KeyGroupRange,
     states: Vec<StateMeta>,
-    by_name: HashMap<String, StateId>,
+    by_name: HashMap<String, StateId, foldhash::fast::RandomState>,
     shards_per_group: u32,
     /// `[key group - range.start][shard]`.
     groups: Vec<Vec<Arc<Shard>>>,
@@ -101,7 +103,7 @@ impl HeapKeyedBackend {
             max,
             range,
             states: Vec::new(),
-            by_name: HashMap::new(),
+            by_name: HashMap::default(),
             shards_per_group,
             groups: (0..groups)
                 .map(|_| {
@@ -438,6 +440,19 @@ impl KeyedStateBackend for HeapKeyedBackend {
         })
     }
 
+    fn read_with(
+        &self,
+        state: StateId,
+        user_key: &[u8],
+        f: &mut dyn FnMut(Option<&[u8]>) -> Result<()>,
+    ) -> Result<()> {
+        f(match self.slot(state)? {
+            None => None,
+            Some(Slot::Value(v)) => Some(v),
+            Some(Slot::Map(m)) => m.get(user_key).map(|v| &v[..]),
+        })
+    }
+
     fn put(&mut self, state: StateId, user_key: &[u8], value: &[u8]) -> Result<()> {
         let is_map = self.check_state(state)?.kind == StateKind::Map;
         let (shard, key, bytes) = self.entry_parts(state)?;
@@ -450,17 +465,16 @@ impl KeyedStateBackend for HeapKeyedBackend {
             }
             Some(Slot::Value(v)) if !is_map => {
                 *bytes = *bytes + value.len() - v.len();
-                v.clear();
-                v.extend_from_slice(value);
+                v.set(value);
             }
             _ => {
                 let slot = if is_map {
                     Slot::Map(BTreeMap::from([(Box::from(user_key), Box::from(value))]))
                 } else {
-                    Slot::Value(value.to_vec())
+                    Slot::Value(Bytes::new(value))
                 };
                 *bytes += key.len() + slot.heap_bytes();
-                if let Some(old) = shard.insert(Box::from(key), slot) {
+                if let Some(old) = shard.insert(Bytes::new(key), slot) {
                     *bytes -= key.len() + old.heap_bytes();
                 }
             }
@@ -478,10 +492,10 @@ impl KeyedStateBackend for HeapKeyedBackend {
         let (shard, key, bytes) = self.entry_parts(state)?;
         *bytes += more.len();
         match shard.get_mut(key) {
-            Some(Slot::Value(v)) => v.extend_from_slice(more),
+            Some(Slot::Value(v)) => v.extend(more),
             _ => {
                 *bytes += key.len();
-                shard.insert(Box::from(key), Slot::Value(more.to_vec()));
+                shard.insert(Bytes::new(key), Slot::Value(Bytes::new(more)));
             }
         }
         Ok(())
@@ -703,7 +717,7 @@ fn live<'s>(slot: &'s Slot, meta: &StateMeta, now: u64) -> Option<Cow<'s, Slot>>
     match slot {
         Slot::Value(v) if meta.kind == StateKind::List => match live_list(v, ttl, now)? {
             Cow::Borrowed(_) => Some(Cow::Borrowed(slot)),
-            Cow::Owned(kept) => Some(Cow::Owned(Slot::Value(kept))),
+            Cow::Owned(kept) => Some(Cow::Owned(Slot::Value(Bytes::from(kept)))),
         },
         Slot::Value(v) => fresh(v).then_some(Cow::Borrowed(slot)),
         Slot::Map(m) => {
@@ -808,7 +822,7 @@ impl GroupLayout {
                 ));
             }
             let slot = match d.u8("entry kind").map_err(err)? {
-                0 => Slot::Value(d.length_prefixed("value").map_err(err)?.to_vec()),
+                0 => Slot::Value(Bytes::new(d.length_prefixed("value").map_err(err)?)),
                 1 => {
                     let n = d
                         .varint_bounded("map entries", d.remaining() as u64)
@@ -839,7 +853,7 @@ impl GroupLayout {
             slot_key(&mut scratch, id, key);
             added += (scratch.len() + slot.heap_bytes()) as isize;
             let shard = Arc::make_mut(&mut shards[s]);
-            if let Some(old) = shard.insert(scratch.as_slice().into(), slot) {
+            if let Some(old) = shard.insert(Bytes::new(&scratch), slot) {
                 added -= (scratch.len() + old.heap_bytes()) as isize;
             }
         }

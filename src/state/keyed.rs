@@ -279,6 +279,18 @@ pub trait KeyedStateBackend: Send {
     /// under `user_key`) of the current key.
     fn get(&self, state: StateId, user_key: &[u8]) -> Result<Option<Vec<u8>>>;
 
+    /// Calls `f` with what [`KeyedStateBackend::get`] returns, without copying the bytes
+    /// where the backend keeps them in memory.
+    fn read_with(
+        &self,
+        state: StateId,
+        user_key: &[u8],
+        f: &mut dyn FnMut(Option<&[u8]>) -> Result<()>,
+    ) -> Result<()> {
+        let v = self.get(state, user_key)?;
+        f(v.as_deref())
+    }
+
     /// Writes the value of the current key.
     fn put(&mut self, state: StateId, user_key: &[u8], value: &[u8]) -> Result<()>;
 
@@ -822,6 +834,17 @@ pub struct ValueState<'a, T> {
 impl<T: Serialize + DeserializeOwned> ValueState<'_, T> {
     /// The current key's value (Flink's `value()`).
     pub fn get(&mut self) -> Result<Option<T>> {
+        if self.cell.ttl.is_none() {
+            // No stamp to check: decode the stored bytes where they are.
+            let (name, mut out) = (self.cell.name, None);
+            self.cell.backend.read_with(self.cell.id, &[], &mut |b| {
+                if let Some(b) = b {
+                    out = Some(decode(name, b)?);
+                }
+                Ok(())
+            })?;
+            return Ok(out);
+        }
         match self.cell.read(&[])? {
             Some(b) => decode(self.cell.name, &b).map(Some),
             None => Ok(None),

@@ -55,6 +55,7 @@ impl FileSink {
             open: None,
             pending: Vec::new(),
             next_part: 0,
+            line: String::new(),
             _t: std::marker::PhantomData,
         }
     }
@@ -104,6 +105,8 @@ pub(crate) struct FileSinkOperator<T> {
     open: Option<OpenFile>,
     pending: Vec<PendingFile>,
     next_part: u64,
+    /// The line being written, reused from record to record.
+    line: String,
     _t: std::marker::PhantomData<fn(T)>,
 }
 
@@ -218,11 +221,19 @@ impl<T: Display + Send> StreamOperator<T, ()> for FileSinkOperator<T> {
             });
         }
         if let Some(f) = self.open.as_mut() {
-            let line = format!("{rec}\n");
+            use std::fmt::Write as _;
+            self.line.clear();
+            write!(self.line, "{rec}").map_err(|_| {
+                Error::Job(format!(
+                    "file sink subtask {}: a record's Display failed",
+                    self.subtask
+                ))
+            })?;
+            self.line.push('\n');
             f.file
-                .write_all(line.as_bytes())
+                .write_all(self.line.as_bytes())
                 .map_err(|e| Error::io("write", self.staging.join(&f.name), e))?;
-            f.bytes += line.len() as u64;
+            f.bytes += self.line.len() as u64;
         }
         Ok(())
     }

@@ -22,6 +22,26 @@ pub fn words(line: &str) -> impl Iterator<Item = String> + '_ {
         .map(str::to_lowercase)
 }
 
+/// An output line, `word count`, built without the formatting machinery (one per update).
+pub fn line(word: &str, n: u64) -> String {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut s = String::with_capacity(word.len() + 1 + digits.len() - at);
+    s.push_str(word);
+    s.push(' ');
+    s.extend(digits[at..].iter().map(|&d| d as char));
+    s
+}
+
 /// Adds the word count to `env`: `input` -> words -> per-word counts -> `sink`, with
 /// `failures` injected after the split when given.
 pub fn build(
@@ -49,8 +69,21 @@ pub fn build(
         .key_by(|(w, _): &(String, u64)| w.clone())
         .sum()
         .uid(OPERATOR_IDS[2])
-        .map(|(w, n)| format!("{w} {n}"))
+        .map(|(w, n)| line(&w, n))
         .uid("format")
         .sink_to(sink)
         .uid(OPERATOR_IDS[3]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_the_word_a_space_and_the_count() {
+        for n in [0u64, 1, 9, 10, 99, 100, 12_345, u64::MAX] {
+            assert_eq!(line("tide", n), format!("tide {n}"));
+        }
+        assert_eq!(line("", 7), " 7");
+    }
 }
