@@ -144,7 +144,9 @@ fn counted_through_failures(chaining: bool) {
     }));
     let r = stream::execute(&env.build().unwrap(), &options).unwrap();
     assert_eq!(plan.fired(), 3, "{r:?}");
-    assert_eq!(r.attempts, 4, "{r:?}");
+    // Each failure ends its attempt; two that come at the same moment (a record's and a
+    // snapshot's, on a loaded machine) end the same one.
+    assert!((2..=4).contains(&r.attempts), "{r:?}");
     let lines = stream::committed_lines(&out).unwrap();
     let mut per_subtask: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for l in &lines {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use super::key_groups::{murmur3_32, MaxParallelism};
 use super::keyed::{
     expired, live_list, split_stamp, KeyedStateBackend, StateId, StateKind, StateMeta, SystemClock,
-    TtlClock,
+    TtlClock, ValueReader,
 };
 use super::savepoint::{CanonicalWriter, CanonicalWritten, Record};
 use crate::checkpoint::KeyGroupRange;
@@ -354,6 +354,15 @@ impl HeapKeyedBackend {
         ))
     }
 
+    /// The bytes [`KeyedStateBackend::get`] returns, where they are kept.
+    fn value_bytes(&self, state: StateId, user_key: &[u8]) -> Result<Option<&[u8]>> {
+        Ok(match self.slot(state)? {
+            None => None,
+            Some(Slot::Value(v)) => Some(v),
+            Some(Slot::Map(m)) => m.get(user_key).map(|v| &v[..]),
+        })
+    }
+
     fn slot(&self, state: StateId) -> Result<Option<&Slot>> {
         self.check_state(state)?;
         let c = self.current()?;
@@ -433,24 +442,11 @@ impl KeyedStateBackend for HeapKeyedBackend {
     }
 
     fn get(&self, state: StateId, user_key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(match self.slot(state)? {
-            None => None,
-            Some(Slot::Value(v)) => Some(v.to_vec()),
-            Some(Slot::Map(m)) => m.get(user_key).map(|v| v.to_vec()),
-        })
+        Ok(self.value_bytes(state, user_key)?.map(<[u8]>::to_vec))
     }
 
-    fn read_with(
-        &self,
-        state: StateId,
-        user_key: &[u8],
-        f: &mut dyn FnMut(Option<&[u8]>) -> Result<()>,
-    ) -> Result<()> {
-        f(match self.slot(state)? {
-            None => None,
-            Some(Slot::Value(v)) => Some(v),
-            Some(Slot::Map(m)) => m.get(user_key).map(|v| &v[..]),
-        })
+    fn read_with(&self, state: StateId, user_key: &[u8], f: &mut ValueReader<'_>) -> Result<()> {
+        f(self.value_bytes(state, user_key)?)
     }
 
     fn put(&mut self, state: StateId, user_key: &[u8], value: &[u8]) -> Result<()> {

@@ -255,6 +255,9 @@ pub fn split_stamp(bytes: &[u8]) -> Option<(u64, &[u8])> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StateId(pub u32);
 
+/// What [`KeyedStateBackend::read_with`] calls with a value's bytes (`None`: no value).
+pub type ValueReader<'a> = dyn FnMut(Option<&[u8]>) -> Result<()> + 'a;
+
 /// The byte-level store of one operator subtask's keyed state, for the key groups it
 /// owns. Every read and write is for the current key.
 pub trait KeyedStateBackend: Send {
@@ -281,14 +284,8 @@ pub trait KeyedStateBackend: Send {
 
     /// Calls `f` with what [`KeyedStateBackend::get`] returns, without copying the bytes
     /// where the backend keeps them in memory.
-    fn read_with(
-        &self,
-        state: StateId,
-        user_key: &[u8],
-        f: &mut dyn FnMut(Option<&[u8]>) -> Result<()>,
-    ) -> Result<()> {
-        let v = self.get(state, user_key)?;
-        f(v.as_deref())
+    fn read_with(&self, state: StateId, user_key: &[u8], f: &mut ValueReader<'_>) -> Result<()> {
+        f(self.get(state, user_key)?.as_deref())
     }
 
     /// Writes the value of the current key.
