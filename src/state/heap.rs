@@ -229,7 +229,7 @@ impl HeapKeyedBackend {
     ) -> Result<HeapKeyedBackend> {
         let mut b = HeapKeyedBackend::new(max, range);
         let mut sources = Vec::with_capacity(inputs.len());
-        let mut plan: Vec<Vec<(usize, u64)>> = vec![Vec::new(); b.groups.len()];
+        let mut plan: Vec<Vec<lazy::Block>> = vec![Vec::new(); b.groups.len()];
         for input in inputs {
             let header = input.header()?;
             if header.range != input.key_groups {
@@ -245,8 +245,16 @@ impl HeapKeyedBackend {
             let ids = b.register_header(&input.name, &header, input.offsets.len())?;
             let both = header.range.intersection(&range);
             for g in both.into_iter().flatten() {
-                let at = input.offsets[(g - header.range.start()) as usize];
-                plan[(g - range.start()) as usize].push((sources.len(), at));
+                let i = (g - header.range.start()) as usize;
+                plan[(g - range.start()) as usize].push(lazy::Block {
+                    source: sources.len(),
+                    at: input.offsets[i],
+                    end: input
+                        .offsets
+                        .get(i + 1)
+                        .copied()
+                        .unwrap_or(input.data.len()),
+                });
             }
             sources.push(lazy::Source {
                 name: input.name,

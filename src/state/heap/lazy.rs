@@ -90,9 +90,10 @@ impl KeyGroupsData {
         }
     }
 
-    /// The body of key group `group`'s block at `at`, its crc32c checked, and where the
-    /// body starts.
-    fn block(&self, name: &str, group: u32, at: u64) -> Result<(Cow<'_, [u8]>, u64)> {
+    /// The body of key group `group`'s block at `at`, which ends at `end` (where the next
+    /// one starts), its length and crc32c checked, and where the body starts. Nothing
+    /// beyond the block is read or allocated, whatever its length field says.
+    fn block(&self, name: &str, group: u32, at: u64, end: u64) -> Result<(Cow<'_, [u8]>, u64)> {
         if at.checked_add(8).is_none_or(|e| e > self.len()) {
             return Err(Error::corruption(
                 name,
@@ -112,6 +113,16 @@ impl KeyGroupsData {
                 name,
                 at,
                 format!("key group {group} of {len} bytes runs past the end"),
+            ));
+        }
+        if len.checked_add(12) != end.checked_sub(at) {
+            return Err(Error::corruption(
+                name,
+                at,
+                format!(
+                    "key group {group} of {len} bytes does not fill its block ({at}..{end}, \
+                     from its offset to the next key group's)"
+                ),
             ));
         }
         let mut block = self.read(name, body_at, len + 4)?;
@@ -141,6 +152,15 @@ pub(super) struct Source {
     pub(super) ids: Vec<StateId>,
 }
 
+/// Where one block of a key group is: in source `source`, from `at` up to `end` (the next
+/// key group's offset, or the end of the snapshot).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Block {
+    pub(super) source: usize,
+    pub(super) at: u64,
+    pub(super) end: u64,
+}
+
 /// Shards of a key group as decoded, and the change of the backend's byte count.
 pub(super) type Loaded = (Vec<Arc<Shard>>, isize);
 
@@ -156,9 +176,8 @@ struct Shared {
     layout: GroupLayout,
     states: Vec<StateMeta>,
     sources: Vec<Source>,
-    /// Per key group (index from the backend's first): the blocks holding its entries,
-    /// as (source, offset).
-    plan: Vec<Vec<(usize, u64)>>,
+    /// Per key group (index from the backend's first): the blocks holding its entries.
+    plan: Vec<Vec<Block>>,
     slots: Mutex<Vec<Load>>,
     ready: Condvar,
     stop: AtomicBool,
@@ -188,9 +207,9 @@ impl Shared {
                 .map(|_| Arc::new(Shard::default()))
                 .collect();
             let mut added = 0isize;
-            for &(src, at) in &self.plan[gi] {
-                let s = &self.sources[src];
-                let (body, body_at) = s.data.block(&s.name, group, at)?;
+            for b in &self.plan[gi] {
+                let s = &self.sources[b.source];
+                let (body, body_at) = s.data.block(&s.name, group, b.at, b.end)?;
                 added += self.layout.decode_body(
                     &self.states,
                     &s.name,
@@ -204,7 +223,7 @@ impl Shared {
             Ok((shards, added))
         };
         catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| {
-            let (src, at) = self.plan[gi].first().copied().unwrap_or((0, 0));
+            let (src, at) = self.plan[gi].first().map_or((0, 0), |b| (b.source, b.at));
             let name = self
                 .sources
                 .get(src)
@@ -294,7 +313,7 @@ impl Lazy {
         layout: GroupLayout,
         states: Vec<StateMeta>,
         sources: Vec<Source>,
-        plan: Vec<Vec<(usize, u64)>>,
+        plan: Vec<Vec<Block>>,
         background: bool,
     ) -> Option<Lazy> {
         let pending: Vec<bool> = plan.iter().map(|p| !p.is_empty()).collect();
