@@ -221,11 +221,19 @@ fn damaged_snapshots_are_errors_naming_the_source() {
     assert!(e.to_string().contains("count"), "{e}");
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("TIDEMARK_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24),
+/// `default` cases, or `TIDEMARK_MODEL_CASES`.
+fn cases(default: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("TIDEMARK_MODEL_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
         ..ProptestConfig::default()
-    })]
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(24))]
 
     /// Random operations on keys spread over the subtasks, interleaved with snapshots and
     /// restores into a random parallelism (from the last snapshot), against a model.
@@ -468,10 +476,7 @@ fn a_lazy_restore_checks_headers_and_recorded_key_groups_at_once() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("TIDEMARK_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(cases(48))]
 
     /// A damaged snapshot (a flipped byte, a length field overwritten with anything, or a
     /// cut), restored a key group at a time from a file: never a panic; every key reads its
