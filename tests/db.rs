@@ -179,13 +179,7 @@ fn wal_disabled_store_keeps_data_after_clean_close() {
 }
 
 fn wal_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    v.sort();
-    v
+    common::files_with_extension(dir, "wal")
 }
 
 /// Length of a log without the zeros it was extended with ahead of its writes.

@@ -4,6 +4,8 @@
 //! filter blocks of open tables must be charged to the block cache and released when a
 //! compaction drops their tables.
 
+mod common;
+
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -41,13 +43,7 @@ fn big_memtable(reads: TableReads) -> Options {
 }
 
 fn tables_in(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "sst"))
-        .collect();
-    v.sort();
-    v
+    common::files_with_extension(dir, "sst")
 }
 
 /// Every key's value (absent ones as `None`), then every entry of a scan.

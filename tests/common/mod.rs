@@ -17,6 +17,17 @@ pub fn crash_iterations(default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The files of `dir` whose extension is `ext`, sorted.
+pub fn files_with_extension(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    v
+}
+
 /// A xorshift64 step: the next value of a seeded sequence.
 pub fn next_seed(seed: &mut u64) -> u64 {
     *seed ^= *seed << 13;
