@@ -950,17 +950,6 @@ impl KeyGroupsInput {
     }
 }
 
-/// The key groups a key-groups snapshot says it holds (its header, checked), so a caller
-/// can hold them against what `_metadata` records for it.
-pub fn snapshot_key_groups(name: &str, data: &[u8]) -> Result<KeyGroupRange> {
-    let src = KeyGroupsSource {
-        name,
-        data,
-        offsets: &[],
-    };
-    Ok(read_header(&src)?.range)
-}
-
 struct Header {
     max: MaxParallelism,
     range: KeyGroupRange,
