@@ -27,9 +27,8 @@ use crate::checkpoint::KeyGroupRange;
 use crate::codec::{crc32c, put_length_prefixed, put_varint, Decoder};
 use crate::error::{Error, Result};
 
-mod bytes;
 mod lazy;
-use bytes::Bytes;
+use super::bytes::Bytes;
 pub use lazy::KeyGroupsData;
 
 /// Magic of a key-groups snapshot: `TMKS` in ASCII.

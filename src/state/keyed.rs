@@ -746,6 +746,13 @@ impl<'a> KeyedState<'a> {
         with_encoded("the key", key, |bytes| self.backend.set_current_key(bytes))
     }
 
+    /// Sets the current key from its serialized bytes (as [`KeyedState::set_current_key`]
+    /// serializes it): a keyed stream's records arrive with their key serialized once, by
+    /// the sender that routed them.
+    pub(crate) fn set_current_key_bytes(&mut self, key: &[u8]) -> Result<()> {
+        self.backend.set_current_key(key)
+    }
+
     fn cell<'s>(
         &'s mut self,
         meta: &'s StateMeta,

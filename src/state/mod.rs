@@ -5,6 +5,7 @@
 //! ([`crate::checkpoint`]); the stream layer above it never matches on backend kind.
 
 pub mod backend;
+pub(crate) mod bytes;
 pub mod config;
 pub mod heap;
 pub mod key_groups;

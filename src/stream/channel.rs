@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::event::{Barrier, Event};
 use super::task::Control;
 use crate::error::{Error, Result};
+use crate::state::bytes::Bytes;
 use crate::state::key_groups::MaxParallelism;
 
 /// Records per batch.
@@ -112,7 +113,18 @@ impl<O> Route<O, O> for Rebalance {
     }
 }
 
-/// By key group: the record goes, with its key, to the subtask owning the key's group.
+/// A record of a keyed stream with its key, serialized as keyed state stores it (inline
+/// when short): the sender serializes the key once to find its key group, and the keyed
+/// operator sets it as the current key without serializing it again.
+pub(crate) struct KeyedRecord<T> {
+    /// The serialized key.
+    pub key: Bytes,
+    /// The record.
+    pub rec: T,
+}
+
+/// By key group: the record goes, with its serialized key, to the subtask owning the
+/// key's group.
 pub(crate) struct ByKey<K, O> {
     pub key: Arc<dyn Fn(&O) -> K + Send + Sync>,
     pub max: MaxParallelism,
@@ -120,15 +132,21 @@ pub(crate) struct ByKey<K, O> {
     pub scratch: Vec<u8>,
 }
 
-impl<K: Serialize, O> Route<O, (K, O)> for ByKey<K, O> {
-    fn route(&mut self, rec: O) -> Result<(usize, (K, O))> {
+impl<K: Serialize, O> Route<O, KeyedRecord<O>> for ByKey<K, O> {
+    fn route(&mut self, rec: O) -> Result<(usize, KeyedRecord<O>)> {
         let k = (self.key)(&rec);
         self.scratch.clear();
         self.scratch = postcard::to_extend(&k, std::mem::take(&mut self.scratch))
             .map_err(|e| Error::InvalidArgument(format!("cannot serialize a key: {e}")))?;
         let kg = self.max.key_group_of(&self.scratch);
         let t = self.max.subtask_for_key_group(self.parallelism, kg)?;
-        Ok((t as usize, (k, rec)))
+        Ok((
+            t as usize,
+            KeyedRecord {
+                key: Bytes::new(&self.scratch),
+                rec,
+            },
+        ))
     }
 }
 

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::channel::{matrix, ByKey, EdgeOut, Forward, Output, Rebalance, RoutedOut, Rx};
+use super::channel::{
+    matrix, ByKey, EdgeOut, Forward, KeyedRecord, Output, Rebalance, RoutedOut, Rx,
+};
 use super::ops::{
     FailurePlan, Filter, FlatMap, FlatMapFn, InjectFailures, KeyedProcess, KeyedProcessFunction,
     Map, ProcessFn, Reduce, Summable, TryProcess,
@@ -236,10 +238,10 @@ fn plain_edge<T: Data>() -> EdgeMaker {
     })
 }
 
-/// An edge carrying `(key, T)` to the subtask owning the key's group.
+/// An edge carrying each `T` with its serialized key to the subtask owning the key's group.
 fn keyed_edge<K: Key, T: Data>(key: Arc<dyn Fn(&T) -> K + Send + Sync>) -> EdgeMaker {
     Arc::new(move |up, down, cap, max| {
-        let (senders, receivers) = matrix::<(K, T)>(up, down, cap);
+        let (senders, receivers) = matrix::<KeyedRecord<T>>(up, down, cap);
         let outs = senders
             .into_iter()
             .map(|txs| {
@@ -546,13 +548,13 @@ impl<T: Data> DataStream<T> {
 }
 
 impl<K: Key, T: Data> KeyedStream<K, T> {
-    fn keyed<O: Data, Op: StreamOperator<(K, T), O> + 'static>(
+    fn keyed<O: Data, Op: StreamOperator<KeyedRecord<T>, O> + 'static>(
         self,
         name: &str,
         make: impl Fn() -> Op + Send + Sync + 'static,
     ) -> DataStream<O> {
         let factory: NodeFactory = Arc::new(move |parts: NodeParts| {
-            let inputs = take_inputs::<(K, T)>(parts.inputs)?;
+            let inputs = take_inputs::<KeyedRecord<T>>(parts.inputs)?;
             let outs = take_outputs::<O>(parts.outputs)?;
             Ok(Box::new(OperatorTask {
                 op: make(),
@@ -603,7 +605,7 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
         T: Serialize + DeserializeOwned,
     {
         let f: Arc<dyn Fn(T, T) -> T + Send + Sync> = Arc::new(f);
-        self.keyed("reduce", move || Reduce {
+        self.keyed("reduce", move || Reduce::<K, T> {
             f: Arc::clone(&f),
             desc: ValueStateDescriptor::new("reduce"),
             _k: PhantomData,

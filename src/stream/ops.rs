@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::channel::Output;
+use super::channel::{KeyedRecord, Output};
 use super::task::{StreamOperator, TaskContext};
 use crate::error::{Error, Result};
 use crate::state::keyed::{KeyedState, ValueStateDescriptor};
@@ -106,23 +106,29 @@ pub(crate) struct KeyedProcess<K, I, O, F> {
     pub _t: PhantomData<fn(K, I, O)>,
 }
 
-impl<K, I, O, F> StreamOperator<(K, I), O> for KeyedProcess<K, I, O, F>
+impl<K, I, O, F> StreamOperator<KeyedRecord<I>, O> for KeyedProcess<K, I, O, F>
 where
-    K: Serialize + Send,
+    K: DeserializeOwned + Send,
     I: Send,
     O: Clone + Send,
     F: KeyedProcessFunction<K, I, O>,
 {
-    fn process(&mut self, rec: (K, I), ctx: &mut TaskContext, out: &mut Output<O>) -> Result<()> {
-        let (key, value) = rec;
+    fn process(
+        &mut self,
+        rec: KeyedRecord<I>,
+        ctx: &mut TaskContext,
+        out: &mut Output<O>,
+    ) -> Result<()> {
+        let key: K = postcard::from_bytes(rec.key.as_slice())
+            .map_err(|e| Error::Job(format!("cannot deserialize a record's key: {e}")))?;
         let keyed = ctx
             .keyed
             .as_mut()
             .ok_or_else(|| Error::Job("a keyed function without keyed state".into()))?;
         let mut state = KeyedState::new(keyed.backend());
-        state.set_current_key(&key)?;
+        state.set_current_key_bytes(rec.key.as_slice())?;
         let mut kctx = KeyedContext { key: &key, state };
-        self.f.process_element(value, &mut kctx, out)
+        self.f.process_element(rec.rec, &mut kctx, out)
     }
 }
 
@@ -134,19 +140,24 @@ pub(crate) struct Reduce<K, T> {
     pub _k: PhantomData<fn(K)>,
 }
 
-impl<K, T> StreamOperator<(K, T), T> for Reduce<K, T>
+impl<K, T> StreamOperator<KeyedRecord<T>, T> for Reduce<K, T>
 where
-    K: Serialize + Send,
+    K: Send,
     T: Serialize + DeserializeOwned + Clone + Send,
 {
-    fn process(&mut self, rec: (K, T), ctx: &mut TaskContext, out: &mut Output<T>) -> Result<()> {
-        let (key, value) = rec;
+    fn process(
+        &mut self,
+        rec: KeyedRecord<T>,
+        ctx: &mut TaskContext,
+        out: &mut Output<T>,
+    ) -> Result<()> {
+        let KeyedRecord { key, rec: value } = rec;
         let keyed = ctx
             .keyed
             .as_mut()
             .ok_or_else(|| Error::Job("reduce without keyed state".into()))?;
         let mut state = KeyedState::new(keyed.backend());
-        state.set_current_key(&key)?;
+        state.set_current_key_bytes(key.as_slice())?;
         let mut v = state.value(&self.desc)?;
         let next = match v.get()? {
             Some(acc) => (self.f)(acc, value),

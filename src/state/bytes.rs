@@ -1,4 +1,5 @@
-//! Bytes of a heap backend's entry key or value, inline when short.
+//! Bytes of a heap backend's entry key or value, or of a serialized key on its way to a keyed
+//! operator, inline when short.
 //!
 //! Most keys (a state id and a serialized word, id or small struct) and most values
 //! (counters, sums, small structs) fit in 30 bytes: kept in the hash table's own slot,
@@ -15,7 +16,7 @@ const INLINE: usize = 30;
 
 /// Bytes, inline up to 30 bytes, on the heap beyond.
 #[derive(Clone)]
-pub(super) enum Bytes {
+pub(crate) enum Bytes {
     /// `buf[..len]`.
     Inline { len: u8, buf: [u8; INLINE] },
     /// Longer bytes.
@@ -24,7 +25,7 @@ pub(super) enum Bytes {
 
 impl Bytes {
     /// A copy of `b`.
-    pub(super) fn new(b: &[u8]) -> Bytes {
+    pub(crate) fn new(b: &[u8]) -> Bytes {
         if b.len() <= INLINE {
             let mut buf = [0u8; INLINE];
             buf[..b.len()].copy_from_slice(b);
@@ -38,7 +39,7 @@ impl Bytes {
     }
 
     /// The bytes.
-    pub(super) fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         match self {
             Bytes::Inline { len, buf } => &buf[..*len as usize],
             Bytes::Heap(v) => v,
@@ -46,7 +47,7 @@ impl Bytes {
     }
 
     /// Replaces the bytes with `b` (reusing a heap buffer that is there).
-    pub(super) fn set(&mut self, b: &[u8]) {
+    pub(crate) fn set(&mut self, b: &[u8]) {
         match self {
             Bytes::Heap(v) if b.len() > INLINE => {
                 v.clear();
@@ -57,7 +58,7 @@ impl Bytes {
     }
 
     /// Appends `more`.
-    pub(super) fn extend(&mut self, more: &[u8]) {
+    pub(crate) fn extend(&mut self, more: &[u8]) {
         match self {
             Bytes::Heap(v) => v.extend_from_slice(more),
             Bytes::Inline { len, buf } => {
