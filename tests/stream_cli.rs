@@ -48,6 +48,18 @@ fn has_checkpoint(ck: &Path) -> bool {
     })
 }
 
+/// Whether the job under `ck` recorded that it finished (`job-status.json`).
+fn job_finished(ck: &Path) -> bool {
+    let Ok(jobs) = std::fs::read_dir(ck) else {
+        return false;
+    };
+    jobs.flatten().any(|j| {
+        tidemark::stream::status::read_job_status(&j.path())
+            .unwrap()
+            .is_some_and(|s| s.finished())
+    })
+}
+
 /// Every file in a job's `shared/` is referenced by a retained checkpoint's `_metadata`.
 fn check_no_orphans(ck: &Path) {
     for job in std::fs::read_dir(ck).unwrap().flatten() {
@@ -154,9 +166,15 @@ fn sigkill_and_resume_with_latest_commits_exactly_once() {
     let mut kills = 0;
     let mut finished = false;
     for _ in 0..4 {
+        if job_finished(&ck) {
+            // A kill landed after the job had processed everything: it recorded that it
+            // finished before discarding its checkpoints.
+            finished = true;
+            break;
+        }
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
         let wait = Duration::from_millis(200 + (seed >> 33) % 900);
-        let mut child = run(has_checkpoint(&ck)).spawn().unwrap();
+        let mut child = run(true).spawn().unwrap();
         std::thread::sleep(wait);
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
@@ -171,14 +189,18 @@ fn sigkill_and_resume_with_latest_commits_exactly_once() {
             break;
         }
     }
-    if !finished {
-        let done = run(has_checkpoint(&ck)).output().unwrap();
+    if !finished && !job_finished(&ck) {
+        let done = run(true).output().unwrap();
         assert!(
             done.status.success(),
             "{}",
             String::from_utf8_lossy(&done.stderr)
         );
     }
+    // The job finished: resuming it again is refused, and adds no output.
+    let again = run(true).output().unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && err.contains("finished"), "{err}");
     assert!(kills >= 1, "the job finished before any kill");
     let got = committed_lines(&output).unwrap();
     let want = expected_lines(&counts);
@@ -255,5 +277,141 @@ fn run_reads_a_flink_config_file_and_dynamic_properties() {
     assert!(
         stderr.contains("cassandra") && stderr.contains("filesystem") && stderr.contains("lsm"),
         "{stderr}"
+    );
+}
+
+/// Copies `from` into `to` (files and directories, recursively).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &t);
+        } else {
+            std::fs::copy(e.path(), t).unwrap();
+        }
+    }
+}
+
+/// A job that finished records it before discarding its checkpoints: when a kill cuts the
+/// discard short and leaves an older checkpoint behind, `-s latest` neither resumes from
+/// it (which would commit its replayed output a second time) nor starts over; it says the
+/// job finished and completes the discard.
+#[test]
+fn a_finished_job_is_not_resumed_from_a_checkpoint_its_discard_left() {
+    finished_job_then_resume("claim");
+}
+
+/// Resumed in no-claim mode, the job does not own the checkpoint it was restored from:
+/// it keeps it when it finishes, and `-s latest` still refuses to resume the job.
+#[test]
+fn a_finished_job_restored_without_claim_keeps_its_restored_checkpoint() {
+    finished_job_then_resume("no-claim");
+}
+
+fn finished_job_then_resume(mode: &str) {
+    let claim = mode == "claim";
+    let dir = tempfile::tempdir().unwrap();
+    let counts = write_input(&dir.path().join("in"), 2_000);
+    let (input, output, ck) = (
+        dir.path().join("in"),
+        dir.path().join("out"),
+        dir.path().join("ck"),
+    );
+    let run = |resume: bool, rate: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+        c.args([
+            "run",
+            "wordcount",
+            "--parallelism",
+            "2",
+            "--interval-ms",
+            "20",
+        ])
+        .args(["--restore-mode", mode])
+        .args(["--rate", rate])
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .arg("--checkpoint-dir")
+        .arg(&ck)
+        .args(["-D", "restart-strategy.type=none"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        if resume {
+            c.args(["-s", "latest"]);
+        }
+        c
+    };
+    // Slowly until a checkpoint is complete, then killed: that checkpoint is kept aside.
+    let mut first = run(false, "500").spawn().unwrap();
+    while !has_checkpoint(&ck) {
+        assert!(first.try_wait().unwrap().is_none(), "the job ended early");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill().unwrap();
+    let _ = first.wait();
+    let job = std::fs::read_dir(&ck)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let saved = dir.path().join("saved");
+    copy_tree(&job, &saved);
+    // Resumed to the end: it finishes, records it, and discards its checkpoints.
+    let done = run(true, "1000000").output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let status = tidemark::stream::status::read_job_status(&job)
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.finished() && status.checkpoints_discarded,
+        "{status:?}"
+    );
+    assert_eq!(status.checkpoints_kept.is_empty(), claim, "{status:?}");
+    assert_eq!(has_checkpoint(&ck), !claim);
+    let want = expected_lines(&counts);
+    assert!(committed_lines(&output).unwrap() == want);
+    if !claim {
+        let again = run(true, "1000000").output().unwrap();
+        let err = String::from_utf8_lossy(&again.stderr);
+        assert!(!again.status.success() && err.contains("finished"), "{err}");
+        assert!(has_checkpoint(&ck), "the restored checkpoint is kept");
+        assert!(
+            committed_lines(&output).unwrap() == want,
+            "no output was added"
+        );
+        return;
+    }
+    // As if a kill had cut the discard short: the older checkpoint and its files are back.
+    for e in std::fs::read_dir(&saved).unwrap().flatten() {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with("chk-") || name == "shared" {
+            copy_tree(&e.path(), &job.join(&name));
+        }
+    }
+    assert!(has_checkpoint(&ck));
+    let again = run(true, "1000000").output().unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "{err}");
+    assert!(
+        err.contains("finished") && err.contains("job-status.json"),
+        "{err}"
+    );
+    assert!(err.contains("discarded 1 checkpoint"), "{err}");
+    assert!(!has_checkpoint(&ck), "the discard was completed");
+    let shared: Vec<_> = std::fs::read_dir(job.join("shared"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(shared.is_empty(), "{shared:?}");
+    assert!(
+        committed_lines(&output).unwrap() == want,
+        "no output was added"
     );
 }

@@ -21,6 +21,7 @@ use crate::stream::stats::{
     read_checkpoint_stats, CheckpointStatistics, CheckpointStatsDocument, StatsSummaryJson,
     CHECKPOINT_STATS_FILE_NAME,
 };
+use crate::stream::status::{read_job_status_file, JobStatusDocument, JOB_STATUS_FILE_NAME};
 
 /// History rows shown in text.
 const HISTORY_ROWS: usize = 5;
@@ -63,6 +64,9 @@ pub struct WithJobFiles<'a, R: Render> {
     /// `checkpoint-stats.json`, when present.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_stats: Option<JobFile<CheckpointStatsDocument>>,
+    /// `job-status.json`, when present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_status: Option<JobFile<JobStatusDocument>>,
 }
 
 /// `report` with the JSON files found in `job_dir`.
@@ -71,12 +75,33 @@ pub fn with_job_files<'a, R: Render>(job_dir: &Path, report: &'a R) -> WithJobFi
         report,
         job_config: JobFile::load(job_dir, JOB_CONFIG_FILE_NAME, read_job_config),
         checkpoint_stats: JobFile::load(job_dir, CHECKPOINT_STATS_FILE_NAME, read_checkpoint_stats),
+        job_status: JobFile::load(job_dir, JOB_STATUS_FILE_NAME, read_job_status_file),
     }
 }
 
 impl<R: Render> Render for WithJobFiles<'_, R> {
     fn render_text(&self, out: &mut dyn Write) -> io::Result<()> {
         self.report.render_text(out)?;
+        match &self.job_status {
+            None => {}
+            Some(JobFile::Damaged { error }) => writeln!(out, "job status: unreadable: {error}")?,
+            Some(JobFile::Read(s)) => {
+                let last = s
+                    .last_checkpoint
+                    .map_or("none".to_string(), |id| format!("chk-{id}"));
+                writeln!(
+                    out,
+                    "job status ({JOB_STATUS_FILE_NAME}): {} at {}, last checkpoint {last}{}",
+                    s.state,
+                    format_unix_ms(s.end_time),
+                    if s.finished() {
+                        ": all input processed, nothing to resume"
+                    } else {
+                        ""
+                    }
+                )?
+            }
+        }
         match &self.job_config {
             None => {}
             Some(JobFile::Damaged { error }) => {

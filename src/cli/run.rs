@@ -13,6 +13,7 @@ use crate::checkpoint::{resolve, CheckpointId, JobId};
 use crate::error::{Error, Result};
 use crate::fs::StdFs;
 use crate::stream::config::{JobConfig, JobConfigBuilder};
+use crate::stream::status::{complete_finished_discard, job_status_path, read_job_status};
 use crate::stream::{
     self, wordcount, CheckpointDone, FileSink, FileSource, JobControl, JobGraph, JobListener,
     JobOptions, JobResult, StreamEnv,
@@ -155,6 +156,19 @@ fn configure(a: &RunArgs) -> Result<(JobConfig, JobId)> {
             s.clone()
         };
         let resolved = resolve(&StdFs, &path)?;
+        if let Some(job_dir) = resolved.metadata_path.parent().and_then(Path::parent) {
+            if let Ok(Some(st)) = read_job_status(job_dir) {
+                if st.finished() {
+                    eprintln!(
+                        "tidemark: warning: job {} finished ({}): resuming it from checkpoint \
+                         {} replays input whose output is already committed",
+                        st.jid,
+                        job_status_path(job_dir).display(),
+                        resolved.metadata.checkpoint_id.0
+                    );
+                }
+            }
+        }
         job_id = Some(resolved.metadata.job_id.clone());
         b.dynamic_property(&format!(
             "execution.state-recovery.path={}",
@@ -174,19 +188,51 @@ fn configure(a: &RunArgs) -> Result<(JobConfig, JobId)> {
     Ok((config, job_id.unwrap_or_else(JobId::random)))
 }
 
-/// The job directory under `dir` whose latest checkpoint is the newest.
+/// The job directory under `dir` whose latest checkpoint is the newest. A job that
+/// finished (its `job-status.json` says so) is never resumed: when it ended after every
+/// other job's latest checkpoint, `-s latest` is an error saying that it finished, not a
+/// resume from a checkpoint its discard left behind nor a new run over committed output.
 pub fn latest_job_dir(dir: &Path) -> Result<PathBuf> {
     let mut best: Option<(u64, PathBuf)> = None;
+    let mut finished: Option<(u64, PathBuf, String)> = None;
     for e in crate::fs::list_entries(dir)? {
         if e.kind != crate::fs::EntryKind::Dir || !e.utf8 {
             continue;
         }
         let job = dir.join(&e.name);
+        if let Some(st) = read_job_status(&job)? {
+            if st.finished() {
+                if finished.as_ref().is_none_or(|(t, _, _)| st.end_time > *t) {
+                    finished = Some((st.end_time, job, st.jid));
+                }
+                continue;
+            }
+        }
         if let Ok(r) = resolve(&StdFs, &job) {
             let t = r.metadata.completion_timestamp_ms;
             if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
                 best = Some((t, job));
             }
+        }
+    }
+    if let Some((end, job, jid)) = finished {
+        if best.as_ref().is_none_or(|(t, _)| end >= *t) {
+            // A kill during the job's discard of its checkpoints left some behind.
+            let left = complete_finished_discard(&job)?;
+            if left > 0 {
+                eprintln!(
+                    "tidemark: discarded {left} checkpoint(s) of finished job {jid} that its \
+                     end left behind"
+                );
+            }
+            return Err(Error::CheckpointNotFound {
+                path: job_status_path(&job),
+                reason: format!(
+                    "job {jid} finished (all its input processed, its output committed): \
+                     there is nothing to resume with -s latest; run without -s to start a \
+                     new job"
+                ),
+            });
         }
     }
     best.map(|(_, p)| p)

@@ -28,6 +28,7 @@ use super::restart::{RestartDecision, RestartStrategy, RestartStrategyConfig};
 use super::stats::{
     CheckpointStatsTracker, RestartRecord, RestoredCheckpoint, TaskParallelism, TriggeredCheckpoint,
 };
+use super::status::{write_job_status, JobStatusDocument};
 use super::task::{
     AckMetrics, AttemptInfo, CheckpointingMode, Control, OperatorRestore, Pending, PendingRegistry,
     SharedPending, TaskEvent, TaskId, TaskRuntime,
@@ -660,13 +661,27 @@ impl<'a> Runner<'a> {
     }
 
     fn finish(mut self, attempts: u32, how: JobTermination) -> Result<JobResult> {
-        let latest_checkpoint = self
-            .store
-            .as_ref()
-            .and_then(|s| s.list().last().map(|c| c.external_path.clone()));
+        let list = self.store.as_ref().map(|s| s.list()).unwrap_or_default();
+        let latest = list.last().cloned();
+        let checkpoints_kept = list.iter().filter(|c| !c.owned).map(|c| c.id.0).collect();
+        let latest_checkpoint = latest.as_ref().map(|c| c.external_path.clone());
         let mut kept = latest_checkpoint.clone();
         if let Some(store) = self.store.take() {
             let discards = store.config().cleanup.discards_on(how);
+            // Recorded durably before any checkpoint is discarded: a kill during the
+            // discard must not leave an older checkpoint that looks resumable.
+            write_job_status(
+                self.fs.as_ref(),
+                &store.storage().root(),
+                &JobStatusDocument {
+                    jid: self.options.job_id.to_string(),
+                    state: how.flink_state().into(),
+                    end_time: super::now_ms(),
+                    last_checkpoint: latest.as_ref().map(|c| c.id.0),
+                    checkpoints_discarded: discards,
+                    checkpoints_kept,
+                },
+            )?;
             store.shutdown(how)?;
             if discards {
                 kept = None;

@@ -42,6 +42,7 @@ pub mod restart;
 pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod status;
 mod task;
 
 pub use channel::Output;
