@@ -90,66 +90,65 @@ fn check_no_orphans(ck: &Path) {
     }
 }
 
-#[test]
-fn sigkill_and_resume_with_latest_commits_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let counts = write_input(&dir.path().join("in"), 40_000);
-    let (input, output, ck) = (
-        dir.path().join("in"),
-        dir.path().join("out"),
-        dir.path().join("ck"),
-    );
-    let local = format!(
-        "state.backend.lsm.localdir={}",
-        dir.path().join("local").display()
-    );
-    let run = |resume: bool| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tidemark"));
-        c.args([
-            "run",
-            "wordcount",
-            "--parallelism",
-            "2",
-            "--interval-ms",
-            "30",
-            // 20,000 lines a second per subtask: the 80,000 lines take about 2 s, so the
-            // kills land while the job runs however fast the machine is.
-            "--rate",
-            "20000",
-        ])
+/// `tidemark run wordcount` over `dir/in` into `dir/out` with checkpoints in `dir/ck`, at
+/// parallelism 2, without restarts (a resume that cannot checkpoint fails the test instead
+/// of restarting for ever), resumed with `-s latest` when `resume`.
+fn wordcount(dir: &Path, interval_ms: u32, rate: u32, mode: &str, resume: bool) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+    c.args(["run", "wordcount", "--parallelism", "2"])
+        .args(["--interval-ms", &interval_ms.to_string()])
+        .args(["--rate", &rate.to_string()])
+        .args(["--restore-mode", mode])
         .arg("--input")
-        .arg(&input)
+        .arg(dir.join("in"))
         .arg("--output")
-        .arg(&output)
+        .arg(dir.join("out"))
         .arg("--checkpoint-dir")
-        .arg(&ck)
-        // No restarts: a resume that cannot checkpoint fails the test instead of
-        // restarting for ever.
-        .args(["--restore-mode", "claim", "-D", &local])
+        .arg(dir.join("ck"))
+        .arg("-D")
+        .arg(format!(
+            "state.backend.lsm.localdir={}",
+            dir.join("local").display()
+        ))
         .args(["-D", "restart-strategy.type=none"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-        if resume {
-            c.args(["-s", "latest"]);
-        }
-        c
-    };
-    let mut seed = 12345u64;
-    // A checkpoint a kill left unfinished, newer than every retained one (its directory
-    // is deleted when the job opens its store; its id is never reused).
-    let mut first = run(false).spawn().unwrap();
-    while !has_checkpoint(&ck) {
+    if resume {
+        c.args(["-s", "latest"]);
+    }
+    c
+}
+
+/// Starts `cmd`, kills it (SIGKILL) once a checkpoint is complete under `ck`, and returns
+/// the job directory.
+fn kill_after_first_checkpoint(mut cmd: Command, ck: &Path) -> std::path::PathBuf {
+    let mut first = cmd.spawn().unwrap();
+    while !has_checkpoint(ck) {
         assert!(first.try_wait().unwrap().is_none(), "the job ended early");
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
     }
     first.kill().unwrap();
     let _ = first.wait();
-    let job = std::fs::read_dir(&ck)
+    std::fs::read_dir(ck)
         .unwrap()
         .next()
         .unwrap()
         .unwrap()
-        .path();
+        .path()
+}
+
+#[test]
+fn sigkill_and_resume_with_latest_commits_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let counts = write_input(&dir.path().join("in"), 40_000);
+    let (output, ck) = (dir.path().join("out"), dir.path().join("ck"));
+    // 20,000 lines a second per subtask: the 80,000 lines take about 2 s, so the kills
+    // land while the job runs however fast the machine is.
+    let run = |resume: bool| wordcount(dir.path(), 30, 20_000, "claim", resume);
+    let mut seed = 12345u64;
+    // A checkpoint a kill left unfinished, newer than every retained one (its directory
+    // is deleted when the job opens its store; its id is never reused).
+    let job = kill_after_first_checkpoint(run(false), &ck);
     let newest = std::fs::read_dir(&job)
         .unwrap()
         .flatten()
@@ -313,55 +312,14 @@ fn finished_job_then_resume(mode: &str) {
     let claim = mode == "claim";
     let dir = tempfile::tempdir().unwrap();
     let counts = write_input(&dir.path().join("in"), 2_000);
-    let (input, output, ck) = (
-        dir.path().join("in"),
-        dir.path().join("out"),
-        dir.path().join("ck"),
-    );
-    let run = |resume: bool, rate: &str| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tidemark"));
-        c.args([
-            "run",
-            "wordcount",
-            "--parallelism",
-            "2",
-            "--interval-ms",
-            "20",
-        ])
-        .args(["--restore-mode", mode])
-        .args(["--rate", rate])
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&output)
-        .arg("--checkpoint-dir")
-        .arg(&ck)
-        .args(["-D", "restart-strategy.type=none"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        if resume {
-            c.args(["-s", "latest"]);
-        }
-        c
-    };
+    let (output, ck) = (dir.path().join("out"), dir.path().join("ck"));
+    let run = |resume: bool, rate: u32| wordcount(dir.path(), 20, rate, mode, resume);
     // Slowly until a checkpoint is complete, then killed: that checkpoint is kept aside.
-    let mut first = run(false, "500").spawn().unwrap();
-    while !has_checkpoint(&ck) {
-        assert!(first.try_wait().unwrap().is_none(), "the job ended early");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    first.kill().unwrap();
-    let _ = first.wait();
-    let job = std::fs::read_dir(&ck)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let job = kill_after_first_checkpoint(run(false, 500), &ck);
     let saved = dir.path().join("saved");
     copy_tree(&job, &saved);
     // Resumed to the end: it finishes, records it, and discards its checkpoints.
-    let done = run(true, "1000000").output().unwrap();
+    let done = run(true, 1_000_000).output().unwrap();
     assert!(
         done.status.success(),
         "{}",
@@ -379,7 +337,7 @@ fn finished_job_then_resume(mode: &str) {
     let want = expected_lines(&counts);
     assert!(committed_lines(&output).unwrap() == want);
     if !claim {
-        let again = run(true, "1000000").output().unwrap();
+        let again = run(true, 1_000_000).output().unwrap();
         let err = String::from_utf8_lossy(&again.stderr);
         assert!(!again.status.success() && err.contains("finished"), "{err}");
         assert!(has_checkpoint(&ck), "the restored checkpoint is kept");
@@ -397,7 +355,7 @@ fn finished_job_then_resume(mode: &str) {
         }
     }
     assert!(has_checkpoint(&ck));
-    let again = run(true, "1000000").output().unwrap();
+    let again = run(true, 1_000_000).output().unwrap();
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(!again.status.success(), "{err}");
     assert!(
