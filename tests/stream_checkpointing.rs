@@ -359,14 +359,23 @@ fn a_job_that_gives_up_keeps_its_checkpoints_for_a_resume() {
     );
     // The default retention (NO_EXTERNALIZED_CHECKPOINTS) did not delete them: resume.
     let job_dir = dir.path().join("checkpoints").join(options.job_id.as_str());
+    let status = stream::status::read_job_status(&job_dir).unwrap().unwrap();
+    assert_eq!(status.state, "FAILED");
+    assert!(!status.finished() && !status.checkpoints_discarded);
+    assert!(status.last_checkpoint.is_some());
     let mut resumed = options.clone();
     resumed.restore = Some(RestoreSettings {
-        path: job_dir,
+        path: job_dir.clone(),
         mode: RestoreMode::Claim,
         allow_non_restored_state: true,
     });
     stream::execute(&build(None), &resumed).unwrap();
     assert!(stream::committed_lines(&out).unwrap() == expected_lines(&counts));
+    let status = stream::status::read_job_status(&job_dir).unwrap().unwrap();
+    assert!(
+        status.finished() && status.checkpoints_discarded,
+        "{status:?}"
+    );
 }
 
 struct SavepointAfter {

@@ -627,6 +627,11 @@ impl<'a> Runner<'a> {
                             self.persist_stats();
                             // A job that gives up keeps its checkpoints, whatever the
                             // retention policy, for a manual resume (`-s`).
+                            if let Some(s) = &self.store {
+                                if let Err(e) = self.record_end(s, JobTermination::Failed, false) {
+                                    tracing::warn!("job {}: {e}", self.options.job_id);
+                                }
+                            }
                             let kept = self
                                 .store
                                 .take()
@@ -660,28 +665,40 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// Writes `job-status.json`: how this run ended, and whether its checkpoints are
+    /// about to be discarded.
+    fn record_end(
+        &self,
+        store: &CheckpointStore,
+        how: JobTermination,
+        discards: bool,
+    ) -> Result<()> {
+        let list = store.list();
+        write_job_status(
+            self.fs.as_ref(),
+            &store.storage().root(),
+            &JobStatusDocument {
+                jid: self.options.job_id.to_string(),
+                state: how.flink_state().into(),
+                end_time: super::now_ms(),
+                last_checkpoint: list.last().map(|c| c.id.0),
+                checkpoints_discarded: discards,
+                checkpoints_kept: list.iter().filter(|c| !c.owned).map(|c| c.id.0).collect(),
+            },
+        )
+    }
+
     fn finish(mut self, attempts: u32, how: JobTermination) -> Result<JobResult> {
-        let list = self.store.as_ref().map(|s| s.list()).unwrap_or_default();
-        let latest = list.last().cloned();
-        let checkpoints_kept = list.iter().filter(|c| !c.owned).map(|c| c.id.0).collect();
-        let latest_checkpoint = latest.as_ref().map(|c| c.external_path.clone());
+        let latest_checkpoint = self
+            .store
+            .as_ref()
+            .and_then(|s| s.list().last().map(|c| c.external_path.clone()));
         let mut kept = latest_checkpoint.clone();
         if let Some(store) = self.store.take() {
             let discards = store.config().cleanup.discards_on(how);
             // Recorded durably before any checkpoint is discarded: a kill during the
             // discard must not leave an older checkpoint that looks resumable.
-            write_job_status(
-                self.fs.as_ref(),
-                &store.storage().root(),
-                &JobStatusDocument {
-                    jid: self.options.job_id.to_string(),
-                    state: how.flink_state().into(),
-                    end_time: super::now_ms(),
-                    last_checkpoint: latest.as_ref().map(|c| c.id.0),
-                    checkpoints_discarded: discards,
-                    checkpoints_kept,
-                },
-            )?;
+            self.record_end(&store, how, discards)?;
             store.shutdown(how)?;
             if discards {
                 kept = None;
