@@ -23,6 +23,8 @@ enum Op {
     Flush,
     Compact,
     Reopen,
+    /// Reopen with the other level sizing (dynamic or static).
+    ReopenOtherSizing,
     Fill(u16, u8),
 }
 
@@ -51,12 +53,14 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Flush),
         1 => Just(Op::Compact),
         2 => Just(Op::Reopen),
+        1 => Just(Op::ReopenOtherSizing),
         3 => (any::<u16>(), any::<u8>()).prop_map(|(k, n)| Op::Fill(k, n)),
     ]
 }
 
-fn opts() -> Options {
+fn opts(dynamic: bool) -> Options {
     Options {
+        level_compaction_dynamic_level_bytes: dynamic,
         memtable_size_bytes: 2048,
         max_immutable_memtables: 2,
         block_size_bytes: 256,
@@ -86,14 +90,17 @@ fn collect(it: tidemark::lsm::DbIterator) -> Vec<(Vec<u8>, Vec<u8>)> {
     it.map(|r| r.expect("scan error")).collect()
 }
 
-/// Runs `ops`; returns the deepest level that held files at some point, and compactions run.
-fn run(ops: Vec<Op>) -> (usize, u64) {
+/// Runs `ops` from a store with dynamic (or static) level sizes; returns the deepest level
+/// that held files at some point, compactions run, and the most levels below level 0
+/// that held files at once.
+fn run(ops: Vec<Op>, mut dynamic: bool) -> (usize, u64, usize) {
     let dir = tempfile::tempdir().unwrap();
-    let mut db = Some(Db::open(dir.path(), opts()).unwrap());
+    let mut db = Some(Db::open(dir.path(), opts(dynamic)).unwrap());
     let mut model = Model::new();
     let mut snaps: Vec<(tidemark::lsm::Snapshot, Model)> = Vec::new();
     let mut deepest = 0;
     let mut compactions = 0;
+    let mut most_levels = 0;
     for op in ops {
         let d = db.as_ref().unwrap();
         let st = d.stats();
@@ -101,6 +108,7 @@ fn run(ops: Vec<Op>) -> (usize, u64) {
         if let Some(l) = st.levels.iter().rposition(|l| l.files > 0) {
             deepest = deepest.max(l);
         }
+        most_levels = most_levels.max(st.levels[1..].iter().filter(|l| l.files > 0).count());
         match op {
             Op::Put(k, v) => {
                 d.put(key(k), value(v, k)).unwrap();
@@ -184,10 +192,13 @@ fn run(ops: Vec<Op>) -> (usize, u64) {
             }
             Op::Flush => d.flush().unwrap(),
             Op::Compact => d.compact_range().unwrap(),
-            Op::Reopen => {
+            Op::Reopen | Op::ReopenOtherSizing => {
+                if matches!(op, Op::ReopenOtherSizing) {
+                    dynamic = !dynamic;
+                }
                 snaps.clear();
                 db.take().unwrap().close().unwrap();
-                db = Some(Db::open(dir.path(), opts()).unwrap());
+                db = Some(Db::open(dir.path(), opts(dynamic)).unwrap());
             }
         }
     }
@@ -203,9 +214,9 @@ fn run(ops: Vec<Op>) -> (usize, u64) {
     drop(snaps);
     // Everything survives a final reopen.
     db.take().unwrap().close().unwrap();
-    let d = Db::open(dir.path(), opts()).unwrap();
+    let d = Db::open(dir.path(), opts(dynamic)).unwrap();
     assert_eq!(collect(d.scan::<&[u8]>(..).unwrap()), want);
-    (deepest, compactions)
+    (deepest, compactions, most_levels)
 }
 
 fn cases() -> u32 {
@@ -219,8 +230,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn store_matches_btreemap_model(ops in prop::collection::vec(op(), 1..300)) {
-        run(ops);
+    fn store_matches_btreemap_model(ops in prop::collection::vec(op(), 1..300), dynamic in any::<bool>()) {
+        run(ops, dynamic);
     }
 }
 
@@ -241,7 +252,13 @@ fn long_sequence_reaches_deep_levels() {
         }
     }
     ops.push(Op::Compact);
-    let (deepest, compactions) = run(ops);
-    assert!(deepest >= 2, "deepest level reached: {deepest}");
-    assert!(compactions >= 5, "compactions: {compactions}");
+    for dynamic in [false, true] {
+        let (deepest, compactions, most_levels) = run(ops.clone(), dynamic);
+        assert!(deepest >= 2, "deepest level reached: {deepest}");
+        assert!(compactions >= 5, "compactions: {compactions}");
+        assert!(
+            most_levels >= 2,
+            "levels holding data at once: {most_levels}"
+        );
+    }
 }

@@ -3,17 +3,37 @@
 //!
 //! Level 0 holds flushed memtables, which may overlap; every deeper level is a sorted run
 //! of disjoint files about `level_size_multiplier` times the size of the level above.
-//! A compaction of level `n` merges some of its files with the overlapping files of level
-//! `n + 1` and writes the result to `n + 1`, cut into files of about
+//! A compaction of level `n` (`n >= 1`) merges some of its files with the overlapping files
+//! of level `n + 1` and writes the result to `n + 1`; a compaction of level 0 merges every
+//! level-0 file into the *base level*. Output is cut into files of about
 //! `target_file_size_bytes` (always at a user-key boundary, so the files of a level stay
-//! disjoint). Files that overlap nothing in the next level (nor each other) are moved, not
-//! rewritten: a trivial move is a manifest edit only, as in LevelDB and RocksDB, allowed
-//! while the moved files overlap at most `MAX_GRANDPARENT_OVERLAP_FILES` target-sized
-//! files' worth of the level below the next (so a later compaction of them stays small).
+//! disjoint). Files that overlap nothing in the output level (nor each other) are moved,
+//! not rewritten: a trivial move is a manifest edit only, as in LevelDB and RocksDB,
+//! allowed while the moved files overlap at most `MAX_GRANDPARENT_OVERLAP_FILES`
+//! target-sized files' worth of the level below the output (so a later compaction of them
+//! stays small).
 //!
-//! A manual full compaction merges every file of every level in one pass into one level
-//! (the deepest holding data, or deeper while the data exceeds that level's target), so
-//! each live byte is written once.
+//! Level sizes ([`level_targets`]) are static or dynamic:
+//! - static (`level_compaction_dynamic_level_bytes = false`): level 1 is the base level,
+//!   its target is `max_bytes_for_level_base`, each deeper level's is
+//!   `level_size_multiplier` times the one above;
+//! - dynamic (the default, RocksDB's `level_compaction_dynamic_level_bytes`): the targets
+//!   are worked out upwards from the size of the largest level below 0 (normally the last
+//!   level), each level `level_size_multiplier` times smaller than the one below. The base
+//!   level is the shallowest level whose target so computed is above
+//!   `max_bytes_for_level_base / level_size_multiplier`; the levels above it stay empty
+//!   and level 0 compacts straight into it. A small store is thus one level-0 and one
+//!   last level, and a level is added above the others only when the data needs it.
+//!   No target is set below `max_bytes_for_level_base` (the base level's target is at
+//!   least that). The base level is never below a level holding data: a level holding
+//!   data above the level the sizes call for (after the store shrank, or opened with
+//!   static sizes before) is drained into the level below, and a level holding data above
+//!   an empty level moves down whole (a manifest edit).
+//!
+//! A manual full compaction merges every file of every level in one pass into one level,
+//! so each live byte is written once: with dynamic sizes the last level; with static
+//! sizes the deepest level holding data, or deeper while the data exceeds that level's
+//! target.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,10 +82,17 @@ impl Plan {
     }
 }
 
-/// True when `files` of `level` can move to `level + 1` as they are: they are disjoint
-/// (always below level 0), none overlaps a file of `level + 1`, and each overlaps little
-/// of `level + 2`.
-fn can_move(inner: &DbInner, v: &Version, level: usize, files: &[Arc<FileMeta>]) -> bool {
+/// True when `files` of `level` can move to `out_level` as they are: they are disjoint
+/// (always below level 0), none overlaps a file of `out_level`, and each overlaps little
+/// of `out_level + 1`. Every level strictly between the two is empty (the base level is
+/// the first level below 0 holding data, or above it).
+fn can_move(
+    inner: &DbInner,
+    v: &Version,
+    level: usize,
+    out_level: usize,
+    files: &[Arc<FileMeta>],
+) -> bool {
     if level == 0 && !disjoint(files) {
         return false;
     }
@@ -76,11 +103,11 @@ fn can_move(inner: &DbInner, v: &Version, level: usize, files: &[Arc<FileMeta>])
     files.iter().all(|f| {
         let (lo, hi) = f.user_range();
         let grandparent_bytes: u64 = v
-            .overlapping(level + 2, lo, hi)
+            .overlapping(out_level + 1, lo, hi)
             .iter()
             .map(|g| g.size)
             .sum();
-        v.overlapping(level + 1, lo, hi).is_empty() && grandparent_bytes <= limit
+        v.overlapping(out_level, lo, hi).is_empty() && grandparent_bytes <= limit
     })
 }
 
@@ -91,31 +118,135 @@ fn disjoint(files: &[Arc<FileMeta>]) -> bool {
     ranges.windows(2).all(|w| w[0].1 < w[1].0)
 }
 
-/// Target size of level `level` (>= 1).
-fn max_bytes_for_level(inner: &DbInner, level: usize) -> u64 {
-    let o = &inner.opts;
-    let mut b = o.max_bytes_for_level_base;
-    for _ in 1..level {
-        b = b.saturating_mul(o.level_size_multiplier);
-    }
-    b
+/// The size targets of the levels of one version, and where level 0 compacts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LevelTargets {
+    /// The level that level-0 compactions write to: 1 with static sizes; with dynamic
+    /// sizes the level the sizes call for, or the first level holding data if that is
+    /// above it.
+    pub base_level: usize,
+    /// The level the sizes call for as the base level (dynamic sizes); levels from
+    /// `base_level` up to this one (excluded) that hold data are drained downwards.
+    pub wanted_base_level: usize,
+    /// Target bytes of each level; `u64::MAX` (no target) for level 0, which is
+    /// compacted by its file count, and for the levels above the base level.
+    pub max_bytes: Vec<u64>,
 }
 
-/// The level most in need of compaction, with its score (>= 1 means needed).
-fn pick_level(inner: &DbInner, v: &Version) -> Option<(usize, f64)> {
+/// The size targets of levels holding `level_bytes` (index 0 is level 0, whose size is
+/// not used), with base `base_bytes` and ratio `multiplier` between adjacent levels, static
+/// or dynamic (see the module documentation).
+pub(crate) fn level_targets(
+    level_bytes: &[u64],
+    base_bytes: u64,
+    multiplier: u64,
+    dynamic: bool,
+) -> LevelTargets {
+    let n = level_bytes.len();
+    let last = n.saturating_sub(1);
+    let multiplier = multiplier.max(2);
+    // Static sizes: base * multiplier^(level - 1).
+    let static_target = |level: usize| -> u64 {
+        let mut b = base_bytes;
+        for _ in 1..level {
+            b = b.saturating_mul(multiplier);
+        }
+        b
+    };
+    let mut max_bytes = vec![u64::MAX; n];
+    if !dynamic || last < 1 {
+        for (level, t) in max_bytes.iter_mut().enumerate().skip(1) {
+            *t = static_target(level);
+        }
+        return LevelTargets {
+            base_level: 1.min(last),
+            wanted_base_level: 1.min(last),
+            max_bytes,
+        };
+    }
+    let largest = level_bytes[1..].iter().copied().max().unwrap_or(0);
+    // Targets from the bottom up: the last level's is the largest level's size.
+    let mut nominal = vec![0u64; n];
+    nominal[last] = largest;
+    for level in (1..last).rev() {
+        nominal[level] = nominal[level + 1] / multiplier;
+    }
+    // The shallowest level whose target is above base / multiplier (the last level while
+    // the whole store is that small).
+    let min_base = base_bytes / multiplier;
+    let wanted = (1..=last).find(|&l| nominal[l] > min_base).unwrap_or(last);
+    let first_non_empty = (1..=last).find(|&l| level_bytes[l] > 0).unwrap_or(last);
+    let base_level = wanted.min(first_non_empty);
+    for (level, t) in max_bytes.iter_mut().enumerate().skip(base_level) {
+        // Past the static sizes (a store larger than they hold) the static ones apply;
+        // no target is below the base size.
+        *t = nominal[level].min(static_target(level)).max(base_bytes);
+    }
+    LevelTargets {
+        base_level,
+        wanted_base_level: wanted,
+        max_bytes,
+    }
+}
+
+/// The size targets of the levels of `v` under the store's options.
+pub(crate) fn targets_of(inner: &DbInner, v: &Version) -> LevelTargets {
+    let o = &inner.opts;
+    let bytes: Vec<u64> = (0..v.levels.len()).map(|l| v.level_bytes(l)).collect();
+    level_targets(
+        &bytes,
+        o.max_bytes_for_level_base,
+        o.level_size_multiplier,
+        o.level_compaction_dynamic_level_bytes,
+    )
+}
+
+/// What an automatic compaction should do next.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pick {
+    /// Move every file of a level, whose next level is empty, down to `to` (dynamic
+    /// sizes): levels `level + 1 ..= to` are empty.
+    MoveLevel { level: usize, to: usize },
+    /// Compact this level (score >= 1).
+    Level { level: usize, score: f64 },
+}
+
+/// The level most in need of compaction, with its score (>= 1 means needed); with dynamic
+/// sizes, a level to move down whole comes first.
+fn pick_level(inner: &DbInner, v: &Version) -> Option<Pick> {
     let last = v.levels.len() - 1;
+    let dynamic = inner.opts.level_compaction_dynamic_level_bytes;
+    if dynamic {
+        // The deepest level holding data above an empty level moves down, as deep as the
+        // empty levels go: data settles at the bottom, as the dynamic sizes expect.
+        for level in (1..last).rev() {
+            if v.num_files(level) > 0 && v.num_files(level + 1) == 0 {
+                let mut to = level + 1;
+                while to < last && v.num_files(to + 1) == 0 {
+                    to += 1;
+                }
+                return Some(Pick::MoveLevel { level, to });
+            }
+        }
+    }
+    let targets = targets_of(inner, v);
     let mut best: Option<(usize, f64)> = None;
     for level in 0..last {
-        let score = if level == 0 {
+        let bytes = v.level_bytes(level);
+        let mut score = if level == 0 {
             v.num_files(0) as f64 / inner.opts.l0_compaction_trigger as f64
         } else {
-            v.level_bytes(level) as f64 / max_bytes_for_level(inner, level) as f64
+            bytes as f64 / targets.max_bytes[level] as f64
         };
+        if dynamic && level >= 1 && level < targets.wanted_base_level && bytes > 0 {
+            // Holds data the sizes do not call for: drain it, after anything more urgent.
+            score = score.max(1.0);
+        }
         if score >= 1.0 && best.is_none_or(|(_, s)| score > s) {
             best = Some((level, score));
         }
     }
-    best
+    best.map(|(level, score)| Pick::Level { level, score })
 }
 
 /// True when some level is due for an automatic compaction.
@@ -132,6 +263,11 @@ fn key_span(files: &[Arc<FileMeta>]) -> Option<(Vec<u8>, Vec<u8>)> {
 /// Chooses the inputs of an automatic compaction of `level`.
 fn plan_for_level(inner: &DbInner, st: &State, level: usize) -> Option<Plan> {
     let v = st.vs.current();
+    let out_level = if level == 0 {
+        targets_of(inner, &v).base_level
+    } else {
+        level + 1
+    };
     let inputs: Vec<Arc<FileMeta>> = if level == 0 {
         // Every L0 file: they may overlap each other, and merging them all keeps L0 short.
         v.levels[0].clone()
@@ -162,23 +298,23 @@ fn plan_for_level(inner: &DbInner, st: &State, level: usize) -> Option<Plan> {
                 .map(|k| (level, k.clone()))
         })
         .flatten();
-    if can_move(inner, &v, level, &inputs) {
+    if can_move(inner, &v, level, out_level, &inputs) {
         return Some(Plan {
             inputs: vec![(level, inputs)],
-            out_level: level + 1,
+            out_level,
             trivial_move: true,
             pointer,
         });
     }
     let (lo, hi) = key_span(&inputs)?;
-    let next = v.overlapping(level + 1, &lo, &hi);
+    let next = v.overlapping(out_level, &lo, &hi);
     let mut levels = vec![(level, inputs)];
     if !next.is_empty() {
-        levels.push((level + 1, next));
+        levels.push((out_level, next));
     }
     Some(Plan {
         inputs: levels,
-        out_level: level + 1,
+        out_level,
         trivial_move: false,
         pointer,
     })
@@ -198,11 +334,18 @@ fn is_base_level_for(v: &Version, output_level: usize, ukey: &[u8]) -> bool {
 /// Runs one automatic compaction if a level needs it. Returns whether one ran.
 fn compact_once(inner: &DbInner, st: &mut MutexGuard<'_, State>) -> Result<bool> {
     let v = st.vs.current();
-    let Some((level, _score)) = pick_level(inner, &v) else {
-        return Ok(false);
-    };
-    let Some(plan) = plan_for_level(inner, st, level) else {
-        return Ok(false);
+    let plan = match pick_level(inner, &v) {
+        None => return Ok(false),
+        Some(Pick::MoveLevel { level, to }) => Plan {
+            inputs: vec![(level, v.levels[level].clone())],
+            out_level: to,
+            trivial_move: true,
+            pointer: None,
+        },
+        Some(Pick::Level { level, .. }) => match plan_for_level(inner, st, level) {
+            Some(plan) => plan,
+            None => return Ok(false),
+        },
     };
     run_plan(inner, st, plan)?;
     Ok(true)
@@ -506,21 +649,28 @@ pub(crate) fn compaction_loop(inner: Arc<DbInner>) {
 }
 
 /// Merges every file of every level in one pass into one level, dropping tombstones and
-/// shadowed versions no snapshot needs: the deepest level holding data, or deeper while
-/// the data exceeds that level's target size (so no automatic compaction has to push it
-/// down again). Data already in one level (and no compaction filter that must meet every
-/// value) is left as it is.
+/// shadowed versions no snapshot needs. With dynamic level sizes the output is the last
+/// level (whose target is its own size); with static sizes, the deepest level holding
+/// data, or deeper while the data exceeds that level's target size (so no automatic
+/// compaction has to push it down again). Data already in one run in the output level
+/// (and no compaction filter that must meet every value) is left as it is.
 fn full_compaction(inner: &DbInner, st: &mut MutexGuard<'_, State>) -> Result<()> {
     let v = st.vs.current();
     let last = v.levels.len() - 1;
     let Some(deepest) = (0..=last).rev().find(|&l| !v.levels[l].is_empty()) else {
         return Ok(());
     };
-    let total: u64 = (0..=last).map(|l| v.level_bytes(l)).sum();
-    let mut out_level = deepest.max(1);
-    while out_level < last && total > max_bytes_for_level(inner, out_level) {
-        out_level += 1;
-    }
+    let out_level = if inner.opts.level_compaction_dynamic_level_bytes {
+        last
+    } else {
+        let total: u64 = (0..=last).map(|l| v.level_bytes(l)).sum();
+        let targets = targets_of(inner, &v);
+        let mut out_level = deepest.max(1);
+        while out_level < last && total > targets.max_bytes[out_level] {
+            out_level += 1;
+        }
+        out_level
+    };
     let inputs: Vec<(usize, Vec<Arc<FileMeta>>)> = (0..=last)
         .filter(|&l| !v.levels[l].is_empty())
         .map(|l| (l, v.levels[l].clone()))
@@ -558,5 +708,112 @@ pub(crate) fn run_manual(inner: &Arc<DbInner>) -> Result<()> {
         inner
             .bg_condvar()
             .wait_for(&mut st, Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const BASE: u64 = 256 * MIB;
+
+    fn dynamic(bytes: &[u64]) -> LevelTargets {
+        level_targets(bytes, BASE, 10, true)
+    }
+
+    #[test]
+    fn static_targets_grow_from_level_one() {
+        let t = level_targets(&[5 * MIB, 0, 0, 0, 0, 0, 9 * MIB], BASE, 10, false);
+        assert_eq!(t.base_level, 1);
+        assert_eq!(t.wanted_base_level, 1);
+        assert_eq!(t.max_bytes[0], u64::MAX);
+        assert_eq!(t.max_bytes[1], BASE);
+        assert_eq!(t.max_bytes[2], 10 * BASE);
+        assert_eq!(t.max_bytes[6], 100_000 * BASE);
+    }
+
+    #[test]
+    fn an_empty_store_compacts_level_zero_into_the_last_level() {
+        let t = dynamic(&[40 * MIB, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(t.base_level, 6);
+        assert_eq!(t.wanted_base_level, 6);
+        assert!(t.max_bytes[..6].iter().all(|&b| b == u64::MAX), "{t:?}");
+    }
+
+    #[test]
+    fn a_small_store_is_one_level_below_level_zero() {
+        // 100 MiB: a level above would have a target of 10 MiB, below 256 MiB / 10.
+        let t = dynamic(&[0, 0, 0, 0, 0, 0, 100 * MIB]);
+        assert_eq!(t.base_level, 6);
+        assert_eq!(t.max_bytes[6], BASE, "no target below the base size");
+        // Just above base * 10 at the bottom, the level above is wanted.
+        let t = dynamic(&[0, 0, 0, 0, 0, 0, 10 * BASE / 4]);
+        assert_eq!(t.base_level, 5, "{t:?}");
+        // Exactly base: the level above would be base / 10, not above it.
+        let t = dynamic(&[0, 0, 0, 0, 0, 0, BASE]);
+        assert_eq!(t.base_level, 6, "{t:?}");
+    }
+
+    #[test]
+    fn targets_are_worked_out_upwards_from_the_last_level() {
+        let last = 100 * 1024 * MIB; // 100 GiB
+        let t = dynamic(&[0, 0, 0, 0, 0, 3 * MIB, last]);
+        // 100 GiB, 10 GiB, 1 GiB, 102.4 MiB (above 25.6 MiB), 10.24 MiB (below).
+        assert_eq!(t.base_level, 3, "{t:?}");
+        assert_eq!(t.max_bytes[6], last);
+        assert_eq!(t.max_bytes[5], last / 10);
+        assert_eq!(t.max_bytes[4], last / 100);
+        assert_eq!(t.max_bytes[3], BASE, "102.4 MiB is raised to the base size");
+        assert_eq!(t.max_bytes[2], u64::MAX);
+        assert_eq!(t.max_bytes[1], u64::MAX);
+    }
+
+    #[test]
+    fn the_largest_level_sets_the_targets_when_the_last_is_smaller() {
+        let t = dynamic(&[0, 0, 0, 0, 0, 20 * 1024 * MIB, 5 * 1024 * MIB]);
+        assert_eq!(t.max_bytes[6], 20 * 1024 * MIB);
+        assert_eq!(t.max_bytes[5], 2 * 1024 * MIB);
+        assert_eq!(t.base_level, 4, "{t:?}"); // 2 GiB, 204.8 MiB, 20.48 MiB
+    }
+
+    #[test]
+    fn the_base_level_is_never_below_data() {
+        // 1 GiB at the bottom wants base level 5, but level 2 holds data: L0 compacts
+        // into level 2, and levels 2 to 4 are to drain.
+        let t = dynamic(&[0, 0, 8 * MIB, 0, 0, 0, 1024 * MIB]);
+        assert_eq!(t.base_level, 2);
+        assert_eq!(t.wanted_base_level, 5);
+        assert_eq!(t.max_bytes[1], u64::MAX);
+        for level in 2..=5 {
+            assert_eq!(t.max_bytes[level], BASE, "level {level}: {t:?}");
+        }
+        assert_eq!(t.max_bytes[6], 1024 * MIB);
+    }
+
+    #[test]
+    fn a_store_larger_than_the_static_sizes_gets_the_static_targets() {
+        let huge = BASE * 1_000_000;
+        let t = dynamic(&[0, 0, 0, 0, 0, 0, huge]);
+        assert_eq!(t.base_level, 1);
+        assert_eq!(t.max_bytes[1], BASE);
+        assert_eq!(t.max_bytes[2], 10 * BASE);
+        assert_eq!(t.max_bytes[6], 100_000 * BASE);
+    }
+
+    #[test]
+    fn two_levels_and_other_multipliers() {
+        let t = level_targets(&[0, 5000], 1024, 4, true);
+        assert_eq!(t.base_level, 1);
+        assert_eq!(t.max_bytes[1], 1024, "at most the static target");
+        let t = level_targets(&[0, 0, 0, 40_000], 8192, 4, true);
+        // 40000, 10000, 2500 (above 8192 / 4 = 2048).
+        assert_eq!(t.base_level, 1, "{t:?}");
+        assert_eq!(t.max_bytes[1], 8192);
+        assert_eq!(t.max_bytes[2], 10_000);
+        let t = level_targets(&[0, 0, 0, 30_000], 8192, 4, true);
+        // 30000, 7500, 1875 (not above 2048).
+        assert_eq!(t.base_level, 2, "{t:?}");
+        assert_eq!(t.max_bytes[2], 8192);
     }
 }

@@ -784,6 +784,9 @@ impl Db {
                 .collect(),
             ..DbStats::default()
         };
+        let targets = super::compaction::targets_of(&self.inner, &sv.version);
+        s.base_level = targets.base_level;
+        s.level_target_bytes = targets.max_bytes;
         s.fill_counters(&self.inner.counters);
         let tally = self.inner.log.lock().tally;
         s.writes = tally.writes;
@@ -848,8 +851,9 @@ impl Db {
         }
     }
 
-    /// Compacts every level down to the last level holding data (a manual full
-    /// compaction) and waits for it.
+    /// Merges every level into one (a manual full compaction: into the last level with
+    /// dynamic level sizes, else the last level holding data or deeper while the data
+    /// exceeds its target) and waits for it.
     pub fn compact_range(&self) -> Result<()> {
         self.flush()?;
         super::compaction::run_manual(&self.inner)

@@ -106,17 +106,37 @@ pub struct Options {
     pub compaction: bool,
     /// Number of levels (L0 .. L(n-1)). Default: 7.
     pub num_levels: usize,
-    /// L0 files that trigger a compaction into L1. Default: 4.
+    /// L0 files that trigger a compaction into the base level (L1 with static level
+    /// sizes). Default: 4.
     pub l0_compaction_trigger: usize,
     /// L0 files at which each write is delayed by 1 ms. Default: 20.
     pub l0_slowdown_writes_trigger: usize,
     /// L0 files at which writes wait for compaction. Default: 36.
     pub l0_stop_writes_trigger: usize,
-    /// Target total size of L1; each deeper level is `level_size_multiplier` times larger.
-    /// Default: 256 MiB.
+    /// Target total size of the base level (the level level-0 compacts into). With static
+    /// level sizes the base level is L1 and each deeper level's target is
+    /// `level_size_multiplier` times larger; with dynamic sizes (see
+    /// `level_compaction_dynamic_level_bytes`) it is the base level's largest nominal
+    /// target and every level's smallest. Default: 256 MiB.
     pub max_bytes_for_level_base: u64,
     /// Size ratio between adjacent levels. Default: 10.
     pub level_size_multiplier: u64,
+    /// Dynamic level sizes, as RocksDB's option of the same name: the level targets are
+    /// worked out from the size of the largest level below L0 (normally the last level),
+    /// each level `level_size_multiplier` times smaller than the one below; the shallowest
+    /// level whose target is above `max_bytes_for_level_base / level_size_multiplier` is
+    /// the base level, L0 compacts straight into it, and the levels above it stay empty
+    /// (no target is set below `max_bytes_for_level_base`). A store growing from empty
+    /// thus writes its data first into the last level and adds levels above only as the
+    /// data needs them, which writes fewer bytes per byte stored than static targets do,
+    /// where L1 of up to `max_bytes_for_level_base` is rewritten by every L0 compaction
+    /// however small the store. Levels holding data above the base level the sizes call
+    /// for (a store that shrank, or was written with static sizes) are compacted down, and
+    /// a manual full compaction writes to the last level. When false, the static targets:
+    /// L1 is `max_bytes_for_level_base` and each deeper level `level_size_multiplier`
+    /// times the one above. Either way the files and the manifest are the same format, so
+    /// a store can be reopened with the other setting. Default: true.
+    pub level_compaction_dynamic_level_bytes: bool,
     /// Compaction output files are cut at this size. Default: 64 MiB.
     pub target_file_size_bytes: u64,
     /// When the manifest grows past this size, a new one holding only the current state
@@ -182,6 +202,7 @@ impl Default for Options {
             l0_stop_writes_trigger: 36,
             max_bytes_for_level_base: 256 << 20,
             level_size_multiplier: 10,
+            level_compaction_dynamic_level_bytes: true,
             target_file_size_bytes: 64 << 20,
             max_manifest_bytes: 64 << 20,
             fs: StdFs::shared(),

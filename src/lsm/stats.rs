@@ -99,6 +99,15 @@ pub struct LevelStats {
 pub struct DbStats {
     /// Per level: files and bytes.
     pub levels: Vec<LevelStats>,
+    /// The level that level-0 compactions write to (1 with static level sizes; see
+    /// `Options::level_compaction_dynamic_level_bytes`).
+    pub base_level: usize,
+    /// Per level, its target size: a level above its target is compacted into the next.
+    /// `u64::MAX` for level 0 (compacted by its file count) and for the levels above the
+    /// base level (which stay empty). The last level is never compacted by size; with
+    /// dynamic level sizes its target is the size of the largest level (at most its
+    /// static target).
+    pub level_target_bytes: Vec<u64>,
     /// Bytes of keys and values written by the user.
     pub user_bytes_written: u64,
     /// Write batches accepted.
