@@ -431,6 +431,11 @@ fn drive(a: &CrashtestArgs) -> Result<u8, String> {
             MEMTABLE_KIB_CHOICES[rng.below(MEMTABLE_KIB_CHOICES.len() as u64) as usize]
         });
         args.extend(["--memtable-kib".into(), memtable_kib.to_string().into()]);
+        // Static level sizes now and then: the store reopens with the other shape.
+        let static_levels = rng.below(4) == 0;
+        if static_levels {
+            args.push("--static-levels".into());
+        }
         let deadline = match &plan {
             Plan::Delay(ms) => Duration::from_millis(*ms),
             Plan::Point { name, nth } => {
@@ -518,6 +523,9 @@ fn drive(a: &CrashtestArgs) -> Result<u8, String> {
                     }
                 }
                 again.extend(["--memtable-kib".into(), memtable_kib.to_string().into()]);
+                if static_levels {
+                    again.push("--static-levels".into());
+                }
                 again.extend(["--ops".into(), "0".into()]);
                 eprintln!(
                     "re-run this verification on a copy of it:\n  rm -rf {r} && mkdir {r} && cp -a {b}/db {b}/expected {r}/ && \

@@ -157,6 +157,10 @@ pub struct RunArgs {
     /// Memtable size in KiB (tables are cut at the same size)
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub memtable_kib: u64,
+    /// Static level sizes (`level_compaction_dynamic_level_bytes` off); `crashtest` draws
+    /// it for one generation in four, so a store switches between both shapes across kills
+    #[arg(long)]
+    pub static_levels: bool,
 }
 
 /// Arguments of `crashtest`.
@@ -210,8 +214,9 @@ pub const MEMTABLE_KIB_CHOICES: &[u64] = &[16, 32, 32, 64, 256];
 
 /// The store options of every writer: small memtables, tables and manifest, so that
 /// memtable switches, flushes, compactions and manifest rolls happen all the time.
-pub fn store_options(sync: SyncArg, memtable_kib: u64) -> Options {
+pub fn store_options(sync: SyncArg, memtable_kib: u64, static_levels: bool) -> Options {
     Options {
+        level_compaction_dynamic_level_bytes: !static_levels,
         sync: sync.mode(),
         memtable_size_bytes: (memtable_kib << 10) as usize,
         block_size_bytes: 1024,
@@ -245,7 +250,9 @@ mod tests {
     #[test]
     fn store_options_are_valid_for_every_memtable_size() {
         for &kib in MEMTABLE_KIB_CHOICES.iter().chain(&[1, 65536]) {
-            store_options(SyncArg::None, kib).validate().unwrap();
+            store_options(SyncArg::None, kib, kib % 2 == 0)
+                .validate()
+                .unwrap();
         }
     }
 }

@@ -87,7 +87,7 @@ pub fn run(a: &RunArgs) -> u8 {
             return EXIT_SETUP;
         }
     };
-    let opts = store_options(a.sync, a.memtable_kib);
+    let opts = store_options(a.sync, a.memtable_kib, a.static_levels);
     let db = match Db::open(&a.db, opts.clone()) {
         Ok(db) => db,
         Err(e) => {
