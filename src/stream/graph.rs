@@ -605,10 +605,9 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
         T: Serialize + DeserializeOwned,
     {
         let f: Arc<dyn Fn(T, T) -> T + Send + Sync> = Arc::new(f);
-        self.keyed("reduce", move || Reduce::<K, T> {
+        self.keyed("reduce", move || Reduce {
             f: Arc::clone(&f),
             desc: ValueStateDescriptor::new("reduce"),
-            _k: PhantomData,
         })
     }
 

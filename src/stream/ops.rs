@@ -121,28 +121,37 @@ where
     ) -> Result<()> {
         let key: K = postcard::from_bytes(rec.key.as_slice())
             .map_err(|e| Error::Job(format!("cannot deserialize a record's key: {e}")))?;
-        let keyed = ctx
-            .keyed
-            .as_mut()
-            .ok_or_else(|| Error::Job("a keyed function without keyed state".into()))?;
-        let mut state = KeyedState::new(keyed.backend());
-        state.set_current_key_bytes(rec.key.as_slice())?;
+        let state = state_of_key(ctx, &rec, "a keyed function")?;
         let mut kctx = KeyedContext { key: &key, state };
         self.f.process_element(rec.rec, &mut kctx, out)
     }
 }
 
-/// Keyed reduce: keeps the reduction of each key in a value state and emits it after
-/// every record, as Flink's `reduce`.
-pub(crate) struct Reduce<K, T> {
-    pub f: Arc<dyn Fn(T, T) -> T + Send + Sync>,
-    pub desc: ValueStateDescriptor<T>,
-    pub _k: PhantomData<fn(K)>,
+/// The keyed state of the subtask, with `rec`'s key as the current key; `what` names the
+/// operator when the subtask has no keyed state.
+fn state_of_key<'c, T>(
+    ctx: &'c mut TaskContext,
+    rec: &KeyedRecord<T>,
+    what: &str,
+) -> Result<KeyedState<'c>> {
+    let keyed = ctx
+        .keyed
+        .as_mut()
+        .ok_or_else(|| Error::Job(format!("{what} without keyed state")))?;
+    let mut state = KeyedState::new(keyed.backend());
+    state.set_current_key_bytes(rec.key.as_slice())?;
+    Ok(state)
 }
 
-impl<K, T> StreamOperator<KeyedRecord<T>, T> for Reduce<K, T>
+/// Keyed reduce: keeps the reduction of each key in a value state and emits it after
+/// every record, as Flink's `reduce`.
+pub(crate) struct Reduce<T> {
+    pub f: Arc<dyn Fn(T, T) -> T + Send + Sync>,
+    pub desc: ValueStateDescriptor<T>,
+}
+
+impl<T> StreamOperator<KeyedRecord<T>, T> for Reduce<T>
 where
-    K: Send,
     T: Serialize + DeserializeOwned + Clone + Send,
 {
     fn process(
@@ -151,17 +160,11 @@ where
         ctx: &mut TaskContext,
         out: &mut Output<T>,
     ) -> Result<()> {
-        let KeyedRecord { key, rec: value } = rec;
-        let keyed = ctx
-            .keyed
-            .as_mut()
-            .ok_or_else(|| Error::Job("reduce without keyed state".into()))?;
-        let mut state = KeyedState::new(keyed.backend());
-        state.set_current_key_bytes(key.as_slice())?;
+        let mut state = state_of_key(ctx, &rec, "reduce")?;
         let mut v = state.value(&self.desc)?;
         let next = match v.get()? {
-            Some(acc) => (self.f)(acc, value),
-            None => value,
+            Some(acc) => (self.f)(acc, rec.rec),
+            None => rec.rec,
         };
         v.update(&next)?;
         out.collect(next);

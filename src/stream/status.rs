@@ -20,7 +20,7 @@ use super::config::{decode_job_file, encode_job_file};
 use crate::checkpoint::{
     CheckpointConfig, CheckpointStorage, CheckpointStore, JobId, JobTermination, LocalStorage,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fs::{self, FileSystem, StdFs};
 
 /// The file name of a job's status in its job directory.
@@ -91,13 +91,10 @@ pub fn write_job_status(
 /// never ended, or ended before this file existed). A damaged or hostile file is an error
 /// naming it.
 pub fn read_job_status(job_dir: &Path) -> Result<Option<JobStatusDocument>> {
-    let path = job_status_path(job_dir);
-    match std::fs::symlink_metadata(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(crate::error::Error::io("stat", &path, e)),
-        Ok(_) => {}
+    match read_job_status_file(&job_status_path(job_dir)) {
+        Err(Error::NotFound { .. }) => Ok(None),
+        r => r.map(Some),
     }
-    read_job_status_file(&path).map(Some)
 }
 
 /// Reads a `job-status.json` file. A damaged or hostile file is an error naming it.
