@@ -169,12 +169,17 @@ pub fn print_diagnostics(label: &str, e: &dyn Engine) {
     }
 }
 
-/// Names of the engines compiled into this run, tidemark first.
+/// Names of the engines compiled into this run, tidemark first; `TIDEMARK_BENCH_ENGINES`
+/// (a comma-separated list) keeps only those named.
 pub fn engines() -> Vec<&'static str> {
     #[allow(unused_mut)]
     let mut v = vec!["tidemark", "fjall"];
     #[cfg(feature = "bench-rocksdb")]
     v.push("rocksdb");
+    if let Ok(only) = std::env::var("TIDEMARK_BENCH_ENGINES") {
+        let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
+        v.retain(|e| wanted.contains(e));
+    }
     v
 }
 
@@ -190,7 +195,8 @@ pub fn open(name: &str, dir: &Path, durability: Durability, t: Tuning) -> Box<dy
 }
 
 /// tidemark's options for a benchmark. `TIDEMARK_BENCH_TABLE_READS=mapped` reads tables
-/// through memory mappings instead of positioned reads (the default).
+/// through memory mappings instead of positioned reads (the default);
+/// `TIDEMARK_BENCH_SUBCOMPACTIONS=<n>` sets `max_subcompactions` (default: the option's).
 pub fn tidemark_options(durability: Durability, t: Tuning) -> tidemark::lsm::Options {
     use tidemark::lsm::{Compression, Options, SyncMode, TableReads};
     Options {
@@ -207,6 +213,10 @@ pub fn tidemark_options(durability: Durability, t: Tuning) -> tidemark::lsm::Opt
         bloom_bits_per_key: BLOOM_BITS,
         block_cache_bytes: t.cache_bytes,
         block_size_bytes: BLOCK_BYTES,
+        max_subcompactions: std::env::var("TIDEMARK_BENCH_SUBCOMPACTIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(Options::default().max_subcompactions),
         ..Options::default()
     }
 }

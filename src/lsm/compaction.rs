@@ -48,8 +48,8 @@ use super::options::FilterDecision;
 use super::sst::{TableBuilder, TableOptions};
 use super::stats::Counters;
 use super::types::{
-    compare_internal_keys, make_internal_key, parse_internal_key, user_key, InternalIterator,
-    SeqNo, ValueKind,
+    compare_internal_keys, make_internal_key, parse_internal_key, seek_key, user_key,
+    InternalIterator, SeqNo, ValueKind,
 };
 use super::version::{FileMeta, LevelIter, Version};
 use crate::error::{Error, Result};
@@ -388,32 +388,28 @@ fn run_plan(inner: &DbInner, st: &mut MutexGuard<'_, State>, plan: Plan) -> Resu
         .filter(|_| !inner.has_snapshots());
     let filtering = filter.is_some();
     let bytes_read: u64 = plan.all_inputs().map(|f| f.size).sum();
-    let mut children: Vec<BoxedIter> = Vec::new();
-    for (level, files) in &plan.inputs {
-        if *level == 0 {
-            // Level-0 files may overlap: each is its own sorted run.
-            for f in files {
-                children.push(Box::new(LevelIter::sequential(vec![f.clone()])));
-            }
-        } else {
-            children.push(Box::new(LevelIter::sequential(files.clone())));
-        }
-    }
-    let mut merged = MergingIter::new(children);
-    // File numbers need the state lock: reserve enough for the worst case up front.
-    let estimate = (bytes_read / inner.opts.target_file_size_bytes.max(1)) as usize + 2;
-    let numbers: Vec<_> = (0..estimate).map(|_| st.vs.new_file_number()).collect();
-    let outputs = MutexGuard::unlocked(st, || {
-        merge_into_tables(
-            inner,
-            &mut merged,
-            &version,
-            out_level,
-            smallest_snapshot,
-            numbers,
-            filter,
-        )
-    })?;
+    let target = inner.opts.target_file_size_bytes.max(1);
+    let ways = if bytes_read >= target.saturating_mul(2) {
+        inner.opts.max_subcompactions
+    } else {
+        1
+    };
+    let ranges = subcompaction_ranges(&plan, ways);
+    // File numbers need the state lock: reserve enough for the worst case up front (each
+    // range could, at worst, hold every input byte).
+    let estimate = (bytes_read / target) as usize + 2;
+    let numbers: Vec<Vec<_>> = ranges
+        .iter()
+        .map(|_| (0..estimate).map(|_| st.vs.new_file_number()).collect())
+        .collect();
+    let job = MergeJob {
+        inner,
+        plan: &plan,
+        version: &version,
+        smallest_snapshot,
+        filter,
+    };
+    let outputs = MutexGuard::unlocked(st, || job.run(ranges, numbers))?;
     crate::failpoint::hit("compaction.tables_written");
     if filtering && inner.snapshot_epoch() != snapshot_epoch {
         // A snapshot opened while the filter ran: installing its decisions would change
@@ -435,12 +431,158 @@ fn run_plan(inner: &DbInner, st: &mut MutexGuard<'_, State>, plan: Plan) -> Resu
     Ok(())
 }
 
-/// Merges `input` into tables of `out_level`, dropping versions no reader can see.
-/// File numbers come from `numbers`; when they run out the output continues in the last
-/// file (past its target size) rather than taking the state lock.
+/// A user-key range of a compaction: from the first bound (inclusive; `None`: the first
+/// key) to the second (exclusive; `None`: past the last key).
+type KeyRange = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Splits the key space of `plan`'s inputs into at most `ways` ranges of about equal input
+/// bytes, cut at the smallest user keys of input files below level 0 (level-0 files may
+/// each span the whole key space, so their first keys say little about where their bytes
+/// lie). One range (everything) when `ways` is 1 or there is nothing to cut at.
+fn subcompaction_ranges(plan: &Plan, ways: usize) -> Vec<KeyRange> {
+    let mut starts: Vec<(&[u8], u64)> = plan
+        .inputs
+        .iter()
+        .filter(|(level, _)| *level > 0)
+        .flat_map(|(_, files)| files.iter().map(|f| (f.user_range().0, f.size)))
+        .collect();
+    starts.sort_unstable();
+    let total: u128 = starts.iter().map(|&(_, size)| size as u128).sum();
+    let mut cuts: Vec<Vec<u8>> = Vec::new();
+    let mut before: u128 = 0;
+    for &(key, size) in &starts {
+        let wanted = cuts.len() + 1;
+        if wanted >= ways {
+            break;
+        }
+        // Cut before this file once the files before it hold their share of the bytes.
+        let share = total * wanted as u128 / ways as u128;
+        if before > 0 && before >= share && cuts.last().is_none_or(|c| c.as_slice() < key) {
+            cuts.push(key.to_vec());
+        }
+        before += size as u128;
+    }
+    let mut ranges = Vec::with_capacity(cuts.len() + 1);
+    let mut lower = None;
+    for cut in cuts {
+        ranges.push((lower, Some(cut.clone())));
+        lower = Some(cut);
+    }
+    ranges.push((lower, None));
+    ranges
+}
+
+/// What every range of one compaction shares.
+struct MergeJob<'a> {
+    inner: &'a DbInner,
+    plan: &'a Plan,
+    version: &'a Version,
+    smallest_snapshot: SeqNo,
+    filter: Option<Arc<dyn super::options::CompactionFilter>>,
+}
+
+impl MergeJob<'_> {
+    /// Merges every range (each with its file numbers), the first on this thread and each
+    /// other on a thread of its own, and returns their output files in key order. If one
+    /// range fails, the files the others wrote are removed and the first error returned.
+    fn run(
+        &self,
+        ranges: Vec<KeyRange>,
+        numbers: Vec<Vec<super::types::FileNumber>>,
+    ) -> Result<Vec<NewFile>> {
+        let mut work = ranges.iter().zip(numbers);
+        let Some((first, first_numbers)) = work.next() else {
+            return Ok(Vec::new());
+        };
+        let results: Vec<Result<Vec<NewFile>>> = std::thread::scope(|s| {
+            let spawned: Vec<_> = work
+                .map(|(range, numbers)| {
+                    let spare = numbers.clone();
+                    let spawn = std::thread::Builder::new()
+                        .name("tidemark-subcompaction".into())
+                        .spawn_scoped(s, move || self.merge_range(range, numbers));
+                    // No thread to be had: merge the range here, after the first.
+                    spawn.map_err(|_| (range, spare))
+                })
+                .collect();
+            let mut results = vec![self.merge_range(first, first_numbers)];
+            for h in spawned {
+                results.push(match h {
+                    Ok(h) => {
+                        Counters::add(&self.inner.counters.subcompactions, 1);
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::InvalidArgument(
+                                "a subcompaction thread panicked".into(),
+                            ))
+                        })
+                    }
+                    Err((range, numbers)) => self.merge_range(range, numbers),
+                });
+            }
+            results
+        });
+        let mut outputs = Vec::new();
+        let mut first_error = None;
+        for r in results {
+            match r {
+                Ok(files) => outputs.extend(files),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            for f in &outputs {
+                let _ = self
+                    .inner
+                    .fs
+                    .remove_file(&table_path(&self.inner.dir, f.number));
+            }
+            return Err(e);
+        }
+        Ok(outputs)
+    }
+
+    /// Merges the inputs' entries whose user keys lie in `range`.
+    fn merge_range(
+        &self,
+        range: &KeyRange,
+        numbers: Vec<super::types::FileNumber>,
+    ) -> Result<Vec<NewFile>> {
+        let mut children: Vec<BoxedIter> = Vec::new();
+        for (level, files) in &self.plan.inputs {
+            if *level == 0 {
+                // Level-0 files may overlap: each is its own sorted run.
+                for f in files {
+                    children.push(Box::new(LevelIter::sequential(vec![f.clone()])));
+                }
+            } else {
+                children.push(Box::new(LevelIter::sequential(files.clone())));
+            }
+        }
+        let mut merged = MergingIter::new(children);
+        merge_into_tables(
+            self.inner,
+            &mut merged,
+            range,
+            self.version,
+            self.plan.out_level,
+            self.smallest_snapshot,
+            numbers,
+            self.filter.clone(),
+        )
+    }
+}
+
+/// Merges the entries of `input` whose user keys lie in `range` into tables of
+/// `out_level`, dropping versions no reader can see. File numbers come from `numbers`;
+/// when they run out the output continues in the last file (past its target size) rather
+/// than taking the state lock.
+#[allow(clippy::too_many_arguments)]
 fn merge_into_tables(
     inner: &DbInner,
     input: &mut MergingIter,
+    range: &KeyRange,
     version: &Version,
     out_level: usize,
     smallest_snapshot: SeqNo,
@@ -456,7 +598,10 @@ fn merge_into_tables(
         let mut have_key = false;
         let mut last_seq_for_key = u64::MAX;
         let mut last_ikey: Vec<u8> = Vec::new();
-        input.seek_to_first();
+        match &range.0 {
+            Some(lower) => input.seek(&seek_key(lower, SeqNo::MAX)),
+            None => input.seek_to_first(),
+        }
         while input.valid() {
             if inner.is_shutting_down() {
                 return Err(Error::Closed);
@@ -469,6 +614,9 @@ fn merge_into_tables(
                     "entry without a valid internal key",
                 )
             })?;
+            if range.1.as_deref().is_some_and(|upper| p.user_key >= upper) {
+                break;
+            }
             if ikey == last_ikey.as_slice() {
                 // The same write twice (a log replayed twice before a crash): keep one.
                 input.next();

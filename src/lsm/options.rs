@@ -139,6 +139,14 @@ pub struct Options {
     pub level_compaction_dynamic_level_bytes: bool,
     /// Compaction output files are cut at this size. Default: 64 MiB.
     pub target_file_size_bytes: u64,
+    /// Threads one compaction may merge with (RocksDB's option of the same name): a
+    /// compaction reading at least two target-sized files' worth of bytes is split at
+    /// input file boundaries into up to this many key ranges of about equal input bytes,
+    /// merged side by side, one thread each (the compaction thread takes the first); the
+    /// output is the same set of keys and versions in the same files' order. 1 merges every
+    /// compaction on the compaction thread alone. Default: the machine's available
+    /// parallelism, at most 4.
+    pub max_subcompactions: usize,
     /// When the manifest grows past this size, a new one holding only the current state
     /// replaces it. Default: 64 MiB.
     pub max_manifest_bytes: u64,
@@ -204,6 +212,9 @@ impl Default for Options {
             level_size_multiplier: 10,
             level_compaction_dynamic_level_bytes: true,
             target_file_size_bytes: 64 << 20,
+            max_subcompactions: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(4),
             max_manifest_bytes: 64 << 20,
             fs: StdFs::shared(),
             compaction_filter: None,
@@ -251,6 +262,9 @@ impl Options {
         }
         if self.level_size_multiplier < 2 {
             return bad("level_size_multiplier must be at least 2".into());
+        }
+        if self.max_subcompactions == 0 {
+            return bad("max_subcompactions must be at least 1".into());
         }
         if self.target_file_size_bytes < 1024 || self.max_bytes_for_level_base < 1024 {
             return bad(

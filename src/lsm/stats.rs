@@ -21,6 +21,9 @@ pub struct Counters {
     pub compactions: AtomicU64,
     /// Compactions that only moved a file to the next level.
     pub trivial_moves: AtomicU64,
+    /// Key ranges of compactions merged on a thread of their own, beside the compaction
+    /// thread (see `Options::max_subcompactions`).
+    pub subcompactions: AtomicU64,
     /// Values the compaction filter removed.
     pub compaction_filter_removed: AtomicU64,
     /// Values the compaction filter changed.
@@ -130,6 +133,9 @@ pub struct DbStats {
     pub compactions: u64,
     /// Trivial moves among them.
     pub trivial_moves: u64,
+    /// Key ranges of compactions merged on a thread of their own, beside the compaction
+    /// thread (see `Options::max_subcompactions`).
+    pub subcompactions: u64,
     /// Values the compaction filter removed.
     pub compaction_filter_removed: u64,
     /// Values the compaction filter changed.
@@ -193,6 +199,7 @@ impl DbStats {
         self.compaction_bytes_written = g(&c.compaction_bytes_written);
         self.compactions = g(&c.compactions);
         self.trivial_moves = g(&c.trivial_moves);
+        self.subcompactions = g(&c.subcompactions);
         self.compaction_filter_removed = g(&c.compaction_filter_removed);
         self.compaction_filter_changed = g(&c.compaction_filter_changed);
         self.compaction_filter_discarded = g(&c.compaction_filter_discarded);
