@@ -377,7 +377,9 @@ fn rocks_checkpoint(root: &Path, n: u64, samples: u64) {
         let all = common::dir_bytes(&to);
         // Restoring a RocksDB checkpoint on the same file system is opening it in place.
         let t = Instant::now();
-        let opened = rocksdb::DB::open(&common::rocks::options(tuning()), &to).expect("open ck");
+        let opened =
+            rocksdb::DB::open(&common::rocks::options(tuning(), Durability::Buffered), &to)
+                .expect("open ck");
         let od = t.elapsed();
         drop(opened);
         total_ms.push(ms(d));

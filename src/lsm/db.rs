@@ -40,7 +40,7 @@ use super::memtable::{MemLookup, MemTable};
 use super::options::{Options, SyncMode, WalRecovery};
 use super::sst::{BlockCache, TableBuilder, TableOptions};
 use super::stats::{Counters, DbStats, LevelStats};
-use super::types::{FileNumber, SeqNo};
+use super::types::{internal_seq, user_key, FileNumber, SeqNo};
 use super::version::{FilterCounts, TableContext, Version, VersionLookup};
 use super::version_set::VersionSet;
 use super::wal::{LogKind, LogRead, LogReader, LogWriter};
@@ -499,7 +499,8 @@ impl Db {
         if !mem.is_empty() {
             let mem = Arc::new(mem);
             let number = vs.new_file_number();
-            if let Some(nf) = write_level0_table(&opts, &dir, &mem, number, &counters)? {
+            // No snapshot is open while the store opens.
+            if let Some(nf) = write_level0_table(&opts, &dir, &mem, number, &[], &counters)? {
                 edit.new_files.push(nf);
             }
             crate::failpoint::hit("open.recovery_table_written");
@@ -645,8 +646,9 @@ impl Db {
                             let full =
                                 Arc::new(std::mem::replace(&mut mem, MemTable::new(FileNumber(0))));
                             let number = vs.new_file_number();
+                            // No snapshot is open while the store opens.
                             if let Some(nf) =
-                                write_level0_table(opts, dir, &full, number, counters)?
+                                write_level0_table(opts, dir, &full, number, &[], counters)?
                             {
                                 crate::failpoint::hit("open.replay_table_written");
                                 let edit = VersionEdit {
@@ -1022,11 +1024,20 @@ fn owned_bound<K: AsRef<[u8]>>(b: Bound<&K>) -> Bound<Vec<u8>> {
 }
 
 /// Writes `mem` as table `number` in `dir` (fsynced, directory fsynced). None if empty.
+///
+/// A version of a key is left out when the next newer version of the same key in `mem` is
+/// seen by every reader that could see it: when no open snapshot (`snapshots`: their
+/// sequence numbers, ascending) reads at a number from the older version's up to (not
+/// including) the newer one's. RocksDB's flush drops versions by the same rule. A key
+/// overwritten many times in one memtable is thus flushed once (once per snapshot in
+/// between), not once per write. The newest version of every key, tombstones included,
+/// is always kept.
 pub(crate) fn write_level0_table(
     opts: &Options,
     dir: &Path,
     mem: &Arc<MemTable>,
     number: FileNumber,
+    snapshots: &[u64],
     counters: &Counters,
 ) -> Result<Option<NewFile>> {
     if mem.is_empty() {
@@ -1040,7 +1051,25 @@ pub(crate) fn write_level0_table(
             b = b.with_compression_thread();
         }
         let mut scan = mem.ordered_scan();
+        // The oldest snapshot that reads a version numbered `seq` (`snapshots.len()`: only
+        // readers of the newest state): two versions of a key with the same one are read
+        // by the same readers, who see the newer.
+        let stripe = |seq: u64| snapshots.partition_point(|&s| s < seq);
+        // The user key of the last entry kept and its version's stripe (the scan yields
+        // a key's versions newest first).
+        let mut prev_key: Vec<u8> = Vec::new();
+        let mut prev_stripe: Option<usize> = None;
         while let Some((key, value)) = scan.next() {
+            let (ukey, here) = (user_key(key), stripe(internal_seq(key)));
+            if prev_stripe.is_some() && ukey == prev_key.as_slice() {
+                if prev_stripe == Some(here) {
+                    continue;
+                }
+            } else {
+                prev_key.clear();
+                prev_key.extend_from_slice(ukey);
+            }
+            prev_stripe = Some(here);
             b.add(key, value)?;
         }
         let props = b.finish()?;
@@ -1789,8 +1818,19 @@ impl DbInner {
     /// while the table is written.
     fn flush_imm(&self, st: &mut MutexGuard<'_, State>, imm: &Arc<Imm>) -> Result<()> {
         let number = st.vs.new_file_number();
+        // A snapshot opened from now on reads at a number above every write of `imm`, and
+        // so sees the newest version of each of its keys: the snapshots open now are the
+        // ones the flush must keep older versions for.
+        let snapshots: Vec<u64> = self.snapshots.lock().keys().copied().collect();
         let new_file = MutexGuard::unlocked(st, || {
-            write_level0_table(&self.opts, &self.dir, &imm.mem, number, &self.counters)
+            write_level0_table(
+                &self.opts,
+                &self.dir,
+                &imm.mem,
+                number,
+                &snapshots,
+                &self.counters,
+            )
         })?;
         crate::failpoint::hit("flush.table_written");
         // Memtables are flushed oldest first and replay skips what tables hold, so a new

@@ -165,6 +165,12 @@ pub fn user_key(ikey: &[u8]) -> &[u8] {
     &ikey[..ikey.len().saturating_sub(TRAILER_LEN)]
 }
 
+/// The sequence number of an internal key (0 if it is too short to have a trailer).
+#[inline]
+pub fn internal_seq(ikey: &[u8]) -> u64 {
+    trailer(ikey) >> 8
+}
+
 #[inline]
 fn trailer(ikey: &[u8]) -> u64 {
     let n = ikey.len();

@@ -1,0 +1,83 @@
+//! A flush writes a key overwritten many times in one memtable once, unless a snapshot
+//! still reads an older version: then it keeps exactly the versions open snapshots see.
+
+use tidemark::lsm::{Compression, Db, Options, SyncMode};
+
+fn opts() -> Options {
+    Options {
+        memtable_size_bytes: 16 << 20,
+        compression: Compression::None,
+        sync: SyncMode::None,
+        compaction: false,
+        ..Options::default()
+    }
+}
+
+fn key(k: u64) -> Vec<u8> {
+    format!("key{k:06}").into_bytes()
+}
+
+/// Entries in the level-0 tables of `db`.
+fn level0_entries(db: &Db) -> u64 {
+    let live = db.live_files().expect("live files");
+    live.manifest
+        .new_files
+        .iter()
+        .filter(|f| f.level == 0)
+        .map(|f| f.num_entries)
+        .sum()
+}
+
+#[test]
+fn overwrites_in_one_memtable_are_flushed_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path(), opts()).expect("open");
+    for round in 0..50u64 {
+        for k in 0..100 {
+            db.put(key(k), format!("v{round}")).expect("put");
+        }
+    }
+    // A key whose newest version is a tombstone keeps it (older tables may hold a value).
+    db.delete(key(7)).expect("delete");
+    db.flush().expect("flush");
+    assert_eq!(level0_entries(&db), 100, "one version per key");
+    assert_eq!(db.get(key(3)).expect("get"), Some(b"v49".to_vec()));
+    assert_eq!(db.get(key(7)).expect("get"), None);
+    drop(db);
+    let db = Db::open(dir.path(), opts()).expect("reopen");
+    assert_eq!(db.get(key(99)).expect("get"), Some(b"v49".to_vec()));
+    assert_eq!(db.get(key(7)).expect("get"), None);
+}
+
+#[test]
+fn a_flush_keeps_the_versions_open_snapshots_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path(), opts()).expect("open");
+    db.put(key(1), "a").expect("put");
+    db.put(key(1), "b").expect("put");
+    let at_b = db.snapshot();
+    db.put(key(1), "c").expect("put");
+    db.put(key(1), "d").expect("put");
+    let at_d = db.snapshot();
+    db.put(key(1), "e").expect("put");
+    db.delete(key(2)).expect("delete");
+    db.put(key(2), "x").expect("put");
+    let at_x = db.snapshot();
+    db.delete(key(2)).expect("delete");
+    db.flush().expect("flush");
+    // Kept: e (newest), d (at_d), b (at_b); x (at_x) and the newest tombstone of key 2.
+    assert_eq!(level0_entries(&db), 5);
+    assert_eq!(at_b.get(key(1)).expect("get"), Some(b"b".to_vec()));
+    assert_eq!(at_d.get(key(1)).expect("get"), Some(b"d".to_vec()));
+    assert_eq!(at_x.get(key(1)).expect("get"), Some(b"e".to_vec()));
+    assert_eq!(at_x.get(key(2)).expect("get"), Some(b"x".to_vec()));
+    assert_eq!(db.get(key(1)).expect("get"), Some(b"e".to_vec()));
+    assert_eq!(db.get(key(2)).expect("get"), None);
+    drop((at_b, at_d, at_x));
+    // With no snapshot open, the next memtable's overwrites collapse again.
+    db.put(key(1), "f").expect("put");
+    db.put(key(1), "g").expect("put");
+    db.flush().expect("flush");
+    assert_eq!(level0_entries(&db), 6);
+    assert_eq!(db.get(key(1)).expect("get"), Some(b"g".to_vec()));
+}
