@@ -377,7 +377,9 @@ fn run_plan(inner: &DbInner, st: &mut MutexGuard<'_, State>, plan: Plan) -> Resu
         return Ok(());
     }
     let version = st.vs.current();
-    let smallest_snapshot = inner.smallest_snapshot();
+    // Snapshots are taken under the state lock, held here: one opened later reads at a
+    // number above every input entry, and so sees the newest version of each key.
+    let snapshots = inner.snapshot_seqs();
     // The filter runs only if no snapshot is open now (snapshots are taken under the state
     // lock, held here); one taken while the merge runs makes the result be discarded.
     let snapshot_epoch = inner.snapshot_epoch();
@@ -406,7 +408,7 @@ fn run_plan(inner: &DbInner, st: &mut MutexGuard<'_, State>, plan: Plan) -> Resu
         inner,
         plan: &plan,
         version: &version,
-        smallest_snapshot,
+        snapshots: &snapshots,
         filter,
     };
     let outputs = MutexGuard::unlocked(st, || job.run(ranges, numbers))?;
@@ -477,7 +479,8 @@ struct MergeJob<'a> {
     inner: &'a DbInner,
     plan: &'a Plan,
     version: &'a Version,
-    smallest_snapshot: SeqNo,
+    /// The sequence numbers of the open snapshots, ascending.
+    snapshots: &'a [u64],
     filter: Option<Arc<dyn super::options::CompactionFilter>>,
 }
 
@@ -567,7 +570,7 @@ impl MergeJob<'_> {
             range,
             self.version,
             self.plan.out_level,
-            self.smallest_snapshot,
+            self.snapshots,
             numbers,
             self.filter.clone(),
         )
@@ -575,7 +578,10 @@ impl MergeJob<'_> {
 }
 
 /// Merges the entries of `input` whose user keys lie in `range` into tables of
-/// `out_level`, dropping versions no reader can see. File numbers come from `numbers`;
+/// `out_level`, dropping versions no reader can see: a version whose next newer version is
+/// seen by every reader that could see it (no snapshot in `snapshots`, ascending, reads at
+/// a number from the older version's up to the newer one's), and a tombstone every reader
+/// sees when nothing older of its key lies below `out_level`. File numbers come from `numbers`;
 /// when they run out the output continues in the last file (past its target size) rather
 /// than taking the state lock.
 #[allow(clippy::too_many_arguments)]
@@ -585,7 +591,7 @@ fn merge_into_tables(
     range: &KeyRange,
     version: &Version,
     out_level: usize,
-    smallest_snapshot: SeqNo,
+    snapshots: &[u64],
     numbers: Vec<super::types::FileNumber>,
     filter: Option<Arc<dyn super::options::CompactionFilter>>,
 ) -> Result<Vec<NewFile>> {
@@ -596,7 +602,10 @@ fn merge_into_tables(
         let mut builder: Option<(TableBuilder, super::types::FileNumber)> = None;
         let mut current_key: Vec<u8> = Vec::new();
         let mut have_key = false;
-        let mut last_seq_for_key = u64::MAX;
+        // The oldest snapshot that reads a version numbered `seq` (`snapshots.len()`: only
+        // readers of the newest state); the stripe of the key's previous (newer) version.
+        let stripe = |seq: SeqNo| snapshots.partition_point(|&s| s < seq.0);
+        let mut prev_stripe: Option<usize> = None;
         let mut last_ikey: Vec<u8> = Vec::new();
         match &range.0 {
             Some(lower) => input.seek(&seek_key(lower, SeqNo::MAX)),
@@ -636,17 +645,19 @@ fn merge_into_tables(
                 current_key.clear();
                 current_key.extend_from_slice(p.user_key);
                 have_key = true;
-                last_seq_for_key = u64::MAX;
+                prev_stripe = None;
             }
-            let drop_entry = if last_seq_for_key <= smallest_snapshot.0 {
-                // A newer version of this key is visible to every reader.
+            let here = stripe(p.seq);
+            let drop_entry = if prev_stripe == Some(here) {
+                // Every reader that could see this version sees the newer one.
                 true
             } else {
+                // A tombstone every reader sees, with nothing older below to hide.
                 p.kind == ValueKind::Delete
-                    && p.seq <= smallest_snapshot
+                    && here == 0
                     && is_base_level_for(version, out_level, p.user_key)
             };
-            last_seq_for_key = p.seq.0;
+            prev_stripe = Some(here);
             last_ikey.clear();
             last_ikey.extend_from_slice(ikey);
             // The application's filter, for the newest value of the key, when no snapshot
@@ -672,8 +683,8 @@ fn merge_into_tables(
                         }
                     }
                 }
-                // Whatever was decided, every older version goes: it is shadowed.
-                last_seq_for_key = 0;
+                // Whatever was decided, every older version goes: with no snapshot open,
+                // every version shares this one's stripe.
             }
             if !drop_entry {
                 if builder.is_none() {

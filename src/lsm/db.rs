@@ -1276,13 +1276,9 @@ impl DbInner {
         !self.snapshots.lock().is_empty()
     }
 
-    pub(crate) fn smallest_snapshot(&self) -> SeqNo {
-        let snaps = self.snapshots.lock();
-        let visible = self.visible_seq();
-        snaps
-            .keys()
-            .next()
-            .map_or(visible, |&s| SeqNo(s).min(visible))
+    /// The sequence numbers the open snapshots read at, ascending.
+    pub(crate) fn snapshot_seqs(&self) -> Vec<u64> {
+        self.snapshots.lock().keys().copied().collect()
     }
 
     /// The sequence number a read of the view `_sv` runs at: a snapshot's, or (`None`)
@@ -1821,7 +1817,7 @@ impl DbInner {
         // A snapshot opened from now on reads at a number above every write of `imm`, and
         // so sees the newest version of each of its keys: the snapshots open now are the
         // ones the flush must keep older versions for.
-        let snapshots: Vec<u64> = self.snapshots.lock().keys().copied().collect();
+        let snapshots = self.snapshot_seqs();
         let new_file = MutexGuard::unlocked(st, || {
             write_level0_table(
                 &self.opts,
