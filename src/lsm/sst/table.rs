@@ -285,6 +285,16 @@ enum Source {
 /// Bytes a compaction's table iterator reads ahead at once.
 pub const COMPACTION_READAHEAD_BYTES: usize = 256 << 10;
 
+thread_local! {
+    /// Each thread's buffer for positioned reads of single blocks (see `load_positioned`);
+    /// it grows to the largest block the thread read, and shrinks back past
+    /// [`READ_BUF_KEEP_BYTES`].
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The largest buffer a thread keeps for positioned reads between reads.
+const READ_BUF_KEEP_BYTES: usize = 256 << 10;
+
 /// A compaction's window onto a table: the file's bytes from `start` on.
 #[derive(Debug, Default)]
 struct Readahead {
@@ -743,11 +753,29 @@ impl Table {
             .ok()
             .and_then(|s| s.checked_add(BLOCK_TRAILER_LEN))
             .ok_or_else(|| Error::corruption(&self.path, h.offset, "block size overflows"))?;
-        let mut buf = vec![0u8; n];
-        read_exact_at(&self.source, &self.path, &mut buf, h.offset)?;
-        let data = block::decode_block_in(&buf, h.offset, h, self.verify_checksums)
-            .map_err(|e| e.into_error(&self.path))?;
-        drop(buf);
+        // The stored block is read into a buffer of the thread's, kept between reads: a
+        // read that misses the cache would otherwise allocate and zero one each time.
+        let data = READ_BUF.with(|cell| -> Result<Arc<[u8]>> {
+            let mut owned = Vec::new();
+            let mut guard = cell.try_borrow_mut();
+            let buf = match guard.as_deref_mut() {
+                Ok(b) => b,
+                // Not expected (no read calls back into another), but never panic for it.
+                Err(_) => &mut owned,
+            };
+            if buf.len() < n {
+                buf.resize(n, 0);
+            }
+            let r =
+                read_exact_at(&self.source, &self.path, &mut buf[..n], h.offset).and_then(|()| {
+                    block::decode_block_in(&buf[..n], h.offset, h, self.verify_checksums)
+                        .map_err(|e| e.into_error(&self.path))
+                });
+            if buf.capacity() > READ_BUF_KEEP_BYTES {
+                *buf = Vec::new();
+            }
+            r
+        })?;
         if let Some(c) = cache {
             c.insert(self.file_number, h.offset, Arc::clone(&data));
         }
