@@ -442,7 +442,17 @@ fn machine(c: &mut Criterion, root: &Path) {
 }
 
 /// One engine configuration of the `memory` workload.
-const MEMORY_VARIANTS: &[&str] = &["tidemark", "tidemark-mapped", "tidemark-budget128", "fjall"];
+const MEMORY_VARIANTS: &[&str] = &[
+    "tidemark",
+    "tidemark-2buf",
+    "tidemark-mapped",
+    "tidemark-budget128",
+    "fjall",
+    #[cfg(feature = "bench-rocksdb")]
+    "rocksdb",
+    #[cfg(feature = "bench-rocksdb")]
+    "rocksdb-2buf",
+];
 
 /// The env var that makes this binary a `memory` child: its value names the variant.
 const MEMORY_CHILD_ENV: &str = "TIDEMARK_BENCH_MEMORY_CHILD";
@@ -475,7 +485,10 @@ fn memory_tuning() -> Tuning {
 }
 
 /// Opens the store of a `memory` variant: `tidemark` (default options: positioned table
-/// reads), `tidemark-mapped` (tables read through memory mappings), `tidemark-budget128`
+/// reads, an active memtable and up to two immutable ones), `tidemark-2buf` (at most one
+/// immutable memtable, as RocksDB's default `max_write_buffer_number = 2`), `rocksdb` (the
+/// harness's options: three write buffers, as tidemark's default), `rocksdb-2buf` (its
+/// default two), `tidemark-mapped` (tables read through memory mappings), `tidemark-budget128`
 /// (one strict 128 MiB [`tidemark::lsm::MemoryBudget`]: 64 MiB for memtables, which
 /// writers wait for flushes to stay within, in 32 MiB memtables; 64 MiB of block cache that
 /// the tables' index and filter blocks are charged to) and `fjall`.
@@ -489,6 +502,18 @@ fn memory_engine(variant: &str, dir: &Path) -> Box<dyn common::Engine> {
     let base = common::tidemark_options(Durability::Buffered, memory_tuning());
     match variant {
         "tidemark" | "fjall" => open(variant, dir, Durability::Buffered, memory_tuning()),
+        #[cfg(feature = "bench-rocksdb")]
+        "rocksdb" => open(variant, dir, Durability::Buffered, memory_tuning()),
+        #[cfg(feature = "bench-rocksdb")]
+        "rocksdb-2buf" => {
+            let mut o = common::rocks::options(memory_tuning(), Durability::Buffered);
+            o.set_max_write_buffer_number(2);
+            Box::new(common::rocks::RocksEngine::open_with(dir, o, Durability::Buffered))
+        }
+        "tidemark-2buf" => tidemark(tidemark::lsm::Options {
+            max_immutable_memtables: 1,
+            ..base
+        }),
         "tidemark-mapped" => tidemark(tidemark::lsm::Options {
             table_reads: TableReads::Mapped,
             ..base

@@ -436,7 +436,12 @@ pub mod rocks {
     impl RocksEngine {
         /// Opens a database in `dir`.
         pub fn open(dir: &Path, durability: Durability, t: Tuning) -> Self {
-            let db = rocksdb::DB::open(&options(t, durability), dir).expect("open rocksdb");
+            Self::open_with(dir, options(t, durability), durability)
+        }
+
+        /// Opens a database in `dir` with options `o`.
+        pub fn open_with(dir: &Path, o: rocksdb::Options, durability: Durability) -> Self {
+            let db = rocksdb::DB::open(&o, dir).expect("open rocksdb");
             let mut wo = rocksdb::WriteOptions::default();
             wo.set_sync(durability == Durability::Synced);
             RocksEngine { db, wo }
