@@ -508,7 +508,11 @@ fn memory_engine(variant: &str, dir: &Path) -> Box<dyn common::Engine> {
         "rocksdb-2buf" => {
             let mut o = common::rocks::options(memory_tuning(), Durability::Buffered);
             o.set_max_write_buffer_number(2);
-            Box::new(common::rocks::RocksEngine::open_with(dir, o, Durability::Buffered))
+            Box::new(common::rocks::RocksEngine::open_with(
+                dir,
+                o,
+                Durability::Buffered,
+            ))
         }
         "tidemark-2buf" => tidemark(tidemark::lsm::Options {
             max_immutable_memtables: 1,

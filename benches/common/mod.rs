@@ -412,6 +412,10 @@ pub mod rocks {
         // As many memtables as tidemark may hold: the active one and the immutable ones.
         let buffers = 1 + tidemark::lsm::Options::default().max_immutable_memtables;
         o.set_max_write_buffer_number(buffers as i32);
+        // As many threads per compaction as tidemark's default (the machine's cores, up
+        // to 4); RocksDB's own default is 1.
+        let ways = tidemark::lsm::Options::default().max_subcompactions;
+        o.set_max_subcompactions(ways as u32);
         if durability == Durability::Synced {
             // Reused log files are already allocated, so an fdatasync need not commit a
             // new file size (tidemark presizes its logs for the same reason).
