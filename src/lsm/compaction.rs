@@ -48,8 +48,8 @@ use super::options::FilterDecision;
 use super::sst::{TableBuilder, TableOptions};
 use super::stats::Counters;
 use super::types::{
-    compare_internal_keys, make_internal_key, parse_internal_key, seek_key, user_key,
-    InternalIterator, SeqNo, ValueKind,
+    compare_internal_keys, make_internal_key, parse_internal_key, seek_key, snapshot_stripe,
+    user_key, InternalIterator, SeqNo, ValueKind,
 };
 use super::version::{FileMeta, LevelIter, Version};
 use crate::error::{Error, Result};
@@ -602,9 +602,7 @@ fn merge_into_tables(
         let mut builder: Option<(TableBuilder, super::types::FileNumber)> = None;
         let mut current_key: Vec<u8> = Vec::new();
         let mut have_key = false;
-        // The oldest snapshot that reads a version numbered `seq` (`snapshots.len()`: only
-        // readers of the newest state); the stripe of the key's previous (newer) version.
-        let stripe = |seq: SeqNo| snapshots.partition_point(|&s| s < seq.0);
+        // The snapshot stripe of the key's previous (newer) version.
         let mut prev_stripe: Option<usize> = None;
         let mut last_ikey: Vec<u8> = Vec::new();
         match &range.0 {
@@ -647,7 +645,7 @@ fn merge_into_tables(
                 have_key = true;
                 prev_stripe = None;
             }
-            let here = stripe(p.seq);
+            let here = snapshot_stripe(snapshots, p.seq.0);
             let drop_entry = if prev_stripe == Some(here) {
                 // Every reader that could see this version sees the newer one.
                 true

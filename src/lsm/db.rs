@@ -40,7 +40,7 @@ use super::memtable::{MemLookup, MemTable};
 use super::options::{Options, SyncMode, WalRecovery};
 use super::sst::{BlockCache, TableBuilder, TableOptions};
 use super::stats::{Counters, DbStats, LevelStats};
-use super::types::{internal_seq, user_key, FileNumber, SeqNo};
+use super::types::{internal_seq, snapshot_stripe, user_key, FileNumber, SeqNo};
 use super::version::{FilterCounts, TableContext, Version, VersionLookup};
 use super::version_set::VersionSet;
 use super::wal::{LogKind, LogRead, LogReader, LogWriter};
@@ -1051,16 +1051,12 @@ pub(crate) fn write_level0_table(
             b = b.with_compression_thread();
         }
         let mut scan = mem.ordered_scan();
-        // The oldest snapshot that reads a version numbered `seq` (`snapshots.len()`: only
-        // readers of the newest state): two versions of a key with the same one are read
-        // by the same readers, who see the newer.
-        let stripe = |seq: u64| snapshots.partition_point(|&s| s < seq);
         // The user key of the last entry kept and its version's stripe (the scan yields
         // a key's versions newest first).
         let mut prev_key: Vec<u8> = Vec::new();
         let mut prev_stripe: Option<usize> = None;
         while let Some((key, value)) = scan.next() {
-            let (ukey, here) = (user_key(key), stripe(internal_seq(key)));
+            let (ukey, here) = (user_key(key), snapshot_stripe(snapshots, internal_seq(key)));
             if prev_stripe.is_some() && ukey == prev_key.as_slice() {
                 if prev_stripe == Some(here) {
                     continue;

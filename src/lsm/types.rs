@@ -165,6 +165,16 @@ pub fn user_key(ikey: &[u8]) -> &[u8] {
     &ikey[..ikey.len().saturating_sub(TRAILER_LEN)]
 }
 
+/// The stripe of a version numbered `seq` among the open snapshots (`snapshots`: the
+/// numbers they read at, ascending): the index of the oldest snapshot that reads it
+/// (`snapshots.len()`: only readers of the newest state). Two versions of a key in one
+/// stripe are read by the same readers, who all see the newer: flushes and compactions
+/// keep one version of a key per stripe.
+#[inline]
+pub fn snapshot_stripe(snapshots: &[u64], seq: u64) -> usize {
+    snapshots.partition_point(|&s| s < seq)
+}
+
 /// The sequence number of an internal key (0 if it is too short to have a trailer).
 #[inline]
 pub fn internal_seq(ikey: &[u8]) -> u64 {
