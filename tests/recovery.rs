@@ -574,3 +574,51 @@ fn torn_tail_followed_by_the_empty_log_of_a_killed_open_is_still_a_torn_tail() {
         scan_agrees_with_get(&db);
     }
 }
+
+/// An open killed while it copied the header record of its new log into the presized
+/// zeros leaves a log whose header is cut short with nothing after it: the next open takes
+/// it for an empty log (as it takes a file shorter than a header record), not for damage,
+/// and every write from before is still there.
+#[test]
+fn new_log_with_its_header_record_cut_short_is_an_empty_log() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    {
+        let db = Db::open(&dir, child_opts()).unwrap();
+        for i in 0..40u32 {
+            db.put(format!("k{i:02}"), format!("v{i}")).unwrap();
+        }
+    }
+    for cut in [1usize, 4, 7, 20, 27] {
+        let status = run_child(&dir, "open.wal_created", 1);
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "the open died after creating its log"
+        );
+        let (newest, _) = numbers_on_disk(&dir)
+            .into_iter()
+            .rfind(|(name, _)| name.ends_with(".wal"))
+            .unwrap();
+        let path = dir.join(&newest);
+        let mut data = std::fs::read(&path).unwrap();
+        assert!(
+            data[28..].iter().all(|&b| b == 0),
+            "a new log holds only its header"
+        );
+        data[cut..28].fill(0);
+        std::fs::write(&path, &data).unwrap();
+
+        let db = Db::open(&dir, child_opts())
+            .unwrap_or_else(|e| panic!("cut at {cut}: open after the torn header: {e}"));
+        for i in 0..40u32 {
+            assert_eq!(
+                db.get(format!("k{i:02}")).unwrap(),
+                Some(format!("v{i}").into_bytes()),
+                "cut at {cut}"
+            );
+        }
+        scan_agrees_with_get(&db);
+    }
+}

@@ -88,9 +88,10 @@ pub struct LogReader<'a> {
 impl<'a> LogReader<'a> {
     /// Validates the header record. `data` is the whole file (the caller reads or mmaps it).
     ///
-    /// A file shorter than the header record, or holding only zeros, is an empty log when
-    /// `allow_empty` is set (a crash right after the file was created) and an error
-    /// otherwise. Every other problem with the header record (checksum, magic, version,
+    /// A file shorter than the header record, or holding only zeros, or whose damaged
+    /// header record is followed by zeros only (a crash while the header was copied into
+    /// a presized file), is an empty log when `allow_empty` is set (a crash right after
+    /// the file was created) and an error otherwise. Every other problem with the header record (checksum, magic, version,
     /// kind other than `kind`, number other than `expected_number`) is an error.
     pub fn new(
         data: &'a [u8],
@@ -137,7 +138,18 @@ impl<'a> LogReader<'a> {
                 return Err(bad(format!("a {t:?} fragment instead of a FULL one")))
             }
             Step::End => return Err(bad("only zeros".to_string())),
-            Step::Damage { reason, .. } => return Err(bad(reason)),
+            Step::Damage { reason, .. } => {
+                // A presized (zero-filled) log whose header record was cut short by a
+                // crash while it was being copied in: the file's counterpart of one shorter
+                // than the header record. Nothing after the header was ever written.
+                let torn_header = data[HEADER_RECORD_LEN..].iter().all(|&b| b == 0);
+                if allow_empty && torn_header {
+                    reader.pos = data.len();
+                    reader.done = true;
+                    return Ok(reader);
+                }
+                return Err(bad(reason));
+            }
         };
         if payload.len() != HEADER_PAYLOAD_LEN {
             return Err(bad(format!(
@@ -617,6 +629,29 @@ mod tests {
                 }
                 other => panic!("byte {i}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn header_record_cut_short_in_presized_zeros_is_empty_only_when_allowed() {
+        let data = write_log(&[]);
+        for cut in 1..HEADER_RECORD_LEN {
+            let mut torn = vec![0u8; 4096];
+            torn[..cut].copy_from_slice(&data[..cut]);
+            if torn.iter().all(|&b| b == 0) || data[cut..HEADER_RECORD_LEN].iter().all(|&b| b == 0)
+            {
+                continue; // nothing written, or the bytes cut off were zeros anyway
+            }
+            let mut r = LogReader::new(&torn, Path::new(PATH), LogKind::Wal, None, true)
+                .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            assert_eq!(r.next(), LogRead::Eof, "cut at {cut}");
+            assert_eq!(r.last_good_offset(), 0);
+            let e = LogReader::new(&torn, Path::new(PATH), LogKind::Wal, None, false).unwrap_err();
+            assert!(e.is_corruption() && e.to_string().contains(PATH), "{e}");
+            // Anything written after the damaged header makes it damage, not a torn write.
+            torn[HEADER_RECORD_LEN + 100] = 1;
+            let e = LogReader::new(&torn, Path::new(PATH), LogKind::Wal, None, true).unwrap_err();
+            assert!(e.is_corruption(), "cut at {cut}: {e}");
         }
     }
 
