@@ -22,8 +22,8 @@ use crate::codec::{self, DecodeError, Decoder};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::FileSystem;
 use crate::lsm::types::{
-    compare_internal_keys, parse_internal_key, FileNumber, InternalIterator, LookupKey, SeqNo,
-    ValueKind,
+    compare_bytes, compare_internal_keys, parse_internal_key, user_key, FileNumber,
+    InternalIterator, LookupKey, SeqNo, ValueKind,
 };
 use crate::lsm::{Compression, TableReads};
 
@@ -220,6 +220,29 @@ struct PackedIndex {
     key_ends: Box<[u32]>,
     /// The index keys, back to back.
     keys: Box<[u8]>,
+    /// Length of the prefix every index key's user key shares.
+    common_len: usize,
+    /// `prefixes[i]`: the 8 bytes of block `i`'s user key after the shared prefix,
+    /// big-endian, zero-padded ([`key_prefix`]). A lookup searches this dense array first
+    /// and compares whole keys only among the blocks whose bytes there equal the
+    /// target's: 8 bytes a block, and a binary search that touches one cache line a step
+    /// instead of two scattered ones.
+    prefixes: Box<[u64]>,
+    /// `fences[j] = prefixes[j * FENCE_STRIDE]`: small enough to stay in the processor's
+    /// cache, so that a lookup misses it only in the one stride it then searches.
+    fences: Box<[u64]>,
+}
+
+/// Blocks per fence of [`PackedIndex::fences`]: two cache lines of prefixes.
+const FENCE_STRIDE: usize = 16;
+
+/// The first 8 bytes of `user_key` as a big-endian integer, zero-padded: `a <= b` implies
+/// `key_prefix(a) <= key_prefix(b)`, so the prefixes of sorted keys are sorted.
+fn key_prefix(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(b)
 }
 
 impl PackedIndex {
@@ -255,7 +278,36 @@ impl PackedIndex {
 
     /// Index of the first block whose index key is `>= target` (`len()` if none).
     fn find(&self, target: &[u8]) -> usize {
-        let (mut lo, mut hi) = (0, self.len());
+        // Blocks whose prefix is below the target's hold only smaller keys, those above
+        // only greater ones: whole keys need comparing only in between.
+        let target_user = user_key(target);
+        let common = user_key(self.key(0))
+            .get(..self.common_len)
+            .unwrap_or_default();
+        let p = match target_user.get(..self.common_len) {
+            Some(head) if head == common => key_prefix(&target_user[self.common_len..]),
+            // Every index key starts with `common`: the target is below all of them or
+            // above all of them.
+            _ if compare_bytes(target_user, common) == Ordering::Less => return 0,
+            _ => return self.len(),
+        };
+        // The fences narrow the search to one stride of `prefixes`: the first prefix >= p
+        // lies after the last fence below p and at or before the first fence >= p.
+        let j = self.fences.partition_point(|&x| x < p);
+        let start = (j * FENCE_STRIDE).saturating_sub(FENCE_STRIDE - 1);
+        let end = (j * FENCE_STRIDE).min(self.prefixes.len());
+        let window = self.prefixes.get(start..end).unwrap_or_default();
+        let mut lo = start + window.partition_point(|&x| x < p);
+        // Blocks sharing the target's prefix: usually none or one, all of them when the
+        // keys differ only past the prefix.
+        let mut hi = lo;
+        while hi < self.prefixes.len() && self.prefixes[hi] == p {
+            hi += 1;
+            if hi - lo == FENCE_STRIDE {
+                hi += self.prefixes[hi..].partition_point(|&x| x == p);
+                break;
+            }
+        }
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             if compare_internal_keys(self.key(mid), target) == Ordering::Less {
@@ -269,7 +321,10 @@ impl PackedIndex {
 
     /// Heap bytes held.
     fn heap_bytes(&self) -> usize {
-        self.offsets.len() * 8 + self.key_ends.len() * 4 + self.keys.len()
+        self.offsets.len() * 8
+            + self.key_ends.len() * 4
+            + self.keys.len()
+            + (self.prefixes.len() + self.fences.len()) * 8
     }
 }
 
@@ -998,11 +1053,34 @@ fn decode_index(
         )));
     }
     offsets.push(data_end);
-    Ok(PackedIndex {
+    let mut index = PackedIndex {
         offsets: offsets.into_boxed_slice(),
         key_ends: key_ends.into_boxed_slice(),
         keys: keys.into_boxed_slice(),
-    })
+        common_len: 0,
+        prefixes: Box::default(),
+        fences: Box::default(),
+    };
+    // The keys are in order, so the prefix the first and last share is everyone's.
+    let first = user_key(index.key(0));
+    let last = user_key(index.key(index.len() - 1));
+    index.common_len = first.iter().zip(last).take_while(|(a, b)| a == b).count();
+    index.prefixes = (0..index.len())
+        .map(|i| {
+            key_prefix(
+                user_key(index.key(i))
+                    .get(index.common_len..)
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    index.fences = index
+        .prefixes
+        .iter()
+        .step_by(FENCE_STRIDE)
+        .copied()
+        .collect();
+    Ok(index)
 }
 
 /// Cross-checks the properties against the footer and the index.
@@ -1358,6 +1436,37 @@ mod tests {
     }
 
     #[test]
+    fn get_finds_keys_in_a_long_run_of_blocks_with_equal_prefixes() {
+        // No shared prefix (the first and last keys differ in their first byte), and 200
+        // one-entry blocks whose first 8 bytes are equal: lookups go past the fences'
+        // stride through the run.
+        let mut keys: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| [b"a0000000".as_slice(), &i.to_be_bytes()].concat())
+            .collect();
+        keys.insert(0, b"0".to_vec());
+        keys.push(b"b".to_vec());
+        let entries: Entries = keys
+            .iter()
+            .map(|k| (ik(k, 1, ValueKind::Put), k.clone()))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.sst");
+        write_table(&path, &entries, opts(1, Compression::None, 0));
+        let t = open(&path).unwrap();
+        assert_eq!(t.num_data_blocks(), keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            let target = LookupKey::new(k, SeqNo::MAX);
+            assert_eq!(t.index.find(target.internal_key()), i, "{k:?}");
+            assert_eq!(t.get(k, SeqNo::MAX).unwrap(), LookupResult::Found(k.clone()));
+            let mut after = k.clone();
+            after.push(0);
+            assert_eq!(t.get(&after, SeqNo::MAX).unwrap(), LookupResult::NotFound);
+        }
+        assert_eq!(t.get(b"a0000000", SeqNo::MAX).unwrap(), LookupResult::NotFound);
+        assert_eq!(t.get(b"c", SeqNo::MAX).unwrap(), LookupResult::NotFound);
+    }
+
+    #[test]
     fn seek_lands_on_first_key_at_or_after_target() {
         let entries = sample_entries(500);
         let dir = tempfile::tempdir().unwrap();
@@ -1648,6 +1757,48 @@ mod tests {
             if let Ok(t) = open(&path) {
                 let _ = collect(&t);
                 let _ = t.verify();
+            }
+        }
+
+        /// Keys of 0-12 bytes from a four-letter alphabet with zeros in it: many share
+        /// their first 8 bytes (or are prefixes of one another), so lookups go through
+        /// the prefix array's ties and zero padding; every key and probe agrees with a
+        /// model.
+        #[test]
+        fn get_with_shared_and_short_prefixes_agrees_with_a_model(
+            keys in proptest::collection::btree_set(
+                proptest::collection::vec(prop::sample::select(vec![0u8, 1, b'a', 0xff]), 0..12),
+                1..300,
+            ),
+            probes in proptest::collection::vec(
+                proptest::collection::vec(prop::sample::select(vec![0u8, 1, b'a', 0xff]), 0..12),
+                0..100,
+            ),
+            common in proptest::collection::vec(prop::sample::select(vec![0u8, 1, b'a', 0xff]), 0..10),
+            block_size in prop::sample::select(vec![1usize, 48, 4096]),
+        ) {
+            // Every key starts with `common`; probes with and without it fall inside and
+            // outside the keys' shared prefix.
+            let with_common = |k: &Vec<u8>| [common.as_slice(), k].concat();
+            let keys: std::collections::BTreeSet<Vec<u8>> = keys.iter().map(with_common).collect();
+            let probes: Vec<Vec<u8>> =
+                probes.iter().flat_map(|p| [p.clone(), with_common(p)]).collect();
+            let entries: Entries = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (ik(k, 5 + i as u64, ValueKind::Put), k.clone()))
+                .collect();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("1.sst");
+            write_table(&path, &entries, opts(block_size, Compression::Lz4, 0));
+            let t = open(&path).unwrap();
+            for k in keys.iter().chain(probes.iter()) {
+                let want = if keys.contains(k) {
+                    LookupResult::Found(k.clone())
+                } else {
+                    LookupResult::NotFound
+                };
+                prop_assert_eq!(t.get(k, SeqNo::MAX).unwrap(), want, "{:?}", k);
             }
         }
 
