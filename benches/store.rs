@@ -249,7 +249,16 @@ fn writeamp(root: &Path) {
     let order = shuffled(n, 11);
     for engine in engines() {
         let dir = root.join(format!("writeamp-{engine}"));
-        let db = open(engine, &dir, Durability::Buffered, write_tuning());
+        let db = match engine {
+            // RocksDB counts its table bytes only with statistics on.
+            #[cfg(feature = "bench-rocksdb")]
+            "rocksdb" => Box::new(common::rocks::RocksEngine::open_counting(
+                &dir,
+                Durability::Buffered,
+                write_tuning(),
+            )),
+            _ => open(engine, &dir, Durability::Buffered, write_tuning()),
+        };
         let before = common::process_write_bytes();
         let tables_before = db.table_bytes_written();
         let start = Instant::now();
@@ -258,6 +267,7 @@ fn writeamp(root: &Path) {
         }
         db.settle();
         let load_secs = start.elapsed().as_secs_f64();
+        common::print_diagnostics("writeamp, after the load", db.as_ref());
         let after = common::process_write_bytes();
         let tables_after = db.table_bytes_written();
         let start = Instant::now();
@@ -284,7 +294,7 @@ fn writeamp(root: &Path) {
             delta_mib(tables_after, tables_compact),
             mib(common::dir_bytes(&dir)),
         );
-        common::print_diagnostics("writeamp", db.as_ref());
+        common::print_diagnostics("writeamp, after the full compaction", db.as_ref());
         drop(db);
         let _ = fs::remove_dir_all(&dir);
     }

@@ -124,3 +124,66 @@ fn a_compaction_keeps_one_version_per_snapshot_stripe() {
     assert_eq!(db.get(key(1)).expect("get"), Some(b"e".to_vec()));
     assert_eq!(db.get(key(2)).expect("get"), None);
 }
+
+/// Sequence numbers of every table, as (smallest, largest), in level order.
+fn table_seqs(db: &Db) -> Vec<(u64, u64)> {
+    let live = db.live_files().expect("live files");
+    live.manifest
+        .new_files
+        .iter()
+        .map(|f| (f.smallest_seq.0, f.largest_seq.0))
+        .collect()
+}
+
+#[test]
+fn puts_every_reader_sees_go_to_the_bottom_with_sequence_number_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path(), opts()).expect("open");
+    for k in 0..100 {
+        db.put(key(k), "old").expect("put");
+    }
+    let at_old = db.snapshot();
+    for k in 0..50 {
+        db.put(key(k), "new").expect("put");
+    }
+    db.flush().expect("flush");
+    db.compact_range().expect("full compaction");
+    // The newer versions of keys 0-49 are not seen by `at_old`: they keep their numbers;
+    // the versions `at_old` reads are seen by every reader, and go to zero.
+    let seqs = table_seqs(&db);
+    assert_eq!(seqs.len(), 1, "{seqs:?}");
+    assert_eq!(seqs[0], (0, 150), "{seqs:?}");
+    assert_eq!(at_old.get(key(10)).expect("get"), Some(b"old".to_vec()));
+    assert_eq!(db.get(key(10)).expect("get"), Some(b"new".to_vec()));
+    assert_eq!(db.get(key(80)).expect("get"), Some(b"old".to_vec()));
+    drop(at_old);
+    // A newer put of a zeroed key wins over it, in level 0 and after the next compaction.
+    db.put(key(80), "newest").expect("put");
+    db.flush().expect("flush");
+    assert_eq!(db.get(key(80)).expect("get"), Some(b"newest".to_vec()));
+    db.compact_range().expect("full compaction");
+    assert_eq!(
+        table_seqs(&db),
+        vec![(0, 0)],
+        "no snapshot: every entry at zero"
+    );
+    let snap = db.snapshot();
+    assert_eq!(snap.get(key(80)).expect("get"), Some(b"newest".to_vec()));
+    assert_eq!(db.get(key(10)).expect("get"), Some(b"new".to_vec()));
+    assert_eq!(db.get(key(90)).expect("get"), Some(b"old".to_vec()));
+    let all: Vec<_> = db
+        .iter()
+        .expect("iter")
+        .map(|r| r.expect("entry"))
+        .collect();
+    assert_eq!(all.len(), 100);
+    drop((snap, db));
+    let db = Db::open(dir.path(), opts()).expect("reopen");
+    assert_eq!(db.get(key(80)).expect("get"), Some(b"newest".to_vec()));
+    // New writes still get numbers above every number ever handed out.
+    db.put(key(5), "later").expect("put");
+    db.flush().expect("flush");
+    let seqs = table_seqs(&db);
+    assert!(seqs.iter().any(|&(lo, _)| lo > 150), "{seqs:?}");
+    assert_eq!(db.get(key(5)).expect("get"), Some(b"later".to_vec()));
+}

@@ -48,8 +48,8 @@ use super::options::FilterDecision;
 use super::sst::{TableBuilder, TableOptions};
 use super::stats::Counters;
 use super::types::{
-    compare_internal_keys, make_internal_key, parse_internal_key, seek_key, snapshot_stripe,
-    user_key, InternalIterator, SeqNo, ValueKind,
+    append_internal_key, compare_internal_keys, make_internal_key, parse_internal_key, seek_key,
+    snapshot_stripe, user_key, InternalIterator, SeqNo, ValueKind,
 };
 use super::version::{FileMeta, LevelIter, Version};
 use crate::error::{Error, Result};
@@ -605,6 +605,15 @@ fn merge_into_tables(
         // The snapshot stripe of the key's previous (newer) version.
         let mut prev_stripe: Option<usize> = None;
         let mut last_ikey: Vec<u8> = Vec::new();
+        // With nothing below the output, a put every reader sees is the oldest version of
+        // its key anywhere: it is written with sequence number 0 (RocksDB's bottommost
+        // zeroing), which every reader sees as well and which compresses to nothing.
+        let bottommost = version
+            .levels
+            .iter()
+            .skip(out_level + 1)
+            .all(|f| f.is_empty());
+        let mut zeroed: Vec<u8> = Vec::new();
         match &range.0 {
             Some(lower) => input.seek(&seek_key(lower, SeqNo::MAX)),
             None => input.seek_to_first(),
@@ -703,8 +712,14 @@ fn merge_into_tables(
                     ));
                 }
                 if let Some((b, _)) = builder.as_mut() {
+                    let zero = bottommost && here == 0 && p.seq.0 != 0;
                     match &replaced {
                         Some((k, v)) => b.add(k, v)?,
+                        None if zero && p.kind == ValueKind::Put => {
+                            zeroed.clear();
+                            append_internal_key(&mut zeroed, p.user_key, SeqNo(0), p.kind);
+                            b.add(&zeroed, input.value())?
+                        }
                         None => b.add(ikey, input.value())?,
                     }
                 }

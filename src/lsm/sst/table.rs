@@ -1457,12 +1457,18 @@ mod tests {
         for (i, k) in keys.iter().enumerate() {
             let target = LookupKey::new(k, SeqNo::MAX);
             assert_eq!(t.index.find(target.internal_key()), i, "{k:?}");
-            assert_eq!(t.get(k, SeqNo::MAX).unwrap(), LookupResult::Found(k.clone()));
+            assert_eq!(
+                t.get(k, SeqNo::MAX).unwrap(),
+                LookupResult::Found(k.clone())
+            );
             let mut after = k.clone();
             after.push(0);
             assert_eq!(t.get(&after, SeqNo::MAX).unwrap(), LookupResult::NotFound);
         }
-        assert_eq!(t.get(b"a0000000", SeqNo::MAX).unwrap(), LookupResult::NotFound);
+        assert_eq!(
+            t.get(b"a0000000", SeqNo::MAX).unwrap(),
+            LookupResult::NotFound
+        );
         assert_eq!(t.get(b"c", SeqNo::MAX).unwrap(), LookupResult::NotFound);
     }
 
