@@ -91,8 +91,9 @@ impl<'a> LogReader<'a> {
     /// A file shorter than the header record, or holding only zeros, or whose damaged
     /// header record is followed by zeros only (a crash while the header was copied into
     /// a presized file), is an empty log when `allow_empty` is set (a crash right after
-    /// the file was created) and an error otherwise. Every other problem with the header record (checksum, magic, version,
-    /// kind other than `kind`, number other than `expected_number`) is an error.
+    /// the file was created) and an error otherwise. Every other problem with the header
+    /// record (checksum, magic, version, kind other than `kind`, number other than
+    /// `expected_number`) is an error.
     pub fn new(
         data: &'a [u8],
         path: &Path,
@@ -112,9 +113,7 @@ impl<'a> LogReader<'a> {
         let unwritten = data.len() < HEADER_RECORD_LEN || data.iter().all(|&b| b == 0);
         if unwritten {
             if allow_empty {
-                reader.pos = data.len();
-                reader.done = true;
-                return Ok(reader);
+                return Ok(reader.into_empty());
             }
             return Err(Error::corruption(
                 path,
@@ -144,9 +143,7 @@ impl<'a> LogReader<'a> {
                 // than the header record. Nothing after the header was ever written.
                 let torn_header = data[HEADER_RECORD_LEN..].iter().all(|&b| b == 0);
                 if allow_empty && torn_header {
-                    reader.pos = data.len();
-                    reader.done = true;
-                    return Ok(reader);
+                    return Ok(reader.into_empty());
                 }
                 return Err(bad(reason));
             }
@@ -175,6 +172,13 @@ impl<'a> LogReader<'a> {
         reader.number = number;
         reader.last_good_offset = reader.pos;
         Ok(reader)
+    }
+
+    /// This reader as the reader of an empty log: every call to `next` returns Eof.
+    fn into_empty(mut self) -> Self {
+        self.pos = self.data.len();
+        self.done = true;
+        self
     }
 
     /// The next record, or why there is none. Never panics, whatever the bytes.
