@@ -5,7 +5,9 @@
 //! of disjoint files about `level_size_multiplier` times the size of the level above.
 //! A compaction of level `n` (`n >= 1`) merges some of its files with the overlapping files
 //! of level `n + 1` and writes the result to `n + 1`; a compaction of level 0 merges every
-//! level-0 file into the *base level*. Output is cut into files of about
+//! level-0 file into the *base level*, once L0 holds `l0_compaction_trigger` files, or
+//! twice that while the base-level files it would rewrite hold more bytes than L0 (a
+//! store whose base level is large next to a flush pays fewer bytes per flushed byte). Output is cut into files of about
 //! `target_file_size_bytes` (always at a user-key boundary, so the files of a level stay
 //! disjoint). Files that overlap nothing in the output level (nor each other) are moved,
 //! not rewritten: a trivial move is a manifest edit only, as in LevelDB and RocksDB,
@@ -234,6 +236,9 @@ fn pick_level(inner: &DbInner, v: &Version) -> Option<Pick> {
     for level in 0..last {
         let bytes = v.level_bytes(level);
         let mut score = if level == 0 {
+            if l0_waits_for_more_files(inner, v, targets.base_level) {
+                continue;
+            }
             v.num_files(0) as f64 / inner.opts.l0_compaction_trigger as f64
         } else {
             bytes as f64 / targets.max_bytes[level] as f64
@@ -247,6 +252,32 @@ fn pick_level(inner: &DbInner, v: &Version) -> Option<Pick> {
         }
     }
     best.map(|(level, score)| Pick::Level { level, score })
+}
+
+/// True when a level-0 compaction into `base_level` should wait for more level-0 files:
+/// L0 holds fewer than twice `l0_compaction_trigger` files (and fewer than
+/// `l0_slowdown_writes_trigger`), and the base-level files the compaction would rewrite
+/// hold more bytes than L0 does. Each L0 byte would then cost more than two bytes
+/// written; a few more flushes in the same compaction bring that down, at the price of
+/// a few more L0 files for reads to check (their bloom filters answer most of them).
+fn l0_waits_for_more_files(inner: &DbInner, v: &Version, base_level: usize) -> bool {
+    let o = &inner.opts;
+    let most = o
+        .l0_compaction_trigger
+        .saturating_mul(2)
+        .min(o.l0_slowdown_writes_trigger);
+    if v.num_files(0) >= most || base_level == 0 {
+        return false;
+    }
+    let Some((lo, hi)) = key_span(&v.levels[0]) else {
+        return false;
+    };
+    let rewritten: u64 = v
+        .overlapping(base_level, &lo, &hi)
+        .iter()
+        .map(|f| f.size)
+        .sum();
+    rewritten > v.level_bytes(0)
 }
 
 /// True when some level is due for an automatic compaction.

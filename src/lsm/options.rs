@@ -107,7 +107,11 @@ pub struct Options {
     /// Number of levels (L0 .. L(n-1)). Default: 7.
     pub num_levels: usize,
     /// L0 files that trigger a compaction into the base level (L1 with static level
-    /// sizes). Default: 4.
+    /// sizes). While the base-level files such a compaction would rewrite hold more bytes
+    /// than L0, it waits for twice this many files (at most `l0_slowdown_writes_trigger`),
+    /// which halves the bytes written per flushed byte when the base level is large next
+    /// to a flush (a store growing from empty rewrites its last level this way).
+    /// Default: 4.
     pub l0_compaction_trigger: usize,
     /// L0 files at which each write is delayed by 1 ms. Default: 20.
     pub l0_slowdown_writes_trigger: usize,
