@@ -533,7 +533,7 @@ impl MemTable {
     /// The level-0 chain in key order, gathered by walking many key ranges at once: the
     /// ranges start at the nodes of an upper level, and the walks of `SCAN_WAYS` ranges are
     /// interleaved so that their (independent) loads from memory overlap.
-    fn nodes_in_order(&self) -> Vec<NodePtr> {
+    fn nodes_in_order(&self) -> NodeList {
         // Range starts: the nodes of the highest level holding at least MIN_RANGES nodes
         // (or of level 0 when none does: a tiny memtable).
         const MIN_RANGES: usize = 32;
@@ -591,7 +591,56 @@ impl MemTable {
                 i += 1;
             }
         }
-        ranges.concat()
+        NodeList::concat(&ranges)
+    }
+}
+
+/// Node pointers in one anonymous mapping, given back to the kernel when dropped.
+///
+/// A flush's list holds one pointer per entry (3.5 MB for a 64 MiB memtable of small
+/// entries). From the C allocator, freeing a buffer that large raises its mmap threshold,
+/// after which the next flush's list and every other buffer below that size come from
+/// heap arenas that keep their memory: measured at 23 MiB of peak RSS loading 8M keys.
+struct NodeList {
+    map: Option<memmap2::MmapMut>,
+    len: usize,
+}
+
+impl NodeList {
+    /// The pointers of `ranges`, one after another.
+    fn concat(ranges: &[Vec<NodePtr>]) -> NodeList {
+        let len: usize = ranges.iter().map(Vec::len).sum();
+        if len == 0 {
+            return NodeList { map: None, len };
+        }
+        let bytes = len * PTR_BYTES;
+        let Ok(mut map) = memmap2::MmapMut::map_anon(bytes) else {
+            handle_alloc_error(Layout::from_size_align(bytes, 8).unwrap_or(Layout::new::<u64>()))
+        };
+        // SAFETY: the mapping is page-aligned, `len * PTR_BYTES` bytes long, and owned here;
+        // zeroed bytes are null pointers, all overwritten below.
+        let slots =
+            unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr() as *mut NodePtr, len) };
+        let mut at = 0;
+        for r in ranges {
+            slots[at..at + r.len()].copy_from_slice(r);
+            at += r.len();
+        }
+        NodeList {
+            map: Some(map),
+            len,
+        }
+    }
+
+    fn as_slice(&self) -> &[NodePtr] {
+        match &self.map {
+            // SAFETY: as in `concat`: `len` pointers, all written there, in a mapping that
+            // lives as long as `self`.
+            Some(map) => unsafe {
+                std::slice::from_raw_parts(map.as_ptr() as *const NodePtr, self.len)
+            },
+            None => &[],
+        }
     }
 }
 
@@ -604,7 +653,7 @@ const SCAN_PREFETCH_DISTANCE: usize = 8;
 /// Every entry of a memtable in order (see [`MemTable::ordered_scan`]).
 pub struct OrderedScan {
     /// The nodes, in key order. They point into `_mem`'s arena, which the `Arc` keeps.
-    nodes: Vec<NodePtr>,
+    nodes: NodeList,
     pos: usize,
     _mem: Arc<MemTable>,
 }
@@ -616,7 +665,7 @@ unsafe impl Send for OrderedScan {}
 impl std::fmt::Debug for OrderedScan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OrderedScan")
-            .field("entries", &self.nodes.len())
+            .field("entries", &self.nodes.len)
             .field("pos", &self.pos)
             .finish()
     }
@@ -625,19 +674,20 @@ impl std::fmt::Debug for OrderedScan {
 impl OrderedScan {
     /// Entries in the scan.
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.nodes.len
     }
 
     /// True when the memtable was empty.
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.nodes.len == 0
     }
 
     /// The next entry (internal key, value), or `None` at the end.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<(&[u8], &[u8])> {
-        let node = *self.nodes.get(self.pos)?;
-        if let Some(&ahead) = self.nodes.get(self.pos + SCAN_PREFETCH_DISTANCE) {
+        let nodes = self.nodes.as_slice();
+        let node = *nodes.get(self.pos)?;
+        if let Some(&ahead) = nodes.get(self.pos + SCAN_PREFETCH_DISTANCE) {
             prefetch_node(ahead);
         }
         self.pos += 1;
