@@ -7,9 +7,9 @@
 //! of level `n + 1` and writes the result to `n + 1`; a compaction of level 0 merges every
 //! level-0 file into the *base level*, once L0 holds `l0_compaction_trigger` files, or
 //! twice that while the base-level files it would rewrite hold more bytes than L0 (a
-//! store whose base level is large next to a flush pays fewer bytes per flushed byte). Output is cut into files of about
-//! `target_file_size_bytes` (always at a user-key boundary, so the files of a level stay
-//! disjoint). Files that overlap nothing in the output level (nor each other) are moved,
+//! store whose base level is large next to a flush pays fewer bytes per flushed byte).
+//! Output is cut into files of about `target_file_size_bytes` (always at a user-key
+//! boundary, so the files of a level stay disjoint). Files that overlap nothing in the output level (nor each other) are moved,
 //! not rewritten: a trivial move is a manifest edit only, as in LevelDB and RocksDB,
 //! allowed while the moved files overlap at most `MAX_GRANDPARENT_OVERLAP_FILES`
 //! target-sized files' worth of the level below the output (so a later compaction of them

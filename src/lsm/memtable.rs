@@ -73,11 +73,7 @@ impl Arena {
         if bytes > self.free_bytes {
             let next_chunk = (FIRST_CHUNK_BYTES << self.chunks.len().min(6)).min(MAX_CHUNK_BYTES);
             let chunk_bytes = bytes.max(next_chunk);
-            let Ok(mut chunk) = memmap2::MmapMut::map_anon(chunk_bytes) else {
-                handle_alloc_error(
-                    Layout::from_size_align(chunk_bytes, 8).unwrap_or(Layout::new::<u64>()),
-                )
-            };
+            let mut chunk = map_anon(chunk_bytes);
             if chunk_bytes >= 2 << 20 {
                 // Only a hint: without it (or without huge pages) the memory is the same.
                 #[cfg(target_os = "linux")]
@@ -595,6 +591,17 @@ impl MemTable {
     }
 }
 
+/// `bytes` of zeroed anonymous memory, page-aligned, or the process's out-of-memory
+/// handling (as for any allocation that fails).
+fn map_anon(bytes: usize) -> memmap2::MmapMut {
+    match memmap2::MmapMut::map_anon(bytes) {
+        Ok(map) => map,
+        Err(_) => {
+            handle_alloc_error(Layout::from_size_align(bytes, 8).unwrap_or(Layout::new::<u64>()))
+        }
+    }
+}
+
 /// Node pointers in one anonymous mapping, given back to the kernel when dropped.
 ///
 /// A flush's list holds one pointer per entry (3.5 MB for a 64 MiB memtable of small
@@ -613,10 +620,7 @@ impl NodeList {
         if len == 0 {
             return NodeList { map: None, len };
         }
-        let bytes = len * PTR_BYTES;
-        let Ok(mut map) = memmap2::MmapMut::map_anon(bytes) else {
-            handle_alloc_error(Layout::from_size_align(bytes, 8).unwrap_or(Layout::new::<u64>()))
-        };
+        let mut map = map_anon(len * PTR_BYTES);
         // SAFETY: the mapping is page-aligned, `len * PTR_BYTES` bytes long, and owned here;
         // zeroed bytes are null pointers, all overwritten below.
         let slots =
