@@ -47,6 +47,23 @@ pub fn put_u64(buf: &mut Vec<u8>, v: u64) {
     buf.extend_from_slice(&v.to_le_bytes());
 }
 
+/// Longest varint [`put_varint`] writes.
+pub const MAX_VARINT_LEN: usize = 10;
+
+/// `v` as an unsigned LEB128 varint: the bytes and how many of them are used.
+#[inline]
+pub fn encode_varint(mut v: u64) -> ([u8; MAX_VARINT_LEN], usize) {
+    let mut out = [0u8; MAX_VARINT_LEN];
+    let mut n = 0;
+    while v >= 0x80 {
+        out[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    out[n] = v as u8;
+    (out, n + 1)
+}
+
 /// Appends `v` as an unsigned LEB128 varint (at most 10 bytes).
 #[inline]
 pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {

@@ -11,13 +11,14 @@
 //! insert). A node is fully written before it is published by the release half of that
 //! swap; readers follow pointers with acquire loads and take no lock.
 
-use std::alloc::{handle_alloc_error, Layout};
 use std::cmp::Ordering;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+
+use super::anon::map_anon;
 
 use super::batch::WriteBatch;
 use super::types::{
@@ -588,17 +589,6 @@ impl MemTable {
             }
         }
         NodeList::concat(&ranges)
-    }
-}
-
-/// `bytes` of zeroed anonymous memory, page-aligned, or the process's out-of-memory
-/// handling (as for any allocation that fails).
-fn map_anon(bytes: usize) -> memmap2::MmapMut {
-    match memmap2::MmapMut::map_anon(bytes) {
-        Ok(map) => map,
-        Err(_) => {
-            handle_alloc_error(Layout::from_size_align(bytes, 8).unwrap_or(Layout::new::<u64>()))
-        }
     }
 }
 

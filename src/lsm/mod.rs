@@ -5,6 +5,7 @@
 //! files plus the sequence number they are consistent at" ([`Db::live_files`]), described,
 //! encoded and opened again from a copy by [`LiveSet`].
 
+mod anon;
 pub mod batch;
 pub mod budget;
 mod compaction;

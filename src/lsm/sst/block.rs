@@ -22,6 +22,7 @@ use memmap2::Mmap;
 
 use super::footer::BlockHandle;
 use crate::codec::{self, DecodeError};
+use crate::lsm::anon::ByteBuf;
 use crate::lsm::types::{compare_internal_keys, parse_internal_key};
 
 /// Bytes of the trailer after every block: compression type (1) + masked crc32c (4).
@@ -44,8 +45,11 @@ const LZ4_MAX_EXPANSION: u64 = 255;
 /// Accumulates entries into one block.
 #[derive(Debug)]
 pub struct BlockBuilder {
-    buf: Vec<u8>,
-    restarts: Vec<u32>,
+    /// The entries, then (once finished) the restart array. A [`ByteBuf`]: a table's
+    /// index block is one block, of a MiB or more in a 64 MiB table.
+    buf: ByteBuf,
+    /// The restart offsets, as the little-endian u32s the block ends with.
+    restarts: ByteBuf,
     restart_interval: usize,
     entries_since_restart: usize,
     num_entries: usize,
@@ -57,8 +61,8 @@ impl BlockBuilder {
     /// A builder that stores a whole key every `restart_interval` entries (at least 1).
     pub fn new(restart_interval: usize) -> Self {
         BlockBuilder {
-            buf: Vec::new(),
-            restarts: vec![0],
+            buf: ByteBuf::new(),
+            restarts: ByteBuf::from(&0u32.to_le_bytes()[..]),
             restart_interval: restart_interval.max(1),
             entries_since_restart: 0,
             num_entries: 0,
@@ -80,14 +84,16 @@ impl BlockBuilder {
                 .take_while(|(a, b)| a == b)
                 .count()
         } else {
-            self.restarts.push(offset_u32(self.buf.len()));
+            let at = offset_u32(self.buf.len());
+            self.restarts.extend_from_slice(&at.to_le_bytes());
             self.entries_since_restart = 0;
             0
         };
         let non_shared = &key[shared..];
-        codec::put_varint(&mut self.buf, shared as u64);
-        codec::put_varint(&mut self.buf, non_shared.len() as u64);
-        codec::put_varint(&mut self.buf, value.len() as u64);
+        for n in [shared, non_shared.len(), value.len()] {
+            let (bytes, len) = codec::encode_varint(n as u64);
+            self.buf.extend_from_slice(&bytes[..len]);
+        }
         self.buf.extend_from_slice(non_shared);
         self.buf.extend_from_slice(value);
         self.last_key.truncate(shared);
@@ -98,7 +104,7 @@ impl BlockBuilder {
 
     /// Size the block would have if finished now.
     pub fn estimated_size(&self) -> usize {
-        self.buf.len() + self.restarts.len() * 4 + 4
+        self.buf.len() + self.restarts.len() + 4
     }
 
     /// True when no entry was added since the last reset.
@@ -114,10 +120,9 @@ impl BlockBuilder {
     /// Appends the restart array and returns the finished block's bytes.
     pub fn finish(&mut self) -> &[u8] {
         if !self.finished {
-            for &r in &self.restarts {
-                codec::put_u32(&mut self.buf, r);
-            }
-            codec::put_u32(&mut self.buf, offset_u32(self.restarts.len()));
+            self.buf.extend_from_slice(&self.restarts);
+            let count = offset_u32(self.restarts.len() / 4);
+            self.buf.extend_from_slice(&count.to_le_bytes());
             self.finished = true;
         }
         &self.buf
@@ -127,7 +132,7 @@ impl BlockBuilder {
     pub fn reset(&mut self) {
         self.buf.clear();
         self.restarts.clear();
-        self.restarts.push(0);
+        self.restarts.extend_from_slice(&0u32.to_le_bytes());
         self.entries_since_restart = 0;
         self.num_entries = 0;
         self.last_key.clear();

@@ -11,6 +11,8 @@
 //! bit b lives in byte b / 8, at mask 1 << (b % 8)
 //! ```
 
+use crate::lsm::anon::ByteBuf;
+
 /// Multipliers and offset of [`hash64`] (the xxHash64 primes 1, 2 and 5).
 const P1: u64 = 0x9E37_79B9_7F4A_7C15;
 const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
@@ -77,7 +79,7 @@ const HASH_CHUNK: usize = 8192;
 /// raises glibc's mmap threshold, after which such buffers come from heap arenas that
 /// keep their memory (measured: 28 MiB more peak RSS while loading 8M keys).
 #[derive(Debug)]
-pub struct BloomBuilder {
+pub(crate) struct BloomBuilder {
     bits_per_key: u32,
     chunks: Vec<Vec<u64>>,
 }
@@ -110,12 +112,12 @@ impl BloomBuilder {
     }
 
     /// The filter block's bytes.
-    pub fn finish(&self) -> Vec<u8> {
+    pub fn finish(&self) -> ByteBuf {
         let want = (self.num_keys() as u64).saturating_mul(u64::from(self.bits_per_key));
         let num_bits = want.max(MIN_FILTER_BITS).div_ceil(8) * 8;
         let k = num_probes(self.bits_per_key);
         let num_bytes = usize::try_from(num_bits / 8).expect("filter size fits in memory");
-        let mut out = vec![0u8; num_bytes + 1];
+        let mut out = ByteBuf::zeroed(num_bytes + 1);
         for &h in self.chunks.iter().flatten() {
             for bit in probes(h, k, num_bits) {
                 // bit < num_bits, so bit / 8 < num_bytes.
@@ -209,7 +211,7 @@ mod tests {
         }
         *want.last_mut().unwrap() = num_probes(10);
         let got = b.finish();
-        assert_eq!(got, want);
+        assert_eq!(&got[..], &want[..]);
         let f = BloomFilter::parse(&got).unwrap();
         assert!((0..n).all(|i| f.may_contain(&key(i))));
     }

@@ -21,6 +21,7 @@ use super::footer::{BlockHandle, Footer, FOOTER_LEN, FORMAT_VERSION};
 use crate::codec::{self, DecodeError, Decoder};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::FileSystem;
+use crate::lsm::anon::{map_anon, ByteBuf};
 use crate::lsm::types::{
     compare_bytes, compare_internal_keys, parse_internal_key, user_key, FileNumber,
     InternalIterator, LookupKey, SeqNo, ValueKind,
@@ -218,8 +219,8 @@ struct PackedIndex {
     /// `key_ends[i]`: where the index key of block `i` ends in `keys` (it starts where the
     /// previous one ends).
     key_ends: Box<[u32]>,
-    /// The index keys, back to back.
-    keys: Box<[u8]>,
+    /// The index keys, back to back (a MiB or so in a 64 MiB table: see [`ByteBuf`]).
+    keys: ByteBuf,
     /// Length of the prefix every index key's user key shares.
     common_len: usize,
     /// `prefixes[i]`: the 8 bytes of block `i`'s user key after the shared prefix,
@@ -367,7 +368,7 @@ pub struct Table {
     props: TableProperties,
     index: PackedIndex,
     /// The filter block's stored bytes (validated at open).
-    filter: Option<Box<[u8]>>,
+    filter: Option<ByteBuf>,
     cache: Option<Arc<BlockCache>>,
     verify_checksums: bool,
     /// Mapped tables only: one flag per data block, set once its crc was checked: the
@@ -526,10 +527,13 @@ impl Table {
         let meta_len = usize::try_from(footer_at - data_end).map_err(|_| {
             Error::corruption(path, data_end, "metadata region does not fit in memory")
         })?;
-        let mut meta = vec![0u8; meta_len];
-        read_exact_at(&source, path, &mut meta, data_end)?;
+        // The region is read into a mapping of its own, not the heap (see `ByteBuf`),
+        // and the index is decoded in place from it.
+        let mut meta = map_anon(meta_len.max(1));
+        read_exact_at(&source, path, &mut meta[..meta_len], data_end)?;
+        let meta = Arc::new(meta.make_read_only().ctx("mprotect metadata of", path)?);
         let (mut props, index, filter) =
-            validate_meta(&meta, data_end, &footer).map_err(|e| e.into_error(path))?;
+            validate_meta(&meta, meta_len, data_end, &footer).map_err(|e| e.into_error(path))?;
         drop(meta);
         props.file_size = len;
         let verified = match source {
@@ -944,29 +948,38 @@ fn check_layout(footer: &Footer, footer_at: u64) -> Result<u64, DecodeError> {
     }
 }
 
-type Validated = (TableProperties, PackedIndex, Option<Box<[u8]>>);
+type Validated = (TableProperties, PackedIndex, Option<ByteBuf>);
 
-/// Checks the metadata region `meta` (the file's bytes from `data_end` up to the footer):
-/// filter, properties, index, and their agreement with each other and the footer.
+/// Checks the metadata region `meta[..len]` (the file's bytes from `data_end` up to the
+/// footer): filter, properties, index, and their agreement with each other and the footer.
 #[deny(clippy::indexing_slicing)]
-fn validate_meta(meta: &[u8], data_end: u64, footer: &Footer) -> Result<Validated, DecodeError> {
+fn validate_meta(
+    meta: &Arc<Mmap>,
+    len: usize,
+    data_end: u64,
+    footer: &Footer,
+) -> Result<Validated, DecodeError> {
     let at = |offset: u64, reason: String| DecodeError { offset, reason };
+    let region = meta.get(..len).unwrap_or_default();
     // Metadata blocks: the crc is always checked here, whatever verify_checksums says.
-    let read_meta = |h: BlockHandle, what: &str| -> Result<&[u8], DecodeError> {
-        let s = block::check_block_in(meta, data_end, h, true).map_err(|e| DecodeError {
+    let locate = |h: BlockHandle, what: &str| -> Result<std::ops::Range<usize>, DecodeError> {
+        let s = block::check_block_in(region, data_end, h, true).map_err(|e| DecodeError {
             offset: e.offset,
             reason: format!("{what} block: {}", e.reason),
         })?;
         if s.block_type != block::BLOCK_TYPE_RAW {
             return Err(at(h.offset, format!("{what} block must be stored raw")));
         }
-        Ok(meta.get(s.start..s.end).unwrap_or_default())
+        Ok(s.start..s.end)
+    };
+    let read_meta = |h: BlockHandle, what: &str| -> Result<&[u8], DecodeError> {
+        Ok(region.get(locate(h, what)?).unwrap_or_default())
     };
 
     let filter = if footer.has_filter() {
         let bytes = read_meta(footer.filter, "filter")?;
         BloomFilter::parse(bytes).map_err(|r| at(footer.filter.offset, r))?;
-        Some(Box::from(bytes))
+        Some(ByteBuf::from(bytes))
     } else {
         None
     };
@@ -975,8 +988,13 @@ fn validate_meta(meta: &[u8], data_end: u64, footer: &Footer) -> Result<Validate
         read_meta(footer.properties, "properties")?,
         footer.properties.offset,
     )?;
-    let index_bytes = read_meta(footer.index, "index")?;
-    let index = decode_index(index_bytes, footer.index.offset, data_end)?;
+    let range = locate(footer.index, "index")?;
+    let index_block = BlockData::Mapped {
+        map: Arc::clone(meta),
+        start: range.start,
+        end: range.end,
+    };
+    let index = decode_index(index_block, footer.index.offset, data_end)?;
     check_properties(&props, footer, &index, data_end)?;
     Ok((props, index, filter))
 }
@@ -985,7 +1003,7 @@ fn validate_meta(meta: &[u8], data_end: u64, footer: &Footer) -> Result<Validate
 /// `[0, data_end)` in order and that the index keys strictly increase.
 #[deny(clippy::indexing_slicing)]
 fn decode_index(
-    index: &[u8],
+    data: BlockData,
     index_offset: u64,
     data_end: u64,
 ) -> Result<PackedIndex, DecodeError> {
@@ -993,12 +1011,11 @@ fn decode_index(
         offset: index_offset,
         reason: format!("index block: {reason}"),
     };
-    let data = BlockData::Owned(Arc::from(index));
     let mut it = Block::new(data, index_offset)?.iter();
     it.seek_to_first();
     let mut offsets: Vec<u64> = Vec::new();
     let mut key_ends: Vec<u32> = Vec::new();
-    let mut keys: Vec<u8> = Vec::new();
+    let mut keys = ByteBuf::new();
     let mut prev_key: Option<std::ops::Range<usize>> = None;
     let mut expected_offset = 0u64;
     while it.valid() {
@@ -1056,7 +1073,7 @@ fn decode_index(
     let mut index = PackedIndex {
         offsets: offsets.into_boxed_slice(),
         key_ends: key_ends.into_boxed_slice(),
-        keys: keys.into_boxed_slice(),
+        keys,
         common_len: 0,
         prefixes: Box::default(),
         fences: Box::default(),
