@@ -561,7 +561,9 @@ impl MemTable {
         // Range r runs from starts[r] up to (not including) starts[r + 1], the last to the
         // end of the list.
         let end_of = |r: usize| starts.get(r + 1).copied().unwrap_or(ptr::null_mut());
-        let mut ranges: Vec<Vec<NodePtr>> = vec![Vec::new(); starts.len()];
+        // Each range's pointers go in chunks of a fixed size, not a vector that doubles:
+        // a range may hold a large share of the entries (see `NodeList`).
+        let mut ranges: Vec<Vec<Vec<NodePtr>>> = vec![Vec::new(); starts.len()];
         // Cursors: (range, node) pairs, each walking its own range.
         let mut cursors: Vec<(usize, NodePtr)> = Vec::with_capacity(SCAN_WAYS);
         let mut next_range = 0;
@@ -580,7 +582,15 @@ impl MemTable {
                     cursors.swap_remove(i);
                     continue;
                 }
-                ranges[r].push(n);
+                let chunks = &mut ranges[r];
+                match chunks.last_mut() {
+                    Some(c) if c.len() < RANGE_CHUNK => c.push(n),
+                    _ => {
+                        let mut c = Vec::with_capacity(RANGE_CHUNK);
+                        c.push(n);
+                        chunks.push(c);
+                    }
+                }
                 // SAFETY: a published node has level 0.
                 let succ = unsafe { next(n, 0) }.load(AtomicOrdering::Acquire);
                 prefetch(succ);
@@ -591,6 +601,9 @@ impl MemTable {
         NodeList::concat(&ranges)
     }
 }
+
+/// Pointers per chunk of a range of `MemTable::nodes_in_order` (32 KiB).
+const RANGE_CHUNK: usize = 4096;
 
 /// Node pointers in one anonymous mapping, given back to the kernel when dropped.
 ///
@@ -605,8 +618,8 @@ struct NodeList {
 
 impl NodeList {
     /// The pointers of `ranges`, one after another.
-    fn concat(ranges: &[Vec<NodePtr>]) -> NodeList {
-        let len: usize = ranges.iter().map(Vec::len).sum();
+    fn concat(ranges: &[Vec<Vec<NodePtr>>]) -> NodeList {
+        let len: usize = ranges.iter().flatten().map(Vec::len).sum();
         if len == 0 {
             return NodeList { map: None, len };
         }
@@ -616,7 +629,7 @@ impl NodeList {
         let slots =
             unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr() as *mut NodePtr, len) };
         let mut at = 0;
-        for r in ranges {
+        for r in ranges.iter().flatten() {
             slots[at..at + r.len()].copy_from_slice(r);
             at += r.len();
         }

@@ -21,7 +21,7 @@ use super::footer::{BlockHandle, Footer, FOOTER_LEN, FORMAT_VERSION};
 use crate::codec::{self, DecodeError, Decoder};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::FileSystem;
-use crate::lsm::anon::{map_anon, ByteBuf};
+use crate::lsm::anon::{map_anon, AnonVec, ByteBuf};
 use crate::lsm::types::{
     compare_bytes, compare_internal_keys, parse_internal_key, user_key, FileNumber,
     InternalIterator, LookupKey, SeqNo, ValueKind,
@@ -215,11 +215,12 @@ pub struct BlockInfo {
 #[derive(Debug)]
 struct PackedIndex {
     /// `offsets[i]`: where data block `i` starts; `offsets[n]`: the end of the data region.
-    offsets: Box<[u64]>,
+    offsets: AnonVec<u64>,
     /// `key_ends[i]`: where the index key of block `i` ends in `keys` (it starts where the
     /// previous one ends).
-    key_ends: Box<[u32]>,
-    /// The index keys, back to back (a MiB or so in a 64 MiB table: see [`ByteBuf`]).
+    key_ends: AnonVec<u32>,
+    /// The index keys, back to back. This and the arrays above and below are
+    /// [`AnonVec`]s: in a 64 MiB table each holds a few hundred KiB.
     keys: ByteBuf,
     /// Length of the prefix every index key's user key shares.
     common_len: usize,
@@ -228,7 +229,7 @@ struct PackedIndex {
     /// and compares whole keys only among the blocks whose bytes there equal the
     /// target's: 8 bytes a block, and a binary search that touches one cache line a step
     /// instead of two scattered ones.
-    prefixes: Box<[u64]>,
+    prefixes: AnonVec<u64>,
     /// `fences[j] = prefixes[j * FENCE_STRIDE]`: small enough to stay in the processor's
     /// cache, so that a lookup misses it only in the one stride it then searches.
     fences: Box<[u64]>,
@@ -354,7 +355,8 @@ const READ_BUF_KEEP_BYTES: usize = 256 << 10;
 /// A compaction's window onto a table: the file's bytes from `start` on.
 #[derive(Debug, Default)]
 struct Readahead {
-    buf: Vec<u8>,
+    /// A [`ByteBuf`]: at 256 KiB, from the C allocator it would raise the mmap threshold.
+    buf: ByteBuf,
     start: u64,
 }
 
@@ -856,7 +858,7 @@ impl Table {
             let want = usize::try_from(want).map_err(|_| {
                 Error::corruption(&self.path, h.offset, "block does not fit in memory")
             })?;
-            ra.buf.resize(want, 0);
+            ra.buf.resize_for_overwrite(want);
             ra.start = h.offset;
             if let Err(e) = read_exact_at(&self.source, &self.path, &mut ra.buf, h.offset) {
                 ra.buf.clear();
@@ -1013,8 +1015,8 @@ fn decode_index(
     };
     let mut it = Block::new(data, index_offset)?.iter();
     it.seek_to_first();
-    let mut offsets: Vec<u64> = Vec::new();
-    let mut key_ends: Vec<u32> = Vec::new();
+    let mut offsets: AnonVec<u64> = AnonVec::new();
+    let mut key_ends: AnonVec<u32> = AnonVec::new();
     let mut keys = ByteBuf::new();
     let mut prev_key: Option<std::ops::Range<usize>> = None;
     let mut expected_offset = 0u64;
@@ -1071,11 +1073,11 @@ fn decode_index(
     }
     offsets.push(data_end);
     let mut index = PackedIndex {
-        offsets: offsets.into_boxed_slice(),
-        key_ends: key_ends.into_boxed_slice(),
+        offsets,
+        key_ends,
         keys,
         common_len: 0,
-        prefixes: Box::default(),
+        prefixes: AnonVec::new(),
         fences: Box::default(),
     };
     // The keys are in order, so the prefix the first and last share is everyone's.
