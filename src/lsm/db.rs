@@ -9,12 +9,12 @@
 //! Writes. A write takes its sequence numbers and appends its WAL record in one short
 //! critical section under `log`, so the log's record order is the sequence order; it
 //! inserts into the (concurrent) memtable outside any lock, and then its numbers become
-//! visible in sequence order (`LogState::pending`): the visible number moves past a write
-//! only once it and every write numbered before it are in the memtable, so a reader at
-//! sequence `s` sees every write up to `s` whole and nothing after. A write returns once
-//! its numbers are visible. A memtable switch installs the readers' view holding the new
-//! memtable before it releases `log`, so every visible write is in the current view; a
-//! read loads the view first and the visible number after it.
+//! visible in sequence order: once the write numbered just before it is visible, the
+//! writer moves the visible number (`DbInner::last_seq`) to its own last number, so a
+//! reader at sequence `s` sees every write up to `s` whole and nothing after. A write
+//! returns once its numbers are visible. A memtable switch installs the readers' view
+//! holding the new memtable before it releases `log`, so every visible write is in the
+//! current view; a read loads the view first and the visible number after it.
 //! Writes that are not fsynced (`SyncMode::None`, `Periodic`, or no WAL) go this way
 //! straight from their own thread. Writes that are fsynced queue up in `writers`: the thread
 //! at the head commits the queued batches as one group with one fsync (group commit).
@@ -100,9 +100,6 @@ struct LogState {
     /// The last sequence number handed out: at or above the last visible one
     /// (`DbInner::last_seq`), above it while writes insert into the memtable.
     last_allocated: u64,
-    /// The writes numbered but not yet visible, in number order: the last number of each
-    /// and whether its memtable insert is done. The front's numbers follow `last_seq`.
-    pending: VecDeque<(u64, bool)>,
     /// Tallies of the write path, kept here rather than in shared atomics: every write
     /// holds this lock anyway, and a counter on a cache line of its own would move
     /// between the writers' cores on every write.
@@ -536,7 +533,6 @@ impl Db {
                 wal,
                 mem,
                 last_allocated: last_seq.0,
-                pending: VecDeque::new(),
                 tally: WriteTally::default(),
             }),
             publish_waiters: AtomicUsize::new(0),
@@ -1402,14 +1398,13 @@ impl DbInner {
                 log.tally.wal_bytes += w.len() - before;
             }
             log.last_allocated = last;
-            log.pending.push_back((last, false));
             log.tally.writes += 1;
             log.tally.groups += 1;
             log.tally.user_bytes += batch.encoded_size() as u64;
             (log.mem.clone(), prev)
         };
         mem.add_batch(&batch, SeqNo(prev + 1));
-        self.complete(prev + n);
+        self.complete(prev, prev + n);
         Ok(())
     }
 
@@ -1428,32 +1423,21 @@ impl DbInner {
                 || sv.version.num_files(0) < self.opts.l0_slowdown_writes_trigger)
     }
 
-    /// Records that the write whose numbers end at `last` is in the memtable, makes every
-    /// write whose numbers and all before them are in visible (whichever thread finishes
-    /// first publishes for the others, so no writer waits for another to be scheduled
-    /// just to publish), and returns once `last` is visible.
-    fn complete(&self, last: u64) {
-        let published = {
-            let mut log = self.log.lock();
-            let Some(entry) = log.pending.iter_mut().find(|p| p.0 == last) else {
-                panic!("write numbered up to {last} completed but was never pending");
-            };
-            entry.1 = true;
-            let mut visible = None;
-            while let Some(&(l, true)) = log.pending.front() {
-                log.pending.pop_front();
-                visible = Some(l);
-            }
-            if let Some(v) = visible {
-                self.last_seq.store(v, Ordering::SeqCst);
-            }
-            visible.is_some()
-        };
-        if published && self.publish_waiters.load(Ordering::SeqCst) > 0 {
+    /// Makes the write numbered `prev + 1 ..= last`, now in the memtable, visible, and
+    /// returns once it is. Numbers are handed out without gaps under `log`, so `last_seq`
+    /// reaches `prev` exactly when the write before this one is visible, and only this
+    /// write moves it further: the writes publish one after another in number order,
+    /// each from its own thread, without a lock.
+    fn complete(&self, prev: u64, last: u64) {
+        self.wait_visible(prev);
+        if last == prev {
+            return;
+        }
+        self.last_seq.store(last, Ordering::SeqCst);
+        if self.publish_waiters.load(Ordering::SeqCst) > 0 {
             let _g = self.publish_lock.lock();
             self.publish_cv.notify_all();
         }
-        self.wait_visible(last);
     }
 
     /// Waits until every write numbered up to `seq` is visible: spins while the writes
@@ -1726,7 +1710,6 @@ impl DbInner {
             }
         };
         log.last_allocated = seq;
-        log.pending.push_back((seq, false));
         log.tally.writes += batches.len() as u64;
         log.tally.groups += 1;
         log.tally.user_bytes += user_bytes;
@@ -1736,7 +1719,7 @@ impl DbInner {
         for (b, first) in &batches {
             mem.add_batch(b, *first);
         }
-        self.complete(seq);
+        self.complete(prev, seq);
         Ok(())
     }
 
