@@ -1358,6 +1358,52 @@ mod tests {
         assert!(e.to_string().contains(&path.display().to_string()));
     }
 
+    /// Index and filter blocks, index keys and offsets larger than the heap side of an
+    /// `AnonVec`, so that building, opening and reading go through mapped buffers (and a
+    /// sequential read through a mapped readahead).
+    #[test]
+    fn a_table_whose_index_and_filter_are_mapped_reads_every_key() {
+        let entries: Entries = (0..80_000u32)
+            .map(|i| {
+                let k = format!("key{i:08}");
+                (
+                    ik(k.as_bytes(), 1, ValueKind::Put),
+                    i.to_le_bytes().to_vec(),
+                )
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000007.sst");
+        let built = write_table(&path, &entries, opts(64, Compression::Lz4, 10));
+        assert!(built.filter_bytes > crate::lsm::anon::MAP_ABOVE as u64);
+        assert!(built.index_bytes > crate::lsm::anon::MAP_ABOVE as u64);
+        let t = open(&path).unwrap();
+        assert!(t.index.keys.is_mapped() && t.index.offsets.is_mapped());
+        assert!(t.filter.as_ref().is_some_and(|f| f.is_mapped()));
+        for (i, (k, v)) in entries.iter().enumerate().step_by(7) {
+            let user = user_key(k);
+            assert!(t.may_contain(user), "key {i}");
+            assert_eq!(
+                t.get(user, SeqNo(5)).unwrap(),
+                LookupResult::Found(v.clone())
+            );
+        }
+        assert_eq!(
+            t.get(b"key99999999", SeqNo(5)).unwrap(),
+            LookupResult::NotFound
+        );
+        let mut it = t.sequential_iter();
+        it.seek_to_first();
+        let mut n = 0;
+        while it.valid() {
+            assert_eq!(it.key(), &entries[n].0[..]);
+            n += 1;
+            it.next();
+        }
+        it.status().unwrap();
+        assert_eq!(n, entries.len());
+    }
+
     #[test]
     fn round_trip_many_keys_with_every_compression_and_block_size() {
         let entries = sample_entries(3000);
