@@ -13,6 +13,7 @@
 use std::alloc::{handle_alloc_error, Layout};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
 
 /// Size in bytes above which an [`AnonVec`] moves to a mapping of its own: half of glibc's initial
 /// mmap threshold, so that no buffer here is ever one `malloc` would map (and, freed,
@@ -47,43 +48,69 @@ mod private {
 /// A growable array of plain integers: a `Vec` up to [`MAP_ABOVE`] bytes, an anonymous
 /// mapping (doubling as it grows) past that.
 pub(crate) struct AnonVec<T: Pod> {
-    repr: Repr<T>,
+    /// The first element, in `mem`; refreshed whenever `mem` changes, so that reading
+    /// the elements costs no branch on where they live (index searches read them in
+    /// tight loops).
+    ptr: NonNull<T>,
+    len: usize,
+    mem: Mem<T>,
 }
 
 /// Bytes, the common case.
 pub(crate) type ByteBuf = AnonVec<u8>;
 
-enum Repr<T> {
+enum Mem<T> {
+    /// The elements are exactly the vector's.
     Heap(Vec<T>),
-    /// `len` elements at the start of `map`, which holds `map.len() / size_of::<T>()`.
-    Mapped {
-        map: memmap2::MmapMut,
-        len: usize,
-    },
+    /// `len` elements at the start of the mapping, which has room for
+    /// `map.len() / size_of::<T>()`.
+    Mapped(memmap2::MmapMut),
 }
+
+// SAFETY: an AnonVec owns its memory (a Vec or a mapping) outright; `ptr` points into it
+// and is only read through `&self` and written through `&mut self`, like a Vec's. T is a
+// plain integer.
+unsafe impl<T: Pod> Send for AnonVec<T> {}
+// SAFETY: as above: shared references only read.
+unsafe impl<T: Pod> Sync for AnonVec<T> {}
 
 impl<T: Pod> AnonVec<T> {
     /// Elements that fit in [`MAP_ABOVE`] bytes.
     const HEAP_MAX: usize = MAP_ABOVE / std::mem::size_of::<T>();
 
     /// An empty array (no allocation).
-    pub(crate) const fn new() -> Self {
+    pub(crate) fn new() -> Self {
+        Self::on_heap(Vec::new())
+    }
+
+    fn on_heap(mut v: Vec<T>) -> Self {
         AnonVec {
-            repr: Repr::Heap(Vec::new()),
+            ptr: NonNull::new(v.as_mut_ptr()).unwrap_or(NonNull::dangling()),
+            len: v.len(),
+            mem: Mem::Heap(v),
+        }
+    }
+
+    /// A mapping with room for `cap` elements, holding none yet.
+    fn mapped(cap: usize) -> Self {
+        let mut map = map_anon(Self::bytes_for(cap).max(1));
+        AnonVec {
+            ptr: NonNull::new(map.as_mut_ptr() as *mut T).unwrap_or(NonNull::dangling()),
+            len: 0,
+            mem: Mem::Mapped(map),
         }
     }
 
     /// `len` zeros.
     pub(crate) fn zeroed(len: usize) -> Self {
-        let repr = if len <= Self::HEAP_MAX {
-            Repr::Heap(vec![T::default(); len])
+        if len <= Self::HEAP_MAX {
+            Self::on_heap(vec![T::default(); len])
         } else {
-            Repr::Mapped {
-                map: map_anon(Self::bytes_for(len)),
-                len,
-            }
-        };
-        AnonVec { repr }
+            let mut v = Self::mapped(len);
+            // The mapping is zeroed.
+            v.len = len;
+            v
+        }
     }
 
     /// Bytes of `n` elements, or the process's out-of-memory handling if that overflows.
@@ -94,31 +121,28 @@ impl<T: Pod> AnonVec<T> {
 
     /// Elements held.
     pub(crate) fn len(&self) -> usize {
-        match &self.repr {
-            Repr::Heap(v) => v.len(),
-            Repr::Mapped { len, .. } => *len,
-        }
+        self.len
     }
 
     /// Elements it can hold without growing.
     pub(crate) fn capacity(&self) -> usize {
-        match &self.repr {
-            Repr::Heap(v) => v.capacity(),
-            Repr::Mapped { map, .. } => map.len() / std::mem::size_of::<T>(),
+        match &self.mem {
+            Mem::Heap(v) => v.capacity(),
+            Mem::Mapped(map) => map.len() / std::mem::size_of::<T>(),
         }
     }
 
     /// Whether its elements live in a mapping of their own.
     pub(crate) fn is_mapped(&self) -> bool {
-        matches!(self.repr, Repr::Mapped { .. })
+        matches!(self.mem, Mem::Mapped(_))
     }
 
     /// Empties it, keeping its memory.
     pub(crate) fn clear(&mut self) {
-        match &mut self.repr {
-            Repr::Heap(v) => v.clear(),
-            Repr::Mapped { len, .. } => *len = 0,
+        if let Mem::Heap(v) = &mut self.mem {
+            v.clear();
         }
+        self.len = 0;
     }
 
     /// Appends one element.
@@ -128,19 +152,23 @@ impl<T: Pod> AnonVec<T> {
 
     /// Appends `xs`.
     pub(crate) fn extend_from_slice(&mut self, xs: &[T]) {
-        let len = self.len();
-        let fits = match &self.repr {
-            Repr::Heap(v) => len + xs.len() <= Self::HEAP_MAX.max(v.capacity()),
-            Repr::Mapped { .. } => len + xs.len() <= self.capacity(),
+        let need = self.len + xs.len();
+        let fits = match &self.mem {
+            Mem::Heap(v) => need <= Self::HEAP_MAX.max(v.capacity()),
+            Mem::Mapped(_) => need <= self.capacity(),
         };
         if !fits {
             self.grow(xs.len());
         }
-        match &mut self.repr {
-            Repr::Heap(v) => v.extend_from_slice(xs),
-            Repr::Mapped { len, .. } => {
-                let at = *len;
-                *len += xs.len();
+        match &mut self.mem {
+            Mem::Heap(v) => {
+                v.extend_from_slice(xs);
+                self.ptr = NonNull::new(v.as_mut_ptr()).unwrap_or(NonNull::dangling());
+                self.len = v.len();
+            }
+            Mem::Mapped(_) => {
+                let at = self.len;
+                self.len = need;
                 self[at..].copy_from_slice(xs);
             }
         }
@@ -150,58 +178,36 @@ impl<T: Pod> AnonVec<T> {
     /// element: those past the old length keep whatever an earlier use left there (they
     /// are initialized, not cleared).
     pub(crate) fn resize_for_overwrite(&mut self, len: usize) {
-        match &mut self.repr {
-            Repr::Heap(v) if len <= Self::HEAP_MAX.max(v.capacity()) => v.resize(len, T::default()),
-            _ => {
-                if len > self.capacity() {
-                    self.grow(len - self.len());
-                }
-                if let Repr::Mapped { len: l, .. } = &mut self.repr {
-                    *l = len;
-                }
+        if let Mem::Heap(v) = &mut self.mem {
+            if len <= Self::HEAP_MAX.max(v.capacity()) {
+                v.resize(len, T::default());
+                self.ptr = NonNull::new(v.as_mut_ptr()).unwrap_or(NonNull::dangling());
+                self.len = v.len();
+                return;
             }
         }
+        if len > self.capacity() {
+            self.grow(len - self.len);
+        }
+        // Mapped now: the bytes up to the capacity are initialized (zeroed or written).
+        self.len = len;
     }
 
     /// Moves the elements to a mapping with room for `additional` more: at least twice
     /// the current capacity, so that appends stay amortized constant time.
     #[cold]
     fn grow(&mut self, additional: usize) {
-        let len = self.len();
-        let need = len
+        let need = self
+            .len
             .checked_add(additional)
             .unwrap_or_else(|| handle_alloc_error(Layout::new::<u64>()));
         let cap = need
             .max(self.capacity().saturating_mul(2))
             .max(2 * Self::HEAP_MAX);
-        let old = std::mem::replace(
-            &mut self.repr,
-            Repr::Mapped {
-                map: map_anon(Self::bytes_for(cap)),
-                len,
-            },
-        );
-        let from: &[T] = match &old {
-            Repr::Heap(v) => v,
-            Repr::Mapped { map, len } => Self::view(map, *len),
-        };
-        self.copy_from_slice(from);
-    }
-
-    /// The first `len` elements of `map`.
-    fn view(map: &memmap2::MmapMut, len: usize) -> &[T] {
-        assert!(Self::bytes_for(len) <= map.len());
-        // SAFETY: the mapping is page-aligned (so aligned for T), at least `len` elements
-        // long (checked above) and lives as long as the borrow; T is a plain integer, for
-        // which every byte pattern is a value.
-        unsafe { std::slice::from_raw_parts(map.as_ptr() as *const T, len) }
-    }
-
-    /// The first `len` elements of `map`, mutably.
-    fn view_mut(map: &mut memmap2::MmapMut, len: usize) -> &mut [T] {
-        assert!(Self::bytes_for(len) <= map.len());
-        // SAFETY: as in `view`, and the borrow of `map` is exclusive.
-        unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr() as *mut T, len) }
+        let mut bigger = Self::mapped(cap);
+        bigger.len = self.len;
+        bigger.copy_from_slice(self);
+        *self = bigger;
     }
 }
 
@@ -215,19 +221,18 @@ impl<T: Pod> Deref for AnonVec<T> {
     type Target = [T];
 
     fn deref(&self) -> &[T] {
-        match &self.repr {
-            Repr::Heap(v) => v,
-            Repr::Mapped { map, len } => Self::view(map, *len),
-        }
+        // SAFETY: `ptr` points at `len` initialized elements of `mem` (a Vec's elements,
+        // or the start of a page-aligned mapping with room for at least `len`, every byte
+        // of it zeroed or written), which live as long as `self` and move only through
+        // `&mut self`, which refreshes `ptr`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl<T: Pod> DerefMut for AnonVec<T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        match &mut self.repr {
-            Repr::Heap(v) => v,
-            Repr::Mapped { map, len } => Self::view_mut(map, *len),
-        }
+        // SAFETY: as in `deref`, and the borrow of `self` is exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
@@ -243,16 +248,9 @@ impl<T: Pod> fmt::Debug for AnonVec<T> {
 impl<T: Pod> From<&[T]> for AnonVec<T> {
     fn from(xs: &[T]) -> Self {
         let mut v = if xs.len() <= Self::HEAP_MAX {
-            AnonVec {
-                repr: Repr::Heap(Vec::with_capacity(xs.len())),
-            }
+            Self::on_heap(Vec::with_capacity(xs.len()))
         } else {
-            AnonVec {
-                repr: Repr::Mapped {
-                    map: map_anon(Self::bytes_for(xs.len())),
-                    len: 0,
-                },
-            }
+            Self::mapped(xs.len())
         };
         v.extend_from_slice(xs);
         v
