@@ -66,12 +66,9 @@ pub fn encode_varint(mut v: u64) -> ([u8; MAX_VARINT_LEN], usize) {
 
 /// Appends `v` as an unsigned LEB128 varint (at most 10 bytes).
 #[inline]
-pub fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
+pub fn put_varint(buf: &mut Vec<u8>, v: u64) {
+    let (bytes, len) = encode_varint(v);
+    buf.extend_from_slice(&bytes[..len]);
 }
 
 /// Appends a varint length followed by the bytes.

@@ -15,9 +15,9 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
-/// Size in bytes above which an [`AnonVec`] moves to a mapping of its own: half of glibc's initial
-/// mmap threshold, so that no buffer here is ever one `malloc` would map (and, freed,
-/// raise the threshold with).
+/// Size in bytes above which an [`AnonVec`] moves to a mapping of its own: half of
+/// glibc's initial mmap threshold, so that no buffer here is ever one `malloc` would map
+/// (and, freed, raise the threshold with).
 pub(crate) const MAP_ABOVE: usize = 64 << 10;
 
 /// `bytes` of zeroed anonymous memory, page-aligned, or the process's out-of-memory

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::anon::map_anon;
-
 use super::batch::WriteBatch;
 use super::types::{
     compare_internal_keys, pack_trailer, parse_internal_key, FileNumber, InternalIterator,
