@@ -28,6 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use crossbeam_utils::CachePadded;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::batch::{decode_batch, WriteBatch};
@@ -92,9 +93,12 @@ struct Slot {
 
 /// What a write changes under the `log` lock: it takes sequence numbers and appends its
 /// record in one critical section.
+///
+/// In C order so that what every write touches (the lock word before it, the memtable,
+/// the numbers, the tallies) shares one cache line: that line moves between the writers'
+/// cores once per write, not once per field.
+#[repr(C)]
 struct LogState {
-    /// The WAL (None when the store runs without one).
-    wal: Option<LogWriter>,
     /// The memtable the writes logged in `wal` go to (the state's active memtable).
     mem: Arc<MemTable>,
     /// The last sequence number handed out: at or above the last visible one
@@ -104,6 +108,8 @@ struct LogState {
     /// holds this lock anyway, and a counter on a cache line of its own would move
     /// between the writers' cores on every write.
     tally: WriteTally,
+    /// The WAL (None when the store runs without one).
+    wal: Option<LogWriter>,
 }
 
 /// What [`Db::stats`] reports of the write path.
@@ -129,15 +135,21 @@ pub(crate) struct DbInner {
     /// Signals the background thread, and waiters for flushes and compactions.
     bg_cv: Condvar,
     sv: ArcSwap<SuperVersion>,
-    /// The largest sequence number visible to readers.
-    last_seq: AtomicU64,
+    /// The largest sequence number visible to readers. Every unsynced write stores it:
+    /// on cache lines of its own, so that the store does not evict what every write only
+    /// reads (the read view, the options) from the other writers' caches.
+    last_seq: CachePadded<AtomicU64>,
     /// Writes waiting for a group commit (fsynced writes only).
     writers: Mutex<VecDeque<Arc<Slot>>>,
     writers_cv: Condvar,
-    log: Mutex<LogState>,
-    /// Writers sleeping in `wait_visible`, and where they sleep.
+    /// On cache lines of its own: the other fields stay put while writers pass it around.
+    log: CachePadded<Mutex<LogState>>,
+    /// Threads sleeping until a write becomes visible, and where they sleep.
     publish_waiters: AtomicUsize,
-    publish_lock: Mutex<()>,
+    /// Writes done inserting whose predecessors are not visible yet, as `(prev, last)`:
+    /// whoever makes `prev` visible publishes them too, so a stalled writer holds the
+    /// others back for one wake-up, not one per writer queued behind it.
+    publish_lock: Mutex<Vec<(u64, u64)>>,
     publish_cv: Condvar,
     /// With [`SyncMode::Periodic`]: logs retired at a memtable switch whose tail is not yet
     /// fsynced. The sync thread fsyncs them at its next tick, with the current log, so a
@@ -526,17 +538,17 @@ impl Db {
             }),
             bg_cv: Condvar::new(),
             sv: ArcSwap::from_pointee(sv),
-            last_seq: AtomicU64::new(last_seq.0),
+            last_seq: CachePadded::new(AtomicU64::new(last_seq.0)),
             writers: Mutex::new(VecDeque::new()),
             writers_cv: Condvar::new(),
-            log: Mutex::new(LogState {
+            log: CachePadded::new(Mutex::new(LogState {
                 wal,
                 mem,
                 last_allocated: last_seq.0,
                 tally: WriteTally::default(),
-            }),
+            })),
             publish_waiters: AtomicUsize::new(0),
-            publish_lock: Mutex::new(()),
+            publish_lock: Mutex::new(Vec::new()),
             publish_cv: Condvar::new(),
             retired_wals: Mutex::new(Vec::new()),
             snapshots: Mutex::new(BTreeMap::new()),
@@ -1425,30 +1437,94 @@ impl DbInner {
 
     /// Makes the write numbered `prev + 1 ..= last`, now in the memtable, visible, and
     /// returns once it is. Numbers are handed out without gaps under `log`, so `last_seq`
-    /// reaches `prev` exactly when the write before this one is visible, and only this
-    /// write moves it further: the writes publish one after another in number order,
-    /// each from its own thread, without a lock.
+    /// reaches `prev` exactly when the write before this one is visible, and then only
+    /// this write's range may move it further: the writes publish in number order.
+    ///
+    /// Usually the write before is visible within a few spins, and this thread moves
+    /// `last_seq` without a lock. Otherwise (a writer before it lost its processor) it
+    /// records its range in `publish_lock` and sleeps: the thread that makes `prev`
+    /// visible publishes every recorded range that continues it, in one step, and wakes
+    /// them all. Whoever moves `last_seq` owns the range that starts at its value: the
+    /// lock-free store is made only by the write whose `prev` it is, which no one else has
+    /// recorded, and the publishers under the lock only extend it over recorded ranges.
     fn complete(&self, prev: u64, last: u64) {
-        self.wait_visible(prev);
         if last == prev {
+            self.wait_visible(prev);
             return;
         }
-        self.last_seq.store(last, Ordering::SeqCst);
-        if self.publish_waiters.load(Ordering::SeqCst) > 0 {
-            let _g = self.publish_lock.lock();
-            self.publish_cv.notify_all();
+        if self.spin_until_visible(prev) {
+            self.last_seq.store(last, Ordering::SeqCst);
+            // A waiter counts itself before it looks at `last_seq` (both SeqCst): either it
+            // sees this store, or this load sees it and publishes what it recorded.
+            if self.publish_waiters.load(Ordering::SeqCst) > 0 {
+                let mut done = self.publish_lock.lock();
+                self.publish_recorded(&mut done);
+            }
+            return;
         }
+        self.publish_waiters.fetch_add(1, Ordering::SeqCst);
+        let mut done = self.publish_lock.lock();
+        let mut recorded = false;
+        loop {
+            let visible = self.last_seq.load(Ordering::SeqCst);
+            if visible >= last {
+                // Published by the thread that made `prev` visible.
+                break;
+            }
+            if visible == prev {
+                if recorded {
+                    done.retain(|&(p, _)| p != prev);
+                }
+                self.last_seq.store(last, Ordering::SeqCst);
+                self.publish_recorded(&mut done);
+                break;
+            }
+            if !recorded {
+                done.push((prev, last));
+                recorded = true;
+            }
+            // No wake-up is lost: see `wait_visible`.
+            self.publish_cv
+                .wait_for(&mut done, Duration::from_millis(10));
+        }
+        drop(done);
+        self.publish_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Under `publish_lock`: moves `last_seq` over every recorded range that continues it
+    /// and wakes the sleepers.
+    fn publish_recorded(&self, done: &mut Vec<(u64, u64)>) {
+        let start = self.last_seq.load(Ordering::SeqCst);
+        let mut visible = start;
+        while let Some(i) = done.iter().position(|&(p, _)| p == visible) {
+            visible = done.swap_remove(i).1;
+        }
+        // Stored only when it moves: with nothing recorded at `start`, the range after it
+        // belongs to a writer that may be storing its own end right now.
+        if visible != start {
+            self.last_seq.store(visible, Ordering::SeqCst);
+        }
+        self.publish_cv.notify_all();
+    }
+
+    /// Spins while the writes up to `seq` insert (about a microsecond); false if they are
+    /// not visible by then.
+    fn spin_until_visible(&self, seq: u64) -> bool {
+        for _ in 0..SPINS_BEFORE_SLEEP {
+            if self.last_seq.load(Ordering::Acquire) >= seq {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        false
     }
 
     /// Waits until every write numbered up to `seq` is visible: spins while the writes
-    /// before insert (about a microsecond), then sleeps on `publish_cv` (a writer before
-    /// may have lost its processor, and spinning would keep it from getting one back).
+    /// before insert, then sleeps on `publish_cv` (a writer before may have lost its
+    /// processor, and spinning would keep it from getting one back).
     fn wait_visible(&self, seq: u64) {
-        for _ in 0..SPINS_BEFORE_SLEEP {
-            if self.last_seq.load(Ordering::Acquire) >= seq {
-                return;
-            }
-            std::hint::spin_loop();
+        if self.spin_until_visible(seq) {
+            return;
         }
         self.publish_waiters.fetch_add(1, Ordering::SeqCst);
         let mut g = self.publish_lock.lock();

@@ -13,7 +13,7 @@
 
 use std::cmp::Ordering;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -46,11 +46,16 @@ type NodePtr = *mut u8;
 /// small, and a large one is made of chunks the kernel may back with 2 MiB pages
 /// (`MADV_HUGEPAGE`): a memtable filled in random key order is read and written at random
 /// places, and 4 KiB pages would make most of those accesses miss the TLB too.
+///
+/// The bump state is all a reservation touches; the chunks themselves are kept elsewhere
+/// ([`MemTable`]'s `chunks`), so the state fits on one cache line with the rest of what
+/// every insert writes.
 struct Arena {
-    chunks: Vec<memmap2::MmapMut>,
     /// Free bytes at the end of the last chunk, and where they start.
     free_at: *mut u8,
     free_bytes: usize,
+    /// Chunks made so far (the next one's size grows with it).
+    made: usize,
 }
 
 /// The first chunk of an arena.
@@ -61,17 +66,18 @@ const MAX_CHUNK_BYTES: usize = 4 << 20;
 impl Arena {
     fn new() -> Arena {
         Arena {
-            chunks: Vec::new(),
             free_at: ptr::null_mut(),
             free_bytes: 0,
+            made: 0,
         }
     }
 
-    /// `bytes` of zeroed memory, 8-byte aligned, valid until the arena is dropped.
-    fn alloc(&mut self, bytes: usize) -> *mut u8 {
+    /// `bytes` of zeroed memory, 8-byte aligned, valid while `chunks` keeps the chunks this
+    /// arena made (a new chunk is pushed there).
+    fn alloc(&mut self, bytes: usize, chunks: &Mutex<Vec<memmap2::MmapMut>>) -> *mut u8 {
         let bytes = bytes.next_multiple_of(8);
         if bytes > self.free_bytes {
-            let next_chunk = (FIRST_CHUNK_BYTES << self.chunks.len().min(6)).min(MAX_CHUNK_BYTES);
+            let next_chunk = (FIRST_CHUNK_BYTES << self.made.min(6)).min(MAX_CHUNK_BYTES);
             let chunk_bytes = bytes.max(next_chunk);
             let mut chunk = map_anon(chunk_bytes);
             if chunk_bytes >= 2 << 20 {
@@ -80,7 +86,8 @@ impl Arena {
                 let _ = chunk.advise(memmap2::Advice::HugePage);
             }
             let start = chunk.as_mut_ptr();
-            self.chunks.push(chunk);
+            chunks.lock().push(chunk);
+            self.made += 1;
             if bytes == chunk_bytes {
                 // A chunk of its own: keep the current chunk's free space for later nodes.
                 return start;
@@ -100,6 +107,10 @@ impl Arena {
 struct Writer {
     arena: Arena,
     rng: u64,
+    /// Entries reserved.
+    entries: u64,
+    /// Largest sequence number reserved.
+    max_seq: u64,
 }
 
 /// What a memtable knows about a key at a sequence number.
@@ -121,20 +132,23 @@ pub struct MemTable {
     /// The WAL file that records this memtable's writes (0 when the WAL is off).
     wal_number: FileNumber,
     tally: Tally,
+    /// The arena's chunks: every node lives in one of them until the memtable is dropped.
+    /// Locked only to add a chunk (under `writer`) and never on a write's path otherwise.
+    chunks: Mutex<Vec<memmap2::MmapMut>>,
 }
 
-/// What every insert writes, on a cache line of its own.
+/// What every insert writes, on one cache line of its own: a write moves one line
+/// between the writers' cores, not one per counter.
 #[repr(align(64))]
 struct Tally {
     writer: Mutex<Writer>,
+    /// Read without the lock by every write (is there room?).
     size_bytes: AtomicUsize,
-    entries: AtomicU64,
-    /// Largest sequence number inserted.
-    max_seq: AtomicU64,
 }
+const _: () = assert!(std::mem::size_of::<Tally>() == 64);
 
-// SAFETY: the raw node pointers point into the arena owned by the memtable (inside its
-// `writer` mutex), which lives as long as the memtable; arena space is handed out under
+// SAFETY: the raw node pointers point into the arena's chunks, owned by the memtable
+// (`chunks`), which live as long as the memtable; arena space is handed out under
 // the `writer` mutex, so no two writers build in the same bytes; nodes are published with
 // compare-and-swaps that release and read with acquire loads, and a published node's key
 // and value never change.
@@ -248,7 +262,8 @@ impl MemTable {
     /// An empty memtable whose writes are logged in WAL `wal_number`.
     pub fn new(wal_number: FileNumber) -> Self {
         let mut arena = Arena::new();
-        let head = arena.alloc(NODE_HEADER_BYTES + MAX_HEIGHT * PTR_BYTES);
+        let chunks = Mutex::new(Vec::new());
+        let head = arena.alloc(NODE_HEADER_BYTES + MAX_HEIGHT * PTR_BYTES, &chunks);
         // SAFETY: `head` has room for the header; the arena zeroed the pointers (null).
         unsafe {
             let h = head as *mut u32;
@@ -262,11 +277,12 @@ impl MemTable {
                 writer: Mutex::new(Writer {
                     arena,
                     rng: 0x2545_f491_4f6c_dd1d ^ wal_number.0,
+                    entries: 0,
+                    max_seq: 0,
                 }),
                 size_bytes: AtomicUsize::new(0),
-                entries: AtomicU64::new(0),
-                max_seq: AtomicU64::new(0),
             },
+            chunks,
         }
     }
 
@@ -309,8 +325,8 @@ impl MemTable {
     }
 
     /// Reserves arena space for entries of the given (key, value) lengths, under the
-    /// `writer` lock (a bump of the arena and of the height generator, nothing more), and
-    /// accounts for them. Returns where the first node goes and the generator state that
+    /// `writer` lock (a bump of the arena, the height generator and the counts, nothing
+    /// more, all on one cache line), and accounts for them. Returns where the first node goes and the generator state that
     /// yields the heights the reservation was sized with.
     fn reserve(
         &self,
@@ -324,17 +340,13 @@ impl MemTable {
         for (k, v) in sizes {
             total += Self::node_bytes(random_height(&mut w.rng), k, v);
         }
-        let at = w.arena.alloc(total);
+        let at = w.arena.alloc(total, &self.chunks);
+        w.entries += entries;
+        w.max_seq = w.max_seq.max(max_seq.0);
         drop(w);
         self.tally
             .size_bytes
             .fetch_add(total, AtomicOrdering::Relaxed);
-        self.tally
-            .entries
-            .fetch_add(entries, AtomicOrdering::Relaxed);
-        self.tally
-            .max_seq
-            .fetch_max(max_seq.0, AtomicOrdering::Relaxed);
         (at, start_rng)
     }
 
@@ -493,7 +505,7 @@ impl MemTable {
 
     /// Number of entries.
     pub fn len(&self) -> u64 {
-        self.tally.entries.load(AtomicOrdering::Relaxed)
+        self.tally.writer.lock().entries
     }
 
     /// True when nothing was inserted.
@@ -503,7 +515,7 @@ impl MemTable {
 
     /// Largest sequence number inserted (0 when empty).
     pub fn max_seq(&self) -> SeqNo {
-        SeqNo(self.tally.max_seq.load(AtomicOrdering::Relaxed))
+        SeqNo(self.tally.writer.lock().max_seq)
     }
 
     /// An iterator over the memtable that keeps it alive.
