@@ -11,7 +11,9 @@
 //! inserts into the (concurrent) memtable outside any lock, and then its numbers become
 //! visible in sequence order: once the write numbered just before it is visible, the
 //! writer moves the visible number (`DbInner::last_seq`) to its own last number, so a
-//! reader at sequence `s` sees every write up to `s` whole and nothing after. A write
+//! reader at sequence `s` sees every write up to `s` whole and nothing after. (A writer
+//! whose predecessor is slow records its range and sleeps; the thread that makes the
+//! predecessor visible moves the number over every recorded range that follows.) A write
 //! returns once its numbers are visible. A memtable switch installs the readers' view
 //! holding the new memtable before it releases `log`, so every visible write is in the
 //! current view; a read loads the view first and the visible number after it.
