@@ -450,6 +450,72 @@ fn unsynced_writes_are_read_back_across_concurrent_memtable_switches() {
     }
 }
 
+/// Many more unsynced writers than cores: writers lose their processor in the middle of
+/// a write, and the ones numbered after them record their ranges and sleep until whoever
+/// makes the stalled write visible publishes them all. Every write is read back by its
+/// writer as soon as it is acknowledged, and a reader's snapshot sees each writer's writes
+/// as a prefix (numbers become visible in order, none skipped, none lost).
+#[test]
+fn more_unsynced_writers_than_cores_publish_in_order_and_read_their_writes() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const WRITERS: u32 = 16;
+    const PER_WRITER: u32 = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        memtable_size_bytes: 1 << 20,
+        ..small_opts()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    let writing = AtomicU32::new(WRITERS);
+    let key = |t: u32, i: u32| format!("w{t:02}-{i:05}");
+    std::thread::scope(|s| {
+        for t in 0..WRITERS {
+            let (db, writing) = (&db, &writing);
+            s.spawn(move || {
+                struct Done<'a>(&'a AtomicU32);
+                impl Drop for Done<'_> {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::Release);
+                    }
+                }
+                let _done = Done(writing);
+                for i in 0..PER_WRITER {
+                    db.put(key(t, i), i.to_le_bytes()).unwrap();
+                    assert_eq!(
+                        db.get(key(t, i)).unwrap(),
+                        Some(i.to_le_bytes().to_vec()),
+                        "{}: an acknowledged write was not read back",
+                        key(t, i)
+                    );
+                }
+            });
+        }
+        s.spawn(|| {
+            let mut checks = 0;
+            while writing.load(Ordering::Acquire) > 0 || checks == 0 {
+                checks += 1;
+                let snap = db.snapshot();
+                for t in 0..WRITERS {
+                    let seen: Vec<_> = snap
+                        .prefix(format!("w{t:02}-"))
+                        .unwrap()
+                        .map(|kv| kv.unwrap().0)
+                        .collect();
+                    if let Some(last) = seen.last() {
+                        assert_eq!(
+                            last,
+                            &key(t, seen.len() as u32 - 1).into_bytes(),
+                            "writer {t}'s writes seen with a gap"
+                        );
+                    }
+                }
+            }
+        });
+    });
+    assert_eq!(db.stats().writes, u64::from(WRITERS * PER_WRITER));
+    assert_eq!(scan_all(&db).len() as u32, WRITERS * PER_WRITER);
+}
+
 #[test]
 fn live_files_pin_a_consistent_set() {
     let dir = tempfile::tempdir().unwrap();
