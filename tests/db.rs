@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use tidemark::lsm::{Db, Options, SyncMode, WalRecovery, WriteBatch};
+use tidemark::lsm::{Db, Options, Snapshot, SyncMode, WalRecovery, WriteBatch};
 use tidemark::Error;
 
 fn small_opts() -> Options {
@@ -18,6 +18,35 @@ fn small_opts() -> Options {
         sync: SyncMode::None,
         ..Options::default()
     }
+}
+
+/// Counts a writer thread out of a running count when it ends, even by a failed
+/// assertion, so the threads that wait for the writers stop.
+struct CountsOut<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl Drop for CountsOut<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// The number of keys `snap` holds under `prefix`, after checking that they are the first
+/// ones a writer wrote, `key(0)`, `key(1)`, ... (its newest visible write, then every
+/// earlier one: writes become visible in order).
+fn assert_seen_without_gap(snap: &Snapshot, prefix: &str, key: impl Fn(usize) -> String) -> usize {
+    let seen: Vec<_> = snap
+        .prefix(prefix)
+        .unwrap()
+        .map(|kv| kv.unwrap().0)
+        .collect();
+    if let Some(last) = seen.last() {
+        assert_eq!(
+            last,
+            &key(seen.len() - 1).into_bytes(),
+            "{prefix}: writes seen with a gap"
+        );
+    }
+    seen.len()
 }
 
 fn scan_all(db: &Db) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -334,18 +363,11 @@ fn unsynced_writers_in_parallel_publish_whole_batches_in_order() {
                     checks += 1;
                     let snap = db.snapshot();
                     for t in 0..THREADS {
-                        // The newest visible write of thread t, then every earlier one.
-                        let a: Vec<_> = snap
-                            .prefix(format!("a{t}-"))
-                            .unwrap()
-                            .map(|kv| kv.unwrap().0)
-                            .collect();
+                        let a = assert_seen_without_gap(&snap, &format!("a{t}-"), |i| {
+                            format!("a{t}-{i:05}")
+                        });
                         let b_count = snap.prefix(format!("b{t}-")).unwrap().count();
-                        assert_eq!(a.len(), b_count, "a batch seen in part (thread {t})");
-                        if let Some(last) = a.last() {
-                            let want = format!("a{t}-{:05}", a.len() - 1).into_bytes();
-                            assert_eq!(last, &want, "thread {t}'s writes seen with a gap");
-                        }
+                        assert_eq!(a, b_count, "a batch seen in part (thread {t})");
                     }
                 }
             });
@@ -391,14 +413,7 @@ fn unsynced_writes_are_read_back_across_concurrent_memtable_switches() {
         for t in 0..WRITERS {
             let (db, writing) = (&db, &writing);
             s.spawn(move || {
-                // Counts the writer out even when it fails, so the others stop.
-                struct Done<'a>(&'a AtomicU32);
-                impl Drop for Done<'_> {
-                    fn drop(&mut self) {
-                        self.0.fetch_sub(1, Ordering::Release);
-                    }
-                }
-                let _done = Done(writing);
+                let _done = CountsOut(writing);
                 for i in 0..PER_WRITER {
                     let k = key(t, i % KEYS);
                     db.put(&k, value(i)).unwrap();
@@ -472,13 +487,7 @@ fn more_unsynced_writers_than_cores_publish_in_order_and_read_their_writes() {
         for t in 0..WRITERS {
             let (db, writing) = (&db, &writing);
             s.spawn(move || {
-                struct Done<'a>(&'a AtomicU32);
-                impl Drop for Done<'_> {
-                    fn drop(&mut self) {
-                        self.0.fetch_sub(1, Ordering::Release);
-                    }
-                }
-                let _done = Done(writing);
+                let _done = CountsOut(writing);
                 for i in 0..PER_WRITER {
                     db.put(key(t, i), i.to_le_bytes()).unwrap();
                     assert_eq!(
@@ -496,18 +505,7 @@ fn more_unsynced_writers_than_cores_publish_in_order_and_read_their_writes() {
                 checks += 1;
                 let snap = db.snapshot();
                 for t in 0..WRITERS {
-                    let seen: Vec<_> = snap
-                        .prefix(format!("w{t:02}-"))
-                        .unwrap()
-                        .map(|kv| kv.unwrap().0)
-                        .collect();
-                    if let Some(last) = seen.last() {
-                        assert_eq!(
-                            last,
-                            &key(t, seen.len() as u32 - 1).into_bytes(),
-                            "writer {t}'s writes seen with a gap"
-                        );
-                    }
+                    assert_seen_without_gap(&snap, &format!("w{t:02}-"), |i| key(t, i as u32));
                 }
             }
         });
