@@ -326,8 +326,8 @@ impl MemTable {
 
     /// Reserves arena space for entries of the given (key, value) lengths, under the
     /// `writer` lock (a bump of the arena, the height generator and the counts, nothing
-    /// more, all on one cache line), and accounts for them. Returns where the first node goes and the generator state that
-    /// yields the heights the reservation was sized with.
+    /// more, all on one cache line), and accounts for them. Returns where the first node
+    /// goes and the generator state that yields the heights the reservation was sized with.
     fn reserve(
         &self,
         sizes: impl Iterator<Item = (usize, usize)>,
