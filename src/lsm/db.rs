@@ -1530,9 +1530,10 @@ impl DbInner {
         }
         self.publish_waiters.fetch_add(1, Ordering::SeqCst);
         let mut g = self.publish_lock.lock();
-        // The publisher reads `publish_waiters` after it moves `last_seq` (both SeqCst), and
-        // notifies under `publish_lock`, which this thread holds from the check to the wait:
-        // no wake-up is lost. The timeout only bounds the damage of a mistake.
+        // A publisher without the lock reads `publish_waiters` after it moves `last_seq`
+        // (both SeqCst) and, seeing a waiter, takes `publish_lock`; a publisher under it
+        // always notifies there. This thread holds the lock from the check to the wait: no
+        // wake-up is lost. The timeout only bounds the damage of a mistake.
         while self.last_seq.load(Ordering::SeqCst) < seq {
             self.publish_cv.wait_for(&mut g, Duration::from_millis(10));
         }
