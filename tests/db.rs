@@ -30,6 +30,32 @@ impl Drop for CountsOut<'_> {
     }
 }
 
+/// Spawns `writers` threads in `s`: thread `t` puts `kv(t, i)` for `i` in `0..per_writer`
+/// and reads each write back as soon as it is acknowledged; each thread counts itself out
+/// of `writing` when it ends.
+fn spawn_writers_reading_back<'scope, 'env: 'scope>(
+    s: &'scope std::thread::Scope<'scope, 'env>,
+    db: &'env Db,
+    writing: &'env std::sync::atomic::AtomicU32,
+    (writers, per_writer): (u32, u32),
+    kv: impl Fn(u32, u32) -> (String, Vec<u8>) + Send + Copy + 'env,
+) {
+    for t in 0..writers {
+        s.spawn(move || {
+            let _done = CountsOut(writing);
+            for i in 0..per_writer {
+                let (k, v) = kv(t, i);
+                db.put(&k, &v).unwrap();
+                assert_eq!(
+                    db.get(&k).unwrap(),
+                    Some(v),
+                    "{k}: an acknowledged write was not read back"
+                );
+            }
+        });
+    }
+}
+
 /// The number of keys `snap` holds under `prefix`, after checking that they are the first
 /// ones a writer wrote, `key(0)`, `key(1)`, ... (its newest visible write, then every
 /// earlier one: writes become visible in order).
@@ -410,21 +436,9 @@ fn unsynced_writes_are_read_back_across_concurrent_memtable_switches() {
     let key = |t: u32, k: u32| format!("w{t}-{k:02}");
     let value = |i: u32| format!("{i:08}").into_bytes();
     std::thread::scope(|s| {
-        for t in 0..WRITERS {
-            let (db, writing) = (&db, &writing);
-            s.spawn(move || {
-                let _done = CountsOut(writing);
-                for i in 0..PER_WRITER {
-                    let k = key(t, i % KEYS);
-                    db.put(&k, value(i)).unwrap();
-                    assert_eq!(
-                        db.get(&k).unwrap(),
-                        Some(value(i)),
-                        "{k}: an acknowledged write was not read back"
-                    );
-                }
-            });
-        }
+        spawn_writers_reading_back(s, &db, &writing, (WRITERS, PER_WRITER), |t, i| {
+            (key(t, i % KEYS), value(i))
+        });
         // Flushes and pinned file sets switch the memtable while the writers write.
         s.spawn(|| {
             let mut n = 0u32;
@@ -484,21 +498,9 @@ fn more_unsynced_writers_than_cores_publish_in_order_and_read_their_writes() {
     let writing = AtomicU32::new(WRITERS);
     let key = |t: u32, i: u32| format!("w{t:02}-{i:05}");
     std::thread::scope(|s| {
-        for t in 0..WRITERS {
-            let (db, writing) = (&db, &writing);
-            s.spawn(move || {
-                let _done = CountsOut(writing);
-                for i in 0..PER_WRITER {
-                    db.put(key(t, i), i.to_le_bytes()).unwrap();
-                    assert_eq!(
-                        db.get(key(t, i)).unwrap(),
-                        Some(i.to_le_bytes().to_vec()),
-                        "{}: an acknowledged write was not read back",
-                        key(t, i)
-                    );
-                }
-            });
-        }
+        spawn_writers_reading_back(s, &db, &writing, (WRITERS, PER_WRITER), |t, i| {
+            (key(t, i), i.to_le_bytes().to_vec())
+        });
         s.spawn(|| {
             let mut checks = 0;
             while writing.load(Ordering::Acquire) > 0 || checks == 0 {
