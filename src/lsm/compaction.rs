@@ -44,7 +44,7 @@ use parking_lot::MutexGuard;
 
 use super::db::{DbInner, State};
 use super::filename::table_path;
-use super::iter::{BoxedIter, MergingIter};
+use super::iter::MergingIter;
 use super::manifest::{NewFile, VersionEdit};
 use super::options::FilterDecision;
 use super::sst::{TableBuilder, TableOptions};
@@ -583,15 +583,15 @@ impl MergeJob<'_> {
         range: &KeyRange,
         numbers: Vec<super::types::FileNumber>,
     ) -> Result<Vec<NewFile>> {
-        let mut children: Vec<BoxedIter> = Vec::new();
+        let mut children: Vec<LevelIter> = Vec::new();
         for (level, files) in &self.plan.inputs {
             if *level == 0 {
                 // Level-0 files may overlap: each is its own sorted run.
                 for f in files {
-                    children.push(Box::new(LevelIter::sequential(vec![f.clone()])));
+                    children.push(LevelIter::sequential(vec![f.clone()]));
                 }
             } else {
-                children.push(Box::new(LevelIter::sequential(files.clone())));
+                children.push(LevelIter::sequential(files.clone()));
             }
         }
         let mut merged = MergingIter::new(children);
@@ -618,7 +618,7 @@ impl MergeJob<'_> {
 #[allow(clippy::too_many_arguments)]
 fn merge_into_tables(
     inner: &DbInner,
-    input: &mut MergingIter,
+    input: &mut MergingIter<LevelIter>,
     range: &KeyRange,
     version: &Version,
     out_level: usize,
