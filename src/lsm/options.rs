@@ -96,7 +96,10 @@ pub struct Options {
     pub flush_compression_thread: bool,
     /// Bloom filter bits per key (0 disables the filter). Default: 10 (about 1% false positives).
     pub bloom_bits_per_key: u32,
-    /// Bytes of decompressed blocks kept in the block cache (0 disables it). Default: 64 MiB.
+    /// Bytes of decompressed blocks kept in the block cache (0 disables it), each charged
+    /// by its buffer (the block rounded up to 256 bytes, so that an evicted block's buffer
+    /// can take the next block read; each thread that reads keeps at most one such buffer
+    /// between reads). Default: 64 MiB.
     pub block_cache_bytes: usize,
     /// How table data blocks are read. Default: [`TableReads::Positioned`].
     pub table_reads: TableReads,

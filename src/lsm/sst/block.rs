@@ -175,9 +175,14 @@ pub fn compress_lz4_into(raw: &[u8], out: &mut Vec<u8>) -> bool {
     saved >= raw.len() / 8 && out.len() < raw.len()
 }
 
-/// Decompresses the stored bytes of an lz4 block found at `file_offset`.
+/// Decompresses the stored bytes of an lz4 block found at `file_offset`, into `spare`
+/// when it fits (see [`OwnedBlock`]).
 #[deny(clippy::indexing_slicing)]
-pub fn decompress_lz4(stored: &[u8], file_offset: u64) -> Result<Arc<[u8]>, DecodeError> {
+pub fn decompress_lz4(
+    stored: &[u8],
+    file_offset: u64,
+    spare: Option<Arc<[u8]>>,
+) -> Result<OwnedBlock, DecodeError> {
     let err = |reason: String| DecodeError {
         offset: file_offset,
         reason,
@@ -197,10 +202,10 @@ pub fn decompress_lz4(stored: &[u8], file_offset: u64) -> Result<Arc<[u8]>, Deco
     }
     let raw_len = usize::try_from(raw_len)
         .map_err(|_| err(format!("lz4 block length {raw_len} does not fit in memory")))?;
-    // Collecting a length-known iterator into Arc<[u8]> allocates once, in place, so the
-    // decompressed block is shared with the cache without another copy.
-    let mut out: Arc<[u8]> = std::iter::repeat_n(0u8, raw_len).collect();
-    let dst = Arc::get_mut(&mut out).ok_or_else(|| err("lz4 buffer is shared".into()))?;
+    let mut out = OwnedBlock::buffer_for(raw_len, spare);
+    let dst = Arc::get_mut(&mut out.buf)
+        .and_then(|b| b.get_mut(..raw_len))
+        .ok_or_else(|| err("lz4 buffer is shared".into()))?;
     match lz4_flex::block::decompress_into(payload, dst) {
         Ok(written) if written == raw_len => Ok(out),
         Ok(written) => Err(err(format!(
@@ -286,19 +291,87 @@ pub fn check_block_in(
 }
 
 /// The decoded bytes of the block `handle` points at within `buf` (the file's bytes from
-/// `base` on): checked as [`check_block_in`] does, then decompressed or copied out.
+/// `base` on): checked as [`check_block_in`] does, then decompressed or copied out, into
+/// `spare` when it fits (see [`OwnedBlock`]).
 pub fn decode_block_in(
     buf: &[u8],
     base: u64,
     handle: BlockHandle,
     verify_crc: bool,
-) -> Result<Arc<[u8]>, DecodeError> {
+    spare: Option<Arc<[u8]>>,
+) -> Result<OwnedBlock, DecodeError> {
     let s = check_block_in(buf, base, handle, verify_crc)?;
     let stored = buf.get(s.start..s.end).unwrap_or_default();
     if s.block_type == BLOCK_TYPE_LZ4 {
-        decompress_lz4(stored, handle.offset)
+        decompress_lz4(stored, handle.offset, spare)
     } else {
-        Ok(Arc::from(stored))
+        let mut out = OwnedBlock::buffer_for(stored.len(), spare);
+        match Arc::get_mut(&mut out.buf).and_then(|b| b.get_mut(..stored.len())) {
+            Some(dst) => dst.copy_from_slice(stored),
+            None => return Ok(OwnedBlock::exact(Arc::from(stored))),
+        }
+        Ok(out)
+    }
+}
+
+/// Granule that a decompressed block's buffer is rounded up to, so that a buffer the
+/// block cache evicts fits the next block of about its size (see [`OwnedBlock`]).
+pub const BLOCK_BUF_GRANULE: usize = 256;
+
+/// A decoded block held in memory: the first `len` bytes of `buf`. Buffers are allocated
+/// in multiples of [`BLOCK_BUF_GRANULE`] so that the block cache can hand a buffer it
+/// evicts (and nobody else holds) to the next read that misses, which then neither
+/// allocates nor zeroes one and the eviction frees nothing; the cache charges the
+/// buffer's whole length.
+#[derive(Debug, Clone)]
+pub struct OwnedBlock {
+    buf: Arc<[u8]>,
+    len: usize,
+}
+
+impl OwnedBlock {
+    /// A block that is the whole of `buf`.
+    pub fn exact(buf: Arc<[u8]>) -> Self {
+        let len = buf.len();
+        OwnedBlock { buf, len }
+    }
+
+    /// A zeroed block of `len` bytes to write into: `spare` when it is large enough, not
+    /// much larger, and not shared; else a new buffer of `len` rounded up to the granule.
+    fn buffer_for(len: usize, spare: Option<Arc<[u8]>>) -> Self {
+        let rounded = len
+            .div_ceil(BLOCK_BUF_GRANULE)
+            .saturating_mul(BLOCK_BUF_GRANULE);
+        if let Some(mut s) = spare {
+            if s.len() >= len
+                && s.len() <= rounded.saturating_add(BLOCK_BUF_GRANULE)
+                && Arc::get_mut(&mut s).is_some()
+            {
+                return OwnedBlock { buf: s, len };
+            }
+        }
+        // Collecting a length-known iterator into Arc<[u8]> allocates once, in place, so
+        // the block is shared with the cache without another copy.
+        OwnedBlock {
+            buf: std::iter::repeat_n(0u8, rounded).collect(),
+            len,
+        }
+    }
+
+    /// The block's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+
+    /// The memory the block holds: its buffer's length.
+    pub fn charge(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The buffer, for reuse by another block, when this was its last holder.
+    pub fn into_spare(self) -> Option<Arc<[u8]>> {
+        let mut buf = self.buf;
+        Arc::get_mut(&mut buf).is_some().then_some(buf)
     }
 }
 
@@ -315,8 +388,8 @@ pub enum BlockData {
         /// One past the block's last byte.
         end: usize,
     },
-    /// A decompressed block.
-    Owned(Arc<[u8]>),
+    /// A decoded block in memory.
+    Owned(OwnedBlock),
 }
 
 impl BlockData {
@@ -324,7 +397,7 @@ impl BlockData {
     pub fn as_slice(&self) -> &[u8] {
         match self {
             BlockData::Mapped { map, start, end } => map.get(*start..*end).unwrap_or_default(),
-            BlockData::Owned(b) => b,
+            BlockData::Owned(b) => b.as_slice(),
         }
     }
 }
@@ -639,7 +712,7 @@ mod tests {
     }
 
     fn iter_of(bytes: Arc<[u8]>) -> Result<BlockIter, DecodeError> {
-        Ok(Block::new(BlockData::Owned(bytes), 77)?.iter())
+        Ok(Block::new(BlockData::Owned(OwnedBlock::exact(bytes)), 77)?.iter())
     }
 
     #[test]
@@ -682,7 +755,10 @@ mod tests {
             compress_lz4_into(&compressible, &mut c),
             "repetitive data compresses"
         );
-        assert_eq!(&*decompress_lz4(&c, 0).unwrap(), &compressible[..]);
+        assert_eq!(
+            decompress_lz4(&c, 0, None).unwrap().as_slice(),
+            &compressible[..]
+        );
         let mut x = 0x1234_5678u32;
         let random: Vec<u8> = (0..4096)
             .map(|_| {
@@ -696,11 +772,67 @@ mod tests {
     }
 
     #[test]
+    fn a_block_decompresses_into_a_spare_buffer_that_fits() {
+        let raw: Vec<u8> = (0..4100u32).map(|i| (i % 7) as u8).collect();
+        let mut c = Vec::new();
+        assert!(compress_lz4_into(&raw, &mut c));
+        // A new buffer is rounded up to the granule; the block is only its first bytes.
+        let fresh = decompress_lz4(&c, 0, None).unwrap();
+        assert_eq!(fresh.as_slice(), &raw[..]);
+        assert_eq!(
+            fresh.charge(),
+            4100usize.next_multiple_of(BLOCK_BUF_GRANULE)
+        );
+        // A spare of about the size, held by nobody else, is reused, whatever it held.
+        let spare: Arc<[u8]> = Arc::from(vec![0xEEu8; fresh.charge()]);
+        let at = spare.as_ptr();
+        let reused = decompress_lz4(&c, 0, Some(spare)).unwrap();
+        assert_eq!(reused.as_slice(), &raw[..]);
+        assert_eq!(reused.as_slice().as_ptr(), at);
+        // Too small or far too large: a new buffer of the rounded size.
+        let spare = reused.into_spare().expect("last holder");
+        assert_eq!(
+            OwnedBlock::buffer_for(10, Some(spare)).charge(),
+            BLOCK_BUF_GRANULE
+        );
+        let small: Arc<[u8]> = Arc::from(vec![0u8; 4000]);
+        let big: Arc<[u8]> = Arc::from(vec![0u8; 64 << 10]);
+        for spare in [small, big] {
+            let b = decompress_lz4(&c, 0, Some(spare)).unwrap();
+            assert_eq!(b.as_slice(), &raw[..]);
+            assert_eq!(b.charge(), 4352);
+        }
+        // Shared: never written, a new buffer instead.
+        let shared: Arc<[u8]> = Arc::from(vec![0u8; 4352]);
+        let other_holder = Arc::clone(&shared);
+        let b = decompress_lz4(&c, 0, Some(shared)).unwrap();
+        assert_eq!(b.as_slice(), &raw[..]);
+        assert_ne!(b.as_slice().as_ptr(), other_holder.as_ptr());
+        assert!(
+            other_holder.iter().all(|&x| x == 0),
+            "a shared spare is never written"
+        );
+        // Raw (stored uncompressed) blocks are copied into a spare the same way.
+        let spare: Arc<[u8]> = Arc::from(vec![9u8; 256]);
+        let at = spare.as_ptr();
+        let mut stored = b"raw block".to_vec();
+        stored.extend_from_slice(&encode_trailer(b"raw block", BLOCK_TYPE_RAW));
+        let handle = BlockHandle { offset: 0, size: 9 };
+        let copied = decode_block_in(&stored, 0, handle, true, Some(spare)).unwrap();
+        assert_eq!(copied.as_slice(), b"raw block");
+        assert_eq!(copied.as_slice().as_ptr(), at);
+        // A block still shared with a reader is not given up for reuse.
+        let held = fresh.clone();
+        assert!(fresh.into_spare().is_none());
+        assert!(held.into_spare().is_some());
+    }
+
+    #[test]
     fn lz4_with_inflated_length_is_rejected() {
         let mut c = Vec::new();
         codec::put_varint(&mut c, 1 << 31);
         c.extend_from_slice(&lz4_flex::block::compress(b"hello"));
-        let e = decompress_lz4(&c, 4242).unwrap_err();
+        let e = decompress_lz4(&c, 4242, None).unwrap_err();
         assert_eq!(e.offset, 4242);
     }
 

@@ -8,6 +8,11 @@
 //! ([`BlockCache::reserve`]): blocks use what the reservations leave.
 //! Each shard has its own lock, held only for a map lookup or update, never while a block
 //! is read or decompressed.
+//!
+//! [`BlockCache::insert`] hands back the buffer of a block it evicted when no reader
+//! still holds it, for the inserting thread's next read that misses to decompress into
+//! (see [`crate::lsm::sst::block::OwnedBlock`]): a read beyond the cache then costs no
+//! allocation, no zeroing and no free.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -16,6 +21,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::lsm::sst::block::OwnedBlock;
 use crate::lsm::types::FileNumber;
 
 /// Number of independently locked shards (a power of two).
@@ -69,7 +75,7 @@ type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
 #[derive(Debug)]
 struct Slot {
     key: Key,
-    block: Arc<[u8]>,
+    block: OwnedBlock,
     /// Set by every hit; cleared by the clock hand, which evicts slots it finds clear.
     referenced: bool,
 }
@@ -91,17 +97,17 @@ struct Shard {
 }
 
 impl Shard {
-    fn touch(&mut self, key: Key) -> Option<Arc<[u8]>> {
+    fn touch(&mut self, key: Key) -> Option<OwnedBlock> {
         let i = *self.map.get(&key)?;
         let slot = self.slots.get_mut(i)?.as_mut()?;
         slot.referenced = true;
-        Some(Arc::clone(&slot.block))
+        Some(slot.block.clone())
     }
 
     fn remove_slot(&mut self, i: usize) -> Option<Slot> {
         let slot = self.slots.get_mut(i)?.take()?;
         self.map.remove(&slot.key);
-        self.used_bytes -= slot.block.len();
+        self.used_bytes -= slot.block.charge();
         self.free.push(i);
         Some(slot)
     }
@@ -111,10 +117,10 @@ impl Shard {
         self.remove_slot(i)
     }
 
-    /// Evicts one block chosen by the clock hand; false when the shard is empty.
-    fn evict_one(&mut self) -> bool {
+    /// Evicts one block chosen by the clock hand; `None` when the shard is empty.
+    fn evict_one(&mut self) -> Option<Slot> {
         if self.map.is_empty() {
-            return false;
+            return None;
         }
         // At most two sweeps: the first clears reference bits, the second finds a victim.
         for _ in 0..2 * self.slots.len() {
@@ -122,18 +128,15 @@ impl Shard {
             self.hand = (self.hand + 1) % self.slots.len();
             match self.slots.get_mut(i) {
                 Some(Some(slot)) if slot.referenced => slot.referenced = false,
-                Some(Some(_)) => {
-                    self.remove_slot(i);
-                    return true;
-                }
+                Some(Some(_)) => return self.remove_slot(i),
                 _ => {}
             }
         }
-        false
+        None
     }
 
-    fn insert(&mut self, key: Key, block: Arc<[u8]>) {
-        let charge = block.len();
+    fn insert(&mut self, key: Key, block: OwnedBlock) {
+        let charge = block.charge();
         let slot = Slot {
             key,
             block,
@@ -215,7 +218,7 @@ impl BlockCache {
     }
 
     /// The cached block at `offset` of table `file`, marking it most recently used.
-    pub fn get(&self, file: FileNumber, offset: u64) -> Option<Arc<[u8]>> {
+    pub fn get(&self, file: FileNumber, offset: u64) -> Option<OwnedBlock> {
         let key = (self.store, file, offset);
         let mut shard = self.shard(&key).lock();
         let found = shard.touch(key);
@@ -235,20 +238,25 @@ impl BlockCache {
     }
 
     /// Caches `block` as the block at `offset` of table `file`, evicting the least
-    /// recently used blocks of its shard to make room.
-    pub fn insert(&self, file: FileNumber, offset: u64, block: Arc<[u8]>) {
-        let charge = block.len();
+    /// recently used blocks of its shard to make room. Returns the buffer of an evicted
+    /// block that nobody else holds, for the caller to read its next block into.
+    pub fn insert(&self, file: FileNumber, offset: u64, block: OwnedBlock) -> Option<Arc<[u8]>> {
+        let charge = block.charge();
         let limit = self.shard_limit();
         if charge > limit {
-            return;
+            return None;
         }
         let key = (self.store, file, offset);
+        let mut spare = None;
         let mut shard = self.shard(&key).lock();
         shard.remove(&key);
         let mut evicted = 0;
         while shard.used_bytes + charge > limit {
-            if !shard.evict_one() {
+            let Some(slot) = shard.evict_one() else {
                 break;
+            };
+            if spare.is_none() {
+                spare = slot.block.into_spare();
             }
             evicted += 1;
         }
@@ -256,6 +264,7 @@ impl BlockCache {
         drop(shard);
         self.core.inserts.fetch_add(1, Ordering::Relaxed);
         self.core.evictions.fetch_add(evicted, Ordering::Relaxed);
+        spare
     }
 
     /// Charges `bytes` of memory held elsewhere (a table's index and filter) to the cache's
@@ -271,7 +280,7 @@ impl BlockCache {
         let mut evicted = 0;
         for s in &self.core.shards {
             let mut shard = s.lock();
-            while shard.used_bytes > limit && shard.evict_one() {
+            while shard.used_bytes > limit && shard.evict_one().is_some() {
                 evicted += 1;
             }
         }
@@ -333,8 +342,8 @@ impl BlockCache {
 mod tests {
     use super::*;
 
-    fn block(n: usize, fill: u8) -> Arc<[u8]> {
-        Arc::from(vec![fill; n])
+    fn block(n: usize, fill: u8) -> OwnedBlock {
+        OwnedBlock::exact(Arc::from(vec![fill; n]))
     }
 
     #[test]
@@ -342,7 +351,7 @@ mod tests {
         let c = BlockCache::new(1 << 20);
         assert!(c.get(FileNumber(1), 0).is_none());
         c.insert(FileNumber(1), 0, block(100, 7));
-        assert_eq!(&*c.get(FileNumber(1), 0).unwrap(), &[7u8; 100][..]);
+        assert_eq!(c.get(FileNumber(1), 0).unwrap().as_slice(), &[7u8; 100][..]);
         let s = c.stats();
         assert_eq!((s.hits, s.misses, s.inserts, s.bytes_used), (1, 1, 1, 100));
     }
@@ -364,6 +373,43 @@ mod tests {
             c.insert(FileNumber(9), off * 4096, block(300, 1));
             assert!(c.get(keep.0, keep.1).is_some(), "evicted after {off}");
         }
+    }
+
+    #[test]
+    fn an_insert_hands_back_an_evicted_buffer_nobody_holds() {
+        // One shard's worth: 16 shards of 1000 bytes, blocks of 600 (one fits a shard).
+        let c = BlockCache::new(16 * 1000);
+        let file = FileNumber(4);
+        // Two offsets of one shard: find a second offset that lands with offset 0.
+        let shard_of = |off: u64| {
+            let key = (c.store, file, off);
+            std::ptr::from_ref(c.shard(&key))
+        };
+        let other = (1..10_000u64)
+            .map(|i| i * 4096)
+            .find(|&off| shard_of(off) == shard_of(0))
+            .expect("a second offset in the shard");
+        let first = block(600, 1);
+        let first_ptr = first.as_slice().as_ptr();
+        assert!(c.insert(file, 0, first).is_none(), "nothing evicted yet");
+        let spare = c
+            .insert(file, other, block(600, 2))
+            .expect("the evicted buffer");
+        assert_eq!(spare.as_ptr(), first_ptr, "the evicted block's own buffer");
+        assert!(c.get(file, 0).is_none());
+        assert_eq!(
+            c.stats().bytes_used,
+            600,
+            "a handed-back buffer is not charged"
+        );
+        // A block a reader still holds is evicted but not handed back.
+        let held = c.get(file, other).expect("cached");
+        assert!(c.insert(file, 0, block(600, 3)).is_none());
+        assert_eq!(
+            held.as_slice(),
+            &[2u8; 600][..],
+            "the reader's copy is intact"
+        );
     }
 
     #[test]
@@ -395,8 +441,8 @@ mod tests {
         let b = a.for_new_store();
         a.insert(FileNumber(5), 0, block(10, 1));
         b.insert(FileNumber(5), 0, block(10, 2));
-        assert_eq!(&*a.get(FileNumber(5), 0).unwrap(), &[1u8; 10][..]);
-        assert_eq!(&*b.get(FileNumber(5), 0).unwrap(), &[2u8; 10][..]);
+        assert_eq!(a.get(FileNumber(5), 0).unwrap().as_slice(), &[1u8; 10][..]);
+        assert_eq!(b.get(FileNumber(5), 0).unwrap().as_slice(), &[2u8; 10][..]);
         assert_eq!(a.stats().bytes_used, 20);
         b.erase_file(FileNumber(5));
         b.reserve(7);
@@ -445,7 +491,7 @@ mod tests {
                     for i in 0..2000u64 {
                         c.insert(FileNumber(t), i, block(64, t as u8));
                         if let Some(b) = c.get(FileNumber(t), i / 2) {
-                            assert!(b.iter().all(|&x| x == t as u8));
+                            assert!(b.as_slice().iter().all(|&x| x == t as u8));
                         }
                     }
                 });

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
-use super::block::{self, Block, BlockData, BlockIter, BLOCK_TRAILER_LEN, BLOCK_TYPE_LZ4};
+use super::block::{
+    self, Block, BlockData, BlockIter, OwnedBlock, BLOCK_TRAILER_LEN, BLOCK_TYPE_LZ4,
+};
 use super::bloom::BloomFilter;
 use super::cache::BlockCache;
 use super::footer::{BlockHandle, Footer, FOOTER_LEN, FORMAT_VERSION};
@@ -347,6 +349,22 @@ thread_local! {
     /// it grows to the largest block the thread read, and shrinks back past
     /// [`READ_BUF_KEEP_BYTES`].
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The buffer of a block the cache evicted when this thread last inserted one, for the
+    /// thread's next block read to decode into (see [`block::OwnedBlock`]).
+    static SPARE_BLOCK: std::cell::Cell<Option<Arc<[u8]>>> = const { std::cell::Cell::new(None) };
+}
+
+/// Caches `block` and keeps the buffer the cache hands back for this thread's next read.
+fn cache_block(cache: &BlockCache, file: FileNumber, offset: u64, block: OwnedBlock) {
+    let spare = cache
+        .insert(file, offset, block)
+        .filter(|b| b.len() <= READ_BUF_KEEP_BYTES);
+    SPARE_BLOCK.with(|s| s.set(spare));
+}
+
+/// This thread's spare block buffer, if it has one.
+fn take_spare_block() -> Option<Arc<[u8]>> {
+    SPARE_BLOCK.with(|s| s.take())
 }
 
 /// The largest buffer a thread keeps for positioned reads between reads.
@@ -816,7 +834,7 @@ impl Table {
             .ok_or_else(|| Error::corruption(&self.path, h.offset, "block size overflows"))?;
         // The stored block is read into a buffer of the thread's, kept between reads: a
         // read that misses the cache would otherwise allocate and zero one each time.
-        let data = READ_BUF.with(|cell| -> Result<Arc<[u8]>> {
+        let data = READ_BUF.with(|cell| -> Result<OwnedBlock> {
             let mut owned = Vec::new();
             let mut guard = cell.try_borrow_mut();
             let buf = match guard.as_deref_mut() {
@@ -829,7 +847,12 @@ impl Table {
             }
             let r =
                 read_exact_at(&self.source, &self.path, &mut buf[..n], h.offset).and_then(|()| {
-                    block::decode_block_in(&buf[..n], h.offset, h, self.verify_checksums)
+                    let spare = if cache.is_some() {
+                        take_spare_block()
+                    } else {
+                        None
+                    };
+                    block::decode_block_in(&buf[..n], h.offset, h, self.verify_checksums, spare)
                         .map_err(|e| e.into_error(&self.path))
                 });
             if buf.capacity() > READ_BUF_KEEP_BYTES {
@@ -838,7 +861,7 @@ impl Table {
             r
         })?;
         if let Some(c) = cache {
-            c.insert(self.file_number, h.offset, Arc::clone(&data));
+            cache_block(c, self.file_number, h.offset, data.clone());
         }
         Block::new(BlockData::Owned(data), h.offset).map_err(|e| e.into_error(&self.path))
     }
@@ -865,7 +888,7 @@ impl Table {
                 return Err(e);
             }
         }
-        let data = block::decode_block_in(&ra.buf, ra.start, h, verify_crc)
+        let data = block::decode_block_in(&ra.buf, ra.start, h, verify_crc, None)
             .map_err(|e| e.into_error(&self.path))?;
         Block::new(BlockData::Owned(data), h.offset).map_err(|e| e.into_error(&self.path))
     }
@@ -893,9 +916,15 @@ impl Table {
         }
         let data = if stored.block_type == BLOCK_TYPE_LZ4 {
             let bytes = map.get(stored.start..stored.end).unwrap_or_default();
-            let b = block::decompress_lz4(bytes, h.offset).map_err(|e| e.into_error(&self.path))?;
+            let spare = if cache.is_some() {
+                take_spare_block()
+            } else {
+                None
+            };
+            let b = block::decompress_lz4(bytes, h.offset, spare)
+                .map_err(|e| e.into_error(&self.path))?;
             if let Some(c) = cache {
-                c.insert(self.file_number, h.offset, Arc::clone(&b));
+                cache_block(c, self.file_number, h.offset, b.clone());
             }
             BlockData::Owned(b)
         } else {
