@@ -203,8 +203,8 @@ pub fn decompress_lz4(
     let raw_len = usize::try_from(raw_len)
         .map_err(|_| err(format!("lz4 block length {raw_len} does not fit in memory")))?;
     let mut out = OwnedBlock::buffer_for(raw_len, spare);
-    let dst = Arc::get_mut(&mut out.buf)
-        .and_then(|b| b.get_mut(..raw_len))
+    let dst = out
+        .bytes_mut()
         .ok_or_else(|| err("lz4 buffer is shared".into()))?;
     match lz4_flex::block::decompress_into(payload, dst) {
         Ok(written) if written == raw_len => Ok(out),
@@ -306,7 +306,7 @@ pub fn decode_block_in(
         decompress_lz4(stored, handle.offset, spare)
     } else {
         let mut out = OwnedBlock::buffer_for(stored.len(), spare);
-        match Arc::get_mut(&mut out.buf).and_then(|b| b.get_mut(..stored.len())) {
+        match out.bytes_mut() {
             Some(dst) => dst.copy_from_slice(stored),
             None => return Ok(OwnedBlock::exact(Arc::from(stored))),
         }
@@ -361,6 +361,12 @@ impl OwnedBlock {
     /// The block's bytes.
     pub fn as_slice(&self) -> &[u8] {
         self.buf.get(..self.len).unwrap_or_default()
+    }
+
+    /// The block's bytes to write into; `None` when the buffer is shared (never for one
+    /// [`OwnedBlock::buffer_for`] just made).
+    fn bytes_mut(&mut self) -> Option<&mut [u8]> {
+        Arc::get_mut(&mut self.buf).and_then(|b| b.get_mut(..self.len))
     }
 
     /// The memory the block holds: its buffer's length.

@@ -362,9 +362,14 @@ fn cache_block(cache: &BlockCache, file: FileNumber, offset: u64, block: OwnedBl
     SPARE_BLOCK.with(|s| s.set(spare));
 }
 
-/// This thread's spare block buffer, if it has one.
-fn take_spare_block() -> Option<Arc<[u8]>> {
-    SPARE_BLOCK.with(|s| s.take())
+/// This thread's spare block buffer, for a block that will be cached (`cached`); a block
+/// that will not be leaves the spare for one that will.
+fn take_spare_block(cached: bool) -> Option<Arc<[u8]>> {
+    if cached {
+        SPARE_BLOCK.with(|s| s.take())
+    } else {
+        None
+    }
 }
 
 /// The largest buffer a thread keeps for positioned reads between reads.
@@ -847,11 +852,7 @@ impl Table {
             }
             let r =
                 read_exact_at(&self.source, &self.path, &mut buf[..n], h.offset).and_then(|()| {
-                    let spare = if cache.is_some() {
-                        take_spare_block()
-                    } else {
-                        None
-                    };
+                    let spare = take_spare_block(cache.is_some());
                     block::decode_block_in(&buf[..n], h.offset, h, self.verify_checksums, spare)
                         .map_err(|e| e.into_error(&self.path))
                 });
@@ -916,12 +917,7 @@ impl Table {
         }
         let data = if stored.block_type == BLOCK_TYPE_LZ4 {
             let bytes = map.get(stored.start..stored.end).unwrap_or_default();
-            let spare = if cache.is_some() {
-                take_spare_block()
-            } else {
-                None
-            };
-            let b = block::decompress_lz4(bytes, h.offset, spare)
+            let b = block::decompress_lz4(bytes, h.offset, take_spare_block(cache.is_some()))
                 .map_err(|e| e.into_error(&self.path))?;
             if let Some(c) = cache {
                 cache_block(c, self.file_number, h.offset, b.clone());
