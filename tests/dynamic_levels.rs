@@ -135,7 +135,11 @@ fn check_all(db: &Db, n: u64, round: u64) {
 
 /// Level 0 compacts straight into the last level while the store is small, and into a
 /// level above only once the last level needs one; the levels above the base stay
-/// empty; fewer bytes are written than with static sizes for the same load.
+/// empty. The same load with static sizes keeps level 1 as its base. (Which of the two
+/// writes fewer compaction bytes depends on where tables happen to be cut: measured on
+/// this load, dynamic sizes wrote 5% less at 40k keys with version 1 tables, 3% more with
+/// version 2 tables, and 3-17% more at 60k and 80k keys with either; the test prints the
+/// figures and asserts neither.)
 #[test]
 fn level_zero_compacts_into_the_base_level_which_rises_as_the_store_grows() {
     const N: u64 = 40_000;
@@ -166,7 +170,7 @@ fn level_zero_compacts_into_the_base_level_which_rises_as_the_store_grows() {
     let dynamic = db.stats();
     drop(db);
 
-    // The same load with static sizes writes more.
+    // The same load with static sizes.
     let dir2 = tempfile::tempdir().unwrap();
     let db = Db::open(dir2.path(), opts(false)).unwrap();
     let rounds = load(&db, N, 1000);
@@ -179,12 +183,6 @@ fn level_zero_compacts_into_the_base_level_which_rises_as_the_store_grows() {
         dynamic.write_amplification(),
         fixed.compaction_bytes_written,
         fixed.write_amplification()
-    );
-    assert!(
-        dynamic.compaction_bytes_written < fixed.compaction_bytes_written,
-        "dynamic {} static {}",
-        dynamic.compaction_bytes_written,
-        fixed.compaction_bytes_written
     );
 
     // Reopened either way, the store reads the same.

@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 use super::filename::table_path;
 use super::iter::BoxedIter;
 use super::manifest::NewFile;
+use super::sst::bloom::hash64;
 use super::sst::{BlockCache, LookupResult, Table};
 use super::types::{compare_internal_keys, user_key, FileNumber, InternalIterator, SeqNo};
 use super::TableReads;
@@ -101,8 +102,14 @@ impl FileMeta {
 
     /// The opened table (opened on first use, then shared).
     pub fn table(&self) -> Result<Arc<Table>> {
+        self.opened().cloned()
+    }
+
+    /// [`FileMeta::table`], borrowed: a lookup reads through it without touching the
+    /// shared reference count (a cache line every reader thread would write).
+    pub fn opened(&self) -> Result<&Arc<Table>> {
         if let Some(t) = self.table.get() {
-            return Ok(t.clone());
+            return Ok(t);
         }
         let t = Table::open_with(
             self.ctx.fs.as_ref(),
@@ -123,7 +130,7 @@ impl FileMeta {
                 ),
             ));
         }
-        Ok(self.table.get_or_init(|| t).clone())
+        Ok(self.table.get_or_init(|| t))
     }
 
     /// The table, if it was opened already.
@@ -226,6 +233,9 @@ impl Version {
     /// older than any L0 entry for the same key: an L0 compaction takes every L0 file,
     /// and whatever is flushed later is newer.
     pub fn get(&self, ukey: &[u8], seq: SeqNo, counts: &mut FilterCounts) -> Result<VersionLookup> {
+        // The key's filter hash, computed once for every table asked.
+        let hash = hash64(ukey);
+        self.prefetch_filters(ukey, hash);
         for (level, files) in self.levels.iter().enumerate() {
             if level == 0 {
                 let mut best: Option<(SeqNo, VersionLookup)> = None;
@@ -237,7 +247,7 @@ impl Version {
                     if ukey < lo || ukey > hi {
                         continue;
                     }
-                    if let Some((s, r)) = lookup_file(f, ukey, seq, counts)? {
+                    if let Some((s, r)) = lookup_file(f, ukey, hash, seq, counts)? {
                         if best.as_ref().is_none_or(|(b, _)| s > *b) {
                             best = Some((s, r));
                         }
@@ -251,7 +261,7 @@ impl Version {
                 let i = files.partition_point(|f| user_key(&f.largest) < ukey);
                 if let Some(f) = files.get(i) {
                     if user_key(&f.smallest) <= ukey {
-                        if let Some((_, r)) = lookup_file(f, ukey, seq, counts)? {
+                        if let Some((_, r)) = lookup_file(f, ukey, hash, seq, counts)? {
                             return Ok(r);
                         }
                     }
@@ -259,6 +269,29 @@ impl Version {
             }
         }
         Ok(VersionLookup::NotFound)
+    }
+
+    /// Starts loading the filter lines [`Version::get`] may read for `ukey` in every
+    /// opened table that may hold it (the L0 files whose range covers it, and one file of
+    /// each deeper level), so that their cache misses overlap instead of following each
+    /// other. Tables not yet opened are left to the lookup.
+    fn prefetch_filters(&self, ukey: &[u8], hash: u64) {
+        for (level, files) in self.levels.iter().enumerate() {
+            let candidates = if level == 0 {
+                files.as_slice()
+            } else {
+                let i = files.partition_point(|f| user_key(&f.largest) < ukey);
+                files.get(i..(i + 1).min(files.len())).unwrap_or_default()
+            };
+            for f in candidates {
+                let (lo, hi) = f.user_range();
+                if lo <= ukey && ukey <= hi {
+                    if let Some(t) = f.table.get() {
+                        t.prefetch_filter(hash);
+                    }
+                }
+            }
+        }
     }
 
     /// Iterators over every file: one per L0 file, one concatenating iterator per level.
@@ -296,15 +329,16 @@ impl Version {
 fn lookup_file(
     f: &FileMeta,
     ukey: &[u8],
+    hash: u64,
     seq: SeqNo,
     counts: &mut FilterCounts,
 ) -> Result<Option<(SeqNo, VersionLookup)>> {
     if f.smallest_seq > seq {
         return Ok(None); // every entry is newer than the reader
     }
-    let t = f.table()?;
+    let t = f.opened()?;
     counts.checked += 1;
-    if !t.may_contain(ukey) {
+    if !t.may_contain_hash(hash) {
         counts.useful += 1;
         return Ok(None);
     }

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::block::{self, BlockBuilder, BLOCK_TRAILER_LEN, BLOCK_TYPE_LZ4, BLOCK_TYPE_RAW};
-use super::bloom::BloomBuilder;
+use super::bloom::{BloomBuilder, FilterLayout};
 use super::footer::{BlockHandle, Footer, FORMAT_VERSION};
 use super::table::TableProperties;
 use crate::codec;
@@ -267,6 +267,8 @@ pub struct TableBuilder {
     raw_value_bytes: u64,
     smallest_seq: SeqNo,
     largest_seq: SeqNo,
+    /// The format version written ([`FORMAT_VERSION`]; tests also write older ones).
+    format_version: u32,
     failed: bool,
 }
 
@@ -274,8 +276,8 @@ impl TableBuilder {
     /// A builder writing to `file`, which must be empty.
     pub fn new(file: Box<dyn WritableFile>, opts: TableOptions) -> Self {
         let offset = file.len();
-        let bloom =
-            (opts.bloom_bits_per_key > 0).then(|| BloomBuilder::new(opts.bloom_bits_per_key));
+        let bloom = (opts.bloom_bits_per_key > 0)
+            .then(|| BloomBuilder::new(opts.bloom_bits_per_key, FilterLayout::Blocked));
         TableBuilder {
             sink: Sink {
                 file,
@@ -302,8 +304,20 @@ impl TableBuilder {
             raw_value_bytes: 0,
             smallest_seq: SeqNo::MAX,
             largest_seq: SeqNo(0),
+            format_version: FORMAT_VERSION,
             failed: false,
         }
+    }
+
+    /// Writes format `version` instead of [`FORMAT_VERSION`] (1: the filter layout of
+    /// version 1), so that tests can check that older tables are still read.
+    #[cfg(test)]
+    pub(crate) fn with_format_version(mut self, version: u32) -> Self {
+        let layout = FilterLayout::of_version(version).expect("a readable version");
+        self.format_version = version;
+        self.bloom = (self.opts.bloom_bits_per_key > 0)
+            .then(|| BloomBuilder::new(self.opts.bloom_bits_per_key, layout));
+        self
     }
 
     /// Compresses data blocks on a second thread while this one builds the next: for a
@@ -547,7 +561,7 @@ impl TableBuilder {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let mut props = TableProperties {
-            format_version: FORMAT_VERSION,
+            format_version: self.format_version,
             num_entries: self.num_entries,
             num_deletions: self.num_deletions,
             num_data_blocks: self.num_data_blocks,
@@ -572,7 +586,7 @@ impl TableBuilder {
             filter,
             properties,
             index,
-            format_version: FORMAT_VERSION,
+            format_version: self.format_version,
         };
         self.sink.append(&footer.encode())?;
         self.sink.file.sync()?;

@@ -7,8 +7,13 @@
 
 use crate::codec::{self, DecodeError, Decoder};
 
-/// The table format version this module writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The table format version tables are written in: 2, whose filter keeps each key's
+/// probes in one 64-byte line.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest table format version still read: 1, whose filter spreads each key's probes
+/// over the whole filter. Versions 1 and 2 differ only there.
+pub const OLDEST_READABLE_FORMAT_VERSION: u32 = 1;
 
 /// Identifies a tidemark table: the bytes `tidemSST` read as a little-endian u64.
 pub const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"tidemSST");
@@ -145,11 +150,12 @@ impl Footer {
                 reason: format!("bad table magic {magic:#018x}, expected {TABLE_MAGIC:#018x}"),
             });
         }
-        if format_version != FORMAT_VERSION {
+        if !(OLDEST_READABLE_FORMAT_VERSION..=FORMAT_VERSION).contains(&format_version) {
             return Err(DecodeError {
                 offset: base + VERSION_OFFSET as u64,
                 reason: format!(
-                    "unsupported table format version {format_version} (this build reads {FORMAT_VERSION})"
+                    "unsupported table format version {format_version} (this build reads \
+                     {OLDEST_READABLE_FORMAT_VERSION} to {FORMAT_VERSION})"
                 ),
             });
         }

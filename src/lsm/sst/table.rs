@@ -17,9 +17,9 @@ use memmap2::Mmap;
 use super::block::{
     self, Block, BlockData, BlockIter, OwnedBlock, BLOCK_TRAILER_LEN, BLOCK_TYPE_LZ4,
 };
-use super::bloom::BloomFilter;
+use super::bloom::{hash64, BloomFilter, FilterLayout};
 use super::cache::BlockCache;
-use super::footer::{BlockHandle, Footer, FOOTER_LEN, FORMAT_VERSION};
+use super::footer::{BlockHandle, Footer, FOOTER_LEN};
 use crate::codec::{self, DecodeError, Decoder};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::FileSystem;
@@ -394,6 +394,8 @@ pub struct Table {
     index: PackedIndex,
     /// The filter block's stored bytes (validated at open).
     filter: Option<ByteBuf>,
+    /// How the filter places a key's probes (from the table's format version).
+    filter_layout: FilterLayout,
     cache: Option<Arc<BlockCache>>,
     verify_checksums: bool,
     /// Mapped tables only: one flag per data block, set once its crc was checked: the
@@ -557,7 +559,7 @@ impl Table {
         let mut meta = map_anon(meta_len.max(1));
         read_exact_at(&source, path, &mut meta[..meta_len], data_end)?;
         let meta = Arc::new(meta.make_read_only().ctx("mprotect metadata of", path)?);
-        let (mut props, index, filter) =
+        let (mut props, index, filter, filter_layout) =
             validate_meta(&meta, meta_len, data_end, &footer).map_err(|e| e.into_error(path))?;
         drop(meta);
         props.file_size = len;
@@ -578,6 +580,7 @@ impl Table {
             props,
             index,
             filter,
+            filter_layout,
             cache,
             verify_checksums,
             reserved,
@@ -655,11 +658,29 @@ impl Table {
     /// False when `user_key` is certainly not in the table (the bloom filter's answer);
     /// true when it may be, or when the table has no filter.
     pub fn may_contain(&self, user_key: &[u8]) -> bool {
+        self.may_contain_hash(hash64(user_key))
+    }
+
+    /// Starts loading the part of the filter that [`Table::may_contain_hash`] will read
+    /// for `h`, without waiting for it (see [`BloomFilter::prefetch_hash`]).
+    pub fn prefetch_filter(&self, h: u64) {
+        if let Some(f) = self
+            .filter
+            .as_ref()
+            .and_then(|b| BloomFilter::parse(b, self.filter_layout).ok())
+        {
+            f.prefetch_hash(h);
+        }
+    }
+
+    /// [`Table::may_contain`] for a key whose [`hash64`] is `h`: a lookup through several
+    /// tables hashes its key once.
+    pub fn may_contain_hash(&self, h: u64) -> bool {
         let Some(bytes) = &self.filter else {
             return true;
         };
         // Validated at open; a failure here cannot happen, and "maybe" is always safe.
-        BloomFilter::parse(bytes).map_or(true, |f| f.may_contain(user_key))
+        BloomFilter::parse(bytes, self.filter_layout).map_or(true, |f| f.may_contain_hash(h))
     }
 
     /// The newest entry for `user_key` with sequence number `<= seq`. Does not consult
@@ -975,7 +996,7 @@ fn check_layout(footer: &Footer, footer_at: u64) -> Result<u64, DecodeError> {
     }
 }
 
-type Validated = (TableProperties, PackedIndex, Option<ByteBuf>);
+type Validated = (TableProperties, PackedIndex, Option<ByteBuf>, FilterLayout);
 
 /// Checks the metadata region `meta[..len]` (the file's bytes from `data_end` up to the
 /// footer): filter, properties, index, and their agreement with each other and the footer.
@@ -1003,9 +1024,18 @@ fn validate_meta(
         Ok(region.get(locate(h, what)?).unwrap_or_default())
     };
 
+    let layout = FilterLayout::of_version(footer.format_version).ok_or_else(|| {
+        at(
+            footer.filter.offset,
+            format!(
+                "no filter layout for format version {}",
+                footer.format_version
+            ),
+        )
+    })?;
     let filter = if footer.has_filter() {
         let bytes = read_meta(footer.filter, "filter")?;
-        BloomFilter::parse(bytes).map_err(|r| at(footer.filter.offset, r))?;
+        BloomFilter::parse(bytes, layout).map_err(|r| at(footer.filter.offset, r))?;
         Some(ByteBuf::from(bytes))
     } else {
         None
@@ -1023,7 +1053,7 @@ fn validate_meta(
     };
     let index = decode_index(index_block, footer.index.offset, data_end)?;
     check_properties(&props, footer, &index, data_end)?;
-    Ok((props, index, filter))
+    Ok((props, index, filter, layout))
 }
 
 /// Decodes the index block into a [`PackedIndex`], checking that the blocks tile
@@ -1140,10 +1170,10 @@ fn check_properties(
     } else {
         0
     };
-    let problem = if p.format_version != FORMAT_VERSION {
+    let problem = if p.format_version != footer.format_version {
         Some(format!(
-            "format version {} in the properties",
-            p.format_version
+            "format version {} in the properties, {} in the footer",
+            p.format_version, footer.format_version
         ))
     } else if p.num_data_blocks != index.len() as u64 {
         Some(format!(
@@ -1624,6 +1654,140 @@ mod tests {
         let p = write_table(&no_filter, &sorted, opts(4096, Compression::Lz4, 0));
         assert_eq!(p.filter_bytes, 0);
         assert!(open(&no_filter).unwrap().may_contain(b"absent"));
+    }
+
+    /// Tables of format version 1 (filter probes spread over the whole filter) are still
+    /// read: every entry, every lookup, and a filter with no false negatives, which a
+    /// reader using version 2's layout would not give.
+    #[test]
+    fn version_1_tables_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries = sample_entries(3000);
+        for (version, name) in [(1, "1.sst"), (2, "2.sst")] {
+            let path = dir.path().join(name);
+            let mut b = TableBuilder::new(
+                StdFs.create(&path).unwrap(),
+                opts(512, Compression::Lz4, 10),
+            )
+            .with_format_version(version);
+            for (k, v) in &entries {
+                b.add(k, v).unwrap();
+            }
+            let p = b.finish().unwrap();
+            assert_eq!(p.format_version, version);
+            let bytes = std::fs::read(&path).unwrap();
+            let at = bytes.len() - FOOTER_LEN;
+            assert_eq!(
+                Footer::decode(&bytes[at..], at as u64)
+                    .unwrap()
+                    .format_version,
+                version
+            );
+            let t = open(&path).unwrap();
+            assert_eq!(t.properties().format_version, version);
+            assert_eq!(collect(&t).unwrap(), entries);
+            for (k, _) in &entries {
+                let ukey = user_key(k);
+                assert!(
+                    t.may_contain(ukey),
+                    "version {version}: {}",
+                    ukey.escape_ascii()
+                );
+                assert!(t.get_entry(ukey, SeqNo::MAX).unwrap().is_some());
+            }
+            let fp = (0..10_000u32)
+                .filter(|i| t.may_contain(format!("absent{i}").as_bytes()))
+                .count();
+            assert!(fp < 250, "version {version}: {fp} false positives in 10000");
+            t.verify().unwrap();
+        }
+    }
+
+    /// The version 1 worked example that `format-spec/sst.md` showed until version 2,
+    /// byte for byte: still opened, verified and read.
+    #[test]
+    fn the_version_1_worked_example_is_still_read() {
+        const HEX: &str = "\
+            000d036170706c6501020000000000007265640508000001000000000000000000000100\
+            0000009e6ed20c000e0463686572727901030000000000006461726b0000000001000000\
+            001970432010402080000201040700f806d37a0100000003000000000000000100000000\
+            0000000200000000000000280000000000000007000000000000004d0000000000000032\
+            000000000000000e0000000000000001000000000000000300000000000000453af211a2\
+            010000000a0000000d6170706c6501020000000000000e63686572727901030000000000\
+            00002bfbef5b0009026201ffffffffffffff0026000e0263686572727901030000000000\
+            002b1d000000000e0000000200000000d5fb8b774d000000000000000900000000000000\
+            5b000000000000007e00000000000000de000000000000002d0000000000000001000000\
+            746964656d535354889c7a18";
+        let hex: String = HEX.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(bytes.len(), 336);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000001.sst");
+        std::fs::write(&path, &bytes).unwrap();
+        let t = open(&path).unwrap();
+        assert_eq!(t.properties().format_version, 1);
+        assert_eq!(t.verify().unwrap(), crc32c::crc32c(&bytes));
+        assert!(t.may_contain(b"apple") && t.may_contain(b"cherry"));
+        assert_eq!(
+            t.get(b"apple", SeqNo(2)).unwrap(),
+            LookupResult::Found(b"red".to_vec())
+        );
+        assert_eq!(t.get(b"apple", SeqNo(1)).unwrap(), LookupResult::Deleted);
+        assert_eq!(
+            t.get(b"cherry", SeqNo(3)).unwrap(),
+            LookupResult::Found(b"dark".to_vec())
+        );
+        assert_eq!(t.get(b"banana", SeqNo(3)).unwrap(), LookupResult::NotFound);
+    }
+
+    /// A footer and properties that disagree on the format version, or a version this
+    /// build does not read, fail open naming the file.
+    #[test]
+    fn a_table_with_an_unknown_or_mismatched_version_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.sst");
+        // 256 keys at 10 bits: a version 1 filter of 320 bytes, whole 64-byte lines, so
+        // that only the properties tell the two versions apart.
+        let entries: Entries = (0..256u32)
+            .map(|i| {
+                (
+                    ik(format!("k{i:04}").as_bytes(), 1, ValueKind::Put),
+                    vec![1],
+                )
+            })
+            .collect();
+        let mut b = TableBuilder::new(
+            StdFs.create(&path).unwrap(),
+            opts(4096, Compression::None, 10),
+        )
+        .with_format_version(1);
+        for (k, v) in &entries {
+            b.add(k, v).unwrap();
+        }
+        b.finish().unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let at = good.len() - FOOTER_LEN;
+        let footer = Footer::decode(&good[at..], at as u64).unwrap();
+        assert_eq!(footer.filter.size, 320 + 1);
+        for (version, want) in [
+            (2, "format version 1 in the properties, 2 in the footer"),
+            (3, "unsupported table format version 3"),
+            (0, "unsupported table format version 0"),
+        ] {
+            let mut bad = good.clone();
+            let f = Footer {
+                format_version: version,
+                ..footer
+            };
+            bad[at..].copy_from_slice(&f.encode());
+            std::fs::write(&path, &bad).unwrap();
+            let e = open(&path).unwrap_err();
+            assert_corruption_names(&e, &path);
+            assert!(e.to_string().contains(want), "{e}");
+        }
     }
 
     #[test]
