@@ -74,8 +74,10 @@ pub const LINE_BYTES: usize = 64;
 /// Bits of one line of a [`FilterLayout::Blocked`] filter.
 const LINE_BITS: u64 = LINE_BYTES as u64 * 8;
 
-/// Multiplier that moves a blocked filter's probe to the next bit of its line (the 32-bit
-/// golden ratio, odd, so every probe of a key differs from the one before it).
+/// Multiplier that mixes a blocked filter's probe state before the next probe (the 32-bit
+/// golden ratio). A mixing step, not a guarantee: two probes of a key may share a bit
+/// (always, for the one key in 2^29 whose low 29 bits are zero), which costs a little
+/// false-positive rate and never a false negative.
 const LINE_STEP: u32 = 0x9E37_79B9;
 
 /// Where a filter puts a key's probes: fixed by the table's format version.
@@ -279,7 +281,12 @@ impl<'a> BloomFilter<'a> {
         let lines = (self.bits.len() / LINE_BYTES) as u64;
         let start = (blocked_line(h, lines) * LINE_BYTES as u64) as usize;
         if let Some(line) = self.bits.get(start..start + LINE_BYTES) {
+            // A filter in memory that is not 64-byte aligned (a small one, on the heap)
+            // has lines that span two cache lines: ask for both ends.
             prefetch(line.as_ptr());
+            if let Some(last) = line.last() {
+                prefetch(last);
+            }
         }
     }
 

@@ -34,7 +34,7 @@ use crate::lsm::{Compression, TableReads};
 /// when known, its crc32c.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableProperties {
-    /// The table format version (1).
+    /// The table format version (1 or 2; they differ in the filter layout).
     pub format_version: u32,
     /// Entries (puts and tombstones).
     pub num_entries: u64,
@@ -1657,8 +1657,10 @@ mod tests {
     }
 
     /// Tables of format version 1 (filter probes spread over the whole filter) are still
-    /// read: every entry, every lookup, and a filter with no false negatives, which a
-    /// reader using version 2's layout would not give.
+    /// read: every entry, every lookup, and a filter with no false negatives. A reader
+    /// taking this version 1 filter (3,750 bytes) for version 2 would refuse to open it
+    /// (not whole 64-byte lines); one taking a version 2 filter for version 1 would miss
+    /// keys.
     #[test]
     fn version_1_tables_are_still_read() {
         let dir = tempfile::tempdir().unwrap();
