@@ -19,6 +19,7 @@ use crate::fs::StdFs;
 use crate::lsm::batch::decode_batch;
 use crate::lsm::filename;
 use crate::lsm::manifest::{read_current, NewFile, VersionEdit};
+use crate::lsm::sst::bloom::FilterLayout;
 use crate::lsm::sst::Table;
 use crate::lsm::types::{parse_internal_key, InternalIterator, ValueKind};
 use crate::lsm::wal::LogKind;
@@ -419,6 +420,9 @@ pub struct FilterJson {
     pub kind: &'static str,
     /// Bits per key.
     pub bits_per_key: u32,
+    /// Where a key's probes fall: `lines` (format version 2: all in one 64-byte line) or
+    /// `spread` (version 1: anywhere in the filter).
+    pub layout: &'static str,
     /// Bytes of the filter block on disk, trailer included.
     pub bytes: u64,
 }
@@ -545,6 +549,11 @@ pub fn sst_report(path: &Path, entries: bool) -> crate::Result<SstReport> {
         filter: (p.bloom_bits_per_key > 0 && p.filter_bytes > 0).then_some(FilterJson {
             kind: "bloom",
             bits_per_key: p.bloom_bits_per_key,
+            layout: match FilterLayout::of_version(p.format_version) {
+                Some(FilterLayout::Blocked) => "lines",
+                Some(FilterLayout::Spread) => "spread",
+                None => "unknown",
+            },
             bytes: p.filter_bytes,
         }),
         blocks,
@@ -603,8 +612,9 @@ impl Render for SstReport {
         match &self.filter {
             Some(f) => writeln!(
                 out,
-                "  filter          bloom, {} bits/key, {}",
+                "  filter          bloom, {} bits/key, {} layout, {}",
                 f.bits_per_key,
+                f.layout,
                 size(f.bytes)
             )?,
             None => writeln!(out, "  filter          none")?,
