@@ -1415,8 +1415,14 @@ impl DbInner {
             log.tally.writes += 1;
             log.tally.groups += 1;
             log.tally.user_bytes += batch.encoded_size() as u64;
-            (log.mem.clone(), prev)
+            (Arc::as_ptr(&log.mem), prev)
         };
+        // SAFETY: the memtable numbered this write under `log`, which holds it until
+        // `switch_memtable` replaces it; the switch keeps it (in the state's immutable
+        // memtables) and waits, before handing it to a flush, until every write numbered
+        // for it is visible, which this one is only after `complete` below. So the memtable
+        // outlives this borrow, without a reference count that every writer would write.
+        let mem = unsafe { &*mem };
         mem.add_batch(&batch, SeqNo(prev + 1));
         self.complete(prev, prev + n);
         Ok(())
