@@ -236,16 +236,12 @@ impl Version {
         // The key's filter hash, computed once for every table asked.
         let hash = hash64(ukey);
         self.prefetch_filters(ukey, hash);
-        for (level, files) in self.levels.iter().enumerate() {
+        for level in 0..self.levels.len() {
             if level == 0 {
                 let mut best: Option<(SeqNo, VersionLookup)> = None;
-                for f in files {
+                for f in self.files_covering(0, ukey) {
                     if best.as_ref().is_some_and(|(s, _)| *s >= f.largest_seq) {
                         break;
-                    }
-                    let (lo, hi) = f.user_range();
-                    if ukey < lo || ukey > hi {
-                        continue;
                     }
                     if let Some((s, r)) = lookup_file(f, ukey, hash, seq, counts)? {
                         if best.as_ref().is_none_or(|(b, _)| s > *b) {
@@ -256,39 +252,47 @@ impl Version {
                 if let Some((_, r)) = best {
                     return Ok(r);
                 }
-            } else {
-                // First file whose largest user key >= ukey.
-                let i = files.partition_point(|f| user_key(&f.largest) < ukey);
-                if let Some(f) = files.get(i) {
-                    if user_key(&f.smallest) <= ukey {
-                        if let Some((_, r)) = lookup_file(f, ukey, hash, seq, counts)? {
-                            return Ok(r);
-                        }
-                    }
+            } else if let Some(f) = self.files_covering(level, ukey).next() {
+                if let Some((_, r)) = lookup_file(f, ukey, hash, seq, counts)? {
+                    return Ok(r);
                 }
             }
         }
         Ok(VersionLookup::NotFound)
     }
 
+    /// The files of `level` whose user-key range covers `ukey`: any number in level 0
+    /// (newest first), at most one in a deeper level (found by binary search). Stopping at
+    /// a level-0 file whose largest sequence number is too small, as [`Version::get`]
+    /// does, skips the same files whether or not the files not covering the key come
+    /// between: the files are in descending order of that number.
+    fn files_covering<'a>(
+        &'a self,
+        level: usize,
+        ukey: &'a [u8],
+    ) -> impl Iterator<Item = &'a Arc<FileMeta>> + 'a {
+        let files = self.levels.get(level).map_or(&[][..], Vec::as_slice);
+        let candidates = if level == 0 {
+            files
+        } else {
+            // First file whose largest user key >= ukey.
+            let i = files.partition_point(|f| user_key(&f.largest) < ukey);
+            files.get(i..(i + 1).min(files.len())).unwrap_or_default()
+        };
+        candidates.iter().filter(move |f| {
+            let (lo, hi) = f.user_range();
+            lo <= ukey && ukey <= hi
+        })
+    }
+
     /// Starts loading the filter lines [`Version::get`] may read for `ukey` in every
-    /// opened table that may hold it (the L0 files whose range covers it, and one file of
-    /// each deeper level), so that their cache misses overlap instead of following each
-    /// other. Tables not yet opened are left to the lookup.
+    /// opened table that may hold it, so that their cache misses overlap instead of
+    /// following each other. Tables not yet opened are left to the lookup.
     fn prefetch_filters(&self, ukey: &[u8], hash: u64) {
-        for (level, files) in self.levels.iter().enumerate() {
-            let candidates = if level == 0 {
-                files.as_slice()
-            } else {
-                let i = files.partition_point(|f| user_key(&f.largest) < ukey);
-                files.get(i..(i + 1).min(files.len())).unwrap_or_default()
-            };
-            for f in candidates {
-                let (lo, hi) = f.user_range();
-                if lo <= ukey && ukey <= hi {
-                    if let Some(t) = f.table.get() {
-                        t.prefetch_filter(hash);
-                    }
+        for level in 0..self.levels.len() {
+            for f in self.files_covering(level, ukey) {
+                if let Some(t) = f.table.get() {
+                    t.prefetch_filter(hash);
                 }
             }
         }

@@ -315,6 +315,49 @@ impl<'a> BloomFilter<'a> {
     }
 }
 
+/// A table's filter block as the table keeps it while open: its bytes, parsed once at
+/// open, so that a lookup reads the filter without checking the block again.
+#[derive(Debug)]
+pub(crate) struct TableFilter {
+    /// The filter block (bits, then the probe count).
+    block: ByteBuf,
+    num_probes: u8,
+    layout: FilterLayout,
+}
+
+impl TableFilter {
+    /// Validates a filter block of `layout` (as [`BloomFilter::parse`]) and keeps a copy.
+    pub fn parse(block: &[u8], layout: FilterLayout) -> Result<TableFilter, String> {
+        let num_probes = BloomFilter::parse(block, layout)?.num_probes;
+        Ok(TableFilter {
+            block: ByteBuf::from(block),
+            num_probes,
+            layout,
+        })
+    }
+
+    /// The filter, to ask.
+    pub fn view(&self) -> BloomFilter<'_> {
+        let bits = self.block.len().saturating_sub(1);
+        BloomFilter {
+            bits: self.block.get(..bits).unwrap_or_default(),
+            num_probes: self.num_probes,
+            layout: self.layout,
+        }
+    }
+
+    /// Bytes of memory the filter holds.
+    pub fn memory_bytes(&self) -> usize {
+        self.block.len()
+    }
+
+    /// Whether the filter lives in a mapping of its own (see [`ByteBuf`]).
+    #[cfg(test)]
+    pub fn is_mapped(&self) -> bool {
+        self.block.is_mapped()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

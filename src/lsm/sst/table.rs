@@ -17,7 +17,7 @@ use memmap2::Mmap;
 use super::block::{
     self, Block, BlockData, BlockIter, OwnedBlock, BLOCK_TRAILER_LEN, BLOCK_TYPE_LZ4,
 };
-use super::bloom::{hash64, BloomFilter, FilterLayout};
+use super::bloom::{hash64, FilterLayout, TableFilter};
 use super::cache::BlockCache;
 use super::footer::{BlockHandle, Footer, FOOTER_LEN};
 use crate::codec::{self, DecodeError, Decoder};
@@ -392,10 +392,8 @@ pub struct Table {
     file_size: u64,
     props: TableProperties,
     index: PackedIndex,
-    /// The filter block's stored bytes (validated at open).
-    filter: Option<ByteBuf>,
-    /// How the filter places a key's probes (from the table's format version).
-    filter_layout: FilterLayout,
+    /// The filter block, validated at open.
+    filter: Option<TableFilter>,
     cache: Option<Arc<BlockCache>>,
     verify_checksums: bool,
     /// Mapped tables only: one flag per data block, set once its crc was checked: the
@@ -559,7 +557,7 @@ impl Table {
         let mut meta = map_anon(meta_len.max(1));
         read_exact_at(&source, path, &mut meta[..meta_len], data_end)?;
         let meta = Arc::new(meta.make_read_only().ctx("mprotect metadata of", path)?);
-        let (mut props, index, filter, filter_layout) =
+        let (mut props, index, filter) =
             validate_meta(&meta, meta_len, data_end, &footer).map_err(|e| e.into_error(path))?;
         drop(meta);
         props.file_size = len;
@@ -567,7 +565,7 @@ impl Table {
             Source::Mapped(_) => (0..index.len()).map(|_| AtomicBool::new(false)).collect(),
             Source::File(_) => Box::default(),
         };
-        let reserved = index.heap_bytes() + filter.as_ref().map_or(0, |f| f.len());
+        let reserved = index.heap_bytes() + filter.as_ref().map_or(0, TableFilter::memory_bytes);
         if let Some(c) = &cache {
             c.reserve(reserved);
         }
@@ -580,7 +578,6 @@ impl Table {
             props,
             index,
             filter,
-            filter_layout,
             cache,
             verify_checksums,
             reserved,
@@ -662,25 +659,19 @@ impl Table {
     }
 
     /// Starts loading the part of the filter that [`Table::may_contain_hash`] will read
-    /// for `h`, without waiting for it (see [`BloomFilter::prefetch_hash`]).
+    /// for `h`, without waiting for it (see [`super::bloom::BloomFilter::prefetch_hash`]).
     pub fn prefetch_filter(&self, h: u64) {
-        if let Some(f) = self
-            .filter
-            .as_ref()
-            .and_then(|b| BloomFilter::parse(b, self.filter_layout).ok())
-        {
-            f.prefetch_hash(h);
+        if let Some(f) = &self.filter {
+            f.view().prefetch_hash(h);
         }
     }
 
     /// [`Table::may_contain`] for a key whose [`hash64`] is `h`: a lookup through several
     /// tables hashes its key once.
     pub fn may_contain_hash(&self, h: u64) -> bool {
-        let Some(bytes) = &self.filter else {
-            return true;
-        };
-        // Validated at open; a failure here cannot happen, and "maybe" is always safe.
-        BloomFilter::parse(bytes, self.filter_layout).map_or(true, |f| f.may_contain_hash(h))
+        self.filter
+            .as_ref()
+            .is_none_or(|f| f.view().may_contain_hash(h))
     }
 
     /// The newest entry for `user_key` with sequence number `<= seq`. Does not consult
@@ -996,7 +987,7 @@ fn check_layout(footer: &Footer, footer_at: u64) -> Result<u64, DecodeError> {
     }
 }
 
-type Validated = (TableProperties, PackedIndex, Option<ByteBuf>, FilterLayout);
+type Validated = (TableProperties, PackedIndex, Option<TableFilter>);
 
 /// Checks the metadata region `meta[..len]` (the file's bytes from `data_end` up to the
 /// footer): filter, properties, index, and their agreement with each other and the footer.
@@ -1035,8 +1026,7 @@ fn validate_meta(
     })?;
     let filter = if footer.has_filter() {
         let bytes = read_meta(footer.filter, "filter")?;
-        BloomFilter::parse(bytes, layout).map_err(|r| at(footer.filter.offset, r))?;
-        Some(ByteBuf::from(bytes))
+        Some(TableFilter::parse(bytes, layout).map_err(|r| at(footer.filter.offset, r))?)
     } else {
         None
     };
@@ -1053,7 +1043,7 @@ fn validate_meta(
     };
     let index = decode_index(index_block, footer.index.offset, data_end)?;
     check_properties(&props, footer, &index, data_end)?;
-    Ok((props, index, filter, layout))
+    Ok((props, index, filter))
 }
 
 /// Decodes the index block into a [`PackedIndex`], checking that the blocks tile
