@@ -10,7 +10,7 @@ use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tidemark::lsm::{Db, Options, SyncMode, TableReads};
+use tidemark::lsm::{BlockCacheForm, Db, Options, SyncMode, TableReads};
 use tidemark::Error;
 
 fn key(i: u32) -> Vec<u8> {
@@ -80,25 +80,39 @@ fn positioned_and_mapped_reads_return_the_same_data() {
     }
     assert!(tables_in(dir.path()).len() > 1);
     let mut seen = Vec::new();
-    for reads in [
-        TableReads::Mapped,
-        TableReads::Positioned,
-        TableReads::Mapped,
+    let compressed = BlockCacheForm::CompressedUntilReused;
+    let decompressed = BlockCacheForm::Decompressed;
+    let big = Options::default().block_cache_bytes;
+    for (reads, form, cache_bytes) in [
+        (TableReads::Mapped, compressed, big),
+        (TableReads::Positioned, compressed, big),
+        (TableReads::Positioned, decompressed, big),
+        // Small enough that blocks are evicted in every form.
+        (TableReads::Positioned, compressed, 48 << 10),
+        (TableReads::Positioned, decompressed, 48 << 10),
+        (TableReads::Mapped, compressed, big),
     ] {
         let o = Options {
             compaction: false,
+            block_cache_form: form,
+            block_cache_bytes: cache_bytes,
             ..options(reads)
         };
         let db = Db::open(dir.path(), o).unwrap();
-        // Twice: the second time from the block cache.
+        // Again and again: from the block cache, held compressed until a block has been
+        // hit enough to be held decompressed.
         let first = read_all(&db, n);
-        assert_eq!(first, read_all(&db, n), "{reads:?}");
+        for _ in 0..10 {
+            assert_eq!(first, read_all(&db, n), "{reads:?} {form:?} {cache_bytes}");
+        }
         assert!(first.0.iter().filter(|v| v.is_some()).count() > (n as usize) / 2);
+        let stats = db.stats();
+        assert!(stats.cache_hits > 0, "{stats:?}");
+        assert!(stats.cache_bytes + stats.cache_bytes_reserved <= cache_bytes as u64);
         seen.push(first);
         db.close().unwrap();
     }
-    assert_eq!(seen[0], seen[1]);
-    assert_eq!(seen[1], seen[2]);
+    assert!(seen.windows(2).all(|w| w[0] == w[1]));
 
     // A compaction reading its inputs sequentially writes the same data.
     let db = Db::open(dir.path(), options(TableReads::Positioned)).unwrap();

@@ -196,10 +196,15 @@ pub fn open(name: &str, dir: &Path, durability: Durability, t: Tuning) -> Box<dy
 
 /// tidemark's options for a benchmark. `TIDEMARK_BENCH_TABLE_READS=mapped` reads tables
 /// through memory mappings instead of positioned reads (the default);
-/// `TIDEMARK_BENCH_SUBCOMPACTIONS=<n>` sets `max_subcompactions` (default: the option's).
+/// `TIDEMARK_BENCH_CACHE_FORM=decompressed` caches every block decompressed (default: the
+/// option's, compressed until reused); `TIDEMARK_BENCH_SUBCOMPACTIONS=<n>` sets `max_subcompactions` (default: the option's).
 pub fn tidemark_options(durability: Durability, t: Tuning) -> tidemark::lsm::Options {
-    use tidemark::lsm::{Compression, Options, SyncMode, TableReads};
+    use tidemark::lsm::{BlockCacheForm, Compression, Options, SyncMode, TableReads};
     Options {
+        block_cache_form: match std::env::var("TIDEMARK_BENCH_CACHE_FORM").as_deref() {
+            Ok("decompressed") => BlockCacheForm::Decompressed,
+            _ => BlockCacheForm::default(),
+        },
         table_reads: match std::env::var("TIDEMARK_BENCH_TABLE_READS").as_deref() {
             Ok("mapped") => TableReads::Mapped,
             _ => TableReads::Positioned,

@@ -404,7 +404,8 @@ impl Db {
         crate::failpoint::hit("open.locked");
         let cache = match &opts.memory_budget {
             Some(b) => Some(b.cache().for_new_store()),
-            None => (opts.block_cache_bytes > 0).then(|| BlockCache::new(opts.block_cache_bytes)),
+            None => (opts.block_cache_bytes > 0)
+                .then(|| BlockCache::with_form(opts.block_cache_bytes, opts.block_cache_form)),
         };
         let ctx = Arc::new(TableContext {
             dir: dir.clone(),

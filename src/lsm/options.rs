@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, StdFs};
+use crate::lsm::sst::BlockCacheForm;
 
 /// When the write-ahead log is fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,11 +97,17 @@ pub struct Options {
     pub flush_compression_thread: bool,
     /// Bloom filter bits per key (0 disables the filter). Default: 10 (about 1% false positives).
     pub bloom_bits_per_key: u32,
-    /// Bytes of decompressed blocks kept in the block cache (0 disables it), each charged
-    /// by its buffer (the block rounded up to 256 bytes, so that an evicted block's buffer
-    /// can take the next block read; each thread that reads keeps at most one such buffer
-    /// between reads). Default: 64 MiB.
+    /// Bytes of blocks kept in the block cache (0 disables it), each charged by its buffer
+    /// (the block rounded up to 256 bytes, so that an evicted block's buffer can take the
+    /// next block read; each thread that reads keeps at most four such buffers between
+    /// reads, and one more for a block it decompressed without caching it). The index and
+    /// filter blocks of open tables are charged to the same budget. Default: 64 MiB.
     pub block_cache_bytes: usize,
+    /// In what form the block cache holds blocks stored compressed: as stored until they
+    /// are hit again, or always decompressed ([`BlockCacheForm`]). Ignored under a
+    /// [`MemoryBudget`](super::budget::MemoryBudget), whose cache decides. Default:
+    /// [`BlockCacheForm::CompressedUntilReused`].
+    pub block_cache_form: BlockCacheForm,
     /// How table data blocks are read. Default: [`TableReads::Positioned`].
     pub table_reads: TableReads,
     /// Verify the crc32c of every block read. Default: true.
@@ -208,6 +215,7 @@ impl Default for Options {
             flush_compression_thread: true,
             bloom_bits_per_key: 10,
             block_cache_bytes: 64 << 20,
+            block_cache_form: BlockCacheForm::default(),
             table_reads: TableReads::Positioned,
             verify_checksums: true,
             compaction: true,

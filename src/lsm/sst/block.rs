@@ -215,6 +215,12 @@ pub fn decompress_lz4(
     }
 }
 
+/// The uncompressed length an lz4 block's stored bytes claim (unchecked), to choose a
+/// buffer for it.
+pub fn lz4_uncompressed_len(stored: &[u8]) -> usize {
+    codec::get_varint(stored).map_or(0, |(n, _)| usize::try_from(n).unwrap_or(0))
+}
+
 /// A block located and checked in the file: its stored bytes are `file[start..end]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredBlock {
@@ -305,12 +311,7 @@ pub fn decode_block_in(
     if s.block_type == BLOCK_TYPE_LZ4 {
         decompress_lz4(stored, handle.offset, spare)
     } else {
-        let mut out = OwnedBlock::buffer_for(stored.len(), spare);
-        match out.bytes_mut() {
-            Some(dst) => dst.copy_from_slice(stored),
-            None => return Ok(OwnedBlock::exact(Arc::from(stored))),
-        }
-        Ok(out)
+        Ok(OwnedBlock::copy_of(stored, spare))
     }
 }
 
@@ -343,10 +344,7 @@ impl OwnedBlock {
             .div_ceil(BLOCK_BUF_GRANULE)
             .saturating_mul(BLOCK_BUF_GRANULE);
         if let Some(mut s) = spare {
-            if s.len() >= len
-                && s.len() <= rounded.saturating_add(BLOCK_BUF_GRANULE)
-                && Arc::get_mut(&mut s).is_some()
-            {
+            if OwnedBlock::buffer_fits(s.len(), len) && Arc::get_mut(&mut s).is_some() {
                 return OwnedBlock { buf: s, len };
             }
         }
@@ -358,6 +356,26 @@ impl OwnedBlock {
         }
     }
 
+    /// A block holding a copy of `bytes`, in `spare` when it fits (as for a decompressed
+    /// block).
+    pub fn copy_of(bytes: &[u8], spare: Option<Arc<[u8]>>) -> Self {
+        let mut out = OwnedBlock::buffer_for(bytes.len(), spare);
+        match out.bytes_mut() {
+            Some(dst) => dst.copy_from_slice(bytes),
+            None => return OwnedBlock::exact(Arc::from(bytes)),
+        }
+        out
+    }
+
+    /// Whether a buffer of `buf_len` bytes would hold a block of `len` bytes without
+    /// wasting more than the rounding of a new buffer would (see `buffer_for`).
+    pub fn buffer_fits(buf_len: usize, len: usize) -> bool {
+        let rounded = len
+            .div_ceil(BLOCK_BUF_GRANULE)
+            .saturating_mul(BLOCK_BUF_GRANULE);
+        buf_len >= len && buf_len <= rounded.saturating_add(BLOCK_BUF_GRANULE)
+    }
+
     /// The block's bytes.
     pub fn as_slice(&self) -> &[u8] {
         self.buf.get(..self.len).unwrap_or_default()
@@ -367,6 +385,11 @@ impl OwnedBlock {
     /// [`OwnedBlock::buffer_for`] just made).
     fn bytes_mut(&mut self) -> Option<&mut [u8]> {
         Arc::get_mut(&mut self.buf).and_then(|b| b.get_mut(..self.len))
+    }
+
+    /// Another handle on the block's buffer (to reuse it once the block is dropped).
+    pub fn share_buffer(&self) -> Arc<[u8]> {
+        Arc::clone(&self.buf)
     }
 
     /// The memory the block holds: its buffer's length.

@@ -78,7 +78,66 @@ struct Slot {
     block: OwnedBlock,
     /// Set by every hit; cleared by the clock hand, which evicts slots it finds clear.
     referenced: bool,
+    /// `block` is the block's lz4 payload as stored, not the decompressed block.
+    compressed: bool,
+    /// Hits since the block was cached (saturating).
+    hits: u8,
 }
+
+/// A block as the cache holds it.
+#[derive(Debug, Clone)]
+pub enum CachedBlock {
+    /// Decompressed, ready to search.
+    Decoded(OwnedBlock),
+    /// The block's lz4 payload as it was stored (checked when it was read), to decompress.
+    /// `promote` when the block is in demand (hit before since it was cached): the caller
+    /// then caches the decompressed block in its place ([`BlockCache::insert`]).
+    Compressed {
+        /// The stored bytes of the block (uncompressed length and lz4 payload).
+        payload: OwnedBlock,
+        /// Whether to cache the decompressed block in place of this one.
+        promote: bool,
+    },
+}
+
+/// Buffers of evicted blocks that nobody else held, handed back by an insert for the
+/// caller's next reads to decode into (see [`OwnedBlock`]).
+#[derive(Debug, Default)]
+pub struct Spares(pub [Option<Arc<[u8]>>; 2]);
+
+impl Spares {
+    /// Whether no buffer was handed back.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+}
+
+impl CachedBlock {
+    /// The bytes held: the decompressed block, or the stored payload of a compressed one.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            CachedBlock::Decoded(b) | CachedBlock::Compressed { payload: b, .. } => b.as_slice(),
+        }
+    }
+}
+
+/// In what form the cache holds a block that is stored compressed in its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BlockCacheForm {
+    /// As stored (lz4), from the read that missed until the block is hit
+    /// [`PROMOTE_AFTER_HITS`] times, then decompressed. A cache of a given size holds as
+    /// many more blocks as compression saves, which makes more reads of a store larger than
+    /// the cache hits; each hit of a block held compressed decompresses it, and blocks in
+    /// demand are held decompressed, so a working set that fits pays no decompression.
+    #[default]
+    CompressedUntilReused,
+    /// Always decompressed: every hit is free of decompression; the cache holds fewer
+    /// blocks.
+    Decompressed,
+}
+
+/// Hits after which a block held compressed is held decompressed instead.
+pub const PROMOTE_AFTER_HITS: u8 = 8;
 
 /// One shard: a CLOCK approximation of LRU. A hit only sets the slot's reference bit, so
 /// it costs one hash lookup; eviction sweeps the hand over the slots, giving each
@@ -97,11 +156,20 @@ struct Shard {
 }
 
 impl Shard {
-    fn touch(&mut self, key: Key) -> Option<OwnedBlock> {
+    fn touch(&mut self, key: Key) -> Option<CachedBlock> {
         let i = *self.map.get(&key)?;
         let slot = self.slots.get_mut(i)?.as_mut()?;
         slot.referenced = true;
-        Some(slot.block.clone())
+        slot.hits = slot.hits.saturating_add(1);
+        let block = slot.block.clone();
+        Some(if slot.compressed {
+            CachedBlock::Compressed {
+                payload: block,
+                promote: slot.hits >= PROMOTE_AFTER_HITS,
+            }
+        } else {
+            CachedBlock::Decoded(block)
+        })
     }
 
     fn remove_slot(&mut self, i: usize) -> Option<Slot> {
@@ -135,12 +203,14 @@ impl Shard {
         None
     }
 
-    fn insert(&mut self, key: Key, block: OwnedBlock) {
+    fn insert(&mut self, key: Key, block: OwnedBlock, compressed: bool) {
         let charge = block.charge();
         let slot = Slot {
             key,
             block,
             referenced: false,
+            compressed,
+            hits: 0,
         };
         let i = match self.free.pop() {
             Some(i) => {
@@ -168,6 +238,7 @@ struct Core {
     next_store: AtomicU64,
     /// Bytes reserved by [`BlockCache::reserve`].
     reserved: AtomicUsize,
+    form: BlockCacheForm,
 }
 
 /// A thread-safe, sharded LRU of decompressed blocks: one store's view of a cache whose
@@ -182,6 +253,11 @@ impl BlockCache {
     /// A cache holding at most `capacity_bytes` of blocks (0 caches nothing). A block
     /// larger than one shard's share (`capacity_bytes / 16`) is not cached.
     pub fn new(capacity_bytes: usize) -> Arc<BlockCache> {
+        BlockCache::with_form(capacity_bytes, BlockCacheForm::default())
+    }
+
+    /// [`BlockCache::new`], holding blocks stored compressed in the given `form`.
+    pub fn with_form(capacity_bytes: usize, form: BlockCacheForm) -> Arc<BlockCache> {
         Arc::new(BlockCache {
             core: Arc::new(Core {
                 shards: (0..NUM_SHARDS)
@@ -193,6 +269,7 @@ impl BlockCache {
                 evictions: AtomicU64::new(0),
                 next_store: AtomicU64::new(1),
                 reserved: AtomicUsize::new(0),
+                form,
             }),
             store: 0,
         })
@@ -207,6 +284,11 @@ impl BlockCache {
         })
     }
 
+    /// The form in which this cache holds blocks stored compressed.
+    pub fn form(&self) -> BlockCacheForm {
+        self.core.form
+    }
+
     fn shard(&self, key: &Key) -> &Mutex<Shard> {
         let h = ((key.0.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ key.1 .0)
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -218,7 +300,7 @@ impl BlockCache {
     }
 
     /// The cached block at `offset` of table `file`, marking it most recently used.
-    pub fn get(&self, file: FileNumber, offset: u64) -> Option<OwnedBlock> {
+    pub fn get(&self, file: FileNumber, offset: u64) -> Option<CachedBlock> {
         let key = (self.store, file, offset);
         let mut shard = self.shard(&key).lock();
         let found = shard.touch(key);
@@ -238,33 +320,56 @@ impl BlockCache {
     }
 
     /// Caches `block` as the block at `offset` of table `file`, evicting the least
-    /// recently used blocks of its shard to make room. Returns the buffer of an evicted
-    /// block that nobody else holds, for the caller to read its next block into.
-    pub fn insert(&self, file: FileNumber, offset: u64, block: OwnedBlock) -> Option<Arc<[u8]>> {
+    /// recently used blocks of its shard to make room. Returns the buffers of up to two
+    /// evicted blocks that nobody else holds, for the caller to read its next blocks into.
+    pub fn insert(&self, file: FileNumber, offset: u64, block: OwnedBlock) -> Spares {
+        self.insert_as(file, offset, block, false)
+    }
+
+    /// Caches `payload`, the stored bytes of the lz4 block at `offset` of table `file`
+    /// (checked), as [`BlockCache::insert`] does a decompressed block. A hit returns it
+    /// as [`CachedBlock::Compressed`].
+    pub fn insert_compressed(&self, file: FileNumber, offset: u64, payload: OwnedBlock) -> Spares {
+        self.insert_as(file, offset, payload, true)
+    }
+
+    fn insert_as(
+        &self,
+        file: FileNumber,
+        offset: u64,
+        block: OwnedBlock,
+        compressed: bool,
+    ) -> Spares {
+        let mut spares = Spares::default();
         let charge = block.charge();
         let limit = self.shard_limit();
         if charge > limit {
-            return None;
+            return spares;
         }
         let key = (self.store, file, offset);
-        let mut spare = None;
         let mut shard = self.shard(&key).lock();
-        shard.remove(&key);
+        // A block cached again (decompressed in place of its compressed form) replaces it.
+        let replaced = shard.remove(&key);
         let mut evicted = 0;
+        let mut dropped = Vec::new();
         while shard.used_bytes + charge > limit {
             let Some(slot) = shard.evict_one() else {
                 break;
             };
-            if spare.is_none() {
-                spare = slot.block.into_spare();
-            }
             evicted += 1;
+            if let Some(free) = spares.0.iter_mut().find(|s| s.is_none()) {
+                *free = slot.block.into_spare();
+            } else {
+                dropped.push(slot);
+            }
         }
-        shard.insert(key, block);
+        shard.insert(key, block, compressed);
         drop(shard);
+        // Buffers are freed outside the shard's lock.
+        drop((replaced, dropped));
         self.core.inserts.fetch_add(1, Ordering::Relaxed);
         self.core.evictions.fetch_add(evicted, Ordering::Relaxed);
-        spare
+        spares
     }
 
     /// Charges `bytes` of memory held elsewhere (a table's index and filter) to the cache's
@@ -351,7 +456,7 @@ mod tests {
         let c = BlockCache::new(1 << 20);
         assert!(c.get(FileNumber(1), 0).is_none());
         c.insert(FileNumber(1), 0, block(100, 7));
-        assert_eq!(c.get(FileNumber(1), 0).unwrap().as_slice(), &[7u8; 100][..]);
+        assert_eq!(c.get(FileNumber(1), 0).unwrap().bytes(), &[7u8; 100][..]);
         let s = c.stats();
         assert_eq!((s.hits, s.misses, s.inserts, s.bytes_used), (1, 1, 1, 100));
     }
@@ -391,10 +496,10 @@ mod tests {
             .expect("a second offset in the shard");
         let first = block(600, 1);
         let first_ptr = first.as_slice().as_ptr();
-        assert!(c.insert(file, 0, first).is_none(), "nothing evicted yet");
-        let spare = c
-            .insert(file, other, block(600, 2))
-            .expect("the evicted buffer");
+        assert!(c.insert(file, 0, first).is_empty(), "nothing evicted yet");
+        let [spare, none] = c.insert(file, other, block(600, 2)).0;
+        assert!(none.is_none(), "one block evicted");
+        let spare = spare.expect("the evicted buffer");
         assert_eq!(spare.as_ptr(), first_ptr, "the evicted block's own buffer");
         assert!(c.get(file, 0).is_none());
         assert_eq!(
@@ -404,12 +509,60 @@ mod tests {
         );
         // A block a reader still holds is evicted but not handed back.
         let held = c.get(file, other).expect("cached");
-        assert!(c.insert(file, 0, block(600, 3)).is_none());
+        assert!(c.insert(file, 0, block(600, 3)).is_empty());
+        assert_eq!(held.bytes(), &[2u8; 600][..], "the reader's copy is intact");
+    }
+
+    #[test]
+    fn a_compressed_block_is_held_as_stored_until_hit_again_then_decompressed() {
+        let c = BlockCache::new(1 << 20);
+        let f = FileNumber(7);
+        assert_eq!(c.form(), BlockCacheForm::CompressedUntilReused);
+        assert!(c.insert_compressed(f, 0, block(40, 9)).is_empty());
+        assert_eq!(c.stats().bytes_used, 40);
+        for hit in 1..=PROMOTE_AFTER_HITS {
+            match c.get(f, 0) {
+                Some(CachedBlock::Compressed { payload, promote }) => {
+                    assert_eq!(payload.as_slice(), &[9u8; 40][..]);
+                    assert_eq!(promote, hit >= PROMOTE_AFTER_HITS, "hit {hit}");
+                }
+                other => panic!("hit {hit}: {other:?}"),
+            }
+        }
+        // The caller caches the decompressed block in its place: charged instead of it.
+        assert!(c.insert(f, 0, block(100, 1)).is_empty());
+        assert_eq!(c.stats().bytes_used, 100);
+        assert!(matches!(c.get(f, 0), Some(CachedBlock::Decoded(b)) if b.as_slice() == [1u8; 100]));
+        let s = c.stats();
+        assert_eq!((s.hits, s.inserts), (u64::from(PROMOTE_AFTER_HITS) + 1, 2));
         assert_eq!(
-            held.as_slice(),
-            &[2u8; 600][..],
-            "the reader's copy is intact"
+            BlockCache::with_form(1 << 20, BlockCacheForm::Decompressed).form(),
+            BlockCacheForm::Decompressed
         );
+    }
+
+    #[test]
+    fn an_insert_hands_back_at_most_two_buffers_and_frees_the_rest() {
+        // One shard of 1000 bytes: five blocks of 200, then one of 1000 evicts all five.
+        let c = BlockCache::new(16 * 1000);
+        let f = FileNumber(2);
+        let key = |off: u64| (c.store, f, off);
+        let first = std::ptr::from_ref(c.shard(&key(0)));
+        let same: Vec<u64> = (0..100_000u64)
+            .map(|i| i * 4096)
+            .filter(|&o| std::ptr::eq(c.shard(&key(o)), first))
+            .take(6)
+            .collect();
+        for &o in &same[..5] {
+            assert!(c.insert_compressed(f, o, block(200, 1)).is_empty());
+        }
+        let [a, b] = c.insert(f, same[5], block(1000, 2)).0;
+        assert_eq!(
+            (a.map(|x| x.len()), b.map(|x| x.len())),
+            (Some(200), Some(200))
+        );
+        let s = c.stats();
+        assert_eq!((s.evictions, s.bytes_used), (5, 1000));
     }
 
     #[test]
@@ -441,8 +594,8 @@ mod tests {
         let b = a.for_new_store();
         a.insert(FileNumber(5), 0, block(10, 1));
         b.insert(FileNumber(5), 0, block(10, 2));
-        assert_eq!(a.get(FileNumber(5), 0).unwrap().as_slice(), &[1u8; 10][..]);
-        assert_eq!(b.get(FileNumber(5), 0).unwrap().as_slice(), &[2u8; 10][..]);
+        assert_eq!(a.get(FileNumber(5), 0).unwrap().bytes(), &[1u8; 10][..]);
+        assert_eq!(b.get(FileNumber(5), 0).unwrap().bytes(), &[2u8; 10][..]);
         assert_eq!(a.stats().bytes_used, 20);
         b.erase_file(FileNumber(5));
         b.reserve(7);
@@ -491,7 +644,7 @@ mod tests {
                     for i in 0..2000u64 {
                         c.insert(FileNumber(t), i, block(64, t as u8));
                         if let Some(b) = c.get(FileNumber(t), i / 2) {
-                            assert!(b.as_slice().iter().all(|&x| x == t as u8));
+                            assert!(b.bytes().iter().all(|&x| x == t as u8));
                         }
                     }
                 });

@@ -21,5 +21,5 @@ pub mod footer;
 pub mod table;
 
 pub use builder::{TableBuilder, TableOptions};
-pub use cache::{BlockCache, CacheStats};
+pub use cache::{BlockCache, BlockCacheForm, CacheStats, CachedBlock, Spares};
 pub use table::{BlockInfo, LookupResult, Table, TableIter, TableProperties};

@@ -18,7 +18,7 @@ use super::block::{
     self, Block, BlockData, BlockIter, OwnedBlock, BLOCK_TRAILER_LEN, BLOCK_TYPE_LZ4,
 };
 use super::bloom::{hash64, FilterLayout, TableFilter};
-use super::cache::BlockCache;
+use super::cache::{BlockCache, BlockCacheForm, CachedBlock, Spares};
 use super::footer::{BlockHandle, Footer, FOOTER_LEN};
 use crate::codec::{self, DecodeError, Decoder};
 use crate::error::{Error, IoContext, Result};
@@ -349,27 +349,65 @@ thread_local! {
     /// it grows to the largest block the thread read, and shrinks back past
     /// [`READ_BUF_KEEP_BYTES`].
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// The buffer of a block the cache evicted when this thread last inserted one, for the
-    /// thread's next block read to decode into (see [`block::OwnedBlock`]).
-    static SPARE_BLOCK: std::cell::Cell<Option<Arc<[u8]>>> = const { std::cell::Cell::new(None) };
+    /// Buffers of blocks the cache evicted when this thread inserted one, newest first,
+    /// for the thread's next block reads to decode into (see [`block::OwnedBlock`]): a
+    /// few, since a cache holding blocks compressed evicts buffers of two sizes.
+    static SPARE_BLOCKS: std::cell::RefCell<[Option<Arc<[u8]>>; SPARES_KEPT]> =
+        const { std::cell::RefCell::new([const { None }; SPARES_KEPT]) };
+    /// The buffer of the last block this thread decompressed without caching it (a block
+    /// the cache holds compressed): the thread's next such block reuses it once the reader
+    /// of the last one dropped it.
+    static SCRATCH_BLOCK: std::cell::Cell<Option<Arc<[u8]>>> = const { std::cell::Cell::new(None) };
 }
 
-/// Caches `block` and keeps the buffer the cache hands back for this thread's next read.
+/// Decompresses the lz4 block `stored` (at `offset`) for a read that will not cache it,
+/// into this thread's scratch buffer when no reader holds it any more.
+fn decompress_uncached(stored: &[u8], offset: u64) -> Result<OwnedBlock, DecodeError> {
+    let scratch = SCRATCH_BLOCK.with(|s| s.take());
+    let b = block::decompress_lz4(stored, offset, scratch)?;
+    SCRATCH_BLOCK.with(|s| s.set(Some(b.share_buffer())));
+    Ok(b)
+}
+
+/// Buffers a thread keeps for its next block reads.
+const SPARES_KEPT: usize = 4;
+
+/// Keeps the buffers the cache handed back for this thread's next reads (the oldest kept
+/// ones make room).
+fn keep_spare_blocks(spares: Spares) {
+    SPARE_BLOCKS.with(|kept| {
+        let Ok(mut kept) = kept.try_borrow_mut() else {
+            return;
+        };
+        for spare in spares.0.into_iter().flatten() {
+            if spare.len() <= READ_BUF_KEEP_BYTES {
+                kept.rotate_right(1);
+                kept[0] = Some(spare);
+            }
+        }
+    });
+}
+
+/// Caches `block` (decompressed) and keeps the buffer the cache hands back.
 fn cache_block(cache: &BlockCache, file: FileNumber, offset: u64, block: OwnedBlock) {
-    let spare = cache
-        .insert(file, offset, block)
-        .filter(|b| b.len() <= READ_BUF_KEEP_BYTES);
-    SPARE_BLOCK.with(|s| s.set(spare));
+    keep_spare_blocks(cache.insert(file, offset, block));
 }
 
-/// This thread's spare block buffer, for a block that will be cached (`cached`); a block
-/// that will not be leaves the spare for one that will.
-fn take_spare_block(cached: bool) -> Option<Arc<[u8]>> {
-    if cached {
-        SPARE_BLOCK.with(|s| s.take())
-    } else {
-        None
+/// A spare buffer of this thread's that fits a block of `len` bytes, for a block that
+/// will be cached (`cached`); a block that will not be leaves the spares for one that will.
+fn take_spare_block(cached: bool, len: usize) -> Option<Arc<[u8]>> {
+    if !cached {
+        return None;
     }
+    SPARE_BLOCKS.with(|s| {
+        let mut s = s.try_borrow_mut().ok()?;
+        s.iter_mut()
+            .find(|b| {
+                b.as_ref()
+                    .is_some_and(|b| OwnedBlock::buffer_fits(b.len(), len))
+            })?
+            .take()
+    })
 }
 
 /// The largest buffer a thread keeps for positioned reads between reads.
@@ -837,18 +875,37 @@ impl Table {
     }
 
     /// Reads block `i` from the cache, or with one positioned read of the block and its
-    /// trailer, checked (when `verify_checksums`) and then cached, raw or decompressed.
+    /// trailer, checked (when `verify_checksums`) and then cached: decompressed, or as
+    /// stored when the cache holds blocks compressed until they are reused.
     fn load_positioned(&self, i: usize) -> Result<Block> {
         let h = self.handle(i)?;
         let cache = self.cache.as_ref();
+        let corrupt = |e: DecodeError| e.into_error(&self.path);
         // A cached block was checked when it was read.
-        if let Some(b) = cache.and_then(|c| c.get(self.file_number, h.offset)) {
-            return Block::new(BlockData::Owned(b), h.offset).map_err(|e| e.into_error(&self.path));
+        match cache.and_then(|c| c.get(self.file_number, h.offset)) {
+            Some(CachedBlock::Decoded(b)) => {
+                return Block::new(BlockData::Owned(b), h.offset).map_err(corrupt)
+            }
+            Some(CachedBlock::Compressed { payload, promote }) => {
+                let stored = payload.as_slice();
+                let b = match cache.filter(|_| promote) {
+                    Some(c) => {
+                        let spare = take_spare_block(true, block::lz4_uncompressed_len(stored));
+                        let b = block::decompress_lz4(stored, h.offset, spare).map_err(corrupt)?;
+                        cache_block(c, self.file_number, h.offset, b.clone());
+                        b
+                    }
+                    None => decompress_uncached(stored, h.offset).map_err(corrupt)?,
+                };
+                return Block::new(BlockData::Owned(b), h.offset).map_err(corrupt);
+            }
+            None => {}
         }
         let n = usize::try_from(h.size)
             .ok()
             .and_then(|s| s.checked_add(BLOCK_TRAILER_LEN))
             .ok_or_else(|| Error::corruption(&self.path, h.offset, "block size overflows"))?;
+        let compressed_form = cache.filter(|c| c.form() == BlockCacheForm::CompressedUntilReused);
         // The stored block is read into a buffer of the thread's, kept between reads: a
         // read that misses the cache would otherwise allocate and zero one each time.
         let data = READ_BUF.with(|cell| -> Result<OwnedBlock> {
@@ -862,21 +919,44 @@ impl Table {
             if buf.len() < n {
                 buf.resize(n, 0);
             }
-            let r =
-                read_exact_at(&self.source, &self.path, &mut buf[..n], h.offset).and_then(|()| {
-                    let spare = take_spare_block(cache.is_some());
-                    block::decode_block_in(&buf[..n], h.offset, h, self.verify_checksums, spare)
-                        .map_err(|e| e.into_error(&self.path))
-                });
+            let r = read_exact_at(&self.source, &self.path, &mut buf[..n], h.offset)
+                .and_then(|()| self.decode_read(&buf[..n], h, cache, compressed_form));
             if buf.capacity() > READ_BUF_KEEP_BYTES {
                 *buf = Vec::new();
             }
             r
         })?;
+        Block::new(BlockData::Owned(data), h.offset).map_err(corrupt)
+    }
+
+    /// Checks and decodes block `h` read into `buf` and caches it: as stored when
+    /// `compressed_form` is given and the block is compressed (the decompressed block is
+    /// then the caller's alone), else decompressed or copied.
+    fn decode_read(
+        &self,
+        buf: &[u8],
+        h: BlockHandle,
+        cache: Option<&Arc<BlockCache>>,
+        compressed_form: Option<&Arc<BlockCache>>,
+    ) -> Result<OwnedBlock> {
+        let corrupt = |e: DecodeError| e.into_error(&self.path);
+        let s = block::check_block_in(buf, h.offset, h, self.verify_checksums).map_err(corrupt)?;
+        let stored = buf.get(s.start..s.end).unwrap_or_default();
+        if let (Some(c), BLOCK_TYPE_LZ4) = (compressed_form, s.block_type) {
+            let payload = OwnedBlock::copy_of(stored, take_spare_block(true, stored.len()));
+            keep_spare_blocks(c.insert_compressed(self.file_number, h.offset, payload));
+            return decompress_uncached(stored, h.offset).map_err(corrupt);
+        }
+        let len = match s.block_type {
+            BLOCK_TYPE_LZ4 => block::lz4_uncompressed_len(stored),
+            _ => stored.len(),
+        };
+        let spare = take_spare_block(cache.is_some(), len);
+        let data = block::decode_block_in(buf, h.offset, h, false, spare).map_err(corrupt)?;
         if let Some(c) = cache {
             cache_block(c, self.file_number, h.offset, data.clone());
         }
-        Block::new(BlockData::Owned(data), h.offset).map_err(|e| e.into_error(&self.path))
+        Ok(data)
     }
 
     /// Reads block `i` through `ra`, refilling it from the block's offset when the block
@@ -913,8 +993,11 @@ impl Table {
         let cache = self.cache.as_ref();
         let type_at = usize::try_from(h.offset + h.size).unwrap_or(usize::MAX);
         if map.get(type_at) == Some(&BLOCK_TYPE_LZ4) {
-            // A cached block was checked when it was inserted.
-            if let Some(b) = cache.and_then(|c| c.get(self.file_number, h.offset)) {
+            // A cached block was checked when it was inserted. A mapped table caches only
+            // decompressed blocks.
+            if let Some(CachedBlock::Decoded(b)) =
+                cache.and_then(|c| c.get(self.file_number, h.offset))
+            {
                 return Block::new(BlockData::Owned(b), h.offset)
                     .map_err(|e| e.into_error(&self.path));
             }
@@ -929,7 +1012,8 @@ impl Table {
         }
         let data = if stored.block_type == BLOCK_TYPE_LZ4 {
             let bytes = map.get(stored.start..stored.end).unwrap_or_default();
-            let b = block::decompress_lz4(bytes, h.offset, take_spare_block(cache.is_some()))
+            let spare = take_spare_block(cache.is_some(), block::lz4_uncompressed_len(bytes));
+            let b = block::decompress_lz4(bytes, h.offset, spare)
                 .map_err(|e| e.into_error(&self.path))?;
             if let Some(c) = cache {
                 cache_block(c, self.file_number, h.offset, b.clone());
@@ -1327,6 +1411,7 @@ mod tests {
     use super::*;
     use crate::fs::StdFs;
     use crate::lsm::sst::builder::{TableBuilder, TableOptions};
+    use crate::lsm::sst::cache::PROMOTE_AFTER_HITS;
     use crate::lsm::types::make_internal_key;
     use proptest::prelude::*;
     use std::ops::Range;
@@ -1512,18 +1597,10 @@ mod tests {
 
     #[test]
     fn get_agrees_with_a_model_for_every_key_and_snapshot() {
-        let entries = sample_entries(400);
+        let entries = sample_entries(2000);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("1.sst");
-        write_table(&path, &entries, opts(128, Compression::Lz4, 10));
-        let t = Table::open(
-            &StdFs,
-            &path,
-            FileNumber(1),
-            Some(BlockCache::new(1 << 20)),
-            true,
-        )
-        .unwrap();
+        write_table(&path, &entries, opts(1024, Compression::Lz4, 10));
         let model = |user: &[u8], seq: SeqNo| {
             entries
                 .iter()
@@ -1534,15 +1611,50 @@ mod tests {
                     ValueKind::Delete => LookupResult::Deleted,
                 })
         };
-        for (k, _) in entries.iter().step_by(3) {
-            let p = parse_internal_key(k).unwrap();
-            for seq in [p.seq.0 - 1, p.seq.0, p.seq.0 + 1, u64::MAX >> 8] {
-                let got = t.get(p.user_key, SeqNo(seq)).unwrap();
-                assert_eq!(got, model(p.user_key, SeqNo(seq)), "{k:?} @ {seq}");
+        // Every form of the cache, large and small enough to evict; each pass reads every
+        // block again: held compressed, promoted, decompressed.
+        let mut bytes_after_first_pass = Vec::new();
+        for form in [
+            BlockCacheForm::CompressedUntilReused,
+            BlockCacheForm::Decompressed,
+        ] {
+            for capacity in [1 << 20, 16 * 3000] {
+                let cache = BlockCache::with_form(capacity, form);
+                let t = Table::open(&StdFs, &path, FileNumber(1), Some(Arc::clone(&cache)), true)
+                    .unwrap();
+                // A scan reads every block once.
+                assert_eq!(collect(&t).unwrap(), entries);
+                if capacity == 1 << 20 {
+                    bytes_after_first_pass.push(cache.stats().bytes_used);
+                }
+                for pass in 0..=PROMOTE_AFTER_HITS + 1 {
+                    for (k, _) in entries.iter().step_by(5) {
+                        let p = parse_internal_key(k).unwrap();
+                        for seq in [p.seq.0 - 1, p.seq.0, p.seq.0 + 1, u64::MAX >> 8] {
+                            let got = t.get(p.user_key, SeqNo(seq)).unwrap();
+                            assert_eq!(
+                                got,
+                                model(p.user_key, SeqNo(seq)),
+                                "{form:?} {capacity} pass {pass}: {k:?} @ {seq}"
+                            );
+                        }
+                    }
+                    let stats = cache.stats();
+                    assert!(stats.bytes_reserved < capacity as u64, "{stats:?}");
+                    assert!(stats.bytes_used + stats.bytes_reserved <= capacity as u64);
+                }
+                let stats = cache.stats();
+                assert!(stats.hits > 0 && stats.inserts > 0, "{stats:?}");
+                if capacity == 16 * 3000 {
+                    assert!(stats.evictions > 0, "{stats:?}");
+                }
             }
         }
-        let stats = t.cache.as_ref().unwrap().stats();
-        assert!(stats.hits > 0 && stats.inserts > 0, "{stats:?}");
+        // The blocks read once (by the scan) take less room held as stored.
+        assert!(
+            bytes_after_first_pass[0] < bytes_after_first_pass[1],
+            "{bytes_after_first_pass:?}"
+        );
     }
 
     #[test]
