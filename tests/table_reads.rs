@@ -102,12 +102,24 @@ fn positioned_and_mapped_reads_return_the_same_data() {
         // Again and again: from the block cache, held compressed until a block has been
         // hit enough to be held decompressed.
         let first = read_all(&db, n);
+        let after_one_pass = db.stats();
+        assert_eq!(
+            after_one_pass.cache_compressed_bytes > 0,
+            form == compressed && reads == TableReads::Positioned,
+            "{after_one_pass:?}"
+        );
         for _ in 0..10 {
             assert_eq!(first, read_all(&db, n), "{reads:?} {form:?} {cache_bytes}");
         }
         assert!(first.0.iter().filter(|v| v.is_some()).count() > (n as usize) / 2);
         let stats = db.stats();
         assert!(stats.cache_hits > 0, "{stats:?}");
+        assert!(stats.cache_compressed_bytes <= stats.cache_bytes);
+        assert_eq!(
+            stats.cache_compressed_hits > 0,
+            form == compressed && reads == TableReads::Positioned,
+            "{stats:?}"
+        );
         assert!(stats.cache_bytes + stats.cache_bytes_reserved <= cache_bytes as u64);
         seen.push(first);
         db.close().unwrap();

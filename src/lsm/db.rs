@@ -810,6 +810,8 @@ impl Db {
             let cs = c.stats();
             s.cache_hits = cs.hits;
             s.cache_misses = cs.misses;
+            s.cache_compressed_hits = cs.compressed_hits;
+            s.cache_compressed_bytes = cs.compressed_bytes;
             s.cache_bytes = cs.bytes_used;
             s.cache_bytes_reserved = cs.bytes_reserved;
         }

@@ -158,6 +158,11 @@ pub struct DbStats {
     pub cache_hits: u64,
     /// Block cache misses.
     pub cache_misses: u64,
+    /// Block cache hits that found the block held compressed (see
+    /// [`crate::lsm::BlockCacheForm`]).
+    pub cache_compressed_hits: u64,
+    /// Bytes of blocks the block cache holds compressed (part of `cache_bytes`).
+    pub cache_compressed_bytes: u64,
     /// Bytes held by the block cache.
     pub cache_bytes: u64,
     /// Bytes charged to the block cache for memory held outside it (the index and filter

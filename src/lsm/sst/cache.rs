@@ -35,6 +35,10 @@ pub struct CacheStats {
     pub hits: u64,
     /// Lookups that did not.
     pub misses: u64,
+    /// Hits that found the block held compressed (and decompressed it).
+    pub compressed_hits: u64,
+    /// Bytes of blocks held compressed now (part of `bytes_used`).
+    pub compressed_bytes: u64,
     /// Blocks inserted.
     pub inserts: u64,
     /// Blocks evicted to make room (erased files are not counted).
@@ -149,10 +153,13 @@ struct Shard {
     free: Vec<usize>,
     hand: usize,
     used_bytes: usize,
+    /// Bytes of the slots held compressed.
+    compressed_bytes: usize,
     /// Lookups of this shard that found / missed their block (counted under the shard's
     /// lock, which a lookup holds anyway, rather than in atomics shared by every reader).
     hits: u64,
     misses: u64,
+    compressed_hits: u64,
 }
 
 impl Shard {
@@ -163,6 +170,7 @@ impl Shard {
         slot.hits = slot.hits.saturating_add(1);
         let block = slot.block.clone();
         Some(if slot.compressed {
+            self.compressed_hits += 1;
             CachedBlock::Compressed {
                 payload: block,
                 promote: slot.hits >= PROMOTE_AFTER_HITS,
@@ -176,6 +184,9 @@ impl Shard {
         let slot = self.slots.get_mut(i)?.take()?;
         self.map.remove(&slot.key);
         self.used_bytes -= slot.block.charge();
+        if slot.compressed {
+            self.compressed_bytes -= slot.block.charge();
+        }
         self.free.push(i);
         Some(slot)
     }
@@ -224,6 +235,9 @@ impl Shard {
         };
         self.map.insert(key, i);
         self.used_bytes += charge;
+        if compressed {
+            self.compressed_bytes += charge;
+        }
     }
 }
 
@@ -424,19 +438,23 @@ impl BlockCache {
     /// Current counters.
     pub fn stats(&self) -> CacheStats {
         let c = &self.core;
-        let (mut bytes_used, mut hits, mut misses) = (0, 0, 0);
+        let mut t = CacheStats::default();
         for shard in &c.shards {
             let s = shard.lock();
-            bytes_used += s.used_bytes as u64;
-            hits += s.hits;
-            misses += s.misses;
+            t.bytes_used += s.used_bytes as u64;
+            t.compressed_bytes += s.compressed_bytes as u64;
+            t.hits += s.hits;
+            t.misses += s.misses;
+            t.compressed_hits += s.compressed_hits;
         }
         CacheStats {
-            hits,
-            misses,
+            hits: t.hits,
+            misses: t.misses,
+            compressed_hits: t.compressed_hits,
+            compressed_bytes: t.compressed_bytes,
             inserts: c.inserts.load(Ordering::Relaxed),
             evictions: c.evictions.load(Ordering::Relaxed),
-            bytes_used,
+            bytes_used: t.bytes_used,
             capacity_bytes: c.capacity_bytes as u64,
             bytes_reserved: c.reserved.load(Ordering::Relaxed) as u64,
         }
@@ -519,7 +537,7 @@ mod tests {
         let f = FileNumber(7);
         assert_eq!(c.form(), BlockCacheForm::CompressedUntilReused);
         assert!(c.insert_compressed(f, 0, block(40, 9)).is_empty());
-        assert_eq!(c.stats().bytes_used, 40);
+        assert_eq!((c.stats().bytes_used, c.stats().compressed_bytes), (40, 40));
         for hit in 1..=PROMOTE_AFTER_HITS {
             match c.get(f, 0) {
                 Some(CachedBlock::Compressed { payload, promote }) => {
@@ -531,10 +549,11 @@ mod tests {
         }
         // The caller caches the decompressed block in its place: charged instead of it.
         assert!(c.insert(f, 0, block(100, 1)).is_empty());
-        assert_eq!(c.stats().bytes_used, 100);
+        assert_eq!((c.stats().bytes_used, c.stats().compressed_bytes), (100, 0));
         assert!(matches!(c.get(f, 0), Some(CachedBlock::Decoded(b)) if b.as_slice() == [1u8; 100]));
         let s = c.stats();
         assert_eq!((s.hits, s.inserts), (u64::from(PROMOTE_AFTER_HITS) + 1, 2));
+        assert_eq!(s.compressed_hits, u64::from(PROMOTE_AFTER_HITS));
         assert_eq!(
             BlockCache::with_form(1 << 20, BlockCacheForm::Decompressed).form(),
             BlockCacheForm::Decompressed
@@ -562,7 +581,10 @@ mod tests {
             (Some(200), Some(200))
         );
         let s = c.stats();
-        assert_eq!((s.evictions, s.bytes_used), (5, 1000));
+        assert_eq!(
+            (s.evictions, s.bytes_used, s.compressed_bytes),
+            (5, 1000, 0)
+        );
     }
 
     #[test]
