@@ -1,17 +1,24 @@
-//! A sharded cache of decompressed blocks (CLOCK, an approximation of LRU), keyed by
-//! (store, file number, block offset) and charged by bytes. Several stores can share one
-//! cache's capacity ([`BlockCache::for_new_store`]): each sees its own file numbers.
+//! A sharded cache of blocks (CLOCK, an approximation of LRU), keyed by (store, file
+//! number, block offset) and charged by bytes. Several stores can share one cache's
+//! capacity ([`BlockCache::for_new_store`]): each sees its own file numbers.
+//!
+//! A block stored compressed enters the cache as stored (its lz4 payload, checked when it
+//! was read) and is held decompressed once it has been hit [`PROMOTE_AFTER_HITS`] times
+//! ([`BlockCacheForm::CompressedUntilReused`], the default): the same bytes hold as many
+//! more blocks as compression saves, so more reads of a store larger than the cache hit,
+//! while the blocks in demand cost no decompression. [`BlockCacheForm::Decompressed`]
+//! caches every block decompressed.
 //!
 //! Tables read with positioned reads cache every block they read; mapped tables cache
-//! only blocks that had to be decompressed (a raw block is read in place from the
-//! mapping). The index and filter blocks of open tables are charged to the same budget
-//! ([`BlockCache::reserve`]): blocks use what the reservations leave.
-//! Each shard has its own lock, held only for a map lookup or update, never while a block
-//! is read or decompressed.
+//! only blocks that had to be decompressed, decompressed (a raw block is read in place
+//! from the mapping, and the mapping is the compressed form). The index and filter blocks
+//! of open tables are charged to the same budget ([`BlockCache::reserve`]): blocks use
+//! what the reservations leave. Each shard has its own lock, held only for a map lookup
+//! or update, never while a block is read or decompressed.
 //!
-//! [`BlockCache::insert`] hands back the buffer of a block it evicted when no reader
-//! still holds it, for the inserting thread's next read that misses to decompress into
-//! (see [`crate::lsm::sst::block::OwnedBlock`]): a read beyond the cache then costs no
+//! [`BlockCache::insert`] hands back the buffers of blocks it evicted when no reader
+//! still holds them, for the inserting thread's next reads that miss to decode into (see
+//! [`crate::lsm::sst::block::OwnedBlock`]): a read beyond the cache then costs no
 //! allocation, no zeroing and no free.
 
 use std::collections::HashMap;
@@ -255,8 +262,8 @@ struct Core {
     form: BlockCacheForm,
 }
 
-/// A thread-safe, sharded LRU of decompressed blocks: one store's view of a cache whose
-/// capacity may be shared with other stores.
+/// A thread-safe, sharded LRU of blocks: one store's view of a cache whose capacity may be
+/// shared with other stores.
 #[derive(Debug)]
 pub struct BlockCache {
     core: Arc<Core>,
