@@ -294,8 +294,6 @@ fn open_error(path: &Path, e: io::Error) -> Error {
 /// the type is checked with `fstat` on the opened descriptor, not on the path, and
 /// `O_NONBLOCK` is then cleared. A directory, FIFO, socket or device is
 /// [`Error::NotRegularFile`] naming the path and what it is; nothing is read from it.
-/// Reads of a file the process owns do not update its access time (`O_NOATIME`, which
-/// saves a check and a clock read on every read of a table block).
 pub fn open_regular(path: &Path) -> Result<File> {
     let file = OpenOptions::new()
         .read(true)
@@ -313,8 +311,7 @@ pub fn open_regular(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-/// Clears `O_NONBLOCK` on an open descriptor, and sets `O_NOATIME` when the process may
-/// (it owns the file).
+/// Clears `O_NONBLOCK` on an open descriptor.
 fn clear_nonblocking(file: &File, path: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
@@ -324,17 +321,33 @@ fn clear_nonblocking(file: &File, path: &Path) -> Result<()> {
     if flags < 0 {
         return Err(Error::io("fcntl", path, io::Error::last_os_error()));
     }
-    let flags = flags & !libc::O_NONBLOCK;
     // SAFETY: as above; F_SETFL takes an int argument and touches no memory.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NOATIME) } == 0 {
-        return Ok(());
-    }
-    // Not the file's owner (EPERM): without it.
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
         return Err(Error::io("fcntl", path, io::Error::last_os_error()));
     }
     Ok(())
+}
+
+/// Asks that reads of `file` leave its access time alone (`O_NOATIME`), which saves the
+/// kernel an access-time check and a clock read on every read: for a store's own tables,
+/// read a block at a time. Best effort: where the process may not (it neither owns the
+/// file nor has `CAP_FOWNER`) or the system has no such flag, nothing changes.
+pub fn skip_access_times(file: &File) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        // SAFETY: `fd` is a valid descriptor owned by `file` for the duration of these
+        // calls; F_GETFL takes no argument, F_SETFL an int, and neither touches memory.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NOATIME);
+            }
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = file;
 }
 
 /// Reads all of `file` (opened from `path`) from its current position, refusing more
@@ -1172,18 +1185,21 @@ mod tests {
         assert_eq!(fs::read(&b).unwrap(), b"data");
     }
 
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     #[test]
-    fn a_file_of_ours_is_opened_blocking_and_without_access_times() {
+    fn a_file_of_ours_is_opened_blocking_and_may_skip_access_times() {
         use std::os::fd::AsRawFd;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t");
         fs::write(&p, b"data").unwrap();
         let f = open_regular(&p).unwrap();
         // SAFETY: F_GETFL on a descriptor `f` owns; no memory is touched.
-        let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
-        assert!(flags >= 0);
-        assert_eq!(flags & libc::O_NONBLOCK, 0);
-        assert_ne!(flags & libc::O_NOATIME, 0);
+        let flags = || unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+        assert!(flags() >= 0);
+        assert_eq!(flags() & (libc::O_NONBLOCK | libc::O_NOATIME), 0);
+        skip_access_times(&f);
+        assert_ne!(flags() & libc::O_NOATIME, 0, "a file the process owns");
+        assert_eq!(flags() & libc::O_NONBLOCK, 0);
         let mut buf = [0u8; 4];
         std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 0).unwrap();
         assert_eq!(&buf, b"data");

@@ -104,9 +104,10 @@ pub struct Options {
     /// filter blocks of open tables are charged to the same budget. Default: 64 MiB.
     pub block_cache_bytes: usize,
     /// In what form the block cache holds blocks stored compressed: as stored until they
-    /// are hit again, or always decompressed ([`BlockCacheForm`]). Ignored under a
-    /// [`MemoryBudget`](super::budget::MemoryBudget), whose cache decides. Default:
-    /// [`BlockCacheForm::CompressedUntilReused`].
+    /// have been hit [`PROMOTE_AFTER_HITS`](super::sst::cache::PROMOTE_AFTER_HITS) times,
+    /// or always decompressed ([`BlockCacheForm`]). Ignored under a
+    /// [`MemoryBudget`](super::budget::MemoryBudget), whose cache always has the default
+    /// form. Default: [`BlockCacheForm::CompressedUntilReused`].
     pub block_cache_form: BlockCacheForm,
     /// How table data blocks are read. Default: [`TableReads::Positioned`].
     pub table_reads: TableReads,

@@ -319,7 +319,8 @@ pub fn decode_block_in(
 /// block cache evicts fits the next block of about its size (see [`OwnedBlock`]).
 pub const BLOCK_BUF_GRANULE: usize = 256;
 
-/// A decoded block held in memory: the first `len` bytes of `buf`. Buffers are allocated
+/// A block held in memory (decompressed, or a compressed block's stored bytes in the block
+/// cache): the first `len` bytes of `buf`. Buffers are allocated
 /// in multiples of [`BLOCK_BUF_GRANULE`] so that the block cache can hand a buffer it
 /// evicts (and nobody else holds) to the next read that misses, which then neither
 /// allocates nor zeroes one and the eviction frees nothing; the cache charges the
@@ -405,7 +406,7 @@ impl OwnedBlock {
 }
 
 /// The bytes of a decoded block: a range of the table's mapping (raw blocks are read in
-/// place), or a decompressed buffer shared with the block cache.
+/// place), or a decompressed buffer (shared with the block cache when cached).
 #[derive(Debug, Clone)]
 pub enum BlockData {
     /// `map[start..end]`, with the range already checked against the mapping.
@@ -417,7 +418,7 @@ pub enum BlockData {
         /// One past the block's last byte.
         end: usize,
     },
-    /// A decoded block in memory.
+    /// A decompressed (or raw) block in memory.
     Owned(OwnedBlock),
 }
 

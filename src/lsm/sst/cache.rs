@@ -101,8 +101,9 @@ pub enum CachedBlock {
     /// Decompressed, ready to search.
     Decoded(OwnedBlock),
     /// The block's lz4 payload as it was stored (checked when it was read), to decompress.
-    /// `promote` when the block is in demand (hit before since it was cached): the caller
-    /// then caches the decompressed block in its place ([`BlockCache::insert`]).
+    /// `promote` when the block is in demand (hit [`PROMOTE_AFTER_HITS`] times since it was
+    /// cached): the caller then caches the decompressed block in its place
+    /// ([`BlockCache::insert`]).
     Compressed {
         /// The stored bytes of the block (uncompressed length and lz4 payload).
         payload: OwnedBlock,
@@ -333,6 +334,11 @@ impl BlockCache {
         found
     }
 
+    /// Whether a block of `bytes` would be cached now (it fits in one shard's room).
+    pub fn would_cache(&self, bytes: usize) -> bool {
+        bytes <= self.shard_limit()
+    }
+
     /// What one shard may hold now: its share of the capacity less its share of the
     /// reservations.
     fn shard_limit(&self) -> usize {
@@ -539,7 +545,7 @@ mod tests {
     }
 
     #[test]
-    fn a_compressed_block_is_held_as_stored_until_hit_again_then_decompressed() {
+    fn a_compressed_block_is_held_as_stored_until_hit_enough_then_decompressed() {
         let c = BlockCache::new(1 << 20);
         let f = FileNumber(7);
         assert_eq!(c.form(), BlockCacheForm::CompressedUntilReused);
@@ -565,6 +571,12 @@ mod tests {
             BlockCache::with_form(1 << 20, BlockCacheForm::Decompressed).form(),
             BlockCacheForm::Decompressed
         );
+        // A decompressed block too large for a shard would not be cached: the caller
+        // keeps the stored form rather than decompress it for a refused insert.
+        let c = BlockCache::new(16 * 1000);
+        assert!(c.would_cache(1000) && !c.would_cache(1001));
+        c.reserve(16 * 100);
+        assert!(c.would_cache(900) && !c.would_cache(901));
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! - [`footer`]: block handles and the fixed-size footer.
 //! - [`builder`]: writes a table.
 //! - [`table`]: opens, validates, looks up and iterates a table.
-//! - [`cache`]: the shared cache of decompressed blocks.
+//! - [`cache`]: the shared block cache (blocks as stored or decompressed, see
+//!   [`BlockCacheForm`]).
 
 pub mod block;
 pub mod bloom;

@@ -355,8 +355,8 @@ thread_local! {
     static SPARE_BLOCKS: std::cell::RefCell<[Option<Arc<[u8]>>; SPARES_KEPT]> =
         const { std::cell::RefCell::new([const { None }; SPARES_KEPT]) };
     /// The buffer of the last block this thread decompressed without caching it (a block
-    /// the cache holds compressed): the thread's next such block reuses it once the reader
-    /// of the last one dropped it.
+    /// the cache holds compressed), unless larger than [`READ_BUF_KEEP_BYTES`]: the
+    /// thread's next such block reuses it once the reader of the last one dropped it.
     static SCRATCH_BLOCK: std::cell::Cell<Option<Arc<[u8]>>> = const { std::cell::Cell::new(None) };
 }
 
@@ -365,7 +365,9 @@ thread_local! {
 fn decompress_uncached(stored: &[u8], offset: u64) -> Result<OwnedBlock, DecodeError> {
     let scratch = SCRATCH_BLOCK.with(|s| s.take());
     let b = block::decompress_lz4(stored, offset, scratch)?;
-    SCRATCH_BLOCK.with(|s| s.set(Some(b.share_buffer())));
+    if b.charge() <= READ_BUF_KEEP_BYTES {
+        SCRATCH_BLOCK.with(|s| s.set(Some(b.share_buffer())));
+    }
     Ok(b)
 }
 
@@ -519,6 +521,7 @@ impl Table {
         reads: TableReads,
     ) -> Result<Arc<Table>> {
         let file = fs.open(path)?;
+        crate::fs::skip_access_times(&file);
         Table::from_file_with(file, path, file_number, cache, verify_checksums, reads)
     }
 
@@ -888,9 +891,10 @@ impl Table {
             }
             Some(CachedBlock::Compressed { payload, promote }) => {
                 let stored = payload.as_slice();
-                let b = match cache.filter(|_| promote) {
+                let raw_len = block::lz4_uncompressed_len(stored);
+                let b = match cache.filter(|c| promote && c.would_cache(raw_len)) {
                     Some(c) => {
-                        let spare = take_spare_block(true, block::lz4_uncompressed_len(stored));
+                        let spare = take_spare_block(true, raw_len);
                         let b = block::decompress_lz4(stored, h.offset, spare).map_err(corrupt)?;
                         cache_block(c, self.file_number, h.offset, b.clone());
                         b
@@ -943,9 +947,11 @@ impl Table {
         let s = block::check_block_in(buf, h.offset, h, self.verify_checksums).map_err(corrupt)?;
         let stored = buf.get(s.start..s.end).unwrap_or_default();
         if let (Some(c), BLOCK_TYPE_LZ4) = (compressed_form, s.block_type) {
+            // Cached only once it is known to decompress.
+            let data = decompress_uncached(stored, h.offset).map_err(corrupt)?;
             let payload = OwnedBlock::copy_of(stored, take_spare_block(true, stored.len()));
             keep_spare_blocks(c.insert_compressed(self.file_number, h.offset, payload));
-            return decompress_uncached(stored, h.offset).map_err(corrupt);
+            return Ok(data);
         }
         let len = match s.block_type {
             BLOCK_TYPE_LZ4 => block::lz4_uncompressed_len(stored),
