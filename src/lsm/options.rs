@@ -37,7 +37,8 @@ pub enum Compression {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TableReads {
     /// Each block is read with a positioned read (`pread`) into the block cache, raw
-    /// blocks as well as compressed ones; compactions read their inputs sequentially
+    /// blocks as well as compressed ones (held in the form `block_cache_form` says);
+    /// compactions read their inputs sequentially
     /// through a readahead buffer of their own and leave the cache alone. The process's
     /// resident memory is bounded by the memtables, the block cache and the tables' index
     /// and filter blocks, whatever the size of the store: the operating system's page
