@@ -461,15 +461,11 @@ impl BlockCache {
             t.compressed_hits += s.compressed_hits;
         }
         CacheStats {
-            hits: t.hits,
-            misses: t.misses,
-            compressed_hits: t.compressed_hits,
-            compressed_bytes: t.compressed_bytes,
             inserts: c.inserts.load(Ordering::Relaxed),
             evictions: c.evictions.load(Ordering::Relaxed),
-            bytes_used: t.bytes_used,
             capacity_bytes: c.capacity_bytes as u64,
             bytes_reserved: c.reserved.load(Ordering::Relaxed) as u64,
+            ..t
         }
     }
 }

@@ -953,12 +953,12 @@ impl Table {
             keep_spare_blocks(c.insert_compressed(self.file_number, h.offset, payload));
             return Ok(data);
         }
-        let len = match s.block_type {
-            BLOCK_TYPE_LZ4 => block::lz4_uncompressed_len(stored),
-            _ => stored.len(),
+        let data = if s.block_type == BLOCK_TYPE_LZ4 {
+            let spare = take_spare_block(cache.is_some(), block::lz4_uncompressed_len(stored));
+            block::decompress_lz4(stored, h.offset, spare).map_err(corrupt)?
+        } else {
+            OwnedBlock::copy_of(stored, take_spare_block(cache.is_some(), stored.len()))
         };
-        let spare = take_spare_block(cache.is_some(), len);
-        let data = block::decode_block_in(buf, h.offset, h, false, spare).map_err(corrupt)?;
         if let Some(c) = cache {
             cache_block(c, self.file_number, h.offset, data.clone());
         }
