@@ -10,7 +10,7 @@ use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tidemark::lsm::{BlockCacheForm, Db, Options, SyncMode, TableReads};
+use tidemark::lsm::{BlockCacheAdmission, BlockCacheForm, Db, Options, SyncMode, TableReads};
 use tidemark::Error;
 
 fn key(i: u32) -> Vec<u8> {
@@ -83,19 +83,27 @@ fn positioned_and_mapped_reads_return_the_same_data() {
     let compressed = BlockCacheForm::CompressedUntilReused;
     let decompressed = BlockCacheForm::Decompressed;
     let big = Options::default().block_cache_bytes;
-    for (reads, form, cache_bytes) in [
-        (TableReads::Mapped, compressed, big),
-        (TableReads::Positioned, compressed, big),
-        (TableReads::Positioned, decompressed, big),
-        // Small enough that blocks are evicted in every form.
-        (TableReads::Positioned, compressed, 48 << 10),
-        (TableReads::Positioned, decompressed, 48 << 10),
-        (TableReads::Mapped, compressed, big),
+    let small = 48 << 10;
+    let second_miss = BlockCacheAdmission::SecondMiss;
+    let always = BlockCacheAdmission::Always;
+    for (reads, form, cache_bytes, admission) in [
+        (TableReads::Mapped, compressed, big, second_miss),
+        (TableReads::Positioned, compressed, big, second_miss),
+        (TableReads::Positioned, decompressed, big, second_miss),
+        // Small enough that blocks are evicted in every form, and that blocks read once in
+        // a while are declined unless every block is admitted.
+        (TableReads::Positioned, compressed, small, second_miss),
+        (TableReads::Positioned, decompressed, small, second_miss),
+        (TableReads::Positioned, compressed, small, always),
+        (TableReads::Mapped, compressed, small, second_miss),
+        (TableReads::Mapped, compressed, small, always),
+        (TableReads::Mapped, compressed, big, second_miss),
     ] {
         let o = Options {
             compaction: false,
             block_cache_form: form,
             block_cache_bytes: cache_bytes,
+            block_cache_admission: admission,
             ..options(reads)
         };
         let db = Db::open(dir.path(), o).unwrap();
@@ -109,7 +117,11 @@ fn positioned_and_mapped_reads_return_the_same_data() {
             "{after_one_pass:?}"
         );
         for _ in 0..10 {
-            assert_eq!(first, read_all(&db, n), "{reads:?} {form:?} {cache_bytes}");
+            assert_eq!(
+                first,
+                read_all(&db, n),
+                "{reads:?} {form:?} {cache_bytes} {admission:?}"
+            );
         }
         assert!(first.0.iter().filter(|v| v.is_some()).count() > (n as usize) / 2);
         let stats = db.stats();
@@ -121,6 +133,14 @@ fn positioned_and_mapped_reads_return_the_same_data() {
             "{stats:?}"
         );
         assert!(stats.cache_bytes + stats.cache_bytes_reserved <= cache_bytes as u64);
+        // Every read of a large cache is admitted (it has room); a small one declines
+        // blocks unless told to admit every one.
+        assert_eq!(
+            stats.cache_declined > 0,
+            cache_bytes == small && admission == second_miss,
+            "{reads:?} {form:?} {admission:?} {stats:?}"
+        );
+        assert!(stats.cache_declined <= stats.cache_misses);
         seen.push(first);
         db.close().unwrap();
     }

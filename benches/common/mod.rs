@@ -197,13 +197,21 @@ pub fn open(name: &str, dir: &Path, durability: Durability, t: Tuning) -> Box<dy
 /// tidemark's options for a benchmark. `TIDEMARK_BENCH_TABLE_READS=mapped` reads tables
 /// through memory mappings instead of positioned reads (the default);
 /// `TIDEMARK_BENCH_CACHE_FORM=decompressed` caches every block decompressed (default: the
-/// option's, compressed until reused); `TIDEMARK_BENCH_SUBCOMPACTIONS=<n>` sets `max_subcompactions` (default: the option's).
+/// option's, compressed until reused); `TIDEMARK_BENCH_CACHE_ADMISSION=always` caches every
+/// block that missed (default: the option's, on a second miss once the cache is full);
+/// `TIDEMARK_BENCH_SUBCOMPACTIONS=<n>` sets `max_subcompactions` (default: the option's).
 pub fn tidemark_options(durability: Durability, t: Tuning) -> tidemark::lsm::Options {
-    use tidemark::lsm::{BlockCacheForm, Compression, Options, SyncMode, TableReads};
+    use tidemark::lsm::{
+        BlockCacheAdmission, BlockCacheForm, Compression, Options, SyncMode, TableReads,
+    };
     Options {
         block_cache_form: match std::env::var("TIDEMARK_BENCH_CACHE_FORM").as_deref() {
             Ok("decompressed") => BlockCacheForm::Decompressed,
             _ => BlockCacheForm::default(),
+        },
+        block_cache_admission: match std::env::var("TIDEMARK_BENCH_CACHE_ADMISSION").as_deref() {
+            Ok("always") => BlockCacheAdmission::Always,
+            _ => BlockCacheAdmission::default(),
         },
         table_reads: match std::env::var("TIDEMARK_BENCH_TABLE_READS").as_deref() {
             Ok("mapped") => TableReads::Mapped,

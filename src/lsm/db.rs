@@ -404,8 +404,13 @@ impl Db {
         crate::failpoint::hit("open.locked");
         let cache = match &opts.memory_budget {
             Some(b) => Some(b.cache().for_new_store()),
-            None => (opts.block_cache_bytes > 0)
-                .then(|| BlockCache::with_form(opts.block_cache_bytes, opts.block_cache_form)),
+            None => (opts.block_cache_bytes > 0).then(|| {
+                BlockCache::with_policy(
+                    opts.block_cache_bytes,
+                    opts.block_cache_form,
+                    opts.block_cache_admission,
+                )
+            }),
         };
         let ctx = Arc::new(TableContext {
             dir: dir.clone(),
@@ -812,6 +817,7 @@ impl Db {
             s.cache_misses = cs.misses;
             s.cache_compressed_hits = cs.compressed_hits;
             s.cache_compressed_bytes = cs.compressed_bytes;
+            s.cache_declined = cs.declined;
             s.cache_bytes = cs.bytes_used;
             s.cache_bytes_reserved = cs.bytes_reserved;
         }

@@ -30,6 +30,6 @@ pub use live_set::{LiveSet, LiveSetLookup, LiveSetTable};
 pub use options::{
     CompactionFilter, Compression, FilterDecision, Options, SyncMode, TableReads, WalRecovery,
 };
-pub use sst::BlockCacheForm;
+pub use sst::{BlockCacheAdmission, BlockCacheForm};
 pub use stats::DbStats;
 pub use types::{FileNumber, SeqNo, ValueKind};

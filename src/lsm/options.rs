@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, StdFs};
-use crate::lsm::sst::BlockCacheForm;
+use crate::lsm::sst::{BlockCacheAdmission, BlockCacheForm};
 
 /// When the write-ahead log is fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +110,11 @@ pub struct Options {
     /// [`MemoryBudget`](super::budget::MemoryBudget), whose cache always has the default
     /// form. Default: [`BlockCacheForm::CompressedUntilReused`].
     pub block_cache_form: BlockCacheForm,
+    /// Which blocks that missed a full block cache it takes in: those that also missed a
+    /// short while before, or all of them ([`BlockCacheAdmission`]). Ignored under a
+    /// [`MemoryBudget`](super::budget::MemoryBudget), whose cache always has the default
+    /// policy. Default: [`BlockCacheAdmission::SecondMiss`].
+    pub block_cache_admission: BlockCacheAdmission,
     /// How table data blocks are read. Default: [`TableReads::Positioned`].
     pub table_reads: TableReads,
     /// Verify the crc32c of every block read. Default: true.
@@ -218,6 +223,7 @@ impl Default for Options {
             bloom_bits_per_key: 10,
             block_cache_bytes: 64 << 20,
             block_cache_form: BlockCacheForm::default(),
+            block_cache_admission: BlockCacheAdmission::default(),
             table_reads: TableReads::Positioned,
             verify_checksums: true,
             compaction: true,

@@ -163,6 +163,9 @@ pub struct DbStats {
     pub cache_compressed_hits: u64,
     /// Bytes of blocks the block cache holds compressed (part of `cache_bytes`).
     pub cache_compressed_bytes: u64,
+    /// Block cache misses whose block was read but not cached (see
+    /// [`crate::lsm::BlockCacheAdmission`]).
+    pub cache_declined: u64,
     /// Bytes held by the block cache.
     pub cache_bytes: u64,
     /// Bytes charged to the block cache for memory held outside it (the index and filter

@@ -16,6 +16,16 @@
 //! what the reservations leave. Each shard has its own lock, held only for a map lookup
 //! or update, never while a block is read or decompressed.
 //!
+//! Once the cache is full, a block that missed is cached only if it also missed a short
+//! while before ([`BlockCacheAdmission::SecondMiss`], the default): each shard remembers
+//! the blocks that missed lately in a small bitmap (one bit per block, cleared after as
+//! many misses as the shard holds blocks), and the caller caches a block only when its
+//! bit was already set. Under reads spread over a store much larger than the cache most
+//! blocks are read once in a while, and inserting each of them (copying it, evicting
+//! another, updating the map twice) costs more than the few later reads that would hit;
+//! blocks read twice in a short while are the ones that hit again. While the cache has
+//! room, every block is admitted.
+//!
 //! [`BlockCache::insert`] hands back the buffers of blocks it evicted when no reader
 //! still holds them, for the inserting thread's next reads that miss to decode into (see
 //! [`crate::lsm::sst::block::OwnedBlock`]): a read beyond the cache then costs no
@@ -57,6 +67,9 @@ pub struct CacheStats {
     /// Bytes reserved for memory held outside the cache under its budget (the index and
     /// filter blocks of open tables): blocks may use only the capacity left over.
     pub bytes_reserved: u64,
+    /// Misses whose block the cache declined to admit (read once lately, the cache full;
+    /// see [`BlockCacheAdmission`]).
+    pub declined: u64,
 }
 
 /// (store, file number, block offset).
@@ -148,8 +161,79 @@ pub enum BlockCacheForm {
     Decompressed,
 }
 
+/// Which blocks that missed a full cache takes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BlockCacheAdmission {
+    /// A block that missed is cached if it also missed a short while before (within as
+    /// many misses of its shard as the shard holds blocks), or while the cache has room.
+    /// Reads spread over a store larger than the cache then skip the work of caching
+    /// blocks that would be evicted before they are read again; blocks in demand miss
+    /// twice in a short while and are cached.
+    #[default]
+    SecondMiss,
+    /// Every block that missed is cached.
+    Always,
+}
+
+/// A shard's memory of the blocks that missed lately, for [`BlockCacheAdmission::SecondMiss`]:
+/// one bit per hashed key, all cleared once `window` keys have been recorded.
+#[derive(Debug, Default)]
+struct Doorkeeper {
+    bits: Vec<u64>,
+    recorded: usize,
+    window: usize,
+}
+
+impl Doorkeeper {
+    /// A doorkeeper remembering about `window` keys, in eight bits per key (so that a key
+    /// never seen is taken for a seen one at most about one time in eight).
+    fn new(window: usize) -> Doorkeeper {
+        let window = window.max(64);
+        let words = (window * 8).next_power_of_two() / 64;
+        Doorkeeper {
+            bits: vec![0; words],
+            recorded: 0,
+            window,
+        }
+    }
+
+    /// Records `hash`; returns whether it was recorded already (since the last clearing).
+    fn check_and_record(&mut self, hash: u64) -> bool {
+        let bit = (hash >> 32) as usize & (self.bits.len() * 64 - 1);
+        let Some(word) = self.bits.get_mut(bit / 64) else {
+            return true;
+        };
+        let mask = 1u64 << (bit % 64);
+        if *word & mask != 0 {
+            return true;
+        }
+        *word |= mask;
+        self.recorded += 1;
+        if self.recorded >= self.window {
+            self.bits.fill(0);
+            self.recorded = 0;
+        }
+        false
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// The block, as the cache holds it.
+    Hit(CachedBlock),
+    /// Not cached; `admit` says whether the caller should cache the block once it has read it.
+    Miss {
+        /// Whether to cache the block (see [`BlockCacheAdmission`]).
+        admit: bool,
+    },
+}
+
 /// Hits after which a block held compressed is held decompressed instead.
 pub const PROMOTE_AFTER_HITS: u8 = 8;
+
+/// The block size a doorkeeper's window is reckoned in.
+const DOORKEEPER_BLOCK_BYTES: usize = 4096;
 
 /// One shard: a CLOCK approximation of LRU. A hit only sets the slot's reference bit, so
 /// it costs one hash lookup; eviction sweeps the hand over the slots, giving each
@@ -168,6 +252,9 @@ struct Shard {
     hits: u64,
     misses: u64,
     compressed_hits: u64,
+    declined: u64,
+    /// The blocks that missed lately, under [`BlockCacheAdmission::SecondMiss`].
+    doorkeeper: Option<Doorkeeper>,
 }
 
 impl Shard {
@@ -261,6 +348,7 @@ struct Core {
     /// Bytes reserved by [`BlockCache::reserve`].
     reserved: AtomicUsize,
     form: BlockCacheForm,
+    admission: BlockCacheAdmission,
 }
 
 /// A thread-safe, sharded LRU of blocks: one store's view of a cache whose capacity may be
@@ -280,18 +368,34 @@ impl BlockCache {
 
     /// [`BlockCache::new`], holding blocks stored compressed in the given `form`.
     pub fn with_form(capacity_bytes: usize, form: BlockCacheForm) -> Arc<BlockCache> {
+        BlockCache::with_policy(capacity_bytes, form, BlockCacheAdmission::default())
+    }
+
+    /// [`BlockCache::new`], holding blocks in the given `form` and taking in the blocks
+    /// that missed as `admission` says.
+    pub fn with_policy(
+        capacity_bytes: usize,
+        form: BlockCacheForm,
+        admission: BlockCacheAdmission,
+    ) -> Arc<BlockCache> {
+        let shard_capacity_bytes = capacity_bytes / NUM_SHARDS;
+        // The doorkeeper remembers about as many blocks as the shard holds (of 4 KiB).
+        let shard = || Shard {
+            doorkeeper: (admission == BlockCacheAdmission::SecondMiss)
+                .then(|| Doorkeeper::new(shard_capacity_bytes / DOORKEEPER_BLOCK_BYTES)),
+            ..Shard::default()
+        };
         Arc::new(BlockCache {
             core: Arc::new(Core {
-                shards: (0..NUM_SHARDS)
-                    .map(|_| Mutex::new(Shard::default()))
-                    .collect(),
-                shard_capacity_bytes: capacity_bytes / NUM_SHARDS,
+                shards: (0..NUM_SHARDS).map(|_| Mutex::new(shard())).collect(),
+                shard_capacity_bytes,
                 capacity_bytes,
                 inserts: AtomicU64::new(0),
                 evictions: AtomicU64::new(0),
                 next_store: AtomicU64::new(1),
                 reserved: AtomicUsize::new(0),
                 form,
+                admission,
             }),
             store: 0,
         })
@@ -311,27 +415,53 @@ impl BlockCache {
         self.core.form
     }
 
-    fn shard(&self, key: &Key) -> &Mutex<Shard> {
-        let h = ((key.0.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ key.1 .0)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    /// How blocks that missed are taken in.
+    pub fn admission(&self) -> BlockCacheAdmission {
+        self.core.admission
+    }
+
+    /// A hash of `key`: its top bits pick the shard, the next ones a doorkeeper bit.
+    fn hash(key: &Key) -> u64 {
+        ((key.0.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ key.1 .0).wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ key.2)
-            .wrapping_mul(0xff51_afd7_ed55_8ccd);
-        let i = (h >> 60) as usize & (NUM_SHARDS - 1);
+            .wrapping_mul(0xff51_afd7_ed55_8ccd)
+    }
+
+    fn shard(&self, key: &Key) -> &Mutex<Shard> {
+        let i = (Self::hash(key) >> 60) as usize & (NUM_SHARDS - 1);
         // i < NUM_SHARDS == shards.len()
         &self.core.shards[i]
     }
 
     /// The cached block at `offset` of table `file`, marking it most recently used.
     pub fn get(&self, file: FileNumber, offset: u64) -> Option<CachedBlock> {
-        let key = (self.store, file, offset);
-        let mut shard = self.shard(&key).lock();
-        let found = shard.touch(key);
-        if found.is_some() {
-            shard.hits += 1;
-        } else {
-            shard.misses += 1;
+        match self.lookup(file, offset) {
+            Lookup::Hit(b) => Some(b),
+            Lookup::Miss { .. } => None,
         }
-        found
+    }
+
+    /// [`BlockCache::get`], saying on a miss whether the caller should cache the block it
+    /// then reads ([`BlockCacheAdmission`]; a declined miss is counted).
+    pub fn lookup(&self, file: FileNumber, offset: u64) -> Lookup {
+        let key = (self.store, file, offset);
+        let limit = self.shard_limit();
+        let mut shard = self.shard(&key).lock();
+        if let Some(found) = shard.touch(key) {
+            shard.hits += 1;
+            return Lookup::Hit(found);
+        }
+        shard.misses += 1;
+        // Room: more than one block of the default size below the limit.
+        let room = shard.used_bytes + DOORKEEPER_BLOCK_BYTES <= limit;
+        let admit = match &mut shard.doorkeeper {
+            Some(d) => d.check_and_record(Self::hash(&key)) || room,
+            None => true,
+        };
+        if !admit {
+            shard.declined += 1;
+        }
+        Lookup::Miss { admit }
     }
 
     /// Whether a block of `bytes` would be cached now (it fits in one shard's room).
@@ -459,6 +589,7 @@ impl BlockCache {
             t.hits += s.hits;
             t.misses += s.misses;
             t.compressed_hits += s.compressed_hits;
+            t.declined += s.declined;
         }
         CacheStats {
             inserts: c.inserts.load(Ordering::Relaxed),
@@ -486,6 +617,62 @@ mod tests {
         assert_eq!(c.get(FileNumber(1), 0).unwrap().bytes(), &[7u8; 100][..]);
         let s = c.stats();
         assert_eq!((s.hits, s.misses, s.inserts, s.bytes_used), (1, 1, 1, 100));
+    }
+
+    /// Whether a lookup of (`f`, `offset`) missed and was told to cache the block.
+    fn admitted(c: &BlockCache, f: FileNumber, offset: u64) -> bool {
+        match c.lookup(f, offset) {
+            Lookup::Miss { admit } => admit,
+            Lookup::Hit(b) => panic!("unexpected hit at {offset}: {b:?}"),
+        }
+    }
+
+    #[test]
+    fn a_full_cache_admits_a_block_on_its_second_miss_only() {
+        let f = FileNumber(3);
+        for admission in [BlockCacheAdmission::SecondMiss, BlockCacheAdmission::Always] {
+            // Two blocks of 4 KiB fill a shard.
+            let c = BlockCache::with_policy(16 * 8192, BlockCacheForm::default(), admission);
+            assert_eq!(c.admission(), admission);
+            // While there is room, a block is admitted on its first miss.
+            assert!(admitted(&c, f, 1 << 40));
+            for i in 0..200 {
+                c.insert(f, i * 4096, block(4096, 1));
+            }
+            assert!(c.stats().evictions > 0);
+            let mut declined = 0;
+            for i in 0..64 {
+                let offset = (1 << 30) + i * 4096;
+                if !admitted(&c, f, offset) {
+                    declined += 1;
+                    // Missed again: admitted.
+                    assert!(admitted(&c, f, offset), "{offset}");
+                }
+            }
+            let s = c.stats();
+            assert_eq!(s.declined, declined);
+            match admission {
+                // A block never seen is taken for a seen one rarely (its bit set by
+                // another): a few hundred bits per shard, a few blocks recorded.
+                BlockCacheAdmission::SecondMiss => assert!(declined >= 56, "{declined}"),
+                BlockCacheAdmission::Always => assert_eq!(declined, 0),
+            }
+        }
+    }
+
+    #[test]
+    fn the_doorkeeper_forgets_everything_after_its_window() {
+        let mut d = Doorkeeper::new(64);
+        let h = |i: u64| i << 32;
+        for i in 0..63 {
+            assert!(!d.check_and_record(h(i)), "{i}");
+            assert!(d.check_and_record(h(i)), "{i}");
+        }
+        // The 64th key fills the window: everything is forgotten.
+        assert!(!d.check_and_record(h(63)));
+        for i in 0..64 {
+            assert!(!d.check_and_record(h(i)), "{i}");
+        }
     }
 
     #[test]

@@ -22,5 +22,7 @@ pub mod footer;
 pub mod table;
 
 pub use builder::{TableBuilder, TableOptions};
-pub use cache::{BlockCache, BlockCacheForm, CacheStats, CachedBlock, Spares};
+pub use cache::{
+    BlockCache, BlockCacheAdmission, BlockCacheForm, CacheStats, CachedBlock, Lookup, Spares,
+};
 pub use table::{BlockInfo, LookupResult, Table, TableIter, TableProperties};

@@ -18,7 +18,7 @@ use super::block::{
     self, Block, BlockData, BlockIter, OwnedBlock, BLOCK_TRAILER_LEN, BLOCK_TYPE_LZ4,
 };
 use super::bloom::{hash64, FilterLayout, TableFilter};
-use super::cache::{BlockCache, BlockCacheForm, CachedBlock, Spares};
+use super::cache::{BlockCache, BlockCacheForm, CachedBlock, Lookup, Spares};
 use super::footer::{BlockHandle, Footer, FOOTER_LEN};
 use crate::codec::{self, DecodeError, Decoder};
 use crate::error::{Error, IoContext, Result};
@@ -360,15 +360,21 @@ thread_local! {
     static SCRATCH_BLOCK: std::cell::Cell<Option<Arc<[u8]>>> = const { std::cell::Cell::new(None) };
 }
 
-/// Decompresses the lz4 block `stored` (at `offset`) for a read that will not cache it,
-/// into this thread's scratch buffer when no reader holds it any more.
-fn decompress_uncached(stored: &[u8], offset: u64) -> Result<OwnedBlock, DecodeError> {
-    let scratch = SCRATCH_BLOCK.with(|s| s.take());
-    let b = block::decompress_lz4(stored, offset, scratch)?;
+/// Decodes a block for a read that will not cache it with `decode`, handing it this
+/// thread's scratch buffer (which it reuses when no reader holds it any more).
+fn decode_uncached(
+    decode: impl FnOnce(Option<Arc<[u8]>>) -> Result<OwnedBlock, DecodeError>,
+) -> Result<OwnedBlock, DecodeError> {
+    let b = decode(SCRATCH_BLOCK.with(|s| s.take()))?;
     if b.charge() <= READ_BUF_KEEP_BYTES {
         SCRATCH_BLOCK.with(|s| s.set(Some(b.share_buffer())));
     }
     Ok(b)
+}
+
+/// Decompresses the lz4 block `stored` (at `offset`) for a read that will not cache it.
+fn decompress_uncached(stored: &[u8], offset: u64) -> Result<OwnedBlock, DecodeError> {
+    decode_uncached(|scratch| block::decompress_lz4(stored, offset, scratch))
 }
 
 /// Buffers a thread keeps for its next block reads.
@@ -396,11 +402,8 @@ fn cache_block(cache: &BlockCache, file: FileNumber, offset: u64, block: OwnedBl
 }
 
 /// A spare buffer of this thread's that fits a block of `len` bytes, for a block that
-/// will be cached (`cached`); a block that will not be leaves the spares for one that will.
-fn take_spare_block(cached: bool, len: usize) -> Option<Arc<[u8]>> {
-    if !cached {
-        return None;
-    }
+/// will be cached (a block that will not be decodes into the scratch buffer instead).
+fn take_spare_block(len: usize) -> Option<Arc<[u8]>> {
     SPARE_BLOCKS.with(|s| {
         let mut s = s.try_borrow_mut().ok()?;
         s.iter_mut()
@@ -885,16 +888,16 @@ impl Table {
         let cache = self.cache.as_ref();
         let corrupt = |e: DecodeError| e.into_error(&self.path);
         // A cached block was checked when it was read.
-        match cache.and_then(|c| c.get(self.file_number, h.offset)) {
-            Some(CachedBlock::Decoded(b)) => {
+        let admit = match cache.map(|c| c.lookup(self.file_number, h.offset)) {
+            Some(Lookup::Hit(CachedBlock::Decoded(b))) => {
                 return Block::new(BlockData::Owned(b), h.offset).map_err(corrupt)
             }
-            Some(CachedBlock::Compressed { payload, promote }) => {
+            Some(Lookup::Hit(CachedBlock::Compressed { payload, promote })) => {
                 let stored = payload.as_slice();
                 let raw_len = block::lz4_uncompressed_len(stored);
                 let b = match cache.filter(|c| promote && c.would_cache(raw_len)) {
                     Some(c) => {
-                        let spare = take_spare_block(true, raw_len);
+                        let spare = take_spare_block(raw_len);
                         let b = block::decompress_lz4(stored, h.offset, spare).map_err(corrupt)?;
                         cache_block(c, self.file_number, h.offset, b.clone());
                         b
@@ -903,8 +906,11 @@ impl Table {
                 };
                 return Block::new(BlockData::Owned(b), h.offset).map_err(corrupt);
             }
-            None => {}
-        }
+            Some(Lookup::Miss { admit }) => admit,
+            None => false,
+        };
+        // A block the cache declines is read as if there were no cache.
+        let cache = cache.filter(|_| admit);
         let n = usize::try_from(h.size)
             .ok()
             .and_then(|s| s.checked_add(BLOCK_TRAILER_LEN))
@@ -949,19 +955,24 @@ impl Table {
         if let (Some(c), BLOCK_TYPE_LZ4) = (compressed_form, s.block_type) {
             // Cached only once it is known to decompress.
             let data = decompress_uncached(stored, h.offset).map_err(corrupt)?;
-            let payload = OwnedBlock::copy_of(stored, take_spare_block(true, stored.len()));
+            let payload = OwnedBlock::copy_of(stored, take_spare_block(stored.len()));
             keep_spare_blocks(c.insert_compressed(self.file_number, h.offset, payload));
             return Ok(data);
         }
+        let Some(c) = cache else {
+            return if s.block_type == BLOCK_TYPE_LZ4 {
+                decompress_uncached(stored, h.offset).map_err(corrupt)
+            } else {
+                decode_uncached(|scratch| Ok(OwnedBlock::copy_of(stored, scratch))).map_err(corrupt)
+            };
+        };
         let data = if s.block_type == BLOCK_TYPE_LZ4 {
-            let spare = take_spare_block(cache.is_some(), block::lz4_uncompressed_len(stored));
+            let spare = take_spare_block(block::lz4_uncompressed_len(stored));
             block::decompress_lz4(stored, h.offset, spare).map_err(corrupt)?
         } else {
-            OwnedBlock::copy_of(stored, take_spare_block(cache.is_some(), stored.len()))
+            OwnedBlock::copy_of(stored, take_spare_block(stored.len()))
         };
-        if let Some(c) = cache {
-            cache_block(c, self.file_number, h.offset, data.clone());
-        }
+        cache_block(c, self.file_number, h.offset, data.clone());
         Ok(data)
     }
 
@@ -998,16 +1009,20 @@ impl Table {
         let h = self.handle(i)?;
         let cache = self.cache.as_ref();
         let type_at = usize::try_from(h.offset + h.size).unwrap_or(usize::MAX);
+        let mut admit = false;
         if map.get(type_at) == Some(&BLOCK_TYPE_LZ4) {
             // A cached block was checked when it was inserted. A mapped table caches only
             // decompressed blocks.
-            if let Some(CachedBlock::Decoded(b)) =
-                cache.and_then(|c| c.get(self.file_number, h.offset))
-            {
-                return Block::new(BlockData::Owned(b), h.offset)
-                    .map_err(|e| e.into_error(&self.path));
+            match cache.map(|c| c.lookup(self.file_number, h.offset)) {
+                Some(Lookup::Hit(CachedBlock::Decoded(b))) => {
+                    return Block::new(BlockData::Owned(b), h.offset)
+                        .map_err(|e| e.into_error(&self.path));
+                }
+                Some(Lookup::Miss { admit: a }) => admit = a,
+                _ => {}
             }
         }
+        let cache = cache.filter(|_| admit);
         let flag = self.verified.get(i);
         let check = self.verify_checksums && !flag.is_some_and(|f| f.load(AtomicOrdering::Relaxed));
         let stored = block::check_block(map, h, check).map_err(|e| e.into_error(&self.path))?;
@@ -1018,12 +1033,18 @@ impl Table {
         }
         let data = if stored.block_type == BLOCK_TYPE_LZ4 {
             let bytes = map.get(stored.start..stored.end).unwrap_or_default();
-            let spare = take_spare_block(cache.is_some(), block::lz4_uncompressed_len(bytes));
-            let b = block::decompress_lz4(bytes, h.offset, spare)
-                .map_err(|e| e.into_error(&self.path))?;
-            if let Some(c) = cache {
-                cache_block(c, self.file_number, h.offset, b.clone());
-            }
+            let b = match cache {
+                Some(c) => {
+                    let spare = take_spare_block(block::lz4_uncompressed_len(bytes));
+                    let b = block::decompress_lz4(bytes, h.offset, spare)
+                        .map_err(|e| e.into_error(&self.path))?;
+                    cache_block(c, self.file_number, h.offset, b.clone());
+                    b
+                }
+                None => {
+                    decompress_uncached(bytes, h.offset).map_err(|e| e.into_error(&self.path))?
+                }
+            };
             BlockData::Owned(b)
         } else {
             BlockData::Mapped {
