@@ -9,8 +9,8 @@
 //! while the blocks in demand cost no decompression. [`BlockCacheForm::Decompressed`]
 //! caches every block decompressed.
 //!
-//! Tables read with positioned reads cache every block they read; mapped tables cache
-//! only blocks that had to be decompressed, decompressed (a raw block is read in place
+//! Tables read with positioned reads cache the blocks they read (those the cache admits,
+//! below); mapped tables cache only blocks that had to be decompressed, decompressed (a raw block is read in place
 //! from the mapping, and the mapping is the compressed form). The index and filter blocks
 //! of open tables are charged to the same budget ([`BlockCache::reserve`]): blocks use
 //! what the reservations leave. Each shard has its own lock, held only for a map lookup
