@@ -5,11 +5,17 @@
 //! region instead of chasing a second pointer to the key. Nodes are never freed or moved
 //! while the memtable lives; the whole arena is dropped with it once it is flushed.
 //!
-//! Concurrency: any number of writers and readers at once. A writer takes the `writer`
-//! lock only to reserve arena space (a pointer bump); it builds its nodes outside the lock
-//! and links each with a compare-and-swap per level, bottom up (RocksDB's concurrent
-//! insert). A node is fully written before it is published by the release half of that
-//! swap; readers follow pointers with acquire loads and take no lock.
+//! Concurrency: any number of writers and readers at once. A writer takes the lock of its
+//! thread's lane only to reserve arena space (a pointer bump); it builds its nodes outside
+//! the lock and links each with a compare-and-swap per level, bottom up (RocksDB's
+//! concurrent insert). A node is fully written before it is published by the release half
+//! of that swap; readers follow pointers with acquire loads and take no lock.
+//!
+//! Each lane has an arena of its own, on a cache line of its own, and threads are spread
+//! over the lanes: two writers on two cores neither move one lock's cache line between
+//! them on every write nor build their nodes side by side in the same cache lines (where
+//! each would take the line from the other). The size the lanes reserved reaches the
+//! shared counter every [`SIZE_PUBLISH_BYTES`].
 
 use std::cmp::Ordering;
 use std::ptr;
@@ -103,7 +109,7 @@ impl Arena {
     }
 }
 
-/// What writers reserve space from, under the `writer` lock.
+/// What writers reserve space from, under a lane's lock.
 struct Writer {
     arena: Arena,
     rng: u64,
@@ -111,6 +117,34 @@ struct Writer {
     entries: u64,
     /// Largest sequence number reserved.
     max_seq: u64,
+    /// Bytes reserved and not yet added to the memtable's shared `size_bytes`.
+    unpublished: usize,
+}
+
+/// Lanes of a memtable: threads are spread over them (see [`lane_of_thread`]).
+const LANES: usize = 4;
+
+/// A lane adds what it reserved to the memtable's shared size once it has this much: the
+/// shared counter's cache line then moves between writers' cores once per this many bytes
+/// written rather than on every write.
+pub const SIZE_PUBLISH_BYTES: usize = 16 << 10;
+
+/// Most bytes the lanes may hold unpublished at once: [`MemTable::published_size`] is at
+/// most this far below [`MemTable::approximate_size`].
+pub const MAX_UNPUBLISHED_BYTES: usize = LANES * SIZE_PUBLISH_BYTES;
+
+/// The lane of the calling thread: threads take lanes in turn as they first write.
+fn lane_of_thread() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static LANE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    }
+    LANE.with(|l| {
+        if l.get() == usize::MAX {
+            l.set(NEXT.fetch_add(1, AtomicOrdering::Relaxed) % LANES);
+        }
+        l.get()
+    })
 }
 
 /// What a memtable knows about a key at a sequence number.
@@ -131,25 +165,30 @@ pub struct MemTable {
     max_height: AtomicUsize,
     /// The WAL file that records this memtable's writes (0 when the WAL is off).
     wal_number: FileNumber,
-    tally: Tally,
-    /// The arena's chunks: every node lives in one of them until the memtable is dropped.
-    /// Locked only to add a chunk (under `writer`) and never on a write's path otherwise.
+    /// Bytes the lanes published (all reserved bytes but each lane's `unpublished`).
+    size_bytes: SizeLine,
+    lanes: [Lane; LANES],
+    /// The arenas' chunks: every node lives in one of them until the memtable is dropped.
+    /// Locked only to add a chunk (under a lane's lock) and never on a write's path
+    /// otherwise.
     chunks: Mutex<Vec<memmap2::MmapMut>>,
 }
 
-/// What every insert writes, on one cache line of its own: a write moves one line
-/// between the writers' cores, not one per counter.
+/// The shared size, read by every write (is there room?) and written once per
+/// [`SIZE_PUBLISH_BYTES`], on a cache line of its own.
 #[repr(align(64))]
-struct Tally {
-    writer: Mutex<Writer>,
-    /// Read without the lock by every write (is there room?).
-    size_bytes: AtomicUsize,
-}
-const _: () = assert!(std::mem::size_of::<Tally>() == 64);
+struct SizeLine(AtomicUsize);
 
-// SAFETY: the raw node pointers point into the arena's chunks, owned by the memtable
-// (`chunks`), which live as long as the memtable; arena space is handed out under
-// the `writer` mutex, so no two writers build in the same bytes; nodes are published with
+/// What an insert writes, on one cache line per lane.
+#[repr(align(64))]
+struct Lane {
+    writer: Mutex<Writer>,
+}
+const _: () = assert!(std::mem::size_of::<Lane>() == 64);
+
+// SAFETY: the raw node pointers point into the arenas' chunks, owned by the memtable
+// (`chunks`), which live as long as the memtable; each arena's space is handed out under
+// its lane's mutex, so no two writers build in the same bytes; nodes are published with
 // compare-and-swaps that release and read with acquire loads, and a published node's key
 // and value never change.
 unsafe impl Send for MemTable {}
@@ -269,19 +308,25 @@ impl MemTable {
             let h = head as *mut u32;
             *h.add(2) = MAX_HEIGHT as u32;
         }
+        let mut arena = Some(arena);
+        let lanes = std::array::from_fn(|i| Lane {
+            writer: Mutex::new(Writer {
+                // Lane 0 goes on in the chunk that holds the head; the others make their own.
+                arena: arena.take().unwrap_or_else(Arena::new),
+                rng: (0x2545_f491_4f6c_dd1d ^ wal_number.0)
+                    .wrapping_add((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                    | 1,
+                entries: 0,
+                max_seq: 0,
+                unpublished: 0,
+            }),
+        });
         MemTable {
             head,
             max_height: AtomicUsize::new(1),
             wal_number,
-            tally: Tally {
-                writer: Mutex::new(Writer {
-                    arena,
-                    rng: 0x2545_f491_4f6c_dd1d ^ wal_number.0,
-                    entries: 0,
-                    max_seq: 0,
-                }),
-                size_bytes: AtomicUsize::new(0),
-            },
+            size_bytes: SizeLine(AtomicUsize::new(0)),
+            lanes,
             chunks,
         }
     }
@@ -324,17 +369,19 @@ impl MemTable {
             .next_multiple_of(8)
     }
 
-    /// Reserves arena space for entries of the given (key, value) lengths, under the
-    /// `writer` lock (a bump of the arena, the height generator and the counts, nothing
-    /// more, all on one cache line), and accounts for them. Returns where the first node
-    /// goes and the generator state that yields the heights the reservation was sized with.
+    /// Reserves arena space for entries of the given (key, value) lengths, under the lock
+    /// of the calling thread's lane (a bump of its arena, its height generator and its
+    /// counts, nothing more, all on the lane's cache line), and accounts for them. Returns
+    /// where the first node goes and the generator state that yields the heights the
+    /// reservation was sized with.
     fn reserve(
         &self,
         sizes: impl Iterator<Item = (usize, usize)>,
         entries: u64,
         max_seq: SeqNo,
     ) -> (NodePtr, u64) {
-        let mut w = self.tally.writer.lock();
+        // lane_of_thread() < LANES
+        let mut w = self.lanes[lane_of_thread()].writer.lock();
         let start_rng = w.rng;
         let mut total = 0;
         for (k, v) in sizes {
@@ -343,10 +390,13 @@ impl MemTable {
         let at = w.arena.alloc(total, &self.chunks);
         w.entries += entries;
         w.max_seq = w.max_seq.max(max_seq.0);
-        drop(w);
-        self.tally
-            .size_bytes
-            .fetch_add(total, AtomicOrdering::Relaxed);
+        w.unpublished += total;
+        if w.unpublished >= SIZE_PUBLISH_BYTES {
+            let publish = std::mem::take(&mut w.unpublished);
+            self.size_bytes
+                .0
+                .fetch_add(publish, AtomicOrdering::Relaxed);
+        }
         (at, start_rng)
     }
 
@@ -498,14 +548,26 @@ impl MemTable {
         }
     }
 
-    /// Bytes charged so far (nodes: keys, values, towers and headers).
+    /// Bytes charged so far (nodes: keys, values, towers and headers), every lane's.
     pub fn approximate_size(&self) -> usize {
-        self.tally.size_bytes.load(AtomicOrdering::Relaxed)
+        self.published_size()
+            + self
+                .lanes
+                .iter()
+                .map(|l| l.writer.lock().unpublished)
+                .sum::<usize>()
+    }
+
+    /// Bytes charged and published to the shared count: less than
+    /// [`MAX_UNPUBLISHED_BYTES`] below [`MemTable::approximate_size`], and read without
+    /// touching the lanes that writers write.
+    pub fn published_size(&self) -> usize {
+        self.size_bytes.0.load(AtomicOrdering::Relaxed)
     }
 
     /// Number of entries.
     pub fn len(&self) -> u64 {
-        self.tally.writer.lock().entries
+        self.lanes.iter().map(|l| l.writer.lock().entries).sum()
     }
 
     /// True when nothing was inserted.
@@ -515,7 +577,13 @@ impl MemTable {
 
     /// Largest sequence number inserted (0 when empty).
     pub fn max_seq(&self) -> SeqNo {
-        SeqNo(self.tally.writer.lock().max_seq)
+        SeqNo(
+            self.lanes
+                .iter()
+                .map(|l| l.writer.lock().max_seq)
+                .max()
+                .unwrap_or(0),
+        )
     }
 
     /// An iterator over the memtable that keeps it alive.
@@ -885,6 +953,12 @@ mod tests {
             }
         });
         assert_eq!(m.len(), 4 * PER_THREAD);
+        assert_eq!(m.max_seq(), SeqNo(4 * PER_THREAD));
+        // Every lane's bytes count: at least header, one pointer, key, trailer and value
+        // per entry; the shared count lags by less than what the lanes may hold back.
+        let size = m.approximate_size();
+        assert!(size >= 4 * PER_THREAD as usize * (NODE_HEADER_BYTES + PTR_BYTES + 8 + 8 + 8));
+        assert!(m.published_size() <= size && size - m.published_size() < MAX_UNPUBLISHED_BYTES);
         let mut it = m.iter();
         it.seek_to_first();
         let mut seen = std::collections::HashSet::new();
