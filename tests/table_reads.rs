@@ -140,7 +140,6 @@ fn positioned_and_mapped_reads_return_the_same_data() {
             cache_bytes == small && admission == second_miss,
             "{reads:?} {form:?} {admission:?} {stats:?}"
         );
-        assert!(stats.cache_declined <= stats.cache_misses);
         seen.push(first);
         db.close().unwrap();
     }

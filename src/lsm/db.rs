@@ -1447,8 +1447,8 @@ impl DbInner {
             return false;
         }
         let sv = self.sv.load();
-        // The published size lags the exact one by at most the lanes' unpublished bytes:
-        // only a memtable near its limit is asked for the exact size.
+        // The published size lags the full count by less than the lanes may hold back:
+        // only a memtable near its limit is asked for the full count.
         let published = sv.mem.published_size();
         let mem_room = published + MAX_UNPUBLISHED_BYTES < self.opts.memtable_size_bytes
             || sv.mem.approximate_size() < self.opts.memtable_size_bytes;

@@ -117,8 +117,6 @@ struct Writer {
     entries: u64,
     /// Largest sequence number reserved.
     max_seq: u64,
-    /// Bytes reserved and not yet added to the memtable's shared `size_bytes`.
-    unpublished: usize,
 }
 
 /// Lanes of a memtable: threads are spread over them (see [`lane_of_thread`]).
@@ -183,6 +181,9 @@ struct SizeLine(AtomicUsize);
 #[repr(align(64))]
 struct Lane {
     writer: Mutex<Writer>,
+    /// Bytes reserved and not yet added to the memtable's shared `size_bytes`: written
+    /// under `writer`, read without it.
+    unpublished: AtomicUsize,
 }
 const _: () = assert!(std::mem::size_of::<Lane>() == 64);
 
@@ -318,8 +319,8 @@ impl MemTable {
                     | 1,
                 entries: 0,
                 max_seq: 0,
-                unpublished: 0,
             }),
+            unpublished: AtomicUsize::new(0),
         });
         MemTable {
             head,
@@ -381,7 +382,8 @@ impl MemTable {
         max_seq: SeqNo,
     ) -> (NodePtr, u64) {
         // lane_of_thread() < LANES
-        let mut w = self.lanes[lane_of_thread()].writer.lock();
+        let lane = &self.lanes[lane_of_thread()];
+        let mut w = lane.writer.lock();
         let start_rng = w.rng;
         let mut total = 0;
         for (k, v) in sizes {
@@ -390,13 +392,18 @@ impl MemTable {
         let at = w.arena.alloc(total, &self.chunks);
         w.entries += entries;
         w.max_seq = w.max_seq.max(max_seq.0);
-        w.unpublished += total;
-        if w.unpublished >= SIZE_PUBLISH_BYTES {
-            let publish = std::mem::take(&mut w.unpublished);
+        let unpublished = lane.unpublished.load(AtomicOrdering::Relaxed) + total;
+        if unpublished >= SIZE_PUBLISH_BYTES {
+            // Shared count first: a reader that sees the lane emptied sees it counted there
+            // (see `approximate_size`).
             self.size_bytes
                 .0
-                .fetch_add(publish, AtomicOrdering::Relaxed);
+                .fetch_add(unpublished, AtomicOrdering::Relaxed);
+            lane.unpublished.store(0, AtomicOrdering::Release);
+        } else {
+            lane.unpublished.store(unpublished, AtomicOrdering::Relaxed);
         }
+        drop(w);
         (at, start_rng)
     }
 
@@ -548,14 +555,19 @@ impl MemTable {
         }
     }
 
-    /// Bytes charged so far (nodes: keys, values, towers and headers), every lane's.
+    /// Bytes charged so far (nodes: keys, values, towers and headers), every lane's,
+    /// without taking a lane's lock. Never less than what was charged before the call;
+    /// while writers run it may count a lane's bytes twice (once in the lane, once
+    /// published), at most [`MAX_UNPUBLISHED_BYTES`] over.
     pub fn approximate_size(&self) -> usize {
-        self.published_size()
-            + self
-                .lanes
-                .iter()
-                .map(|l| l.writer.lock().unpublished)
-                .sum::<usize>()
+        // The lanes before the shared count: bytes a lane publishes in between are
+        // counted twice, never missed.
+        let unpublished: usize = self
+            .lanes
+            .iter()
+            .map(|l| l.unpublished.load(AtomicOrdering::Acquire))
+            .sum();
+        unpublished + self.published_size()
     }
 
     /// Bytes charged and published to the shared count: less than
@@ -959,6 +971,13 @@ mod tests {
         let size = m.approximate_size();
         assert!(size >= 4 * PER_THREAD as usize * (NODE_HEADER_BYTES + PTR_BYTES + 8 + 8 + 8));
         assert!(m.published_size() <= size && size - m.published_size() < MAX_UNPUBLISHED_BYTES);
+        // The threads wrote through more than one lane (they take lanes in turn).
+        let lanes_used = m
+            .lanes
+            .iter()
+            .filter(|l| l.writer.lock().entries > 0)
+            .count();
+        assert!(lanes_used >= 2, "{lanes_used}");
         let mut it = m.iter();
         it.seek_to_first();
         let mut seen = std::collections::HashSet::new();

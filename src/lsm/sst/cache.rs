@@ -10,21 +10,22 @@
 //! caches every block decompressed.
 //!
 //! Tables read with positioned reads cache the blocks they read (those the cache admits,
-//! below); mapped tables cache only blocks that had to be decompressed, decompressed (a raw block is read in place
-//! from the mapping, and the mapping is the compressed form). The index and filter blocks
+//! below); mapped tables cache only blocks that had to be decompressed, decompressed (a
+//! raw block is read in place from the mapping, and the mapping is the compressed form).
+//! The index and filter blocks
 //! of open tables are charged to the same budget ([`BlockCache::reserve`]): blocks use
 //! what the reservations leave. Each shard has its own lock, held only for a map lookup
 //! or update, never while a block is read or decompressed.
 //!
-//! Once the cache is full, a block that missed is cached only if it also missed a short
+//! Once a shard is full, a block that missed is cached only if it also missed a short
 //! while before ([`BlockCacheAdmission::SecondMiss`], the default): each shard remembers
-//! the blocks that missed lately in a small bitmap (one bit per block, cleared after as
-//! many misses as the shard holds blocks), and the caller caches a block only when its
-//! bit was already set. Under reads spread over a store much larger than the cache most
+//! the blocks that missed lately in a small bitmap (one bit per hashed block, cleared
+//! after as many misses as the shard holds blocks), and the caller caches a block only
+//! when its bit was already set. Under reads spread over a store much larger than the cache most
 //! blocks are read once in a while, and inserting each of them (copying it, evicting
 //! another, updating the map twice) costs more than the few later reads that would hit;
-//! blocks read twice in a short while are the ones that hit again. While the cache has
-//! room, every block is admitted.
+//! blocks read twice in a short while are the ones that hit again. While a shard has
+//! room for a block, the block is admitted.
 //!
 //! [`BlockCache::insert`] hands back the buffers of blocks it evicted when no reader
 //! still holds them, for the inserting thread's next reads that miss to decode into (see
@@ -165,7 +166,8 @@ pub enum BlockCacheForm {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BlockCacheAdmission {
     /// A block that missed is cached if it also missed a short while before (within as
-    /// many misses of its shard as the shard holds blocks), or while the cache has room.
+    /// many misses of its shard as the shard holds blocks), or while its shard has room
+    /// for it.
     /// Reads spread over a store larger than the cache then skip the work of caching
     /// blocks that would be evicted before they are read again; blocks in demand miss
     /// twice in a short while and are cached.
@@ -176,44 +178,56 @@ pub enum BlockCacheAdmission {
 }
 
 /// A shard's memory of the blocks that missed lately, for [`BlockCacheAdmission::SecondMiss`]:
-/// one bit per hashed key, all cleared once `window` keys have been recorded.
+/// one bit per hashed key, all cleared once as many misses have been recorded as the
+/// shard holds blocks (a block whose misses come further apart than that is declined each
+/// time). The bits are allocated when the shard first fills.
 #[derive(Debug, Default)]
 struct Doorkeeper {
+    /// Empty until first used; then `nbits / 64` words.
     bits: Vec<u64>,
+    /// A power of two.
+    nbits: usize,
     recorded: usize,
-    window: usize,
 }
 
+/// Most blocks of [`DOORKEEPER_BLOCK_BYTES`] a doorkeeper is sized for: a shard's bits take
+/// at most 512 KiB however large the cache is configured.
+const MAX_DOORKEEPER_BLOCKS: usize = 1 << 18;
+
 impl Doorkeeper {
-    /// A doorkeeper remembering about `window` keys, in eight bits per key (so that a key
-    /// never seen is taken for a seen one at most about one time in eight).
-    fn new(window: usize) -> Doorkeeper {
-        let window = window.max(64);
-        let words = (window * 8).next_power_of_two() / 64;
+    /// A doorkeeper for a shard that holds up to `capacity_blocks` blocks of 4 KiB: 16 bits
+    /// per such block, so that a window of twice as many smaller blocks (blocks held
+    /// compressed) still has eight bits per block, and a key never seen is taken for a
+    /// seen one at most about one time in eight.
+    fn new(capacity_blocks: usize) -> Doorkeeper {
+        let blocks = capacity_blocks.clamp(64, MAX_DOORKEEPER_BLOCKS);
         Doorkeeper {
-            bits: vec![0; words],
+            bits: Vec::new(),
+            nbits: (blocks * 16).next_power_of_two(),
             recorded: 0,
-            window,
         }
     }
 
-    /// Records `hash`; returns whether it was recorded already (since the last clearing).
-    fn check_and_record(&mut self, hash: u64) -> bool {
-        let bit = (hash >> 32) as usize & (self.bits.len() * 64 - 1);
+    /// Records a miss of the key hashed to `hash`, forgetting every key once `window`
+    /// misses (at least 64, at most one per eight bits) have been recorded; returns whether
+    /// the key was recorded already.
+    fn check_and_record(&mut self, hash: u64, window: usize) -> bool {
+        if self.bits.is_empty() {
+            self.bits = vec![0; self.nbits / 64];
+        }
+        let bit = (hash >> 32) as usize & (self.nbits - 1);
         let Some(word) = self.bits.get_mut(bit / 64) else {
             return true;
         };
         let mask = 1u64 << (bit % 64);
-        if *word & mask != 0 {
-            return true;
-        }
+        let seen = *word & mask != 0;
         *word |= mask;
         self.recorded += 1;
-        if self.recorded >= self.window {
+        if self.recorded >= window.clamp(64, self.nbits / 8) {
             self.bits.fill(0);
             self.recorded = 0;
         }
-        false
+        seen
     }
 }
 
@@ -232,7 +246,7 @@ pub enum Lookup {
 /// Hits after which a block held compressed is held decompressed instead.
 pub const PROMOTE_AFTER_HITS: u8 = 8;
 
-/// The block size a doorkeeper's window is reckoned in.
+/// The block size a doorkeeper's bits are reckoned in.
 const DOORKEEPER_BLOCK_BYTES: usize = 4096;
 
 /// One shard: a CLOCK approximation of LRU. A hit only sets the slot's reference bit, so
@@ -379,7 +393,6 @@ impl BlockCache {
         admission: BlockCacheAdmission,
     ) -> Arc<BlockCache> {
         let shard_capacity_bytes = capacity_bytes / NUM_SHARDS;
-        // The doorkeeper remembers about as many blocks as the shard holds (of 4 KiB).
         let shard = || Shard {
             doorkeeper: (admission == BlockCacheAdmission::SecondMiss)
                 .then(|| Doorkeeper::new(shard_capacity_bytes / DOORKEEPER_BLOCK_BYTES)),
@@ -435,15 +448,16 @@ impl BlockCache {
 
     /// The cached block at `offset` of table `file`, marking it most recently used.
     pub fn get(&self, file: FileNumber, offset: u64) -> Option<CachedBlock> {
-        match self.lookup(file, offset) {
+        match self.lookup(file, offset, 0) {
             Lookup::Hit(b) => Some(b),
             Lookup::Miss { .. } => None,
         }
     }
 
-    /// [`BlockCache::get`], saying on a miss whether the caller should cache the block it
-    /// then reads ([`BlockCacheAdmission`]; a declined miss is counted).
-    pub fn lookup(&self, file: FileNumber, offset: u64) -> Lookup {
+    /// [`BlockCache::get`], saying on a miss whether the caller should cache the block of
+    /// about `bytes` it then reads ([`BlockCacheAdmission`]: always while the shard has
+    /// room for it; a declined miss is counted).
+    pub fn lookup(&self, file: FileNumber, offset: u64, bytes: usize) -> Lookup {
         let key = (self.store, file, offset);
         let limit = self.shard_limit();
         let mut shard = self.shard(&key).lock();
@@ -452,10 +466,10 @@ impl BlockCache {
             return Lookup::Hit(found);
         }
         shard.misses += 1;
-        // Room: more than one block of the default size below the limit.
-        let room = shard.used_bytes + DOORKEEPER_BLOCK_BYTES <= limit;
+        let room = shard.used_bytes + bytes <= limit;
+        let held = shard.map.len();
         let admit = match &mut shard.doorkeeper {
-            Some(d) => d.check_and_record(Self::hash(&key)) || room,
+            Some(d) => d.check_and_record(Self::hash(&key), held) || room,
             None => true,
         };
         if !admit {
@@ -621,7 +635,7 @@ mod tests {
 
     /// Whether a lookup of (`f`, `offset`) missed and was told to cache the block.
     fn admitted(c: &BlockCache, f: FileNumber, offset: u64) -> bool {
-        match c.lookup(f, offset) {
+        match c.lookup(f, offset, 4096) {
             Lookup::Miss { admit } => admit,
             Lookup::Hit(b) => panic!("unexpected hit at {offset}: {b:?}"),
         }
@@ -662,17 +676,39 @@ mod tests {
 
     #[test]
     fn the_doorkeeper_forgets_everything_after_its_window() {
+        // 64 blocks: 1,024 bits, a window of 64 to 128 misses.
         let mut d = Doorkeeper::new(64);
+        assert!(d.bits.is_empty(), "allocated when first used");
         let h = |i: u64| i << 32;
+        for i in 0..50 {
+            assert!(!d.check_and_record(h(i), 100), "{i}");
+        }
+        assert_eq!(d.bits.len(), 1024 / 64);
+        for i in 0..49 {
+            assert!(d.check_and_record(h(i), 100), "{i}");
+        }
+        // The 100th miss fills the window: everything is forgotten.
+        assert!(d.check_and_record(h(49), 100));
+        for i in 0..50 {
+            assert!(!d.check_and_record(h(i), 100), "{i}");
+        }
+        // The window is at least 64 misses and at most one per eight bits.
+        let mut d = Doorkeeper::new(64);
         for i in 0..63 {
-            assert!(!d.check_and_record(h(i)), "{i}");
-            assert!(d.check_and_record(h(i)), "{i}");
+            assert!(!d.check_and_record(h(i), 1), "{i}");
         }
-        // The 64th key fills the window: everything is forgotten.
-        assert!(!d.check_and_record(h(63)));
-        for i in 0..64 {
-            assert!(!d.check_and_record(h(i)), "{i}");
+        assert!(!d.check_and_record(h(63), 1));
+        assert!(!d.check_and_record(h(0), 1), "forgotten after 64");
+        let mut d = Doorkeeper::new(64);
+        for i in 0..127 {
+            assert!(!d.check_and_record(h(i), usize::MAX), "{i}");
         }
+        assert!(!d.check_and_record(h(127), usize::MAX));
+        assert!(!d.check_and_record(h(0), usize::MAX), "forgotten after 128");
+        // However large the cache, the bits stay bounded.
+        let mut d = Doorkeeper::new(usize::MAX / 4096);
+        assert!(!d.check_and_record(h(1), 100));
+        assert_eq!(d.bits.len() * 8, MAX_DOORKEEPER_BLOCKS * 16 / 8);
     }
 
     #[test]

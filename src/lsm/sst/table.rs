@@ -354,9 +354,10 @@ thread_local! {
     /// few, since a cache holding blocks compressed evicts buffers of two sizes.
     static SPARE_BLOCKS: std::cell::RefCell<[Option<Arc<[u8]>>; SPARES_KEPT]> =
         const { std::cell::RefCell::new([const { None }; SPARES_KEPT]) };
-    /// The buffer of the last block this thread decompressed without caching it (a block
-    /// the cache holds compressed), unless larger than [`READ_BUF_KEEP_BYTES`]: the
-    /// thread's next such block reuses it once the reader of the last one dropped it.
+    /// The buffer of the last block this thread decoded without caching it (a block the
+    /// cache holds compressed or declined, or read with no cache), unless larger than
+    /// [`READ_BUF_KEEP_BYTES`]: the thread's next such block reuses it once the reader of
+    /// the last one dropped it.
     static SCRATCH_BLOCK: std::cell::Cell<Option<Arc<[u8]>>> = const { std::cell::Cell::new(None) };
 }
 
@@ -881,14 +882,16 @@ impl Table {
     }
 
     /// Reads block `i` from the cache, or with one positioned read of the block and its
-    /// trailer, checked (when `verify_checksums`) and then cached: decompressed, or as
-    /// stored when the cache holds blocks compressed until they are reused.
+    /// trailer, checked (when `verify_checksums`) and then cached if the cache admits it:
+    /// decompressed, or as stored when the cache holds blocks compressed until they are
+    /// reused.
     fn load_positioned(&self, i: usize) -> Result<Block> {
         let h = self.handle(i)?;
         let cache = self.cache.as_ref();
         let corrupt = |e: DecodeError| e.into_error(&self.path);
         // A cached block was checked when it was read.
-        let admit = match cache.map(|c| c.lookup(self.file_number, h.offset)) {
+        let stored_bytes = usize::try_from(h.size).unwrap_or(usize::MAX);
+        let admit = match cache.map(|c| c.lookup(self.file_number, h.offset, stored_bytes)) {
             Some(Lookup::Hit(CachedBlock::Decoded(b))) => {
                 return Block::new(BlockData::Owned(b), h.offset).map_err(corrupt)
             }
@@ -939,7 +942,8 @@ impl Table {
         Block::new(BlockData::Owned(data), h.offset).map_err(corrupt)
     }
 
-    /// Checks and decodes block `h` read into `buf` and caches it: as stored when
+    /// Checks and decodes block `h` read into `buf` and caches it in `cache` (none: the
+    /// block is decoded into the thread's scratch buffer and not cached): as stored when
     /// `compressed_form` is given and the block is compressed (the decompressed block is
     /// then the caller's alone), else decompressed or copied.
     fn decode_read(
@@ -1013,13 +1017,16 @@ impl Table {
         if map.get(type_at) == Some(&BLOCK_TYPE_LZ4) {
             // A cached block was checked when it was inserted. A mapped table caches only
             // decompressed blocks.
-            match cache.map(|c| c.lookup(self.file_number, h.offset)) {
+            let stored_bytes = usize::try_from(h.size).unwrap_or(usize::MAX);
+            match cache.map(|c| c.lookup(self.file_number, h.offset, stored_bytes)) {
                 Some(Lookup::Hit(CachedBlock::Decoded(b))) => {
                     return Block::new(BlockData::Owned(b), h.offset)
                         .map_err(|e| e.into_error(&self.path));
                 }
                 Some(Lookup::Miss { admit: a }) => admit = a,
-                _ => {}
+                // A block held as stored is never cached by a mapped table (the mapping is
+                // that form): decoded from the mapping, not cached again.
+                Some(Lookup::Hit(CachedBlock::Compressed { .. })) | None => {}
             }
         }
         let cache = cache.filter(|_| admit);
