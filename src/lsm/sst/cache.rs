@@ -12,19 +12,19 @@
 //! Tables read with positioned reads cache the blocks they read (those the cache admits,
 //! below); mapped tables cache only blocks that had to be decompressed, decompressed (a
 //! raw block is read in place from the mapping, and the mapping is the compressed form).
-//! The index and filter blocks
-//! of open tables are charged to the same budget ([`BlockCache::reserve`]): blocks use
-//! what the reservations leave. Each shard has its own lock, held only for a map lookup
-//! or update, never while a block is read or decompressed.
+//! The index and filter blocks of open tables are charged to the same budget
+//! ([`BlockCache::reserve`]): blocks use what the reservations leave. Each shard has its
+//! own lock, held only for a map lookup or update, never while a block is read or
+//! decompressed.
 //!
 //! Once a shard is full, a block that missed is cached only if it also missed a short
 //! while before ([`BlockCacheAdmission::SecondMiss`], the default): each shard remembers
 //! the blocks that missed lately in a small bitmap (one bit per hashed block, cleared
 //! after as many misses as the shard holds blocks), and the caller caches a block only
-//! when its bit was already set. Under reads spread over a store much larger than the cache most
-//! blocks are read once in a while, and inserting each of them (copying it, evicting
-//! another, updating the map twice) costs more than the few later reads that would hit;
-//! blocks read twice in a short while are the ones that hit again. While a shard has
+//! when its bit was already set. Under reads spread over a store much larger than the
+//! cache most blocks are read once in a while, and inserting each of them (copying it,
+//! evicting another, updating the map twice) costs more than the few later reads that
+//! would hit; blocks read twice in a short while are the ones that hit again. While a shard has
 //! room for a block, the block is admitted.
 //!
 //! [`BlockCache::insert`] hands back the buffers of blocks it evicted when no reader
@@ -167,8 +167,7 @@ pub enum BlockCacheForm {
 pub enum BlockCacheAdmission {
     /// A block that missed is cached if it also missed a short while before (within as
     /// many misses of its shard as the shard holds blocks), or while its shard has room
-    /// for it.
-    /// Reads spread over a store larger than the cache then skip the work of caching
+    /// for it. Reads spread over a store larger than the cache then skip the work of caching
     /// blocks that would be evicted before they are read again; blocks in demand miss
     /// twice in a short while and are cached.
     #[default]
@@ -180,7 +179,7 @@ pub enum BlockCacheAdmission {
 /// A shard's memory of the blocks that missed lately, for [`BlockCacheAdmission::SecondMiss`]:
 /// one bit per hashed key, all cleared once as many misses have been recorded as the
 /// shard holds blocks (a block whose misses come further apart than that is declined each
-/// time). The bits are allocated when the shard first fills.
+/// time). The bits are allocated at the shard's first miss.
 #[derive(Debug, Default)]
 struct Doorkeeper {
     /// Empty until first used; then `nbits / 64` words.
@@ -441,7 +440,12 @@ impl BlockCache {
     }
 
     fn shard(&self, key: &Key) -> &Mutex<Shard> {
-        let i = (Self::hash(key) >> 60) as usize & (NUM_SHARDS - 1);
+        self.shard_of(Self::hash(key))
+    }
+
+    /// The shard of a key hashed to `hash`.
+    fn shard_of(&self, hash: u64) -> &Mutex<Shard> {
+        let i = (hash >> 60) as usize & (NUM_SHARDS - 1);
         // i < NUM_SHARDS == shards.len()
         &self.core.shards[i]
     }
@@ -459,8 +463,9 @@ impl BlockCache {
     /// room for it; a declined miss is counted).
     pub fn lookup(&self, file: FileNumber, offset: u64, bytes: usize) -> Lookup {
         let key = (self.store, file, offset);
+        let hash = Self::hash(&key);
         let limit = self.shard_limit();
-        let mut shard = self.shard(&key).lock();
+        let mut shard = self.shard_of(hash).lock();
         if let Some(found) = shard.touch(key) {
             shard.hits += 1;
             return Lookup::Hit(found);
@@ -469,7 +474,7 @@ impl BlockCache {
         let room = shard.used_bytes + bytes <= limit;
         let held = shard.map.len();
         let admit = match &mut shard.doorkeeper {
-            Some(d) => d.check_and_record(Self::hash(&key), held) || room,
+            Some(d) => d.check_and_record(hash, held) || room,
             None => true,
         };
         if !admit {

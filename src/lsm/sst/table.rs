@@ -378,6 +378,23 @@ fn decompress_uncached(stored: &[u8], offset: u64) -> Result<OwnedBlock, DecodeE
     decode_uncached(|scratch| block::decompress_lz4(stored, offset, scratch))
 }
 
+/// Decompresses the lz4 block `stored` (at `offset` of table `file`) and caches it in
+/// `cache`, into a spare buffer of the thread's; with no cache, into the scratch buffer.
+fn decompress_and_cache(
+    cache: Option<&Arc<BlockCache>>,
+    file: FileNumber,
+    offset: u64,
+    stored: &[u8],
+) -> Result<OwnedBlock, DecodeError> {
+    let Some(c) = cache else {
+        return decompress_uncached(stored, offset);
+    };
+    let spare = take_spare_block(block::lz4_uncompressed_len(stored));
+    let b = block::decompress_lz4(stored, offset, spare)?;
+    cache_block(c, file, offset, b.clone());
+    Ok(b)
+}
+
 /// Buffers a thread keeps for its next block reads.
 const SPARES_KEPT: usize = 4;
 
@@ -898,15 +915,9 @@ impl Table {
             Some(Lookup::Hit(CachedBlock::Compressed { payload, promote })) => {
                 let stored = payload.as_slice();
                 let raw_len = block::lz4_uncompressed_len(stored);
-                let b = match cache.filter(|c| promote && c.would_cache(raw_len)) {
-                    Some(c) => {
-                        let spare = take_spare_block(raw_len);
-                        let b = block::decompress_lz4(stored, h.offset, spare).map_err(corrupt)?;
-                        cache_block(c, self.file_number, h.offset, b.clone());
-                        b
-                    }
-                    None => decompress_uncached(stored, h.offset).map_err(corrupt)?,
-                };
+                let promote_to = cache.filter(|c| promote && c.would_cache(raw_len));
+                let b = decompress_and_cache(promote_to, self.file_number, h.offset, stored)
+                    .map_err(corrupt)?;
                 return Block::new(BlockData::Owned(b), h.offset).map_err(corrupt);
             }
             Some(Lookup::Miss { admit }) => admit,
@@ -963,19 +974,15 @@ impl Table {
             keep_spare_blocks(c.insert_compressed(self.file_number, h.offset, payload));
             return Ok(data);
         }
+        if s.block_type == BLOCK_TYPE_LZ4 {
+            return decompress_and_cache(cache, self.file_number, h.offset, stored)
+                .map_err(corrupt);
+        }
         let Some(c) = cache else {
-            return if s.block_type == BLOCK_TYPE_LZ4 {
-                decompress_uncached(stored, h.offset).map_err(corrupt)
-            } else {
-                decode_uncached(|scratch| Ok(OwnedBlock::copy_of(stored, scratch))).map_err(corrupt)
-            };
+            return decode_uncached(|scratch| Ok(OwnedBlock::copy_of(stored, scratch)))
+                .map_err(corrupt);
         };
-        let data = if s.block_type == BLOCK_TYPE_LZ4 {
-            let spare = take_spare_block(block::lz4_uncompressed_len(stored));
-            block::decompress_lz4(stored, h.offset, spare).map_err(corrupt)?
-        } else {
-            OwnedBlock::copy_of(stored, take_spare_block(stored.len()))
-        };
+        let data = OwnedBlock::copy_of(stored, take_spare_block(stored.len()));
         cache_block(c, self.file_number, h.offset, data.clone());
         Ok(data)
     }
@@ -1040,18 +1047,8 @@ impl Table {
         }
         let data = if stored.block_type == BLOCK_TYPE_LZ4 {
             let bytes = map.get(stored.start..stored.end).unwrap_or_default();
-            let b = match cache {
-                Some(c) => {
-                    let spare = take_spare_block(block::lz4_uncompressed_len(bytes));
-                    let b = block::decompress_lz4(bytes, h.offset, spare)
-                        .map_err(|e| e.into_error(&self.path))?;
-                    cache_block(c, self.file_number, h.offset, b.clone());
-                    b
-                }
-                None => {
-                    decompress_uncached(bytes, h.offset).map_err(|e| e.into_error(&self.path))?
-                }
-            };
+            let b = decompress_and_cache(cache, self.file_number, h.offset, bytes)
+                .map_err(|e| e.into_error(&self.path))?;
             BlockData::Owned(b)
         } else {
             BlockData::Mapped {
