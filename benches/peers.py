@@ -8,8 +8,11 @@ the machine compares engines that ran close together).
 
 GROUP is a store benchmark group (`update-zipf-1t`, `ycsb-b-2t`, `readrandom-hit`, ...)
 or `writeamp` (its load rate, bytes per logical byte and full compaction time are
-parsed from its printed line). Engines: tidemark, fjall, and rocksdb when built with
-`--features bench-rocksdb`. Extra environment (`TIDEMARK_BENCH_*`) passes through.
+parsed from its printed line). The concurrent groups (`update-zipf-*`, `ycsb-*`) also
+report the CPU time per operation of the workers and of every other thread (during the
+operations and settling after them) and the rate those bound the workers to. Engines:
+tidemark, fjall, and rocksdb when built with `--features bench-rocksdb`. Extra
+environment (`TIDEMARK_BENCH_*`) passes through.
 """
 
 import argparse
@@ -21,6 +24,10 @@ import subprocess
 import sys
 
 RATE = re.compile(r"thrpt:\s+\[\S+ \S+ (\S+) (\S+)")
+CPU = re.compile(
+    r"CPU per operation: workers ([\d.]+) us, other threads ([\d.]+) us during the "
+    r"operations \+ ([\d.]+) us settling; \d+ cores bound \d+ workers at (\d+) ops/s"
+)
 UNITS = {"elem/s": 1.0, "Kelem/s": 1e3, "Melem/s": 1e6, "Gelem/s": 1e9}
 WRITEAMP = re.compile(
     r"writeamp (\w+): .*?\((\d+) ops/s\): process bytes written per logical byte ([\d.]+) "
@@ -62,7 +69,13 @@ def run(binary, group, engine):
     m = RATE.search(text)
     if not m:
         sys.exit(f"{group}/{engine}: no throughput line")
-    return {"ops/s": float(m.group(1)) * UNITS[m.group(2)]}
+    got = {"ops/s": float(m.group(1)) * UNITS[m.group(2)]}
+    m = CPU.search(text)
+    if m:
+        got["workers us/op"] = float(m.group(1))
+        got["background us/op"] = float(m.group(2)) + float(m.group(3))
+        got["bound ops/s"] = float(m.group(4))
+    return got
 
 
 def main():

@@ -179,6 +179,10 @@ const ZIPF_THETA: f64 = 0.99;
 /// of one. `update-zipf-*` is the update-only case, `ycsb-a-2t` and `ycsb-b-2t` YCSB's
 /// workloads A and B. Only the operations are timed; between iterations the store settles
 /// (untimed), so each starts from a store without a backlog.
+///
+/// Where the CPU goes is printed per engine ([`CpuSplit`]): the workers' own time per
+/// operation and the time of every other thread of the process (flushes, compactions, log
+/// writers) per operation, during the operations and while settling after them.
 fn concurrent(c: &mut Criterion, root: &Path, name: &str, threads: u64, read_percent: u64) {
     let n: u64 = pick(20_000, 1_000_000);
     let ops: u64 = pick(40_000, 1_000_000);
@@ -192,6 +196,7 @@ fn concurrent(c: &mut Criterion, root: &Path, name: &str, threads: u64, read_per
         load(db.as_ref(), shuffled(n, 3), 0);
         db.settle();
         let run = AtomicU64::new(1);
+        let mut split = CpuSplit::default();
         g.bench_function(engine, |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -199,6 +204,9 @@ fn concurrent(c: &mut Criterion, root: &Path, name: &str, threads: u64, read_per
                     let version = run.fetch_add(1, Ordering::Relaxed);
                     let db = db.as_ref();
                     let zipf = &zipf;
+                    let workers_cpu = AtomicU64::new(0);
+                    let workers_cpu = &workers_cpu;
+                    let process_before = common::process_cpu();
                     let start = Instant::now();
                     let found: u64 = std::thread::scope(|s| {
                         let handles: Vec<_> = (0..threads)
@@ -207,6 +215,7 @@ fn concurrent(c: &mut Criterion, root: &Path, name: &str, threads: u64, read_per
                                     let mut keys = zipf.reseeded(version * 64 + t);
                                     let mut coin = Rng::new(version * 64 + t + 32);
                                     let mut found = 0u64;
+                                    let cpu_before = common::thread_cpu();
                                     for _ in 0..ops / threads {
                                         let k = keys.next();
                                         if coin.below(100) < read_percent {
@@ -215,6 +224,8 @@ fn concurrent(c: &mut Criterion, root: &Path, name: &str, threads: u64, read_per
                                             db.put(&key(k), &value(k, version));
                                         }
                                     }
+                                    let cpu = common::thread_cpu().saturating_sub(cpu_before);
+                                    workers_cpu.fetch_add(cpu.as_nanos() as u64, Ordering::Relaxed);
                                     found
                                 })
                             })
@@ -224,18 +235,80 @@ fn concurrent(c: &mut Criterion, root: &Path, name: &str, threads: u64, read_per
                             .map(|h| h.join().expect("worker thread"))
                             .sum()
                     });
-                    total += start.elapsed();
+                    let elapsed = start.elapsed();
+                    let process_window = common::process_cpu().saturating_sub(process_before);
+                    total += elapsed;
                     std::hint::black_box(found);
                     common::print_diagnostics(name, db);
+                    let settle_before = common::process_cpu();
                     db.settle();
+                    split.add(
+                        ops / threads * threads,
+                        elapsed,
+                        Duration::from_nanos(workers_cpu.load(Ordering::Relaxed)),
+                        process_window,
+                        common::process_cpu().saturating_sub(settle_before),
+                    );
                 }
                 total
             })
         });
+        split.print(name, engine, threads);
         drop(db);
         let _ = fs::remove_dir_all(&dir);
     }
     g.finish();
+}
+
+/// CPU time of a concurrent workload, summed over its iterations.
+#[derive(Default)]
+struct CpuSplit {
+    ops: u64,
+    wall: Duration,
+    /// The worker threads' own CPU time (the engine's calls and the harness's key chooser).
+    workers: Duration,
+    /// Every thread of the process while the workers ran.
+    window: Duration,
+    /// Every thread of the process while the store settled after them.
+    settle: Duration,
+}
+
+impl CpuSplit {
+    fn add(
+        &mut self,
+        ops: u64,
+        wall: Duration,
+        workers: Duration,
+        window: Duration,
+        settle: Duration,
+    ) {
+        self.ops += ops;
+        self.wall += wall;
+        self.workers += workers;
+        self.window += window;
+        self.settle += settle;
+    }
+
+    /// Prints the split per operation and what it bounds the rate to: `threads` workers
+    /// cannot go faster than their own CPU time allows, and the process cannot use more
+    /// than the machine's cores for the workers' time and the background work together.
+    fn print(&self, name: &str, engine: &str, threads: u64) {
+        if self.ops == 0 {
+            return;
+        }
+        let per_op = |d: Duration| d.as_secs_f64() * 1e6 / self.ops as f64;
+        let workers = per_op(self.workers);
+        let during = per_op(self.window.saturating_sub(self.workers));
+        let settling = per_op(self.settle);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let bound = (threads as f64 / workers).min(cores / (workers + during + settling)) * 1e6;
+        eprintln!(
+            "[{name}] {engine}: {:.0} ops/s; CPU per operation: workers {workers:.2} us, \
+             other threads {during:.2} us during the operations + {settling:.2} us settling; \
+             {cores} cores bound {threads} workers at {bound:.0} ops/s",
+            self.ops as f64 / self.wall.as_secs_f64(),
+        );
+    }
 }
 
 /// Write amplification and full compaction, per engine (printed): a fresh store gets `n`

@@ -590,6 +590,30 @@ pub fn process_write_bytes() -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// CPU time used so far by the calling thread (`clock`: `CLOCK_THREAD_CPUTIME_ID`) or by
+/// the whole process (`CLOCK_PROCESS_CPUTIME_ID`); zero where the clock is missing.
+fn cpu_clock(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// CPU time the calling thread has used.
+pub fn thread_cpu() -> Duration {
+    cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// CPU time every thread of the process has used.
+pub fn process_cpu() -> Duration {
+    cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
 /// YCSB's scrambled zipfian key chooser: item ranks drawn with P(rank i) proportional to
 /// 1 / (i + 1)^theta (Gray et al., "Quickly generating billion-record synthetic
 /// databases"), then hashed (FNV-1a) onto `0..n` so the hot keys are spread over the key
