@@ -39,7 +39,7 @@ use super::iter::{BoxedIter, MergingIter, UserIter};
 use super::manifest::{
     read_current, read_manifest_with_tail, ManifestWriter, NewFile, VersionEdit,
 };
-use super::memtable::{MemLookup, MemTable, MAX_UNPUBLISHED_BYTES};
+use super::memtable::{MemLookup, MemTable};
 use super::options::{Options, SyncMode, WalRecovery};
 use super::sst::{BlockCache, TableBuilder, TableOptions};
 use super::stats::{Counters, DbStats, LevelStats};
@@ -1447,12 +1447,7 @@ impl DbInner {
             return false;
         }
         let sv = self.sv.load();
-        // The published size lags the full count by less than the lanes may hold back:
-        // only a memtable near its limit is asked for the full count.
-        let published = sv.mem.published_size();
-        let mem_room = published + MAX_UNPUBLISHED_BYTES < self.opts.memtable_size_bytes
-            || sv.mem.approximate_size() < self.opts.memtable_size_bytes;
-        mem_room
+        sv.mem.is_below(self.opts.memtable_size_bytes)
             && (!self.opts.compaction
                 || sv.version.num_files(0) < self.opts.l0_slowdown_writes_trigger)
     }

@@ -577,6 +577,13 @@ impl MemTable {
         self.size_bytes.0.load(AtomicOrdering::Relaxed)
     }
 
+    /// Whether the bytes charged are below `limit`: answered from the shared count alone
+    /// while it is further below than the lanes may hold back, and from every lane only
+    /// near the limit, so the check every write makes leaves the lanes' lines alone.
+    pub fn is_below(&self, limit: usize) -> bool {
+        self.published_size() + MAX_UNPUBLISHED_BYTES < limit || self.approximate_size() < limit
+    }
+
     /// Number of entries.
     pub fn len(&self) -> u64 {
         self.lanes.iter().map(|l| l.writer.lock().entries).sum()
